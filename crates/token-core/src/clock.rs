@@ -31,6 +31,11 @@ pub trait Clock: Send + Sync + fmt::Debug + 'static {
 }
 
 /// The real clocks and `tokio::time::sleep`.
+///
+/// The runtime must have timers enabled (`#[tokio::main]` and
+/// `Builder::enable_all` do): without them Tokio panics when a fetch timeout
+/// is armed, which the engine contains and reports as
+/// [`Error::FetchPanicked`](crate::Error::FetchPanicked).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SystemClock;
 
@@ -92,9 +97,17 @@ impl ManualClock {
     /// Moves time forward by `by` and wakes the sleepers that are due.
     pub fn advance(&self, by: Duration) {
         let by = u64::try_from(by.as_nanos()).unwrap_or(u64::MAX);
-        let now = self.inner.mono_nanos.fetch_add(by, Ordering::SeqCst).saturating_add(by);
+        let now = self
+            .inner
+            .mono_nanos
+            .fetch_add(by, Ordering::SeqCst)
+            .saturating_add(by);
         let due: Vec<_> = {
-            let mut sleepers = self.inner.sleepers.lock().unwrap_or_else(|e| e.into_inner());
+            let mut sleepers = self
+                .inner
+                .sleepers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             let (due, later): (Vec<_>, Vec<_>) = sleepers.drain(..).partition(|(at, _)| *at <= now);
             *sleepers = later;
             due
@@ -114,7 +127,11 @@ impl ManualClock {
 
     /// How many sleeps are pending.
     pub fn pending_sleeps(&self) -> usize {
-        self.inner.sleepers.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.inner
+            .sleepers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
     }
 
     fn mono(&self) -> u64 {
@@ -132,7 +149,10 @@ impl fmt::Debug for ManualClock {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ManualClock")
             .field("elapsed", &Duration::from_nanos(self.mono()))
-            .field("wall_offset_s", &(self.inner.wall_offset_nanos.load(Ordering::SeqCst) / 1_000_000_000))
+            .field(
+                "wall_offset_s",
+                &(self.inner.wall_offset_nanos.load(Ordering::SeqCst) / 1_000_000_000),
+            )
             .finish()
     }
 }
@@ -154,11 +174,16 @@ impl Clock for ManualClock {
     }
 
     fn sleep(&self, duration: Duration) -> Sleep {
-        let deadline =
-            self.mono().saturating_add(u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX));
+        let deadline = self
+            .mono()
+            .saturating_add(u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX));
         let (tx, rx) = oneshot::channel();
         {
-            let mut sleepers = self.inner.sleepers.lock().unwrap_or_else(|e| e.into_inner());
+            let mut sleepers = self
+                .inner
+                .sleepers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             // Re-read under the lock so an `advance` racing with us cannot
             // leave this sleeper behind.
             if deadline <= self.mono() {
@@ -193,7 +218,10 @@ mod tests {
         let clock = ManualClock::new();
         let (w0, m0) = (clock.now(), clock.monotonic());
         clock.jump_wall(-3600);
-        assert_eq!(w0.duration_since(clock.now()).unwrap(), Duration::from_secs(3600));
+        assert_eq!(
+            w0.duration_since(clock.now()).unwrap(),
+            Duration::from_secs(3600)
+        );
         assert_eq!(clock.monotonic(), m0);
     }
 }

@@ -29,7 +29,9 @@ pub enum DecodeError {
     #[error("stored value is empty")]
     Empty,
     /// Written by a newer (or unknown) format.
-    #[error("stored value has format version {found}; this build reads version {supported} and older")]
+    #[error(
+        "stored value has format version {found}; this build reads version {supported} and older"
+    )]
     UnsupportedVersion {
         /// The version byte found.
         found: u8,
@@ -72,11 +74,15 @@ impl Drop for V1 {
 }
 
 fn to_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)).unwrap_or(0)
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
 }
 
 fn from_ms(ms: u64) -> SystemTime {
-    UNIX_EPOCH.checked_add(Duration::from_millis(ms)).unwrap_or_else(|| crate::token::far_future(UNIX_EPOCH))
+    UNIX_EPOCH
+        .checked_add(Duration::from_millis(ms))
+        .unwrap_or_else(|| crate::token::far_future(UNIX_EPOCH))
 }
 
 /// Encodes a token (which must have `expires_at`; a missing one is written
@@ -105,7 +111,10 @@ pub fn encode_token(token: &AccessToken) -> Zeroizing<Vec<u8>> {
 pub fn decode_token(bytes: &[u8]) -> Result<AccessToken, DecodeError> {
     let (&version, body) = bytes.split_first().ok_or(DecodeError::Empty)?;
     if version != FORMAT_VERSION {
-        return Err(DecodeError::UnsupportedVersion { found: version, supported: FORMAT_VERSION });
+        return Err(DecodeError::UnsupportedVersion {
+            found: version,
+            supported: FORMAT_VERSION,
+        });
     }
     // serde_json's messages can quote input, which may be secret: keep only
     // the category.
@@ -166,7 +175,13 @@ mod tests {
     fn future_versions_are_refused_not_misread() {
         let mut bytes = encode_token(&sample()).to_vec();
         bytes[0] = 2;
-        assert_eq!(decode_token(&bytes).unwrap_err(), DecodeError::UnsupportedVersion { found: 2, supported: 1 });
+        assert_eq!(
+            decode_token(&bytes).unwrap_err(),
+            DecodeError::UnsupportedVersion {
+                found: 2,
+                supported: 1
+            }
+        );
     }
 
     #[test]

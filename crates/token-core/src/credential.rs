@@ -101,7 +101,13 @@ impl CredentialError {
     }
 
     fn new(kind: FailureKind, message: impl Into<String>) -> Self {
-        Self { kind, code: None, message: message.into(), retry_after: None, source: None }
+        Self {
+            kind,
+            code: None,
+            message: message.into(),
+            retry_after: None,
+            source: None,
+        }
     }
 
     /// Attaches the IdP's `error` code, e.g. `invalid_client`.
@@ -180,6 +186,8 @@ impl fmt::Debug for CredentialError {
 
 impl StdError for CredentialError {
     fn source(&self) -> Option<&(dyn StdError + 'static)> {
-        self.source.as_deref().map(|s| s as &(dyn StdError + 'static))
+        self.source
+            .as_deref()
+            .map(|s| s as &(dyn StdError + 'static))
     }
 }

@@ -87,7 +87,9 @@ impl Inner {
         if hot.stale.load(Ordering::Relaxed) {
             bump(&self.stats.stale_served);
         }
-        if slot.flying.load(Ordering::Acquire) || self.nanos(now) < slot.retry_at_nanos.load(Ordering::Relaxed) {
+        if slot.flying.load(Ordering::Acquire)
+            || self.nanos(now) < slot.retry_at_nanos.load(Ordering::Relaxed)
+        {
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -122,7 +124,8 @@ impl Inner {
                             return Err(err.clone());
                         }
                     }
-                    let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
+                    let runtime =
+                        tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
                     self.start_flight(slot, &mut st, &runtime, false)
                 }
             }
@@ -147,7 +150,10 @@ impl Inner {
         if let Some(slot) = self.existing_slot(request) {
             return slot;
         }
-        let _w = self.slots_write.lock().unwrap_or_else(PoisonError::into_inner);
+        let _w = self
+            .slots_write
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let map = self.slots.load_full();
         if let Some(slot) = map.get(request) {
             return Arc::clone(slot);
@@ -172,9 +178,13 @@ impl Inner {
             }
         }
         if let Some(store) = self.store_if_up() {
-            let key = slot.map_or_else(|| CacheKey::new(self.credential.id(), request), |s| s.key.clone());
+            let key = slot.map_or_else(
+                || CacheKey::new(self.credential.id(), request),
+                |s| s.key.clone(),
+            );
             if let Ok(Some(stored)) = self.store_call(store.get(&key)).await {
-                if stored.same_secret(rejected) && self.store_call(store.remove(&key)).await.is_ok() {
+                if stored.same_secret(rejected) && self.store_call(store.remove(&key)).await.is_ok()
+                {
                     dropped = true;
                 }
             }
@@ -282,7 +292,10 @@ impl TokenCache {
     /// A handle pre-bound to `request`: the fastest way to get tokens for a
     /// fixed request.
     pub fn handle(&self, request: &TokenRequest) -> TokenHandle {
-        TokenHandle { inner: Arc::clone(&self.inner), slot: self.inner.slot_for(request) }
+        TokenHandle {
+            inner: Arc::clone(&self.inner),
+            slot: self.inner.slot_for(request),
+        }
     }
 
     /// Drops `rejected` wherever it is cached (hot slot and store), but only
@@ -310,7 +323,12 @@ impl TokenCache {
 
     /// Counters since the cache was built, with the store's own.
     pub fn stats(&self) -> CacheStats {
-        let store = self.inner.store.as_ref().map(|s| s.stats()).unwrap_or_default();
+        let store = self
+            .inner
+            .store
+            .as_ref()
+            .map(|s| s.stats())
+            .unwrap_or_default();
         self.inner.stats.snapshot(store)
     }
 
@@ -350,7 +368,9 @@ async fn keep_warm(weak: Weak<Inner>, slot: Arc<Slot>) {
             sleep.await;
             continue;
         }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
         let mut rx = {
             let mut st = slot.lock();
             match &st.flight {
@@ -410,7 +430,9 @@ impl TokenHandle {
 
 impl fmt::Debug for TokenHandle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TokenHandle").field("key", &self.slot.key).finish_non_exhaustive()
+        f.debug_struct("TokenHandle")
+            .field("key", &self.slot.key)
+            .finish_non_exhaustive()
     }
 }
 
@@ -434,7 +456,12 @@ impl fmt::Debug for TokenCacheBuilder {
 
 impl TokenCacheBuilder {
     fn new(credential: Arc<dyn Credential>) -> Self {
-        Self { credential, store: None, policy: RefreshPolicy::default(), clock: Arc::new(SystemClock) }
+        Self {
+            credential,
+            store: None,
+            policy: RefreshPolicy::default(),
+            clock: Arc::new(SystemClock),
+        }
     }
 
     /// Where tokens are kept besides the in-process hot slots. Defaults to
@@ -465,7 +492,8 @@ impl TokenCacheBuilder {
     pub fn build(self) -> TokenCache {
         let epoch = self.clock.monotonic();
         let empty = Arc::new(Hot {
-            token: AccessToken::new("", SystemTime::UNIX_EPOCH).with_expires_at(SystemTime::UNIX_EPOCH),
+            token: AccessToken::new("", SystemTime::UNIX_EPOCH)
+                .with_expires_at(SystemTime::UNIX_EPOCH),
             fresh_until: epoch,
             usable_until: epoch,
             stale: AtomicBool::new(false),

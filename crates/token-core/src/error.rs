@@ -29,8 +29,9 @@ pub enum Error {
     /// The IdP returned a token that cannot be used (already expired).
     #[error(transparent)]
     InvalidToken(#[from] ScheduleError),
-    /// The call needs a Tokio runtime to run fetches in the background.
-    #[error("token-cache needs a Tokio runtime: call it from within one")]
+    /// The call needs a Tokio runtime (with timers enabled) to run fetches in
+    /// the background.
+    #[error("token-cache needs a Tokio runtime with timers enabled: call it from within one")]
     NoRuntime,
 }
 
@@ -55,6 +56,9 @@ impl Error {
     /// Whether this failure starts (or extends) the key's backoff. Panics and
     /// cancellations do not: the next call tries again at once.
     pub(crate) fn backs_off(&self) -> bool {
-        !matches!(self, Self::FetchPanicked | Self::FetchCancelled | Self::NoRuntime)
+        !matches!(
+            self,
+            Self::FetchPanicked | Self::FetchCancelled | Self::NoRuntime
+        )
     }
 }

@@ -66,11 +66,16 @@ impl FlightGuard<'_> {
                     slot.hot.load().stale.store(true, Ordering::Relaxed);
                     if err.backs_off() {
                         st.failures = st.failures.saturating_add(1);
-                        let delay = inner.policy.backoff(st.failures, err.retry_after(), crate::rng::unit_f64());
+                        let delay = inner.policy.backoff(
+                            st.failures,
+                            err.retry_after(),
+                            crate::rng::unit_f64(),
+                        );
                         let at = inner.clock.monotonic() + delay;
                         st.retry_at = Some(at);
                         st.last_error = Some(err.clone());
-                        slot.retry_at_nanos.store(inner.nanos(at).max(1), Ordering::Relaxed);
+                        slot.retry_at_nanos
+                            .store(inner.nanos(at).max(1), Ordering::Relaxed);
                         tracing::warn!(
                             key = %slot.key, error = %err, failures = st.failures,
                             retry_in_ms = delay.as_millis() as u64,
@@ -157,7 +162,10 @@ impl Inner {
         }
         if let Some(store) = self.store_if_up() {
             let ttl = self.policy.get_lease_ttl();
-            match self.store_call(store.try_acquire_lease(&slot.key, ttl)).await {
+            match self
+                .store_call(store.try_acquire_lease(&slot.key, ttl))
+                .await
+            {
                 Ok(Some(l)) => {
                     // Re-check: another instance may have put a token
                     // between our read and our lease.
@@ -199,7 +207,12 @@ impl Inner {
 
     /// Waits, bounded by the policy's lease wait, for the instance holding
     /// the lease to put a newer token; takes the lease over if it is freed.
-    async fn wait_for_other(&self, store: &Arc<dyn CacheStore>, slot: &Slot, refresh: bool) -> Waited {
+    async fn wait_for_other(
+        &self,
+        store: &Arc<dyn CacheStore>,
+        slot: &Slot,
+        refresh: bool,
+    ) -> Waited {
         bump(&self.stats.lease_waits);
         tracing::debug!(key = %slot.key, "another instance holds the refresh lease; waiting for its token");
         let deadline = self.clock.monotonic() + self.policy.get_lease_wait();
@@ -222,7 +235,10 @@ impl Inner {
                 Err(()) => return Waited::GaveUp,
             }
             let ttl = self.policy.get_lease_ttl();
-            match self.store_call(store.try_acquire_lease(&slot.key, ttl)).await {
+            match self
+                .store_call(store.try_acquire_lease(&slot.key, ttl))
+                .await
+            {
                 Ok(Some(l)) => return Waited::Acquired(l),
                 Ok(None) => {}
                 Err(()) => return Waited::GaveUp,
@@ -255,7 +271,11 @@ impl Inner {
 
     /// Calls the credential under the fetch timeout, containing panics, and
     /// schedules the result.
-    async fn fetch(&self, slot: &Slot, previous: Option<&AccessToken>) -> Result<AccessToken, Error> {
+    async fn fetch(
+        &self,
+        slot: &Slot,
+        previous: Option<&AccessToken>,
+    ) -> Result<AccessToken, Error> {
         bump(&self.stats.idp_calls);
         tracing::debug!(key = %slot.key, "fetching a token from the credential");
         let timeout = self.policy.get_fetch_timeout();

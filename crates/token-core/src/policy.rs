@@ -254,7 +254,8 @@ impl RefreshPolicy {
 
     /// The effective lease TTL.
     pub fn get_lease_ttl(&self) -> Duration {
-        self.lease_ttl.unwrap_or(self.fetch_timeout + DEFAULT_LEASE_MARGIN)
+        self.lease_ttl
+            .unwrap_or(self.fetch_timeout + DEFAULT_LEASE_MARGIN)
     }
 
     /// The effective bound on waiting for another instance.
@@ -277,7 +278,11 @@ impl RefreshPolicy {
     /// jittered `refresh_at`. Refuses tokens that are already expired.
     ///
     /// `unit_random` is a value in `[0, 1)` that picks the jitter.
-    pub fn schedule(&self, token: AccessToken, unit_random: f64) -> Result<AccessToken, ScheduleError> {
+    pub fn schedule(
+        &self,
+        token: AccessToken,
+        unit_random: f64,
+    ) -> Result<AccessToken, ScheduleError> {
         let obtained = token.obtained_at();
         let lifetime = match token.expires_at() {
             None => self.assumed_lifetime,
@@ -286,7 +291,9 @@ impl RefreshPolicy {
                 Ok(_) => return Err(ScheduleError::NonPositiveLifetime { lifetime_secs: 0 }),
                 Err(e) => {
                     let secs = i64::try_from(e.duration().as_secs()).unwrap_or(i64::MAX);
-                    return Err(ScheduleError::NonPositiveLifetime { lifetime_secs: -secs.max(1) });
+                    return Err(ScheduleError::NonPositiveLifetime {
+                        lifetime_secs: -secs.max(1),
+                    });
                 }
             },
         };
@@ -300,7 +307,9 @@ impl RefreshPolicy {
         // Jitter moves the refresh earlier, never past the obtained time.
         let before_expiry = (ahead + jitter).min(lifetime);
         let refresh_at = expires_at - before_expiry;
-        Ok(token.with_expires_at(expires_at).with_refresh_at(refresh_at))
+        Ok(token
+            .with_expires_at(expires_at)
+            .with_refresh_at(refresh_at))
     }
 
     /// The skew that applies to a token of `lifetime`.
@@ -319,9 +328,17 @@ impl RefreshPolicy {
     /// The delay before retry number `failures` (1 for the first failure),
     /// exponential with "equal jitter" (half fixed, half random), and never
     /// shorter than the server's `Retry-After` (itself capped).
-    pub fn backoff(&self, failures: u32, retry_after: Option<Duration>, unit_random: f64) -> Duration {
+    pub fn backoff(
+        &self,
+        failures: u32,
+        retry_after: Option<Duration>,
+        unit_random: f64,
+    ) -> Duration {
         let exp = failures.saturating_sub(1).min(30);
-        let step = self.backoff_base.saturating_mul(1u32 << exp).min(self.backoff_max);
+        let step = self
+            .backoff_base
+            .saturating_mul(1u32 << exp)
+            .min(self.backoff_max);
         let jittered = step / 2 + (step / 2).mul_f64(unit_random.clamp(0.0, 1.0));
         match retry_after {
             Some(after) => jittered.max(after.min(self.max_retry_after)),
@@ -346,8 +363,13 @@ mod tests {
     fn an_hour_token_survives_a_ten_minute_outage() {
         let p = RefreshPolicy::default();
         for r in [0.0, 0.5, 0.999] {
-            let t = p.schedule(token(Some(Duration::from_secs(3600))), r).unwrap();
-            let window = p.usable_until(&t).duration_since(t.refresh_at().unwrap()).unwrap();
+            let t = p
+                .schedule(token(Some(Duration::from_secs(3600))), r)
+                .unwrap();
+            let window = p
+                .usable_until(&t)
+                .duration_since(t.refresh_at().unwrap())
+                .unwrap();
             assert!(window >= Duration::from_secs(600), "{window:?}");
             assert!(p.skew_for(Duration::from_secs(3600)) >= Duration::from_secs(30));
         }
@@ -357,20 +379,45 @@ mod tests {
     fn missing_and_absurd_lifetimes_are_normalised() {
         let p = RefreshPolicy::default();
         let t = p.schedule(token(None), 0.0).unwrap();
-        assert_eq!(t.expires_at().unwrap().duration_since(t.obtained_at()).unwrap(), DEFAULT_ASSUMED_LIFETIME);
-        let t = p.schedule(token(Some(Duration::from_secs(10 * 365 * 86400))), 0.0).unwrap();
-        assert_eq!(t.expires_at().unwrap().duration_since(t.obtained_at()).unwrap(), DEFAULT_MAX_LIFETIME);
+        assert_eq!(
+            t.expires_at()
+                .unwrap()
+                .duration_since(t.obtained_at())
+                .unwrap(),
+            DEFAULT_ASSUMED_LIFETIME
+        );
+        let t = p
+            .schedule(token(Some(Duration::from_secs(10 * 365 * 86400))), 0.0)
+            .unwrap();
+        assert_eq!(
+            t.expires_at()
+                .unwrap()
+                .duration_since(t.obtained_at())
+                .unwrap(),
+            DEFAULT_MAX_LIFETIME
+        );
         assert!(p.schedule(token(Some(Duration::ZERO)), 0.0).is_err());
         let past = AccessToken::new("s", SystemTime::UNIX_EPOCH + Duration::from_secs(100))
             .with_expires_at(SystemTime::UNIX_EPOCH + Duration::from_secs(40));
-        assert_eq!(p.schedule(past, 0.0).unwrap_err(), ScheduleError::NonPositiveLifetime { lifetime_secs: -60 });
+        assert_eq!(
+            p.schedule(past, 0.0).unwrap_err(),
+            ScheduleError::NonPositiveLifetime { lifetime_secs: -60 }
+        );
     }
 
     #[test]
     fn short_tokens_refresh_at_half_life_at_the_earliest() {
         let p = RefreshPolicy::default().jitter_fraction(0.0);
-        let t = p.schedule(token(Some(Duration::from_secs(240))), 0.0).unwrap();
-        assert_eq!(t.refresh_at().unwrap().duration_since(t.obtained_at()).unwrap(), Duration::from_secs(120));
+        let t = p
+            .schedule(token(Some(Duration::from_secs(240))), 0.0)
+            .unwrap();
+        assert_eq!(
+            t.refresh_at()
+                .unwrap()
+                .duration_since(t.obtained_at())
+                .unwrap(),
+            Duration::from_secs(120)
+        );
     }
 
     #[test]
@@ -379,7 +426,13 @@ mod tests {
         assert_eq!(p.backoff(1, None, 0.0), Duration::from_millis(500));
         assert_eq!(p.backoff(3, None, 0.999_999).as_secs(), 3);
         assert_eq!(p.backoff(40, None, 0.0), Duration::from_secs(30));
-        assert_eq!(p.backoff(1, Some(Duration::from_secs(30)), 0.0), Duration::from_secs(30));
-        assert_eq!(p.backoff(1, Some(Duration::from_secs(86400)), 0.0), DEFAULT_MAX_RETRY_AFTER);
+        assert_eq!(
+            p.backoff(1, Some(Duration::from_secs(30)), 0.0),
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            p.backoff(1, Some(Duration::from_secs(86400)), 0.0),
+            DEFAULT_MAX_RETRY_AFTER
+        );
     }
 }

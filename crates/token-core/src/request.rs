@@ -162,7 +162,8 @@ impl Default for TokenRequest {
 impl PartialEq for TokenRequest {
     fn eq(&self, other: &Self) -> bool {
         Arc::ptr_eq(&self.inner, &other.inner)
-            || (self.inner.hash == other.inner.hash && self.inner.canonical == other.inner.canonical)
+            || (self.inner.hash == other.inner.hash
+                && self.inner.canonical == other.inner.canonical)
     }
 }
 
@@ -177,7 +178,9 @@ impl Hash for TokenRequest {
 impl fmt::Debug for TokenRequest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // The canonical form is secret-free by construction.
-        f.debug_tuple("TokenRequest").field(&self.inner.canonical).finish()
+        f.debug_tuple("TokenRequest")
+            .field(&self.inner.canonical)
+            .finish()
     }
 }
 
@@ -206,7 +209,8 @@ impl fmt::Debug for TokenRequestBuilder {
 impl TokenRequestBuilder {
     /// Adds one scope. A value with spaces is split into several scopes.
     pub fn scope(mut self, scope: impl AsRef<str>) -> Self {
-        self.scopes.extend(scope.as_ref().split_ascii_whitespace().map(str::to_owned));
+        self.scopes
+            .extend(scope.as_ref().split_ascii_whitespace().map(str::to_owned));
         self
     }
 
@@ -254,13 +258,15 @@ impl TokenRequestBuilder {
 
     /// Adds an extra, non-secret form parameter (it appears in the cache key).
     pub fn param(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
-        self.params.insert(name.into(), ParamValue::Plain(value.into()));
+        self.params
+            .insert(name.into(), ParamValue::Plain(value.into()));
         self
     }
 
     /// Adds an extra secret form parameter (only its digest is in the key).
     pub fn secret_param(mut self, name: impl Into<String>, value: impl Into<Secret>) -> Self {
-        self.params.insert(name.into(), ParamValue::Secret(value.into()));
+        self.params
+            .insert(name.into(), ParamValue::Secret(value.into()));
         self
     }
 
@@ -456,12 +462,18 @@ mod tests {
             base().secret_param("t", "t").build(),
             base().scope("t").build(),
             TokenRequest::builder().scope("s;tenant=t").build(),
-            TokenRequest::builder().scope("s").scope("tenant=t;").build(),
+            TokenRequest::builder()
+                .scope("s")
+                .scope("tenant=t;")
+                .build(),
         ];
         let keys: std::collections::HashSet<_> =
             variants.iter().map(|r| CacheKey::new("cred", r)).collect();
         assert_eq!(keys.len(), variants.len(), "{keys:?}");
-        assert_ne!(CacheKey::new("a|b", &variants[0]), CacheKey::new("a", &variants[0]));
+        assert_ne!(
+            CacheKey::new("a|b", &variants[0]),
+            CacheKey::new("a", &variants[0])
+        );
     }
 
     #[test]
@@ -471,7 +483,11 @@ mod tests {
             .secret_param("client_assertion", "very-secret-value")
             .build();
         let key = CacheKey::new("cred", &r);
-        for text in [key.to_string(), format!("{r:?}"), format!("{:?}", r.actor())] {
+        for text in [
+            key.to_string(),
+            format!("{r:?}"),
+            format!("{:?}", r.actor()),
+        ] {
             assert!(!text.contains("eyJ-user-assertion"), "{text}");
             assert!(!text.contains("very-secret-value"), "{text}");
         }

@@ -33,7 +33,11 @@ pub(crate) fn next_u64() -> u64 {
     if STATE.load(Ordering::Relaxed) == 0 {
         let _ = STATE.compare_exchange(0, seed(), Ordering::Relaxed, Ordering::Relaxed);
     }
-    mix64(STATE.fetch_add(GOLDEN, Ordering::Relaxed).wrapping_add(GOLDEN))
+    mix64(
+        STATE
+            .fetch_add(GOLDEN, Ordering::Relaxed)
+            .wrapping_add(GOLDEN),
+    )
 }
 
 /// A uniformly distributed value in `[0, 1)`.

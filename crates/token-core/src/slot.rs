@@ -94,7 +94,9 @@ impl Token {
     }
 
     pub(crate) fn from_arc(hot: Arc<Hot>) -> Self {
-        Self { guard: Guard::from_inner(hot) }
+        Self {
+            guard: Guard::from_inner(hot),
+        }
     }
 
     /// An owned copy of the token.

@@ -41,7 +41,9 @@ fn shard_index() -> usize {
 
 impl ShardedCounter {
     pub(crate) fn new() -> Self {
-        Self { shards: Default::default() }
+        Self {
+            shards: Default::default(),
+        }
     }
 
     #[inline]
@@ -50,7 +52,10 @@ impl ShardedCounter {
     }
 
     pub(crate) fn sum(&self) -> u64 {
-        self.shards.iter().map(|p| p.0.load(Ordering::Relaxed)).sum()
+        self.shards
+            .iter()
+            .map(|p| p.0.load(Ordering::Relaxed))
+            .sum()
     }
 }
 

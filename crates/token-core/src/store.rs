@@ -33,7 +33,12 @@ pub struct StoreCapabilities {
 impl StoreCapabilities {
     /// An in-process, non-persistent, non-encrypted store.
     pub const fn local() -> Self {
-        Self { shared: false, persistent: false, encrypted: false, serialized: false }
+        Self {
+            shared: false,
+            persistent: false,
+            encrypted: false,
+            serialized: false,
+        }
     }
 
     /// Sets [`shared`](Self::shared).
@@ -70,12 +75,16 @@ pub struct Lease {
 impl Lease {
     /// A lease with a fresh random owner value (128 bits).
     pub fn new_random() -> Self {
-        Self { owner: format!("{:032x}", crate::rng::random_u128()).into() }
+        Self {
+            owner: format!("{:032x}", crate::rng::random_u128()).into(),
+        }
     }
 
     /// A lease with a given owner value, for stores that read one back.
     pub fn from_owner(owner: impl Into<String>) -> Self {
-        Self { owner: owner.into().into() }
+        Self {
+            owner: owner.into().into(),
+        }
     }
 
     /// The owner value a store compares on release.
@@ -209,7 +218,10 @@ pub trait CacheStoreExt: CacheStore {
         key: &CacheKey,
         now: SystemTime,
     ) -> Result<Option<AccessToken>, StoreError> {
-        Ok(self.get(key).await?.filter(|t| t.expires_at().is_some_and(|at| now < at)))
+        Ok(self
+            .get(key)
+            .await?
+            .filter(|t| t.expires_at().is_some_and(|at| now < at)))
     }
 }
 
@@ -219,7 +231,9 @@ impl<T: CacheStore + ?Sized> CacheStoreExt for T {}
 /// for a token without one (the engine always sets it).
 pub fn storable_expiry(token: &AccessToken) -> Result<SystemTime, StoreError> {
     token.expires_at().ok_or_else(|| {
-        StoreError::Rejected("the token has no expires_at; the engine sets one before storing".into())
+        StoreError::Rejected(
+            "the token has no expires_at; the engine sets one before storing".into(),
+        )
     })
 }
 
@@ -256,7 +270,10 @@ pub enum StoreError {
 impl StoreError {
     /// An [`Unavailable`](Self::Unavailable) error with a source.
     pub fn unavailable(message: impl Into<String>, source: impl Into<BoxError>) -> Self {
-        Self::Unavailable { message: message.into(), source: Some(source.into()) }
+        Self::Unavailable {
+            message: message.into(),
+            source: Some(source.into()),
+        }
     }
 
     /// True when trying again later may succeed.

@@ -175,7 +175,11 @@ impl AccessToken {
     /// The value of an `Authorization` header: `<type> <token>`. The result
     /// is a secret too.
     pub fn authorization_header(&self) -> Secret {
-        Secret::new(format!("{} {}", self.token_type.as_str(), self.secret.expose()))
+        Secret::new(format!(
+            "{} {}",
+            self.token_type.as_str(),
+            self.secret.expose()
+        ))
     }
 
     /// True when both carry the same secret (compared in constant time). This

@@ -1,0 +1,301 @@
+//! Test doubles for the engine tests: a counting fake IdP, simple stores,
+//! and helpers to let background tasks run while a manual clock moves.
+#![allow(dead_code, unreachable_pub)]
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use token_core::*;
+use tokio::sync::Semaphore;
+
+/// What the fake IdP does on its next calls.
+#[derive(Clone, Debug)]
+pub enum Mode {
+    /// Issue a token with this `expires_in` (None: the IdP omits it).
+    Issue(Option<Duration>),
+    /// Issue a token whose expiry is `obtained_at + secs` (may be negative).
+    IssueRaw(i64),
+    Transient(Option<Duration>),
+    Permanent,
+    Panic,
+    Hang,
+}
+
+/// A fake IdP that counts calls and remembers, per issued secret, the
+/// monotonic moment it really expires (so tests can prove no expired token
+/// is ever handed out, whatever the wall clock does).
+#[derive(Debug)]
+pub struct FakeIdp {
+    pub clock: ManualClock,
+    calls: AtomicUsize,
+    mode: Mutex<Mode>,
+    gate: Mutex<Option<Arc<Semaphore>>>,
+    pub issued: Mutex<HashMap<String, Instant>>,
+    pub call_times: Mutex<Vec<Instant>>,
+}
+
+pub const SECRET_PREFIX: &str = "s3cr3t-token-";
+
+impl FakeIdp {
+    pub fn new(clock: &ManualClock, lifetime: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            clock: clock.clone(),
+            calls: AtomicUsize::new(0),
+            mode: Mutex::new(Mode::Issue(Some(lifetime))),
+            gate: Mutex::new(None),
+            issued: Mutex::new(HashMap::new()),
+            call_times: Mutex::new(Vec::new()),
+        })
+    }
+
+    pub fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    pub fn set_mode(&self, mode: Mode) {
+        *self.mode.lock().unwrap() = mode;
+    }
+
+    /// Makes every fetch wait for a permit from the returned semaphore.
+    pub fn gate(&self) -> Arc<Semaphore> {
+        let s = Arc::new(Semaphore::new(0));
+        *self.gate.lock().unwrap() = Some(s.clone());
+        s
+    }
+
+    pub fn ungate(&self) {
+        if let Some(s) = self.gate.lock().unwrap().take() {
+            s.add_permits(1_000_000);
+        }
+    }
+
+    /// The monotonic moment the token really expires, if we issued it.
+    pub fn real_expiry(&self, token: &AccessToken) -> Instant {
+        *self
+            .issued
+            .lock()
+            .unwrap()
+            .get(token.secret().expose())
+            .expect("token was issued by this IdP")
+    }
+}
+
+#[async_trait]
+impl Credential for FakeIdp {
+    fn id(&self) -> &str {
+        "fake-idp:client-1"
+    }
+
+    async fn fetch(
+        &self,
+        _request: &TokenRequest,
+        _previous: Option<&AccessToken>,
+    ) -> Result<AccessToken, CredentialError> {
+        let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+        self.call_times.lock().unwrap().push(self.clock.monotonic());
+        let gate = self.gate.lock().unwrap().clone();
+        if let Some(gate) = gate {
+            let _permit = gate.acquire().await.expect("gate open");
+        }
+        let mode = self.mode.lock().unwrap().clone();
+        let secret = format!("{SECRET_PREFIX}{n}");
+        let now = self.clock.now();
+        let mono = self.clock.monotonic();
+        match mode {
+            Mode::Issue(lifetime) => {
+                let mut t = AccessToken::new(secret.clone(), now);
+                if let Some(l) = lifetime {
+                    t = t.with_expires_in(l);
+                }
+                let real = lifetime.unwrap_or(Duration::from_secs(3600 * 24 * 365));
+                self.issued.lock().unwrap().insert(secret, mono + real);
+                Ok(t)
+            }
+            Mode::IssueRaw(secs) => {
+                let at = if secs >= 0 {
+                    now + Duration::from_secs(secs as u64)
+                } else {
+                    now - Duration::from_secs(secs.unsigned_abs())
+                };
+                Ok(AccessToken::new(secret, now).with_expires_at(at))
+            }
+            Mode::Transient(after) => {
+                let e = CredentialError::transient("IdP answered 503")
+                    .with_code("temporarily_unavailable");
+                Err(match after {
+                    Some(a) => e.with_retry_after(a),
+                    None => e,
+                })
+            }
+            Mode::Permanent => Err(CredentialError::permanent("client authentication failed")
+                .with_code("invalid_client")),
+            Mode::Panic => panic!("fake IdP panicked on purpose"),
+            Mode::Hang => {
+                std::future::pending::<()>().await;
+                unreachable!()
+            }
+        }
+    }
+}
+
+/// A minimal shared in-memory store honouring the CacheStore contract, so
+/// that two engines can share it like two processes share Redis.
+#[derive(Debug, Default)]
+pub struct SharedStore {
+    tokens: Mutex<HashMap<CacheKey, AccessToken>>,
+    leases: Mutex<HashMap<CacheKey, (Lease, std::time::Instant)>>,
+    pub gets: AtomicUsize,
+}
+
+#[async_trait]
+impl CacheStore for SharedStore {
+    fn capabilities(&self) -> StoreCapabilities {
+        StoreCapabilities::local().with_shared(true)
+    }
+    async fn get(&self, key: &CacheKey) -> Result<Option<AccessToken>, StoreError> {
+        self.gets.fetch_add(1, Ordering::SeqCst);
+        Ok(self.tokens.lock().unwrap().get(key).cloned())
+    }
+    async fn put(&self, key: &CacheKey, token: &AccessToken) -> Result<PutOutcome, StoreError> {
+        let exp = storable_expiry(token)?;
+        let mut map = self.tokens.lock().unwrap();
+        if let Some(old) = map.get(key) {
+            if old.expires_at().unwrap() > exp {
+                return Ok(PutOutcome::KeptNewer);
+            }
+        }
+        map.insert(key.clone(), token.clone());
+        Ok(PutOutcome::Stored)
+    }
+    async fn remove(&self, key: &CacheKey) -> Result<(), StoreError> {
+        self.tokens.lock().unwrap().remove(key);
+        Ok(())
+    }
+    async fn try_acquire_lease(
+        &self,
+        key: &CacheKey,
+        ttl: Duration,
+    ) -> Result<Option<Lease>, StoreError> {
+        let mut leases = self.leases.lock().unwrap();
+        let now = std::time::Instant::now();
+        if let Some((_, until)) = leases.get(key) {
+            if *until > now {
+                return Ok(None);
+            }
+        }
+        let lease = Lease::new_random();
+        leases.insert(key.clone(), (lease.clone(), now + ttl));
+        Ok(Some(lease))
+    }
+    async fn release_lease(&self, key: &CacheKey, lease: &Lease) -> Result<bool, StoreError> {
+        let mut leases = self.leases.lock().unwrap();
+        if leases.get(key).is_some_and(|(l, _)| l == lease) {
+            leases.remove(key);
+            return Ok(true);
+        }
+        Ok(false)
+    }
+}
+
+/// A store that fails every call, like a Redis that is down.
+#[derive(Debug, Default)]
+pub struct DeadStore {
+    pub calls: AtomicUsize,
+}
+
+impl DeadStore {
+    fn fail<T>(&self) -> Result<T, StoreError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        Err(StoreError::Unavailable {
+            message: "connection refused".into(),
+            source: None,
+        })
+    }
+}
+
+#[async_trait]
+impl CacheStore for DeadStore {
+    fn capabilities(&self) -> StoreCapabilities {
+        StoreCapabilities::local().with_shared(true)
+    }
+    async fn get(&self, _: &CacheKey) -> Result<Option<AccessToken>, StoreError> {
+        self.fail()
+    }
+    async fn put(&self, _: &CacheKey, _: &AccessToken) -> Result<PutOutcome, StoreError> {
+        self.fail()
+    }
+    async fn remove(&self, _: &CacheKey) -> Result<(), StoreError> {
+        self.fail()
+    }
+    async fn try_acquire_lease(
+        &self,
+        _: &CacheKey,
+        _: Duration,
+    ) -> Result<Option<Lease>, StoreError> {
+        self.fail()
+    }
+    async fn release_lease(&self, _: &CacheKey, _: &Lease) -> Result<bool, StoreError> {
+        self.fail()
+    }
+}
+
+/// Lets spawned tasks run (current-thread runtime) until `cond` holds.
+pub async fn settle_until(mut cond: impl FnMut() -> bool) {
+    for _ in 0..10_000 {
+        if cond() {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+    panic!("condition not reached after 10,000 yields");
+}
+
+/// Lets spawned tasks run for a while.
+pub async fn settle() {
+    for _ in 0..200 {
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Advances `clock` in `step`s, letting tasks run between steps, until
+/// `cond` holds (at most `max_steps`).
+pub async fn advance_until(
+    clock: &ManualClock,
+    step: Duration,
+    max_steps: usize,
+    mut cond: impl FnMut() -> bool,
+) {
+    for _ in 0..max_steps {
+        settle().await;
+        if cond() {
+            return;
+        }
+        clock.advance(step);
+    }
+    settle().await;
+    assert!(
+        cond(),
+        "condition not reached after {max_steps} steps of {step:?}"
+    );
+}
+
+/// Polls a future once: `Some` if it completed without waiting.
+pub fn poll_once<F: std::future::Future>(fut: F) -> Option<F::Output> {
+    let mut fut = std::pin::pin!(fut);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match fut.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(v) => Some(v),
+        std::task::Poll::Pending => None,
+    }
+}
+
+pub fn hour() -> Duration {
+    Duration::from_secs(3600)
+}
+
+pub fn request(scope: &str) -> TokenRequest {
+    TokenRequest::builder().scope(scope).build()
+}
