@@ -378,8 +378,17 @@ async fn keep_warm(weak: Weak<Inner>, slot: Arc<Slot>) {
                 None => inner.start_flight(&slot, &mut st, &runtime, now < hot.usable_until),
             }
         };
+        let pause = inner.policy.backoff(1, None, crate::rng::unit_f64());
+        let clock = Arc::clone(&inner.clock);
         drop(inner);
-        let _ = rx.wait_for(Option::is_some).await;
+        let failed = match rx.wait_for(Option::is_some).await {
+            Ok(v) => !matches!(&*v, Some(Ok(_))),
+            Err(_) => true,
+        };
+        // A failure that set no backoff (a panic) must not spin the loop.
+        if failed && slot.lock().retry_at.is_none() {
+            clock.sleep(pause).await;
+        }
     }
 }
 

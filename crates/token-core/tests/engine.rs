@@ -666,3 +666,26 @@ async fn no_secret_appears_in_debug_display_or_errors() {
         }
     }
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn the_scheduled_refresh_survives_panics_without_spinning() {
+    let clock = ManualClock::new();
+    let idp = FakeIdp::new(&clock, hour());
+    idp.set_mode(Mode::Panic);
+    let cache = cache(&idp, RefreshPolicy::default());
+    let req = request("a");
+    let _warm = cache.keep_warm(&req).unwrap();
+    settle().await;
+    assert_eq!(idp.calls(), 1, "no retry before any time passes");
+    for _ in 0..10 {
+        clock.advance(Duration::from_secs(1));
+        settle().await;
+    }
+    assert!(idp.calls() <= 11, "{} calls in 10 s", idp.calls());
+    // The loop is still alive: once the credential recovers, the key is warm.
+    idp.set_mode(Mode::Issue(Some(hour())));
+    advance_until(&clock, Duration::from_secs(1), 10, || {
+        poll_once(cache.get_token(&req)).is_some_and(|r| r.is_ok())
+    })
+    .await;
+}
