@@ -16,7 +16,7 @@ use crate::policy::RefreshPolicy;
 use crate::request::{CacheKey, TokenRequest};
 use crate::slot::{Hot, Slot, Token};
 use crate::stats::{bump, CacheStats, Counters};
-use crate::store::CacheStore;
+use crate::store::{CacheStore, StoreEvent, TokenFingerprint};
 use crate::token::AccessToken;
 
 /// `TokenRequest` hashes to its precomputed 64-bit hash; this hasher passes
@@ -55,6 +55,10 @@ pub(crate) struct Inner {
     pub(crate) empty: Arc<Hot>,
     pub(crate) stats: Counters,
     pub(crate) store_down_until: AtomicU64,
+    /// Events from other instances, until the listener task takes them
+    /// (started on first use, when a runtime is sure to exist).
+    events: Mutex<Option<tokio::sync::broadcast::Receiver<StoreEvent>>>,
+    events_pending: AtomicBool,
 }
 
 impl Inner {
@@ -106,6 +110,7 @@ impl Inner {
     /// The slow path: no usable token in the hot slot. Joins the running
     /// flight or starts one, then waits for it.
     async fn slow(self: &Arc<Self>, slot: &Arc<Slot>) -> Result<Token, Error> {
+        self.start_listener();
         let mut rx = {
             let mut st = slot.lock();
             // Re-check after taking the lock: a flight may have just finished.
@@ -140,6 +145,61 @@ impl Inner {
             Err(_) => Err(Error::FetchCancelled),
         };
         result
+    }
+
+    /// Starts the task that applies other instances' invalidations, once.
+    fn start_listener(self: &Arc<Self>) {
+        if !self.events_pending.load(Ordering::Acquire) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let Some(mut rx) = self
+            .events
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        else {
+            return;
+        };
+        self.events_pending.store(false, Ordering::Release);
+        let weak = Arc::downgrade(self);
+        runtime.spawn(async move {
+            use tokio::sync::broadcast::error::RecvError;
+            loop {
+                let event = match rx.recv().await {
+                    Ok(event) => event,
+                    Err(RecvError::Lagged(missed)) => {
+                        tracing::warn!(missed, "missed store events; affected tokens are dropped at expiry or on their next 401");
+                        continue;
+                    }
+                    Err(RecvError::Closed) => return,
+                };
+                let Some(inner) = weak.upgrade() else { return };
+                inner.apply(event);
+            }
+        });
+    }
+
+    /// Applies an event from another instance.
+    fn apply(&self, event: StoreEvent) {
+        match event {
+            StoreEvent::Invalidated { key, fingerprint } => {
+                let map = self.slots.load();
+                for slot in map.values().filter(|s| s.key == key) {
+                    let _st = slot.lock();
+                    let current = slot.hot.load();
+                    if !Arc::ptr_eq(&current, &self.empty)
+                        && TokenFingerprint::of(&current.token) == fingerprint
+                    {
+                        slot.hot.store(Arc::clone(&self.empty));
+                        bump(&self.stats.invalidations);
+                        tracing::info!(key = %slot.key, "token invalidated by another instance");
+                    }
+                }
+            }
+        }
     }
 
     fn existing_slot(&self, request: &TokenRequest) -> Option<Arc<Slot>> {
@@ -182,11 +242,8 @@ impl Inner {
                 || CacheKey::new(self.credential.id(), request),
                 |s| s.key.clone(),
             );
-            if let Ok(Some(stored)) = self.store_call(store.get(&key)).await {
-                if stored.same_secret(rejected) && self.store_call(store.remove(&key)).await.is_ok()
-                {
-                    dropped = true;
-                }
+            if let Ok(true) = self.store_call(store.invalidate(&key, rejected)).await {
+                dropped = true;
             }
         }
         if dropped {
@@ -292,6 +349,7 @@ impl TokenCache {
     /// A handle pre-bound to `request`: the fastest way to get tokens for a
     /// fixed request.
     pub fn handle(&self, request: &TokenRequest) -> TokenHandle {
+        self.inner.start_listener();
         TokenHandle {
             inner: Arc::clone(&self.inner),
             slot: self.inner.slot_for(request),
@@ -310,6 +368,7 @@ impl TokenCache {
     /// until the returned guard is dropped. Needs a Tokio runtime.
     pub fn keep_warm(&self, request: &TokenRequest) -> Result<KeepWarm, Error> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
+        self.inner.start_listener();
         let slot = self.inner.slot_for(request);
         let weak = Arc::downgrade(&self.inner);
         let task = runtime.spawn(keep_warm(weak, slot));
@@ -507,8 +566,11 @@ impl TokenCacheBuilder {
             usable_until: epoch,
             stale: AtomicBool::new(false),
         });
+        let events = self.store.as_ref().and_then(|s| s.subscribe());
         TokenCache {
             inner: Arc::new(Inner {
+                events_pending: AtomicBool::new(events.is_some()),
+                events: Mutex::new(events),
                 credential: self.credential,
                 store: self.store,
                 policy: self.policy,

@@ -43,6 +43,6 @@ pub use slot::Token;
 pub use stats::CacheStats;
 pub use store::{
     storable_expiry, BoxError, CacheStore, CacheStoreExt, Lease, PutOutcome, StoreCapabilities,
-    StoreError, StoreStats,
+    StoreError, StoreEvent, StoreStats, TokenFingerprint,
 };
 pub use token::{AccessToken, TokenType};

@@ -6,6 +6,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
+use sha2::{Digest, Sha256};
+use tokio::sync::broadcast;
 
 use crate::request::CacheKey;
 use crate::token::AccessToken;
@@ -169,10 +171,81 @@ pub trait CacheStore: Send + Sync + fmt::Debug {
     /// Releases `lease` if it still holds `key`'s lease; says whether it did.
     async fn release_lease(&self, key: &CacheKey, lease: &Lease) -> Result<bool, StoreError>;
 
+    /// Removes the token under `key` only if it is still `rejected` (a
+    /// resource answered 401 with it), and, for a shared store, tells the
+    /// other instances so they drop it from their hot slots (see
+    /// [`subscribe`](Self::subscribe)). Says whether a token was removed.
+    ///
+    /// The provided implementation reads, compares and removes in three
+    /// steps and tells nobody; shared stores should override it with an
+    /// atomic compare-and-delete plus a notification.
+    async fn invalidate(&self, key: &CacheKey, rejected: &AccessToken) -> Result<bool, StoreError> {
+        match self.get(key).await? {
+            Some(stored) if stored.same_secret(rejected) => {
+                self.remove(key).await?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// Events from other instances sharing this store, for the engine to act
+    /// on (it drops invalidated tokens from its hot slots). `None` for a store
+    /// that is not shared or cannot notify; the engine then relies on expiry.
+    fn subscribe(&self) -> Option<broadcast::Receiver<StoreEvent>> {
+        None
+    }
+
     /// The store's own counters.
     fn stats(&self) -> StoreStats {
         StoreStats::default()
     }
+}
+
+/// Identifies a token without revealing it: the SHA-256 digest of its
+/// secret. Safe to send over pub/sub and to log (abbreviated).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TokenFingerprint([u8; 32]);
+
+impl TokenFingerprint {
+    /// The fingerprint of `token`'s secret.
+    pub fn of(token: &AccessToken) -> Self {
+        Self(Sha256::digest(token.secret().expose().as_bytes()).into())
+    }
+
+    /// From the 32 digest bytes (as read back from a store or a message).
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+
+    /// The 32 digest bytes.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for TokenFingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TokenFingerprint(")?;
+        for b in &self.0[..6] {
+            write!(f, "{b:02x}")?;
+        }
+        write!(f, "…)")
+    }
+}
+
+/// Something another instance did to a shared store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StoreEvent {
+    /// The token under `key` with this fingerprint was rejected by a
+    /// resource and invalidated; drop it if it is the one in the hot slot.
+    Invalidated {
+        /// The key.
+        key: CacheKey,
+        /// Which token.
+        fingerprint: TokenFingerprint,
+    },
 }
 
 macro_rules! forward_store {
@@ -196,6 +269,12 @@ macro_rules! forward_store {
             }
             async fn release_lease(&self, key: &CacheKey, lease: &Lease) -> Result<bool, StoreError> {
                 (**self).release_lease(key, lease).await
+            }
+            async fn invalidate(&self, key: &CacheKey, rejected: &AccessToken) -> Result<bool, StoreError> {
+                (**self).invalidate(key, rejected).await
+            }
+            fn subscribe(&self) -> Option<broadcast::Receiver<StoreEvent>> {
+                (**self).subscribe()
             }
             fn stats(&self) -> StoreStats {
                 (**self).stats()

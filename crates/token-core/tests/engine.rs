@@ -689,3 +689,39 @@ async fn the_scheduled_refresh_survives_panics_without_spinning() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn an_invalidation_on_one_instance_reaches_the_hot_slots_of_the_others() {
+    let clock = ManualClock::new();
+    let idp = FakeIdp::new(&clock, hour());
+    let store: Arc<dyn CacheStore> = Arc::new(SharedStore::default());
+    let make = || {
+        TokenCache::builder(idp.clone())
+            .clock(clock.clone())
+            .store_arc(store.clone())
+            .build()
+    };
+    let (a, b) = (make(), make());
+    let req = request("a");
+    let old = a.get_token(&req).await.unwrap().to_access_token();
+    assert!(
+        b.get_token(&req).await.unwrap().same_secret(&old),
+        "b adopted a's token from the store"
+    );
+    assert_eq!(idp.calls(), 1);
+
+    assert!(a.invalidate(&req, &old).await);
+    settle().await;
+    assert_eq!(
+        b.stats().invalidations,
+        1,
+        "b dropped the rejected token from its hot slot"
+    );
+    let fresh = b.get_token(&req).await.unwrap();
+    assert!(!fresh.same_secret(&old));
+    assert!(
+        a.get_token(&req).await.unwrap().same_secret(&fresh),
+        "a adopts b's new token"
+    );
+    assert_eq!(idp.calls(), 2);
+}

@@ -143,11 +143,23 @@ impl Credential for FakeIdp {
 
 /// A minimal shared in-memory store honouring the CacheStore contract, so
 /// that two engines can share it like two processes share Redis.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct SharedStore {
     tokens: Mutex<HashMap<CacheKey, AccessToken>>,
     leases: Mutex<HashMap<CacheKey, (Lease, std::time::Instant)>>,
     pub gets: AtomicUsize,
+    events: tokio::sync::broadcast::Sender<StoreEvent>,
+}
+
+impl Default for SharedStore {
+    fn default() -> Self {
+        Self {
+            tokens: Mutex::default(),
+            leases: Mutex::default(),
+            gets: AtomicUsize::new(0),
+            events: tokio::sync::broadcast::channel(16).0,
+        }
+    }
 }
 
 #[async_trait]
@@ -197,6 +209,21 @@ impl CacheStore for SharedStore {
             return Ok(true);
         }
         Ok(false)
+    }
+    async fn invalidate(&self, key: &CacheKey, rejected: &AccessToken) -> Result<bool, StoreError> {
+        let mut map = self.tokens.lock().unwrap();
+        let removed = map.get(key).is_some_and(|t| t.same_secret(rejected));
+        if removed {
+            map.remove(key);
+        }
+        let _ = self.events.send(StoreEvent::Invalidated {
+            key: key.clone(),
+            fingerprint: TokenFingerprint::of(rejected),
+        });
+        Ok(removed)
+    }
+    fn subscribe(&self) -> Option<tokio::sync::broadcast::Receiver<StoreEvent>> {
+        Some(self.events.subscribe())
     }
 }
 
