@@ -19,6 +19,8 @@ mod clock;
 mod codec;
 mod credential;
 mod engine;
+#[cfg(feature = "encryption")]
+mod envelope;
 mod error;
 mod flight;
 mod policy;
@@ -33,6 +35,12 @@ mod token;
 pub use clock::{Clock, ManualClock, Sleep, SystemClock};
 pub use codec::{decode_token, encode_token, DecodeError, FORMAT_VERSION};
 pub use credential::{Credential, CredentialError, FailureKind};
+#[cfg(feature = "encryption")]
+#[cfg_attr(docsrs, doc(cfg(feature = "encryption")))]
+pub use envelope::{
+    envelope_key_id, EncryptionKey, EnvelopeError, KeyError, KeyId, Keyring, ENVELOPE_OVERHEAD,
+    ENVELOPE_VERSION, KEY_LEN,
+};
 pub use engine::{KeepWarm, TokenCache, TokenCacheBuilder, TokenHandle};
 pub use error::Error;
 pub use policy::*;
