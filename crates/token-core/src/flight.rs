@@ -101,6 +101,13 @@ impl Drop for FlightGuard<'_> {
     }
 }
 
+/// Whether a stored token can stand in for a fetch.
+enum Adopt {
+    Yes(Arc<Hot>),
+    /// Not usable, but the newest we know (its refresh token may be current).
+    No(Box<AccessToken>),
+}
+
 /// What waiting for another instance's refresh ended with.
 enum Waited {
     Adopted(Arc<Hot>),
@@ -152,12 +159,11 @@ impl Inner {
         let mut lease = None;
 
         if let Some(store) = self.store_if_up() {
-            match self.store_call(store.get(&slot.key)).await {
-                Ok(Some(t)) => match self.adoptable(t, refresh) {
-                    Ok(hot) => return Ok(hot),
-                    Err(t) => previous = Some(t),
-                },
-                Ok(None) | Err(()) => {}
+            if let Ok(Some(t)) = self.store_call(store.get(&slot.key)).await {
+                match self.adoptable(t, refresh) {
+                    Adopt::Yes(hot) => return Ok(hot),
+                    Adopt::No(t) => previous = Some(*t),
+                }
             }
         }
         if let Some(store) = self.store_if_up() {
@@ -171,11 +177,11 @@ impl Inner {
                     // between our read and our lease.
                     if let Ok(Some(t)) = self.store_call(store.get(&slot.key)).await {
                         match self.adoptable(t, refresh) {
-                            Ok(hot) => {
+                            Adopt::Yes(hot) => {
                                 self.release(store, slot, &l).await;
                                 return Ok(hot);
                             }
-                            Err(t) => previous = Some(t),
+                            Adopt::No(t) => previous = Some(*t),
                         }
                     }
                     lease = Some(l);
@@ -227,7 +233,7 @@ impl Inner {
             delay = (delay * 2).min(Duration::from_secs(1));
             match self.store_call(store.get(&slot.key)).await {
                 Ok(Some(t)) => {
-                    if let Ok(hot) = self.adoptable(t, refresh) {
+                    if let Adopt::Yes(hot) = self.adoptable(t, refresh) {
                         return Waited::Adopted(hot);
                     }
                 }
@@ -249,23 +255,23 @@ impl Inner {
     /// A stored token this flight can use instead of fetching: usable now
     /// and, for a refresh, not itself due for refresh (otherwise it is the
     /// very token being refreshed). Gives the token back when unusable.
-    fn adoptable(&self, token: AccessToken, refresh: bool) -> Result<Arc<Hot>, AccessToken> {
+    fn adoptable(&self, token: AccessToken, refresh: bool) -> Adopt {
         let now = self.clock.now();
         let token = match token.refresh_at() {
             Some(_) => token,
             // Written by someone who did not schedule it: schedule it now.
             None => match self.policy.schedule(token.clone(), crate::rng::unit_f64()) {
                 Ok(t) => t,
-                Err(_) => return Err(token),
+                Err(_) => return Adopt::No(Box::new(token)),
             },
         };
         let usable = now < self.policy.usable_until(&token);
         let fresh = token.refresh_at().is_some_and(|at| now < at);
         if usable && (fresh || !refresh) {
             bump(&self.stats.store_hits);
-            Ok(self.make_hot(token))
+            Adopt::Yes(self.make_hot(token))
         } else {
-            Err(token)
+            Adopt::No(Box::new(token))
         }
     }
 

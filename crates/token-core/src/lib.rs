@@ -35,13 +35,13 @@ mod token;
 pub use clock::{Clock, ManualClock, Sleep, SystemClock};
 pub use codec::{decode_token, encode_token, DecodeError, FORMAT_VERSION};
 pub use credential::{Credential, CredentialError, FailureKind};
+pub use engine::{KeepWarm, TokenCache, TokenCacheBuilder, TokenHandle};
 #[cfg(feature = "encryption")]
 #[cfg_attr(docsrs, doc(cfg(feature = "encryption")))]
 pub use envelope::{
     envelope_key_id, EncryptionKey, EnvelopeError, KeyError, KeyId, Keyring, ENVELOPE_OVERHEAD,
     ENVELOPE_VERSION, KEY_LEN,
 };
-pub use engine::{KeepWarm, TokenCache, TokenCacheBuilder, TokenHandle};
 pub use error::Error;
 pub use policy::*;
 pub use request::{Actor, CacheKey, ParamValue, TokenRequest, TokenRequestBuilder};

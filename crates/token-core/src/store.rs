@@ -119,6 +119,13 @@ pub struct StoreStats {
     pub corrupt_reads: u64,
 }
 
+impl StoreStats {
+    /// Counters with the given number of corrupt reads.
+    pub fn new(corrupt_reads: u64) -> Self {
+        Self { corrupt_reads }
+    }
+}
+
 /// Where tokens are kept between fetches: in memory, in Redis, on disk.
 ///
 /// Usable as `Arc<dyn CacheStore>`. Prove an implementation with the
