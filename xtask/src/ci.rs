@@ -1,6 +1,7 @@
 //! `cargo xtask ci`: the checks a change must pass, in order, stopping at
 //! the first failure.
 
+use crate::test::WORKSPACE_FEATURES;
 use crate::util::{self, Result};
 
 type Step = (&'static str, fn() -> Result);
@@ -32,6 +33,8 @@ fn clippy() -> Result {
         "clippy",
         "--workspace",
         "--all-targets",
+        "--features",
+        WORKSPACE_FEATURES,
         "--",
         "-D",
         "warnings",
@@ -41,7 +44,13 @@ fn clippy() -> Result {
 fn docs() -> Result {
     util::run(
         util::cargo()
-            .args(["doc", "--workspace", "--no-deps"])
+            .args([
+                "doc",
+                "--workspace",
+                "--no-deps",
+                "--features",
+                WORKSPACE_FEATURES,
+            ])
             .env("RUSTDOCFLAGS", rustdocflags()),
     )
 }

@@ -78,9 +78,10 @@ COMMANDS:
         loopback ports), then compiles the benchmarks. This is what .ci/run runs.
 
     conformance [--backend <NAME>] [-- <TEST ARGS>]
-        Runs the conformance suite against one backend, or all (the default), and
-        prints which passed. NAME is one of: {backends}, all. A backend whose crate
-        is not in the workspace yet cannot run; `all` says which exist.
+        Runs the conformance suite against one backend, or all, and prints which
+        passed. NAME: {backends}, all (the default).
+        A backend whose crate is not in the workspace yet cannot run; `all` says
+        which exist. TEST ARGS go to the test binary (e.g. a name filter).
 
     ci
         cargo fmt --check, clippy with -D warnings, `test`, docs with -D warnings;

@@ -11,8 +11,12 @@
 
 use std::time::Instant;
 
-use crate::conformance::{self, Outcome, Selection, Services};
+use crate::conformance::{self, Backend, Outcome, Selection, Services};
 use crate::util::{self, Result};
+
+/// Features enabled in every workspace-wide build, so the facade's gated
+/// re-exports are compiled, tested and documented too.
+pub(crate) const WORKSPACE_FEATURES: &str = "token-cache/full";
 
 pub(crate) fn run() -> Result {
     let backends = conformance::select(&Selection::All)?;
@@ -20,13 +24,24 @@ pub(crate) fn run() -> Result {
     let services = Services::start(&backends, conformance::may_skip(&Selection::All))?;
 
     let started = Instant::now();
+    let mut stderr = String::new();
     let tests = util::step(
         "workspace tests (unit, integration, doc tests, every backend's conformance suite)",
         || {
             let mut cmd = util::cargo();
-            cmd.args(["test", "--workspace"]);
+            // --no-fail-fast: one CI run shows every failing target, and
+            // cargo's closing list of them says which backends failed.
+            cmd.args([
+                "test",
+                "--workspace",
+                "--no-fail-fast",
+                "--features",
+                WORKSPACE_FEATURES,
+            ]);
             cmd.envs(services.env());
-            util::run(&mut cmd)
+            let result;
+            (result, stderr) = util::run_keeping_stderr(&mut cmd);
+            result
         },
     );
     let took = util::format_duration(started.elapsed());
@@ -37,7 +52,7 @@ pub(crate) fn run() -> Result {
             let outcome = match (services.skip_reason(backend), &tests) {
                 (Some(why), _) => Outcome::Skipped(why.to_owned()),
                 (None, Ok(())) => Outcome::Passed,
-                (None, Err(_)) => Outcome::Unknown,
+                (None, Err(_)) => outcome_in_failed_run(backend, &stderr),
             };
             let how = format!("{} --test {}", backend.package, backend.test);
             (backend, outcome, how)
@@ -48,7 +63,14 @@ pub(crate) fn run() -> Result {
     let benches = tests.is_ok().then(|| {
         // Compiled, not run: benchmarks never run in CI, but must not rot.
         util::step("compile the benchmarks (not run)", || {
-            util::run(util::cargo().args(["test", "--workspace", "--benches", "--no-run"]))
+            util::run(util::cargo().args([
+                "test",
+                "--workspace",
+                "--features",
+                WORKSPACE_FEATURES,
+                "--benches",
+                "--no-run",
+            ]))
         })
     });
 
@@ -61,9 +83,70 @@ pub(crate) fn run() -> Result {
     }
     println!("\nconformance summary (each suite ran inside the workspace tests)");
     conformance::print_summary(&rows);
-    if tests.is_err() {
-        println!("  (\"unknown\": the workspace run failed before all were confirmed; the failing test is named above)");
+    if rows.iter().any(|(_, o, _)| matches!(o, Outcome::Unknown)) {
+        println!(
+            "  (unknown: the workspace run failed before that suite's result was known; see above)"
+        );
     }
     tests?;
     benches.unwrap_or(Ok(()))
+}
+
+/// A backend's outcome when the workspace run failed: cargo ran every test
+/// target (`--no-fail-fast`) and closed with the list of the ones that
+/// failed, as ``error: 2 targets failed:`` followed by lines like
+/// `` `-p token-memory --test conformance` ``. Without that list (a compile
+/// error, or cargo said something else) the outcome is unknown.
+fn outcome_in_failed_run(backend: &Backend, stderr: &str) -> Outcome {
+    let listed = stderr.lines().any(|l| {
+        l.starts_with("error: ")
+            && (l.ends_with(" target failed:") || l.ends_with(" targets failed:"))
+    });
+    if !listed {
+        return Outcome::Unknown;
+    }
+    let target = format!("`-p {} --test {}`", backend.package, backend.test);
+    if stderr.lines().any(|l| l.trim() == target) {
+        Outcome::Failed
+    } else {
+        Outcome::Passed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conformance::BACKENDS;
+
+    fn memory() -> &'static Backend {
+        BACKENDS.iter().find(|b| b.name == "memory").unwrap()
+    }
+
+    #[test]
+    fn a_backend_named_in_cargos_failure_list_failed() {
+        let stderr = "     Running tests/conformance.rs (target/debug/deps/conformance-1)\n\
+                      error: 2 targets failed:\n    `-p token-core --lib`\n    `-p token-memory --test conformance`\n";
+        assert!(matches!(
+            outcome_in_failed_run(memory(), stderr),
+            Outcome::Failed
+        ));
+    }
+
+    #[test]
+    fn a_backend_missing_from_cargos_failure_list_passed() {
+        let stderr = "error: 1 target failed:\n    `-p token-conformance --test suite`\n";
+        assert!(matches!(
+            outcome_in_failed_run(memory(), stderr),
+            Outcome::Passed
+        ));
+    }
+
+    #[test]
+    fn without_cargos_failure_list_the_outcome_is_unknown() {
+        let stderr = "error: could not compile `token-core` (lib) due to 2 previous errors\n";
+        assert!(matches!(
+            outcome_in_failed_run(memory(), stderr),
+            Outcome::Unknown
+        ));
+    }
 }

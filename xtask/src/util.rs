@@ -4,8 +4,9 @@
 use std::env;
 use std::ffi::OsStr;
 use std::fmt;
+use std::io::{self, BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// A failure xtask reports as `error: <message>` with a non-zero exit.
@@ -92,6 +93,40 @@ pub(crate) fn run(cmd: &mut Command) -> Result {
     } else {
         Err(format!("`{shown}` failed ({status})").into())
     }
+}
+
+/// [`run`], also returning what the command wrote to stderr, which is
+/// still shown as it comes (without cargo's progress bar, as stderr is now
+/// a pipe).
+pub(crate) fn run_keeping_stderr(cmd: &mut Command) -> (Result, String) {
+    let shown = display(cmd);
+    println!("$ {shown}");
+    let mut child = match cmd.stderr(Stdio::piped()).spawn() {
+        Ok(child) => child,
+        Err(e) => {
+            return (
+                Err(format!("could not start `{shown}`: {e}").into()),
+                String::new(),
+            )
+        }
+    };
+    let mut kept = Vec::new();
+    if let Some(stderr) = child.stderr.take() {
+        let mut reader = BufReader::new(stderr);
+        let mut line = Vec::new();
+        let mut out = io::stderr().lock();
+        while reader.read_until(b'\n', &mut line).is_ok_and(|n| n > 0) {
+            let _ = out.write_all(&line);
+            kept.append(&mut line);
+        }
+    }
+    let kept = String::from_utf8_lossy(&kept).into_owned();
+    let result = match child.wait() {
+        Ok(status) if status.success() => Ok(()),
+        Ok(status) => Err(format!("`{shown}` failed ({status})").into()),
+        Err(e) => Err(format!("`{shown}`: {e}").into()),
+    };
+    (result, kept)
 }
 
 /// Prints the command, runs it with captured output, and returns its stdout;

@@ -1,1 +1,89 @@
-//! placeholder
+//! Fetches OAuth 2.0 access tokens and caches them, so that a fleet of
+//! services asks the identity provider (IdP) once per token lifetime instead
+//! of once per request, keeps working through IdP outages, and never hands
+//! out an expired token.
+//!
+//! This is the crate to depend on. It re-exports the engine and contracts of
+//! [`token-core`](token_core) at its root, and each cache backend behind a
+//! feature.
+//!
+//! # Example
+//!
+//! A [`Credential`] obtains tokens (here a stand-in for an IdP); the
+//! [`TokenCache`] hands them out, keeping each in the [`MemoryStore`] until
+//! it is due for refresh.
+//!
+//! ```
+//! use std::time::{Duration, SystemTime};
+//!
+//! use token_cache::{
+//!     async_trait, AccessToken, Credential, CredentialError, MemoryStore, TokenCache, TokenRequest,
+//! };
+//!
+//! #[derive(Debug)]
+//! struct StaticIdp;
+//!
+//! #[async_trait]
+//! impl Credential for StaticIdp {
+//!     fn id(&self) -> &str {
+//!         "static-idp"
+//!     }
+//!
+//!     async fn fetch(
+//!         &self,
+//!         _request: &TokenRequest,
+//!         _previous: Option<&AccessToken>,
+//!     ) -> Result<AccessToken, CredentialError> {
+//!         Ok(AccessToken::new("not-a-real-token", SystemTime::now())
+//!             .with_expires_in(Duration::from_secs(3600)))
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), token_cache::Error> {
+//! let cache = TokenCache::builder(StaticIdp)
+//!     .store(MemoryStore::default())
+//!     .build();
+//! let request = TokenRequest::builder().scope("orders.read").build();
+//!
+//! let token = cache.get_token(&request).await?;
+//! assert!(!token.is_expired_at(SystemTime::now()));
+//!
+//! // The second call is answered from the cache: still one IdP call.
+//! let again = cache.get_token(&request).await?;
+//! assert!(again.same_secret(&token));
+//! assert_eq!(cache.stats().idp_calls, 1);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! `examples/demo.rs` puts 200 concurrent callers on one cache for ten
+//! seconds and prints how many IdP calls they caused:
+//! `cargo run -p token-cache --example demo`.
+//!
+//! # Features
+//!
+//! | feature | default | enables |
+//! |---|---|---|
+//! | `memory` | yes | [`MemoryStore`] and the [`memory`] module: an in-process, bounded store |
+//! | `full` | no | every backend below that exists (for CI and docs) |
+//!
+//! The Redis and sled stores and the HTTP credentials get their features
+//! (`redis`, `sled`, `http`) together with their crates.
+//!
+//! # Writing a store or a credential
+//!
+//! Implement [`CacheStore`] or [`Credential`] against `token-core` alone, and
+//! prove a store with the `token-conformance` suite.
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub use token_core::*;
+
+/// Implements a [`Credential`] or [`CacheStore`] (their methods are async),
+/// re-exported so that implementing one needs no extra dependency.
+#[doc(no_inline)]
+pub use async_trait::async_trait;
+
+#[cfg(feature = "memory")]
+#[cfg_attr(docsrs, doc(cfg(feature = "memory")))]
+pub use token_memory::{self as memory, MemoryStore};
