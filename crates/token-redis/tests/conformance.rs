@@ -1,33 +1,41 @@
 //! The token-conformance suite on `RedisStore` against a standalone server
-//! (xtask's, from `TOKEN_CACHE_REDIS_URL`, or a private one).
+//! (xtask's, from `TOKEN_CACHE_REDIS_URL`, or a private one): in clear
+//! (`redis::...`) and, with the `encryption` feature, with a keyring
+//! (`redis-encrypted::...`).
 
 mod support;
 
-use token_conformance::{libtest_mimic::Arguments, Fixture};
+use token_conformance::{libtest_mimic, libtest_mimic::Arguments, Fixture};
 use token_redis::{RedisConfig, RedisStore};
+
+/// A fresh fixture: its own prefix; the second handle is a separate client
+/// on the same prefix, as another process is.
+async fn fixture(config: RedisConfig) -> Result<Fixture, token_core::BoxError> {
+    let config = config.key_prefix(support::fresh_prefix("conformance"));
+    let store = RedisStore::connect(config.clone()).await?;
+    let second = RedisStore::connect(config).await?;
+    Ok(Fixture::new(store.clone())
+        .with_second(second)
+        .with_raw_access(support::Raw(store)))
+}
 
 fn main() {
     let Some((url, server)) = support::standalone("the redis conformance suite") else {
         return;
     };
-    let conclusion = token_conformance::run(
-        "redis",
-        move || {
-            let url = url.clone();
-            async move {
-                // Each check gets its own prefix; the second handle is a
-                // separate client on the same prefix, as another process is.
-                let prefix = support::fresh_prefix("conformance");
-                let config = RedisConfig::new(url).key_prefix(prefix);
-                let store = RedisStore::connect(config.clone()).await?;
-                let second = RedisStore::connect(config).await?;
-                Ok(Fixture::new(store.clone())
-                    .with_second(second)
-                    .with_raw_access(support::Raw(store)))
-            }
-        },
-        &Arguments::from_args(),
-    );
+    let plain = url.clone();
+    #[allow(unused_mut)]
+    let mut trials =
+        token_conformance::trials("redis", move || fixture(RedisConfig::new(plain.clone())));
+    #[cfg(feature = "encryption")]
+    trials.extend(token_conformance::trials("redis-encrypted", move || {
+        let url = url.clone();
+        async move {
+            let keyring = token_core::Keyring::new(token_core::EncryptionKey::generate()?);
+            fixture(RedisConfig::new(url).encryption(keyring)).await
+        }
+    }));
+    let conclusion = libtest_mimic::run(&Arguments::from_args(), trials);
     drop(server);
     conclusion.exit()
 }

@@ -535,3 +535,75 @@ async fn acl_users_connect_and_wrong_passwords_fail_without_showing_them() {
         assert!(!as_store.to_string().contains("wrong-pass-5e1d"));
     }
 }
+
+#[cfg(feature = "encryption")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encrypted_values_are_unreadable_without_the_right_key() {
+    use token_core::{EncryptionKey, Keyring};
+    let Some(server) = support::own_server("encrypted_values_are_unreadable_without_the_right_key")
+    else {
+        return;
+    };
+    let config = RedisConfig::new(server.url()).key_prefix(support::fresh_prefix("enc"));
+    let key_bytes = [7u8; 32];
+    let writer = RedisStore::connect(
+        config
+            .clone()
+            .encryption(Keyring::new(EncryptionKey::from_bytes(key_bytes))),
+    )
+    .await
+    .unwrap();
+    let same_key = RedisStore::connect(
+        config
+            .clone()
+            .encryption(Keyring::new(EncryptionKey::from_bytes(key_bytes))),
+    )
+    .await
+    .unwrap();
+    let other_key = RedisStore::connect(
+        config
+            .clone()
+            .encryption(Keyring::new(EncryptionKey::from_bytes([9u8; 32]))),
+    )
+    .await
+    .unwrap();
+    let plain = RedisStore::connect(config).await.unwrap();
+    assert!(writer.capabilities().encrypted && !plain.capabilities().encrypted);
+
+    let key = CacheKey::from_raw("tc1|enc|k");
+    let secret = "enc-secret-4b1e9a";
+    writer
+        .put(
+            &key,
+            &token(secret, Duration::from_secs(60)).with_refresh_token("enc-refresh-77d0"),
+        )
+        .await
+        .unwrap();
+    let raw = support::Raw(writer.clone())
+        .get_value(&key)
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&raw);
+    assert!(
+        !text.contains(secret) && !text.contains("enc-refresh-77d0"),
+        "nothing readable is stored"
+    );
+
+    assert!(same_key
+        .get(&key)
+        .await
+        .unwrap()
+        .is_some_and(|t| t.same_secret(&token(secret, Duration::from_secs(1)))));
+    for reader in [&other_key, &plain] {
+        assert!(reader.get(&key).await.unwrap().is_none());
+        assert_eq!(reader.stats().corrupt_reads, 1);
+    }
+    // A plain value is not readable by an encrypting store either.
+    plain
+        .put(&key, &token("plain-token", Duration::from_secs(120)))
+        .await
+        .unwrap();
+    assert!(writer.get(&key).await.unwrap().is_none());
+    assert_eq!(writer.stats().corrupt_reads, 1);
+}
