@@ -6,6 +6,7 @@
 mod bench;
 mod ci;
 mod conformance;
+mod idp;
 mod redis;
 mod test;
 mod util;

@@ -66,10 +66,11 @@
 //! | feature | default | enables |
 //! |---|---|---|
 //! | `memory` | yes | [`MemoryStore`] and the [`memory`] module: an in-process, bounded store |
+//! | `http` | no | the `http` module (token-http): OAuth 2.0 credentials over HTTP (`OAuthCredential`) and the reqwest/tower middleware that attaches tokens |
 //! | `full` | no | every backend below that exists (for CI and docs) |
 //!
-//! The Redis and sled stores and the HTTP credentials get their features
-//! (`redis`, `sled`, `http`) together with their crates.
+//! The Redis and sled stores get their features (`redis`, `sled`) together
+//! with their crates.
 //!
 //! # Writing a store or a credential
 //!
@@ -87,3 +88,7 @@ pub use async_trait::async_trait;
 #[cfg(feature = "memory")]
 #[cfg_attr(docsrs, doc(cfg(feature = "memory")))]
 pub use token_memory::{self as memory, MemoryStore};
+
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+pub use token_http::{self as http, OAuthCredential, TokenMiddleware};

@@ -66,6 +66,11 @@ enum Factory {
 
 impl Factory {
     fn new(config: &RedisConfig) -> Result<Self, RedisStoreError> {
+        // rustls needs a process-wide crypto provider; when several are
+        // compiled in (another crate may enable aws-lc-rs), it cannot pick
+        // one by itself. Install ring unless the application chose already.
+        #[cfg(feature = "tls")]
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let target = config.describe_target();
         let bad = |source: RedisError| RedisStoreError::Connect {
             target: target.clone(),

@@ -1,0 +1,185 @@
+//! A tower middleware that puts the cached token on every request: for
+//! hyper, tonic (gRPC) and any other `tower::Service` client.
+//!
+//! # Example
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use std::time::{Duration, SystemTime};
+//!
+//! use http::{Request, Response};
+//! use async_trait::async_trait;
+//! use token_core::{AccessToken, Credential, CredentialError, TokenCache, TokenRequest};
+//! use token_http::AuthLayer;
+//! use tower::{service_fn, Layer, ServiceExt};
+//!
+//! # #[derive(Debug)] struct Idp;
+//! # #[async_trait] impl Credential for Idp {
+//! #     fn id(&self) -> &str { "idp" }
+//! #     async fn fetch(&self, _: &TokenRequest, _: Option<&AccessToken>) -> Result<AccessToken, CredentialError> {
+//! #         Ok(AccessToken::new("t0ken", SystemTime::now()).with_expires_in(Duration::from_secs(3600)))
+//! #     }
+//! # }
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! let cache = TokenCache::builder(Idp).build();
+//! let request = TokenRequest::builder().scope("orders.read").build();
+//!
+//! // Stands in for a hyper client or a tonic channel.
+//! let client = service_fn(|req: Request<String>| async move {
+//!     let auth = req.headers()["authorization"].clone();
+//!     assert!(auth.is_sensitive());
+//!     Ok::<_, Infallible>(Response::new(auth.to_str().unwrap().len()))
+//! });
+//! let client = AuthLayer::new(&cache, &request).layer(client);
+//! let response = client.oneshot(Request::new(String::new())).await?;
+//! assert_eq!(*response.body(), "Bearer t0ken".len());
+//! # Ok(()) }
+//! ```
+//!
+//! # Rejected tokens
+//!
+//! On a `401` whose `WWW-Authenticate` says `error="invalid_token"`,
+//! [`Auth`] invalidates exactly the token it sent (if it is still the
+//! cached one), so the next request carries a fresh token and a burst of
+//! 401s for one old token causes one refresh. It does **not** resend the
+//! request itself: a tower request body (hyper's `Incoming`, a tonic
+//! stream) is consumed when sent and cannot, in general, be cloned, and
+//! gRPC calls may not be safe to repeat. Where bodies are buffered and
+//! calls idempotent, put `tower::retry` with a policy that clones the
+//! request around this layer: every attempt passes through [`Auth`] again
+//! and picks up the fresh token. (The reqwest middleware,
+//! [`TokenMiddleware`](crate::TokenMiddleware), does retry, since reqwest
+//! can tell when a request is clonable.)
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use http::header::{HeaderValue, AUTHORIZATION};
+use http::{Request, Response};
+use token_core::{TokenCache, TokenHandle, TokenRequest};
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::challenge::rejects_token;
+
+/// The error type of [`Auth`]: the inner service's error, or the cache's
+/// [`token_core::Error`] when no token could be had (downcast to tell).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Wraps services in [`Auth`]. See the [module docs](self).
+#[derive(Clone)]
+pub struct AuthLayer {
+    handle: TokenHandle,
+}
+
+impl AuthLayer {
+    /// Tokens for `request` from `cache`.
+    pub fn new(cache: &TokenCache, request: &TokenRequest) -> Self {
+        Self::from_handle(cache.handle(request))
+    }
+
+    /// Tokens from a pre-bound handle.
+    pub fn from_handle(handle: TokenHandle) -> Self {
+        Self { handle }
+    }
+}
+
+impl<S> Layer<S> for AuthLayer {
+    type Service = Auth<S>;
+
+    fn layer(&self, inner: S) -> Auth<S> {
+        Auth {
+            inner,
+            handle: self.handle.clone(),
+        }
+    }
+}
+
+impl fmt::Debug for AuthLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthLayer")
+            .field("key", self.handle.cache_key())
+            .finish()
+    }
+}
+
+/// Sets `Authorization: <type> <token>` (marked sensitive) on each request
+/// and invalidates a token the server rejected. See the [module docs](self).
+#[derive(Clone)]
+pub struct Auth<S> {
+    inner: S,
+    handle: TokenHandle,
+}
+
+impl<S> Auth<S> {
+    /// Wraps `inner`, with tokens from `handle`.
+    pub fn new(inner: S, handle: TokenHandle) -> Self {
+        Self { inner, handle }
+    }
+
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Auth<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    ReqBody: Send + 'static,
+    ResBody: Send + 'static,
+{
+    type Response = Response<ResBody>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<ResBody>, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
+        // The service that was driven to readiness goes with this call; a
+        // clone stays behind for the next one.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let handle = self.handle.clone();
+        Box::pin(async move {
+            let sent = handle.token().await?.to_access_token();
+            let mut value =
+                HeaderValue::from_str(sent.authorization_header().expose()).map_err(|_| {
+                    "the access token contains characters that cannot go in an Authorization header"
+                })?;
+            value.set_sensitive(true);
+            request.headers_mut().insert(AUTHORIZATION, value);
+            let response = inner.call(request).await.map_err(Into::into)?;
+            if rejects_token(response.status(), response.headers()) {
+                let dropped = handle.invalidate(&sent).await;
+                tracing::info!(
+                    key = %handle.cache_key(),
+                    dropped,
+                    "the server rejected the access token (401 invalid_token); the next request gets a fresh one"
+                );
+            }
+            Ok(response)
+        })
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for Auth<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Auth")
+            .field("inner", &self.inner)
+            .field("key", self.handle.cache_key())
+            .finish()
+    }
+}

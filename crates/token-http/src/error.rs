@@ -1,0 +1,35 @@
+//! Errors in configuration and start-up (token fetch failures are
+//! `token_core::CredentialError`s).
+
+/// Why a credential could not be configured or discovered.
+///
+/// No variant ever contains a secret or key material.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A URL could not be parsed, or is not `http`/`https`.
+    #[error("invalid {what} URL: {reason}")]
+    InvalidUrl {
+        /// Which URL (token endpoint, issuer).
+        what: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A private key could not be read or used.
+    #[error("private key: {0}")]
+    Key(String),
+    /// The HTTP client could not be built.
+    #[error("could not build the HTTP client: {0}")]
+    HttpClient(String),
+    /// Discovery (OIDC / RFC 8414 metadata) failed.
+    #[error("discovery at {issuer} failed: {reason}")]
+    Discovery {
+        /// The issuer asked.
+        issuer: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A setting is missing or contradicts another one.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}

@@ -1,0 +1,72 @@
+//! OAuth 2.0 over HTTP for token-cache: credentials that obtain tokens from
+//! an authorization server, and middleware that puts cached tokens on
+//! outgoing requests.
+//!
+//! - [`OAuthCredential`]: a [`token_core::Credential`] for the client
+//!   credentials, refresh token and token exchange (RFC 8693) grants, with
+//!   `client_secret_basic`, `client_secret_post` or `private_key_jwt`
+//!   (RS256/ES256, [`PrivateKey`]) client authentication, built from a token
+//!   URL or discovered from an issuer ([`ServerMetadata`]).
+//! - [`parse_token_response`]: the pure parser of token endpoint answers,
+//!   usable on its own.
+//! - [`TokenMiddleware`] for `reqwest-middleware`, and [`AuthLayer`] /
+//!   [`Auth`] for tower (hyper, tonic): `Authorization: <type> <token>`
+//!   from a [`TokenCache`](token_core::TokenCache), with a rejected token
+//!   invalidated exactly once.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use token_core::{TokenCache, TokenRequest};
+//! use token_http::{OAuthCredential, TokenMiddleware};
+//!
+//! let credential = OAuthCredential::client_credentials("https://idp.example/oauth/token", "orders-client")
+//!     .client_secret("from-the-vault")
+//!     .build()?;
+//! let cache = TokenCache::builder(credential).build();
+//! let request = TokenRequest::builder().scope("orders.read").build();
+//!
+//! let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+//!     .with(TokenMiddleware::new(&cache, &request))
+//!     .build();
+//! let orders = client.get("https://orders.example/v1/orders").send().await?;
+//! # let _ = orders; Ok(()) }
+//! ```
+//!
+//! # Secrets
+//!
+//! Client secrets, refresh tokens, subject tokens and key material are held
+//! in wiped memory ([`token_core::Secret`], `Zeroizing`), print as `***`,
+//! and never appear in errors or logs; `Authorization` headers are marked
+//! sensitive. Two copies are outside our control: the request body handed
+//! to reqwest (its buffer is not wiped) and `ring`'s parsed signing key,
+//! which lives only for the duration of one signature.
+//!
+//! # Timeouts
+//!
+//! [`DEFAULT_CONNECT_TIMEOUT`] (5 s) and [`DEFAULT_REQUEST_TIMEOUT`] (8 s,
+//! under the cache's own 10 s fetch timeout), both configurable on the
+//! builder. Timeouts, connection failures, 5xx and 429 are transient
+//! errors; the cache retries them with backoff, honouring `Retry-After`.
+
+mod auth;
+mod challenge;
+mod client_auth;
+mod credential;
+mod discovery;
+mod error;
+mod jwt;
+mod middleware;
+mod response;
+mod transport;
+
+pub use auth::{Auth, AuthLayer, BoxError};
+pub use client_auth::{ClientAuth, JWT_BEARER_ASSERTION_TYPE};
+pub use credential::{
+    Grant, OAuthCredential, OAuthCredentialBuilder, ACCESS_TOKEN_TYPE, DEFAULT_SKEW_WARNING,
+};
+pub use discovery::ServerMetadata;
+pub use error::ConfigError;
+pub use jwt::{PrivateKey, SigningAlgorithm, DEFAULT_ASSERTION_LIFETIME};
+pub use middleware::TokenMiddleware;
+pub use response::{parse_token_response, ClockSkew, ExpiresIn, TokenResponse, MAX_BODY_BYTES};
+pub use transport::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_REQUEST_TIMEOUT};

@@ -1,0 +1,126 @@
+//! Sending a request and reading a bounded body: the only network code of
+//! the credentials, with reqwest's failures turned into transient errors.
+
+use std::time::Duration;
+
+use http::StatusCode;
+use token_core::CredentialError;
+
+use crate::error::ConfigError;
+use crate::response::MAX_BODY_BYTES;
+
+/// Time allowed to establish a TCP (and TLS) connection to the token
+/// endpoint. Defaults to this: a healthy endpoint connects in milliseconds,
+/// and a dead one should fail fast so the cache's backoff takes over.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Time allowed for a whole token request, body included. Defaults to this:
+/// below the cache's own fetch timeout (10 s by default), so a hung endpoint
+/// fails with this credential's transient error naming the endpoint instead
+/// of the cache abandoning the fetch.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(8);
+
+/// A reqwest client for token and discovery requests: rustls, the connect
+/// timeout, and no redirects (a redirect could carry the client's
+/// credentials to another server).
+pub(crate) fn build_client(connect_timeout: Duration) -> Result<reqwest::Client, ConfigError> {
+    reqwest::Client::builder()
+        .connect_timeout(connect_timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("token-http/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| ConfigError::HttpClient(e.without_url().to_string()))
+}
+
+/// A response with its body read (at most [`MAX_BODY_BYTES`]).
+pub(crate) struct Received {
+    pub(crate) status: StatusCode,
+    pub(crate) headers: http::HeaderMap,
+    pub(crate) body: Vec<u8>,
+}
+
+/// Sends `request` and reads the body incrementally, refusing it as soon as
+/// it passes the cap, so a huge body is never buffered whole.
+pub(crate) async fn send(
+    request: reqwest::RequestBuilder,
+    url: &str,
+    timeout: Duration,
+) -> Result<Received, CredentialError> {
+    let mut response = request
+        .timeout(timeout)
+        .send()
+        .await
+        .map_err(|e| network_error(e, url, timeout))?;
+    let status = response.status();
+    let headers = response.headers().clone();
+    let too_large = |size: String| {
+        let message = format!(
+            "the token endpoint {url} answered {status} with a body of {size}, over the {MAX_BODY_BYTES}-byte limit; refused"
+        );
+        if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+            CredentialError::transient(message)
+        } else {
+            CredentialError::permanent(message)
+        }
+    };
+    if let Some(len) = response.content_length() {
+        if len > MAX_BODY_BYTES as u64 {
+            return Err(too_large(format!("{len} bytes")));
+        }
+    }
+    let mut body = Vec::new();
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > MAX_BODY_BYTES {
+                    return Err(too_large("more than that".to_owned()));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => break,
+            Err(e) => return Err(network_error(e, url, timeout)),
+        }
+    }
+    Ok(Received {
+        status,
+        headers,
+        body,
+    })
+}
+
+/// A reqwest failure as a transient error naming the endpoint. reqwest's own
+/// message is used without its URL (ours carries no credentials, but the
+/// error should read the same everywhere).
+fn network_error(e: reqwest::Error, url: &str, timeout: Duration) -> CredentialError {
+    let what = if e.is_timeout() {
+        format!("timed out (request timeout {timeout:?})")
+    } else if e.is_connect() {
+        "could not connect".to_owned()
+    } else if e.is_body() || e.is_decode() {
+        "failed while reading the response".to_owned()
+    } else {
+        "failed".to_owned()
+    };
+    let detail = e.without_url();
+    CredentialError::transient(format!(
+        "token request to {url} {what}: {}",
+        error_chain(&detail)
+    ))
+    .with_source(detail)
+}
+
+/// An error and its sources on one line: reqwest's top-level message alone
+/// ("error sending request") rarely says what happened.
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
