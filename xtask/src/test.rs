@@ -22,7 +22,10 @@ pub(crate) fn run() -> Result {
     let backends = conformance::select(&Selection::All)?;
     println!("{}", conformance::describe_availability());
     let services = Services::start(&backends, conformance::may_skip(&Selection::All))?;
-    util::step("install the test IdP for token-http (npm ci, if needed)", crate::idp::prepare)?;
+    util::step(
+        "install the test IdP for token-http (npm ci, if needed)",
+        crate::idp::prepare,
+    )?;
 
     let started = Instant::now();
     let mut stderr = String::new();
