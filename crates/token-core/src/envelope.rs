@@ -475,13 +475,16 @@ impl Keyring {
         out.extend_from_slice(&self.current.id.0);
         out.extend_from_slice(&nonce);
         out.extend_from_slice(plaintext);
-        let aad = associated_data(&out[..HEADER_LEN], key);
+        let header: [u8; HEADER_LEN] = header(self.current.id);
         let body_at = HEADER_LEN + NONCE_LEN;
-        let tag = self
-            .current
-            .cipher
-            .encrypt_inout_detached(&Nonce::from(nonce), &aad, (&mut out[body_at..]).into())
-            .map_err(|_| EnvelopeError::TooLong)?;
+        let tag = with_associated_data(&header, key, |aad| {
+            self.current.cipher.encrypt_inout_detached(
+                &Nonce::from(nonce),
+                aad,
+                (&mut out[body_at..]).into(),
+            )
+        })
+        .map_err(|_| EnvelopeError::TooLong)?;
         out.extend_from_slice(&tag);
         Ok(out)
     }
@@ -501,16 +504,16 @@ impl Keyring {
         let (body, tag) = rest.split_at(rest.len() - TAG_LEN);
         let nonce: [u8; NONCE_LEN] = nonce.try_into().map_err(|_| malformed(envelope))?;
         let tag: [u8; TAG_LEN] = tag.try_into().map_err(|_| malformed(envelope))?;
-        let aad = associated_data(header, key);
         let mut plain = Zeroizing::new(body.to_vec());
-        slot.cipher
-            .decrypt_inout_detached(
+        with_associated_data(header, key, |aad| {
+            slot.cipher.decrypt_inout_detached(
                 &Nonce::from(nonce),
-                &aad,
+                aad,
                 plain.as_mut_slice().into(),
                 &Tag::from(tag),
             )
-            .map_err(|_| EnvelopeError::AuthenticationFailed)?;
+        })
+        .map_err(|_| EnvelopeError::AuthenticationFailed)?;
         Ok(plain)
     }
 }
@@ -555,13 +558,31 @@ pub fn envelope_key_id(envelope: &[u8]) -> Result<KeyId, EnvelopeError> {
     Ok(KeyId(id))
 }
 
-/// Header, then the cache key: the header has a fixed length, so the
-/// concatenation is unambiguous.
-fn associated_data(header: &[u8], key: &CacheKey) -> Vec<u8> {
-    let mut aad = Vec::with_capacity(header.len() + key.as_str().len());
-    aad.extend_from_slice(header);
-    aad.extend_from_slice(key.as_str().as_bytes());
-    aad
+fn header(id: KeyId) -> [u8; HEADER_LEN] {
+    let mut h = [ENVELOPE_VERSION; HEADER_LEN];
+    h[1..].copy_from_slice(&id.0);
+    h
+}
+
+/// Calls `f` with the associated data: the header, then the cache key. The
+/// header has a fixed length, so the concatenation is unambiguous. Built on
+/// the stack when it fits (cache keys are usually short), so an open
+/// allocates only its plaintext.
+fn with_associated_data<R>(header: &[u8], key: &CacheKey, f: impl FnOnce(&[u8]) -> R) -> R {
+    const STACK: usize = 256;
+    let key = key.as_str().as_bytes();
+    let len = header.len() + key.len();
+    if len <= STACK {
+        let mut buf = [0u8; STACK];
+        buf[..header.len()].copy_from_slice(header);
+        buf[header.len()..len].copy_from_slice(key);
+        f(&buf[..len])
+    } else {
+        let mut buf = Vec::with_capacity(len);
+        buf.extend_from_slice(header);
+        buf.extend_from_slice(key);
+        f(&buf)
+    }
 }
 
 #[cfg(test)]
@@ -623,6 +644,22 @@ mod tests {
             other.open(&ck("k"), &sealed).unwrap_err(),
             EnvelopeError::AuthenticationFailed
         );
+    }
+
+    #[test]
+    fn long_cache_keys_round_trip_and_stay_bound() {
+        let ring = Keyring::new(key_n(1));
+        let long = "k".repeat(1000);
+        let sealed = ring.seal(&ck(&long), PLAIN).unwrap();
+        assert_eq!(&**ring.open(&ck(&long), &sealed).unwrap(), PLAIN);
+        let other = format!("{long}x");
+        assert_eq!(
+            ring.open(&ck(&other), &sealed).unwrap_err(),
+            EnvelopeError::AuthenticationFailed
+        );
+        let at_edge = "e".repeat(256 - HEADER_LEN);
+        let sealed = ring.seal(&ck(&at_edge), PLAIN).unwrap();
+        assert_eq!(&**ring.open(&ck(&at_edge), &sealed).unwrap(), PLAIN);
     }
 
     #[test]
