@@ -4,8 +4,8 @@ use std::fmt;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -15,9 +15,10 @@ use token_core::{
     StoreStats,
 };
 
+use crate::builder::SledStoreBuilder;
 use crate::error::SledError;
 use crate::lease::Leases;
-use crate::open::{open_dir, tighten_permissions, Quarantine};
+use crate::open::{tighten_permissions, Quarantine};
 
 /// How often expired entries are swept away by default.
 ///
@@ -41,8 +42,8 @@ pub const DEFAULT_CACHE_CAPACITY: u64 = 16 * 1024 * 1024;
 /// only over-count, never under-count.
 const COUNT_RESERVE: u64 = 1024;
 
-const TOKENS_TREE: &[u8] = b"tokens";
-const META_TREE: &[u8] = b"meta";
+pub(crate) const TOKENS_TREE: &[u8] = b"tokens";
+pub(crate) const META_TREE: &[u8] = b"meta";
 const CANARY: &[u8] = b"canary";
 const CANARY_PLAINTEXT: &[u8] = b"token-sled canary v1";
 const SEALED_PREFIX: &[u8] = b"sealed/";
@@ -133,31 +134,31 @@ pub struct SweepReport {
 /// ```
 #[derive(Clone)]
 pub struct SledStore {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
-struct Inner {
-    path: PathBuf,
+pub(crate) struct Inner {
+    pub(crate) path: PathBuf,
     // Dropped before `_lock`: sled closes before the directory is unlocked.
-    db: sled::Db,
-    tokens: sled::Tree,
-    meta: sled::Tree,
-    keyring: Arc<Keyring>,
-    durability: Durability,
-    max_encryptions: u64,
-    sealed: Mutex<SealCount>,
-    corrupt_reads: AtomicU64,
-    leases: Leases,
-    quarantine: Option<Quarantine>,
+    pub(crate) db: sled::Db,
+    pub(crate) tokens: sled::Tree,
+    pub(crate) meta: sled::Tree,
+    pub(crate) keyring: Arc<Keyring>,
+    pub(crate) durability: Durability,
+    pub(crate) max_encryptions: u64,
+    pub(crate) sealed: Mutex<SealCount>,
+    pub(crate) corrupt_reads: AtomicU64,
+    pub(crate) leases: Leases,
+    pub(crate) quarantine: Option<Quarantine>,
     // Dropping it stops the sweeper thread.
-    _stop_sweeper: Option<mpsc::Sender<()>>,
-    _lock: File,
+    pub(crate) _stop_sweeper: Option<mpsc::Sender<()>>,
+    pub(crate) _lock: File,
 }
 
-struct SealCount {
-    key: KeyId,
-    used: u64,
-    reserved: u64,
+pub(crate) struct SealCount {
+    pub(crate) key: KeyId,
+    pub(crate) used: u64,
+    pub(crate) reserved: u64,
 }
 
 impl SledStore {
@@ -274,7 +275,7 @@ impl SledStore {
 /// another thread, and saves the round trip to the blocking pool that
 /// otherwise costs about 20 µs per write), on the blocking pool on a
 /// current-thread runtime, and inline outside any runtime.
-async fn blocking<T, F>(op: &'static str, f: F) -> Result<T, SledError>
+pub(crate) async fn blocking<T, F>(op: &'static str, f: F) -> Result<T, SledError>
 where
     F: FnOnce() -> Result<T, SledError> + Send + 'static,
     T: Send + 'static,
@@ -428,7 +429,7 @@ impl Inner {
         Ok(swapped)
     }
 
-    fn flush(&self) -> Result<(), SledError> {
+    pub(crate) fn flush(&self) -> Result<(), SledError> {
         self.db.flush().map_err(self.sled_err("flush to disk"))?;
         Ok(())
     }
@@ -473,7 +474,7 @@ impl Inner {
         Ok(changed)
     }
 
-    fn sweep(&self) -> Result<SweepReport, SledError> {
+    pub(crate) fn sweep(&self) -> Result<SweepReport, SledError> {
         let now = SystemTime::now();
         let mut kept = 0;
         let removed = self.rewrite_each(|key, bytes| {
@@ -531,7 +532,7 @@ impl Inner {
 
     /// Refuses a keyring that cannot open what the database was last
     /// written with, and records the current key as the one it now is.
-    fn check_keyring(&self) -> Result<(), SledError> {
+    pub(crate) fn check_keyring(&self) -> Result<(), SledError> {
         let stored = self
             .meta
             .get(CANARY)
@@ -582,7 +583,7 @@ fn sealed_key(id: KeyId) -> Vec<u8> {
     [SEALED_PREFIX, &id.to_bytes()[..]].concat()
 }
 
-fn read_count(meta: &sled::Tree, id: KeyId) -> Result<u64, sled::Error> {
+pub(crate) fn read_count(meta: &sled::Tree, id: KeyId) -> Result<u64, sled::Error> {
     Ok(meta
         .get(sealed_key(id))?
         .and_then(|v| <[u8; 8]>::try_from(&*v).ok())
@@ -656,147 +657,5 @@ impl CacheStore for SledStore {
 
     fn stats(&self) -> StoreStats {
         StoreStats::new(self.inner.corrupt_reads.load(Ordering::Relaxed))
-    }
-}
-
-/// Configures and opens a [`SledStore`].
-pub struct SledStoreBuilder {
-    path: PathBuf,
-    keyring: Arc<Keyring>,
-    durability: Durability,
-    sweep_interval: Option<Duration>,
-    max_encryptions: u64,
-    cache_capacity: u64,
-    quarantine_damaged: bool,
-}
-
-impl fmt::Debug for SledStoreBuilder {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // The keyring's Debug shows key ids only.
-        f.debug_struct("SledStoreBuilder")
-            .field("path", &self.path)
-            .field("keyring", &self.keyring)
-            .field("durability", &self.durability)
-            .field("sweep_interval", &self.sweep_interval)
-            .field("max_encryptions", &self.max_encryptions)
-            .field("cache_capacity", &self.cache_capacity)
-            .field("quarantine_damaged", &self.quarantine_damaged)
-            .finish()
-    }
-}
-
-impl SledStoreBuilder {
-    /// When writes are on disk. Defaults to [`Durability::Flush`].
-    pub fn durability(mut self, durability: Durability) -> Self {
-        self.durability = durability;
-        self
-    }
-
-    /// How often expired entries are swept away, or `None` for never (call
-    /// [`SledStore::sweep`] yourself). Defaults to
-    /// [`DEFAULT_SWEEP_INTERVAL`].
-    pub fn sweep_interval(mut self, every: Option<Duration>) -> Self {
-        self.sweep_interval = every;
-        self
-    }
-
-    /// How many values one key may seal before writes are refused with an
-    /// error asking for rotation. Defaults to
-    /// [`DEFAULT_MAX_ENCRYPTIONS_PER_KEY`].
-    pub fn max_encryptions_per_key(mut self, limit: u64) -> Self {
-        self.max_encryptions = limit;
-        self
-    }
-
-    /// sled's page cache, in bytes. Defaults to [`DEFAULT_CACHE_CAPACITY`].
-    pub fn cache_capacity(mut self, bytes: u64) -> Self {
-        self.cache_capacity = bytes;
-        self
-    }
-
-    /// Whether a database sled cannot open is moved aside (and the store
-    /// starts empty) instead of failing to open. Defaults to `true`.
-    pub fn quarantine_damaged(mut self, yes: bool) -> Self {
-        self.quarantine_damaged = yes;
-        self
-    }
-
-    /// Opens the store (on tokio's blocking pool).
-    pub async fn open(self) -> Result<SledStore, SledError> {
-        let sweeper = self
-            .sweep_interval
-            .map(|every| (every, mpsc::channel::<()>()));
-        let (sweep_every, stop, stopped) = match sweeper {
-            Some((every, (stop, stopped))) => (Some(every), Some(stop), Some(stopped)),
-            None => (None, None, None),
-        };
-        let inner = blocking("open", move || self.open_blocking(stop)).await?;
-        let inner = Arc::new(inner);
-        if let (Some(every), Some(stopped)) = (sweep_every, stopped) {
-            start_sweeper(&inner, every, stopped);
-        }
-        Ok(SledStore { inner })
-    }
-
-    fn open_blocking(self, stop_sweeper: Option<mpsc::Sender<()>>) -> Result<Inner, SledError> {
-        let opened = open_dir(&self.path, self.cache_capacity, self.quarantine_damaged)?;
-        let sled_err = |op| {
-            let path = self.path.clone();
-            move |e| SledError::sled(op, &path, e)
-        };
-        let tokens = opened
-            .db
-            .open_tree(TOKENS_TREE)
-            .map_err(sled_err("open the tokens tree"))?;
-        let meta = opened
-            .db
-            .open_tree(META_TREE)
-            .map_err(sled_err("open the meta tree"))?;
-        let current = self.keyring.current_key_id();
-        let used = read_count(&meta, current).map_err(sled_err("read the encryption count"))?;
-        let inner = Inner {
-            path: self.path,
-            db: opened.db,
-            tokens,
-            meta,
-            keyring: self.keyring,
-            durability: self.durability,
-            max_encryptions: self.max_encryptions,
-            sealed: Mutex::new(SealCount {
-                key: current,
-                used,
-                reserved: used,
-            }),
-            corrupt_reads: AtomicU64::new(0),
-            leases: Leases::default(),
-            quarantine: opened.quarantine,
-            _stop_sweeper: stop_sweeper,
-            _lock: opened.lock,
-        };
-        inner.check_keyring()?;
-        inner.flush()?;
-        Ok(inner)
-    }
-}
-
-/// Sweeps every `every` on a thread of its own until the store is dropped
-/// (which drops the sender of `stopped`). A thread, not a tokio task: it
-/// needs no timer-enabled runtime, and the sweep blocks anyway.
-fn start_sweeper(inner: &Arc<Inner>, every: Duration, stopped: mpsc::Receiver<()>) {
-    let weak: Weak<Inner> = Arc::downgrade(inner);
-    let spawned = std::thread::Builder::new()
-        .name("token-sled-sweep".into())
-        .spawn(move || loop {
-            match stopped.recv_timeout(every) {
-                Err(RecvTimeoutError::Timeout) => {}
-                Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
-            }
-            let Some(inner) = weak.upgrade() else { return };
-            if let Err(e) = inner.sweep() {
-                tracing::warn!(error = %e, "token-sled: sweeping expired entries failed");
-            }
-        });
-    if let Err(e) = spawned {
-        tracing::warn!(error = %e, "token-sled: cannot start the sweeper thread; expired entries stay until swept by hand");
     }
 }
