@@ -65,9 +65,12 @@ pub const DEFAULT_MAX_RETRY_AFTER: Duration = Duration::from_secs(10 * 60);
 /// handshake or a GC pause without letting a hung IdP hold waiters for long.
 pub const DEFAULT_FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Added to the fetch timeout to make the lease TTL, covering the store
-/// round trips around the fetch.
-pub const DEFAULT_LEASE_MARGIN: Duration = Duration::from_secs(5);
+/// Added to the fetch timeout to make the lease TTL: the holder makes up to
+/// three store calls around the fetch (re-read, put, release), each bounded
+/// by [`DEFAULT_STORE_TIMEOUT`], plus a second of slack, so a live holder
+/// keeps the lease for its whole refresh. (Were it to lapse anyway, the
+/// newer-wins put still fences an older token out.)
+pub const DEFAULT_LEASE_MARGIN: Duration = Duration::from_secs(7);
 
 /// Each store call is abandoned after this long: a hung store must not hold
 /// a request longer than a fetch would.
