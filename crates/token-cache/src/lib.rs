@@ -65,12 +65,11 @@
 //!
 //! | feature | default | enables |
 //! |---|---|---|
-//! | `memory` | yes | [`MemoryStore`] and the [`memory`] module: an in-process, bounded store |
+//! | `memory` | yes | `MemoryStore` and the `memory` module: an in-process, bounded store |
+//! | `redis` | no | `RedisStore`, `RedisConfig` and the `redis` module: one token per key for a whole fleet, on a standalone Redis or a Redis Cluster |
+//! | `sled` | no | `SledStore` and the `sled` module: tokens encrypted at rest (AES-256-GCM) that survive restarts |
 //! | `http` | no | the `http` module (token-http): OAuth 2.0 credentials over HTTP (`OAuthCredential`) and the reqwest/tower middleware that attaches tokens |
-//! | `full` | no | every backend below that exists (for CI and docs) |
-//!
-//! The Redis and sled stores get their features (`redis`, `sled`) together
-//! with their crates.
+//! | `full` | no | all of the above (for CI and docs) |
 //!
 //! # Writing a store or a credential
 //!
@@ -88,6 +87,14 @@ pub use async_trait::async_trait;
 #[cfg(feature = "memory")]
 #[cfg_attr(docsrs, doc(cfg(feature = "memory")))]
 pub use token_memory::{self as memory, MemoryStore};
+
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use token_redis::{self as redis, RedisConfig, RedisStore};
+
+#[cfg(feature = "sled")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sled")))]
+pub use token_sled::{self as sled, SledStore};
 
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
