@@ -190,16 +190,33 @@ impl Inner {
                 for slot in map.values().filter(|s| s.key == key) {
                     let _st = slot.lock();
                     let current = slot.hot.load();
-                    if !Arc::ptr_eq(&current, &self.empty)
-                        && TokenFingerprint::of(&current.token) == fingerprint
+                    if self.is_live(&current) && TokenFingerprint::of(&current.token) == fingerprint
                     {
-                        slot.hot.store(Arc::clone(&self.empty));
+                        self.retire(slot, &current);
                         bump(&self.stats.invalidations);
                         tracing::info!(key = %slot.key, "token invalidated by another instance");
                     }
                 }
             }
         }
+    }
+
+    /// Whether `hot` is a token that may still be served (not the empty
+    /// sentinel, not a retired token).
+    fn is_live(&self, hot: &Hot) -> bool {
+        hot.usable_until > self.epoch
+    }
+
+    /// Takes a rejected token out of service. It stays in the slot as a dead
+    /// entry (never served) so that the next fetch still sees it as
+    /// `previous`: its refresh token is the newest this process knows.
+    fn retire(&self, slot: &Slot, hot: &Hot) {
+        slot.hot.store(Arc::new(Hot {
+            token: hot.token.clone(),
+            fresh_until: self.epoch,
+            usable_until: self.epoch,
+            stale: AtomicBool::new(false),
+        }));
     }
 
     fn existing_slot(&self, request: &TokenRequest) -> Option<Arc<Slot>> {
@@ -232,8 +249,8 @@ impl Inner {
         if let Some(slot) = &slot {
             let _st = slot.lock();
             let current = slot.hot.load();
-            if !Arc::ptr_eq(&current, &self.empty) && current.token.same_secret(rejected) {
-                slot.hot.store(Arc::clone(&self.empty));
+            if self.is_live(&current) && current.token.same_secret(rejected) {
+                self.retire(slot, &current);
                 dropped = true;
             }
         }

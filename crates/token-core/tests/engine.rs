@@ -725,3 +725,47 @@ async fn an_invalidation_on_one_instance_reaches_the_hot_slots_of_the_others() {
     );
     assert_eq!(idp.calls(), 2);
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn the_fetch_after_an_invalidation_still_sees_the_rejected_token_as_previous() {
+    #[derive(Debug, Default)]
+    struct Rotating {
+        seen: std::sync::Mutex<Vec<Option<String>>>,
+    }
+    #[async_trait::async_trait]
+    impl Credential for Rotating {
+        fn id(&self) -> &str {
+            "rotating"
+        }
+        async fn fetch(
+            &self,
+            _: &TokenRequest,
+            previous: Option<&AccessToken>,
+        ) -> Result<AccessToken, CredentialError> {
+            let mut seen = self.seen.lock().unwrap();
+            seen.push(
+                previous
+                    .and_then(|p| p.refresh_token())
+                    .map(|r| r.expose().to_owned()),
+            );
+            let n = seen.len();
+            Ok(
+                AccessToken::new(format!("at-{n}"), std::time::SystemTime::now())
+                    .with_expires_in(hour())
+                    .with_refresh_token(format!("rt-{n}")),
+            )
+        }
+    }
+    let cred = Arc::new(Rotating::default());
+    let cache = TokenCache::builder(cred.clone()).build();
+    let req = request("a");
+    let first = cache.get_token(&req).await.unwrap().to_access_token();
+    assert!(cache.invalidate(&req, &first).await);
+    assert!(!cache.invalidate(&req, &first).await, "already retired");
+    let second = cache.get_token(&req).await.unwrap();
+    assert_eq!(second.secret().expose(), "at-2");
+    assert_eq!(
+        *cred.seen.lock().unwrap(),
+        vec![None, Some("rt-1".to_owned())]
+    );
+}
