@@ -478,11 +478,16 @@ async fn debug_and_errors_show_no_secret() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalidate_removes_only_the_rejected_token() {
     let dir = tempfile::tempdir().unwrap();
-    let store = SledStore::open(dir.path(), Keyring::new(key_n(1))).await.unwrap();
+    let store = SledStore::open(dir.path(), Keyring::new(key_n(1)))
+        .await
+        .unwrap();
     let k = key("k");
     let current = token("current-token");
     store.put(&k, &current).await.unwrap();
-    assert!(!store.invalidate(&k, &token("an-older-token")).await.unwrap());
+    assert!(!store
+        .invalidate(&k, &token("an-older-token"))
+        .await
+        .unwrap());
     assert!(store.get(&k).await.unwrap().is_some());
     assert!(store.invalidate(&k, &current).await.unwrap());
     assert!(store.get(&k).await.unwrap().is_none());
