@@ -85,7 +85,7 @@ pub enum SledError {
         source: sled::Error,
     },
     /// A file-system operation failed.
-    #[error("cannot {op} {}", path.display())]
+    #[error("cannot {op} {}: {source}", path.display())]
     Io {
         /// What was being done.
         op: &'static str,

@@ -29,6 +29,7 @@ fn main() {
         std::process::exit(code);
     }
     let args = Arguments::from_args();
+    let mount_ns = mount_namespace_available();
     let trials = vec![
         Trial::test("sigkill_mid_writes_loses_no_write_that_returned", sigkill),
         Trial::test(
@@ -37,10 +38,23 @@ fn main() {
         ),
         Trial::test("a_second_process_gets_a_clear_lock_error", second_process),
         Trial::test(
-            "a_full_disk_fails_put_clearly_and_the_engine_still_returns_the_token",
-            disk_full,
+            "a_file_size_limit_fails_put_clearly_and_the_engine_still_returns_the_token",
+            file_size_limit,
         ),
+        Trial::test(
+            "a_full_disk_fails_put_clearly_and_the_engine_still_returns_the_token",
+            full_disk,
+        )
+        .with_ignored_flag(!mount_ns),
+        Trial::test("a_read_only_file_system_fails_open_clearly", read_only_dir)
+            .with_ignored_flag(!mount_ns),
     ];
+    if !mount_ns {
+        eprintln!(
+            "SKIPPING the full-disk and read-only tests: they mount a small tmpfs in a private \
+             mount namespace (`unshare -m`), which needs root or CAP_SYS_ADMIN (under CI they run)"
+        );
+    }
     token_conformance::libtest_mimic::run(&args, trials).exit();
 }
 
@@ -295,29 +309,111 @@ fn second_process() -> Result<(), Failed> {
     Ok(())
 }
 
-fn disk_full() -> Result<(), Failed> {
-    let dir = tempfile::tempdir()?;
-    let path = dir.path().join("tokens");
-    let k = EncryptionKey::generate()?;
-    // A file-size limit (RLIMIT_FSIZE, 2 MiB in dash's 512-byte blocks)
-    // makes writes past it fail with EFBIG, as a full disk fails them with
-    // ENOSPC, and unlike permissions it binds root too. SIGXFSZ is ignored
-    // so the write fails instead of killing the process.
-    let exe = std::env::current_exe()?;
-    let mut cmd = child_command("disk-full", &path, &k);
-    let mut sh = Command::new("sh");
-    sh.arg("-c")
-        .arg("trap '' XFSZ; ulimit -f 4096 && exec \"$0\"")
-        .arg(&exe)
+/// True when this process may mount a tmpfs in a private mount namespace
+/// (root, or CAP_SYS_ADMIN). Under `CI` it must: the tests then fail instead
+/// of being skipped.
+fn mount_namespace_available() -> bool {
+    if std::env::var_os("CI").is_some() {
+        return true;
+    }
+    Command::new("unshare")
+        .args(["-m", "sh", "-c", "mount -t tmpfs -o size=64k none /mnt"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// The child `role` started by `sh -c script` (under `unshare -m` when
+/// `private_mounts`), with the child's environment: in the script, `$0` is
+/// this test binary and `$1` is `dir`.
+fn shell_child(
+    private_mounts: bool,
+    script: &str,
+    dir: &Path,
+    role: &str,
+    path: &Path,
+    key: &EncryptionKey,
+) -> Result<Command, Failed> {
+    let template = child_command(role, path, key);
+    let mut cmd = if private_mounts {
+        let mut c = Command::new("unshare");
+        c.args(["-m", "sh"]);
+        c
+    } else {
+        Command::new("sh")
+    };
+    cmd.arg("-c")
+        .arg(script)
+        .arg(std::env::current_exe()?)
+        .arg(dir)
         .envs(
-            cmd.get_envs()
+            template
+                .get_envs()
                 .filter_map(|(k, v)| Some((k.to_owned(), v?.to_owned()))),
         )
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
-    let _ = &mut cmd;
-    let out = run_child(sh)?;
+    Ok(cmd)
+}
+
+/// A file-size limit (RLIMIT_FSIZE, 2 MiB in dash's 512-byte blocks) makes
+/// writes past it fail with EFBIG, the way a full disk fails them with
+/// ENOSPC; unlike permissions it binds root too. SIGXFSZ is ignored so that
+/// the write fails instead of killing the process.
+fn file_size_limit() -> Result<(), Failed> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("tokens");
+    let k = EncryptionKey::generate()?;
+    let script = "trap '' XFSZ; ulimit -f 4096 && exec \"$0\"";
+    let cmd = shell_child(false, script, dir.path(), "disk-full", &path, &k)?;
+    let out = run_child(cmd)?;
+    if !out.contains("File too large") {
+        return Err(format!("the limit was not hit (EFBIG expected):\n{out}").into());
+    }
+    check_disk_full(&out, &path)
+}
+
+/// A real full disk: a 2 MiB tmpfs mounted over the test's directory in a
+/// private mount namespace (nothing outside the child sees it).
+fn full_disk() -> Result<(), Failed> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("tokens");
+    let k = EncryptionKey::generate()?;
+    let script = "mount -t tmpfs -o size=2m,mode=0700 none \"$1\" && exec \"$0\"";
+    let cmd = shell_child(true, script, dir.path(), "disk-full", &path, &k)?;
+    let out = run_child(cmd)?;
+    if !out.contains("No space left on device") {
+        return Err(format!("the disk did not fill (ENOSPC expected):\n{out}").into());
+    }
+    check_disk_full(&out, &path)
+}
+
+/// A read-only file system: opening fails at once, with an error naming the
+/// path and the reason (the application then runs the engine without this
+/// store, or not at all).
+fn read_only_dir() -> Result<(), Failed> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("tokens");
+    let k = EncryptionKey::generate()?;
+    let script = "mount -t tmpfs -o ro,size=1m none \"$1\" && exec \"$0\"";
+    let cmd = shell_child(true, script, dir.path(), "open", &path, &k)?;
+    let out = run_child(cmd)?;
+    let expected = format!(
+        "error: cannot create the database directory {}",
+        path.display()
+    );
+    if !out.starts_with(&expected) || !out.contains("Read-only file system") {
+        return Err(format!("expected {expected:?} and the reason, got {out:?}").into());
+    }
+    Ok(())
+}
+
+/// What the `disk-full` child must have printed: `put` failed with a clear
+/// `StoreError::Io` naming the database, and the engine still returned the
+/// token it fetched.
+fn check_disk_full(out: &str, path: &Path) -> Result<(), Failed> {
     let has = |line: &str| out.lines().any(|l| l == line);
     if !has("put-error-kind=io") {
         return Err(format!("put did not fail with StoreError::Io:\n{out}").into());
