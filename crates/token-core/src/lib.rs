@@ -11,8 +11,8 @@
 //! - [`Clock`]: injected time, so tests move a [`ManualClock`] instead of
 //!   sleeping.
 //!
-//! **Architecture invariant:** this crate does no network or file I/O and
-//! depends on no backend.
+//! **Architecture invariant:** this crate does no network I/O and depends on
+//! no backend; the only file it reads is a key file, when asked to.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod clock;
