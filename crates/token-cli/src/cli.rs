@@ -1,0 +1,248 @@
+//! The command line (clap derive).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::error::EXIT_CODES_HELP;
+
+/// Cached, refreshed, encrypted-at-rest OAuth 2.0 access tokens for scripts
+/// and programs in any language.
+///
+/// `curl -H "Authorization: $(tokencache get --profile orders --format header)" ...`
+#[derive(Debug, Parser)]
+#[command(name = "tokencache", version, after_help = EXIT_CODES_HELP)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Print an access token, from the cache when it is fresh, otherwise
+    /// from the IdP (client credentials grant).
+    #[command(after_help = GET_HELP)]
+    Get(Box<GetArgs>),
+    /// List cached entries: key, client, scopes, expiry, refresh time and
+    /// size (never the token).
+    #[command(after_help = EXIT_CODES_HELP)]
+    Inspect(InspectArgs),
+    /// Remove cached entries: some keys, one client's, or all.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Purge(PurgeArgs),
+    /// Run a local IdP and many concurrent callers, and show how many IdP
+    /// calls the cache saved.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Demo(DemoArgs),
+    /// One process of a multi-process demo (started by `demo --processes`).
+    #[command(name = "__demo-worker", hide = true)]
+    DemoWorker(WorkerArgs),
+}
+
+const GET_HELP: &str = "\
+Secrets are never taken as arguments (they would show in `ps`): the client secret comes from \
+--client-secret-env VAR or --client-secret-file PATH, the private key from --private-key-file.
+
+The store's encryption key comes from TOKENCACHE_KEY (base64, 32 bytes), else the key file \
+(--key-file, TOKENCACHE_KEY_FILE, else $XDG_CONFIG_HOME/tokencache/key); a key file is created \
+(mode 0600) the first time. The default store is encrypted sled in $XDG_CACHE_HOME/tokencache \
+(~/.cache/tokencache). A Redis password comes from TOKENCACHE_REDIS_PASSWORD.
+
+Profiles live in $XDG_CONFIG_HOME/tokencache/config.toml (~/.config/tokencache/config.toml), or \
+--config PATH / TOKENCACHE_CONFIG, as [profiles.NAME] tables whose keys are the long flag names \
+with underscores (token_url, client_id, client_secret_env, scopes = [..], store, format, ...). \
+Flags override the profile.
+
+Exit codes:
+  0  success
+  1  internal error
+  2  usage error (unknown flag, missing value)
+  3  configuration error (flags, profile file, client secret source)
+  4  the IdP refused the request (invalid_client, invalid_scope, ...)
+  5  the IdP could not be reached or failed temporarily (network, timeout, 5xx)
+  6  the token store could not be opened or used (locked, Redis down, newer format)
+  7  the encryption key is missing, malformed or not the store's key";
+
+/// How `get` prints the token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Format {
+    /// The token alone.
+    Token,
+    /// `Bearer <token>`, for an Authorization header.
+    Header,
+    /// A JSON object: access_token, token_type, expires_at, expires_in,
+    /// from_cache.
+    Json,
+}
+
+/// Client authentication.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum AuthMethod {
+    /// client_secret_basic.
+    Basic,
+    /// client_secret_post.
+    Post,
+    /// private_key_jwt.
+    PrivateKeyJwt,
+}
+
+/// The signing algorithm of a private key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Alg {
+    /// RSA PKCS#1 v1.5 with SHA-256.
+    #[value(name = "RS256")]
+    Rs256,
+    /// ECDSA P-256 with SHA-256.
+    #[value(name = "ES256")]
+    Es256,
+}
+
+/// Where the profile file and the key file are.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct Locations {
+    /// The profile file (default: $TOKENCACHE_CONFIG, else
+    /// $XDG_CONFIG_HOME/tokencache/config.toml).
+    #[arg(long, value_name = "PATH")]
+    pub(crate) config: Option<PathBuf>,
+    /// The store's encryption key file (default: $TOKENCACHE_KEY_FILE, else
+    /// $XDG_CONFIG_HOME/tokencache/key); TOKENCACHE_KEY takes precedence.
+    #[arg(long, value_name = "PATH")]
+    pub(crate) key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub(crate) struct GetArgs {
+    /// The token endpoint.
+    #[arg(long, value_name = "URL", conflicts_with = "issuer")]
+    pub(crate) token_url: Option<String>,
+    /// The issuer, whose token endpoint is discovered (OIDC / RFC 8414).
+    #[arg(long, value_name = "URL")]
+    pub(crate) issuer: Option<String>,
+    /// The client id.
+    #[arg(long, value_name = "ID")]
+    pub(crate) client_id: Option<String>,
+    /// Read the client secret from this environment variable.
+    #[arg(long, value_name = "VAR", conflicts_with = "client_secret_file")]
+    pub(crate) client_secret_env: Option<String>,
+    /// Read the client secret from this file (trailing newline ignored).
+    #[arg(long, value_name = "PATH")]
+    pub(crate) client_secret_file: Option<PathBuf>,
+    /// Authenticate with private_key_jwt using this PEM (PKCS#8, or PKCS#1
+    /// RSA) private key.
+    #[arg(long, value_name = "PEM")]
+    pub(crate) private_key_file: Option<PathBuf>,
+    /// The key id (`kid`) put in the assertion header.
+    #[arg(long, value_name = "KID", requires = "private_key_file")]
+    pub(crate) key_id: Option<String>,
+    /// The private key's algorithm [default: RS256, or ES256 for an EC key].
+    #[arg(long, value_enum, requires = "private_key_file")]
+    pub(crate) alg: Option<Alg>,
+    /// Client authentication [default: basic with a secret, private-key-jwt
+    /// with a key].
+    #[arg(long, value_enum)]
+    pub(crate) auth: Option<AuthMethod>,
+    /// A scope to request (repeatable).
+    #[arg(long = "scope", value_name = "S")]
+    pub(crate) scopes: Vec<String>,
+    /// The audience to request.
+    #[arg(long, value_name = "A")]
+    pub(crate) audience: Option<String>,
+    /// The resource (RFC 8707) to request.
+    #[arg(long, value_name = "R")]
+    pub(crate) resource: Option<String>,
+    /// Where tokens are cached: sled[:DIR] | memory | redis://HOST:PORT
+    /// [default: sled in the user's cache dir].
+    #[arg(long, value_name = "STORE")]
+    pub(crate) store: Option<String>,
+    /// How to print the token [default: token].
+    #[arg(long, value_enum)]
+    pub(crate) format: Option<Format>,
+    /// Take settings from this profile of the profile file.
+    #[arg(long, value_name = "NAME")]
+    pub(crate) profile: Option<String>,
+    #[command(flatten)]
+    pub(crate) locations: Locations,
+}
+
+#[derive(Debug, Clone, Args)]
+pub(crate) struct InspectArgs {
+    /// The store to inspect: sled[:DIR] | redis://... [default: sled in the
+    /// user's cache dir].
+    #[arg(long, value_name = "STORE")]
+    pub(crate) store: Option<String>,
+    /// Print JSON (one array of objects) instead of a table.
+    #[arg(long)]
+    pub(crate) json: bool,
+    #[command(flatten)]
+    pub(crate) locations: Locations,
+}
+
+#[derive(Debug, Clone, Args)]
+pub(crate) struct PurgeArgs {
+    /// Cache keys to remove, as `inspect` prints them.
+    #[arg(value_name = "KEY")]
+    pub(crate) keys: Vec<String>,
+    /// Remove every entry of this client id.
+    #[arg(long, value_name = "ID")]
+    pub(crate) client_id: Option<String>,
+    /// Remove every entry.
+    #[arg(long, conflicts_with_all = ["keys", "client_id"])]
+    pub(crate) all: bool,
+    /// With --all on a sled store: delete the whole store directory without
+    /// opening it (for a store whose key is lost).
+    #[arg(long, requires = "all")]
+    pub(crate) force: bool,
+    /// The store: sled[:DIR] | redis://... [default: sled in the user's
+    /// cache dir].
+    #[arg(long, value_name = "STORE")]
+    pub(crate) store: Option<String>,
+    #[command(flatten)]
+    pub(crate) locations: Locations,
+}
+
+#[derive(Debug, Clone, Args)]
+pub(crate) struct DemoArgs {
+    /// Concurrent callers (per process with --processes).
+    #[arg(long, default_value_t = 200)]
+    pub(crate) callers: usize,
+    /// How long the callers run, in seconds.
+    #[arg(long, default_value_t = 10.0, conflicts_with = "requests")]
+    pub(crate) seconds: f64,
+    /// Stop after this many requests in all (instead of --seconds).
+    #[arg(long)]
+    pub(crate) requests: Option<u64>,
+    /// Lifetime of the tokens the local IdP issues, in seconds.
+    #[arg(long, default_value_t = 4)]
+    pub(crate) lifetime: u64,
+    /// Distinct token requests (scopes) the callers spread over.
+    #[arg(long, default_value_t = 3)]
+    pub(crate) keys: usize,
+    /// The store: memory | sled[:DIR] (a temporary directory by default) |
+    /// redis://...
+    #[arg(long, default_value = "memory")]
+    pub(crate) store: String,
+    /// OS processes sharing the store (needs --store redis://...).
+    #[arg(long, default_value_t = 1)]
+    pub(crate) processes: usize,
+    /// No progress line on stderr.
+    #[arg(long)]
+    pub(crate) no_progress: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub(crate) struct WorkerArgs {
+    #[arg(long)]
+    pub(crate) token_url: String,
+    #[arg(long)]
+    pub(crate) redis: String,
+    #[arg(long)]
+    pub(crate) prefix: String,
+    #[arg(long)]
+    pub(crate) callers: usize,
+    #[arg(long)]
+    pub(crate) seconds: f64,
+    #[arg(long)]
+    pub(crate) requests: Option<u64>,
+    #[arg(long)]
+    pub(crate) keys: usize,
+}

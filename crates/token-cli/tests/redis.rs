@@ -1,0 +1,164 @@
+//! End-to-end tests of the Redis store: `get` through Redis, `inspect` and
+//! `purge` on it, and the multi-process demo. Redis comes from `cargo
+//! xtask` (`TOKEN_CACHE_REDIS_URL`) or a private `redis-server` on a free
+//! loopback port started here; without one the tests skip loudly, and fail
+//! under `CI`.
+
+mod support;
+
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::{json, ok, stdout, Idp, Sandbox};
+
+/// A private redis-server, killed when dropped.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn redis() -> Option<(String, Option<Server>)> {
+    if let Ok(url) = std::env::var("TOKEN_CACHE_REDIS_URL") {
+        return Some((url, None));
+    }
+    let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false");
+    let port = support::closed_port();
+    let child = Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+    let child = match child {
+        Ok(c) => Server(c),
+        Err(e) => {
+            assert!(
+                !ci,
+                "these tests need Redis and CI is set: cannot start redis-server: {e}"
+            );
+            eprintln!("\n*** SKIPPING token-cli Redis tests: cannot start redis-server ({e})\n");
+            return None;
+        }
+    };
+    let started = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "redis-server did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Some((format!("redis://127.0.0.1:{port}"), Some(child)))
+}
+
+#[test]
+fn get_inspect_and_purge_through_redis() {
+    let Some((url, _server)) = redis() else {
+        return;
+    };
+    let idp = Idp::start(3600);
+    let sb = Sandbox::new();
+    // A fresh key per test run: other runs on the same server use theirs.
+    let key = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+    let scope = format!("redis.test.{}", std::process::id());
+    let run = |args: &[&str]| {
+        sb.cmd()
+            .env("TOKENCACHE_KEY", key)
+            .args(args)
+            .output()
+            .expect("run")
+    };
+    let url_t = idp.token_url();
+    let get = [
+        "get",
+        "--token-url",
+        &url_t,
+        "--client-id",
+        support::CLIENT_ID,
+        "--client-secret-env",
+        support::SECRET_ENV,
+        "--scope",
+        &scope,
+        "--store",
+        &url,
+        "--format",
+        "json",
+    ];
+    let first = run(&get);
+    ok(&first);
+    let second = run(&get);
+    ok(&second);
+    assert_eq!(idp.calls(), 1);
+    assert_eq!(json(&second)["from_cache"], true);
+
+    let out = run(&["inspect", "--json", "--store", &url]);
+    ok(&out);
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&stdout(&out)).expect("json");
+    let mine: Vec<_> = rows
+        .iter()
+        .filter(|r| r["scopes"].to_string().contains(&scope))
+        .collect();
+    assert_eq!(mine.len(), 1, "{rows:?}");
+    assert!(mine[0]["size"].as_u64().is_some_and(|n| n > 0));
+    assert!(!stdout(&out).contains(&idp.tokens()[0]));
+
+    let k = mine[0]["key"].as_str().expect("key").to_owned();
+    ok(&run(&["purge", "--store", &url, &k]));
+    ok(&run(&get));
+    assert_eq!(idp.calls(), 2, "a purged entry is fetched again");
+}
+
+#[test]
+fn demo_with_processes_shares_redis() {
+    let Some((url, _server)) = redis() else {
+        return;
+    };
+    let sb = Sandbox::new();
+    let out = sb
+        .cmd()
+        .args([
+            "demo",
+            "--store",
+            &url,
+            "--processes",
+            "2",
+            "--callers",
+            "4",
+        ])
+        .args(["--requests", "2000", "--keys", "1", "--lifetime", "30"])
+        .output()
+        .expect("run");
+    ok(&out);
+    let text = stdout(&out);
+    // Fleet-wide single-flight: two processes, one key, one token lifetime:
+    // one IdP call.
+    assert!(
+        text.contains("IdP calls (counted by the IdP)  1  (2 processes sharing one store)"),
+        "{text}"
+    );
+    assert!(text.contains("expired tokens handed out       0"), "{text}");
+}
+
+#[test]
+fn processes_need_a_shared_store() {
+    let sb = Sandbox::new();
+    let out = sb
+        .cmd()
+        .args(["demo", "--processes", "2", "--requests", "10"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(3));
+}
