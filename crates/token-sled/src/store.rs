@@ -221,6 +221,23 @@ impl SledStore {
         self.inner.tokens.is_empty()
     }
 
+    /// The cache key of every stored entry, in key order, for tools that
+    /// list or purge a store (`tokencache inspect`). Expired and unreadable
+    /// entries are included until they are swept; [`get`](CacheStore::get)
+    /// tells which are usable. Reads keys only, never values, and keys hold
+    /// no secret. Walks the whole database: not for hot paths.
+    pub fn keys(&self) -> Result<Vec<CacheKey>, SledError> {
+        let mut keys = Vec::new();
+        for k in self.inner.tokens.iter().keys() {
+            let k = k.map_err(|e| SledError::sled("scan", &self.inner.path, e))?;
+            // Bytes that are not UTF-8 were not written by this store.
+            if let Ok(text) = std::str::from_utf8(&k) {
+                keys.push(CacheKey::from_raw(text));
+            }
+        }
+        Ok(keys)
+    }
+
     /// Re-encrypts every entry under the keyring's current key, and removes
     /// expired entries and entries no key can open. After it, the previous
     /// keys can be dropped from the keyring.

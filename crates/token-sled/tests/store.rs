@@ -493,3 +493,25 @@ async fn invalidate_removes_only_the_rejected_token() {
     assert!(store.get(&k).await.unwrap().is_none());
     assert!(!store.invalidate(&k, &current).await.unwrap());
 }
+
+#[tokio::test]
+async fn keys_lists_every_stored_entry_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), Keyring::new(key_n(1))).await;
+    assert!(store.keys().unwrap().is_empty());
+    for name in ["b", "a", "c"] {
+        store
+            .put(&key(name), &token(&format!("secret-{name}")))
+            .await
+            .unwrap();
+    }
+    store.remove(&key("c")).await.unwrap();
+    let keys: Vec<String> = store
+        .keys()
+        .unwrap()
+        .iter()
+        .map(|k| k.as_str().to_owned())
+        .collect();
+    assert_eq!(keys, [key("a").as_str(), key("b").as_str()]);
+    assert_eq!(keys.len(), store.len());
+}
