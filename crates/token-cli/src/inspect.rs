@@ -91,7 +91,7 @@ pub(crate) async fn inspect(args: InspectArgs) -> Result<(), CliError> {
 }
 
 async fn rows(opened: &Opened) -> Result<Vec<Row>, CliError> {
-    let index = opened.index().await?;
+    let index = opened.entries().await?;
     let store = opened.as_dyn();
     let now = SystemTime::now();
     let mut rows = Vec::new();
@@ -147,7 +147,7 @@ pub(crate) async fn purge(args: PurgeArgs) -> Result<(), CliError> {
         println!("removed 0 entries (the store is empty)");
         return Ok(());
     };
-    let index = opened.index().await?;
+    let index = opened.entries().await?;
     let keys: Vec<String> = if args.all {
         index.keys().cloned().collect()
     } else {

@@ -5,7 +5,9 @@
 //! hashes of the cache key), so tokencache records the keys it writes, with
 //! their non-secret description, in an index beside the data: a file
 //! `tokencache-index.json` in the sled directory, a hash
-//! `<prefix>tokencache:index` in Redis.
+//! `<prefix>tokencache:index` in Redis. sled can also list its keys
+//! (`SledStore::keys`), so entries the index lacks are still listed and
+//! purged there.
 
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
@@ -146,6 +148,29 @@ impl Opened {
                     .collect())
             }
         }
+    }
+
+    /// The index, plus the entries the store holds that the index does not
+    /// know (written by another program, or before the index was lost),
+    /// described as unknown. Only sled can list its keys.
+    pub(crate) async fn entries(&self) -> Result<BTreeMap<String, Entry>, CliError> {
+        let mut map = self.index().await?;
+        if let Self::Sled(s) = self {
+            let keys = s
+                .keys()
+                .map_err(|e| CliError::store(format!("cannot list the token store: {e}")))?;
+            for key in keys {
+                map.entry(key.as_str().to_owned()).or_insert_with(|| Entry {
+                    key: key.as_str().to_owned(),
+                    client_id: "(unknown: not cached by tokencache)".to_owned(),
+                    token_url: "-".to_owned(),
+                    scopes: Vec::new(),
+                    audience: None,
+                    resource: None,
+                });
+            }
+        }
+        Ok(map)
     }
 
     /// Records `entry` in the index.

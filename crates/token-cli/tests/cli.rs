@@ -336,9 +336,20 @@ fn corrupted_index_is_reported_and_tokens_still_served() {
     let out = sb.cmd().args(["inspect", "--json"]).output().expect("run");
     ok(&out);
     assert!(stderr(&out).contains("damaged"), "{}", stderr(&out));
+    // The store lists its keys itself: the entry is still shown, and purged.
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&stdout(&out)).expect("json");
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert!(rows[0]["client_id"]
+        .as_str()
+        .is_some_and(|c| c.contains("unknown")));
     let out = sb.get(&idp, &["--format", "json"]);
     ok(&out);
     assert_eq!(json(&out)["from_cache"], true);
+    let out = sb.cmd().args(["purge", "--all"]).output().expect("run");
+    ok(&out);
+    assert!(stdout(&out).contains("removed 1"), "{}", stdout(&out));
+    ok(&sb.get(&idp, &[]));
+    assert_eq!(idp.calls(), 2);
 }
 
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
