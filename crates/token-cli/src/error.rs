@@ -105,7 +105,7 @@ pub(crate) fn from_engine(e: &token_core::Error, token_url: &str) -> CliError {
         E::Credential(c) if c.is_transient() => CliError::new(
             Kind::IdpUnavailable,
             format!(
-                "the token endpoint {token_url} could not be reached or failed temporarily: {}",
+                "the IdP could not be reached or failed temporarily: {}",
                 c.message()
             ),
         ),

@@ -148,7 +148,10 @@ pub(crate) async fn run(args: DemoArgs) -> Result<(), CliError> {
         let mut _temp = None;
         let opened = match &spec {
             StoreSpec::Memory => Opened::Memory(token_memory::MemoryStore::default()),
-            StoreSpec::Sled(Some(_)) => store::open(&spec, None).await?,
+            // The demo's own key: the user's key file is left alone.
+            StoreSpec::Sled(Some(dir)) => Opened::Sled(
+                store::open_sled(dir, keyring(&key)?, &crate::key::KeySource::Env).await?,
+            ),
             StoreSpec::Sled(None) => {
                 let dir = std::env::temp_dir().join(format!(
                     "tokencache-demo-{:016x}",
