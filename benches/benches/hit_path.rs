@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use benches::{on_threads, poll_once, InstantIdp};
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::Criterion;
 use token_core::{CacheKey, TokenCache, TokenRequest};
 
 struct Entry {
@@ -136,12 +136,12 @@ fn bench(c: &mut Criterion) {
     assert_eq!(cache.stats().idp_calls, 1, "every measured call was a hit");
 }
 
-criterion_group! {
-    name = benches;
-    config = Criterion::default()
+fn main() {
+    let mut c = Criterion::default()
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3))
-        .sample_size(30);
-    targets = bench
+        .sample_size(30)
+        .configure_from_args();
+    bench(&mut c);
+    c.final_summary();
 }
-criterion_main!(benches);

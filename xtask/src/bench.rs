@@ -20,32 +20,32 @@ struct Target {
 const HIT_TARGETS: &[Target] = &[
     Target {
         what: "handle hit / arc_swap floor (1 thread)",
-        numerator: "hit/handle_token/1t",
-        denominator: "hit/floor_arc_swap/1t",
+        numerator: "hit/handle_token_1t",
+        denominator: "hit/floor_arc_swap_1t",
         bound: Some((true, 1.2)),
     },
     Target {
         what: "get_token hit / keyed RwLock map floor (1 thread)",
-        numerator: "hit/get_token/1t",
-        denominator: "hit/floor_keyed_rwlock_map/1t",
+        numerator: "hit/get_token_1t",
+        denominator: "hit/floor_keyed_rwlock_map_1t",
         bound: Some((true, 1.2)),
     },
     Target {
         what: "get_token hit / moka get (1 thread)",
-        numerator: "hit/get_token/1t",
-        denominator: "hit/floor_moka_get/1t",
+        numerator: "hit/get_token_1t",
+        denominator: "hit/floor_moka_get_1t",
         bound: None,
     },
     Target {
         what: "handle hit scaling, 2 threads vs 1",
-        numerator: "hit/handle_token/1t",
-        denominator: "hit/handle_token/2t",
+        numerator: "hit/handle_token_1t",
+        denominator: "hit/handle_token_2t",
         bound: Some((false, 1.8)),
     },
     Target {
         what: "get_token hit scaling, 2 threads vs 1",
-        numerator: "hit/get_token/1t",
-        denominator: "hit/get_token/2t",
+        numerator: "hit/get_token_1t",
+        denominator: "hit/get_token_2t",
         bound: Some((false, 1.8)),
     },
 ];
@@ -92,7 +92,8 @@ fn report(dir: &Path) {
 }
 
 /// The median estimate, in nanoseconds, criterion wrote for `id`
-/// (`group/function/parameter`).
+/// (`group/function`, where criterion has turned any `/` inside the
+/// function's name into `_`).
 fn median_ns(dir: &Path, id: &str) -> Option<f64> {
     let path = dir.join(id).join("new").join("estimates.json");
     let text = std::fs::read_to_string(path).ok()?;
