@@ -16,6 +16,13 @@ use crate::token::AccessToken;
 /// A token as the hot path sees it: the wall-clock deadlines of the token
 /// turned into monotonic ones when it was installed, so the hit path reads
 /// one clock and compares two integers.
+///
+/// Aligned to (and so padded to a multiple of) 128 bytes, two cache lines:
+/// every thread reads it on every hit, and a small heap neighbour that
+/// another thread writes (arc_swap's per-thread debt nodes are such
+/// neighbours) would otherwise share its line and make hits from two
+/// threads contend.
+#[repr(align(128))]
 pub(crate) struct Hot {
     pub(crate) token: AccessToken,
     /// Before this, the token is fresh: serve it, nothing else.
@@ -30,6 +37,10 @@ pub(crate) struct Hot {
 pub(crate) type FlightResult = Option<Result<Arc<Hot>, Error>>;
 
 /// Everything the engine knows about one key.
+///
+/// Cache-line aligned for the same reason as [`Hot`]: its `hot` pointer is
+/// read on every hit.
+#[repr(align(128))]
 pub(crate) struct Slot {
     pub(crate) request: TokenRequest,
     pub(crate) key: CacheKey,
