@@ -297,7 +297,7 @@ fn wrong_key_exits_7_and_malformed_key_too() {
 }
 
 #[test]
-fn corrupted_store_exits_6_and_purge_force_recovers() {
+fn a_corrupted_store_is_quarantined_and_tokens_are_fetched_again() {
     let idp = Idp::start(3600);
     let sb = Sandbox::new();
     ok(&sb.get(&idp, &[]));
@@ -310,20 +310,30 @@ fn corrupted_store_exits_6_and_purge_force_recovers() {
         damaged += 1;
     }
     assert!(damaged > 0, "no sled files found under {}", sled.display());
+    // The damaged database is moved aside with a warning naming both paths,
+    // and the token is fetched again into a fresh, empty store.
     let out = sb.get(&idp, &["--format", "json"]);
-    assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
+    ok(&out);
     let err = stderr(&out);
-    assert!(err.contains("damaged or unreadable"), "{err}");
-    assert!(err.contains("purge --all --force"), "{err}");
-    assert!(stdout(&out).is_empty());
+    assert!(err.contains("warning"), "{err}");
+    assert!(err.contains("damaged"), "{err}");
     no_secrets(&idp, &err);
-    // The way out the message names works.
-    ok(&sb
-        .cmd()
-        .args(["purge", "--all", "--force"])
-        .output()
-        .expect("run"));
-    ok(&sb.get(&idp, &[]));
+    let json: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("json");
+    assert_eq!(json["from_cache"], false);
+    assert_eq!(idp.calls(), 2);
+    let aside: Vec<_> = std::fs::read_dir(sb.store_dir())
+        .expect("store dir")
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().contains("damaged"))
+        .collect();
+    assert_eq!(
+        aside.len(),
+        1,
+        "the damaged files are kept aside for inspection"
+    );
+    // And the fresh store serves the next call from the cache.
+    let out = sb.get(&idp, &["--format", "json"]);
+    ok(&out);
     assert_eq!(idp.calls(), 2);
 }
 

@@ -151,9 +151,13 @@ fn open_sled(config: &sled::Config) -> Result<sled::Db, Damage> {
 
 fn classify(e: sled::Error) -> Damage {
     match &e {
-        sled::Error::Corruption { .. } | sled::Error::ReportableBug(_) => {
-            Damage::Damaged(e.to_string())
-        }
+        // `Unsupported` is what sled 0.34 says when its files are garbage
+        // (their header does not parse). For a cache, moving them aside and
+        // starting empty costs one IdP call per key; refusing to start costs
+        // every request.
+        sled::Error::Corruption { .. }
+        | sled::Error::ReportableBug(_)
+        | sled::Error::Unsupported(_) => Damage::Damaged(e.to_string()),
         sled::Error::Io(io)
             if matches!(io.kind(), ErrorKind::InvalidData | ErrorKind::UnexpectedEof) =>
         {

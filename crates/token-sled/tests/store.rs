@@ -515,3 +515,47 @@ async fn keys_lists_every_stored_entry_and_nothing_else() {
     assert_eq!(keys, [key("a").as_str(), key("b").as_str()]);
     assert_eq!(keys.len(), store.len());
 }
+
+#[tokio::test]
+async fn a_database_whose_files_are_all_garbage_is_quarantined_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path(), Keyring::new(key_n(1)))
+        .await
+        .unwrap();
+    store
+        .put(&key("k"), &token("garbage-secret"))
+        .await
+        .unwrap();
+    drop(store);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // Every file of sled's directory overwritten: sled calls this
+    // "unsupported", not "corruption", and it must still be moved aside.
+    let mut stack = vec![dir.path().join("sled")];
+    let mut overwritten = 0;
+    while let Some(p) = stack.pop() {
+        for entry in std::fs::read_dir(&p).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                let len = std::fs::metadata(&path).unwrap().len() as usize;
+                std::fs::write(&path, vec![0xA5; len.max(64)]).unwrap();
+                overwritten += 1;
+            }
+        }
+    }
+    assert!(overwritten > 0);
+
+    let store = reopen(dir.path(), || Keyring::new(key_n(1))).await.unwrap();
+    let q = store
+        .quarantine()
+        .expect("garbage files were not quarantined");
+    assert!(
+        q.to.join("conf").is_file(),
+        "the damaged files were not kept"
+    );
+    assert!(store.get(&key("k")).await.unwrap().is_none());
+    store.put(&key("k"), &token("fresh")).await.unwrap();
+    assert!(store.get(&key("k")).await.unwrap().is_some());
+}
