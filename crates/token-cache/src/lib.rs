@@ -57,9 +57,9 @@
 //! # }
 //! ```
 //!
-//! `examples/demo.rs` puts 200 concurrent callers on one cache for ten
-//! seconds and prints how many IdP calls they caused:
-//! `cargo run -p token-cache --example demo`.
+//! `cargo run -p token-cli -- demo` (the `tokencache demo` command) puts 200
+//! concurrent callers on one cache for ten seconds against a local IdP and
+//! prints how many IdP calls they caused.
 //!
 //! # Features
 //!
