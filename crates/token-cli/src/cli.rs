@@ -1,4 +1,7 @@
 //! The command line (clap derive).
+// These doc comments are clap's `--help` text, where `[:DIR]` means
+// "optional", not an intra-doc link.
+#![allow(rustdoc::broken_intra_doc_links)]
 
 use std::path::PathBuf;
 

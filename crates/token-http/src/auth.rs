@@ -1,56 +1,5 @@
 //! A tower middleware that puts the cached token on every request: for
 //! hyper, tonic (gRPC) and any other `tower::Service` client.
-//!
-//! # Example
-//!
-//! ```
-//! use std::convert::Infallible;
-//! use std::time::{Duration, SystemTime};
-//!
-//! use http::{Request, Response};
-//! use async_trait::async_trait;
-//! use token_core::{AccessToken, Credential, CredentialError, TokenCache, TokenRequest};
-//! use token_http::AuthLayer;
-//! use tower::{service_fn, Layer, ServiceExt};
-//!
-//! # #[derive(Debug)] struct Idp;
-//! # #[async_trait] impl Credential for Idp {
-//! #     fn id(&self) -> &str { "idp" }
-//! #     async fn fetch(&self, _: &TokenRequest, _: Option<&AccessToken>) -> Result<AccessToken, CredentialError> {
-//! #         Ok(AccessToken::new("t0ken", SystemTime::now()).with_expires_in(Duration::from_secs(3600)))
-//! #     }
-//! # }
-//! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-//! let cache = TokenCache::builder(Idp).build();
-//! let request = TokenRequest::builder().scope("orders.read").build();
-//!
-//! // Stands in for a hyper client or a tonic channel.
-//! let client = service_fn(|req: Request<String>| async move {
-//!     let auth = req.headers()["authorization"].clone();
-//!     assert!(auth.is_sensitive());
-//!     Ok::<_, Infallible>(Response::new(auth.to_str().unwrap().len()))
-//! });
-//! let client = AuthLayer::new(&cache, &request).layer(client);
-//! let response = client.oneshot(Request::new(String::new())).await?;
-//! assert_eq!(*response.body(), "Bearer t0ken".len());
-//! # Ok(()) }
-//! ```
-//!
-//! # Rejected tokens
-//!
-//! On a `401` whose `WWW-Authenticate` says `error="invalid_token"`,
-//! [`Auth`] invalidates exactly the token it sent (if it is still the
-//! cached one), so the next request carries a fresh token and a burst of
-//! 401s for one old token causes one refresh. It does **not** resend the
-//! request itself: a tower request body (hyper's `Incoming`, a tonic
-//! stream) is consumed when sent and cannot, in general, be cloned, and
-//! gRPC calls may not be safe to repeat. Where bodies are buffered and
-//! calls idempotent, put `tower::retry` with a policy that clones the
-//! request around this layer: every attempt passes through [`Auth`] again
-//! and picks up the fresh token. (The reqwest middleware,
-//! [`TokenMiddleware`](crate::TokenMiddleware), does retry, since reqwest
-//! can tell when a request is clonable.)
 
 use std::fmt;
 use std::future::Future;
@@ -69,7 +18,60 @@ use crate::challenge::rejects_token;
 /// [`token_core::Error`] when no token could be had (downcast to tell).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Wraps services in [`Auth`]. See the [module docs](self).
+/// Wraps services in [`Auth`]:
+/// A tower middleware that puts the cached token on every request: for
+/// hyper, tonic (gRPC) and any other `tower::Service` client.
+///
+/// # Example
+///
+/// ```
+/// use std::convert::Infallible;
+/// use std::time::{Duration, SystemTime};
+///
+/// use http::{Request, Response};
+/// use async_trait::async_trait;
+/// use token_core::{AccessToken, Credential, CredentialError, TokenCache, TokenRequest};
+/// use token_http::AuthLayer;
+/// use tower::{service_fn, Layer, ServiceExt};
+///
+/// # #[derive(Debug)] struct Idp;
+/// # #[async_trait] impl Credential for Idp {
+/// #     fn id(&self) -> &str { "idp" }
+/// #     async fn fetch(&self, _: &TokenRequest, _: Option<&AccessToken>) -> Result<AccessToken, CredentialError> {
+/// #         Ok(AccessToken::new("t0ken", SystemTime::now()).with_expires_in(Duration::from_secs(3600)))
+/// #     }
+/// # }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+/// let cache = TokenCache::builder(Idp).build();
+/// let request = TokenRequest::builder().scope("orders.read").build();
+///
+/// // Stands in for a hyper client or a tonic channel.
+/// let client = service_fn(|req: Request<String>| async move {
+///     let auth = req.headers()["authorization"].clone();
+///     assert!(auth.is_sensitive());
+///     Ok::<_, Infallible>(Response::new(auth.to_str().unwrap().len()))
+/// });
+/// let client = AuthLayer::new(&cache, &request).layer(client);
+/// let response = client.oneshot(Request::new(String::new())).await?;
+/// assert_eq!(*response.body(), "Bearer t0ken".len());
+/// # Ok(()) }
+/// ```
+///
+/// # Rejected tokens
+///
+/// On a `401` whose `WWW-Authenticate` says `error="invalid_token"`,
+/// [`Auth`] invalidates exactly the token it sent (if it is still the
+/// cached one), so the next request carries a fresh token and a burst of
+/// 401s for one old token causes one refresh. It does **not** resend the
+/// request itself: a tower request body (hyper's `Incoming`, a tonic
+/// stream) is consumed when sent and cannot, in general, be cloned, and
+/// gRPC calls may not be safe to repeat. Where bodies are buffered and
+/// calls idempotent, put `tower::retry` with a policy that clones the
+/// request around this layer: every attempt passes through [`Auth`] again
+/// and picks up the fresh token. (The reqwest middleware,
+/// [`TokenMiddleware`](crate::TokenMiddleware), does retry, since reqwest
+/// can tell when a request is clonable.)
 #[derive(Clone)]
 pub struct AuthLayer {
     handle: TokenHandle,
@@ -107,7 +109,8 @@ impl fmt::Debug for AuthLayer {
 }
 
 /// Sets `Authorization: <type> <token>` (marked sensitive) on each request
-/// and invalidates a token the server rejected. See the [module docs](self).
+/// and invalidates a token the server rejected. See [`AuthLayer`] for an
+/// example and for what happens on a `401`.
 #[derive(Clone)]
 pub struct Auth<S> {
     inner: S,
