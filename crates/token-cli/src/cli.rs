@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::error::EXIT_CODES_HELP;
+use crate::error::{exit_codes_help, EXIT_CODES_HELP};
 
 /// Cached, refreshed, encrypted-at-rest OAuth 2.0 access tokens for scripts
 /// and programs in any language.
@@ -42,7 +42,8 @@ pub(crate) enum Command {
     DemoWorker(WorkerArgs),
 }
 
-const GET_HELP: &str = "\
+const GET_HELP: &str = concat!(
+    "\
 Secrets are never taken as arguments (they would show in `ps`): the client secret comes from \
 --client-secret-env VAR or --client-secret-file PATH, the private key from --private-key-file.
 
@@ -56,15 +57,9 @@ Profiles live in $XDG_CONFIG_HOME/tokencache/config.toml (~/.config/tokencache/c
 with underscores (token_url, client_id, client_secret_env, scopes = [..], store, format, ...). \
 Flags override the profile.
 
-Exit codes:
-  0  success
-  1  internal error
-  2  usage error (unknown flag, missing value)
-  3  configuration error (flags, profile file, client secret source)
-  4  the IdP refused the request (invalid_client, invalid_scope, ...)
-  5  the IdP could not be reached or failed temporarily (network, timeout, 5xx)
-  6  the token store could not be opened or used (locked, Redis down, newer format)
-  7  the encryption key is missing, malformed or not the store's key";
+",
+    exit_codes_help!()
+);
 
 /// How `get` prints the token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

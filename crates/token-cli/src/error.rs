@@ -42,8 +42,11 @@ impl Kind {
     }
 }
 
-/// Shown at the end of `--help`.
-pub(crate) const EXIT_CODES_HELP: &str = "\
+/// The exit-code table, as a literal so that other help texts can
+/// `concat!` it instead of copying it.
+macro_rules! exit_codes_help {
+    () => {
+        "\
 Exit codes:
   0  success
   1  internal error
@@ -53,7 +56,13 @@ Exit codes:
   5  the IdP could not be reached or failed temporarily (network, timeout, 5xx)
   6  the token store could not be opened or used (locked, Redis down, newer format)
   7  the encryption key is missing, malformed or not the store's key
-  8  demo: the run finished but its checks failed (errors or expired tokens)";
+  8  demo: the run finished but its checks failed (errors or expired tokens)"
+    };
+}
+pub(crate) use exit_codes_help;
+
+/// Shown at the end of `--help`.
+pub(crate) const EXIT_CODES_HELP: &str = exit_codes_help!();
 
 /// A failure: one sentence naming the cause, never containing a token or
 /// a secret.
