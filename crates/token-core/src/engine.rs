@@ -136,6 +136,7 @@ impl Inner {
             }
         };
         bump(&self.stats.waits);
+        // Bound to a local so the watch borrow ends before `rx` is dropped.
         let result = match rx.wait_for(Option::is_some).await {
             Ok(v) => match &*v {
                 Some(Ok(hot)) => Ok(Token::from_arc(Arc::clone(hot))),
