@@ -67,6 +67,7 @@
 //! |---|---|---|
 //! | `memory` | yes | `MemoryStore` and the `memory` module: an in-process, bounded store |
 //! | `redis` | no | `RedisStore`, `RedisConfig` and the `redis` module: one token per key for a whole fleet, on a standalone Redis or a Redis Cluster |
+//! | `redis-tls` | no | `redis`, plus `rediss://` URLs (rustls): `RedisConfig::tls_root_certificates` for a private CA, `RedisConfig::tls_client_certificate` for mutual TLS |
 //! | `sled` | no | `SledStore` and the `sled` module: tokens encrypted at rest (AES-256-GCM) that survive restarts |
 //! | `http` | no | the `http` module (token-http): OAuth 2.0 credentials over HTTP (`OAuthCredential`) and the reqwest/tower middleware that attaches tokens |
 //! | `full` | no | all of the above (for CI and docs) |

@@ -72,6 +72,8 @@ pub struct RedisConfig {
     pub(crate) events: bool,
     #[cfg(feature = "encryption")]
     pub(crate) keyring: Option<std::sync::Arc<token_core::Keyring>>,
+    #[cfg(feature = "tls")]
+    pub(crate) tls: crate::tls::TlsSettings,
 }
 
 impl RedisConfig {
@@ -104,6 +106,8 @@ impl RedisConfig {
             events: true,
             #[cfg(feature = "encryption")]
             keyring: None,
+            #[cfg(feature = "tls")]
+            tls: crate::tls::TlsSettings::default(),
         }
     }
 
@@ -176,6 +180,46 @@ impl RedisConfig {
         self
     }
 
+    /// Trust exactly the CA certificates in `pem` (one or more PEM
+    /// `CERTIFICATE` blocks) for `rediss://` servers, **instead of** the
+    /// system's root certificates: the way to reach a Redis whose
+    /// certificate a private CA issued. To trust a public CA as well, put it
+    /// in the same bundle. Applies to every server of a cluster and to the
+    /// pub/sub connections. Defaults to the system's roots.
+    ///
+    /// Needs `rediss://` URLs; the PEM is checked when the store is built
+    /// (`connect` or `lazy`), and an unreadable one is
+    /// [`RedisStoreError::InvalidConfig`].
+    #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+    pub fn tls_root_certificates(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls.root_certificates = Some(pem.into());
+        self
+    }
+
+    /// Present this client certificate (PEM chain, leaf first) and its
+    /// private key (PEM: PKCS#8, PKCS#1 or SEC1) to `rediss://` servers that
+    /// ask for one: mutual TLS, as with `tls-auth-clients yes`. Defaults to
+    /// none.
+    ///
+    /// The key is zeroized when the last copy of this config is dropped and
+    /// never appears in `Debug` output or in errors. The `redis` crate and
+    /// rustls keep their own parsed copy for as long as the store lives,
+    /// which this crate cannot zeroize.
+    #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+    pub fn tls_client_certificate(
+        mut self,
+        certificate_chain_pem: impl Into<Vec<u8>>,
+        private_key_pem: impl Into<Vec<u8>>,
+    ) -> Self {
+        self.tls.client = Some(crate::tls::ClientIdentity::new(
+            certificate_chain_pem.into(),
+            private_key_pem.into(),
+        ));
+        self
+    }
+
     /// The key prefix in force.
     pub fn get_key_prefix(&self) -> &str {
         &self.key_prefix
@@ -203,7 +247,7 @@ impl RedisConfig {
             }
             Target::Cluster(urls) => urls.iter().collect(),
         };
-        for url in urls {
+        for url in &urls {
             let scheme = url.split("://").next().unwrap_or_default();
             match scheme {
                 "redis" | "redis+unix" | "unix" => {}
@@ -222,6 +266,8 @@ impl RedisConfig {
                 }
             }
         }
+        #[cfg(feature = "tls")]
+        self.tls.validate(&urls)?;
         if self.command_timeout.is_zero() || self.connect_timeout.is_zero() {
             return Err(RedisStoreError::InvalidConfig(
                 "timeouts must be longer than zero".into(),
@@ -260,6 +306,8 @@ impl fmt::Debug for RedisConfig {
             .field("events", &self.events);
         #[cfg(feature = "encryption")]
         d.field("keyring", &self.keyring);
+        #[cfg(feature = "tls")]
+        d.field("tls", &self.tls);
         d.finish()
     }
 }

@@ -27,7 +27,9 @@
 //! `README.md` for the design).
 //!
 //! Features: `encryption` (seal values with token-core's AES-256-GCM
-//! envelope), `tls` (`rediss://` URLs, via rustls).
+//! envelope), `tls` (`rediss://` URLs, via rustls; a private CA with
+//! `RedisConfig::tls_root_certificates`, mutual TLS with
+//! `RedisConfig::tls_client_certificate`).
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod breaker;
@@ -38,6 +40,8 @@ mod layout;
 mod link;
 mod scripts;
 mod store;
+#[cfg(feature = "tls")]
+mod tls;
 
 pub use config::{
     RedisConfig, DEFAULT_BREAKER_OPEN_FOR, DEFAULT_BREAKER_THRESHOLD, DEFAULT_COMMAND_TIMEOUT,

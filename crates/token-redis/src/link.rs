@@ -105,6 +105,10 @@ impl Factory {
                 if let Some(password) = &config.password {
                     builder = builder.password(password.expose());
                 }
+                #[cfg(feature = "tls")]
+                if let Some(certificates) = config.tls.certificates() {
+                    builder = builder.certs(certificates);
+                }
                 let client = builder.build().map_err(bad)?;
                 let cluster_config = ClusterConfig::new()
                     .set_connection_timeout(config.connect_timeout)
@@ -144,7 +148,8 @@ impl Factory {
     }
 }
 
-/// A plain client for one server, with the configured credentials.
+/// A plain client for one server, with the configured credentials (and TLS
+/// certificates).
 fn node_client(url: &str, config: &RedisConfig) -> Result<redis::Client, RedisError> {
     let mut info = url.into_connection_info()?;
     let mut settings = info.redis_settings().clone();
@@ -155,6 +160,10 @@ fn node_client(url: &str, config: &RedisConfig) -> Result<redis::Client, RedisEr
         settings = settings.set_password(password.expose());
     }
     info = info.set_redis_settings(settings);
+    #[cfg(feature = "tls")]
+    if let Some(certificates) = config.tls.certificates() {
+        return redis::Client::build_with_tls(info, certificates);
+    }
     redis::Client::open(info)
 }
 

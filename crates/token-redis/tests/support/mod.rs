@@ -107,6 +107,8 @@ pub(crate) struct RedisServer {
     pub(crate) port: u16,
     dir: PathBuf,
     extra: Vec<String>,
+    /// TLS only: `--port 0`, and TLS on `port`.
+    tls: bool,
 }
 
 impl RedisServer {
@@ -117,10 +119,17 @@ impl RedisServer {
 
     /// A server with extra arguments (e.g. `--requirepass`).
     pub(crate) fn start_with(extra: &[&str]) -> io::Result<Self> {
-        Self::start_node(extra, None)
+        Self::start_node(extra, None, false)
     }
 
-    fn start_node(extra: &[&str], bus: Option<u16>) -> io::Result<Self> {
+    /// A TLS-only server (no plain port) on a free port; `extra` must name
+    /// its certificate files (`--tls-cert-file`, `--tls-key-file`,
+    /// `--tls-ca-cert-file`, ...).
+    pub(crate) fn start_tls(extra: &[&str]) -> io::Result<Self> {
+        Self::start_node(extra, None, true)
+    }
+
+    fn start_node(extra: &[&str], bus: Option<u16>, tls: bool) -> io::Result<Self> {
         if find_program("redis-server").is_none() {
             return Err(io::Error::new(
                 io::ErrorKind::NotFound,
@@ -143,6 +152,7 @@ impl RedisServer {
                 port,
                 dir: dir.clone(),
                 extra: extra.iter().map(|s| (*s).to_owned()).collect(),
+                tls,
             };
             match server.spawn() {
                 Ok(()) => return Ok(server),
@@ -155,8 +165,14 @@ impl RedisServer {
     }
 
     fn spawn(&mut self) -> io::Result<()> {
+        let port = self.port.to_string();
+        let ports: &[&str] = if self.tls {
+            &["--port", "0", "--tls-port", &port]
+        } else {
+            &["--port", &port]
+        };
         let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string()])
+            .args(ports)
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(&self.dir)
@@ -172,7 +188,15 @@ impl RedisServer {
                 self.child = None;
                 return Err(io::Error::other(format!("redis-server exited: {status}")));
             }
-            match command(self.port, &["PING"]) {
+            let probe = if self.tls {
+                // Speaking TLS here is the client's job under test: that the
+                // port accepts connections is enough.
+                let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
+                TcpStream::connect_timeout(&addr, Duration::from_secs(1)).map(|_| String::new())
+            } else {
+                command(self.port, &["PING"])
+            };
+            match probe {
                 Ok(_) => return Ok(()),
                 // Up, but wants a password: up all the same.
                 Err(e) if e.to_string().contains("NOAUTH") => return Ok(()),
@@ -187,9 +211,10 @@ impl RedisServer {
         }
     }
 
-    /// `redis://127.0.0.1:<port>`.
+    /// `redis://127.0.0.1:<port>`, or `rediss://...` for a TLS server.
     pub(crate) fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     fn pid(&self) -> Option<u32> {
@@ -253,6 +278,18 @@ pub(crate) struct RedisCluster {
 
 impl RedisCluster {
     pub(crate) fn start() -> io::Result<Self> {
+        Self::start_nodes(&[], None)
+    }
+
+    /// TLS-only nodes (cluster bus over TLS too): `node_tls` names the
+    /// nodes' certificate files (see [`RedisServer::start_tls`]), `cli_tls`
+    /// is what `redis-cli` needs to reach them (`--tls --cacert ...`).
+    pub(crate) fn start_tls(node_tls: &[&str], cli_tls: &[&str]) -> io::Result<Self> {
+        Self::start_nodes(node_tls, Some(cli_tls))
+    }
+
+    /// `cli_tls`: `Some` for TLS-only nodes.
+    fn start_nodes(extra: &[&str], cli_tls: Option<&[&str]>) -> io::Result<Self> {
         if find_program("redis-cli").is_none() {
             return Err(io::Error::new(
                 io::ErrorKind::NotFound,
@@ -267,10 +304,18 @@ impl RedisCluster {
             "--cluster-node-timeout",
             "5000",
         ];
+        let tls = cli_tls.is_some();
+        let cli_tls = cli_tls.unwrap_or_default();
+        let mut args = args.to_vec();
+        args.extend_from_slice(extra);
+        if tls {
+            args.extend_from_slice(&["--tls-cluster", "yes"]);
+        }
         let nodes = (0..3)
-            .map(|_| RedisServer::start_node(&args, Some(10_000)))
+            .map(|_| RedisServer::start_node(&args, Some(10_000), tls))
             .collect::<io::Result<Vec<_>>>()?;
         let out = Command::new("redis-cli")
+            .args(cli_tls)
             .arg("--cluster")
             .arg("create")
             .args(nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)))
@@ -284,9 +329,28 @@ impl RedisCluster {
             )));
         }
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !nodes.iter().all(|n| {
-            command(n.port, &["CLUSTER", "INFO"]).is_ok_and(|i| i.contains("cluster_state:ok"))
-        }) {
+        let info = |port: u16| -> io::Result<String> {
+            if !tls {
+                return command(port, &["CLUSTER", "INFO"]);
+            }
+            let out = Command::new("redis-cli")
+                .args(cli_tls)
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &port.to_string(),
+                    "CLUSTER",
+                    "INFO",
+                ])
+                .stdin(Stdio::null())
+                .output()?;
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        };
+        while !nodes
+            .iter()
+            .all(|n| info(n.port).is_ok_and(|i| i.contains("cluster_state:ok")))
+        {
             if Instant::now() > deadline {
                 return Err(io::Error::other(
                     "the cluster did not reach cluster_state:ok",
@@ -352,6 +416,32 @@ pub(crate) fn own_server(what: &str) -> Option<RedisServer> {
         Err(e) => unavailable(
             what,
             &format!("no private redis-server could be started: {e}"),
+        ),
+    }
+}
+
+/// A private TLS-only server (see [`RedisServer::start_tls`]).
+pub(crate) fn own_tls_server(what: &str, extra: &[&str]) -> Option<RedisServer> {
+    match RedisServer::start_tls(extra) {
+        Ok(server) => Some(server),
+        Err(e) => unavailable(
+            what,
+            &format!("no private TLS redis-server could be started: {e}"),
+        ),
+    }
+}
+
+/// A private TLS-only cluster (see [`RedisCluster::start_tls`]).
+pub(crate) fn own_tls_cluster(
+    what: &str,
+    node_tls: &[&str],
+    cli_tls: &[&str],
+) -> Option<RedisCluster> {
+    match RedisCluster::start_tls(node_tls, cli_tls) {
+        Ok(cluster) => Some(cluster),
+        Err(e) => unavailable(
+            what,
+            &format!("no private TLS cluster could be started: {e}"),
         ),
     }
 }
