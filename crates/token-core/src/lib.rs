@@ -23,6 +23,7 @@ mod engine;
 mod envelope;
 mod error;
 mod flight;
+mod lease;
 mod policy;
 mod request;
 mod rng;
@@ -43,6 +44,7 @@ pub use envelope::{
     ENVELOPE_VERSION, KEY_LEN,
 };
 pub use error::Error;
+pub use lease::LocalLeases;
 pub use policy::*;
 pub use request::{Actor, CacheKey, ParamValue, TokenRequest, TokenRequestBuilder};
 pub use rng::random_u128;

@@ -1,7 +1,6 @@
 #![doc = include_str!("../README.md")]
 
 mod expiry;
-mod lease;
 mod store;
 
 pub use store::{MemoryStore, MemoryStoreBuilder, DEFAULT_MAX_ENTRIES};

@@ -8,12 +8,11 @@ use async_trait::async_trait;
 use moka::future::Cache;
 use moka::ops::compute::{CompResult, Op};
 use token_core::{
-    storable_expiry, AccessToken, CacheKey, CacheStore, Lease, PutOutcome, StoreCapabilities,
-    StoreError,
+    storable_expiry, AccessToken, CacheKey, CacheStore, Lease, LocalLeases, PutOutcome,
+    StoreCapabilities, StoreError,
 };
 
 use crate::expiry::{usable_at, ExpireWithToken};
-use crate::lease::LeaseTable;
 
 /// How many tokens a store keeps by default.
 ///
@@ -63,7 +62,7 @@ pub const DEFAULT_MAX_ENTRIES: u64 = 10_000;
 #[derive(Clone)]
 pub struct MemoryStore {
     tokens: Cache<CacheKey, Arc<AccessToken>>,
-    leases: Arc<LeaseTable>,
+    leases: Arc<LocalLeases>,
     max_entries: u64,
 }
 

@@ -7,10 +7,9 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use token_core::Keyring;
+use token_core::{Keyring, LocalLeases};
 
 use crate::error::SledError;
-use crate::lease::Leases;
 use crate::open::open_dir;
 use crate::store::{
     blocking, read_count, Durability, Inner, SealCount, SledStore, META_TREE, TOKENS_TREE,
@@ -129,7 +128,7 @@ impl SledStoreBuilder {
                 reserved: used,
             }),
             corrupt_reads: AtomicU64::new(0),
-            leases: Leases::default(),
+            leases: LocalLeases::default(),
             quarantine: opened.quarantine,
             _stop_sweeper: stop_sweeper,
             _lock: opened.lock,

@@ -3,7 +3,6 @@
 
 mod builder;
 mod error;
-mod lease;
 mod open;
 mod store;
 

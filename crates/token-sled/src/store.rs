@@ -11,13 +11,12 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use token_core::{
     decode_token, encode_token, envelope_key_id, storable_expiry, AccessToken, CacheKey,
-    CacheStore, EnvelopeError, KeyId, Keyring, Lease, PutOutcome, StoreCapabilities, StoreError,
-    StoreStats,
+    CacheStore, EnvelopeError, KeyId, Keyring, Lease, LocalLeases, PutOutcome, StoreCapabilities,
+    StoreError, StoreStats,
 };
 
 use crate::builder::SledStoreBuilder;
 use crate::error::SledError;
-use crate::lease::Leases;
 use crate::open::{tighten_permissions, Quarantine};
 
 /// How often expired entries are swept away by default.
@@ -148,7 +147,7 @@ pub(crate) struct Inner {
     pub(crate) max_encryptions: u64,
     pub(crate) sealed: Mutex<SealCount>,
     pub(crate) corrupt_reads: AtomicU64,
-    pub(crate) leases: Leases,
+    pub(crate) leases: LocalLeases,
     pub(crate) quarantine: Option<Quarantine>,
     // Dropping it stops the sweeper thread.
     pub(crate) _stop_sweeper: Option<mpsc::Sender<()>>,
@@ -657,7 +656,7 @@ impl CacheStore for SledStore {
         key: &CacheKey,
         ttl: Duration,
     ) -> Result<Option<Lease>, StoreError> {
-        Ok(self.inner.leases.acquire(key, ttl))
+        Ok(self.inner.leases.try_acquire(key, ttl))
     }
 
     async fn release_lease(&self, key: &CacheKey, lease: &Lease) -> Result<bool, StoreError> {

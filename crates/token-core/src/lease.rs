@@ -2,10 +2,12 @@
 //! its TTL passes.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use token_core::{CacheKey, Lease};
+use crate::request::CacheKey;
+use crate::store::Lease;
 
 /// The table never prunes below this many entries: pruning a handful of
 /// leases costs more than keeping them.
@@ -15,12 +17,19 @@ const MIN_PRUNE_AT: usize = 64;
 /// `Instant` (about a year; nobody means more).
 const MAX_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 
+/// The refresh lease within one process, for stores that cannot share
+/// leases between processes (in-memory, on-disk): the `CacheStore` contract
+/// asks every store to implement the lease at least for its own process,
+/// and this table is that implementation, ready to delegate
+/// [`try_acquire_lease`](crate::CacheStore::try_acquire_lease) and
+/// [`release_lease`](crate::CacheStore::release_lease) to.
+///
 /// Leases by key, behind one short-lived lock (never held across an
 /// `.await`). Expired leases are dropped when their key is touched, and all
 /// at once whenever the table has doubled since the last sweep, so memory
 /// stays proportional to the leases that are live.
 #[derive(Default)]
-pub(crate) struct LeaseTable {
+pub struct LocalLeases {
     inner: Mutex<Inner>,
 }
 
@@ -35,7 +44,7 @@ struct Held {
     deadline: Instant,
 }
 
-impl LeaseTable {
+impl LocalLeases {
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // No code panics while holding the lock, and the table is valid at
         // every step anyway: a poisoned lock is still safe to use.
@@ -43,7 +52,7 @@ impl LeaseTable {
     }
 
     /// Grants `key`'s lease for `ttl` unless a live lease holds it.
-    pub(crate) fn try_acquire(&self, key: &CacheKey, ttl: Duration) -> Option<Lease> {
+    pub fn try_acquire(&self, key: &CacheKey, ttl: Duration) -> Option<Lease> {
         let now = Instant::now();
         let mut inner = self.lock();
         if inner.held.get(key).is_some_and(|h| h.deadline > now) {
@@ -69,7 +78,7 @@ impl LeaseTable {
     /// did. A holder whose lease expired gets `false` (and its entry is
     /// dropped); a lease that expired and was granted again belongs to the
     /// new holder.
-    pub(crate) fn release(&self, key: &CacheKey, lease: &Lease) -> bool {
+    pub fn release(&self, key: &CacheKey, lease: &Lease) -> bool {
         let now = Instant::now();
         let mut inner = self.lock();
         match inner.held.get(key) {
@@ -83,8 +92,21 @@ impl LeaseTable {
     }
 
     /// Leases in the table, expired ones not yet pruned included.
-    pub(crate) fn len(&self) -> usize {
+    pub fn len(&self) -> usize {
         self.lock().held.len()
+    }
+
+    /// True when the table holds no lease, live or expired.
+    pub fn is_empty(&self) -> bool {
+        self.lock().held.is_empty()
+    }
+}
+
+impl fmt::Debug for LocalLeases {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LocalLeases")
+            .field("held", &self.len())
+            .finish()
     }
 }
 
@@ -110,7 +132,7 @@ mod tests {
 
     #[test]
     fn one_holder_until_released() {
-        let table = LeaseTable::default();
+        let table = LocalLeases::default();
         let lease = table.try_acquire(&key(1), LONG).unwrap();
         assert!(table.try_acquire(&key(1), LONG).is_none());
         assert!(table.try_acquire(&key(2), LONG).is_some());
@@ -123,7 +145,7 @@ mod tests {
 
     #[test]
     fn an_expired_lease_is_granted_again_and_its_holder_cannot_release() {
-        let table = LeaseTable::default();
+        let table = LocalLeases::default();
         let stale = table.try_acquire(&key(1), Duration::ZERO).unwrap();
         let current = table.try_acquire(&key(1), LONG).unwrap();
         assert_ne!(stale, current);
@@ -134,7 +156,7 @@ mod tests {
 
     #[test]
     fn releasing_an_expired_own_lease_says_false_and_forgets_it() {
-        let table = LeaseTable::default();
+        let table = LocalLeases::default();
         let lease = table.try_acquire(&key(1), Duration::ZERO).unwrap();
         assert!(!table.release(&key(1), &lease));
         assert_eq!(table.len(), 0);
@@ -142,14 +164,14 @@ mod tests {
 
     #[test]
     fn absurd_ttls_do_not_panic() {
-        let table = LeaseTable::default();
+        let table = LocalLeases::default();
         assert!(table.try_acquire(&key(1), Duration::MAX).is_some());
         assert!(table.try_acquire(&key(1), LONG).is_none());
     }
 
     #[test]
     fn expired_leases_are_pruned_as_the_table_grows() {
-        let table = LeaseTable::default();
+        let table = LocalLeases::default();
         for i in 0..10 * MIN_PRUNE_AT {
             table.try_acquire(&key(i), Duration::ZERO).unwrap();
         }
