@@ -3,9 +3,9 @@
 
 use std::io::Write as _;
 use std::path::PathBuf;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::SystemTime;
 
-use token_core::{RefreshPolicy, Secret, Token, TokenCache, TokenRequest};
+use token_core::{Secret, Token, TokenCache, TokenRequest};
 use token_http::{OAuthCredential, PrivateKey, ServerMetadata, SigningAlgorithm};
 use zeroize::Zeroizing;
 
@@ -259,11 +259,8 @@ pub(crate) async fn run(args: GetArgs) -> Result<(), CliError> {
     }
     let request = request.build();
 
-    let policy = RefreshPolicy::default();
-    let wait_bound = policy.get_fetch_timeout() + Duration::from_secs(2);
     let cache = TokenCache::builder(credential)
         .store_arc(opened.as_dyn())
-        .policy(policy)
         .build();
     let key = cache.cache_key(&request);
 
@@ -274,10 +271,20 @@ pub(crate) async fn run(args: GetArgs) -> Result<(), CliError> {
 
     // A token in its refresh window is handed out at once and refreshed in
     // the background; this process would exit before the refresh lands, so
-    // wait for it (bounded) and print the new token. A failed refresh
-    // leaves the still-valid token (stale-if-error).
+    // refresh it now and print the new token. A failed refresh leaves the
+    // still-valid token (stale-if-error).
     if token.refresh_at().is_some_and(|at| SystemTime::now() >= at) {
-        token = refresh(&cache, &request, token, wait_bound, &token_url).await?;
+        match cache.refresh(&request).await {
+            Ok(fresh) => token = fresh,
+            Err(e) => {
+                let until = token.expires_at().map(rfc3339).unwrap_or_default();
+                eprintln!(
+                    "tokencache: warning: refreshing the token failed ({}); printing the cached \
+                     token, valid until {until}",
+                    error::from_engine(&e, &token_url)
+                );
+            }
+        }
     }
 
     let stats = cache.stats();
@@ -306,44 +313,6 @@ pub(crate) async fn run(args: GetArgs) -> Result<(), CliError> {
             .await?;
     }
     print(&token, s.format, stats.idp_calls == 0)
-}
-
-async fn refresh(
-    cache: &TokenCache,
-    request: &TokenRequest,
-    current: Token,
-    bound: Duration,
-    token_url: &str,
-) -> Result<Token, CliError> {
-    let before = cache.stats();
-    // This call starts the background refresh (or joins it).
-    let mut token = cache
-        .get_token(request)
-        .await
-        .map_err(|e| error::from_engine(&e, token_url))?;
-    let started = Instant::now();
-    loop {
-        let now = cache.stats();
-        if now.refreshes > before.refreshes || !token.same_secret(&current) {
-            return cache
-                .get_token(request)
-                .await
-                .map_err(|e| error::from_engine(&e, token_url));
-        }
-        if now.errors > before.errors || started.elapsed() > bound {
-            let until = token.expires_at().map(rfc3339).unwrap_or_default();
-            eprintln!(
-                "tokencache: warning: refreshing the token failed; printing the cached token, \
-                 valid until {until}"
-            );
-            return Ok(token);
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        token = cache
-            .get_token(request)
-            .await
-            .map_err(|e| error::from_engine(&e, token_url))?;
-    }
 }
 
 fn print(token: &Token, format: Format, from_cache: bool) -> Result<(), CliError> {

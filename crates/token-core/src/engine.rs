@@ -8,13 +8,14 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Instant, SystemTime};
 
 use arc_swap::ArcSwap;
+use tokio::sync::watch;
 
 use crate::clock::{Clock, SystemClock};
 use crate::credential::Credential;
 use crate::error::Error;
 use crate::policy::RefreshPolicy;
 use crate::request::{CacheKey, TokenRequest};
-use crate::slot::{Hot, Slot, Token};
+use crate::slot::{FlightResult, Hot, Slot, Token};
 use crate::stats::{bump, CacheStats, Counters};
 use crate::store::{CacheStore, StoreEvent, TokenFingerprint};
 use crate::token::AccessToken;
@@ -111,7 +112,7 @@ impl Inner {
     /// flight or starts one, then waits for it.
     async fn slow(self: &Arc<Self>, slot: &Arc<Slot>) -> Result<Token, Error> {
         self.start_listener();
-        let mut rx = {
+        let rx = {
             let mut st = slot.lock();
             // Re-check after taking the lock: a flight may have just finished.
             let guard = slot.hot.load();
@@ -135,6 +136,38 @@ impl Inner {
                 }
             }
         };
+        Self::wait(self, rx).await
+    }
+
+    /// Refreshes `slot`'s token now, or joins the fetch already running,
+    /// and waits for the result. Backing off, it answers with the last error
+    /// at once, like the slow path.
+    async fn refresh_now(self: &Arc<Self>, slot: &Arc<Slot>) -> Result<Token, Error> {
+        self.start_listener();
+        let rx = {
+            let mut st = slot.lock();
+            match &st.flight {
+                Some(rx) => rx.clone(),
+                None => {
+                    let now = self.clock.monotonic();
+                    if let (Some(at), Some(err)) = (st.retry_at, &st.last_error) {
+                        if now < at {
+                            bump(&self.stats.backoff_rejections);
+                            return Err(err.clone());
+                        }
+                    }
+                    let runtime =
+                        tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
+                    let usable = now < slot.hot.load().usable_until;
+                    self.start_flight(slot, &mut st, &runtime, usable)
+                }
+            }
+        };
+        self.wait(rx).await
+    }
+
+    /// Waits for a flight's result.
+    async fn wait(&self, mut rx: watch::Receiver<FlightResult>) -> Result<Token, Error> {
         bump(&self.stats.waits);
         // Bound to a local so the watch borrow ends before `rx` is dropped.
         let result = match rx.wait_for(Option::is_some).await {
@@ -372,6 +405,21 @@ impl TokenCache {
             inner: Arc::clone(&self.inner),
             slot: self.inner.slot_for(request),
         }
+    }
+
+    /// Refreshes `request`'s token now and waits for the new one, joining a
+    /// refresh that is already running instead of starting another. For a
+    /// process that is about to exit with a token in its refresh window (a
+    /// CLI), or to pick up a rotated credential at once.
+    ///
+    /// A failed refresh replaces nothing: the current token stays cached and
+    /// keeps being served until it expires, and the error is returned here.
+    /// While the key is backing off after a failure, the last error is
+    /// returned at once without calling the IdP. With a shared store, another
+    /// instance's fresh token is adopted instead of fetching.
+    pub async fn refresh(&self, request: &TokenRequest) -> Result<Token, Error> {
+        let slot = self.inner.slot_for(request);
+        self.inner.refresh_now(&slot).await
     }
 
     /// Drops `rejected` wherever it is cached (hot slot and store), but only

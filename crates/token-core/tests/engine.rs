@@ -769,3 +769,34 @@ async fn the_fetch_after_an_invalidation_still_sees_the_rejected_token_as_previo
         vec![None, Some("rt-1".to_owned())]
     );
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn refresh_fetches_now_shares_one_fetch_and_a_failure_keeps_the_token() {
+    let clock = ManualClock::new();
+    let idp = FakeIdp::new(&clock, hour());
+    let cache = cache(&idp, RefreshPolicy::default());
+    let req = request("a");
+    let first = cache.get_token(&req).await.unwrap().to_access_token();
+
+    // Concurrent refreshes of a fresh token: one fetch, both get the new token.
+    let gate = idp.gate();
+    let (a, b) = (cache.clone(), cache.clone());
+    let (ra, rb) = (req.clone(), req.clone());
+    let ta = tokio::spawn(async move { a.refresh(&ra).await.map(|t| t.to_access_token()) });
+    let tb = tokio::spawn(async move { b.refresh(&rb).await.map(|t| t.to_access_token()) });
+    settle().await;
+    gate.add_permits(1);
+    idp.ungate();
+    let (ta, tb) = (ta.await.unwrap().unwrap(), tb.await.unwrap().unwrap());
+    assert!(ta.same_secret(&tb) && !ta.same_secret(&first));
+    assert_eq!(idp.calls(), 2);
+    assert!(cache.get_token(&req).await.unwrap().same_secret(&ta));
+
+    // A failed refresh returns the error and leaves the token in service,
+    // and a second refresh during the backoff does not call the IdP.
+    idp.set_mode(Mode::Transient(None));
+    assert!(cache.refresh(&req).await.unwrap_err().is_transient());
+    assert!(cache.get_token(&req).await.unwrap().same_secret(&ta));
+    assert!(cache.refresh(&req).await.is_err());
+    assert_eq!(idp.calls(), 3);
+}
