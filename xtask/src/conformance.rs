@@ -2,7 +2,7 @@
 //! suite against cache backends, starting the servers each one needs.
 //!
 //! Every backend is one row of [`BACKENDS`]. A backend is runnable once its
-//! crate exists (`crates/<package>/Cargo.toml`); until then asking for it is
+//! crate exists (`<package>/Cargo.toml`); until then asking for it is
 //! an error that names the missing crate, and `all` leaves it out and says so.
 
 use std::fmt::Write as _;
@@ -17,7 +17,7 @@ use crate::util::{self, Result};
 pub(crate) struct Backend {
     /// What `--backend` calls it.
     pub(crate) name: &'static str,
-    /// The crate, under `crates/<package>`.
+    /// The crate, in `<package>/` at the workspace root.
     pub(crate) package: &'static str,
     /// The integration test target (`cargo test -p <package> --test <test>`)
     /// that runs the suite against this backend.
@@ -76,7 +76,7 @@ pub(crate) enum Selection {
 
 impl Backend {
     fn dir(&self) -> PathBuf {
-        util::project_root().join("crates").join(self.package)
+        util::project_root().join(self.package)
     }
 
     /// True when the backend's crate is in the workspace.
@@ -135,7 +135,7 @@ fn existing(selection: &Selection) -> Result<Vec<&'static Backend>> {
     })?;
     if !backend.exists() {
         return Err(format!(
-            "backend `{name}` cannot run yet: its crate `{}` (crates/{}) is not in the workspace",
+            "backend `{name}` cannot run yet: its crate `{}` ({}/) is not in the workspace",
             backend.package, backend.package
         )
         .into());

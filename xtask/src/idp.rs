@@ -1,6 +1,6 @@
 //! The real authorization server token-http's tests run against:
 //! panva's `oidc-provider` from npm, installed with `npm ci` from the
-//! committed lockfile in `crates/token-http/tests/idp`. The tests start it
+//! committed lockfile in `token-http/tests/idp`. The tests start it
 //! themselves (`node server.js`) on a free loopback port.
 //!
 //! Idempotent: `npm ci` runs only when the lockfile differs from the one
@@ -12,7 +12,7 @@ use std::process::Command;
 
 use crate::util::{self, Result};
 
-const DIR: &str = "crates/token-http/tests/idp";
+const DIR: &str = "token-http/tests/idp";
 /// Copy of the lockfile that was last installed, inside `node_modules`.
 const STAMP: &str = "node_modules/.xtask-installed-package-lock.json";
 
