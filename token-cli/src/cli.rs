@@ -16,6 +16,11 @@ use crate::error::{exit_codes_help, EXIT_CODES_HELP};
 #[derive(Debug, Parser)]
 #[command(name = "tokencache", version, after_help = EXIT_CODES_HELP)]
 pub(crate) struct Cli {
+    /// Log to stderr what happens: -v fetches, cache decisions and the
+    /// store; -vv more detail; -vvv everything. RUST_LOG (e.g.
+    /// `RUST_LOG=token_core=debug`) takes precedence. Never a secret.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub(crate) verbose: u8,
     #[command(subcommand)]
     pub(crate) command: Command,
 }
@@ -177,8 +182,10 @@ pub(crate) struct InspectArgs {
 
 #[derive(Debug, Clone, Args)]
 pub(crate) struct PurgeArgs {
-    /// Cache keys to remove, as `inspect` prints them.
-    #[arg(value_name = "KEY")]
+    /// Entries to remove: the short ids `inspect` prints (or a unique
+    /// prefix of at least 4 digits), or full cache keys. Naming one that is
+    /// not cached is not an error.
+    #[arg(value_name = "ID")]
     pub(crate) keys: Vec<String>,
     /// Remove every entry of this client id.
     #[arg(long, value_name = "ID")]

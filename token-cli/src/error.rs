@@ -9,6 +9,9 @@ use std::process::ExitCode;
 pub(crate) enum Kind {
     /// Anything not covered below (a bug, an I/O failure writing output).
     Internal,
+    /// The command line is incomplete or contradictory (what clap itself
+    /// reports with code 2, and the checks it cannot express).
+    Usage,
     /// The settings are wrong or incomplete: flags, profile file, secret
     /// source.
     Config,
@@ -32,6 +35,7 @@ impl Kind {
     pub(crate) fn code(self) -> u8 {
         match self {
             Self::Internal => 1,
+            Self::Usage => 2,
             Self::Config => 3,
             Self::IdpRejected => 4,
             Self::IdpUnavailable => 5,
@@ -50,8 +54,9 @@ macro_rules! exit_codes_help {
 Exit codes:
   0  success
   1  internal error
-  2  usage error (unknown flag, missing value)
-  3  configuration error (flags, profile file, client secret source)
+  2  usage error (unknown flag, missing value, nothing to do)
+  3  configuration error (flag values, profile file, client secret source, a URL
+     that is not a token endpoint)
   4  the IdP refused the request (invalid_client, invalid_scope, ...)
   5  the IdP could not be reached or failed temporarily (network, timeout, 5xx)
   6  the token store could not be opened or used (locked, Redis down, newer format)
@@ -80,6 +85,10 @@ impl CliError {
         }
     }
 
+    pub(crate) fn usage(message: impl Into<String>) -> Self {
+        Self::new(Kind::Usage, message)
+    }
+
     pub(crate) fn config(message: impl Into<String>) -> Self {
         Self::new(Kind::Config, message)
     }
@@ -99,6 +108,10 @@ impl CliError {
     pub(crate) fn exit_code(&self) -> ExitCode {
         ExitCode::from(self.kind.code())
     }
+
+    pub(crate) fn kind(&self) -> Kind {
+        self.kind
+    }
 }
 
 impl fmt::Display for CliError {
@@ -107,38 +120,159 @@ impl fmt::Display for CliError {
     }
 }
 
+/// How `token-http` begins the message of an error response.
+const ANSWERED: &str = "the token endpoint answered ";
+
+/// The HTTP status at the start of a `token-http` error-response message
+/// (`the token endpoint answered 404 Not Found ...`), if it is one.
+fn answered_status(message: &str) -> Option<(u16, &str)> {
+    let rest = message.strip_prefix(ANSWERED)?;
+    let code = rest.get(..3)?.parse::<u16>().ok()?;
+    Some((code, rest))
+}
+
+/// The innermost cause of `e`, in a few words: an OS error's description
+/// without its number (`connection refused`), else the innermost error's
+/// text.
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut inner = e;
+    while let Some(next) = inner.source() {
+        inner = next;
+    }
+    let text = match inner.downcast_ref::<std::io::Error>() {
+        Some(io) => {
+            let text = io.to_string();
+            match text.find(" (os error") {
+                Some(at) => text[..at].to_owned(),
+                None => text,
+            }
+        }
+        None => inner.to_string(),
+    };
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(first) => first.to_lowercase().chain(chars).collect(),
+        None => text,
+    }
+}
+
 /// Turns the engine's error into a sentence and an exit code.
 pub(crate) fn from_engine(e: &token_core::Error, token_url: &str) -> CliError {
     use token_core::Error as E;
     match e {
-        E::Credential(c) if c.is_transient() => CliError::new(
-            Kind::IdpUnavailable,
-            format!(
-                "the IdP could not be reached or failed temporarily: {}",
-                c.message()
-            ),
-        ),
-        E::Credential(c) => {
-            let code = c
-                .code()
-                .map(|code| format!(" with `{code}`"))
-                .unwrap_or_default();
-            CliError::new(
-                Kind::IdpRejected,
+        E::Credential(c) if c.is_transient() => {
+            let message = c.message();
+            let text = if let Some((_, rest)) = answered_status(message) {
+                format!("the IdP at {token_url} failed temporarily: it answered {rest}")
+            } else if let Some(what) = message
+                .strip_prefix("token request to ")
+                .and_then(|m| m.strip_prefix(token_url))
+                .map(|m| m.trim_start().split(": ").next().unwrap_or(m))
+            {
+                // `token request to URL could not connect: <every layer's
+                // wording>`: say the layer that matters, the OS's reason.
+                let cause = root_cause(c);
+                if what == "could not connect" {
+                    format!("cannot reach the IdP at {token_url}: {cause}")
+                } else {
+                    format!("the token request to {token_url} {what}: {cause}")
+                }
+            } else {
                 format!(
-                    "the IdP at {token_url} refused the token request{code}: {}",
-                    c.message()
+                    "the IdP at {token_url} could not be reached or failed temporarily: {message}"
+                )
+            };
+            CliError::new(Kind::IdpUnavailable, text)
+        }
+        E::Credential(c) => {
+            let message = c.message();
+            match answered_status(message) {
+                // No OAuth error code and a status a token endpoint does not
+                // answer a token request with: the URL is wrong, which is a
+                // configuration mistake, not the IdP refusing.
+                Some((status, rest))
+                    if c.code().is_none()
+                        && (matches!(status, 404 | 405 | 410 | 501)
+                            || (300..400).contains(&status)) =>
+                {
+                    CliError::config(format!(
+                        "{token_url} is not a token endpoint: it answered {rest}; check                          --token-url (or --issuer)"
+                    ))
+                }
+                // `rest` names the status and the IdP's code once:
+                // `401 Unauthorized: invalid_client: ...`.
+                Some((_, rest)) => CliError::new(
+                    Kind::IdpRejected,
+                    format!("the IdP at {token_url} refused the token request: {rest}"),
                 ),
-            )
+                None => {
+                    let code = c
+                        .code()
+                        .filter(|code| !message.contains(code))
+                        .map(|code| format!("{code}: "))
+                        .unwrap_or_default();
+                    CliError::new(
+                        Kind::IdpRejected,
+                        format!(
+                            "the IdP at {token_url} refused the token request: {code}{message}"
+                        ),
+                    )
+                }
+            }
         }
         E::FetchTimeout(after) => CliError::new(
             Kind::IdpUnavailable,
-            format!("the token endpoint {token_url} did not answer within {after:?}"),
+            format!(
+                "the IdP at {token_url} did not answer within {} s",
+                after.as_secs_f64()
+            ),
         ),
         E::InvalidToken(why) => CliError::new(
             Kind::IdpRejected,
             format!("the IdP at {token_url} returned a token that cannot be used: {why}"),
         ),
         other => CliError::internal(format!("could not get a token: {other}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use token_core::CredentialError;
+
+    #[test]
+    fn a_refusal_names_its_code_once() {
+        let e = token_core::Error::Credential(
+            CredentialError::permanent(
+                "the token endpoint answered 401 Unauthorized: invalid_client: bad secret",
+            )
+            .with_code("invalid_client"),
+        );
+        let cli = from_engine(&e, "http://idp/token");
+        assert_eq!(cli.kind(), Kind::IdpRejected);
+        let text = cli.to_string();
+        assert_eq!(text.matches("invalid_client").count(), 1, "{text}");
+        assert!(text.contains("401 Unauthorized"), "{text}");
+    }
+
+    #[test]
+    fn a_404_without_an_oauth_body_is_a_configuration_error() {
+        let e = token_core::Error::Credential(CredentialError::permanent(
+            "the token endpoint answered 404 Not Found (9 bytes, text/html): \"not found\" (not an OAuth error response)",
+        ));
+        let cli = from_engine(&e, "http://idp/nope");
+        assert_eq!(cli.kind(), Kind::Config);
+        assert!(cli.to_string().contains("is not a token endpoint"), "{cli}");
+    }
+
+    #[test]
+    fn a_401_without_a_code_is_still_a_refusal() {
+        let e = token_core::Error::Credential(CredentialError::permanent(
+            "the token endpoint answered 401 Unauthorized and an empty body",
+        ));
+        assert_eq!(
+            from_engine(&e, "http://idp/token").kind(),
+            Kind::IdpRejected
+        );
     }
 }

@@ -6,12 +6,14 @@ use std::path::PathBuf;
 use std::time::SystemTime;
 
 use token_core::{Secret, Token, TokenCache, TokenRequest};
-use token_http::{OAuthCredential, PrivateKey, ServerMetadata, SigningAlgorithm};
+use token_http::{OAuthCredential, PrivateKey, SigningAlgorithm};
 use zeroize::Zeroizing;
 
 use crate::cli::{Alg, AuthMethod, Format, GetArgs};
 use crate::config::{self, Profile};
+use crate::discovery;
 use crate::error::{self, CliError, Kind};
+use crate::fingerprint::{Bound, FingerprintKey};
 use crate::store::{self, Entry, StoreSpec};
 use crate::time::rfc3339;
 
@@ -54,14 +56,25 @@ fn settings(args: GetArgs) -> Result<Settings, CliError> {
     } else {
         (profile.token_url, profile.issuer)
     };
+    // Missing from the command line with no profile named is a usage
+    // error (2); missing from a named profile is its configuration (3).
+    let missing = |what: &str| match &args.profile {
+        None => CliError::usage(format!(
+            "{what} (or --profile NAME); see `tokencache get --help`"
+        )),
+        Some(name) => CliError::config(format!(
+            "{what}: the profile {name} has none, and no flag gives one"
+        )),
+    };
     if token_url.is_none() && issuer.is_none() {
-        return Err(CliError::config(
-            "no token endpoint: give --token-url URL or --issuer URL (or a --profile that has one)",
+        return Err(missing(
+            "no token endpoint: give --token-url URL or --issuer URL",
         ));
     }
-    let client_id = args.client_id.or(profile.client_id).ok_or_else(|| {
-        CliError::config("no client id: give --client-id ID (or a --profile that has one)")
-    })?;
+    let client_id = match args.client_id.or(profile.client_id) {
+        Some(id) => id,
+        None => return Err(missing("no client id: give --client-id ID")),
+    };
     let secret = match (secret_env, secret_file) {
         (Some(var), _) => Some(secret_from_env(&var)?),
         (None, Some(path)) => Some(secret_from_file(&path)?),
@@ -161,7 +174,11 @@ fn secret_from_file(path: &std::path::Path) -> Result<Secret, CliError> {
     Ok(Secret::new(trimmed))
 }
 
-fn private_key(s: &Settings, path: &std::path::Path) -> Result<PrivateKey, CliError> {
+/// The private key at `path`, and its PEM text (to fingerprint).
+fn private_key(
+    s: &Settings,
+    path: &std::path::Path,
+) -> Result<(PrivateKey, Zeroizing<String>), CliError> {
     let pem = std::fs::read_to_string(path)
         .map(Zeroizing::new)
         .map_err(|e| {
@@ -183,23 +200,21 @@ fn private_key(s: &Settings, path: &std::path::Path) -> Result<PrivateKey, CliEr
             .or_else(|_| PrivateKey::from_pem(&pem, SigningAlgorithm::Es256))
             .map_err(bad)?,
     };
-    Ok(match &s.key_id {
+    let key = match &s.key_id {
         Some(kid) => key.with_key_id(kid.clone()),
         None => key,
-    })
+    };
+    Ok((key, pem))
 }
 
-async fn credential(s: &mut Settings) -> Result<OAuthCredential, CliError> {
-    let token_url = match (&s.token_url, &s.issuer) {
-        (Some(url), _) => url.clone(),
-        (None, Some(issuer)) => ServerMetadata::discover(issuer)
-            .await
-            .map_err(|e| CliError::new(Kind::IdpUnavailable, e.to_string()))?
-            .token_endpoint()
-            .to_owned(),
-        (None, None) => return Err(CliError::config("no token endpoint")),
-    };
-    s.token_url = Some(token_url.clone());
+/// The credential for `token_url`, bound to a fingerprint (made with
+/// `fingerprints`) of the secret or key it authenticates with, so that
+/// another secret for the same client never shares its cache entries.
+fn credential(
+    s: &Settings,
+    token_url: &str,
+    fingerprints: &FingerprintKey,
+) -> Result<Bound<OAuthCredential>, CliError> {
     let builder = OAuthCredential::client_credentials(token_url, s.client_id.clone());
     let auth = match (s.auth, &s.secret, &s.private_key) {
         (Some(a), _, _) => a,
@@ -217,7 +232,7 @@ async fn credential(s: &mut Settings) -> Result<OAuthCredential, CliError> {
             ))
         }
     };
-    let builder = match auth {
+    let (builder, fingerprint) = match auth {
         AuthMethod::Basic | AuthMethod::Post => {
             let secret = s.secret.clone().ok_or_else(|| {
                 CliError::config(
@@ -225,30 +240,39 @@ async fn credential(s: &mut Settings) -> Result<OAuthCredential, CliError> {
                      --client-secret-file PATH",
                 )
             })?;
-            if auth == AuthMethod::Basic {
+            let fingerprint = fingerprints.fingerprint("cs", secret.expose().as_bytes());
+            let builder = if auth == AuthMethod::Basic {
                 builder.client_secret(secret)
             } else {
                 builder.client_secret_post(secret)
-            }
+            };
+            (builder, ("cs", fingerprint))
         }
         AuthMethod::PrivateKeyJwt => {
             let path = s.private_key.clone().ok_or_else(|| {
                 CliError::config("--auth private-key-jwt needs --private-key-file PEM")
             })?;
-            builder.private_key_jwt(private_key(s, &path)?)
+            let (key, pem) = private_key(s, &path)?;
+            let fingerprint = fingerprints.fingerprint("pk", pem.trim().as_bytes());
+            (builder.private_key_jwt(key), ("pk", fingerprint))
         }
     };
-    builder
+    let credential = builder
         .build()
-        .map_err(|e| CliError::config(format!("invalid settings: {e}")))
+        .map_err(|e| CliError::config(format!("invalid settings: {e}")))?;
+    Ok(Bound::new(credential, fingerprint.0, &fingerprint.1))
 }
 
 /// Runs `get`.
 pub(crate) async fn run(args: GetArgs) -> Result<(), CliError> {
-    let mut s = settings(args)?;
-    let credential = credential(&mut s).await?;
-    let token_url = credential.token_url().to_owned();
-    let opened = store::open(&s.store, s.key_file.as_deref()).await?;
+    let s = settings(args)?;
+    let (opened, fingerprints) = store::open(&s.store, s.key_file.as_deref()).await?;
+    let (token_url, endpoint_source) = match (&s.token_url, &s.issuer) {
+        (Some(url), _) => (url.clone(), discovery::Source::Given),
+        (None, Some(issuer)) => discovery::token_endpoint(&opened, issuer).await?,
+        (None, None) => return Err(CliError::internal("settings always name an endpoint")),
+    };
+    let credential = credential(&s, &token_url, &fingerprints)?;
 
     let mut request = TokenRequest::builder().scopes(&s.scopes);
     if let Some(a) = &s.audience {
@@ -264,42 +288,62 @@ pub(crate) async fn run(args: GetArgs) -> Result<(), CliError> {
         .build();
     let key = cache.cache_key(&request);
 
-    let mut token = cache
-        .get_token(&request)
-        .await
-        .map_err(|e| error::from_engine(&e, &token_url))?;
+    let mut token = match cache.get_token(&request).await {
+        Ok(token) => token,
+        Err(e) => {
+            let e = error::from_engine(&e, &token_url);
+            // A cached endpoint that is not one any more: discover afresh
+            // next time.
+            if let (Kind::Config, discovery::Source::Cached, Some(issuer)) =
+                (e.kind(), endpoint_source, &s.issuer)
+            {
+                discovery::forget(&opened, issuer).await;
+            }
+            return Err(e);
+        }
+    };
 
     // A token in its refresh window is handed out at once and refreshed in
     // the background; this process would exit before the refresh lands, so
     // refresh it now and print the new token. A failed refresh leaves the
     // still-valid token (stale-if-error).
     if token.refresh_at().is_some_and(|at| SystemTime::now() >= at) {
+        tracing::info!(key = %key, "get: the cached token is due for refresh; refreshing it now");
         match cache.refresh(&request).await {
             Ok(fresh) => token = fresh,
             Err(e) => {
                 let until = token.expires_at().map(rfc3339).unwrap_or_default();
-                eprintln!(
-                    "tokencache: warning: refreshing the token failed ({}); printing the cached \
-                     token, valid until {until}",
+                crate::log::warning(format_args!(
+                    "refreshing the token failed ({}); printing the cached token, valid until \
+                     {until}",
                     error::from_engine(&e, &token_url)
-                );
+                ));
             }
         }
     }
 
     let stats = cache.stats();
     if stats.store_corrupt_reads > 0 {
-        eprintln!(
-            "tokencache: warning: the cached entry could not be decrypted (damaged, or written with \
-             another key); a new token was fetched"
+        crate::log::warning(
+            "the cached entry could not be decrypted (damaged, or written with another key); a \
+             new token was fetched",
         );
     }
     if stats.store_errors > 0 {
-        eprintln!(
-            "tokencache: warning: the token store failed during this call; the token was fetched \
-             from the IdP and may not be cached"
+        crate::log::warning(
+            "the token store failed during this call; the token was fetched from the IdP and may \
+             not be cached",
         );
     }
+    let from_cache = stats.idp_calls == 0;
+    tracing::info!(
+        key = %key,
+        from_cache,
+        idp_calls = stats.idp_calls,
+        expires_at = %token.expires_at().map(rfc3339).unwrap_or_default(),
+        "get: {}",
+        if from_cache { "served from the cache" } else { "fetched from the IdP" }
+    );
     if stats.idp_calls > 0 {
         opened
             .record(&Entry {
@@ -312,7 +356,7 @@ pub(crate) async fn run(args: GetArgs) -> Result<(), CliError> {
             })
             .await?;
     }
-    print(&token, s.format, stats.idp_calls == 0)
+    print(&token, s.format, from_cache)
 }
 
 fn print(token: &Token, format: Format, from_cache: bool) -> Result<(), CliError> {

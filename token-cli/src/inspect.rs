@@ -34,12 +34,38 @@ async fn open_existing(
             return Ok(None);
         }
     }
-    store::open(spec, key_file).await.map(Some)
+    store::open(spec, key_file)
+        .await
+        .map(|(opened, _)| Some(opened))
+}
+
+/// The short id `inspect` prints for `key` and `purge` accepts: the first
+/// 12 hex digits of its SHA-256 (keys hold `|`, `;` and spaces, awkward to
+/// type or quote).
+pub(crate) fn short_id(key: &str) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, key.as_bytes());
+    digest.as_ref()[..6]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The shortest prefix of a short id `purge` accepts.
+const MIN_ID_PREFIX: usize = 4;
+
+/// `n` entry or entries.
+fn entries(n: usize) -> String {
+    if n == 1 {
+        "1 entry".to_owned()
+    } else {
+        format!("{n} entries")
+    }
 }
 
 /// One listed entry: never the token.
 #[derive(serde::Serialize)]
 struct Row {
+    id: String,
     key: String,
     client_id: String,
     token_url: String,
@@ -68,7 +94,8 @@ pub(crate) async fn inspect(args: InspectArgs) -> Result<(), CliError> {
         return Ok(());
     }
     for row in &rows {
-        println!("{}", row.key);
+        println!("{}", row.id);
+        println!("  key         {}", row.key);
         println!("  client      {} at {}", row.client_id, row.token_url);
         println!(
             "  scopes      {}",
@@ -113,6 +140,7 @@ async fn rows(opened: &Opened) -> Result<Vec<Row>, CliError> {
             (Some(_), _) => "fresh",
         };
         rows.push(Row {
+            id: short_id(&key),
             key,
             client_id: entry.client_id,
             token_url: entry.token_url,
@@ -134,8 +162,9 @@ async fn rows(opened: &Opened) -> Result<Vec<Row>, CliError> {
 pub(crate) async fn purge(args: PurgeArgs) -> Result<(), CliError> {
     let spec = spec(args.store.as_deref())?;
     if !args.all && args.keys.is_empty() && args.client_id.is_none() {
-        return Err(CliError::config(
-            "say what to purge: cache KEYs (as inspect prints them), --client-id ID, or --all",
+        return Err(CliError::usage(
+            "say what to purge: entry ids or keys (as inspect prints them), --client-id ID, or \
+             --all",
         ));
     }
     if args.force {
@@ -148,17 +177,18 @@ pub(crate) async fn purge(args: PurgeArgs) -> Result<(), CliError> {
         return Ok(());
     };
     let index = opened.entries().await?;
-    let keys: Vec<String> = if args.all {
+    let mut keys: Vec<String> = if args.all {
         index.keys().cloned().collect()
     } else {
         let mut keys = Vec::new();
-        for key in &args.keys {
-            if !index.contains_key(key) {
-                return Err(CliError::config(format!(
-                    "no cached entry has the key {key} (see `tokencache inspect`)"
-                )));
+        for wanted in &args.keys {
+            match resolve(&index, wanted)? {
+                Some(key) => keys.push(key),
+                // Already gone is what purge wants: not an error.
+                None => crate::log::note(format_args!(
+                    "no cached entry has the id or key {wanted}; nothing to remove for it"
+                )),
             }
-            keys.push(key.clone());
         }
         if let Some(client) = &args.client_id {
             keys.extend(
@@ -170,9 +200,44 @@ pub(crate) async fn purge(args: PurgeArgs) -> Result<(), CliError> {
         }
         keys
     };
+    keys.sort();
+    keys.dedup();
     opened.purge(&keys).await?;
-    println!("removed {} entries", keys.len());
+    if args.all {
+        crate::discovery::forget_all(&opened).await?;
+    }
+    println!("removed {}", entries(keys.len()));
     Ok(())
+}
+
+/// The cache key `wanted` names: a full key, a short id, or a prefix of
+/// one (at least [`MIN_ID_PREFIX`] digits) that only one entry has.
+fn resolve(
+    index: &std::collections::BTreeMap<String, crate::store::Entry>,
+    wanted: &str,
+) -> Result<Option<String>, CliError> {
+    if index.contains_key(wanted) {
+        return Ok(Some(wanted.to_owned()));
+    }
+    let is_id = wanted.len() >= MIN_ID_PREFIX
+        && wanted.len() <= 12
+        && wanted.bytes().all(|b| b.is_ascii_hexdigit());
+    if !is_id {
+        return Ok(None);
+    }
+    let wanted_lower = wanted.to_ascii_lowercase();
+    let matching: Vec<&String> = index
+        .keys()
+        .filter(|k| short_id(k).starts_with(&wanted_lower))
+        .collect();
+    match matching.as_slice() {
+        [] => Ok(None),
+        [key] => Ok(Some((*key).clone())),
+        many => Err(CliError::usage(format!(
+            "the id {wanted} matches {}; give more of it (see `tokencache inspect`)",
+            entries(many.len())
+        ))),
+    }
 }
 
 fn remove_sled_dir(dir: &Path) -> Result<(), CliError> {

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use token_core::{EncryptionKey, Keyring};
 
 use crate::error::CliError;
+use crate::fingerprint::FingerprintKey;
 use crate::paths;
 
 /// The environment variable holding the key as base64 (32 bytes).
@@ -44,13 +45,29 @@ pub(crate) fn key_file_path(flag: Option<&Path>) -> Result<PathBuf, CliError> {
     Ok(paths::config_dir()?.join("key"))
 }
 
+/// The store's keyring, where its key came from, and the key cache
+/// entries are bound to the client's secret with (derived from the store's
+/// key).
+pub(crate) struct Loaded {
+    pub(crate) keyring: Keyring,
+    pub(crate) source: KeySource,
+    pub(crate) fingerprint: FingerprintKey,
+}
+
+impl Loaded {
+    fn new(key: EncryptionKey, source: KeySource) -> Self {
+        Self {
+            fingerprint: FingerprintKey::derive(&key),
+            keyring: Keyring::new(key),
+            source,
+        }
+    }
+}
+
 /// Loads the keyring. `store_has_data` says whether the store already holds
 /// data written with some key: then a missing key is an error instead of a
 /// reason to create one (a new key could not read the old data).
-pub(crate) fn load(
-    flag: Option<&Path>,
-    store_has_data: bool,
-) -> Result<(Keyring, KeySource), CliError> {
+pub(crate) fn load(flag: Option<&Path>, store_has_data: bool) -> Result<Loaded, CliError> {
     if let Some(text) = std::env::var_os(KEY_ENV) {
         let text = text.into_string().map_err(|_| {
             CliError::key(format!(
@@ -60,7 +77,7 @@ pub(crate) fn load(
         let text = zeroize::Zeroizing::new(text);
         let key = EncryptionKey::from_base64(text.trim())
             .map_err(|e| CliError::key(format!("{KEY_ENV} does not hold a usable key: {e}")))?;
-        return Ok((Keyring::new(key), KeySource::Env));
+        return Ok(Loaded::new(key, KeySource::Env));
     }
     let path = key_file_path(flag)?;
     if path.exists() {
@@ -70,7 +87,7 @@ pub(crate) fn load(
                 path.display()
             ))
         })?;
-        return Ok((Keyring::new(key), KeySource::File(path)));
+        return Ok(Loaded::new(key, KeySource::File(path)));
     }
     if store_has_data {
         return Err(CliError::key(format!(
@@ -81,12 +98,12 @@ pub(crate) fn load(
         )));
     }
     let key = create(&path)?;
-    eprintln!(
-        "tokencache: created a new encryption key for the token store in {} (mode 0600); set {KEY_ENV} \
-         or {KEY_FILE_ENV} to use another",
+    crate::log::note(format_args!(
+        "created a new encryption key for the token store in {} (mode 0600); set {KEY_ENV} or \
+         {KEY_FILE_ENV} to use another",
         path.display()
-    );
-    Ok((Keyring::new(key), KeySource::File(path)))
+    ));
+    Ok(Loaded::new(key, KeySource::File(path)))
 }
 
 fn create(path: &Path) -> Result<EncryptionKey, CliError> {

@@ -4,16 +4,21 @@
 //!
 //! One module per command (`get.rs`, `inspect.rs`, `demo/`), plus the
 //! settings they share: `store.rs` (`--store`, the entry index), `key.rs`
-//! (the encryption key), `config.rs` (profiles), `error.rs` (messages and
-//! exit codes).
+//! (the encryption key), `fingerprint.rs` (cache entries bound to the
+//! client's secret), `discovery.rs` (the cached `--issuer` lookup),
+//! `config.rs` (profiles), `log.rs` (`-v`, `RUST_LOG`), `error.rs`
+//! (messages and exit codes).
 
 mod cli;
 mod config;
 mod demo;
+mod discovery;
 mod error;
+mod fingerprint;
 mod get;
 mod inspect;
 mod key;
+mod log;
 mod paths;
 mod store;
 mod time;
@@ -27,14 +32,26 @@ use crate::error::CliError;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    if let Err(e) = log::init(cli.verbose) {
+        log::error(&e);
+        return e.exit_code();
+    }
+    // `get`, `inspect` and `purge` do a handful of awaits on one task: a
+    // current-thread runtime starts in microseconds, where a multi-thread
+    // one spawns a worker per core first. The demo's many callers get the
+    // worker threads.
+    let runtime = match &cli.command {
+        Command::Demo(_) | Command::DemoWorker(_) => tokio::runtime::Builder::new_multi_thread(),
+        _ => tokio::runtime::Builder::new_current_thread(),
+    }
+    .enable_all()
+    .build();
+    let runtime = match runtime {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::from(1);
+            let e = CliError::internal(format!("cannot start the async runtime: {e}"));
+            log::error(&e);
+            return e.exit_code();
         }
     };
     let result = runtime.block_on(run(cli.command));
@@ -44,7 +61,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            log::error(&e);
             e.exit_code()
         }
     }

@@ -24,6 +24,7 @@ use token_redis::{RedisConfig, RedisStore};
 use token_sled::{SledError, SledStore};
 
 use crate::error::CliError;
+use crate::fingerprint::FingerprintKey;
 use crate::key::{self, KeySource};
 use crate::paths;
 
@@ -120,11 +121,11 @@ impl Opened {
                     Ok(bytes) => match serde_json::from_slice(&bytes) {
                         Ok(map) => Ok(map),
                         Err(_) => {
-                            eprintln!(
-                                "tokencache: the index {} is damaged; starting a new one (cached \
-                                 tokens are kept, but inspect lists only those used from now on)",
+                            crate::log::warning(format_args!(
+                                "the index {} is damaged; starting a new one (cached tokens are \
+                                 kept, but inspect lists only those used from now on)",
                                 path.display()
-                            );
+                            ));
                             Ok(BTreeMap::new())
                         }
                     },
@@ -291,21 +292,43 @@ pub(crate) fn sled_has_data(dir: &Path) -> bool {
 
 /// Opens the store `spec` names, loading (or creating) the encryption key
 /// when it needs one. Waits up to [`LOCK_WAIT`] for another tokencache
-/// process that has the sled store open.
-pub(crate) async fn open(spec: &StoreSpec, key_file: Option<&Path>) -> Result<Opened, CliError> {
+/// process that has the sled store open. Also returns the key that binds
+/// cache entries to the client's secret (see `fingerprint.rs`).
+pub(crate) async fn open(
+    spec: &StoreSpec,
+    key_file: Option<&Path>,
+) -> Result<(Opened, FingerprintKey), CliError> {
     match spec {
-        StoreSpec::Memory => Ok(Opened::Memory(MemoryStore::default())),
+        StoreSpec::Memory => {
+            tracing::debug!("store: memory (nothing is kept after this invocation)");
+            Ok((
+                Opened::Memory(MemoryStore::default()),
+                FingerprintKey::random(),
+            ))
+        }
         StoreSpec::Sled(_) => {
             let dir = spec
                 .sled_dir()?
                 .ok_or_else(|| CliError::internal("a sled store has a directory"))?;
-            let (keyring, source) = key::load(key_file, sled_has_data(&dir))?;
-            open_sled(&dir, keyring, &source).await.map(Opened::Sled)
+            let loaded = key::load(key_file, sled_has_data(&dir))?;
+            tracing::info!(dir = %dir.display(), key = %loaded.source, "store: sled (encrypted)");
+            let store = open_sled(&dir, loaded.keyring, &loaded.source).await?;
+            Ok((Opened::Sled(store), loaded.fingerprint))
         }
         StoreSpec::Redis(url) => {
-            let (keyring, _) = key::load(key_file, false)?;
-            open_redis(url, None, keyring).await.map(Opened::Redis)
+            let loaded = key::load(key_file, false)?;
+            tracing::info!(url = %redacted_url(url), key = %loaded.source, "store: redis (encrypted)");
+            let store = open_redis(url, None, loaded.keyring).await?;
+            Ok((Opened::Redis(store), loaded.fingerprint))
         }
+    }
+}
+
+/// `url` without a password it might hold (`redis://user:pw@host`).
+fn redacted_url(url: &str) -> String {
+    match (url.split_once("://"), url.rfind('@')) {
+        (Some((scheme, _)), Some(at)) => format!("{scheme}://***@{}", &url[at + 1..]),
+        _ => url.to_owned(),
     }
 }
 
@@ -365,7 +388,7 @@ pub(crate) async fn open_sled(
         }
     };
     if let Some(q) = store.quarantine() {
-        eprintln!("tokencache: warning: {q}");
+        crate::log::warning(q);
     }
     Ok(store)
 }
@@ -388,5 +411,17 @@ mod tests {
         ));
         assert!(StoreSpec::parse("sled:").is_err());
         assert!(StoreSpec::parse("postgres://x").is_err());
+    }
+
+    #[test]
+    fn a_redis_password_in_the_url_is_not_logged() {
+        assert_eq!(
+            redacted_url("redis://user:hunter2@127.0.0.1:6379/0"),
+            "redis://***@127.0.0.1:6379/0"
+        );
+        assert_eq!(
+            redacted_url("redis://127.0.0.1:6379"),
+            "redis://127.0.0.1:6379"
+        );
     }
 }

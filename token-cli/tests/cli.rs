@@ -184,7 +184,12 @@ fn wrong_secret_exits_4_naming_invalid_client() {
         .expect("run");
     assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
     let err = stderr(&out);
-    assert!(err.contains("invalid_client"), "{err}");
+    assert_eq!(
+        err.matches("invalid_client").count(),
+        1,
+        "the code once: {err}"
+    );
+    assert!(err.contains("401 Unauthorized"), "{err}");
     let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
     assert_eq!(errors.len(), 1, "one sentence: {err}");
     assert!(
@@ -208,6 +213,11 @@ fn unreachable_idp_exits_5_naming_the_url() {
     let err = stderr(&out);
     assert!(err.contains(&url), "{err}");
     assert!(!err.contains(SECRET));
+    // One short line, not a chain of every layer's wording.
+    let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error: ")).collect();
+    assert_eq!(errors.len(), 1, "{err}");
+    assert!(errors[0].len() < 120, "{} chars: {err}", errors[0].len());
+    assert!(errors[0].ends_with(": connection refused"), "{err}");
 }
 
 #[test]
@@ -607,4 +617,230 @@ fn demo_on_sled_runs() {
         .expect("run");
     ok(&out);
     assert!(stdout(&out).contains("sled"));
+}
+
+#[test]
+fn a_wrong_secret_misses_the_cache_and_is_refused_by_the_idp() {
+    let idp = Idp::start(3600);
+    let sb = Sandbox::new();
+    ok(&sb.get(&idp, &["--scope", "orders.read"]));
+    assert_eq!(idp.calls(), 1);
+    let url = idp.token_url();
+    let wrong = sb
+        .cmd()
+        .env("WRONG", "not-the-secret")
+        .args(["get", "--token-url", &url, "--client-id", CLIENT_ID])
+        .args(["--client-secret-env", "WRONG", "--scope", "orders.read"])
+        .args(["--format", "json"])
+        .output()
+        .expect("run");
+    assert_eq!(
+        idp.calls(),
+        2,
+        "a wrong secret must go to the IdP, not the cache"
+    );
+    assert_eq!(wrong.status.code(), Some(4), "{}", stderr(&wrong));
+    assert!(
+        stdout(&wrong).is_empty(),
+        "no token printed: {}",
+        stdout(&wrong)
+    );
+    // The right secret still hits.
+    let again = sb.get(&idp, &["--scope", "orders.read", "--format", "json"]);
+    ok(&again);
+    assert_eq!(json(&again)["from_cache"], true);
+    assert_eq!(idp.calls(), 2);
+    // The index shows the fingerprint at most, never the secret.
+    let out = sb.cmd().args(["inspect", "--json"]).output().expect("run");
+    ok(&out);
+    no_secrets(&idp, &stdout(&out));
+}
+
+#[test]
+fn the_same_secret_from_a_file_or_the_environment_shares_the_entry() {
+    // The fingerprint is of the secret's value, not of where it came from.
+    let idp = Idp::start(3600);
+    let sb = Sandbox::new();
+    let file = sb.path().join("secret.txt");
+    std::fs::write(&file, SECRET).expect("write secret");
+    ok(&sb.get(&idp, &[]));
+    let url = idp.token_url();
+    // The same secret from a file: the same fingerprint, so a hit.
+    let out = sb
+        .cmd()
+        .args(["get", "--token-url", &url, "--client-id", CLIENT_ID])
+        .arg("--client-secret-file")
+        .arg(&file)
+        .output()
+        .expect("run");
+    ok(&out);
+    assert_eq!(idp.calls(), 1, "the same secret from another source hits");
+}
+
+#[test]
+fn trace_logging_shows_decisions_and_no_secret() {
+    let idp = Idp::start(3600);
+    let sb = Sandbox::new();
+    let url = idp.token_url();
+    let run = || {
+        sb.cmd()
+            .env("RUST_LOG", "trace")
+            .args(["get", "--token-url", &url, "--client-id", CLIENT_ID])
+            .args(["--client-secret-env", SECRET_ENV])
+            .output()
+            .expect("run")
+    };
+    let first = run();
+    ok(&first);
+    let second = run();
+    ok(&second);
+    let (a, b) = (stderr(&first), stderr(&second));
+    assert!(a.contains("store: sled"), "{a}");
+    assert!(a.contains("fetched from the IdP"), "{a}");
+    assert!(a.contains("TRACE") || a.contains("DEBUG"), "{a}");
+    assert!(b.contains("served from the cache"), "{b}");
+    let basic = base64_basic();
+    for text in [&a, &b] {
+        no_secrets(&idp, text);
+        assert!(
+            !text.contains(&basic),
+            "the Basic credentials leaked: {text}"
+        );
+    }
+    // -v alone: info lines, still no secret.
+    let out = sb.get(&idp, &["-v"]);
+    ok(&out);
+    let err = stderr(&out);
+    assert!(err.contains("served from the cache"), "{err}");
+    no_secrets(&idp, &err);
+    // Without either, nothing but the token.
+    let out = sb.get(&idp, &[]);
+    ok(&out);
+    assert!(stderr(&out).is_empty(), "{}", stderr(&out));
+}
+
+/// `base64(client_id:secret)`, as the Basic header carries it.
+fn base64_basic() -> String {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new("base64")
+        .arg("-w0")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("base64(1)");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(format!("{CLIENT_ID}:{SECRET}").as_bytes())
+        .expect("write");
+    let out = child.wait_with_output().expect("base64");
+    String::from_utf8(out.stdout).expect("utf8")
+}
+
+#[test]
+fn a_cached_issuer_get_makes_no_request_at_all() {
+    let idp = Idp::start(3600);
+    let sb = Sandbox::new();
+    let run = || {
+        sb.cmd()
+            .args(["get", "--issuer", &idp.base, "--client-id", CLIENT_ID])
+            .args(["--client-secret-env", SECRET_ENV, "--format", "json"])
+            .output()
+            .expect("run")
+    };
+    let first = run();
+    ok(&first);
+    let after_first = idp.requests();
+    assert_eq!(after_first, 2, "one discovery and one token request");
+    let second = run();
+    ok(&second);
+    assert_eq!(json(&second)["from_cache"], true);
+    assert_eq!(
+        idp.requests(),
+        after_first,
+        "a cached get with --issuer makes no request"
+    );
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let sb = Sandbox::new();
+    let out = sb.cmd().arg("get").output().expect("run");
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--token-url"), "{}", stderr(&out));
+    let out = sb.cmd().arg("purge").output().expect("run");
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).starts_with("error: "), "{}", stderr(&out));
+}
+
+#[test]
+fn purging_an_entry_that_is_not_cached_succeeds_with_a_note() {
+    let idp = Idp::start(3600);
+    let sb = Sandbox::new();
+    ok(&sb.get(&idp, &[]));
+    let out = sb
+        .cmd()
+        .args(["purge", "tc1|no-such-key", "abcdef"])
+        .output()
+        .expect("run");
+    ok(&out);
+    assert!(stderr(&out).starts_with("note: "), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("removed 0 entries"),
+        "{}",
+        stdout(&out)
+    );
+    // The cached entry is untouched.
+    ok(&sb.get(&idp, &[]));
+    assert_eq!(idp.calls(), 1);
+}
+
+#[test]
+fn a_token_url_answering_404_html_is_a_configuration_error() {
+    let idp = Idp::start(3600);
+    let sb = Sandbox::new();
+    let url = format!("{}/wrong/path", idp.base);
+    let out = sb
+        .cmd()
+        .args(["get", "--token-url", &url, "--client-id", CLIENT_ID])
+        .args(["--client-secret-env", SECRET_ENV])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("is not a token endpoint"), "{err}");
+    assert!(err.contains("404"), "{err}");
+    assert!(!err.contains("refused"), "{err}");
+}
+
+#[test]
+fn inspect_prints_a_short_id_that_purge_accepts() {
+    let idp = Idp::start(3600);
+    let sb = Sandbox::new();
+    ok(&sb.get(&idp, &["--scope", "a.read"]));
+    ok(&sb.get(&idp, &["--scope", "b.read"]));
+    let out = sb.cmd().args(["inspect", "--json"]).output().expect("run");
+    ok(&out);
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&stdout(&out)).expect("json");
+    let id = rows
+        .iter()
+        .find(|r| r["scopes"] == serde_json::json!(["a.read"]))
+        .and_then(|r| r["id"].as_str())
+        .expect("id")
+        .to_owned();
+    assert_eq!(id.len(), 12, "{id}");
+    assert!(id.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
+    let table = sb.cmd().arg("inspect").output().expect("run");
+    assert!(
+        stdout(&table).lines().any(|l| l == id),
+        "{}",
+        stdout(&table)
+    );
+    let out = sb.cmd().args(["purge", &id]).output().expect("run");
+    ok(&out);
+    assert_eq!(stdout(&out).trim(), "removed 1 entry");
+    ok(&sb.get(&idp, &["--scope", "a.read"]));
+    ok(&sb.get(&idp, &["--scope", "b.read"]));
+    assert_eq!(idp.calls(), 3, "only the purged entry is fetched again");
 }

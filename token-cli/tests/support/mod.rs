@@ -22,6 +22,7 @@ pub(crate) const SECRET_ENV: &str = "CLI_TEST_SECRET";
 /// `client_secret_basic` or `_post`), `GET /.well-known/openid-configuration`.
 pub(crate) struct Idp {
     pub(crate) base: String,
+    requests: Arc<AtomicUsize>,
     calls: Arc<AtomicUsize>,
     scopes: Arc<Mutex<Vec<String>>>,
     tokens: Arc<Mutex<Vec<String>>>,
@@ -32,18 +33,27 @@ impl Idp {
     pub(crate) fn start(lifetime: u64) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
         let base = format!("http://{}", listener.local_addr().expect("addr"));
+        let requests = Arc::new(AtomicUsize::new(0));
         let calls = Arc::new(AtomicUsize::new(0));
         let scopes = Arc::new(Mutex::new(Vec::new()));
         let tokens = Arc::new(Mutex::new(Vec::new()));
-        let (c, s, t, b) = (calls.clone(), scopes.clone(), tokens.clone(), base.clone());
+        let (r, c, s, t, b) = (
+            requests.clone(),
+            calls.clone(),
+            scopes.clone(),
+            tokens.clone(),
+            base.clone(),
+        );
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
                 let (c, s, t, b) = (c.clone(), s.clone(), t.clone(), b.clone());
-                std::thread::spawn(move || serve(stream, &c, &s, &t, &b, lifetime));
+                let r = r.clone();
+                std::thread::spawn(move || serve(stream, &r, &c, &s, &t, &b, lifetime));
             }
         });
         Self {
             base,
+            requests,
             calls,
             scopes,
             tokens,
@@ -52,6 +62,11 @@ impl Idp {
 
     pub(crate) fn token_url(&self) -> String {
         format!("{}/token", self.base)
+    }
+
+    /// HTTP requests received, to any path (discovery included).
+    pub(crate) fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
     }
 
     /// Token requests received (any outcome).
@@ -72,6 +87,7 @@ impl Idp {
 
 fn serve(
     stream: TcpStream,
+    requests: &AtomicUsize,
     calls: &AtomicUsize,
     scopes: &Mutex<Vec<String>>,
     tokens: &Mutex<Vec<String>>,
@@ -106,6 +122,8 @@ fn serve(
     if reader.read_exact(&mut body).is_err() {
         return;
     }
+    requests.fetch_add(1, Ordering::SeqCst);
+    let mut content_type = "application/json";
     let body = String::from_utf8_lossy(&body).into_owned();
     let form: Vec<(String, String)> = body
         .split('&')
@@ -145,10 +163,17 @@ fn serve(
             )
         }
     } else {
-        ("404 Not Found", "{}".to_owned())
+        // What a web server answers for a path it does not have.
+        content_type = "text/html; charset=utf-8";
+        (
+            "404 Not Found",
+            "<!DOCTYPE html><html><head><title>404 Not Found</title></head>\
+             <body><h1>Not Found</h1></body></html>"
+                .to_owned(),
+        )
     };
     let response = format!(
-        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{json}",
+        "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{json}",
         json.len()
     );
     let mut stream = stream;

@@ -1,0 +1,221 @@
+//! `--issuer`: the token endpoint discovered from the issuer's metadata
+//! (OIDC, then RFC 8414), cached beside the tokens so that a cached `get`
+//! makes no network request at all.
+//!
+//! The endpoint is not secret: it is kept in clear, in
+//! `tokencache-endpoints.json` in the sled directory or in the hash
+//! `<prefix>tokencache:endpoints` in Redis, for [`MAX_AGE`]. An older entry
+//! is discovered again; when that fails transiently the older entry is used
+//! with a warning. A token endpoint that turns out not to be one (a 404)
+//! drops its entry, so the next `get` discovers afresh.
+
+use std::collections::BTreeMap;
+use std::fs::OpenOptions;
+use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use token_http::ServerMetadata;
+use token_redis::RedisStore;
+
+use crate::error::{CliError, Kind};
+use crate::store::Opened;
+
+/// How long a discovered endpoint is used before it is discovered again.
+/// Token endpoints move rarely; a day bounds how long a moved one is missed.
+pub(crate) const MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+
+const FILE: &str = "tokencache-endpoints.json";
+const HASH: &str = "tokencache:endpoints";
+
+/// One cached discovery.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+struct Cached {
+    token_endpoint: String,
+    /// Seconds since the Unix epoch.
+    discovered_at: u64,
+}
+
+/// Where the token endpoint of a `get` came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Source {
+    /// `--token-url`.
+    Given,
+    /// Discovered just now.
+    Discovered,
+    /// From the discovery cache.
+    Cached,
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The token endpoint of `issuer`: from the cache when it is younger than
+/// [`MAX_AGE`], else discovered (and cached).
+pub(crate) async fn token_endpoint(
+    opened: &Opened,
+    issuer: &str,
+) -> Result<(String, Source), CliError> {
+    let cached = read(opened, issuer).await;
+    if let Some(c) = &cached {
+        let age = now_secs().saturating_sub(c.discovered_at);
+        if age < MAX_AGE.as_secs() {
+            tracing::debug!(issuer, token_endpoint = %c.token_endpoint, age_s = age, "discovery: cached token endpoint");
+            return Ok((c.token_endpoint.clone(), Source::Cached));
+        }
+    }
+    tracing::info!(issuer, "discovery: fetching the issuer's metadata");
+    match ServerMetadata::discover(issuer).await {
+        Ok(metadata) => {
+            let endpoint = metadata.token_endpoint().to_owned();
+            tracing::info!(issuer, token_endpoint = %endpoint, "discovery: found the token endpoint");
+            let entry = Cached {
+                token_endpoint: endpoint.clone(),
+                discovered_at: now_secs(),
+            };
+            if let Err(e) = write(opened, issuer, Some(&entry)).await {
+                crate::log::warning(format_args!(
+                    "the discovered token endpoint could not be cached ({e}); the next get \
+                     discovers it again"
+                ));
+            }
+            Ok((endpoint, Source::Discovered))
+        }
+        Err(e) => match cached {
+            Some(c) if is_transient(&e) => {
+                crate::log::warning(format_args!(
+                    "discovery at {issuer} failed ({e}); using the token endpoint discovered \
+                     earlier, {}",
+                    c.token_endpoint
+                ));
+                Ok((c.token_endpoint, Source::Cached))
+            }
+            // `e` names the issuer.
+            _ if is_transient(&e) => Err(CliError::new(Kind::IdpUnavailable, e.to_string())),
+            _ => Err(CliError::config(e.to_string())),
+        },
+    }
+}
+
+/// Whether a discovery failure may pass: the metadata could not be had
+/// (network, server), as opposed to an issuer that is not a URL.
+fn is_transient(e: &token_http::ConfigError) -> bool {
+    matches!(e, token_http::ConfigError::Discovery { .. })
+}
+
+/// Drops the cached endpoint of `issuer` (it turned out wrong).
+pub(crate) async fn forget(opened: &Opened, issuer: &str) {
+    if let Err(e) = write(opened, issuer, None).await {
+        tracing::warn!(issuer, error = %e, "discovery: cannot drop the cached token endpoint");
+    }
+}
+
+/// Drops every cached endpoint (`purge --all`).
+pub(crate) async fn forget_all(opened: &Opened) -> Result<(), CliError> {
+    match opened {
+        Opened::Memory(_) => Ok(()),
+        Opened::Sled(s) => match std::fs::remove_file(s.path().join(FILE)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(CliError::store(format!(
+                "cannot remove {}: {e}",
+                s.path().join(FILE).display()
+            ))),
+            _ => Ok(()),
+        },
+        Opened::Redis(s) => {
+            let mut conn = s.connection();
+            token_redis::redis::cmd("DEL")
+                .arg(hash(s))
+                .query_async::<()>(&mut conn)
+                .await
+                .map_err(|e| CliError::store(format!("Redis failed: {e}")))
+        }
+    }
+}
+
+fn hash(s: &RedisStore) -> String {
+    format!("{}{HASH}", s.key_prefix())
+}
+
+/// The cached entry, if any; an unreadable cache reads as empty (it only
+/// saves a request).
+async fn read(opened: &Opened, issuer: &str) -> Option<Cached> {
+    match opened {
+        Opened::Memory(_) => None,
+        Opened::Sled(s) => read_file(s.path()).remove(issuer),
+        Opened::Redis(s) => {
+            let mut conn = s.connection();
+            let json: Option<String> = token_redis::redis::cmd("HGET")
+                .arg(hash(s))
+                .arg(issuer)
+                .query_async(&mut conn)
+                .await
+                .ok()?;
+            serde_json::from_str(&json?).ok()
+        }
+    }
+}
+
+fn read_file(dir: &Path) -> BTreeMap<String, Cached> {
+    std::fs::read(dir.join(FILE))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .unwrap_or_default()
+}
+
+/// Sets (`Some`) or removes (`None`) the entry of `issuer`.
+async fn write(opened: &Opened, issuer: &str, entry: Option<&Cached>) -> Result<(), CliError> {
+    match opened {
+        Opened::Memory(_) => Ok(()),
+        Opened::Sled(s) => {
+            let dir = s.path();
+            let mut map = read_file(dir);
+            match entry {
+                Some(e) => map.insert(issuer.to_owned(), e.clone()),
+                None => map.remove(issuer),
+            };
+            let path = dir.join(FILE);
+            let tmp = dir.join(format!("{FILE}.tmp"));
+            let failed = |e: std::io::Error| {
+                CliError::store(format!("cannot write {}: {e}", path.display()))
+            };
+            let json = serde_json::to_vec_pretty(&map)
+                .map_err(|e| CliError::internal(format!("cannot encode JSON: {e}")))?;
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)
+                .map_err(failed)?;
+            f.write_all(&json)
+                .and_then(|()| f.sync_all())
+                .map_err(failed)?;
+            std::fs::rename(&tmp, &path).map_err(failed)
+        }
+        Opened::Redis(s) => {
+            let mut conn = s.connection();
+            let cmd = match entry {
+                Some(e) => {
+                    let json = serde_json::to_string(e)
+                        .map_err(|e| CliError::internal(format!("cannot encode JSON: {e}")))?;
+                    let mut c = token_redis::redis::cmd("HSET");
+                    c.arg(hash(s)).arg(issuer).arg(json);
+                    c
+                }
+                None => {
+                    let mut c = token_redis::redis::cmd("HDEL");
+                    c.arg(hash(s)).arg(issuer);
+                    c
+                }
+            };
+            cmd.query_async::<()>(&mut conn)
+                .await
+                .map_err(|e| CliError::store(format!("Redis failed: {e}")))
+        }
+    }
+}
