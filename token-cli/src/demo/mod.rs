@@ -1,6 +1,6 @@
 //! `tokencache demo`: the main job in one command. A local IdP on loopback
-//! that counts its calls, many concurrent callers going through the real
-//! `OAuthCredential` and `TokenCache`, a progress line, and a summary of
+//! (hyper) that counts its calls, many concurrent callers going through the
+//! real `OAuthCredential` and `TokenCache`, a progress bar (indicatif), and a summary of
 //! IdP calls made against requests served.
 //!
 //! With `--store redis://... --processes N` the binary re-runs itself N
@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use token_core::{EncryptionKey, Keyring, RefreshPolicy, Secret, TokenCache, TokenRequest};
 use token_http::OAuthCredential;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -126,12 +127,19 @@ pub(crate) async fn run(args: DemoArgs) -> Result<(), CliError> {
         Some(n) => format!("{n} requests"),
         None => format!("{} s", args.seconds),
     };
+    let plural = |n: usize, one: &str, many: &str| {
+        if n == 1 {
+            format!("1 {one}")
+        } else {
+            format!("{n} {many}")
+        }
+    };
     println!(
-        "tokencache demo: {} callers x {} process(es) calling get_token back to back for {limit} \
-         over {} keys;\nlocal IdP at {}: {} ms per token, tokens live {} s; store: {store_text}.",
-        args.callers,
-        args.processes,
-        args.keys,
+        "tokencache demo: {} x {} calling get_token back to back for {limit} over {};\nlocal \
+         IdP at {}: {} ms per token, tokens live {} s; store: {store_text}.",
+        plural(args.callers, "caller", "callers"),
+        plural(args.processes, "process", "processes"),
+        plural(args.keys, "key", "keys"),
         idp.token_url(),
         idp::LATENCY.as_millis(),
         args.lifetime,
@@ -183,7 +191,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<(), CliError> {
     report::print(&report, idp.calls(), elapsed, args.processes);
     if report.errors > 0 || report.expired > 0 {
         if let Some(e) = &report.first_error {
-            eprintln!("first error: {e}");
+            crate::log::note(format_args!("the first error was: {e}"));
         }
         return Err(CliError::new(
             Kind::DemoFailed,
@@ -318,7 +326,8 @@ pub(crate) async fn worker(args: WorkerArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-/// The progress line on stderr, rewritten in place (only on a terminal).
+/// The progress bar on stderr (indicatif; drawn only when stderr is a
+/// terminal, and not at all with `--no-progress`).
 struct Progress {
     made: Arc<AtomicU64>,
     done: Arc<AtomicBool>,
@@ -334,28 +343,37 @@ impl Progress {
             let made = Arc::clone(&made);
             let done = Arc::clone(&done);
             let calls = idp.calls_handle();
-            let seconds = args.seconds;
-            let requests = args.requests;
+            // The bar counts requests when a number was asked for, else
+            // milliseconds of the run.
+            let (length, by_requests) = match args.requests {
+                Some(total) => (total, true),
+                None => ((args.seconds * 1000.0) as u64, false),
+            };
+            let bar = ProgressBar::with_draw_target(Some(length), ProgressDrawTarget::stderr());
+            let style = ProgressStyle::with_template("[{bar:30}] {elapsed:>4} {msg}")
+                .map(|s| s.progress_chars("#>-"))
+                .unwrap_or_else(|_| ProgressStyle::default_bar());
+            bar.set_style(style);
             tokio::spawn(async move {
-                while !done.load(Ordering::Relaxed) {
+                loop {
                     let n = made.load(Ordering::Relaxed);
-                    let fraction = match requests {
-                        Some(total) => n as f64 / total.max(1) as f64,
-                        None => started.elapsed().as_secs_f64() / seconds,
-                    }
-                    .clamp(0.0, 1.0);
-                    let filled = (fraction * 30.0) as usize;
-                    eprint!(
-                        "\r[{}{}] {:5.1} s  {} requests  {} IdP calls ",
-                        "#".repeat(filled),
-                        "-".repeat(30 - filled),
-                        started.elapsed().as_secs_f64(),
+                    let position = if by_requests {
+                        n
+                    } else {
+                        started.elapsed().as_millis() as u64
+                    };
+                    bar.set_position(position.min(length));
+                    bar.set_message(format!(
+                        "{} requests  {} IdP calls",
                         report::Thousands(n),
                         report::Thousands(calls.load(Ordering::Relaxed)),
-                    );
+                    ));
+                    if done.load(Ordering::Relaxed) {
+                        break;
+                    }
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
-                eprint!("\r{}\r", " ".repeat(90));
+                bar.finish_and_clear();
             })
         });
         Self { made, done, task }
