@@ -65,15 +65,15 @@ pub(crate) async fn token_endpoint(
     if let Some(c) = &cached {
         let age = now_secs().saturating_sub(c.discovered_at);
         if age < MAX_AGE.as_secs() {
-            tracing::debug!(issuer, token_endpoint = %c.token_endpoint, age_s = age, "discovery: cached token endpoint");
+            tracing::debug!(issuer, token_endpoint = %c.token_endpoint, age_s = age, "cached token endpoint");
             return Ok((c.token_endpoint.clone(), Source::Cached));
         }
     }
-    tracing::info!(issuer, "discovery: fetching the issuer's metadata");
+    tracing::info!(issuer, "fetching the issuer's metadata");
     match ServerMetadata::discover(issuer).await {
         Ok(metadata) => {
             let endpoint = metadata.token_endpoint().to_owned();
-            tracing::info!(issuer, token_endpoint = %endpoint, "discovery: found the token endpoint");
+            tracing::info!(issuer, token_endpoint = %endpoint, "found the token endpoint");
             let entry = Cached {
                 token_endpoint: endpoint.clone(),
                 discovered_at: now_secs(),
@@ -108,10 +108,22 @@ fn is_transient(e: &token_http::ConfigError) -> bool {
     matches!(e, token_http::ConfigError::Discovery { .. })
 }
 
+/// The cached, still young token endpoint of `issuer` in the sled store
+/// directory `dir`, read without opening the store (the warm path).
+pub(crate) fn cached_in_dir(dir: &Path, issuer: &str) -> Option<String> {
+    let c = read_file(dir).remove(issuer)?;
+    let age = now_secs().saturating_sub(c.discovered_at);
+    if age >= MAX_AGE.as_secs() {
+        return None;
+    }
+    tracing::debug!(issuer, token_endpoint = %c.token_endpoint, age_s = age, "cached token endpoint");
+    Some(c.token_endpoint)
+}
+
 /// Drops the cached endpoint of `issuer` (it turned out wrong).
 pub(crate) async fn forget(opened: &Opened, issuer: &str) {
     if let Err(e) = write(opened, issuer, None).await {
-        tracing::warn!(issuer, error = %e, "discovery: cannot drop the cached token endpoint");
+        tracing::warn!(issuer, error = %e, "cannot drop the cached token endpoint");
     }
 }
 

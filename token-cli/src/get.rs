@@ -5,7 +5,7 @@ use std::io::Write as _;
 use std::path::PathBuf;
 use std::time::SystemTime;
 
-use token_core::{Secret, Token, TokenCache, TokenRequest};
+use token_core::{AccessToken, CacheKey, Credential as _, Secret, TokenCache, TokenRequest};
 use token_http::{OAuthCredential, PrivateKey, SigningAlgorithm};
 use zeroize::Zeroizing;
 
@@ -14,7 +14,9 @@ use crate::config::{self, Profile};
 use crate::discovery;
 use crate::error::{self, CliError, Kind};
 use crate::fingerprint::{Bound, FingerprintKey};
-use crate::store::{self, Entry, StoreSpec};
+use crate::hot;
+use crate::key;
+use crate::store::{self, Entry, Opened, StoreSpec};
 use crate::time::rfc3339;
 
 /// Everything `get` needs, after flags were laid over the profile.
@@ -263,17 +265,8 @@ fn credential(
     Ok(Bound::new(credential, fingerprint.0, &fingerprint.1))
 }
 
-/// Runs `get`.
-pub(crate) async fn run(args: GetArgs) -> Result<(), CliError> {
-    let s = settings(args)?;
-    let (opened, fingerprints) = store::open(&s.store, s.key_file.as_deref()).await?;
-    let (token_url, endpoint_source) = match (&s.token_url, &s.issuer) {
-        (Some(url), _) => (url.clone(), discovery::Source::Given),
-        (None, Some(issuer)) => discovery::token_endpoint(&opened, issuer).await?,
-        (None, None) => return Err(CliError::internal("settings always name an endpoint")),
-    };
-    let credential = credential(&s, &token_url, &fingerprints)?;
-
+/// The request `s` describes.
+fn request(s: &Settings) -> TokenRequest {
     let mut request = TokenRequest::builder().scopes(&s.scopes);
     if let Some(a) = &s.audience {
         request = request.audience(a.clone());
@@ -281,7 +274,56 @@ pub(crate) async fn run(args: GetArgs) -> Result<(), CliError> {
     if let Some(r) = &s.resource {
         request = request.resource(r.clone());
     }
-    let request = request.build();
+    request.build()
+}
+
+/// The warm path (see `hot.rs`): on a sled store, a fresh token printed
+/// without opening sled. `Ok(false)` when it does not apply; then the full
+/// path runs, and reports whatever stopped this one (a missing key, ...).
+fn warm(s: &Settings) -> Result<bool, CliError> {
+    let Some(dir) = s.store.sled_dir()? else {
+        return Ok(false);
+    };
+    if !dir.join(hot::DIR).is_dir() {
+        return Ok(false);
+    }
+    let Ok(loaded) = key::load(s.key_file.as_deref(), true) else {
+        return Ok(false);
+    };
+    let token_url = match (&s.token_url, &s.issuer) {
+        (Some(url), _) => url.clone(),
+        (None, Some(issuer)) => match discovery::cached_in_dir(&dir, issuer) {
+            Some(url) => url,
+            None => return Ok(false),
+        },
+        (None, None) => return Ok(false),
+    };
+    let Ok(credential) = credential(s, &token_url, &loaded.fingerprint) else {
+        return Ok(false);
+    };
+    let key = CacheKey::new(credential.id(), &request(s));
+    let Some(token) = hot::read(&dir, &loaded.keyring, &key) else {
+        return Ok(false);
+    };
+    tracing::info!(key = %key, from_cache = true, "served from the cache (warm file)");
+    print(&token, s.format, true)?;
+    Ok(true)
+}
+
+/// Runs `get`.
+pub(crate) async fn run(args: GetArgs) -> Result<(), CliError> {
+    let s = settings(args)?;
+    if warm(&s)? {
+        return Ok(());
+    }
+    let (opened, fingerprints) = store::open(&s.store, s.key_file.as_deref()).await?;
+    let (token_url, endpoint_source) = match (&s.token_url, &s.issuer) {
+        (Some(url), _) => (url.clone(), discovery::Source::Given),
+        (None, Some(issuer)) => discovery::token_endpoint(&opened, issuer).await?,
+        (None, None) => return Err(CliError::internal("settings always name an endpoint")),
+    };
+    let credential = credential(&s, &token_url, &fingerprints)?;
+    let request = request(&s);
 
     let cache = TokenCache::builder(credential)
         .store_arc(opened.as_dyn())
@@ -308,7 +350,7 @@ pub(crate) async fn run(args: GetArgs) -> Result<(), CliError> {
     // refresh it now and print the new token. A failed refresh leaves the
     // still-valid token (stale-if-error).
     if token.refresh_at().is_some_and(|at| SystemTime::now() >= at) {
-        tracing::info!(key = %key, "get: the cached token is due for refresh; refreshing it now");
+        tracing::info!(key = %key, "the cached token is due for refresh; refreshing it now");
         match cache.refresh(&request).await {
             Ok(fresh) => token = fresh,
             Err(e) => {
@@ -341,7 +383,7 @@ pub(crate) async fn run(args: GetArgs) -> Result<(), CliError> {
         from_cache,
         idp_calls = stats.idp_calls,
         expires_at = %token.expires_at().map(rfc3339).unwrap_or_default(),
-        "get: {}",
+        "{}",
         if from_cache { "served from the cache" } else { "fetched from the IdP" }
     );
     if stats.idp_calls > 0 {
@@ -356,10 +398,19 @@ pub(crate) async fn run(args: GetArgs) -> Result<(), CliError> {
             })
             .await?;
     }
-    print(&token, s.format, from_cache)
+    if let Opened::Sled(sled) = &opened {
+        // What sled now holds for the key, kept for the warm path when it is
+        // fresh (a token due for refresh goes through sled anyway).
+        if token.refresh_at().is_some_and(|at| SystemTime::now() < at) {
+            if let Ok(Some(envelope)) = sled.read_envelope(&key) {
+                hot::write(sled.path(), &key, &envelope);
+            }
+        }
+    }
+    print(&token.to_access_token(), s.format, from_cache)
 }
 
-fn print(token: &Token, format: Format, from_cache: bool) -> Result<(), CliError> {
+fn print(token: &AccessToken, format: Format, from_cache: bool) -> Result<(), CliError> {
     let mut out: Zeroizing<String> = Zeroizing::new(String::new());
     match format {
         Format::Token => out.push_str(token.secret().expose()),

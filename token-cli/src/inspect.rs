@@ -205,6 +205,10 @@ pub(crate) async fn purge(args: PurgeArgs) -> Result<(), CliError> {
     opened.purge(&keys).await?;
     if args.all {
         crate::discovery::forget_all(&opened).await?;
+        if let Opened::Sled(s) = &opened {
+            crate::hot::remove_all(s.path())
+                .map_err(|e| CliError::store(format!("cannot remove the warm files: {e}")))?;
+        }
     }
     println!("removed {}", entries(keys.len()));
     Ok(())

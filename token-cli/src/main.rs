@@ -4,7 +4,8 @@
 //!
 //! One module per command (`get.rs`, `inspect.rs`, `demo/`), plus the
 //! settings they share: `store.rs` (`--store`, the entry index), `key.rs`
-//! (the encryption key), `fingerprint.rs` (cache entries bound to the
+//! (the encryption key), `hot.rs` (the warm path that reads a fresh token
+//! without opening sled), `fingerprint.rs` (cache entries bound to the
 //! client's secret), `discovery.rs` (the cached `--issuer` lookup),
 //! `config.rs` (profiles), `log.rs` (`-v`, `RUST_LOG`), `error.rs`
 //! (messages and exit codes).
@@ -16,6 +17,7 @@ mod discovery;
 mod error;
 mod fingerprint;
 mod get;
+mod hot;
 mod inspect;
 mod key;
 mod log;

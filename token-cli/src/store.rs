@@ -214,6 +214,12 @@ impl Opened {
         match self {
             Self::Memory(_) => Ok(()),
             Self::Sled(s) => {
+                crate::hot::remove(s.path(), keys).map_err(|e| {
+                    CliError::store(format!(
+                        "cannot remove a warm file in {}: {e}",
+                        s.path().join(crate::hot::DIR).display()
+                    ))
+                })?;
                 let mut map = self.index().await?;
                 for key in keys {
                     map.remove(key);
@@ -300,7 +306,7 @@ pub(crate) async fn open(
 ) -> Result<(Opened, FingerprintKey), CliError> {
     match spec {
         StoreSpec::Memory => {
-            tracing::debug!("store: memory (nothing is kept after this invocation)");
+            tracing::debug!("memory (nothing is kept after this invocation)");
             Ok((
                 Opened::Memory(MemoryStore::default()),
                 FingerprintKey::random(),
@@ -311,13 +317,13 @@ pub(crate) async fn open(
                 .sled_dir()?
                 .ok_or_else(|| CliError::internal("a sled store has a directory"))?;
             let loaded = key::load(key_file, sled_has_data(&dir))?;
-            tracing::info!(dir = %dir.display(), key = %loaded.source, "store: sled (encrypted)");
+            tracing::info!(dir = %dir.display(), key = %loaded.source, "sled (encrypted)");
             let store = open_sled(&dir, loaded.keyring, &loaded.source).await?;
             Ok((Opened::Sled(store), loaded.fingerprint))
         }
         StoreSpec::Redis(url) => {
             let loaded = key::load(key_file, false)?;
-            tracing::info!(url = %redacted_url(url), key = %loaded.source, "store: redis (encrypted)");
+            tracing::info!(url = %redacted_url(url), key = %loaded.source, "redis (encrypted)");
             let store = open_redis(url, None, loaded.keyring).await?;
             Ok((Opened::Redis(store), loaded.fingerprint))
         }

@@ -320,9 +320,15 @@ fn a_corrupted_store_is_quarantined_and_tokens_are_fetched_again() {
         damaged += 1;
     }
     assert!(damaged > 0, "no sled files found under {}", sled.display());
-    // The damaged database is moved aside with a warning naming both paths,
-    // and the token is fetched again into a fresh, empty store.
+    // A token whose warm file is intact is still served from it without
+    // opening sled (it is sealed with the store's key and still fresh).
     let out = sb.get(&idp, &["--format", "json"]);
+    ok(&out);
+    assert_eq!(json(&out)["from_cache"], true);
+    // Anything that opens sled finds it damaged: it is moved aside with a
+    // warning naming both paths, and the token is fetched into a fresh,
+    // empty store.
+    let out = sb.get(&idp, &["--scope", "other", "--format", "json"]);
     ok(&out);
     let err = stderr(&out);
     assert!(err.contains("warning"), "{err}");
@@ -342,7 +348,7 @@ fn a_corrupted_store_is_quarantined_and_tokens_are_fetched_again() {
         "the damaged files are kept aside for inspection"
     );
     // And the fresh store serves the next call from the cache.
-    let out = sb.get(&idp, &["--format", "json"]);
+    let out = sb.get(&idp, &["--scope", "other", "--format", "json"]);
     ok(&out);
     assert_eq!(idp.calls(), 2);
 }
