@@ -20,7 +20,7 @@ use crate::store::{self, Entry, Opened, StoreSpec};
 use crate::time::rfc3339;
 
 /// Everything `get` needs, after flags were laid over the profile.
-struct Settings {
+pub(crate) struct Settings {
     token_url: Option<String>,
     issuer: Option<String>,
     client_id: String,
@@ -37,7 +37,8 @@ struct Settings {
     key_file: Option<PathBuf>,
 }
 
-fn settings(args: GetArgs) -> Result<Settings, CliError> {
+/// Lays the flags over the profile and reads the secret.
+pub(crate) fn settings(args: GetArgs) -> Result<Settings, CliError> {
     let profile = match &args.profile {
         Some(name) => {
             let path = config::config_path(args.locations.config.as_deref())?;
@@ -280,7 +281,8 @@ fn request(s: &Settings) -> TokenRequest {
 /// The warm path (see `hot.rs`): on a sled store, a fresh token printed
 /// without opening sled. `Ok(false)` when it does not apply; then the full
 /// path runs, and reports whatever stopped this one (a missing key, ...).
-fn warm(s: &Settings) -> Result<bool, CliError> {
+/// Needs no async runtime: `main` tries it before starting one.
+pub(crate) fn warm(s: &Settings) -> Result<bool, CliError> {
     let Some(dir) = s.store.sled_dir()? else {
         return Ok(false);
     };
@@ -310,12 +312,8 @@ fn warm(s: &Settings) -> Result<bool, CliError> {
     Ok(true)
 }
 
-/// Runs `get`.
-pub(crate) async fn run(args: GetArgs) -> Result<(), CliError> {
-    let s = settings(args)?;
-    if warm(&s)? {
-        return Ok(());
-    }
+/// Runs `get` the full way (after [`warm`] did not apply).
+pub(crate) async fn run(s: Settings) -> Result<(), CliError> {
     let (opened, fingerprints) = store::open(&s.store, s.key_file.as_deref()).await?;
     let (token_url, endpoint_source) = match (&s.token_url, &s.issuer) {
         (Some(url), _) => (url.clone(), discovery::Source::Given),

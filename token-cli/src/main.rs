@@ -38,16 +38,27 @@ fn main() -> ExitCode {
         log::error(&e);
         return e.exit_code();
     }
-    // `get`, `inspect` and `purge` do a handful of awaits on one task: a
-    // current-thread runtime starts in microseconds, where a multi-thread
-    // one spawns a worker per core first. The demo's many callers get the
-    // worker threads.
-    let runtime = match &cli.command {
-        Command::Demo(_) | Command::DemoWorker(_) => tokio::runtime::Builder::new_multi_thread(),
-        _ => tokio::runtime::Builder::new_current_thread(),
+    // A fresh token on a sled store is printed from its warm file
+    // (`hot.rs`) before any runtime starts: starting one costs more than the
+    // rest of a warm `get`.
+    let mut get_settings = None;
+    if let Command::Get(args) = &cli.command {
+        let warm = get::settings((**args).clone()).and_then(|s| get::warm(&s).map(|w| (w, s)));
+        match warm {
+            Ok((true, _)) => return ExitCode::SUCCESS,
+            Ok((false, s)) => get_settings = Some(s),
+            Err(e) => {
+                log::error(&e);
+                return e.exit_code();
+            }
+        }
     }
-    .enable_all()
-    .build();
+    // Multi-thread: token-sled runs its blocking calls in place on one
+    // (`block_in_place`), where a current-thread runtime hands each to a
+    // blocking-pool thread, which measured slower (docs/BENCHMARKS.md).
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build();
     let runtime = match runtime {
         Ok(rt) => rt,
         Err(e) => {
@@ -56,7 +67,7 @@ fn main() -> ExitCode {
             return e.exit_code();
         }
     };
-    let result = runtime.block_on(run(cli.command));
+    let result = runtime.block_on(run(cli.command, get_settings));
     // Background refreshes are not waited for: `get` already waited for the
     // ones it needed.
     runtime.shutdown_timeout(std::time::Duration::from_millis(100));
@@ -69,9 +80,12 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(command: Command) -> Result<(), CliError> {
+async fn run(command: Command, get_settings: Option<get::Settings>) -> Result<(), CliError> {
     match command {
-        Command::Get(args) => get::run(*args).await,
+        Command::Get(_) => match get_settings {
+            Some(s) => get::run(s).await,
+            None => Err(CliError::internal("get's settings were read before")),
+        },
         Command::Inspect(args) => inspect::inspect(args).await,
         Command::Purge(args) => inspect::purge(args).await,
         Command::Demo(args) => demo::run(args).await,
