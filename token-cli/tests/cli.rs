@@ -850,3 +850,33 @@ fn inspect_prints_a_short_id_that_purge_accepts() {
     ok(&sb.get(&idp, &["--scope", "b.read"]));
     assert_eq!(idp.calls(), 3, "only the purged entry is fetched again");
 }
+
+#[test]
+fn a_warm_get_does_not_open_the_sled_store() {
+    let idp = Idp::start(3600);
+    let sb = Sandbox::new();
+    ok(&sb.get(&idp, &["--format", "json"]));
+    // Another process holds the store's lock, as a long `get` or `inspect`
+    // would: opening sled would wait for it and then fail (exit 6).
+    let lock = sb.store_dir().join("token-sled.lock");
+    let mut holder = std::process::Command::new("flock")
+        .arg("-x")
+        .arg(&lock)
+        .args(["-c", "echo locked; exec sleep 60"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("flock(1) from util-linux");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(holder.stdout.take().expect("stdout")),
+        &mut line,
+    )
+    .expect("lock taken");
+    assert_eq!(line.trim(), "locked");
+    let warm = sb.get(&idp, &["--format", "json"]);
+    let _ = holder.kill();
+    let _ = holder.wait();
+    ok(&warm);
+    assert_eq!(json(&warm)["from_cache"], true);
+    assert_eq!(idp.calls(), 1);
+}
