@@ -162,3 +162,47 @@ fn processes_need_a_shared_store() {
         .expect("run");
     assert_eq!(out.status.code(), Some(3));
 }
+
+#[test]
+fn a_cached_issuer_get_through_redis_makes_no_request() {
+    let Some((url, _server)) = redis() else {
+        return;
+    };
+    let idp = Idp::start(3600);
+    let sb = Sandbox::new();
+    let scope = format!("redis.issuer.{}", std::process::id());
+    let run = || {
+        sb.cmd()
+            .env(
+                "TOKENCACHE_KEY",
+                "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
+            )
+            .args([
+                "get",
+                "--issuer",
+                &idp.base,
+                "--client-id",
+                support::CLIENT_ID,
+            ])
+            .args([
+                "--client-secret-env",
+                support::SECRET_ENV,
+                "--scope",
+                &scope,
+            ])
+            .args(["--store", &url, "--format", "json"])
+            .output()
+            .expect("run")
+    };
+    ok(&run());
+    let after_first = idp.requests();
+    assert_eq!(after_first, 2, "one discovery and one token request");
+    let second = run();
+    ok(&second);
+    assert_eq!(json(&second)["from_cache"], true);
+    assert_eq!(
+        idp.requests(),
+        after_first,
+        "the endpoint came from Redis too"
+    );
+}
