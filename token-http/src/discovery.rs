@@ -25,7 +25,7 @@ impl ServerMetadata {
     /// a trailing slash aside), so a document copied from elsewhere is not
     /// believed.
     pub async fn discover(issuer: &str) -> Result<Self, ConfigError> {
-        let client = transport::build_client(DEFAULT_CONNECT_TIMEOUT)?;
+        let client = transport::build_client(DEFAULT_CONNECT_TIMEOUT, None, &[])?;
         Self::discover_with(&client, issuer).await
     }
 

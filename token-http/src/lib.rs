@@ -4,9 +4,12 @@
 //!
 //! - [`OAuthCredential`]: a [`token_core::Credential`] for the client
 //!   credentials, refresh token and token exchange (RFC 8693) grants, with
-//!   `client_secret_basic`, `client_secret_post` or `private_key_jwt`
-//!   (RS256/ES256, [`PrivateKey`]) client authentication, built from a token
-//!   URL or discovered from an issuer ([`ServerMetadata`]).
+//!   `client_secret_basic`, `client_secret_post`, `private_key_jwt`
+//!   (RS256/ES256, [`PrivateKey`], optionally naming its [`Certificate`]),
+//!   a client assertion minted elsewhere ([`AssertionFile`], re-read at
+//!   every fetch, or [`AssertionFn`]) or mutual TLS (RFC 8705,
+//!   [`ClientCertificate`]) client authentication, built from a token URL
+//!   or discovered from an issuer ([`ServerMetadata`]).
 //! - [`parse_token_response`]: the pure parser of token endpoint answers,
 //!   usable on its own.
 //! - [`TokenMiddleware`] for `reqwest-middleware`, and [`AuthLayer`] /
@@ -48,24 +51,29 @@
 //! builder. Timeouts, connection failures, 5xx and 429 are transient
 //! errors; the cache retries them with backoff, honouring `Retry-After`.
 
+mod assertion;
 mod auth;
+mod certificate;
 mod challenge;
 mod client_auth;
 mod credential;
 mod discovery;
 mod error;
+mod grant;
 mod jwt;
 mod middleware;
+mod pem;
 mod response;
 mod transport;
 
+pub use assertion::{AssertionFile, AssertionFn, AssertionSource, MAX_ASSERTION_BYTES};
 pub use auth::{Auth, AuthLayer, BoxError};
+pub use certificate::{Certificate, ClientCertificate};
 pub use client_auth::{ClientAuth, JWT_BEARER_ASSERTION_TYPE};
-pub use credential::{
-    Grant, OAuthCredential, OAuthCredentialBuilder, ACCESS_TOKEN_TYPE, DEFAULT_SKEW_WARNING,
-};
+pub use credential::{OAuthCredential, OAuthCredentialBuilder, DEFAULT_SKEW_WARNING};
 pub use discovery::ServerMetadata;
 pub use error::ConfigError;
+pub use grant::{Grant, ACCESS_TOKEN_TYPE};
 pub use jwt::{PrivateKey, SigningAlgorithm, DEFAULT_ASSERTION_LIFETIME};
 pub use middleware::TokenMiddleware;
 pub use response::{parse_token_response, ClockSkew, ExpiresIn, TokenResponse, MAX_BODY_BYTES};
