@@ -12,8 +12,8 @@
 //!   or discovered from an issuer ([`ServerMetadata`]).
 //! - [`parse_token_response`]: the pure parser of token endpoint answers,
 //!   usable on its own.
-//! - [`TokenMiddleware`] for `reqwest-middleware`, and [`AuthLayer`] /
-//!   [`Auth`] for tower (hyper, tonic): `Authorization: <type> <token>`
+//! - [`TokenMiddleware`] for `reqwest-middleware`, and [`AddTokenLayer`] /
+//!   [`AddToken`] for tower (hyper, tonic): `Authorization: <type> <token>`
 //!   from a [`TokenCache`](token_core::TokenCache), with a rejected token
 //!   invalidated exactly once.
 //!
@@ -60,6 +60,7 @@ mod credential;
 mod discovery;
 mod error;
 mod grant;
+mod header;
 mod jwt;
 mod middleware;
 mod pem;
@@ -67,7 +68,7 @@ mod response;
 mod transport;
 
 pub use assertion::{AssertionFile, AssertionFn, AssertionSource, MAX_ASSERTION_BYTES};
-pub use auth::{Auth, AuthLayer, BoxError};
+pub use auth::{AddToken, AddTokenLayer, BoxError};
 pub use certificate::{Certificate, ClientCertificate};
 pub use client_auth::{ClientAuth, JWT_BEARER_ASSERTION_TYPE};
 pub use credential::{OAuthCredential, OAuthCredentialBuilder, DEFAULT_SKEW_WARNING};
