@@ -522,3 +522,26 @@ async fn tokens_bound_to_one_certificate_never_share_a_cache_key_with_another() 
     let again = mtls_credential(idp, "mtls-client", "mtls-client-test-only.pem");
     assert_eq!(a.id(), again.id());
 }
+
+#[tokio::test]
+async fn from_env_with_an_issuer_and_a_federated_token_file_obtains_tokens() {
+    let Some(idp) = idp() else { return };
+    let dir = std::env::temp_dir().join(format!("token-http-idp-env-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("azure-identity-token");
+    let vars = std::collections::HashMap::from([
+        ("TOKEN_CACHE_ISSUER", idp.issuer.clone()),
+        ("AZURE_CLIENT_ID", "jwt-es-client".to_owned()),
+        ("AZURE_FEDERATED_TOKEN_FILE", file.display().to_string()),
+    ]);
+    let credential = OAuthCredential::from_env_with(|name| vars.get(name).cloned())
+        .await
+        .unwrap()
+        .build()
+        .unwrap();
+    assert_eq!(credential.token_url(), token_url(idp));
+    for _ in 0..2 {
+        std::fs::write(&file, es256_assertion("jwt-es-client", &token_url(idp))).unwrap();
+        obtains_a_token_with(&credential).await;
+    }
+}
