@@ -45,7 +45,9 @@ pub(crate) enum Command {
 const GET_HELP: &str = concat!(
     "\
 Secrets are never taken as arguments (they would show in `ps`): the client secret comes from \
---client-secret-env VAR or --client-secret-file PATH, the private key from --private-key-file.
+--client-secret-env VAR or --client-secret-file PATH, the private key from --private-key-file, \
+--certificate-file or --client-certificate-file, a client assertion from --client-assertion-file \
+(re-read at every fetch).
 
 The store's encryption key comes from TOKENCACHE_KEY (base64, 32 bytes), else the key file \
 (--key-file, TOKENCACHE_KEY_FILE, else $XDG_CONFIG_HOME/tokencache/key); a key file is created \
@@ -80,8 +82,15 @@ pub(crate) enum AuthMethod {
     Basic,
     /// client_secret_post.
     Post,
-    /// private_key_jwt.
+    /// private_key_jwt (with --private-key-file, or --certificate-file).
     PrivateKeyJwt,
+    /// A client assertion from --client-assertion-file, re-read every fetch.
+    ClientAssertion,
+    /// tls_client_auth (RFC 8705): a CA-issued --client-certificate-file.
+    TlsClientAuth,
+    /// self_signed_tls_client_auth (RFC 8705): a registered self-signed
+    /// --client-certificate-file.
+    SelfSignedTlsClientAuth,
 }
 
 /// The signing algorithm of a private key.
@@ -135,8 +144,37 @@ pub(crate) struct GetArgs {
     /// The private key's algorithm [default: RS256, or ES256 for an EC key].
     #[arg(long, value_enum, requires = "private_key_file")]
     pub(crate) alg: Option<Alg>,
-    /// Client authentication [default: basic with a secret, private-key-jwt
-    /// with a key].
+    /// Authenticate with a client assertion read from this file at every
+    /// fetch (workload identity: a Kubernetes projected service-account
+    /// token, AZURE_FEDERATED_TOKEN_FILE, a SPIFFE JWT-SVID).
+    #[arg(long, value_name = "PATH")]
+    pub(crate) client_assertion_file: Option<PathBuf>,
+    /// Authenticate with private_key_jwt naming this PEM certificate (chain,
+    /// leaf first) by x5t#S256; its key is in the same file or in
+    /// --private-key-file.
+    #[arg(long, value_name = "PEM")]
+    pub(crate) certificate_file: Option<PathBuf>,
+    /// Also send the certificate's SHA-1 thumbprint (x5t).
+    #[arg(long, requires = "certificate_file")]
+    pub(crate) x5t: bool,
+    /// Also send the certificate chain (x5c).
+    #[arg(long, requires = "certificate_file")]
+    pub(crate) x5c: bool,
+    /// Authenticate by mutual TLS (RFC 8705) with this PEM certificate; its
+    /// key is in the same file or in --client-key-file. Tokens are bound to
+    /// it and cached under its thumbprint.
+    #[arg(long, value_name = "PEM")]
+    pub(crate) client_certificate_file: Option<PathBuf>,
+    /// The private key of --client-certificate-file, when apart.
+    #[arg(long, value_name = "PEM", requires = "client_certificate_file")]
+    pub(crate) client_key_file: Option<PathBuf>,
+    /// Trust this CA (PEM) for the token endpoint's TLS certificate, besides
+    /// the system's.
+    #[arg(long, value_name = "PEM")]
+    pub(crate) ca_file: Option<PathBuf>,
+    /// Client authentication [default: from what is given: basic with a
+    /// secret, private-key-jwt with a key or certificate, client-assertion
+    /// with an assertion file, tls-client-auth with a client certificate].
     #[arg(long, value_enum)]
     pub(crate) auth: Option<AuthMethod>,
     /// A scope to request (repeatable).

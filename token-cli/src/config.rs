@@ -8,7 +8,9 @@
 //! [profiles.orders]
 //! token_url = "https://idp.example/oauth2/token"   # or: issuer = "https://idp.example"
 //! client_id = "orders-client"
-//! client_secret_env = "ORDERS_CLIENT_SECRET"       # or client_secret_file / private_key_file
+//! client_secret_env = "ORDERS_CLIENT_SECRET"       # or client_secret_file / private_key_file /
+//!                                                  # client_assertion_file / certificate_file /
+//!                                                  # client_certificate_file
 //! scopes = ["orders.read", "orders.write"]
 //! audience = "https://orders.example"
 //! store = "sled"                                   # sled[:DIR] | memory | redis://...
@@ -40,6 +42,15 @@ pub(crate) struct Profile {
     pub(crate) client_secret_file: Option<PathBuf>,
     pub(crate) private_key_file: Option<PathBuf>,
     pub(crate) key_id: Option<String>,
+    pub(crate) client_assertion_file: Option<PathBuf>,
+    pub(crate) certificate_file: Option<PathBuf>,
+    #[serde(default)]
+    pub(crate) x5t: bool,
+    #[serde(default)]
+    pub(crate) x5c: bool,
+    pub(crate) client_certificate_file: Option<PathBuf>,
+    pub(crate) client_key_file: Option<PathBuf>,
+    pub(crate) ca_file: Option<PathBuf>,
     pub(crate) alg: Option<String>,
     pub(crate) auth: Option<String>,
     #[serde(default)]
