@@ -168,3 +168,63 @@ impl fmt::Debug for ClientCertificate {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CHAIN: &str = include_str!("../tests/keys/rsa-test-only.crt");
+    const RSA_KEY: &str = include_str!("../tests/keys/rsa-test-only.pem");
+    const MTLS: &str = include_str!("../tests/keys/mtls-client-test-only.pem");
+
+    #[test]
+    fn the_chain_is_read_leaf_first_with_its_thumbprints() {
+        let cert = Certificate::from_pem(CHAIN).unwrap();
+        assert_eq!(cert.x5c().len(), 2);
+        assert_eq!(cert.x5c()[0], STANDARD.encode(cert.leaf_der()));
+        // base64url SHA-256 and SHA-1: 43 and 27 characters, no padding.
+        assert_eq!(cert.thumbprint_sha256().len(), 43);
+        assert_eq!(cert.thumbprint_sha1().len(), 27);
+        assert_eq!(
+            Certificate::from_pem(&cert.to_pem()).unwrap().x5c(),
+            cert.x5c()
+        );
+    }
+
+    #[test]
+    fn a_pem_without_a_certificate_is_a_clear_error() {
+        let e = Certificate::from_pem(RSA_KEY).unwrap_err();
+        assert!(e.to_string().contains("no `BEGIN CERTIFICATE`"), "{e}");
+        let e = Certificate::from_pem("").unwrap_err();
+        assert!(matches!(e, ConfigError::Certificate(_)), "{e}");
+    }
+
+    #[test]
+    fn debug_of_certificates_and_keys_shows_the_thumbprint_never_the_key() {
+        let client = ClientCertificate::from_pem(MTLS).unwrap();
+        let text = format!("{client:?}");
+        assert!(
+            text.contains(client.certificate().thumbprint_sha256()),
+            "{text}"
+        );
+        assert!(
+            !text.contains("PRIVATE KEY") && !text.contains("MIG"),
+            "{text}"
+        );
+        let key = PrivateKey::rs256_from_pem(RSA_KEY)
+            .unwrap()
+            .with_certificate(Certificate::from_pem(CHAIN).unwrap())
+            .unwrap();
+        let text = format!("{key:?}");
+        assert!(text.contains("x5t#S256") && text.contains("***"), "{text}");
+        assert!(!text.contains("MII"), "{text}");
+    }
+
+    #[test]
+    fn a_tls_identity_is_built_from_the_certificate_and_key() {
+        ClientCertificate::from_pem(MTLS)
+            .unwrap()
+            .identity()
+            .unwrap();
+    }
+}

@@ -127,11 +127,13 @@ impl OAuthCredential {
         grant: Grant,
         client_id: impl Into<String>,
     ) -> OAuthCredentialBuilder {
-        OAuthCredentialBuilder::new(
+        let mut builder = OAuthCredentialBuilder::new(
             grant,
             metadata.token_endpoint().to_owned(),
             client_id.into(),
-        )
+        );
+        builder.mtls_token_url = metadata.mtls_token_endpoint().map(str::to_owned);
+        builder
     }
 
     /// Discovers `issuer`'s token endpoint (OIDC discovery, then RFC 8414)
@@ -360,6 +362,8 @@ pub struct OAuthCredentialBuilder {
     assertion_audience: Option<String>,
     clock: Arc<dyn Clock>,
     root_pems: Vec<String>,
+    /// From discovery: the token endpoint for mTLS clients (RFC 8705 §5).
+    mtls_token_url: Option<String>,
 }
 
 impl OAuthCredentialBuilder {
@@ -377,6 +381,7 @@ impl OAuthCredentialBuilder {
             assertion_audience: None,
             clock: Arc::new(SystemClock),
             root_pems: Vec::new(),
+            mtls_token_url: None,
         }
     }
 
@@ -414,8 +419,9 @@ impl OAuthCredentialBuilder {
 
     /// Authenticates by mutual TLS with a CA-issued certificate
     /// (`tls_client_auth`, RFC 8705 §2.1). The token URL should be the
-    /// server's mTLS endpoint (`mtls_endpoint_aliases.token_endpoint` in its
-    /// metadata) when it has one. The certificate's thumbprint is part of
+    /// server's mTLS endpoint when it has one; a credential built
+    /// [`from_metadata`](OAuthCredential::from_metadata) takes it from
+    /// `mtls_endpoint_aliases` itself. The certificate's thumbprint is part of
     /// the credential id, so certificate-bound tokens are never shared
     /// between certificates.
     pub fn tls_client_auth(self, certificate: ClientCertificate) -> Self {
@@ -511,7 +517,15 @@ impl OAuthCredentialBuilder {
     }
 
     /// Checks the configuration and builds the credential.
-    pub fn build(self) -> Result<OAuthCredential, ConfigError> {
+    pub fn build(mut self) -> Result<OAuthCredential, ConfigError> {
+        if matches!(
+            self.auth,
+            Some(ClientAuth::TlsClientAuth(_) | ClientAuth::SelfSignedTlsClientAuth(_))
+        ) {
+            if let Some(alias) = self.mtls_token_url.take() {
+                self.token_url = alias;
+            }
+        }
         check_url("token endpoint", &self.token_url)?;
         if self.client_id.is_empty() {
             return Err(ConfigError::Invalid("the client id is empty".into()));

@@ -545,3 +545,32 @@ async fn from_env_with_an_issuer_and_a_federated_token_file_obtains_tokens() {
         obtains_a_token_with(&credential).await;
     }
 }
+
+#[tokio::test]
+async fn discovery_sends_mtls_clients_to_the_published_mtls_endpoint() {
+    let Some(idp) = idp() else { return };
+    let metadata = ServerMetadata::discover(&idp.issuer).await.unwrap();
+    let alias = format!("{}/token", idp.tls_base);
+    assert_eq!(metadata.mtls_token_endpoint(), Some(alias.as_str()));
+    let credential = OAuthCredential::from_metadata(
+        &metadata,
+        token_http::Grant::ClientCredentials,
+        "mtls-client",
+    )
+    .tls_client_auth(ClientCertificate::from_pem(&key_file("mtls-client-test-only.pem")).unwrap())
+    .root_certificate_pem(key_file("ca-test-only.crt"))
+    .build()
+    .unwrap();
+    assert_eq!(credential.token_url(), alias);
+    obtains_a_token_with(&credential).await;
+    // Other methods keep the plain endpoint.
+    let plain = OAuthCredential::from_metadata(
+        &metadata,
+        token_http::Grant::ClientCredentials,
+        "post-client",
+    )
+    .client_secret_post("post-secret-value")
+    .build()
+    .unwrap();
+    assert_eq!(plain.token_url(), token_url(idp));
+}

@@ -166,6 +166,8 @@ const provider = new Provider(issuer, {
       }
     }
   },
+  // RFC 8705 §5: where mTLS clients send token requests.
+  discovery: { mtls_endpoint_aliases: { token_endpoint: `${tlsBase}/token` } },
   ttl: { ClientCredentials: 600 },
 });
 const handle = provider.callback();
