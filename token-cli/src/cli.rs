@@ -172,6 +172,19 @@ pub(crate) struct GetArgs {
     /// the system's.
     #[arg(long, value_name = "PEM")]
     pub(crate) ca_file: Option<PathBuf>,
+    /// Take the token endpoint, client id and client authentication from
+    /// the environment (TOKEN_CACHE_TOKEN_URL or TOKEN_CACHE_ISSUER,
+    /// TOKEN_CACHE_CLIENT_ID, TOKEN_CACHE_CLIENT_SECRET_FILE,
+    /// TOKEN_CACHE_CLIENT_ASSERTION_FILE, TOKEN_CACHE_CERTIFICATE_FILE, and
+    /// the Azure-standard AZURE_CLIENT_ID, AZURE_TENANT_ID,
+    /// AZURE_FEDERATED_TOKEN_FILE, AZURE_AUTHORITY_HOST,
+    /// AZURE_CLIENT_CERTIFICATE_PATH), as token-http's from_env reads them.
+    #[arg(long, conflicts_with_all = [
+        "token_url", "issuer", "client_id", "client_secret_env", "client_secret_file",
+        "private_key_file", "client_assertion_file", "certificate_file",
+        "client_certificate_file", "auth",
+    ])]
+    pub(crate) from_env: bool,
     /// Client authentication [default: from what is given: basic with a
     /// secret, private-key-jwt with a key or certificate, client-assertion
     /// with an assertion file, tls-client-auth with a client certificate].

@@ -35,6 +35,9 @@ pub(crate) const CONFIG_ENV: &str = "TOKENCACHE_CONFIG";
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Profile {
+    /// The credential from the environment, as `--from-env`.
+    #[serde(default)]
+    pub(crate) from_env: bool,
     pub(crate) token_url: Option<String>,
     pub(crate) issuer: Option<String>,
     pub(crate) client_id: Option<String>,

@@ -19,6 +19,8 @@ use crate::time::rfc3339;
 
 /// Everything `get` needs, after flags were laid over the profile.
 struct Settings {
+    /// The credential comes from the environment (`--from-env`).
+    from_env: bool,
     token_url: Option<String>,
     issuer: Option<String>,
     client_id: String,
@@ -63,14 +65,23 @@ fn settings(args: GetArgs) -> Result<Settings, CliError> {
     } else {
         (profile.token_url, profile.issuer)
     };
-    if token_url.is_none() && issuer.is_none() {
+    let from_env = args.from_env || profile.from_env;
+    if token_url.is_none() && issuer.is_none() && !from_env {
         return Err(CliError::config(
-            "no token endpoint: give --token-url URL or --issuer URL (or a --profile that has one)",
+            "no token endpoint: give --token-url URL or --issuer URL (or a --profile that has one, \
+             or --from-env)",
         ));
     }
-    let client_id = args.client_id.or(profile.client_id).ok_or_else(|| {
-        CliError::config("no client id: give --client-id ID (or a --profile that has one)")
-    })?;
+    let client_id = match args.client_id.or(profile.client_id) {
+        Some(id) => id,
+        // Known once the credential is built from the environment.
+        None if from_env => String::new(),
+        None => {
+            return Err(CliError::config(
+                "no client id: give --client-id ID (or a --profile that has one)",
+            ))
+        }
+    };
     let secret = match (secret_env, secret_file) {
         (Some(var), _) => Some(secret_from_env(&var)?),
         (None, Some(path)) => Some(secret_from_file(&path)?),
@@ -96,6 +107,7 @@ fn settings(args: GetArgs) -> Result<Settings, CliError> {
         None => StoreSpec::Sled(None),
     };
     Ok(Settings {
+        from_env,
         token_url,
         issuer,
         client_id,
@@ -208,6 +220,17 @@ fn private_key(s: &Settings, path: &std::path::Path) -> Result<PrivateKey, CliEr
 }
 
 async fn credential(s: &mut Settings) -> Result<OAuthCredential, CliError> {
+    if s.from_env {
+        let credential = OAuthCredential::from_env().await.map_err(|e| match e {
+            token_http::ConfigError::Discovery { .. } => {
+                CliError::new(Kind::IdpUnavailable, e.to_string())
+            }
+            e => CliError::config(format!("--from-env: {e}")),
+        })?;
+        s.client_id = credential.client_id().to_owned();
+        s.token_url = Some(credential.token_url().to_owned());
+        return Ok(credential);
+    }
     let token_url = match (&s.token_url, &s.issuer) {
         (Some(url), _) => url.clone(),
         (None, Some(issuer)) => ServerMetadata::discover(issuer)

@@ -351,3 +351,64 @@ fn two_client_authentications_at_once_are_a_usage_error_naming_both() {
         "{text}"
     );
 }
+
+/// `tokencache get --from-env` with exactly `vars` (and none of the
+/// ambient TOKEN_CACHE_* / AZURE_* variables).
+fn get_from_env(sb: &Sandbox, vars: &[(&str, &str)], extra: &[&str]) -> Output {
+    let mut cmd = sb.cmd();
+    for (name, _) in std::env::vars() {
+        if name.starts_with("TOKEN_CACHE_") || name.starts_with("AZURE_") {
+            cmd.env_remove(name);
+        }
+    }
+    cmd.envs(vars.iter().copied())
+        .args(["get", "--from-env", "--format", "json"])
+        .args(extra)
+        .output()
+        .expect("run tokencache")
+}
+
+#[test]
+fn get_from_env_uses_the_azure_workload_identity_variables() {
+    let Some(idp) = idp() else { return };
+    let sb = Sandbox::new();
+    let token_url = format!("{}/token", idp.issuer);
+    let file = sb.path().join("azure-identity-token");
+    let file_text = file.display().to_string();
+    let vars = [
+        ("TOKEN_CACHE_ISSUER", idp.issuer.as_str()),
+        ("AZURE_CLIENT_ID", "jwt-es-client"),
+        ("AZURE_FEDERATED_TOKEN_FILE", file_text.as_str()),
+    ];
+    std::fs::write(&file, mint_assertion(&token_url)).unwrap();
+    let first = get_from_env(&sb, &vars, &["--scope", "orders.read"]);
+    ok(&first);
+    assert_eq!(json(&first)["from_cache"], false);
+    // Cached (the default sled store) under the same key next time.
+    let again = get_from_env(&sb, &vars, &["--scope", "orders.read"]);
+    ok(&again);
+    assert_eq!(json(&again)["from_cache"], true);
+
+    // A secret file works the same; a missing variable is a clear error.
+    let secret = sb.path().join("secret");
+    std::fs::write(&secret, "basic:secret%+/ ok~&=\n").unwrap();
+    let secret_text = secret.display().to_string();
+    let out = get_from_env(
+        &sb,
+        &[
+            ("TOKEN_CACHE_TOKEN_URL", token_url.as_str()),
+            ("TOKEN_CACHE_CLIENT_ID", "basic-client"),
+            ("TOKEN_CACHE_CLIENT_SECRET_FILE", secret_text.as_str()),
+        ],
+        &["--store", "memory"],
+    );
+    ok(&out);
+    assert!(!stderr(&out).contains("basic:secret"));
+    let out = get_from_env(&sb, &[("TOKEN_CACHE_TOKEN_URL", token_url.as_str())], &[]);
+    assert_config_error(&out);
+    assert!(
+        stderr(&out).contains("TOKEN_CACHE_CLIENT_ID"),
+        "{}",
+        stderr(&out)
+    );
+}
