@@ -56,21 +56,25 @@ fn start() -> Result<Idp, String> {
         .map_err(|e| format!("could not start `node` (is Node.js installed?): {e}"))?;
     let stdin = child.stdin.take().ok_or("no stdin")?;
     let stdout = child.stdout.take().ok_or("no stdout")?;
-    let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .map_err(|e| format!("reading the server's ready line: {e}"))?;
-    let Some((issuer, tls_base)) = line
-        .trim()
-        .strip_prefix("READY ")
-        .and_then(|rest| rest.split_once(' '))
-    else {
+    let mut lines = BufReader::new(stdout).lines();
+    let mut next_line = |prefix: &str| -> Result<String, String> {
+        let line = lines
+            .next()
+            .unwrap_or_else(|| Ok(String::new()))
+            .map_err(|e| format!("reading the server's ready lines: {e}"))?;
+        line.trim()
+            .strip_prefix(prefix)
+            .map(str::to_owned)
+            .ok_or_else(|| format!("the IdP did not start (said {line:?})"))
+    };
+    let urls = next_line("READY ").and_then(|issuer| Ok((issuer, next_line("MTLS ")?)));
+    let Ok((issuer, tls_base)) = urls else {
         let _ = child.kill();
-        return Err(format!("the IdP did not start (said {line:?})"));
+        return Err(urls.err().unwrap_or_default());
     };
     Ok(Idp {
-        issuer: issuer.to_owned(),
-        tls_base: tls_base.to_owned(),
+        issuer,
+        tls_base,
         child: Mutex::new(child),
         _stdin: Mutex::new(stdin),
     })

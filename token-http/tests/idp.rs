@@ -1,6 +1,7 @@
 //! Against a real authorization server: panva's `oidc-provider` (npm),
 //! configured by `tests/idp/server.js`, installed by `cargo xtask test`
-//! (`npm ci` in `tests/idp`), started here on a free loopback port.
+//! (`npm ci` in `tests/idp`), started here on free loopback ports (HTTP,
+//! and HTTPS asking for client certificates).
 //!
 //! Without node or the installed package the tests skip loudly; under `CI`
 //! that is a failure.
@@ -60,19 +61,21 @@ fn start() -> Result<Idp, String> {
         .map_err(|e| format!("could not start `node` (is Node.js installed?): {e}"))?;
     let stdin = child.stdin.take().ok_or("no stdin")?;
     let stdout = child.stdout.take().ok_or("no stdout")?;
-    let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .map_err(|e| format!("reading the server's ready line: {e}"))?;
-    let (issuer, tls_base) = line
-        .trim()
-        .strip_prefix("READY ")
-        .and_then(|rest| rest.split_once(' '))
-        .ok_or_else(|| {
-            let _ = child.kill();
-            format!("the IdP did not start (said {line:?}); see its output above")
-        })?;
-    let (issuer, tls_base) = (issuer.to_owned(), tls_base.to_owned());
+    let mut lines = BufReader::new(stdout).lines();
+    let mut next_line = |prefix: &str| -> Result<String, String> {
+        let line = lines
+            .next()
+            .unwrap_or_else(|| Ok(String::new()))
+            .map_err(|e| format!("reading the server's ready lines: {e}"))?;
+        line.trim()
+            .strip_prefix(prefix)
+            .map(str::to_owned)
+            .ok_or_else(|| format!("the IdP did not start (said {line:?}); see its output above"))
+    };
+    let urls = next_line("READY ").and_then(|issuer| Ok((issuer, next_line("MTLS ")?)));
+    let (issuer, tls_base) = urls.inspect_err(|_| {
+        let _ = child.kill();
+    })?;
     Ok(Idp {
         issuer,
         tls_base,
@@ -456,8 +459,13 @@ fn mtls_credential(idp: &Idp, client_id: &str, pem_file: &str) -> OAuthCredentia
 /// The server's record of an access token: its client and certificate
 /// binding (`cnf.x5t#S256`).
 async fn introspect(idp: &Idp, token: &token_core::AccessToken) -> serde_json::Value {
-    let body = reqwest::Client::new()
-        .post(format!("{}/__test/introspect", idp.issuer))
+    let ca = reqwest::Certificate::from_pem(key_file("ca-test-only.crt").as_bytes()).unwrap();
+    let client = reqwest::Client::builder()
+        .add_root_certificate(ca)
+        .build()
+        .unwrap();
+    let body = client
+        .post(format!("{}/__test/introspect", idp.tls_base))
         .body(format!("token={}", token.secret().expose()))
         .send()
         .await
