@@ -6,12 +6,11 @@ use std::path::PathBuf;
 use std::time::SystemTime;
 
 use token_core::{Secret, Token, TokenCache, TokenRequest};
-use token_http::{
-    Certificate, ClientCertificate, OAuthCredential, PrivateKey, ServerMetadata, SigningAlgorithm,
-};
+use token_http::{OAuthCredential, PrivateKey, ServerMetadata, SigningAlgorithm};
 use zeroize::Zeroizing;
 
 use crate::cli::{Alg, AuthMethod, Format, GetArgs};
+use crate::client_auth;
 use crate::config::{self, Profile};
 use crate::error::{self, CliError, Kind};
 use crate::store::{self, Entry, StoreSpec};
@@ -191,15 +190,15 @@ fn secret_from_file(path: &std::path::Path) -> Result<Secret, CliError> {
     Ok(Secret::new(trimmed))
 }
 
-/// A PEM file (a key, a certificate), in wiped memory.
-fn read_pem(what: &str, path: &std::path::Path) -> Result<Zeroizing<String>, CliError> {
-    std::fs::read_to_string(path)
-        .map(Zeroizing::new)
-        .map_err(|e| CliError::config(format!("cannot read the {what} {}: {e}", path.display())))
-}
-
 fn private_key(s: &Settings, path: &std::path::Path) -> Result<PrivateKey, CliError> {
-    let pem = read_pem("private key", path)?;
+    let pem = std::fs::read_to_string(path)
+        .map(Zeroizing::new)
+        .map_err(|e| {
+            CliError::config(format!(
+                "cannot read the private key {}: {e}",
+                path.display()
+            ))
+        })?;
     let bad = |e: token_http::ConfigError| {
         CliError::config(format!(
             "the private key {} is not usable: {e}",
@@ -244,7 +243,13 @@ async fn credential(s: &mut Settings) -> Result<OAuthCredential, CliError> {
     let builder = OAuthCredential::client_credentials(token_url, s.client_id.clone());
     let auth = match s.auth {
         Some(a) => a,
-        None => infer_auth(s)?,
+        None => client_auth::infer(&client_auth::Given {
+            secret: s.secret.is_some(),
+            private_key: s.private_key.is_some(),
+            certificate: s.certificate.is_some(),
+            assertion_file: s.assertion_file.is_some(),
+            client_certificate: s.client_certificate.is_some(),
+        })?,
     };
     let builder = match auth {
         AuthMethod::Basic | AuthMethod::Post => {
@@ -260,17 +265,33 @@ async fn credential(s: &mut Settings) -> Result<OAuthCredential, CliError> {
                 builder.client_secret_post(secret)
             }
         }
-        AuthMethod::PrivateKeyJwt => builder.private_key_jwt(jwt_key(s)?),
+        AuthMethod::PrivateKeyJwt => builder.private_key_jwt(match &s.certificate {
+            Some(cert) => {
+                let key = s.private_key.as_deref().map(|p| private_key(s, p)).transpose()?;
+                client_auth::certificate_key(cert, key, s.key_id.as_deref(), s.x5t, s.x5c)?
+            }
+            None => {
+                let path = s.private_key.clone().ok_or_else(|| {
+                    CliError::config(
+                        "--auth private-key-jwt needs --private-key-file PEM or --certificate-file PEM",
+                    )
+                })?;
+                private_key(s, &path)?
+            }
+        }),
         AuthMethod::ClientAssertion => {
             let path = s.assertion_file.clone().ok_or_else(|| {
                 CliError::config("--auth client-assertion needs --client-assertion-file PATH")
             })?;
             // Checked now for a clear start-up error; read again at every fetch.
-            check_assertion_file(&path)?;
+            client_auth::check_assertion_file(&path)?;
             builder.client_assertion_file(path)
         }
         AuthMethod::TlsClientAuth | AuthMethod::SelfSignedTlsClientAuth => {
-            let certificate = client_certificate(s)?;
+            let certificate = client_auth::client_certificate(
+                s.client_certificate.as_deref(),
+                s.client_key.as_deref(),
+            )?;
             if auth == AuthMethod::TlsClientAuth {
                 builder.tls_client_auth(certificate)
             } else {
@@ -279,127 +300,14 @@ async fn credential(s: &mut Settings) -> Result<OAuthCredential, CliError> {
         }
     };
     let builder = match &s.ca_file {
-        Some(path) => builder.root_certificate_pem(read_pem("CA file", path)?.as_str()),
+        Some(path) => {
+            builder.root_certificate_pem(client_auth::read_pem("CA file", path)?.as_str())
+        }
         None => builder,
     };
     builder
         .build()
         .map_err(|e| CliError::config(format!("invalid settings: {e}")))
-}
-
-/// The client authentication that what was given implies, when exactly one
-/// method's input was given.
-fn infer_auth(s: &Settings) -> Result<AuthMethod, CliError> {
-    let mut given: Vec<(AuthMethod, &str)> = Vec::new();
-    if s.secret.is_some() {
-        given.push((AuthMethod::Basic, "a client secret"));
-    }
-    if s.certificate.is_some() {
-        given.push((AuthMethod::PrivateKeyJwt, "--certificate-file"));
-    } else if s.private_key.is_some() {
-        given.push((AuthMethod::PrivateKeyJwt, "--private-key-file"));
-    }
-    if s.assertion_file.is_some() {
-        given.push((AuthMethod::ClientAssertion, "--client-assertion-file"));
-    }
-    if s.client_certificate.is_some() {
-        given.push((AuthMethod::TlsClientAuth, "--client-certificate-file"));
-    }
-    match given.as_slice() {
-        [(method, _)] => Ok(*method),
-        [] => Err(CliError::config(
-            "no client authentication: give --client-secret-env VAR, --client-secret-file PATH, \
-             --private-key-file PEM, --certificate-file PEM, --client-assertion-file PATH or \
-             --client-certificate-file PEM",
-        )),
-        many => {
-            let names: Vec<&str> = many.iter().map(|(_, what)| *what).collect();
-            Err(CliError::config(format!(
-                "more than one client authentication was given ({}): choose one with --auth",
-                names.join(", ")
-            )))
-        }
-    }
-}
-
-/// The `private_key_jwt` key: --private-key-file, named by
-/// --certificate-file when given (whose PEM may hold the key too).
-fn jwt_key(s: &Settings) -> Result<PrivateKey, CliError> {
-    let Some(cert_path) = &s.certificate else {
-        let path = s.private_key.clone().ok_or_else(|| {
-            CliError::config(
-                "--auth private-key-jwt needs --private-key-file PEM or --certificate-file PEM",
-            )
-        })?;
-        return private_key(s, &path);
-    };
-    let cert_pem = read_pem("certificate file", cert_path)?;
-    let bad = |e: token_http::ConfigError| {
-        CliError::config(format!(
-            "the certificate file {} is not usable: {e}",
-            cert_path.display()
-        ))
-    };
-    let certificate = Certificate::from_pem(&cert_pem).map_err(bad)?;
-    let key = match &s.private_key {
-        Some(path) => private_key(s, path)?,
-        None => {
-            let key = PrivateKey::from_any_pem(&cert_pem).map_err(|e| {
-                CliError::config(format!(
-                    "the certificate file {} holds no usable private key ({e}): put the key in \
-                     it or give --private-key-file PEM",
-                    cert_path.display()
-                ))
-            })?;
-            match &s.key_id {
-                Some(kid) => key.with_key_id(kid.clone()),
-                None => key,
-            }
-        }
-    };
-    Ok(key
-        .with_certificate(certificate)
-        .map_err(bad)?
-        .with_x5t(s.x5t)
-        .with_x5c(s.x5c))
-}
-
-/// The mutual-TLS certificate and key.
-fn client_certificate(s: &Settings) -> Result<ClientCertificate, CliError> {
-    let path = s.client_certificate.clone().ok_or_else(|| {
-        CliError::config("mutual-TLS client authentication needs --client-certificate-file PEM")
-    })?;
-    let cert_pem = read_pem("client certificate file", &path)?;
-    let key_pem = match &s.client_key {
-        Some(key) => read_pem("client key file", key)?,
-        None => cert_pem.clone(),
-    };
-    ClientCertificate::from_pem_parts(&cert_pem, &key_pem).map_err(|e| {
-        CliError::config(format!(
-            "the client certificate {} is not usable: {e}",
-            path.display()
-        ))
-    })
-}
-
-/// A missing or empty assertion file is a configuration error at start-up,
-/// naming the path (the credential says the same at each fetch).
-fn check_assertion_file(path: &std::path::Path) -> Result<(), CliError> {
-    let text = std::fs::read_to_string(path)
-        .map(Zeroizing::new)
-        .map_err(|e| {
-            CliError::config(format!(
-                "cannot read the client assertion file {}: {e}",
-                path.display()
-            ))
-        })?;
-    if text.trim().is_empty() {
-        return Err(CliError::config(format!(
-            "the client assertion file {} is empty",
-            path.display()
-        )));
-    }
-    Ok(())
 }
 
 /// Runs `get`.
