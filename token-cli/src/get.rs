@@ -18,8 +18,6 @@ use crate::time::rfc3339;
 
 /// Everything `get` needs, after flags were laid over the profile.
 struct Settings {
-    /// The credential comes from the environment (`--from-env`).
-    from_env: bool,
     token_url: Option<String>,
     issuer: Option<String>,
     client_id: String,
@@ -41,6 +39,8 @@ struct Settings {
     store: StoreSpec,
     format: Format,
     key_file: Option<PathBuf>,
+    /// The credential comes from the environment (`--from-env`).
+    from_env: bool,
 }
 
 fn settings(args: GetArgs) -> Result<Settings, CliError> {
@@ -65,6 +65,12 @@ fn settings(args: GetArgs) -> Result<Settings, CliError> {
         (profile.token_url, profile.issuer)
     };
     let from_env = args.from_env || profile.from_env;
+    if from_env && (token_url.is_some() || issuer.is_some()) {
+        return Err(CliError::config(
+            "from_env takes the token endpoint from the environment: drop token_url/issuer from \
+             the profile, or from_env",
+        ));
+    }
     if token_url.is_none() && issuer.is_none() && !from_env {
         return Err(CliError::config(
             "no token endpoint: give --token-url URL or --issuer URL (or a --profile that has one, \
@@ -106,7 +112,6 @@ fn settings(args: GetArgs) -> Result<Settings, CliError> {
         None => StoreSpec::Sled(None),
     };
     Ok(Settings {
-        from_env,
         token_url,
         issuer,
         client_id,
@@ -134,6 +139,7 @@ fn settings(args: GetArgs) -> Result<Settings, CliError> {
         store,
         format,
         key_file: args.locations.key_file.or(profile.key_file),
+        from_env,
     })
 }
 
@@ -218,18 +224,20 @@ fn private_key(s: &Settings, path: &std::path::Path) -> Result<PrivateKey, CliEr
     })
 }
 
+/// `--from-env`: the credential as `OAuthCredential::from_env` builds it.
+async fn credential_from_env(s: &mut Settings) -> Result<OAuthCredential, CliError> {
+    let credential = OAuthCredential::from_env().await.map_err(|e| match e {
+        token_http::ConfigError::Discovery { .. } => {
+            CliError::new(Kind::IdpUnavailable, e.to_string())
+        }
+        e => CliError::config(format!("--from-env: {e}")),
+    })?;
+    s.client_id = credential.client_id().to_owned();
+    s.token_url = Some(credential.token_url().to_owned());
+    Ok(credential)
+}
+
 async fn credential(s: &mut Settings) -> Result<OAuthCredential, CliError> {
-    if s.from_env {
-        let credential = OAuthCredential::from_env().await.map_err(|e| match e {
-            token_http::ConfigError::Discovery { .. } => {
-                CliError::new(Kind::IdpUnavailable, e.to_string())
-            }
-            e => CliError::config(format!("--from-env: {e}")),
-        })?;
-        s.client_id = credential.client_id().to_owned();
-        s.token_url = Some(credential.token_url().to_owned());
-        return Ok(credential);
-    }
     let token_url = match (&s.token_url, &s.issuer) {
         (Some(url), _) => url.clone(),
         (None, Some(issuer)) => ServerMetadata::discover(issuer)
@@ -237,6 +245,7 @@ async fn credential(s: &mut Settings) -> Result<OAuthCredential, CliError> {
             .map_err(|e| CliError::new(Kind::IdpUnavailable, e.to_string()))?
             .token_endpoint()
             .to_owned(),
+        (None, None) if s.from_env => return credential_from_env(s).await,
         (None, None) => return Err(CliError::config("no token endpoint")),
     };
     s.token_url = Some(token_url.clone());
