@@ -56,6 +56,7 @@ mod discovery;
 mod error;
 mod jwt;
 mod middleware;
+mod refresh_store;
 mod response;
 mod transport;
 
@@ -68,5 +69,9 @@ pub use discovery::ServerMetadata;
 pub use error::ConfigError;
 pub use jwt::{PrivateKey, SigningAlgorithm, DEFAULT_ASSERTION_LIFETIME};
 pub use middleware::TokenMiddleware;
+pub use refresh_store::{
+    StoredRefreshToken, DEFAULT_REFRESH_LEASE_TTL, DEFAULT_REFRESH_LEASE_WAIT,
+    DEFAULT_REFRESH_TOKEN_RETENTION,
+};
 pub use response::{parse_token_response, ClockSkew, ExpiresIn, TokenResponse, MAX_BODY_BYTES};
 pub use transport::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_REQUEST_TIMEOUT};

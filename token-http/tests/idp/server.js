@@ -5,7 +5,11 @@
 // Usage: node server.js <dir with rsa-test-only.pem and ec-test-only.pem>
 // Listens on a free port on 127.0.0.1 and prints one line when ready:
 //   READY http://127.0.0.1:<port>
-// Also serves GET /__test/token-requests: how many POST /token it received.
+// Also serves GET /__test/token-requests: how many POST /token it received;
+// POST /__test/refresh-token: a new grant's first refresh token for the
+// rotating public client `refresh-client`, and its account;
+// GET /__test/refresh-reuse?account=A: how many rotated-away refresh tokens
+// of that account's grant were presented again (reuse detection).
 // Exits when its standard input closes (the test process went away).
 import { createServer } from 'node:http';
 import { readFileSync } from 'node:fs';
@@ -35,6 +39,18 @@ const clients = [
   // (secrets are VSCHAR, printable ASCII, per its Appendix A).
   { ...common, client_id: 'basic-client', client_secret: 'basic:secret%+/ ok~&=', token_endpoint_auth_method: 'client_secret_basic' },
   { ...common, client_id: 'post-client', client_secret: 'post-secret-value', token_endpoint_auth_method: 'client_secret_post' },
+  // --- refresh-token rotation (issue 12, item 6) ---
+  // A public client (as a CLI is) whose refresh tokens rotate on every use;
+  // redeeming a rotated-away one revokes the whole grant (reuse detection).
+  {
+    client_id: 'refresh-client',
+    grant_types: ['authorization_code', 'refresh_token'],
+    response_types: ['code'],
+    redirect_uris: ['http://127.0.0.1/callback'],
+    token_endpoint_auth_method: 'none',
+    scope: 'orders.read orders.write',
+  },
+  // --- end refresh-token rotation ---
   {
     ...common,
     client_id: 'jwt-rs-client',
@@ -58,15 +74,66 @@ server.listen(0, '127.0.0.1', () => {
   const issuer = `http://127.0.0.1:${port}`;
   const provider = new Provider(issuer, {
     clients,
-    scopes: ['orders.read', 'orders.write'],
+    // offline_access: enables the refresh_token grant (issue 12, item 6).
+    scopes: ['orders.read', 'orders.write', 'offline_access'],
     features: {
       clientCredentials: { enabled: true },
       devInteractions: { enabled: false },
     },
-    ttl: { ClientCredentials: 600 },
+    // AccessToken, Grant, RefreshToken: for the refresh-token grant (issue 12, item 6).
+    ttl: { ClientCredentials: 600, AccessToken: 3600, Grant: 86400, RefreshToken: 86400 },
+    // --- refresh-token rotation (issue 12, item 6) ---
+    rotateRefreshToken: true,
+    findAccount: (ctx, sub) => ({ accountId: sub, claims: () => ({ sub }) }),
+    // --- end refresh-token rotation ---
   });
+  // --- refresh-token rotation (issue 12, item 6) ---
+  // Counts, per account (one per minted grant), rotated-away refresh
+  // tokens presented again (each one revokes its grant).
+  const refreshReuse = new Map();
+  provider.on('grant.error', (ctx, err) => {
+    const account = ctx.oidc?.entities?.RefreshToken?.accountId;
+    if (err.error_detail === 'refresh token already used' && account) {
+      refreshReuse.set(account, (refreshReuse.get(account) ?? 0) + 1);
+    }
+  });
+  // A first refresh token for 'refresh-client' without a browser: the grant
+  // and refresh token an authorization-code flow with offline_access would
+  // leave behind, minted directly (test only).
+  const mintRefreshToken = async () => {
+    const client = await provider.Client.find('refresh-client');
+    const accountId = `user-${Math.random().toString(36).slice(2)}`;
+    const grant = new provider.Grant({ accountId, clientId: client.clientId });
+    grant.addOIDCScope('offline_access orders.read orders.write');
+    const grantId = await grant.save();
+    const refreshToken = new provider.RefreshToken({
+      accountId,
+      client,
+      grantId,
+      gty: 'authorization_code',
+      scope: 'offline_access orders.read orders.write',
+      expiresWithSession: false,
+    });
+    return { refresh_token: await refreshToken.save(), account: accountId };
+  };
+  const testRoutes = async (req, res) => {
+    if (req.method === 'POST' && req.url === '/__test/refresh-token') {
+      res.setHeader('content-type', 'application/json');
+      res.end(JSON.stringify(await mintRefreshToken()));
+      return true;
+    }
+    if (req.method === 'GET' && req.url.startsWith('/__test/refresh-reuse?account=')) {
+      const account = decodeURIComponent(req.url.slice('/__test/refresh-reuse?account='.length));
+      res.setHeader('content-type', 'application/json');
+      res.end(JSON.stringify({ count: refreshReuse.get(account) ?? 0 }));
+      return true;
+    }
+    return false;
+  };
+  // --- end refresh-token rotation ---
   const handle = provider.callback();
-  server.on('request', (req, res) => {
+  server.on('request', async (req, res) => {
+    if (await testRoutes(req, res)) return;
     if (req.method === 'GET' && req.url === '/__test/token-requests') {
       res.setHeader('content-type', 'application/json');
       res.end(JSON.stringify({ count: tokenRequests }));

@@ -1,0 +1,255 @@
+//! Refresh-token rotation against a real authorization server: panva's
+//! `oidc-provider` (npm, `tests/idp/server.js`, installed by `cargo xtask
+//! test`), whose `refresh-client` rotates its refresh token at every use and
+//! revokes the whole grant when a rotated-away one is presented again.
+//!
+//! Several `TokenCache`s with their own credentials stand for processes that
+//! share one store. Without node or the installed package the tests skip
+//! loudly; under `CI` that is a failure.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use token_core::{CacheStore, Credential, TokenCache, TokenRequest};
+use token_http::{OAuthCredential, StoredRefreshToken};
+use token_memory::MemoryStore;
+
+struct Idp {
+    issuer: String,
+    child: Mutex<Child>,
+    _stdin: Mutex<ChildStdin>,
+}
+
+impl Drop for Idp {
+    fn drop(&mut self) {
+        if let Ok(mut child) = self.child.lock() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn start() -> Result<Idp, String> {
+    let tests = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests");
+    let idp_dir = tests.join("idp");
+    if !idp_dir.join("node_modules/oidc-provider").exists() {
+        return Err(format!(
+            "oidc-provider is not installed: run `cargo xtask test`, or `npm ci` in {}",
+            idp_dir.display()
+        ));
+    }
+    let mut child = Command::new("node")
+        .arg("server.js")
+        .arg(tests.join("keys"))
+        .current_dir(&idp_dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| format!("could not start `node` (is Node.js installed?): {e}"))?;
+    let stdin = child.stdin.take().ok_or("no stdin")?;
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .map_err(|e| format!("reading the server's ready line: {e}"))?;
+    let Some(issuer) = line.trim().strip_prefix("READY ").map(str::to_owned) else {
+        let _ = child.kill();
+        return Err(format!("the IdP did not start (said {line:?})"));
+    };
+    Ok(Idp {
+        issuer,
+        child: Mutex::new(child),
+        _stdin: Mutex::new(stdin),
+    })
+}
+
+fn idp() -> Option<&'static Idp> {
+    static IDP: OnceLock<Result<Idp, String>> = OnceLock::new();
+    match IDP.get_or_init(start) {
+        Ok(idp) => Some(idp),
+        Err(why) => {
+            if std::env::var_os("CI").is_some() {
+                panic!("the oidc-provider test IdP is required under CI: {why}");
+            }
+            eprintln!("SKIPPED: real-IdP refresh-rotation test, because {why}");
+            None
+        }
+    }
+}
+
+/// A new grant's first refresh token, and the grant's account.
+async fn first_refresh_token(idp: &Idp) -> (String, String) {
+    let text = reqwest::Client::new()
+        .post(format!("{}/__test/refresh-token", idp.issuer))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let body: serde_json::Value = serde_json::from_str(&text).unwrap();
+    (
+        body["refresh_token"].as_str().unwrap().to_owned(),
+        body["account"].as_str().unwrap().to_owned(),
+    )
+}
+
+/// Rotated-away refresh tokens of `account`'s grant presented so far.
+async fn reuses(idp: &Idp, account: &str) -> u64 {
+    let text = reqwest::get(format!(
+        "{}/__test/refresh-reuse?account={account}",
+        idp.issuer
+    ))
+    .await
+    .unwrap()
+    .text()
+    .await
+    .unwrap();
+    let body: serde_json::Value = serde_json::from_str(&text).unwrap();
+    body["count"].as_u64().unwrap()
+}
+
+fn oauth(idp: &Idp, rt: &str) -> OAuthCredential {
+    OAuthCredential::refresh_token(format!("{}/token", idp.issuer), "refresh-client", rt)
+        .build()
+        .unwrap()
+}
+
+/// One "process": its own credential (and its own in-memory idea of the
+/// newest refresh token) and engine, on the shared store.
+fn process(idp: &Idp, rt: &str, store: &Arc<dyn CacheStore>) -> TokenCache {
+    let credential = StoredRefreshToken::new(oauth(idp, rt), Arc::clone(store));
+    TokenCache::builder(credential)
+        .store_arc(Arc::clone(store))
+        .build()
+}
+
+fn scopes(s: &[&str]) -> TokenRequest {
+    TokenRequest::builder().scopes(s).build()
+}
+
+#[tokio::test]
+async fn every_process_redeems_the_newest_rotated_refresh_token() {
+    let Some(idp) = idp() else { return };
+    let (rt0, account) = first_refresh_token(idp).await;
+    let store: Arc<dyn CacheStore> = Arc::new(MemoryStore::new(1000));
+
+    let a = process(idp, &rt0, &store);
+    let read = a.get_token(&scopes(&["orders.read"])).await.unwrap();
+    let record_key = StoredRefreshToken::<OAuthCredential>::record_key_for(oauth(idp, &rt0).id());
+    let rt1 = store
+        .get(&record_key)
+        .await
+        .unwrap()
+        .expect("record stored");
+    assert_ne!(rt1.secret().expose(), rt0, "the server rotates");
+
+    // Another process, started with the same (now rotated-away) refresh
+    // token, asks for another scope: it must redeem the stored newest one.
+    let b = process(idp, &rt0, &store);
+    let write = b.get_token(&scopes(&["orders.write"])).await.unwrap();
+    assert_eq!(write.scope(), Some("orders.write"));
+    assert!(!write.same_secret(&read));
+
+    // And the first process refreshes its key: again the newest, which b
+    // rotated.
+    a.refresh(&scopes(&["orders.read"])).await.unwrap();
+    let rt3 = store.get(&record_key).await.unwrap().expect("record");
+    assert_ne!(rt3.secret(), rt1.secret());
+
+    assert_eq!(
+        reuses(idp, &account).await,
+        0,
+        "a rotated-away refresh token was presented"
+    );
+    // The grant is intact: a third process still gets tokens.
+    let c = process(idp, &rt0, &store);
+    c.get_token(&TokenRequest::new()).await.unwrap();
+    assert_eq!(reuses(idp, &account).await, 0);
+}
+
+#[tokio::test]
+async fn concurrent_processes_never_present_a_refresh_token_twice() {
+    let Some(idp) = idp() else { return };
+    let (rt0, account) = first_refresh_token(idp).await;
+    let store: Arc<dyn CacheStore> = Arc::new(MemoryStore::new(1000));
+    let requests = [
+        scopes(&["orders.read"]),
+        scopes(&["orders.write"]),
+        scopes(&["orders.read", "orders.write"]),
+        TokenRequest::new(),
+    ];
+    // Eight processes, two per key, all starting at once from the same
+    // first refresh token.
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let cache = process(idp, &rt0, &store);
+        let request = requests[i % requests.len()].clone();
+        tasks.push(tokio::spawn(async move {
+            cache.get_token(&request).await.map(|_| ())
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    assert_eq!(
+        reuses(idp, &account).await,
+        0,
+        "a rotated-away refresh token was presented"
+    );
+    let last = process(idp, &rt0, &store);
+    last.refresh(&requests[0]).await.unwrap();
+    assert_eq!(reuses(idp, &account).await, 0);
+}
+
+/// The control: without the stored record, a second process holds only the
+/// first refresh token, the server sees it twice and revokes the grant. This
+/// is what the record prevents (and proves the test IdP really detects it).
+#[tokio::test]
+async fn without_the_record_a_second_process_reuses_the_rotated_token() {
+    let Some(idp) = idp() else { return };
+    let (rt0, account) = first_refresh_token(idp).await;
+    let store: Arc<dyn CacheStore> = Arc::new(MemoryStore::new(1000));
+    let plain = |rt: &str| {
+        TokenCache::builder(oauth(idp, rt))
+            .store_arc(Arc::clone(&store))
+            .build()
+    };
+    plain(&rt0)
+        .get_token(&scopes(&["orders.read"]))
+        .await
+        .unwrap();
+    let e = plain(&rt0)
+        .get_token(&scopes(&["orders.write"]))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("invalid_grant"), "{e}");
+    assert_eq!(reuses(idp, &account).await, 1);
+}
+
+#[tokio::test]
+async fn debug_shows_no_refresh_token() {
+    let Some(idp) = idp() else { return };
+    let (rt0, _) = first_refresh_token(idp).await;
+    let store: Arc<dyn CacheStore> = Arc::new(MemoryStore::new(10));
+    let credential = StoredRefreshToken::new(oauth(idp, &rt0), Arc::clone(&store));
+    let cache = TokenCache::builder(StoredRefreshToken::new(
+        oauth(idp, &rt0),
+        Arc::clone(&store),
+    ))
+    .store_arc(Arc::clone(&store))
+    .build();
+    let token = cache.get_token(&TokenRequest::new()).await.unwrap();
+    let record = store
+        .get(credential.record_key())
+        .await
+        .unwrap()
+        .expect("record");
+    let debug = format!("{credential:?} {record:?} {token:?}");
+    assert!(!debug.contains(&rt0), "{debug}");
+    assert!(!debug.contains(record.secret().expose()), "{debug}");
+    assert!(!credential.id().contains(&rt0));
+}
