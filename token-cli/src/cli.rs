@@ -23,7 +23,7 @@ pub(crate) struct Cli {
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
     /// Print an access token, from the cache when it is fresh, otherwise
-    /// from the IdP (client credentials grant).
+    /// from the IdP (client credentials or refresh-token grant).
     #[command(after_help = GET_HELP)]
     Get(Box<GetArgs>),
     /// List cached entries: key, client, scopes, expiry, refresh time and
@@ -46,6 +46,12 @@ const GET_HELP: &str = concat!(
     "\
 Secrets are never taken as arguments (they would show in `ps`): the client secret comes from \
 --client-secret-env VAR or --client-secret-file PATH, the private key from --private-key-file.
+
+With --refresh-token-env VAR or --refresh-token-file PATH, tokens come from the refresh-token \
+grant (a public client unless a client secret or key is given). That refresh token is only the \
+first: each rotated one is kept, encrypted, in the store, and every later invocation (and every \
+process sharing a Redis store) redeems the newest one, one at a time under a lease, so an IdP \
+that rejects reuse never sees an old one twice.
 
 The store's encryption key comes from TOKENCACHE_KEY (base64, 32 bytes), else the key file \
 (--key-file, TOKENCACHE_KEY_FILE, else $XDG_CONFIG_HOME/tokencache/key); a key file is created \
@@ -125,6 +131,15 @@ pub(crate) struct GetArgs {
     /// Read the client secret from this file (trailing newline ignored).
     #[arg(long, value_name = "PATH")]
     pub(crate) client_secret_file: Option<PathBuf>,
+    /// Use the refresh-token grant, starting from the refresh token in this
+    /// environment variable. Rotated refresh tokens are kept (encrypted) in
+    /// the store and the newest is always the one redeemed.
+    #[arg(long, value_name = "VAR", conflicts_with = "refresh_token_file")]
+    pub(crate) refresh_token_env: Option<String>,
+    /// Like --refresh-token-env, reading the first refresh token from this
+    /// file (trailing newline ignored).
+    #[arg(long, value_name = "PATH")]
+    pub(crate) refresh_token_file: Option<PathBuf>,
     /// Authenticate with private_key_jwt using this PEM (PKCS#8, or PKCS#1
     /// RSA) private key.
     #[arg(long, value_name = "PEM")]

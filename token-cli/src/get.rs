@@ -5,8 +5,12 @@ use std::io::Write as _;
 use std::path::PathBuf;
 use std::time::SystemTime;
 
-use token_core::{Secret, Token, TokenCache, TokenRequest};
-use token_http::{OAuthCredential, PrivateKey, ServerMetadata, SigningAlgorithm};
+use std::sync::Arc;
+
+use token_core::{Credential, Secret, Token, TokenCache, TokenRequest};
+use token_http::{
+    OAuthCredential, PrivateKey, ServerMetadata, SigningAlgorithm, StoredRefreshToken,
+};
 use zeroize::Zeroizing;
 
 use crate::cli::{Alg, AuthMethod, Format, GetArgs};
@@ -21,6 +25,8 @@ struct Settings {
     issuer: Option<String>,
     client_id: String,
     secret: Option<Secret>,
+    /// The first refresh token (refresh-token grant).
+    refresh_token: Option<Secret>,
     private_key: Option<PathBuf>,
     key_id: Option<String>,
     alg: Option<Alg>,
@@ -63,8 +69,19 @@ fn settings(args: GetArgs) -> Result<Settings, CliError> {
         CliError::config("no client id: give --client-id ID (or a --profile that has one)")
     })?;
     let secret = match (secret_env, secret_file) {
-        (Some(var), _) => Some(secret_from_env(&var)?),
-        (None, Some(path)) => Some(secret_from_file(&path)?),
+        (Some(var), _) => Some(secret_from_env(&var, "--client-secret-env")?),
+        (None, Some(path)) => Some(secret_from_file(&path, "client secret")?),
+        (None, None) => None,
+    };
+    let (refresh_env, refresh_file) =
+        if args.refresh_token_env.is_some() || args.refresh_token_file.is_some() {
+            (args.refresh_token_env, args.refresh_token_file)
+        } else {
+            (profile.refresh_token_env, profile.refresh_token_file)
+        };
+    let refresh_token = match (refresh_env, refresh_file) {
+        (Some(var), _) => Some(secret_from_env(&var, "--refresh-token-env")?),
+        (None, Some(path)) => Some(secret_from_file(&path, "refresh token")?),
         (None, None) => None,
     };
     let alg = match (args.alg, profile.alg.as_deref()) {
@@ -91,6 +108,7 @@ fn settings(args: GetArgs) -> Result<Settings, CliError> {
         issuer,
         client_id,
         secret,
+        refresh_token,
         private_key: args.private_key_file.or(profile.private_key_file),
         key_id: args.key_id.or(profile.key_id),
         alg,
@@ -121,10 +139,10 @@ fn parse_enum<T: clap::ValueEnum>(what: &str, value: &str) -> Result<T, CliError
     })
 }
 
-fn secret_from_env(var: &str) -> Result<Secret, CliError> {
+fn secret_from_env(var: &str, flag: &str) -> Result<Secret, CliError> {
     match std::env::var_os(var) {
         None => Err(CliError::config(format!(
-            "the environment variable {var} (from --client-secret-env) is not set"
+            "the environment variable {var} (from {flag}) is not set"
         ))),
         Some(v) => {
             let v = v.into_string().map_err(|_| {
@@ -134,7 +152,7 @@ fn secret_from_env(var: &str) -> Result<Secret, CliError> {
             })?;
             if v.is_empty() {
                 return Err(CliError::config(format!(
-                    "the environment variable {var} (from --client-secret-env) is empty"
+                    "the environment variable {var} (from {flag}) is empty"
                 )));
             }
             Ok(Secret::new(v))
@@ -142,19 +160,19 @@ fn secret_from_env(var: &str) -> Result<Secret, CliError> {
     }
 }
 
-fn secret_from_file(path: &std::path::Path) -> Result<Secret, CliError> {
+fn secret_from_file(path: &std::path::Path, what: &str) -> Result<Secret, CliError> {
     let text = std::fs::read_to_string(path)
         .map(Zeroizing::new)
         .map_err(|e| {
             CliError::config(format!(
-                "cannot read the client secret file {}: {e}",
+                "cannot read the {what} file {}: {e}",
                 path.display()
             ))
         })?;
     let trimmed = text.trim_end_matches(['\r', '\n']);
     if trimmed.is_empty() {
         return Err(CliError::config(format!(
-            "the client secret file {} is empty",
+            "the {what} file {} is empty",
             path.display()
         )));
     }
@@ -200,9 +218,19 @@ async fn credential(s: &mut Settings) -> Result<OAuthCredential, CliError> {
         (None, None) => return Err(CliError::config("no token endpoint")),
     };
     s.token_url = Some(token_url.clone());
-    let builder = OAuthCredential::client_credentials(token_url, s.client_id.clone());
+    let builder = match &s.refresh_token {
+        Some(rt) => OAuthCredential::refresh_token(token_url, s.client_id.clone(), rt.clone()),
+        None => OAuthCredential::client_credentials(token_url, s.client_id.clone()),
+    };
     let auth = match (s.auth, &s.secret, &s.private_key) {
         (Some(a), _, _) => a,
+        // A refresh-token grant without client authentication: a public
+        // client (RFC 6749 §6), as native apps and CLIs are.
+        (None, None, None) if s.refresh_token.is_some() => {
+            return builder
+                .build()
+                .map_err(|e| CliError::config(format!("invalid settings: {e}")))
+        }
         (None, Some(_), None) => AuthMethod::Basic,
         (None, None, Some(_)) => AuthMethod::PrivateKeyJwt,
         (None, Some(_), Some(_)) => {
@@ -259,6 +287,13 @@ pub(crate) async fn run(args: GetArgs) -> Result<(), CliError> {
     }
     let request = request.build();
 
+    // A refresh-token grant keeps its newest (rotated) refresh token in the
+    // store, redeemed under that record's lease by one process at a time.
+    let credential: Arc<dyn Credential> = if s.refresh_token.is_some() {
+        Arc::new(StoredRefreshToken::new(credential, opened.as_dyn()))
+    } else {
+        Arc::new(credential)
+    };
     let cache = TokenCache::builder(credential)
         .store_arc(opened.as_dyn())
         .build();

@@ -9,7 +9,8 @@
 // POST /__test/refresh-token: a new grant's first refresh token for the
 // rotating public client `refresh-client`, and its account;
 // GET /__test/refresh-reuse?account=A: how many rotated-away refresh tokens
-// of that account's grant were presented again (reuse detection).
+// of that account's grant were presented again (reuse detection);
+// GET /__test/refresh-tokens?account=A: every refresh token issued to it.
 // Exits when its standard input closes (the test process went away).
 import { createServer } from 'node:http';
 import { readFileSync } from 'node:fs';
@@ -97,6 +98,14 @@ server.listen(0, '127.0.0.1', () => {
       refreshReuse.set(account, (refreshReuse.get(account) ?? 0) + 1);
     }
   });
+  // Every refresh token issued, per account, so tests can check that none
+  // of them shows up in logs or unencrypted storage.
+  const refreshIssued = new Map();
+  provider.on('refresh_token.saved', (token) => {
+    const list = refreshIssued.get(token.accountId) ?? [];
+    list.push(token.jti);
+    refreshIssued.set(token.accountId, list);
+  });
   // A first refresh token for 'refresh-client' without a browser: the grant
   // and refresh token an authorization-code flow with offline_access would
   // leave behind, minted directly (test only).
@@ -126,6 +135,12 @@ server.listen(0, '127.0.0.1', () => {
       const account = decodeURIComponent(req.url.slice('/__test/refresh-reuse?account='.length));
       res.setHeader('content-type', 'application/json');
       res.end(JSON.stringify({ count: refreshReuse.get(account) ?? 0 }));
+      return true;
+    }
+    if (req.method === 'GET' && req.url.startsWith('/__test/refresh-tokens?account=')) {
+      const account = decodeURIComponent(req.url.slice('/__test/refresh-tokens?account='.length));
+      res.setHeader('content-type', 'application/json');
+      res.end(JSON.stringify({ refresh_tokens: refreshIssued.get(account) ?? [] }));
       return true;
     }
     return false;
