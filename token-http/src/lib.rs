@@ -7,6 +7,14 @@
 //!   `client_secret_basic`, `client_secret_post` or `private_key_jwt`
 //!   (RS256/ES256, [`PrivateKey`]) client authentication, built from a token
 //!   URL or discovered from an issuer ([`ServerMetadata`]).
+//! - Managed identities and metadata servers: [`AzureImdsCredential`]
+//!   (Azure VMs, `Metadata: true`, IMDS's documented retries),
+//!   [`AppServiceCredential`] (App Service, Functions, Container Apps:
+//!   `IDENTITY_ENDPOINT` + `IDENTITY_HEADER`) and [`GcpMetadataCredential`]
+//!   (`Metadata-Flavor: Google`); endpoints overridable, `refresh_in` hints
+//!   honoured.
+//! - [`StoredRefreshToken`]: a refresh-token credential whose newest rotated
+//!   refresh token lives in the cache's store, redeemed under its lease.
 //! - [`parse_token_response`]: the pure parser of token endpoint answers,
 //!   usable on its own.
 //! - [`TokenMiddleware`] for `reqwest-middleware`, and [`AuthLayer`] /
@@ -55,6 +63,7 @@ mod credential;
 mod discovery;
 mod error;
 mod jwt;
+mod managed;
 mod middleware;
 mod refresh_store;
 mod response;
@@ -68,6 +77,12 @@ pub use credential::{
 pub use discovery::ServerMetadata;
 pub use error::ConfigError;
 pub use jwt::{PrivateKey, SigningAlgorithm, DEFAULT_ASSERTION_LIFETIME};
+pub use managed::{
+    AppServiceCredential, AppServiceCredentialBuilder, AzureImdsCredential,
+    AzureImdsCredentialBuilder, GcpMetadataCredential, GcpMetadataCredentialBuilder,
+    ManagedIdentityId, RetryRules, APP_SERVICE_API_VERSION, DEFAULT_METADATA_CONNECT_TIMEOUT,
+    DEFAULT_METADATA_REQUEST_TIMEOUT, GCP_METADATA_HOST, IMDS_API_VERSION, IMDS_ENDPOINT,
+};
 pub use middleware::TokenMiddleware;
 pub use refresh_store::{
     StoredRefreshToken, DEFAULT_REFRESH_LEASE_TTL, DEFAULT_REFRESH_LEASE_WAIT,
