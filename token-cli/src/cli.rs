@@ -47,6 +47,10 @@ const GET_HELP: &str = concat!(
 Secrets are never taken as arguments (they would show in `ps`): the client secret comes from \
 --client-secret-env VAR or --client-secret-file PATH, the private key from --private-key-file.
 
+With --managed-identity azure-imds|app-service|gcp, tokens come from the platform the program \
+runs on (Azure IMDS, Azure App Service / Container Apps, the Google metadata server) and are \
+cached like any other: --identity ID picks a user-assigned identity or service account.
+
 With --refresh-token-env VAR or --refresh-token-file PATH, tokens come from the refresh-token \
 grant (a public client unless a client secret or key is given). That refresh token is only the \
 first: each rotated one is kept, encrypted, in the store, and every later invocation (and every \
@@ -77,6 +81,20 @@ pub(crate) enum Format {
     /// A JSON object: access_token, token_type, expires_at, expires_in,
     /// from_cache.
     Json,
+}
+
+/// A managed identity / metadata server to get tokens from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum ManagedKind {
+    /// Azure VM / scale set: the Instance Metadata Service (host from
+    /// AZURE_POD_IDENTITY_AUTHORITY_HOST when set).
+    AzureImds,
+    /// Azure App Service, Functions, Container Apps: IDENTITY_ENDPOINT and
+    /// IDENTITY_HEADER.
+    AppService,
+    /// Google Cloud: the metadata server (host from GCE_METADATA_HOST when
+    /// set).
+    Gcp,
 }
 
 /// Client authentication.
@@ -125,6 +143,24 @@ pub(crate) struct GetArgs {
     /// The client id.
     #[arg(long, value_name = "ID")]
     pub(crate) client_id: Option<String>,
+    /// Get tokens from the platform's managed identity instead of an IdP
+    /// (no token URL, client id or secret). Azure wants one resource:
+    /// --resource R or --scope R/.default; Google takes scopes.
+    #[arg(
+        long,
+        value_enum,
+        value_name = "KIND",
+        conflicts_with_all = [
+            "token_url", "issuer", "client_id", "client_secret_env", "client_secret_file",
+            "private_key_file", "refresh_token_env", "refresh_token_file", "auth",
+        ]
+    )]
+    pub(crate) managed_identity: Option<ManagedKind>,
+    /// With --managed-identity: a user-assigned identity's client id (Azure)
+    /// or a service account's email (Google) [default: the system-assigned
+    /// identity / the default service account].
+    #[arg(long, value_name = "ID")]
+    pub(crate) identity: Option<String>,
     /// Read the client secret from this environment variable.
     #[arg(long, value_name = "VAR", conflicts_with = "client_secret_file")]
     pub(crate) client_secret_env: Option<String>,

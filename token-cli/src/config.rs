@@ -9,6 +9,7 @@
 //! token_url = "https://idp.example/oauth2/token"   # or: issuer = "https://idp.example"
 //! client_id = "orders-client"
 //! client_secret_env = "ORDERS_CLIENT_SECRET"       # or client_secret_file / private_key_file
+//! # managed_identity = "azure-imds"              # or app-service / gcp, with identity = "ID"
 //! # refresh_token_env = "ORDERS_REFRESH_TOKEN"     # or refresh_token_file: the refresh-token grant
 //! scopes = ["orders.read", "orders.write"]
 //! audience = "https://orders.example"
@@ -42,6 +43,8 @@ pub(crate) struct Profile {
     pub(crate) private_key_file: Option<PathBuf>,
     pub(crate) refresh_token_env: Option<String>,
     pub(crate) refresh_token_file: Option<PathBuf>,
+    pub(crate) managed_identity: Option<String>,
+    pub(crate) identity: Option<String>,
     pub(crate) key_id: Option<String>,
     pub(crate) alg: Option<String>,
     pub(crate) auth: Option<String>,

@@ -9,11 +9,12 @@ use std::sync::Arc;
 
 use token_core::{Credential, Secret, Token, TokenCache, TokenRequest};
 use token_http::{
+    AppServiceCredential, AzureImdsCredential, GcpMetadataCredential, ManagedIdentityId,
     OAuthCredential, PrivateKey, ServerMetadata, SigningAlgorithm, StoredRefreshToken,
 };
 use zeroize::Zeroizing;
 
-use crate::cli::{Alg, AuthMethod, Format, GetArgs};
+use crate::cli::{Alg, AuthMethod, Format, GetArgs, ManagedKind};
 use crate::config::{self, Profile};
 use crate::error::{self, CliError, Kind};
 use crate::store::{self, Entry, StoreSpec};
@@ -27,6 +28,9 @@ struct Settings {
     secret: Option<Secret>,
     /// The first refresh token (refresh-token grant).
     refresh_token: Option<Secret>,
+    /// A managed identity instead of an IdP, and which of its identities.
+    managed: Option<ManagedKind>,
+    identity: Option<String>,
     private_key: Option<PathBuf>,
     key_id: Option<String>,
     alg: Option<Alg>,
@@ -47,6 +51,14 @@ fn settings(args: GetArgs) -> Result<Settings, CliError> {
         }
         None => Profile::default(),
     };
+    let managed = match (args.managed_identity, profile.managed_identity.as_deref()) {
+        (Some(m), _) => Some(m),
+        (None, None) => None,
+        (None, Some(m)) => Some(parse_enum::<ManagedKind>("managed_identity", m)?),
+    };
+    if managed.is_some() {
+        return managed_settings(args, profile, managed);
+    }
     // A flag replaces the profile's value; both secret sources are one
     // setting, so a flag for one drops the profile's other.
     let (secret_env, secret_file) =
@@ -109,6 +121,8 @@ fn settings(args: GetArgs) -> Result<Settings, CliError> {
         client_id,
         secret,
         refresh_token,
+        managed: None,
+        identity: None,
         private_key: args.private_key_file.or(profile.private_key_file),
         key_id: args.key_id.or(profile.key_id),
         alg,
@@ -123,6 +137,111 @@ fn settings(args: GetArgs) -> Result<Settings, CliError> {
         store,
         format,
         key_file: args.locations.key_file.or(profile.key_file),
+    })
+}
+
+/// Settings for `--managed-identity`: no IdP, client or secret (a flag for
+/// one conflicts on the command line; the profile must not mix them either).
+fn managed_settings(
+    args: GetArgs,
+    profile: Profile,
+    managed: Option<ManagedKind>,
+) -> Result<Settings, CliError> {
+    let mixed = [
+        ("token_url", profile.token_url.is_some()),
+        ("issuer", profile.issuer.is_some()),
+        ("client_id", profile.client_id.is_some()),
+        ("client_secret_env", profile.client_secret_env.is_some()),
+        ("client_secret_file", profile.client_secret_file.is_some()),
+        ("private_key_file", profile.private_key_file.is_some()),
+        ("refresh_token_env", profile.refresh_token_env.is_some()),
+        ("refresh_token_file", profile.refresh_token_file.is_some()),
+        ("auth", profile.auth.is_some()),
+    ];
+    if let Some((name, _)) = mixed.iter().find(|(_, set)| *set) {
+        return Err(CliError::config(format!(
+            "the profile sets {name}, which a managed identity does not use: remove it, or do not \
+             use --managed-identity with this profile"
+        )));
+    }
+    let format = match (args.format, profile.format.as_deref()) {
+        (Some(f), _) => f,
+        (None, None) => Format::Token,
+        (None, Some(f)) => parse_enum::<Format>("format", f)?,
+    };
+    let store = match args.store.or(profile.store) {
+        Some(s) => StoreSpec::parse(&s)?,
+        None => StoreSpec::Sled(None),
+    };
+    let identity = args.identity.or(profile.identity);
+    let kind = managed.map_or("", |k| match k {
+        ManagedKind::AzureImds => "azure-imds",
+        ManagedKind::AppService => "app-service",
+        ManagedKind::Gcp => "gcp",
+    });
+    Ok(Settings {
+        token_url: None,
+        issuer: None,
+        // What `inspect` shows and `purge --client-id` matches.
+        client_id: format!(
+            "managed-identity:{kind}:{}",
+            identity.as_deref().unwrap_or("default")
+        ),
+        secret: None,
+        refresh_token: None,
+        managed,
+        identity,
+        private_key: None,
+        key_id: None,
+        alg: None,
+        auth: None,
+        scopes: if args.scopes.is_empty() {
+            profile.scopes
+        } else {
+            args.scopes
+        },
+        audience: args.audience.or(profile.audience),
+        resource: args.resource.or(profile.resource),
+        store,
+        format,
+        key_file: args.locations.key_file.or(profile.key_file),
+    })
+}
+
+/// The managed-identity credential and the endpoint it calls.
+fn managed_credential(
+    kind: ManagedKind,
+    identity: Option<&str>,
+) -> Result<(Arc<dyn Credential>, String), CliError> {
+    let invalid = |e: token_http::ConfigError| CliError::config(format!("--managed-identity: {e}"));
+    let azure_id = identity.map_or(ManagedIdentityId::SystemAssigned, |id| {
+        ManagedIdentityId::ClientId(id.to_owned())
+    });
+    Ok(match kind {
+        ManagedKind::AzureImds => {
+            let c = AzureImdsCredential::builder()
+                .identity(azure_id)
+                .build()
+                .map_err(invalid)?;
+            let url = c.endpoint().to_owned();
+            (Arc::new(c), url)
+        }
+        ManagedKind::AppService => {
+            let c = AppServiceCredential::from_env()
+                .and_then(|b| b.identity(azure_id).build())
+                .map_err(invalid)?;
+            let url = c.endpoint().to_owned();
+            (Arc::new(c), url)
+        }
+        ManagedKind::Gcp => {
+            let mut b = GcpMetadataCredential::builder();
+            if let Some(account) = identity {
+                b = b.service_account(account);
+            }
+            let c = b.build().map_err(invalid)?;
+            let url = c.url().to_owned();
+            (Arc::new(c), url)
+        }
     })
 }
 
@@ -274,8 +393,15 @@ async fn credential(s: &mut Settings) -> Result<OAuthCredential, CliError> {
 /// Runs `get`.
 pub(crate) async fn run(args: GetArgs) -> Result<(), CliError> {
     let mut s = settings(args)?;
-    let credential = credential(&mut s).await?;
-    let token_url = credential.token_url().to_owned();
+    let (oauth, managed) = match s.managed {
+        Some(kind) => (None, Some(managed_credential(kind, s.identity.as_deref())?)),
+        None => (Some(credential(&mut s).await?), None),
+    };
+    let token_url = match (&oauth, &managed) {
+        (Some(c), _) => c.token_url().to_owned(),
+        (None, Some((_, url))) => url.clone(),
+        (None, None) => return Err(CliError::internal("no credential")),
+    };
     let opened = store::open(&s.store, s.key_file.as_deref()).await?;
 
     let mut request = TokenRequest::builder().scopes(&s.scopes);
@@ -289,10 +415,13 @@ pub(crate) async fn run(args: GetArgs) -> Result<(), CliError> {
 
     // A refresh-token grant keeps its newest (rotated) refresh token in the
     // store, redeemed under that record's lease by one process at a time.
-    let credential: Arc<dyn Credential> = if s.refresh_token.is_some() {
-        Arc::new(StoredRefreshToken::new(credential, opened.as_dyn()))
-    } else {
-        Arc::new(credential)
+    let credential: Arc<dyn Credential> = match (oauth, managed) {
+        (Some(c), _) if s.refresh_token.is_some() => {
+            Arc::new(StoredRefreshToken::new(c, opened.as_dyn()))
+        }
+        (Some(c), _) => Arc::new(c),
+        (None, Some((c, _))) => c,
+        (None, None) => return Err(CliError::internal("no credential")),
     };
     let cache = TokenCache::builder(credential)
         .store_arc(opened.as_dyn())
