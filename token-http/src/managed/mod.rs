@@ -113,10 +113,15 @@ pub struct RetryRules {
     pub min_server_error_delay: Duration,
     /// The longest single delay.
     pub max_delay: Duration,
-    /// No retry starts after this much time in one fetch, so the fetch ends
-    /// within the cache's own fetch timeout.
+    /// The budget of one fetch: a retry starts only with at least 0.5 s
+    /// of it left after its delay, and gets what is left as its timeout, so
+    /// a fetch ends within the budget (or the first attempt's timeout) and
+    /// so within the cache's own fetch timeout.
     pub max_elapsed: Duration,
 }
+
+/// A retry is not started with less time than this left in the budget.
+const MIN_ATTEMPT: Duration = Duration::from_millis(500);
 
 /// A metadata endpoint's answer as the parts the retry loop and the parser
 /// need.
@@ -138,9 +143,10 @@ pub(crate) async fn send_with_retries(
 ) -> Result<Attempt, CredentialError> {
     let started = clock.monotonic();
     let mut attempt = 0u32;
+    let mut this_timeout = timeout;
     loop {
         let sent_at = clock.now();
-        let received = transport::send(build(), url, timeout).await?;
+        let received = transport::send(build(), url, this_timeout).await?;
         let status = received.status;
         if status.is_success() || !retryable(status) || attempt >= rules.max_retries {
             return Ok(Attempt { received, sent_at });
@@ -159,10 +165,17 @@ pub(crate) async fn send_with_retries(
         if let Some(after) = retry_after(&received.headers) {
             delay = delay.max(after.min(rules.max_delay));
         }
+        // A retry gets what is left of the budget, so the whole fetch ends
+        // within the budget (or the first attempt's timeout, if longer).
         let elapsed = clock.monotonic().saturating_duration_since(started);
-        if elapsed + delay > rules.max_elapsed {
+        let left = rules
+            .max_elapsed
+            .saturating_sub(elapsed)
+            .saturating_sub(delay);
+        if left < MIN_ATTEMPT {
             return Ok(Attempt { received, sent_at });
         }
+        this_timeout = timeout.min(left);
         tracing::debug!(
             url,
             status = status.as_u16(),
