@@ -10,9 +10,15 @@
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
-use token_core::{CacheStore, Credential, TokenCache, TokenRequest};
+use async_trait::async_trait;
+use token_core::{
+    AccessToken, CacheKey, CacheStore, Credential, Lease, PutOutcome, StoreCapabilities,
+    StoreError, TokenCache, TokenRequest,
+};
 use token_http::{OAuthCredential, StoredRefreshToken};
 use token_memory::MemoryStore;
 
@@ -95,6 +101,78 @@ async fn first_refresh_token(idp: &Idp) -> (String, String) {
         body["refresh_token"].as_str().unwrap().to_owned(),
         body["account"].as_str().unwrap().to_owned(),
     )
+}
+
+/// Every refresh token issued to `account`'s grant.
+async fn issued(idp: &Idp, account: &str) -> usize {
+    let text = reqwest::get(format!(
+        "{}/__test/refresh-tokens?account={account}",
+        idp.issuer
+    ))
+    .await
+    .unwrap()
+    .text()
+    .await
+    .unwrap();
+    let body: serde_json::Value = serde_json::from_str(&text).unwrap();
+    body["refresh_tokens"].as_array().unwrap().len()
+}
+
+/// A memory store whose reads or writes can be made to fail.
+#[derive(Debug)]
+struct Flaky {
+    inner: MemoryStore,
+    fail_get: AtomicBool,
+    fail_put: AtomicBool,
+}
+
+impl Flaky {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            inner: MemoryStore::new(100),
+            fail_get: AtomicBool::new(false),
+            fail_put: AtomicBool::new(false),
+        })
+    }
+}
+
+fn down() -> StoreError {
+    StoreError::Unavailable {
+        message: "injected failure".into(),
+        source: None,
+    }
+}
+
+#[async_trait]
+impl CacheStore for Flaky {
+    fn capabilities(&self) -> StoreCapabilities {
+        self.inner.capabilities()
+    }
+    async fn get(&self, key: &CacheKey) -> Result<Option<AccessToken>, StoreError> {
+        if self.fail_get.load(Ordering::SeqCst) {
+            return Err(down());
+        }
+        self.inner.get(key).await
+    }
+    async fn put(&self, key: &CacheKey, token: &AccessToken) -> Result<PutOutcome, StoreError> {
+        if self.fail_put.load(Ordering::SeqCst) {
+            return Err(down());
+        }
+        self.inner.put(key, token).await
+    }
+    async fn remove(&self, key: &CacheKey) -> Result<(), StoreError> {
+        self.inner.remove(key).await
+    }
+    async fn try_acquire_lease(
+        &self,
+        key: &CacheKey,
+        ttl: Duration,
+    ) -> Result<Option<Lease>, StoreError> {
+        self.inner.try_acquire_lease(key, ttl).await
+    }
+    async fn release_lease(&self, key: &CacheKey, lease: &Lease) -> Result<bool, StoreError> {
+        self.inner.release_lease(key, lease).await
+    }
 }
 
 /// Rotated-away refresh tokens of `account`'s grant presented so far.
@@ -252,4 +330,58 @@ async fn debug_shows_no_refresh_token() {
     assert!(!debug.contains(&rt0), "{debug}");
     assert!(!debug.contains(record.secret().expose()), "{debug}");
     assert!(!credential.id().contains(&rt0));
+}
+
+#[tokio::test]
+async fn an_unreadable_store_stops_the_redemption_instead_of_guessing() {
+    let Some(idp) = idp() else { return };
+    let (rt0, account) = first_refresh_token(idp).await;
+    let flaky = Flaky::new();
+    let store: Arc<dyn CacheStore> = flaky.clone();
+    let credential = StoredRefreshToken::new(oauth(idp, &rt0), Arc::clone(&store));
+    flaky.fail_get.store(true, Ordering::SeqCst);
+    let e = credential
+        .fetch(&scopes(&["orders.read"]), None)
+        .await
+        .unwrap_err();
+    assert!(e.is_transient(), "{e}");
+    assert!(e.to_string().contains("not redeeming"), "{e}");
+    assert!(!e.to_string().contains(&rt0));
+    // The IdP saw nothing: only the first refresh token was ever issued.
+    assert_eq!(issued(idp, &account).await, 1);
+    flaky.fail_get.store(false, Ordering::SeqCst);
+    credential
+        .fetch(&scopes(&["orders.read"]), None)
+        .await
+        .unwrap();
+    assert_eq!(reuses(idp, &account).await, 0);
+}
+
+#[tokio::test]
+async fn a_rotated_token_the_store_could_not_keep_is_the_next_one_redeemed() {
+    let Some(idp) = idp() else { return };
+    let (rt0, account) = first_refresh_token(idp).await;
+    let flaky = Flaky::new();
+    let store: Arc<dyn CacheStore> = flaky.clone();
+    let credential = StoredRefreshToken::new(oauth(idp, &rt0), Arc::clone(&store));
+    // The first rotation is stored; the second cannot be.
+    credential
+        .fetch(&scopes(&["orders.read"]), None)
+        .await
+        .unwrap();
+    flaky.fail_put.store(true, Ordering::SeqCst);
+    credential
+        .fetch(&scopes(&["orders.write"]), None)
+        .await
+        .unwrap();
+    flaky.fail_put.store(false, Ordering::SeqCst);
+    // The record still holds the older one; this process redeems the newer
+    // one it kept, and stores what that rotates to.
+    credential.fetch(&TokenRequest::new(), None).await.unwrap();
+    assert_eq!(reuses(idp, &account).await, 0);
+    assert_eq!(issued(idp, &account).await, 4);
+    // Another process now finds the newest in the record.
+    let other = StoredRefreshToken::new(oauth(idp, &rt0), Arc::clone(&store));
+    other.fetch(&scopes(&["orders.read"]), None).await.unwrap();
+    assert_eq!(reuses(idp, &account).await, 0);
 }
