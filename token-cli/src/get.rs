@@ -423,6 +423,7 @@ pub(crate) async fn run(args: GetArgs) -> Result<(), CliError> {
         (None, Some((c, _))) => c,
         (None, None) => return Err(CliError::internal("no credential")),
     };
+    let credential_id = credential.id().to_owned();
     let cache = TokenCache::builder(credential)
         .store_arc(opened.as_dyn())
         .build();
@@ -475,6 +476,22 @@ pub(crate) async fn run(args: GetArgs) -> Result<(), CliError> {
                 resource: s.resource.clone(),
             })
             .await?;
+        if s.refresh_token.is_some() {
+            // The newest refresh token's record, so that `inspect` lists it
+            // and `purge --client-id` forgets it with the client's tokens.
+            opened
+                .record(&Entry {
+                    key: StoredRefreshToken::<OAuthCredential>::record_key_for(&credential_id)
+                        .as_str()
+                        .to_owned(),
+                    client_id: s.client_id.clone(),
+                    token_url: token_url.clone(),
+                    scopes: Vec::new(),
+                    audience: None,
+                    resource: None,
+                })
+                .await?;
+        }
     }
     print(&token, s.format, stats.idp_calls == 0)
 }

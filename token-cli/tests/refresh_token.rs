@@ -245,12 +245,39 @@ fn rotated_refresh_tokens_are_kept_and_the_newest_is_redeemed_by_the_next_invoca
     );
     let issued = idp.issued(&account);
     assert_eq!(issued.len(), 4, "one rotation per IdP call: {issued:?}");
+    // `inspect` lists the refresh-token record with the client's tokens;
+    // `purge --client-id` forgets it too, and the next get starts from the
+    // first refresh token again (rotated away: the IdP refuses it).
+    let listed = sb
+        .cmd()
+        .args(["inspect", "--json"])
+        .output()
+        .expect("inspect");
+    ok(&listed);
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&listed.stdout).expect("json");
+    assert_eq!(rows.len(), 4, "three tokens and the record: {rows:?}");
+    assert!(rows
+        .iter()
+        .any(|r| r["key"].as_str().unwrap().contains("refresh-token")));
     // The store (and the index beside it) holds them encrypted only.
     assert!(!files(&sb.store_dir()).is_empty());
     assert_nowhere(
         &issued,
-        &[&first, &second, &third, &cached],
+        &[&first, &second, &third, &cached, &listed],
         &sb.store_dir(),
+    );
+    let purged = sb
+        .cmd()
+        .args(["purge", "--client-id", CLIENT])
+        .output()
+        .expect("purge");
+    ok(&purged);
+    let after = get(&sb, &idp, &rt0, &env);
+    assert_eq!(after.status.code(), Some(4), "{}", stderr(&after));
+    assert!(
+        stderr(&after).contains("invalid_grant"),
+        "{}",
+        stderr(&after)
     );
 }
 
