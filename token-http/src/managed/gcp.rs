@@ -19,9 +19,10 @@ use crate::error::ConfigError;
 /// serverless instance.
 pub const GCP_METADATA_HOST: &str = "metadata.google.internal";
 
-/// Environment variable naming another metadata host (`host[:port]`), as
-/// Google's client libraries read it (emulators, tests).
-const HOST_ENV: &str = "GCE_METADATA_HOST";
+/// Environment variables naming another metadata host (`host[:port]`), as
+/// Google's client libraries read them (emulators, tests): the current name,
+/// then the older one.
+const HOST_ENVS: [&str; 2] = ["GCE_METADATA_HOST", "GCE_METADATA_ROOT"];
 
 const FLAVOR: &str = "Metadata-Flavor";
 
@@ -67,12 +68,14 @@ pub struct GcpMetadataCredential {
 
 impl GcpMetadataCredential {
     /// Starts a credential for the instance's default service account at
-    /// [`GCP_METADATA_HOST`] (or the host in `GCE_METADATA_HOST`).
+    /// [`GCP_METADATA_HOST`] (or the host in `GCE_METADATA_HOST`, else in
+    /// `GCE_METADATA_ROOT`).
     pub fn builder() -> GcpMetadataCredentialBuilder {
-        let host = std::env::var(HOST_ENV)
-            .ok()
+        let host = HOST_ENVS
+            .iter()
+            .filter_map(|name| std::env::var(name).ok())
             .map(|h| h.trim().to_owned())
-            .filter(|h| !h.is_empty())
+            .find(|h| !h.is_empty())
             .unwrap_or_else(|| GCP_METADATA_HOST.to_owned());
         GcpMetadataCredentialBuilder {
             base: format!("http://{host}"),
