@@ -26,9 +26,10 @@ pub const DEFAULT_REFRESH_TOKEN_RETENTION: Duration = Duration::from_secs(90 * 2
 pub const DEFAULT_REFRESH_LEASE_TTL: Duration = Duration::from_secs(30);
 
 /// How long a fetch waits for another process's redemption before giving
-/// up with a transient error. Defaults to the lease TTL, so a dead holder's
-/// lease expires while we wait.
-pub const DEFAULT_REFRESH_LEASE_WAIT: Duration = DEFAULT_REFRESH_LEASE_TTL;
+/// up with a transient error (the cache's backoff tries again). Defaults to
+/// this: a redemption takes milliseconds to a few seconds, and the wait
+/// stays well inside the cache's 10 s fetch timeout.
+pub const DEFAULT_REFRESH_LEASE_WAIT: Duration = Duration::from_secs(5);
 
 /// Wraps a refresh-token credential (normally
 /// [`OAuthCredential::refresh_token`](crate::OAuthCredential::refresh_token))
@@ -58,6 +59,14 @@ pub const DEFAULT_REFRESH_LEASE_WAIT: Duration = DEFAULT_REFRESH_LEASE_TTL;
 /// whatever the clocks of the writing hosts say, so the store's newer-wins
 /// `put` keeps the newest.
 ///
+/// # Cancellation
+///
+/// Steps 2 to 4 run in a spawned task: if the caller's future is dropped
+/// (the cache's fetch timeout, a caller going away) after the IdP rotated the
+/// refresh token, the task still stores the new one and releases the lease.
+/// Dropping it there would lose the only valid refresh token, and the next
+/// redemption would present the rotated-away one.
+///
 /// # Failures
 ///
 /// If the store cannot be read or the lease taken, the fetch fails with a
@@ -73,31 +82,45 @@ pub const DEFAULT_REFRESH_LEASE_WAIT: Duration = DEFAULT_REFRESH_LEASE_TTL;
 /// [`id`](Credential::id) is the inner credential's, so cache keys do not
 /// change when a credential is wrapped. The record's key is derived from it.
 pub struct StoredRefreshToken<C> {
+    shared: Arc<Shared<C>>,
+    config: Config,
+}
+
+/// What a redemption shares with the task it runs in.
+struct Shared<C> {
     inner: C,
     store: Arc<dyn CacheStore>,
     record_key: CacheKey,
-    clock: Arc<dyn Clock>,
-    retention: Duration,
-    lease_ttl: Duration,
-    lease_wait: Duration,
     /// A refresh token obtained but not yet written to the store.
     unsaved: Mutex<Option<(Secret, SystemTime)>>,
 }
 
-impl<C: Credential> StoredRefreshToken<C> {
+#[derive(Clone)]
+struct Config {
+    clock: Arc<dyn Clock>,
+    retention: Duration,
+    lease_ttl: Duration,
+    lease_wait: Duration,
+}
+
+impl<C: Credential + 'static> StoredRefreshToken<C> {
     /// Wraps `inner`, keeping its refresh tokens in `store` (the same store
     /// the cache uses).
     pub fn new(inner: C, store: Arc<dyn CacheStore>) -> Self {
         let record_key = Self::record_key_for(inner.id());
         Self {
-            inner,
-            store,
-            record_key,
-            clock: Arc::new(SystemClock),
-            retention: DEFAULT_REFRESH_TOKEN_RETENTION,
-            lease_ttl: DEFAULT_REFRESH_LEASE_TTL,
-            lease_wait: DEFAULT_REFRESH_LEASE_WAIT,
-            unsaved: Mutex::new(None),
+            shared: Arc::new(Shared {
+                inner,
+                store,
+                record_key,
+                unsaved: Mutex::new(None),
+            }),
+            config: Config {
+                clock: Arc::new(SystemClock),
+                retention: DEFAULT_REFRESH_TOKEN_RETENTION,
+                lease_ttl: DEFAULT_REFRESH_LEASE_TTL,
+                lease_wait: DEFAULT_REFRESH_LEASE_WAIT,
+            },
         }
     }
 
@@ -108,18 +131,18 @@ impl<C: Credential> StoredRefreshToken<C> {
 
     /// The key under which the newest refresh token is stored.
     pub fn record_key(&self) -> &CacheKey {
-        &self.record_key
+        &self.shared.record_key
     }
 
     /// The wrapped credential.
     pub fn inner(&self) -> &C {
-        &self.inner
+        &self.shared.inner
     }
 
     /// How long a stored refresh token is kept. Defaults to
     /// [`DEFAULT_REFRESH_TOKEN_RETENTION`].
     pub fn retention(mut self, retention: Duration) -> Self {
-        self.retention = retention;
+        self.config.retention = retention;
         self
     }
 
@@ -127,24 +150,26 @@ impl<C: Credential> StoredRefreshToken<C> {
     /// [`DEFAULT_REFRESH_LEASE_TTL`]; keep it above the inner credential's
     /// request timeout.
     pub fn lease_ttl(mut self, ttl: Duration) -> Self {
-        self.lease_ttl = ttl;
+        self.config.lease_ttl = ttl;
         self
     }
 
     /// How long to wait for another process's redemption. Defaults to
     /// [`DEFAULT_REFRESH_LEASE_WAIT`].
     pub fn lease_wait(mut self, wait: Duration) -> Self {
-        self.lease_wait = wait;
+        self.config.lease_wait = wait;
         self
     }
 
     /// The clock for record times and lease waits. Defaults to
     /// [`SystemClock`]; tests share a `ManualClock` with the cache.
     pub fn clock_arc(mut self, clock: Arc<dyn Clock>) -> Self {
-        self.clock = clock;
+        self.config.clock = clock;
         self
     }
+}
 
+impl<C: Credential> Shared<C> {
     fn store_failed(&self, what: &str, e: &token_core::StoreError) -> CredentialError {
         CredentialError::transient(format!(
             "the store holding the newest refresh token could not {what} ({e}); not redeeming \
@@ -152,43 +177,43 @@ impl<C: Credential> StoredRefreshToken<C> {
         ))
     }
 
-    async fn acquire(&self) -> Result<Lease, CredentialError> {
-        let deadline = self.clock.monotonic() + self.lease_wait;
+    async fn acquire(&self, cfg: &Config) -> Result<Lease, CredentialError> {
+        let deadline = cfg.clock.monotonic() + cfg.lease_wait;
         let mut delay = Duration::from_millis(10);
         loop {
             match self
                 .store
-                .try_acquire_lease(&self.record_key, self.lease_ttl)
+                .try_acquire_lease(&self.record_key, cfg.lease_ttl)
                 .await
             {
                 Ok(Some(lease)) => return Ok(lease),
                 Ok(None) => {}
                 Err(e) => return Err(self.store_failed("be locked", &e)),
             }
-            let now = self.clock.monotonic();
+            let now = cfg.clock.monotonic();
             if now >= deadline {
                 return Err(CredentialError::transient(format!(
                     "another process has been redeeming the refresh token for longer than {:?}; \
                      not redeeming it concurrently",
-                    self.lease_wait
+                    cfg.lease_wait
                 )));
             }
-            self.clock.sleep(delay.min(deadline - now)).await;
+            cfg.clock.sleep(delay.min(deadline - now)).await;
             delay = (delay * 2).min(Duration::from_millis(500));
         }
     }
 
     /// Writes `refresh_token` as the newest record, later-expiring than
     /// `after` (the record it replaces).
-    async fn save(&self, refresh_token: &Secret, after: Option<SystemTime>) -> bool {
-        let now = self.clock.now();
+    async fn save(&self, cfg: &Config, refresh_token: &Secret, after: Option<SystemTime>) -> bool {
+        let now = cfg.clock.now();
         let written = match after {
             Some(prev) if prev >= now => prev + Duration::from_millis(1),
             _ => now,
         };
         let record = AccessToken::new(refresh_token.clone(), written)
-            .with_expires_at(written + self.retention)
-            .with_refresh_at(written + self.retention);
+            .with_expires_at(written + cfg.retention)
+            .with_refresh_at(written + cfg.retention);
         for _ in 0..2 {
             match self.store.put(&self.record_key, &record).await {
                 Ok(_) => return true,
@@ -204,6 +229,7 @@ impl<C: Credential> StoredRefreshToken<C> {
 
     async fn redeem(
         &self,
+        cfg: &Config,
         request: &TokenRequest,
         previous: Option<&AccessToken>,
     ) -> Result<AccessToken, CredentialError> {
@@ -224,7 +250,7 @@ impl<C: Credential> StoredRefreshToken<C> {
             (None, Some(record)) => (Some(record.secret().clone()), Some(record.obtained_at())),
             (None, None) => (None, None),
         };
-        let now = self.clock.now();
+        let now = cfg.clock.now();
         let carrier = match (&newest, previous) {
             (Some(rt), Some(p)) => Some(p.clone().with_refresh_token(rt.clone())),
             (Some(rt), None) => {
@@ -241,7 +267,7 @@ impl<C: Credential> StoredRefreshToken<C> {
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
                     .take();
-                if (changed || pending.is_some()) && self.save(rt, written).await {
+                if (changed || pending.is_some()) && self.save(cfg, rt, written).await {
                     tracing::debug!(key = %self.record_key, rotated = changed, "stored the newest refresh token");
                 }
             }
@@ -255,9 +281,9 @@ impl<C: Credential> StoredRefreshToken<C> {
 }
 
 #[async_trait]
-impl<C: Credential> Credential for StoredRefreshToken<C> {
+impl<C: Credential + 'static> Credential for StoredRefreshToken<C> {
     fn id(&self) -> &str {
-        self.inner.id()
+        self.shared.inner.id()
     }
 
     async fn fetch(
@@ -265,23 +291,40 @@ impl<C: Credential> Credential for StoredRefreshToken<C> {
         request: &TokenRequest,
         previous: Option<&AccessToken>,
     ) -> Result<AccessToken, CredentialError> {
-        let lease = self.acquire().await?;
-        let result = self.redeem(request, previous).await;
-        if let Err(e) = self.store.release_lease(&self.record_key, &lease).await {
-            // It expires by itself after the TTL.
-            tracing::warn!(key = %self.record_key, error = %e, "could not release the refresh-token lease");
+        let shared = Arc::clone(&self.shared);
+        let cfg = self.config.clone();
+        let lease = shared.acquire(&cfg).await?;
+        let request = request.clone();
+        let previous = previous.cloned();
+        // Detached from the caller: see "Cancellation" above.
+        let task = tokio::spawn(async move {
+            let result = shared.redeem(&cfg, &request, previous.as_ref()).await;
+            if let Err(e) = shared.store.release_lease(&shared.record_key, &lease).await {
+                // It expires by itself after the TTL.
+                tracing::warn!(key = %shared.record_key, error = %e, "could not release the refresh-token lease");
+            }
+            result
+        });
+        match task.await {
+            Ok(result) => result,
+            Err(e) if e.is_panic() => Err(CredentialError::permanent(
+                "the refresh-token credential panicked while redeeming; the lease expires by itself",
+            )),
+            Err(_) => Err(CredentialError::transient(
+                "the refresh-token redemption was cancelled (the runtime is shutting down)",
+            )),
         }
-        result
     }
 }
 
 impl<C: fmt::Debug> fmt::Debug for StoredRefreshToken<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = &self.shared;
         f.debug_struct("StoredRefreshToken")
-            .field("inner", &self.inner)
-            .field("record_key", &self.record_key)
-            .field("retention", &self.retention)
-            .field("lease_ttl", &self.lease_ttl)
+            .field("inner", &s.inner)
+            .field("record_key", &s.record_key)
+            .field("retention", &self.config.retention)
+            .field("lease_ttl", &self.config.lease_ttl)
             .finish_non_exhaustive()
     }
 }

@@ -124,6 +124,7 @@ struct Flaky {
     inner: MemoryStore,
     fail_get: AtomicBool,
     fail_put: AtomicBool,
+    slow_put: AtomicBool,
 }
 
 impl Flaky {
@@ -132,6 +133,7 @@ impl Flaky {
             inner: MemoryStore::new(100),
             fail_get: AtomicBool::new(false),
             fail_put: AtomicBool::new(false),
+            slow_put: AtomicBool::new(false),
         })
     }
 }
@@ -157,6 +159,9 @@ impl CacheStore for Flaky {
     async fn put(&self, key: &CacheKey, token: &AccessToken) -> Result<PutOutcome, StoreError> {
         if self.fail_put.load(Ordering::SeqCst) {
             return Err(down());
+        }
+        if self.slow_put.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
         }
         self.inner.put(key, token).await
     }
@@ -383,5 +388,38 @@ async fn a_rotated_token_the_store_could_not_keep_is_the_next_one_redeemed() {
     // Another process now finds the newest in the record.
     let other = StoredRefreshToken::new(oauth(idp, &rt0), Arc::clone(&store));
     other.fetch(&scopes(&["orders.read"]), None).await.unwrap();
+    assert_eq!(reuses(idp, &account).await, 0);
+}
+
+#[tokio::test]
+async fn a_cancelled_fetch_still_stores_the_rotated_refresh_token() {
+    let Some(idp) = idp() else { return };
+    let (rt0, account) = first_refresh_token(idp).await;
+    let flaky = Flaky::new();
+    let store: Arc<dyn CacheStore> = flaky.clone();
+    let credential = StoredRefreshToken::new(oauth(idp, &rt0), Arc::clone(&store));
+    let record_key = credential.record_key().clone();
+    // The caller gives up while the rotated token is being written (a fetch
+    // timeout, a caller going away).
+    flaky.slow_put.store(true, Ordering::SeqCst);
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(500),
+        credential.fetch(&scopes(&["orders.read"]), None),
+    )
+    .await;
+    assert!(gave_up.is_err(), "the fetch should still be writing");
+    // The redemption carries on by itself and stores the new refresh token.
+    let mut stored = None;
+    for _ in 0..100 {
+        stored = store.get(&record_key).await.unwrap();
+        if stored.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(stored.is_some(), "the rotated refresh token was lost");
+    flaky.slow_put.store(false, Ordering::SeqCst);
+    let other = StoredRefreshToken::new(oauth(idp, &rt0), Arc::clone(&store));
+    other.fetch(&scopes(&["orders.write"]), None).await.unwrap();
     assert_eq!(reuses(idp, &account).await, 0);
 }
