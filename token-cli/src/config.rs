@@ -117,4 +117,28 @@ mod tests {
         let bad = "[profiles.a]\nclient_secret = \"s\"\n";
         assert!(toml::from_str::<File>(bad).is_err());
     }
+
+    #[test]
+    fn parses_refresh_token_and_managed_identity_keys_but_no_refresh_token_itself() {
+        let text = r#"
+            [profiles.rt]
+            token_url = "http://127.0.0.1:1/token"
+            client_id = "c"
+            refresh_token_env = "MY_RT"
+            [profiles.mi]
+            managed_identity = "app-service"
+            identity = "id-1"
+        "#;
+        let file: File = toml::from_str(text).expect("valid");
+        assert_eq!(
+            file.profiles["rt"].refresh_token_env.as_deref(),
+            Some("MY_RT")
+        );
+        assert_eq!(
+            file.profiles["mi"].managed_identity.as_deref(),
+            Some("app-service")
+        );
+        let bad = "[profiles.a]\nrefresh_token = \"rt\"\n";
+        assert!(toml::from_str::<File>(bad).is_err());
+    }
 }

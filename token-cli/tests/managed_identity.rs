@@ -293,3 +293,39 @@ fn managed_identity_conflicts_with_idp_settings() {
         stderr(&out)
     );
 }
+
+#[test]
+fn a_profile_selects_the_managed_identity_and_may_not_mix_in_idp_settings() {
+    let md = Metadata::start();
+    let sb = Sandbox::new();
+    let config = sb.config_file();
+    std::fs::create_dir_all(config.parent().expect("dir")).expect("mkdir");
+    std::fs::write(
+        &config,
+        r#"
+[profiles.vm]
+managed_identity = "azure-imds"
+identity = "c0ffee"
+scopes = ["https://vault.azure.net/.default"]
+
+[profiles.mixed]
+managed_identity = "gcp"
+token_url = "http://127.0.0.1:9/token"
+"#,
+    )
+    .expect("write");
+    let host = format!("http://{}", md.addr);
+    let env = [("AZURE_POD_IDENTITY_AUTHORITY_HOST", host.as_str())];
+    let out = get(&sb, &env, &["--profile", "vm"]);
+    ok(&out);
+    assert_eq!(stdout(&out).trim(), TOKEN);
+    assert!(md.requests()[0].contains("client_id=c0ffee"));
+
+    let mixed = get(&sb, &env, &["--profile", "mixed"]);
+    assert!(!mixed.status.success());
+    assert!(
+        stderr(&mixed).contains("the profile sets token_url"),
+        "{}",
+        stderr(&mixed)
+    );
+}
