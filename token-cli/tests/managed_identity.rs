@@ -149,11 +149,19 @@ fn no_secrets(o: &Output) {
 }
 
 #[test]
-fn azure_imds_token_is_fetched_once_and_then_served_from_the_cache() {
+fn azure_imds_token_is_fetched_once_without_a_proxy_and_then_served_from_the_cache() {
     let md = Metadata::start();
     let sb = Sandbox::new();
     let host = format!("http://{}", md.addr);
-    let env = [("AZURE_POD_IDENTITY_AUTHORITY_HOST", host.as_str())];
+    // A proxy that does not exist: the IdP credentials would go through it
+    // (and fail); metadata endpoints are never proxied.
+    let dead_proxy = format!("http://127.0.0.1:{}", support::closed_port());
+    let env = [
+        ("AZURE_POD_IDENTITY_AUTHORITY_HOST", host.as_str()),
+        ("HTTP_PROXY", dead_proxy.as_str()),
+        ("http_proxy", dead_proxy.as_str()),
+        ("ALL_PROXY", dead_proxy.as_str()),
+    ];
     let args = [
         "--managed-identity",
         "azure-imds",

@@ -186,10 +186,7 @@ async fn imds_410_is_retried_for_more_than_70_seconds_when_the_budget_allows() {
     )
     .await;
     let credential = imds(&server, &clock)
-        .retry(RetryRules {
-            max_elapsed: Duration::from_secs(120),
-            ..RetryRules::azure_imds()
-        })
+        .retry(RetryRules::azure_imds().with_max_elapsed(Duration::from_secs(120)))
         .build()
         .unwrap();
     let started = clock.monotonic();
@@ -344,6 +341,25 @@ async fn imds_unknown_resource_is_permanent_and_the_request_must_name_one_resour
         .unwrap_err()
         .to_string()
         .contains("tenant"));
+    assert_eq!(requests(&server).await, 1);
+}
+
+#[tokio::test]
+async fn without_retries_a_passing_error_is_one_request_and_transient() {
+    let server = MockServer::start().await;
+    let clock = ManualClock::new();
+    Mock::given(path(IMDS_PATH))
+        .respond_with(ResponseTemplate::new(404).set_body_string("Not Found"))
+        .mount(&server)
+        .await;
+    let e = imds(&server, &clock)
+        .retry(RetryRules::none())
+        .build()
+        .unwrap()
+        .fetch(&vault(), None)
+        .await
+        .unwrap_err();
+    assert!(e.is_transient(), "{e}");
     assert_eq!(requests(&server).await, 1);
 }
 

@@ -101,7 +101,13 @@ impl fmt::Debug for ManagedIdentityId {
 /// protocol documents as passing. What is left after the budget goes to the
 /// cache as a transient error (with a `Retry-After` when known), and the
 /// cache's backoff continues.
+///
+/// Start from a protocol's rules ([`azure_imds`](Self::azure_imds),
+/// [`azure_app_service`](Self::azure_app_service),
+/// [`gcp_metadata`](Self::gcp_metadata)) and change what you need with the
+/// `with_` methods.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct RetryRules {
     /// Retries after the first attempt.
     pub max_retries: u32,
@@ -118,6 +124,58 @@ pub struct RetryRules {
     /// a fetch ends within the budget (or the first attempt's timeout) and
     /// so within the cache's own fetch timeout.
     pub max_elapsed: Duration,
+}
+
+impl RetryRules {
+    /// No retries: one request per fetch, the cache's backoff does the rest.
+    pub const fn none() -> Self {
+        Self {
+            max_retries: 0,
+            base_delay: Duration::ZERO,
+            gone_base_delay: Duration::ZERO,
+            min_server_error_delay: Duration::ZERO,
+            max_delay: Duration::ZERO,
+            max_elapsed: Duration::ZERO,
+        }
+    }
+
+    /// Sets [`max_retries`](Self::max_retries).
+    pub const fn with_max_retries(mut self, n: u32) -> Self {
+        self.max_retries = n;
+        self
+    }
+
+    /// Sets [`base_delay`](Self::base_delay).
+    pub const fn with_base_delay(mut self, d: Duration) -> Self {
+        self.base_delay = d;
+        self
+    }
+
+    /// Sets [`gone_base_delay`](Self::gone_base_delay).
+    pub const fn with_gone_base_delay(mut self, d: Duration) -> Self {
+        self.gone_base_delay = d;
+        self
+    }
+
+    /// Sets [`min_server_error_delay`](Self::min_server_error_delay).
+    pub const fn with_min_server_error_delay(mut self, d: Duration) -> Self {
+        self.min_server_error_delay = d;
+        self
+    }
+
+    /// Sets [`max_delay`](Self::max_delay).
+    pub const fn with_max_delay(mut self, d: Duration) -> Self {
+        self.max_delay = d;
+        self
+    }
+
+    /// Sets [`max_elapsed`](Self::max_elapsed), the budget of one fetch. To
+    /// wait out an IMDS 410 inside the first fetch, give it 100 s and raise
+    /// the cache's `RefreshPolicy::fetch_timeout` above it.
+    pub const fn with_max_elapsed(mut self, d: Duration) -> Self {
+        self.max_elapsed = d;
+        self
+    }
 }
 
 /// A retry is not started with less time than this left in the budget.
