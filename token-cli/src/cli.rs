@@ -23,7 +23,7 @@ pub(crate) struct Cli {
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
     /// Print an access token, from the cache when it is fresh, otherwise
-    /// from the IdP (client credentials grant).
+    /// from the IdP (client credentials or refresh-token grant).
     #[command(after_help = GET_HELP)]
     Get(Box<GetArgs>),
     /// List cached entries: key, client, scopes, expiry, refresh time and
@@ -49,6 +49,16 @@ Secrets are never taken as arguments (they would show in `ps`): the client secre
 --certificate-file or --client-certificate-file, a client assertion from --client-assertion-file \
 (re-read at every fetch).
 
+With --managed-identity azure-imds|app-service|gcp, tokens come from the platform the program \
+runs on (Azure IMDS, Azure App Service / Container Apps, the Google metadata server) and are \
+cached like any other: --identity ID picks a user-assigned identity or service account.
+
+With --refresh-token-env VAR or --refresh-token-file PATH, tokens come from the refresh-token \
+grant (a public client unless a client secret or key is given). That refresh token is only the \
+first: each rotated one is kept, encrypted, in the store, and every later invocation (and every \
+process sharing a Redis store) redeems the newest one, one at a time under a lease, so an IdP \
+that rejects reuse never sees an old one twice.
+
 The store's encryption key comes from TOKENCACHE_KEY (base64, 32 bytes), else the key file \
 (--key-file, TOKENCACHE_KEY_FILE, else $XDG_CONFIG_HOME/tokencache/key); a key file is created \
 (mode 0600) the first time. The default store is encrypted sled in $XDG_CACHE_HOME/tokencache \
@@ -73,6 +83,20 @@ pub(crate) enum Format {
     /// A JSON object: access_token, token_type, expires_at, expires_in,
     /// from_cache.
     Json,
+}
+
+/// A managed identity / metadata server to get tokens from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum ManagedKind {
+    /// Azure VM / scale set: the Instance Metadata Service (host from
+    /// AZURE_POD_IDENTITY_AUTHORITY_HOST when set).
+    AzureImds,
+    /// Azure App Service, Functions, Container Apps: IDENTITY_ENDPOINT and
+    /// IDENTITY_HEADER.
+    AppService,
+    /// Google Cloud: the metadata server (host from GCE_METADATA_HOST when
+    /// set).
+    Gcp,
 }
 
 /// Client authentication.
@@ -128,12 +152,40 @@ pub(crate) struct GetArgs {
     /// The client id.
     #[arg(long, value_name = "ID")]
     pub(crate) client_id: Option<String>,
+    /// Get tokens from the platform's managed identity instead of an IdP
+    /// (no token URL, client id or secret). Azure wants one resource:
+    /// --resource R or --scope R/.default; Google takes scopes.
+    #[arg(
+        long,
+        value_enum,
+        value_name = "KIND",
+        conflicts_with_all = [
+            "token_url", "issuer", "client_id", "client_secret_env", "client_secret_file",
+            "private_key_file", "refresh_token_env", "refresh_token_file", "auth",
+            "client_assertion_file", "certificate_file", "client_certificate_file", "from_env",
+        ]
+    )]
+    pub(crate) managed_identity: Option<ManagedKind>,
+    /// With --managed-identity: a user-assigned identity's client id (Azure)
+    /// or a service account's email (Google) [default: the system-assigned
+    /// identity / the default service account].
+    #[arg(long, value_name = "ID")]
+    pub(crate) identity: Option<String>,
     /// Read the client secret from this environment variable.
     #[arg(long, value_name = "VAR", conflicts_with = "client_secret_file")]
     pub(crate) client_secret_env: Option<String>,
     /// Read the client secret from this file (trailing newline ignored).
     #[arg(long, value_name = "PATH")]
     pub(crate) client_secret_file: Option<PathBuf>,
+    /// Use the refresh-token grant, starting from the refresh token in this
+    /// environment variable. Rotated refresh tokens are kept (encrypted) in
+    /// the store and the newest is always the one redeemed.
+    #[arg(long, value_name = "VAR", conflicts_with = "refresh_token_file")]
+    pub(crate) refresh_token_env: Option<String>,
+    /// Like --refresh-token-env, reading the first refresh token from this
+    /// file (trailing newline ignored).
+    #[arg(long, value_name = "PATH")]
+    pub(crate) refresh_token_file: Option<PathBuf>,
     /// Authenticate with private_key_jwt using this PEM (PKCS#8, or PKCS#1
     /// RSA) private key.
     #[arg(long, value_name = "PEM")]
@@ -182,7 +234,7 @@ pub(crate) struct GetArgs {
     #[arg(long, conflicts_with_all = [
         "token_url", "issuer", "client_id", "client_secret_env", "client_secret_file",
         "private_key_file", "client_assertion_file", "certificate_file",
-        "client_certificate_file", "auth",
+        "client_certificate_file", "auth", "refresh_token_env", "refresh_token_file",
     ])]
     pub(crate) from_env: bool,
     /// Client authentication [default: from what is given: basic with a

@@ -19,6 +19,17 @@ pub(crate) struct Given {
     pub(crate) client_certificate: bool,
 }
 
+impl Given {
+    /// No authentication input at all.
+    pub(crate) fn is_empty(&self) -> bool {
+        !(self.secret
+            || self.private_key
+            || self.certificate
+            || self.assertion_file
+            || self.client_certificate)
+    }
+}
+
 /// The method the inputs imply, when exactly one method's input was given;
 /// otherwise an error naming what is missing or what conflicts.
 pub(crate) fn infer(given: &Given) -> Result<AuthMethod, CliError> {

@@ -10,6 +10,14 @@
 //!   every fetch, or [`AssertionFn`]) or mutual TLS (RFC 8705,
 //!   [`ClientCertificate`]) client authentication, built from a token URL
 //!   or discovered from an issuer ([`ServerMetadata`]).
+//! - Managed identities and metadata servers: [`AzureImdsCredential`]
+//!   (Azure VMs, `Metadata: true`, IMDS's documented retries),
+//!   [`AppServiceCredential`] (App Service, Functions, Container Apps:
+//!   `IDENTITY_ENDPOINT` + `IDENTITY_HEADER`) and [`GcpMetadataCredential`]
+//!   (`Metadata-Flavor: Google`); endpoints overridable, `refresh_in` hints
+//!   honoured.
+//! - [`StoredRefreshToken`]: a refresh-token credential whose newest rotated
+//!   refresh token lives in the cache's store, redeemed under its lease.
 //! - [`parse_token_response`]: the pure parser of token endpoint answers,
 //!   usable on its own.
 //! - [`TokenMiddleware`] for `reqwest-middleware`, and [`AddTokenLayer`] /
@@ -64,8 +72,10 @@ mod error;
 mod grant;
 mod header;
 mod jwt;
+mod managed;
 mod middleware;
 mod pem;
+mod refresh_store;
 mod response;
 mod transport;
 
@@ -79,6 +89,16 @@ pub use discovery::ServerMetadata;
 pub use error::ConfigError;
 pub use grant::{Grant, ACCESS_TOKEN_TYPE};
 pub use jwt::{PrivateKey, SigningAlgorithm, DEFAULT_ASSERTION_LIFETIME};
+pub use managed::{
+    AppServiceCredential, AppServiceCredentialBuilder, AzureImdsCredential,
+    AzureImdsCredentialBuilder, GcpMetadataCredential, GcpMetadataCredentialBuilder,
+    ManagedIdentityId, RetryRules, APP_SERVICE_API_VERSION, DEFAULT_METADATA_CONNECT_TIMEOUT,
+    DEFAULT_METADATA_REQUEST_TIMEOUT, GCP_METADATA_HOST, IMDS_API_VERSION, IMDS_ENDPOINT,
+};
 pub use middleware::TokenMiddleware;
+pub use refresh_store::{
+    StoredRefreshToken, DEFAULT_REFRESH_LEASE_TTL, DEFAULT_REFRESH_LEASE_WAIT,
+    DEFAULT_REFRESH_TOKEN_RETENTION,
+};
 pub use response::{parse_token_response, ClockSkew, ExpiresIn, TokenResponse, MAX_BODY_BYTES};
 pub use transport::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_REQUEST_TIMEOUT};

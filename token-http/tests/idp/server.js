@@ -292,8 +292,6 @@ server.listen(0, '127.0.0.1', () => {
     if (req.method === 'POST' && req.url === '/token') tokenRequests += 1;
     handle(req, res);
   });
-  console.log(`READY ${issuer}`);
-  // --- certificates and mutual TLS (issue 12, items 2 and 3) ---
   tlsServer.on('request', (req, res) => {
     if (req.method === 'POST' && req.url === '/__test/introspect') {
       introspect(provider, req, res);
@@ -301,9 +299,12 @@ server.listen(0, '127.0.0.1', () => {
     }
     server.emit('request', req, res);
   });
-  console.log(`MTLS ${tlsBase}`);
-  // --- end certificates and mutual TLS ---
+  // Both ready lines in one write: a harness that reads only the first and
+  // closes the pipe never makes a second write fail.
+  process.stdout.write(`READY ${issuer}\nMTLS ${tlsBase}\n`);
 });
+// A test harness that stopped reading is no reason to stop serving.
+process.stdout.on('error', () => {});
 
 process.stdin.on('end', () => process.exit(0));
 process.stdin.resume();
