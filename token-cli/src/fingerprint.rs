@@ -73,8 +73,34 @@ impl fmt::Debug for FingerprintKey {
     }
 }
 
+/// What a credential's cache entries are bound to, beyond its id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Binding {
+    /// Nothing more: the id already says enough (a certificate thumbprint,
+    /// an assertion file's path) or there is no secret (a managed identity,
+    /// a public client's refresh token, which is never fingerprinted).
+    None,
+    /// A fingerprint (from [`FingerprintKey::fingerprint`]) of the secret
+    /// of `kind` (`cs` client secret, `pk` private key).
+    Fingerprint {
+        kind: &'static str,
+        fingerprint: String,
+    },
+}
+
+impl Binding {
+    /// The binding to `secret` of `kind`, fingerprinted with `key`.
+    pub(crate) fn fingerprint(kind: &'static str, key: &FingerprintKey, secret: &[u8]) -> Self {
+        Self::Fingerprint {
+            kind,
+            fingerprint: key.fingerprint(kind, secret),
+        }
+    }
+}
+
 /// A credential whose id ends with the fingerprint of what it authenticates
-/// with: `<inner id>|fp=<kind>:<fingerprint>`.
+/// with, `<inner id>|fp=<kind>:<fingerprint>`, or is the inner id for
+/// [`Binding::None`].
 #[derive(Debug)]
 pub(crate) struct Bound<C> {
     inner: C,
@@ -82,9 +108,14 @@ pub(crate) struct Bound<C> {
 }
 
 impl<C: Credential> Bound<C> {
-    /// Binds `inner` to `fingerprint` (from [`FingerprintKey::fingerprint`]).
-    pub(crate) fn new(inner: C, kind: &str, fingerprint: &str) -> Self {
-        let id = format!("{}|fp={kind}:{fingerprint}", inner.id());
+    /// Binds `inner` as `binding` says.
+    pub(crate) fn new(inner: C, binding: Binding) -> Self {
+        let id = match binding {
+            Binding::None => inner.id().to_owned(),
+            Binding::Fingerprint { kind, fingerprint } => {
+                format!("{}|fp={kind}:{fingerprint}", inner.id())
+            }
+        };
         Self { inner, id }
     }
 }

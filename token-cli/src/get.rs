@@ -1,19 +1,33 @@
 //! `tokencache get`: settings (flags over profile), the credential, the
 //! cache, and the printed token.
+//!
+//! Every credential's cache entries are bound to what it authenticates
+//! with (see `fingerprint.rs` and the README's table): a keyed fingerprint
+//! of a client secret or private key; a mutual-TLS certificate by the
+//! thumbprint token-http puts in the id (its key must match it); an
+//! assertion file by its path (assertions rotate); a refresh-token grant by
+//! its client secret or key only (never the refresh token: it rotates, and
+//! the stored refresh token's record key derives from the unbound id); a
+//! managed identity by nothing (it has no secret).
 
 use std::io::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::SystemTime;
 
-use token_core::{AccessToken, CacheKey, Credential as _, Secret, TokenCache, TokenRequest};
-use token_http::{OAuthCredential, PrivateKey, SigningAlgorithm};
+use token_core::{AccessToken, CacheKey, Credential, Secret, TokenCache, TokenRequest};
+use token_http::{
+    AppServiceCredential, AzureImdsCredential, GcpMetadataCredential, ManagedIdentityId,
+    OAuthCredential, PrivateKey, SigningAlgorithm, StoredRefreshToken,
+};
 use zeroize::Zeroizing;
 
-use crate::cli::{Alg, AuthMethod, Format, GetArgs};
+use crate::cli::{Alg, AuthMethod, Format, GetArgs, ManagedKind};
+use crate::client_auth;
 use crate::config::{self, Profile};
 use crate::discovery;
 use crate::error::{self, CliError, Kind};
-use crate::fingerprint::{Bound, FingerprintKey};
+use crate::fingerprint::{Binding, Bound, FingerprintKey};
 use crate::hot;
 use crate::key;
 use crate::store::{self, Entry, Opened, StoreSpec};
@@ -25,8 +39,20 @@ pub(crate) struct Settings {
     issuer: Option<String>,
     client_id: String,
     secret: Option<Secret>,
+    /// The first refresh token (refresh-token grant).
+    refresh_token: Option<Secret>,
+    /// A managed identity instead of an IdP, and which of its identities.
+    managed: Option<ManagedKind>,
+    identity: Option<String>,
     private_key: Option<PathBuf>,
     key_id: Option<String>,
+    assertion_file: Option<PathBuf>,
+    certificate: Option<PathBuf>,
+    x5t: bool,
+    x5c: bool,
+    client_certificate: Option<PathBuf>,
+    client_key: Option<PathBuf>,
+    ca_file: Option<PathBuf>,
     alg: Option<Alg>,
     auth: Option<AuthMethod>,
     scopes: Vec<String>,
@@ -35,9 +61,14 @@ pub(crate) struct Settings {
     store: StoreSpec,
     format: Format,
     key_file: Option<PathBuf>,
+    /// The credential comes from the environment (`--from-env`).
+    from_env: bool,
+    /// A profile was named: settings missing or contradictory are its
+    /// configuration (3) rather than the command line's usage (2).
+    profile_named: bool,
 }
 
-/// Lays the flags over the profile and reads the secret.
+/// Lays the flags over the profile and reads the secrets.
 pub(crate) fn settings(args: GetArgs) -> Result<Settings, CliError> {
     let profile = match &args.profile {
         Some(name) => {
@@ -46,6 +77,15 @@ pub(crate) fn settings(args: GetArgs) -> Result<Settings, CliError> {
         }
         None => Profile::default(),
     };
+    let profile_named = args.profile.is_some();
+    let managed = match (args.managed_identity, profile.managed_identity.as_deref()) {
+        (Some(m), _) => Some(m),
+        (None, None) => None,
+        (None, Some(m)) => Some(parse_enum::<ManagedKind>("managed_identity", m)?),
+    };
+    if managed.is_some() {
+        return managed_settings(args, profile, managed);
+    }
     // A flag replaces the profile's value; both secret sources are one
     // setting, so a flag for one drops the profile's other.
     let (secret_env, secret_file) =
@@ -59,6 +99,13 @@ pub(crate) fn settings(args: GetArgs) -> Result<Settings, CliError> {
     } else {
         (profile.token_url, profile.issuer)
     };
+    let from_env = args.from_env || profile.from_env;
+    if from_env && (token_url.is_some() || issuer.is_some()) {
+        return Err(CliError::config(
+            "from_env takes the token endpoint from the environment: drop token_url/issuer from \
+             the profile, or from_env",
+        ));
+    }
     // Missing from the command line with no profile named is a usage
     // error (2); missing from a named profile is its configuration (3).
     let missing = |what: &str| match &args.profile {
@@ -69,20 +116,38 @@ pub(crate) fn settings(args: GetArgs) -> Result<Settings, CliError> {
             "{what}: the profile {name} has none, and no flag gives one"
         )),
     };
-    if token_url.is_none() && issuer.is_none() {
+    if token_url.is_none() && issuer.is_none() && !from_env {
         return Err(missing(
-            "no token endpoint: give --token-url URL or --issuer URL",
+            "no token endpoint: give --token-url URL, --issuer URL or --from-env",
         ));
     }
     let client_id = match args.client_id.or(profile.client_id) {
         Some(id) => id,
+        // Known once the credential is built from the environment.
+        None if from_env => String::new(),
         None => return Err(missing("no client id: give --client-id ID")),
     };
     let secret = match (secret_env, secret_file) {
-        (Some(var), _) => Some(secret_from_env(&var)?),
-        (None, Some(path)) => Some(secret_from_file(&path)?),
+        (Some(var), _) => Some(secret_from_env(&var, "--client-secret-env")?),
+        (None, Some(path)) => Some(secret_from_file(&path, "client secret")?),
         (None, None) => None,
     };
+    let (refresh_env, refresh_file) =
+        if args.refresh_token_env.is_some() || args.refresh_token_file.is_some() {
+            (args.refresh_token_env, args.refresh_token_file)
+        } else {
+            (profile.refresh_token_env, profile.refresh_token_file)
+        };
+    let refresh_token = match (refresh_env, refresh_file) {
+        (Some(var), _) => Some(secret_from_env(&var, "--refresh-token-env")?),
+        (None, Some(path)) => Some(secret_from_file(&path, "refresh token")?),
+        (None, None) => None,
+    };
+    if from_env && refresh_token.is_some() {
+        return Err(CliError::config(
+            "from_env builds a client credentials credential: it does not take a refresh token",
+        ));
+    }
     let alg = match (args.alg, profile.alg.as_deref()) {
         (Some(a), _) => Some(a),
         (None, None) => None,
@@ -107,8 +172,20 @@ pub(crate) fn settings(args: GetArgs) -> Result<Settings, CliError> {
         issuer,
         client_id,
         secret,
+        refresh_token,
+        managed: None,
+        identity: None,
         private_key: args.private_key_file.or(profile.private_key_file),
         key_id: args.key_id.or(profile.key_id),
+        assertion_file: args.client_assertion_file.or(profile.client_assertion_file),
+        certificate: args.certificate_file.or(profile.certificate_file),
+        x5t: args.x5t || profile.x5t,
+        x5c: args.x5c || profile.x5c,
+        client_certificate: args
+            .client_certificate_file
+            .or(profile.client_certificate_file),
+        client_key: args.client_key_file.or(profile.client_key_file),
+        ca_file: args.ca_file.or(profile.ca_file),
         alg,
         auth,
         scopes: if args.scopes.is_empty() {
@@ -121,6 +198,96 @@ pub(crate) fn settings(args: GetArgs) -> Result<Settings, CliError> {
         store,
         format,
         key_file: args.locations.key_file.or(profile.key_file),
+        from_env,
+        profile_named,
+    })
+}
+
+/// Settings for `--managed-identity`: no IdP, client or secret (a flag for
+/// one conflicts on the command line; the profile must not mix them either).
+fn managed_settings(
+    args: GetArgs,
+    profile: Profile,
+    managed: Option<ManagedKind>,
+) -> Result<Settings, CliError> {
+    let profile_named = args.profile.is_some();
+    let mixed = [
+        ("token_url", profile.token_url.is_some()),
+        ("issuer", profile.issuer.is_some()),
+        ("client_id", profile.client_id.is_some()),
+        ("client_secret_env", profile.client_secret_env.is_some()),
+        ("client_secret_file", profile.client_secret_file.is_some()),
+        ("private_key_file", profile.private_key_file.is_some()),
+        ("refresh_token_env", profile.refresh_token_env.is_some()),
+        ("refresh_token_file", profile.refresh_token_file.is_some()),
+        ("auth", profile.auth.is_some()),
+        (
+            "client_assertion_file",
+            profile.client_assertion_file.is_some(),
+        ),
+        ("certificate_file", profile.certificate_file.is_some()),
+        (
+            "client_certificate_file",
+            profile.client_certificate_file.is_some(),
+        ),
+        ("from_env", profile.from_env),
+    ];
+    if let Some((name, _)) = mixed.iter().find(|(_, set)| *set) {
+        return Err(CliError::config(format!(
+            "the profile sets {name}, which a managed identity does not use: remove it, or do not \
+             use --managed-identity with this profile"
+        )));
+    }
+    let format = match (args.format, profile.format.as_deref()) {
+        (Some(f), _) => f,
+        (None, None) => Format::Token,
+        (None, Some(f)) => parse_enum::<Format>("format", f)?,
+    };
+    let store = match args.store.or(profile.store) {
+        Some(s) => StoreSpec::parse(&s)?,
+        None => StoreSpec::Sled(None),
+    };
+    let identity = args.identity.or(profile.identity);
+    let kind = managed.map_or("", |k| match k {
+        ManagedKind::AzureImds => "azure-imds",
+        ManagedKind::AppService => "app-service",
+        ManagedKind::Gcp => "gcp",
+    });
+    Ok(Settings {
+        token_url: None,
+        issuer: None,
+        // What `inspect` shows and `purge --client-id` matches.
+        client_id: format!(
+            "managed-identity:{kind}:{}",
+            identity.as_deref().unwrap_or("default")
+        ),
+        secret: None,
+        refresh_token: None,
+        managed,
+        identity,
+        private_key: None,
+        key_id: None,
+        assertion_file: None,
+        certificate: None,
+        x5t: false,
+        x5c: false,
+        client_certificate: None,
+        client_key: None,
+        ca_file: None,
+        alg: None,
+        auth: None,
+        scopes: if args.scopes.is_empty() {
+            profile.scopes
+        } else {
+            args.scopes
+        },
+        audience: args.audience.or(profile.audience),
+        resource: args.resource.or(profile.resource),
+        store,
+        format,
+        key_file: args.locations.key_file.or(profile.key_file),
+        from_env: false,
+        profile_named,
     })
 }
 
@@ -137,10 +304,10 @@ fn parse_enum<T: clap::ValueEnum>(what: &str, value: &str) -> Result<T, CliError
     })
 }
 
-fn secret_from_env(var: &str) -> Result<Secret, CliError> {
+fn secret_from_env(var: &str, flag: &str) -> Result<Secret, CliError> {
     match std::env::var_os(var) {
         None => Err(CliError::config(format!(
-            "the environment variable {var} (from --client-secret-env) is not set"
+            "the environment variable {var} (from {flag}) is not set"
         ))),
         Some(v) => {
             let v = v.into_string().map_err(|_| {
@@ -150,7 +317,7 @@ fn secret_from_env(var: &str) -> Result<Secret, CliError> {
             })?;
             if v.is_empty() {
                 return Err(CliError::config(format!(
-                    "the environment variable {var} (from --client-secret-env) is empty"
+                    "the environment variable {var} (from {flag}) is empty"
                 )));
             }
             Ok(Secret::new(v))
@@ -158,19 +325,19 @@ fn secret_from_env(var: &str) -> Result<Secret, CliError> {
     }
 }
 
-fn secret_from_file(path: &std::path::Path) -> Result<Secret, CliError> {
+fn secret_from_file(path: &std::path::Path, what: &str) -> Result<Secret, CliError> {
     let text = std::fs::read_to_string(path)
         .map(Zeroizing::new)
         .map_err(|e| {
             CliError::config(format!(
-                "cannot read the client secret file {}: {e}",
+                "cannot read the {what} file {}: {e}",
                 path.display()
             ))
         })?;
     let trimmed = text.trim_end_matches(['\r', '\n']);
     if trimmed.is_empty() {
         return Err(CliError::config(format!(
-            "the client secret file {} is empty",
+            "the {what} file {} is empty",
             path.display()
         )));
     }
@@ -178,18 +345,8 @@ fn secret_from_file(path: &std::path::Path) -> Result<Secret, CliError> {
 }
 
 /// The private key at `path`, and its PEM text (to fingerprint).
-fn private_key(
-    s: &Settings,
-    path: &std::path::Path,
-) -> Result<(PrivateKey, Zeroizing<String>), CliError> {
-    let pem = std::fs::read_to_string(path)
-        .map(Zeroizing::new)
-        .map_err(|e| {
-            CliError::config(format!(
-                "cannot read the private key {}: {e}",
-                path.display()
-            ))
-        })?;
+fn private_key(s: &Settings, path: &Path) -> Result<(PrivateKey, Zeroizing<String>), CliError> {
+    let pem = client_auth::read_pem("private key", path)?;
     let bad = |e: token_http::ConfigError| {
         CliError::config(format!(
             "the private key {} is not usable: {e}",
@@ -210,32 +367,117 @@ fn private_key(
     Ok((key, pem))
 }
 
-/// The credential for `token_url`, bound to a fingerprint (made with
-/// `fingerprints`) of the secret or key it authenticates with, so that
-/// another secret for the same client never shares its cache entries.
+/// `--from-env`: the credential as `OAuthCredential::from_env` builds it,
+/// and its binding: the fingerprint of the secret or key in the file its
+/// variables name (read here from the same file, by the same precedence),
+/// nothing more for an assertion file (its path is in the id).
+async fn credential_from_env(
+    s: &mut Settings,
+    fingerprints: &FingerprintKey,
+) -> Result<(OAuthCredential, Binding), CliError> {
+    let credential = OAuthCredential::from_env().await.map_err(|e| match e {
+        token_http::ConfigError::Discovery { .. } => {
+            CliError::new(Kind::IdpUnavailable, e.to_string())
+        }
+        e => CliError::config(format!("--from-env: {e}")),
+    })?;
+    s.client_id = credential.client_id().to_owned();
+    s.token_url = Some(credential.token_url().to_owned());
+    let binding = env_binding(|name| std::env::var(name).ok(), fingerprints)?;
+    Ok((credential, binding))
+}
+
+/// The binding of the credential `OAuthCredential::from_env_with(var)`
+/// builds (see token-http's `env.rs` for the variables and precedence).
+fn env_binding(
+    var: impl Fn(&str) -> Option<String>,
+    fingerprints: &FingerprintKey,
+) -> Result<Binding, CliError> {
+    use token_http::env::{
+        AZURE_CLIENT_CERTIFICATE_PATH, ENV_CERTIFICATE_FILE, ENV_CLIENT_SECRET_FILE,
+        ENV_PRIVATE_KEY_FILE,
+    };
+    let get = |name: &str| var(name).filter(|v| !v.trim().is_empty());
+    let read = |name: &str, path: &str| {
+        std::fs::read_to_string(path)
+            .map(Zeroizing::new)
+            .map_err(|e| CliError::config(format!("--from-env: {name}: cannot read {path}: {e}")))
+    };
+    if let Some(path) = get(ENV_CLIENT_SECRET_FILE) {
+        let secret = read(ENV_CLIENT_SECRET_FILE, &path)?;
+        return Ok(Binding::fingerprint(
+            "cs",
+            fingerprints,
+            secret.trim().as_bytes(),
+        ));
+    }
+    let certificate = get(ENV_CERTIFICATE_FILE)
+        .map(|p| (ENV_CERTIFICATE_FILE, p))
+        .or_else(|| get(AZURE_CLIENT_CERTIFICATE_PATH).map(|p| (AZURE_CLIENT_CERTIFICATE_PATH, p)));
+    // The key file when it is apart, else the certificate's PEM (holding
+    // the key); a key file alone is a plain private_key_jwt.
+    let key = get(ENV_PRIVATE_KEY_FILE)
+        .map(|p| (ENV_PRIVATE_KEY_FILE, p))
+        .or(certificate);
+    match key {
+        Some((name, path)) => {
+            let pem = read(name, &path)?;
+            Ok(Binding::fingerprint(
+                "pk",
+                fingerprints,
+                pem.trim().as_bytes(),
+            ))
+        }
+        // An assertion file: bound by its path, which is in the id.
+        None => Ok(Binding::None),
+    }
+}
+
+/// The credential for `token_url` as the settings describe it (not from
+/// the environment, not a managed identity), unbound, and what to bind
+/// its cache entries to (made with `fingerprints`).
 fn credential(
     s: &Settings,
     token_url: &str,
     fingerprints: &FingerprintKey,
-) -> Result<Bound<OAuthCredential>, CliError> {
-    let builder = OAuthCredential::client_credentials(token_url, s.client_id.clone());
-    let auth = match (s.auth, &s.secret, &s.private_key) {
-        (Some(a), _, _) => a,
-        (None, Some(_), None) => AuthMethod::Basic,
-        (None, None, Some(_)) => AuthMethod::PrivateKeyJwt,
-        (None, Some(_), Some(_)) => {
-            return Err(CliError::config(
-                "both a client secret and a private key were given: choose one with --auth",
-            ))
-        }
-        (None, None, None) => {
-            return Err(CliError::config(
-                "no client authentication: give --client-secret-env VAR, --client-secret-file \
-                 PATH or --private-key-file PEM",
-            ))
-        }
+) -> Result<(OAuthCredential, Binding), CliError> {
+    let builder = match &s.refresh_token {
+        Some(rt) => OAuthCredential::refresh_token(token_url, s.client_id.clone(), rt.clone()),
+        None => OAuthCredential::client_credentials(token_url, s.client_id.clone()),
     };
-    let (builder, fingerprint) = match auth {
+    let given = client_auth::Given {
+        secret: s.secret.is_some(),
+        private_key: s.private_key.is_some(),
+        certificate: s.certificate.is_some(),
+        assertion_file: s.assertion_file.is_some(),
+        client_certificate: s.client_certificate.is_some(),
+    };
+    let invalid = |e: token_http::ConfigError| CliError::config(format!("invalid settings: {e}"));
+    let auth = match s.auth {
+        Some(a) => a,
+        // A refresh-token grant without client authentication: a public
+        // client (RFC 6749 §6), as native apps and CLIs are. Nothing to
+        // bind to: the refresh token itself is never fingerprinted.
+        None if s.refresh_token.is_some() && given.is_empty() => {
+            let builder = match &s.ca_file {
+                Some(path) => {
+                    builder.root_certificate_pem(client_auth::read_pem("CA file", path)?.as_str())
+                }
+                None => builder,
+            };
+            return Ok((builder.build().map_err(invalid)?, Binding::None));
+        }
+        // Two methods, or none, on the command line alone is a usage
+        // error; with a profile, its configuration.
+        None => client_auth::infer(&given).map_err(|e| {
+            if s.profile_named {
+                e
+            } else {
+                CliError::usage(e.to_string())
+            }
+        })?,
+    };
+    let (builder, binding) = match auth {
         AuthMethod::Basic | AuthMethod::Post => {
             let secret = s.secret.clone().ok_or_else(|| {
                 CliError::config(
@@ -243,27 +485,74 @@ fn credential(
                      --client-secret-file PATH",
                 )
             })?;
-            let fingerprint = fingerprints.fingerprint("cs", secret.expose().as_bytes());
+            let binding = Binding::fingerprint("cs", fingerprints, secret.expose().as_bytes());
             let builder = if auth == AuthMethod::Basic {
                 builder.client_secret(secret)
             } else {
                 builder.client_secret_post(secret)
             };
-            (builder, ("cs", fingerprint))
+            (builder, binding)
         }
-        AuthMethod::PrivateKeyJwt => {
-            let path = s.private_key.clone().ok_or_else(|| {
-                CliError::config("--auth private-key-jwt needs --private-key-file PEM")
+        AuthMethod::PrivateKeyJwt => match &s.certificate {
+            Some(cert) => {
+                // The key apart, or in the certificate's own PEM.
+                let (key, key_pem) = match s.private_key.as_deref() {
+                    Some(p) => {
+                        let (key, pem) = private_key(s, p)?;
+                        (Some(key), pem)
+                    }
+                    None => (None, client_auth::read_pem("certificate file", cert)?),
+                };
+                let binding = Binding::fingerprint("pk", fingerprints, key_pem.trim().as_bytes());
+                let key =
+                    client_auth::certificate_key(cert, key, s.key_id.as_deref(), s.x5t, s.x5c)?;
+                (builder.private_key_jwt(key), binding)
+            }
+            None => {
+                let path = s.private_key.clone().ok_or_else(|| {
+                    CliError::config(
+                        "--auth private-key-jwt needs --private-key-file PEM or --certificate-file \
+                         PEM",
+                    )
+                })?;
+                let (key, pem) = private_key(s, &path)?;
+                let binding = Binding::fingerprint("pk", fingerprints, pem.trim().as_bytes());
+                (builder.private_key_jwt(key), binding)
+            }
+        },
+        AuthMethod::ClientAssertion => {
+            let path = s.assertion_file.clone().ok_or_else(|| {
+                CliError::config("--auth client-assertion needs --client-assertion-file PATH")
             })?;
-            let (key, pem) = private_key(s, &path)?;
-            let fingerprint = fingerprints.fingerprint("pk", pem.trim().as_bytes());
-            (builder.private_key_jwt(key), ("pk", fingerprint))
+            // Checked now for a clear start-up error (and so that only a
+            // caller who can read it finds its entries); read again at
+            // every fetch. Bound by its path, which is in the id: the
+            // content rotates.
+            client_auth::check_assertion_file(&path)?;
+            (builder.client_assertion_file(path), Binding::None)
+        }
+        AuthMethod::TlsClientAuth | AuthMethod::SelfSignedTlsClientAuth => {
+            // Bound by the certificate's thumbprint, which token-http puts
+            // in the id; the key is checked against the certificate.
+            let certificate = client_auth::client_certificate(
+                s.client_certificate.as_deref(),
+                s.client_key.as_deref(),
+            )?;
+            let builder = if auth == AuthMethod::TlsClientAuth {
+                builder.tls_client_auth(certificate)
+            } else {
+                builder.self_signed_tls_client_auth(certificate)
+            };
+            (builder, Binding::None)
         }
     };
-    let credential = builder
-        .build()
-        .map_err(|e| CliError::config(format!("invalid settings: {e}")))?;
-    Ok(Bound::new(credential, fingerprint.0, &fingerprint.1))
+    let builder = match &s.ca_file {
+        Some(path) => {
+            builder.root_certificate_pem(client_auth::read_pem("CA file", path)?.as_str())
+        }
+        None => builder,
+    };
+    Ok((builder.build().map_err(invalid)?, binding))
 }
 
 /// The request `s` describes.
@@ -282,7 +571,16 @@ fn request(s: &Settings) -> TokenRequest {
 /// without opening sled. `Ok(false)` when it does not apply; then the full
 /// path runs, and reports whatever stopped this one (a missing key, ...).
 /// Needs no async runtime: `main` tries it before starting one.
+///
+/// It builds the very credential the full path builds, so its cache key
+/// (binding included) is the one the full path would look up: it can only
+/// print what the full path would print from the cache. Declined for a
+/// managed identity and `--from-env`, which the full path handles (the
+/// latter may need the network to discover its endpoint).
 pub(crate) fn warm(s: &Settings) -> Result<bool, CliError> {
+    if s.managed.is_some() || s.from_env {
+        return Ok(false);
+    }
     let Some(dir) = s.store.sled_dir()? else {
         return Ok(false);
     };
@@ -300,9 +598,12 @@ pub(crate) fn warm(s: &Settings) -> Result<bool, CliError> {
         },
         (None, None) => return Ok(false),
     };
-    let Ok(credential) = credential(s, &token_url, &loaded.fingerprint) else {
+    let Ok((credential, binding)) = credential(s, &token_url, &loaded.fingerprint) else {
         return Ok(false);
     };
+    // A refresh-token grant's id is its inner credential's
+    // (`StoredRefreshToken` adds nothing), so the bound id is the same.
+    let credential = Bound::new(credential, binding);
     let key = CacheKey::new(credential.id(), &request(s));
     let Some(token) = hot::read(&dir, &loaded.keyring, &key) else {
         return Ok(false);
@@ -312,15 +613,84 @@ pub(crate) fn warm(s: &Settings) -> Result<bool, CliError> {
     Ok(true)
 }
 
+/// The managed-identity credential and the endpoint it calls.
+fn managed_credential(
+    kind: ManagedKind,
+    identity: Option<&str>,
+) -> Result<(Arc<dyn Credential>, String), CliError> {
+    let invalid = |e: token_http::ConfigError| CliError::config(format!("--managed-identity: {e}"));
+    let azure_id = identity.map_or(ManagedIdentityId::SystemAssigned, |id| {
+        ManagedIdentityId::ClientId(id.to_owned())
+    });
+    Ok(match kind {
+        ManagedKind::AzureImds => {
+            let c = AzureImdsCredential::builder()
+                .identity(azure_id)
+                .build()
+                .map_err(invalid)?;
+            let url = c.endpoint().to_owned();
+            (Arc::new(c), url)
+        }
+        ManagedKind::AppService => {
+            let c = AppServiceCredential::from_env()
+                .and_then(|b| b.identity(azure_id).build())
+                .map_err(invalid)?;
+            let url = c.endpoint().to_owned();
+            (Arc::new(c), url)
+        }
+        ManagedKind::Gcp => {
+            let mut b = GcpMetadataCredential::builder();
+            if let Some(account) = identity {
+                b = b.service_account(account);
+            }
+            let c = b.build().map_err(invalid)?;
+            let url = c.url().to_owned();
+            (Arc::new(c), url)
+        }
+    })
+}
+
 /// Runs `get` the full way (after [`warm`] did not apply).
-pub(crate) async fn run(s: Settings) -> Result<(), CliError> {
+pub(crate) async fn run(mut s: Settings) -> Result<(), CliError> {
     let (opened, fingerprints) = store::open(&s.store, s.key_file.as_deref()).await?;
-    let (token_url, endpoint_source) = match (&s.token_url, &s.issuer) {
-        (Some(url), _) => (url.clone(), discovery::Source::Given),
-        (None, Some(issuer)) => discovery::token_endpoint(&opened, issuer).await?,
-        (None, None) => return Err(CliError::internal("settings always name an endpoint")),
+    let mut endpoint_source = discovery::Source::Given;
+    // The credential, unbound (a refresh-token grant's stored record key
+    // derives from this id), its binding, and its endpoint.
+    let (credential, binding, token_url): (Arc<dyn Credential>, Binding, String) = match s.managed {
+        Some(kind) => {
+            let (c, url) = managed_credential(kind, s.identity.as_deref())?;
+            (c, Binding::None, url)
+        }
+        None => {
+            let (oauth, binding) = match (&s.token_url, &s.issuer) {
+                (None, None) if s.from_env => credential_from_env(&mut s, &fingerprints).await?,
+                (None, None) => return Err(CliError::internal("settings always name an endpoint")),
+                (Some(url), _) => {
+                    let url = url.clone();
+                    credential(&s, &url, &fingerprints)?
+                }
+                (None, Some(issuer)) => {
+                    let (url, source) = discovery::token_endpoint(&opened, issuer).await?;
+                    endpoint_source = source;
+                    s.token_url = Some(url.clone());
+                    credential(&s, &url, &fingerprints)?
+                }
+            };
+            let url = oauth.token_url().to_owned();
+            (Arc::new(oauth), binding, url)
+        }
     };
-    let credential = credential(&s, &token_url, &fingerprints)?;
+    // A refresh-token grant keeps its newest (rotated) refresh token in the
+    // store, redeemed under that record's lease by one process at a time.
+    let (credential, refresh_record): (Arc<dyn Credential>, Option<CacheKey>) =
+        if s.refresh_token.is_some() {
+            let stored = StoredRefreshToken::new(credential, opened.as_dyn());
+            let record = stored.record_key().clone();
+            (Arc::new(stored), Some(record))
+        } else {
+            (credential, None)
+        };
+    let credential = Bound::new(credential, binding);
     let request = request(&s);
 
     let cache = TokenCache::builder(credential)
@@ -395,6 +765,20 @@ pub(crate) async fn run(s: Settings) -> Result<(), CliError> {
                 resource: s.resource.clone(),
             })
             .await?;
+        if let Some(record) = &refresh_record {
+            // The newest refresh token's record, so that `inspect` lists it
+            // and `purge --client-id` forgets it with the client's tokens.
+            opened
+                .record(&Entry {
+                    key: record.as_str().to_owned(),
+                    client_id: s.client_id.clone(),
+                    token_url: token_url.clone(),
+                    scopes: Vec::new(),
+                    audience: None,
+                    resource: None,
+                })
+                .await?;
+        }
     }
     if let Opened::Sled(sled) = &opened {
         // What sled now holds for the key, kept for the warm path when it is

@@ -11,6 +11,7 @@
 //! (messages and exit codes).
 
 mod cli;
+mod client_auth;
 mod config;
 mod demo;
 mod discovery;
