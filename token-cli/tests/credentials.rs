@@ -332,6 +332,58 @@ fn get_with_mutual_tls_caches_per_certificate() {
 }
 
 #[test]
+fn a_warm_cached_assertion_file_token_needs_the_file_readable_and_survives_its_rotation() {
+    let Some(idp) = idp() else { return };
+    let sb = Sandbox::new();
+    let token_url = format!("{}/token", idp.issuer);
+    let file = sb.path().join("projected-token");
+    // The default sled store, so the second and third gets take the warm
+    // path (no sled open).
+    std::fs::write(&file, mint_assertion(&token_url)).unwrap();
+    let out = get(
+        &sb,
+        &token_url,
+        "jwt-es-client",
+        &[],
+        &[("--client-assertion-file", &file)],
+    );
+    ok(&out);
+    assert_eq!(json(&out)["from_cache"], false);
+    let token = json(&out)["access_token"].clone();
+
+    // Rotated on disk: the same entry (bound by the path, not the content).
+    std::fs::write(&file, mint_assertion(&token_url)).unwrap();
+    let out = get(
+        &sb,
+        &token_url,
+        "jwt-es-client",
+        &["-v"],
+        &[("--client-assertion-file", &file)],
+    );
+    ok(&out);
+    assert_eq!(json(&out)["from_cache"], true);
+    assert!(stderr(&out).contains("warm file"), "{}", stderr(&out));
+    assert_eq!(json(&out)["access_token"], token);
+
+    // Gone: no token, warm or not, for whoever cannot read the file.
+    std::fs::remove_file(&file).unwrap();
+    let out = get(
+        &sb,
+        &token_url,
+        "jwt-es-client",
+        &[],
+        &[("--client-assertion-file", &file)],
+    );
+    assert_config_error(&out);
+    assert!(out.stdout.is_empty(), "no token printed");
+    assert!(
+        stderr(&out).contains(&file.display().to_string()),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
 fn two_client_authentications_at_once_are_a_usage_error_naming_both() {
     let sb = Sandbox::new();
     let out = sb
