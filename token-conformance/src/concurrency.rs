@@ -6,7 +6,8 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use token_core::{AccessToken, CacheKey, CacheStore, PutOutcome, StoreEvent, TokenFingerprint};
+use token_core::backend::{StoreEvent, TokenFingerprint};
+use token_core::{AccessToken, CacheKey, CacheStore, PutOutcome};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::Barrier;
 

@@ -1,7 +1,8 @@
 //! Stored bytes that cannot be decoded (or decrypted) read as a counted
 //! miss: never a panic, never an error, never a token.
 
-use token_core::{encode_token, random_u128, AccessToken, CacheKey, PutOutcome, FORMAT_VERSION};
+use token_core::backend::{encode_token, random_u128, FORMAT_VERSION};
+use token_core::{AccessToken, CacheKey, PutOutcome};
 
 use crate::failure::{CheckFailure, OrFail};
 use crate::fixture::{Fixture, RawAccess};

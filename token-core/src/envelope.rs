@@ -735,8 +735,10 @@ mod tests {
         assert_eq!(EncryptionKey::from_env(var).unwrap().id(), key.id());
         std::env::remove_var(var);
 
-        let dir =
-            std::env::temp_dir().join(format!("token-core-envelope-{:x}", crate::random_u128()));
+        let dir = std::env::temp_dir().join(format!(
+            "token-core-envelope-{:x}",
+            crate::rng::random_u128()
+        ));
         std::fs::create_dir_all(&dir).unwrap();
         let raw = dir.join("raw.key");
         std::fs::write(&raw, [7u8; 32]).unwrap();
@@ -787,8 +789,10 @@ mod tests {
                 assert!(!text.contains(material), "{text}");
             }
         }
-        let dir =
-            std::env::temp_dir().join(format!("token-core-envelope-{:x}", crate::random_u128()));
+        let dir = std::env::temp_dir().join(format!(
+            "token-core-envelope-{:x}",
+            crate::rng::random_u128()
+        ));
         std::fs::create_dir_all(&dir).unwrap();
         let bin = dir.join("bin.key");
         std::fs::write(&bin, [0xff, 0xfe, 0x00, 0x80]).unwrap();

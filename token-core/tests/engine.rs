@@ -6,6 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
+use token_core::backend::{decode_token, encode_token};
+use token_core::policy::{DEFAULT_ASSUMED_LIFETIME, DEFAULT_MAX_LIFETIME};
 use token_core::*;
 
 fn cache(idp: &Arc<FakeIdp>, policy: RefreshPolicy) -> TokenCache {
@@ -16,7 +18,7 @@ fn cache(idp: &Arc<FakeIdp>, policy: RefreshPolicy) -> TokenCache {
 }
 
 fn no_jitter() -> RefreshPolicy {
-    RefreshPolicy::default().jitter_fraction(0.0)
+    RefreshPolicy::default().with_jitter_fraction(0.0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -422,7 +424,7 @@ async fn a_hung_fetch_times_out_on_its_own_clock() {
     let clock = ManualClock::new();
     let idp = FakeIdp::new(&clock, hour());
     idp.set_mode(Mode::Hang);
-    let policy = RefreshPolicy::default().fetch_timeout(Duration::from_secs(5));
+    let policy = RefreshPolicy::default().with_fetch_timeout(Duration::from_secs(5));
     let cache = cache(&idp, policy);
     let req = request("a");
     let task = tokio::spawn({

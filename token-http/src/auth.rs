@@ -16,7 +16,7 @@ use crate::challenge::rejects_token;
 
 /// The error type of [`Auth`]: the inner service's error, or the cache's
 /// [`token_core::Error`] when no token could be had (downcast to tell).
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub use token_core::BoxError;
 
 /// Wraps services in [`Auth`]:
 /// A tower middleware that puts the cached token on every request: for

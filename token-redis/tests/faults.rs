@@ -58,10 +58,10 @@ fn token(secret: &str, lifetime: Duration) -> AccessToken {
 
 fn fast_config(url: String, label: &str) -> RedisConfig {
     RedisConfig::new(url)
-        .key_prefix(support::fresh_prefix(label))
-        .command_timeout(Duration::from_millis(200))
-        .connect_timeout(Duration::from_millis(200))
-        .circuit_breaker(3, Duration::from_millis(200))
+        .with_key_prefix(support::fresh_prefix(label))
+        .with_command_timeout(Duration::from_millis(200))
+        .with_connect_timeout(Duration::from_millis(200))
+        .with_circuit_breaker(3, Duration::from_millis(200))
 }
 
 /// Calls `f` until it returns `Some`, at most `tries` times, 50 ms apart.
@@ -81,8 +81,8 @@ where
 
 fn policy() -> RefreshPolicy {
     RefreshPolicy::default()
-        .store_timeout(Duration::from_millis(500))
-        .store_cooldown(Duration::from_millis(300))
+        .with_store_timeout(Duration::from_millis(500))
+        .with_store_cooldown(Duration::from_millis(300))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -358,12 +358,12 @@ async fn lost_lease_acquire_reply_is_resolved_by_reading_the_lease_back() {
     let prefix = support::fresh_prefix("lost-reply");
     let through_proxy = RedisStore::connect(
         RedisConfig::new(format!("redis://127.0.0.1:{}", proxy.port))
-            .key_prefix(prefix.clone())
-            .invalidation_events(false),
+            .with_key_prefix(prefix.clone())
+            .with_invalidation_events(false),
     )
     .await
     .unwrap();
-    let direct = RedisStore::connect(RedisConfig::new(server.url()).key_prefix(prefix))
+    let direct = RedisStore::connect(RedisConfig::new(server.url()).with_key_prefix(prefix))
         .await
         .unwrap();
     // Load the script, so the acquire below is a single EVALSHA.
@@ -416,7 +416,7 @@ async fn invalidate_on_one_instance_drops_the_token_from_the_others_hot_slots() 
         return;
     };
     let prefix = support::fresh_prefix("invalidate");
-    let config = RedisConfig::new(server.url()).key_prefix(prefix);
+    let config = RedisConfig::new(server.url()).with_key_prefix(prefix);
     let idp = CountingIdp::new(Duration::from_secs(3600));
     let store_a = RedisStore::connect(config.clone()).await.unwrap();
     let channel = store_a.events_channel().to_owned();
@@ -497,9 +497,9 @@ async fn acl_users_connect_and_wrong_passwords_fail_without_showing_them() {
 
     let ok = RedisStore::connect(
         RedisConfig::new(format!("redis://127.0.0.1:{port}"))
-            .username("tokens")
-            .password("acl-pass-7f3a")
-            .key_prefix(support::fresh_prefix("acl")),
+            .with_username("tokens")
+            .with_password("acl-pass-7f3a")
+            .with_key_prefix(support::fresh_prefix("acl")),
     )
     .await
     .expect("the ACL user connects");
@@ -516,8 +516,8 @@ async fn acl_users_connect_and_wrong_passwords_fail_without_showing_them() {
     for config in [
         RedisConfig::new(format!("redis://tokens:wrong-pass-5e1d@127.0.0.1:{port}")),
         RedisConfig::new(format!("redis://127.0.0.1:{port}"))
-            .username("tokens")
-            .password("wrong-pass-5e1d"),
+            .with_username("tokens")
+            .with_password("wrong-pass-5e1d"),
     ] {
         let shown = format!("{config:?}");
         assert!(!shown.contains("wrong-pass-5e1d"), "{shown}");
@@ -544,26 +544,26 @@ async fn encrypted_values_are_unreadable_without_the_right_key() {
     else {
         return;
     };
-    let config = RedisConfig::new(server.url()).key_prefix(support::fresh_prefix("enc"));
+    let config = RedisConfig::new(server.url()).with_key_prefix(support::fresh_prefix("enc"));
     let key_bytes = [7u8; 32];
     let writer = RedisStore::connect(
         config
             .clone()
-            .encryption(Keyring::new(EncryptionKey::from_bytes(key_bytes))),
+            .with_encryption(Keyring::new(EncryptionKey::from_bytes(key_bytes))),
     )
     .await
     .unwrap();
     let same_key = RedisStore::connect(
         config
             .clone()
-            .encryption(Keyring::new(EncryptionKey::from_bytes(key_bytes))),
+            .with_encryption(Keyring::new(EncryptionKey::from_bytes(key_bytes))),
     )
     .await
     .unwrap();
     let other_key = RedisStore::connect(
         config
             .clone()
-            .encryption(Keyring::new(EncryptionKey::from_bytes([9u8; 32]))),
+            .with_encryption(Keyring::new(EncryptionKey::from_bytes([9u8; 32]))),
     )
     .await
     .unwrap();

@@ -69,9 +69,9 @@ async fn no_secret_in_logs_errors_or_debug() {
 
     let mut seen = String::new();
     let config = RedisConfig::new(format!("redis://:{PASSWORD}@127.0.0.1:{}", server.port))
-        .key_prefix(support::fresh_prefix("secrets"))
-        .command_timeout(Duration::from_millis(200))
-        .circuit_breaker(2, Duration::from_millis(100));
+        .with_key_prefix(support::fresh_prefix("secrets"))
+        .with_command_timeout(Duration::from_millis(200))
+        .with_circuit_breaker(2, Duration::from_millis(100));
     seen.push_str(&format!("{config:?}"));
     let store = RedisStore::connect(config.clone()).await.unwrap();
     seen.push_str(&format!("{store:?}"));
@@ -96,7 +96,7 @@ async fn no_secret_in_logs_errors_or_debug() {
 
     // Failures: wrong password, a dead server.
     let wrong = RedisStore::connect(
-        RedisConfig::new(format!("redis://127.0.0.1:{}", server.port)).password("not-it-e07a"),
+        RedisConfig::new(format!("redis://127.0.0.1:{}", server.port)).with_password("not-it-e07a"),
     )
     .await
     .unwrap_err();

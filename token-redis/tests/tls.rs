@@ -27,9 +27,10 @@ use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
 };
+use token_core::backend::StoreEvent;
 use token_core::{
-    AccessToken, CacheKey, CacheStore, Credential, CredentialError, PutOutcome, StoreEvent,
-    TokenCache, TokenRequest,
+    AccessToken, CacheKey, CacheStore, Credential, CredentialError, PutOutcome, TokenCache,
+    TokenRequest,
 };
 use token_redis::{RedisConfig, RedisStore, RedisStoreError};
 
@@ -155,10 +156,10 @@ impl Drop for Pki {
 /// and short timeouts.
 fn config(server: &support::RedisServer, pki: &Pki) -> RedisConfig {
     RedisConfig::new(server.url())
-        .tls_root_certificates(pki.ca_pem.as_bytes())
-        .key_prefix(support::fresh_prefix("tls"))
-        .connect_timeout(Duration::from_secs(2))
-        .command_timeout(Duration::from_secs(1))
+        .with_tls_root_certificates(pki.ca_pem.as_bytes())
+        .with_key_prefix(support::fresh_prefix("tls"))
+        .with_connect_timeout(Duration::from_secs(2))
+        .with_command_timeout(Duration::from_secs(1))
 }
 
 /// The error and all its sources, one line.
@@ -301,7 +302,7 @@ async fn conformance(base: RedisConfig) {
     let report = token_conformance::run_all(move || {
         let config = base
             .clone()
-            .key_prefix(support::fresh_prefix("tls-conformance"));
+            .with_key_prefix(support::fresh_prefix("tls-conformance"));
         async move {
             let store = RedisStore::connect(config.clone()).await?;
             let second = RedisStore::connect(config).await?;
@@ -336,10 +337,10 @@ async fn a_tls_cluster_serves_tokens_passes_conformance_and_checks_certificates(
     let urls = cluster.urls();
     assert!(urls.iter().all(|u| u.starts_with("rediss://")), "{urls:?}");
     let config = RedisConfig::cluster(urls.clone())
-        .tls_root_certificates(pki.ca_pem.as_bytes())
-        .key_prefix(support::fresh_prefix("tls-cluster"))
-        .connect_timeout(Duration::from_secs(2))
-        .command_timeout(Duration::from_secs(1));
+        .with_tls_root_certificates(pki.ca_pem.as_bytes())
+        .with_key_prefix(support::fresh_prefix("tls-cluster"))
+        .with_connect_timeout(Duration::from_secs(2))
+        .with_command_timeout(Duration::from_secs(1));
 
     // Tokens spread over the slots (so over all three nodes) round-trip.
     let store = bounded(RedisStore::connect(config.clone())).await.unwrap();
@@ -374,8 +375,8 @@ async fn a_tls_cluster_serves_tokens_passes_conformance_and_checks_certificates(
     let stranger = Pki::new("cluster-stranger");
     let err = bounded(RedisStore::connect(
         RedisConfig::cluster(urls)
-            .tls_root_certificates(stranger.ca_pem.as_bytes())
-            .connect_timeout(Duration::from_secs(2)),
+            .with_tls_root_certificates(stranger.ca_pem.as_bytes())
+            .with_connect_timeout(Duration::from_secs(2)),
     ))
     .await
     .unwrap_err();
@@ -402,7 +403,7 @@ async fn an_untrusted_server_certificate_is_refused_with_a_clear_error() {
         // The system's roots, which do not know the throwaway CA.
         (
             "the system roots",
-            RedisConfig::new(server.url()).connect_timeout(Duration::from_secs(2)),
+            RedisConfig::new(server.url()).with_connect_timeout(Duration::from_secs(2)),
         ),
     ];
     for (trusting, config) in refusals {
@@ -436,7 +437,7 @@ async fn mutual_tls_needs_the_client_certificate() {
         return;
     };
     // With the client certificate: works.
-    let with_cert = config(&server, &pki).tls_client_certificate(
+    let with_cert = config(&server, &pki).with_tls_client_certificate(
         pki.client_cert_pem.as_bytes(),
         pki.client_key_pem.as_bytes(),
     );
@@ -465,7 +466,7 @@ async fn mutual_tls_needs_the_client_certificate() {
 
     // A certificate from another CA: refused too.
     let stranger = Pki::new("mtls-stranger");
-    let wrong = config(&server, &pki).tls_client_certificate(
+    let wrong = config(&server, &pki).with_tls_client_certificate(
         stranger.client_cert_pem.as_bytes(),
         stranger.client_key_pem.as_bytes(),
     );
@@ -491,8 +492,8 @@ async fn mutual_tls_needs_the_client_certificate() {
 async fn key_material_never_shows_in_debug_or_config_errors() {
     let pki = Pki::new("debug");
     let config = RedisConfig::new("rediss://127.0.0.1:1")
-        .tls_root_certificates(pki.ca_pem.as_bytes())
-        .tls_client_certificate(
+        .with_tls_root_certificates(pki.ca_pem.as_bytes())
+        .with_tls_client_certificate(
             pki.client_cert_pem.as_bytes(),
             pki.client_key_pem.as_bytes(),
         );
@@ -508,13 +509,13 @@ async fn key_material_never_shows_in_debug_or_config_errors() {
         .collect::<Vec<_>>()
         .join("\n");
     let bad_key = RedisConfig::new("rediss://127.0.0.1:1")
-        .tls_client_certificate(pki.client_cert_pem.as_bytes(), truncated.as_bytes());
+        .with_tls_client_certificate(pki.client_cert_pem.as_bytes(), truncated.as_bytes());
     let bad_key_err = RedisStore::connect_lazy(bad_key.clone()).unwrap_err();
     assert!(
         matches!(bad_key_err, RedisStoreError::InvalidConfig(_)),
         "{bad_key_err}"
     );
-    let plain = RedisConfig::new("redis://127.0.0.1:1").tls_client_certificate(
+    let plain = RedisConfig::new("redis://127.0.0.1:1").with_tls_client_certificate(
         pki.client_cert_pem.as_bytes(),
         pki.client_key_pem.as_bytes(),
     );

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use token_core::backend::{storable_expiry, StoreEvent, TokenFingerprint};
 use token_core::*;
 use tokio::sync::Semaphore;
 
