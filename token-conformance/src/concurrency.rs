@@ -19,6 +19,15 @@ use crate::support::{
 };
 use crate::{ensure, fail};
 
+crate::harness::theme_checks! {
+    concurrency:
+    concurrent_puts_keep_the_latest_expiry,
+    concurrent_distinct_keys_do_not_interfere,
+    second_handle_shares_tokens,
+    invalidate_is_atomic,
+    invalidate_notifies_other_handles,
+}
+
 /// Writer tasks in [`concurrent_puts_keep_the_latest_expiry`].
 const WRITERS: usize = 32;
 /// Puts per writer task.

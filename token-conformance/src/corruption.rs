@@ -11,6 +11,18 @@ use crate::support::{
 };
 use crate::{ensure, fail};
 
+crate::harness::theme_checks! {
+    corruption:
+    raw_access_reaches_the_stored_value,
+    garbage_bytes_read_as_miss,
+    truncated_value_reads_as_miss,
+    future_format_version_reads_as_miss,
+    empty_value_reads_as_miss,
+    put_replaces_a_corrupt_value,
+    encrypted_value_hides_the_secret,
+    encrypted_value_is_bound_to_its_key,
+}
+
 /// Writes `bytes` under `key` and fails unless `get` reads them as a miss
 /// counted in `stats().corrupt_reads`.
 async fn expect_corrupt_miss(
