@@ -1,4 +1,4 @@
-//! `tokencache demo`: the main job in one command. A local IdP on loopback
+//! `tokencache demo`: what the cache does, in one command. A local IdP on loopback
 //! that counts its calls, many concurrent callers going through the real
 //! `OAuthCredential` and `TokenCache`, a progress line, and a summary of
 //! IdP calls made against requests served.
