@@ -12,6 +12,8 @@
 //! - [`Clock`]: injected time, so tests move a [`ManualClock`] instead of
 //!   sleeping.
 //!
+//! - `test_util` (feature `test-util`): the fake IdP every crate's tests
+//!   share.
 //! - [`backend`]: what only the authors of a store need (the byte format,
 //!   the envelope's framing, the in-process lease table, store events).
 //!
@@ -41,6 +43,9 @@ mod secret;
 mod slot;
 mod stats;
 mod store;
+#[cfg(feature = "test-util")]
+#[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
+pub mod test_util;
 mod token;
 
 pub use clock::{Clock, ManualClock, Sleep, SystemClock};
