@@ -8,48 +8,23 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use async_trait::async_trait;
+use token_core::test_util::FakeIdp;
 use token_core::{
-    AccessToken, CacheKey, CacheStore, Credential, CredentialError, RefreshPolicy, StoreError,
-    TokenCache, TokenRequest,
+    AccessToken, CacheKey, CacheStore, RefreshPolicy, StoreError, TokenCache, TokenRequest,
 };
 use token_redis::redis;
 use token_redis::{RedisConfig, RedisStore, RedisStoreError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-/// A credential that counts its calls and hands out `tok-<n>`.
-#[derive(Debug)]
-struct CountingIdp {
-    calls: AtomicUsize,
-    lifetime: Duration,
-}
-
-impl CountingIdp {
-    fn new(lifetime: Duration) -> Arc<Self> {
-        Arc::new(Self {
-            calls: AtomicUsize::new(0),
-            lifetime,
-        })
-    }
-    fn calls(&self) -> usize {
-        self.calls.load(Ordering::SeqCst)
-    }
-}
-
-#[async_trait]
-impl Credential for CountingIdp {
-    fn id(&self) -> &str {
-        "fault-idp"
-    }
-    async fn fetch(
-        &self,
-        _: &TokenRequest,
-        _: Option<&AccessToken>,
-    ) -> Result<AccessToken, CredentialError> {
-        let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
-        Ok(AccessToken::new(format!("tok-{n}"), SystemTime::now()).with_expires_in(self.lifetime))
-    }
+/// token-core's shared fake IdP, handing out `tok-<n>` that last `lifetime`.
+fn counting_idp(lifetime: Duration) -> Arc<FakeIdp> {
+    Arc::new(
+        FakeIdp::new()
+            .with_id("fault-idp")
+            .with_secret_prefix("tok-")
+            .with_lifetime(lifetime),
+    )
 }
 
 fn token(secret: &str, lifetime: Duration) -> AccessToken {
@@ -147,7 +122,7 @@ async fn cache_rides_out_a_stalled_server(
     let store = RedisStore::connect(fast_config(server.url(), "stall"))
         .await
         .unwrap();
-    let idp = CountingIdp::new(Duration::from_secs(3600));
+    let idp = counting_idp(Duration::from_secs(3600));
     let cache = TokenCache::builder_arc(idp.clone())
         .store(store.clone())
         .policy(policy())
@@ -273,7 +248,7 @@ async fn corrupt_and_foreign_values_are_counted_misses_and_the_cache_refetches()
     assert!(store.get(&key).await.unwrap().is_some());
 
     // The engine over it: a counted miss, one IdP call, the new token stored.
-    let idp = CountingIdp::new(Duration::from_secs(3600));
+    let idp = counting_idp(Duration::from_secs(3600));
     let cache = TokenCache::builder_arc(idp.clone())
         .store(store.clone())
         .policy(policy())
@@ -417,7 +392,7 @@ async fn invalidate_on_one_instance_drops_the_token_from_the_others_hot_slots() 
     };
     let prefix = support::fresh_prefix("invalidate");
     let config = RedisConfig::new(server.url()).with_key_prefix(prefix);
-    let idp = CountingIdp::new(Duration::from_secs(3600));
+    let idp = counting_idp(Duration::from_secs(3600));
     let store_a = RedisStore::connect(config.clone()).await.unwrap();
     let channel = store_a.events_channel().to_owned();
     let a = TokenCache::builder_arc(idp.clone())

@@ -8,6 +8,7 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use token_core::test_util::FakeIdp;
 use token_core::{AccessToken, CacheKey, CacheStore, TokenCache, TokenRequest};
 use token_redis::redis;
 use token_redis::{RedisConfig, RedisStore};
@@ -26,23 +27,6 @@ impl Write for Capture {
     }
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
-    }
-}
-
-#[derive(Debug)]
-struct Idp;
-
-#[async_trait::async_trait]
-impl token_core::Credential for Idp {
-    fn id(&self) -> &str {
-        "secrets-idp"
-    }
-    async fn fetch(
-        &self,
-        _: &TokenRequest,
-        _: Option<&AccessToken>,
-    ) -> Result<AccessToken, token_core::CredentialError> {
-        Ok(token())
     }
 }
 
@@ -77,7 +61,11 @@ async fn no_secret_in_logs_errors_or_debug() {
     seen.push_str(&format!("{store:?}"));
 
     // Normal use through the engine, an invalidation, corrupt values.
-    let cache = TokenCache::builder(Idp).store(store.clone()).build();
+    let idp = FakeIdp::new()
+        .with_id("secrets-idp")
+        .with_secret(TOKEN)
+        .with_refresh_token(REFRESH);
+    let cache = TokenCache::builder(idp).store(store.clone()).build();
     let request = TokenRequest::builder().scope("secrets").build();
     let got = cache.get_token(&request).await.unwrap();
     seen.push_str(&format!("{got:?} {cache:?}"));

@@ -19,7 +19,7 @@ mod support;
 
 use std::error::Error as _;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -28,10 +28,8 @@ use rcgen::{
     KeyUsagePurpose,
 };
 use token_core::backend::StoreEvent;
-use token_core::{
-    AccessToken, CacheKey, CacheStore, Credential, CredentialError, PutOutcome, TokenCache,
-    TokenRequest,
-};
+use token_core::test_util::FakeIdp;
+use token_core::{AccessToken, CacheKey, CacheStore, PutOutcome, TokenCache, TokenRequest};
 use token_redis::{RedisConfig, RedisStore, RedisStoreError};
 
 /// A throwaway CA with a server certificate (for `127.0.0.1` and
@@ -187,23 +185,14 @@ fn token(secret: &str) -> AccessToken {
         .with_refresh_token("refresh-over-tls")
 }
 
-#[derive(Debug, Default)]
-struct CountingIdp(AtomicUsize);
-
-#[async_trait::async_trait]
-impl Credential for CountingIdp {
-    fn id(&self) -> &str {
-        "tls-idp"
-    }
-
-    async fn fetch(
-        &self,
-        _: &TokenRequest,
-        _: Option<&AccessToken>,
-    ) -> Result<AccessToken, CredentialError> {
-        let n = self.0.fetch_add(1, Ordering::SeqCst) + 1;
-        Ok(token(&format!("tls-token-{n}")))
-    }
+/// token-core's shared fake IdP, handing out `tls-token-<n>`.
+fn counting_idp() -> Arc<FakeIdp> {
+    Arc::new(
+        FakeIdp::new()
+            .with_id("tls-idp")
+            .with_secret_prefix("tls-token-")
+            .with_refresh_token("refresh-over-tls"),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -251,7 +240,7 @@ async fn rediss_round_trips_tokens_and_leases_and_serves_a_token_cache() {
 
     // A TokenCache over the TLS store: one IdP call, then hits; a second
     // cache on another client adopts the token from Redis.
-    let idp = Arc::new(CountingIdp::default());
+    let idp = counting_idp();
     let cache = TokenCache::builder_arc(idp.clone())
         .store(store.clone())
         .build();
@@ -262,7 +251,7 @@ async fn rediss_round_trips_tokens_and_leases_and_serves_a_token_cache() {
     let second_cache = TokenCache::builder_arc(idp.clone()).store(other).build();
     let adopted = second_cache.get_token(&request).await.unwrap();
     assert!(adopted.same_secret(&first), "shared through Redis over TLS");
-    assert_eq!(idp.0.load(Ordering::SeqCst), 1);
+    assert_eq!(idp.calls(), 1);
     drop(server);
 }
 
@@ -362,12 +351,12 @@ async fn a_tls_cluster_serves_tokens_passes_conformance_and_checks_certificates(
             .is_none());
         assert!(store.release_lease(&key, &lease).await.unwrap());
     }
-    let idp = Arc::new(CountingIdp::default());
+    let idp = counting_idp();
     let cache = TokenCache::builder_arc(idp.clone()).store(store).build();
     let request = TokenRequest::builder().scope("tls-cluster").build();
     let first = cache.get_token(&request).await.unwrap();
     assert!(cache.get_token(&request).await.unwrap().same_secret(&first));
-    assert_eq!(idp.0.load(Ordering::SeqCst), 1);
+    assert_eq!(idp.calls(), 1);
 
     conformance(config).await;
 
