@@ -15,7 +15,7 @@ const KEY_ID_DOMAIN: &[u8] = b"token-cache key id v1\0";
 
 /// The short, public name of an [`EncryptionKey`]: the first 4 bytes of a
 /// domain-separated SHA-256 of the key. Written in every envelope so that a
-/// [`Keyring`] knows which of its keys opens it. Shown as 8 hex digits.
+/// [`Keyring`](super::Keyring) knows which of its keys opens it. Shown as 8 hex digits.
 ///
 /// It reveals nothing useful about the key (32 bits of a hash of 256 random
 /// bits) and is safe to log.
