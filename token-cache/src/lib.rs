@@ -99,4 +99,4 @@ pub use token_sled::{self as sled, SledStore};
 
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
-pub use token_http::{self as http, OAuthCredential, TokenMiddleware};
+pub use token_http::{self as http, AddTokenLayer, OAuthCredential, TokenMiddleware};

@@ -280,6 +280,10 @@ impl RefreshPolicy {
     /// `expires_at` (assumed when missing, capped when absurd) and a
     /// jittered `refresh_at`. Refuses tokens that are already expired.
     ///
+    /// A `refresh_at` the credential already set (an endpoint's
+    /// `refresh_in` hint) is honoured when it is earlier than the policy's
+    /// and after `obtained_at`; a later hint never delays the refresh.
+    ///
     /// `unit_random` is a value in `[0, 1)` that picks the jitter.
     pub fn schedule(
         &self,
@@ -309,7 +313,12 @@ impl RefreshPolicy {
         let jitter = jitter_span.mul_f64(unit_random.clamp(0.0, 1.0));
         // Jitter moves the refresh earlier, never past the obtained time.
         let before_expiry = (ahead + jitter).min(lifetime);
-        let refresh_at = expires_at - before_expiry;
+        let mut refresh_at = expires_at - before_expiry;
+        if let Some(hint) = token.refresh_at() {
+            if hint > obtained && hint < refresh_at {
+                refresh_at = hint;
+            }
+        }
         Ok(token
             .with_expires_at(expires_at)
             .with_refresh_at(refresh_at))
@@ -406,6 +415,29 @@ mod tests {
             p.schedule(past, 0.0).unwrap_err(),
             ScheduleError::NonPositiveLifetime { lifetime_secs: -60 }
         );
+    }
+
+    #[test]
+    fn an_earlier_refresh_hint_is_honoured_and_a_later_one_ignored() {
+        let p = RefreshPolicy::default().with_jitter_fraction(0.0);
+        let day = Duration::from_secs(24 * 3600);
+        let obtained = token(None).obtained_at();
+        let policy_at = p.schedule(token(Some(day)), 0.0).unwrap().refresh_at();
+        assert_eq!(policy_at, Some(obtained + day - day / 4));
+        let half = obtained + day / 2;
+        let hinted = p
+            .schedule(token(Some(day)).with_refresh_at(half), 0.0)
+            .unwrap();
+        assert_eq!(hinted.refresh_at(), Some(half));
+        let late = obtained + day - Duration::from_secs(60);
+        let ignored = p
+            .schedule(token(Some(day)).with_refresh_at(late), 0.0)
+            .unwrap();
+        assert_eq!(ignored.refresh_at(), policy_at);
+        let before = p
+            .schedule(token(Some(day)).with_refresh_at(obtained), 0.0)
+            .unwrap();
+        assert_eq!(before.refresh_at(), policy_at);
     }
 
     #[test]

@@ -116,7 +116,9 @@ impl AccessToken {
     }
 
     /// Sets the moment refresh-ahead should start. Normally left to the
-    /// engine's policy; stores set it when they read a token back.
+    /// engine's policy; stores set it when they read a token back. Set by a
+    /// credential, it is a hint (an endpoint's `refresh_in`): the policy
+    /// refreshes no later than it.
     pub fn with_refresh_at(mut self, refresh_at: SystemTime) -> Self {
         self.refresh_at = Some(refresh_at);
         self
