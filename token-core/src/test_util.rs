@@ -26,7 +26,7 @@
 //!
 //! Not for production: it hands out made-up tokens.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -56,7 +56,7 @@ pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(3600);
 const UNSTATED_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// What [`FakeIdp`] does on its next calls.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 #[non_exhaustive]
 pub enum Mode {
     /// Issue a token with this `expires_in` (`None`: the IdP omits it).
@@ -69,6 +69,8 @@ pub enum Mode {
     Transient(Option<Duration>),
     /// Fail permanently (`invalid_client`).
     Permanent,
+    /// Fail with exactly this error.
+    Fail(CredentialError),
     /// Panic inside `fetch`, to prove the engine contains it.
     Panic,
     /// Never answer, to prove the engine's fetch timeout.
@@ -106,6 +108,7 @@ pub struct FakeIdp {
     refresh_tokens: Option<Issue>,
     calls: AtomicUsize,
     mode: Mutex<Mode>,
+    script: Mutex<VecDeque<Mode>>,
     gate: Mutex<Option<Arc<Semaphore>>>,
     issued: Mutex<HashMap<String, Instant>>,
     call_times: Mutex<Vec<Instant>>,
@@ -134,6 +137,7 @@ impl FakeIdp {
             refresh_tokens: None,
             calls: AtomicUsize::new(0),
             mode: Mutex::new(Mode::Issue(Some(DEFAULT_LIFETIME))),
+            script: Mutex::new(VecDeque::new()),
             gate: Mutex::new(None),
             issued: Mutex::new(HashMap::new()),
             call_times: Mutex::new(Vec::new()),
@@ -197,9 +201,22 @@ impl FakeIdp {
         self.calls.load(Ordering::SeqCst)
     }
 
-    /// Changes what the next calls do.
+    /// Changes what the next calls do (after any [script](Self::with_script)
+    /// has run out).
     pub fn set_mode(&self, mode: Mode) {
         *lock(&self.mode) = mode;
+    }
+
+    /// Scripts the next calls: each call takes the next mode, and the last
+    /// one stays in force once the script has run out (as if set with
+    /// [`set_mode`](Self::set_mode)).
+    pub fn with_script(self, modes: impl IntoIterator<Item = Mode>) -> Self {
+        let mut script: VecDeque<Mode> = modes.into_iter().collect();
+        if let Some(last) = script.pop_back() {
+            *lock(&self.mode) = last;
+        }
+        *lock(&self.script) = script;
+        self
     }
 
     /// Makes every later fetch wait for a permit of the returned semaphore
@@ -270,7 +287,8 @@ impl Credential for FakeIdp {
                 .await
                 .map_err(|_| CredentialError::transient("the fake IdP's gate was closed"))?;
         }
-        let mode = lock(&self.mode).clone();
+        let scripted = lock(&self.script).pop_front();
+        let mode = scripted.unwrap_or_else(|| lock(&self.mode).clone());
         let secret = self.secrets.make(n);
         let now = self.clock.now();
         let issue = |token: AccessToken| match &self.refresh_tokens {
@@ -307,6 +325,7 @@ impl Credential for FakeIdp {
             }
             Mode::Permanent => Err(CredentialError::permanent("client authentication failed")
                 .with_code("invalid_client")),
+            Mode::Fail(e) => Err(e),
             // The point of this mode: a credential that panics.
             Mode::Panic => panic!("fake IdP panicked on purpose"),
             Mode::Hang => std::future::pending().await,
@@ -350,6 +369,26 @@ mod tests {
             .collect();
         assert_eq!(seen, [None, Some("rt-1".to_owned())]);
         assert_eq!(idp.calls(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_script_runs_in_order_and_its_last_mode_stays() {
+        let idp = FakeIdp::new().with_script([
+            Mode::Fail(CredentialError::permanent("not configured")),
+            Mode::Issue(Some(Duration::from_secs(60))),
+            Mode::Transient(None),
+        ]);
+        let e = idp.fetch(&request(), None).await.unwrap_err();
+        assert_eq!(e.message(), "not configured");
+        assert!(idp.fetch(&request(), None).await.is_ok());
+        for _ in 0..3 {
+            assert!(idp
+                .fetch(&request(), None)
+                .await
+                .unwrap_err()
+                .is_transient());
+        }
+        assert_eq!(idp.calls(), 5);
     }
 
     #[tokio::test]
