@@ -44,8 +44,8 @@ impl FingerprintKey {
     /// (memory): its entries never outlive the process anyway.
     pub(crate) fn random() -> Self {
         let mut bytes = [0u8; 32];
-        bytes[..16].copy_from_slice(&token_core::random_u128().to_le_bytes());
-        bytes[16..].copy_from_slice(&token_core::random_u128().to_le_bytes());
+        bytes[..16].copy_from_slice(&token_core::backend::random_u128().to_le_bytes());
+        bytes[16..].copy_from_slice(&token_core::backend::random_u128().to_le_bytes());
         let key = hmac::Key::new(hmac::HMAC_SHA256, &bytes);
         zeroize::Zeroize::zeroize(&mut bytes);
         Self(key)

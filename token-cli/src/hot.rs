@@ -24,7 +24,8 @@ use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use token_core::{decode_token, AccessToken, CacheKey, Keyring};
+use token_core::backend::decode_token;
+use token_core::{AccessToken, CacheKey, Keyring};
 
 /// The directory of warm files, inside the sled store directory.
 pub(crate) const DIR: &str = "tokencache-hot";
@@ -75,7 +76,7 @@ pub(crate) fn write(store_dir: &Path, key: &CacheKey, envelope: &[u8]) {
     let result = (|| {
         let dir = store_dir.join(DIR);
         DirBuilder::new().recursive(true).mode(0o700).create(&dir)?;
-        let tmp = dir.join(format!(".{:032x}.tmp", token_core::random_u128()));
+        let tmp = dir.join(format!(".{:032x}.tmp", token_core::backend::random_u128()));
         let mut f = OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -115,7 +116,8 @@ pub(crate) fn remove_all(store_dir: &Path) -> Result<(), std::io::Error> {
 mod tests {
     use std::time::Duration;
 
-    use token_core::{encode_token, EncryptionKey};
+    use token_core::backend::encode_token;
+    use token_core::EncryptionKey;
 
     use super::*;
 

@@ -17,7 +17,7 @@ use crate::header::authorization_value;
 
 /// The error type of [`AddToken`]: the inner service's error, or the cache's
 /// [`token_core::Error`] when no token could be had (downcast to tell).
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub use token_core::BoxError;
 
 /// Wraps services in [`AddToken`]:
 /// A tower middleware that puts the cached token on every request: for

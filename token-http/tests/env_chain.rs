@@ -4,12 +4,11 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::sync::Arc;
+use std::time::Duration;
 
-use async_trait::async_trait;
-use token_core::{AccessToken, Credential, CredentialError, TokenCache, TokenRequest};
+use token_core::test_util::{FakeIdp, Mode};
+use token_core::{Credential, CredentialError, TokenCache, TokenRequest};
 use token_http::env::{
     AZURE_AUTHORITY_HOST, AZURE_CLIENT_CERTIFICATE_PATH, AZURE_CLIENT_ID,
     AZURE_FEDERATED_TOKEN_FILE, AZURE_TENANT_ID, ENV_CERTIFICATE_FILE, ENV_CLIENT_ASSERTION_FILE,
@@ -186,51 +185,19 @@ async fn missing_or_conflicting_variables_are_errors_naming_them() {
     assert!(e.to_string().contains(AZURE_TENANT_ID), "{e}");
 }
 
-/// A credential whose answers are scripted, counting its calls.
-#[derive(Debug)]
-struct Scripted {
-    id: String,
-    answers: Mutex<Vec<Result<(), CredentialError>>>,
-    calls: AtomicUsize,
-}
-
-impl Scripted {
-    fn new(id: &str, answers: Vec<Result<(), CredentialError>>) -> Arc<Self> {
-        Arc::new(Self {
-            id: id.to_owned(),
-            answers: Mutex::new(answers),
-            calls: AtomicUsize::new(0),
-        })
-    }
-
-    fn calls(&self) -> usize {
-        self.calls.load(Ordering::SeqCst)
-    }
-}
-
-#[async_trait]
-impl Credential for Scripted {
-    fn id(&self) -> &str {
-        &self.id
-    }
-
-    async fn fetch(
-        &self,
-        _: &TokenRequest,
-        _: Option<&AccessToken>,
-    ) -> Result<AccessToken, CredentialError> {
-        self.calls.fetch_add(1, Ordering::SeqCst);
-        let mut answers = self.answers.lock().unwrap();
-        let answer = if answers.len() > 1 {
-            answers.remove(0)
-        } else {
-            answers[0].clone()
-        };
-        answer.map(|()| {
-            AccessToken::new(format!("token-of-{}", self.id), SystemTime::now())
-                .with_expires_in(Duration::from_secs(3600))
-        })
-    }
+/// token-core's shared fake IdP with scripted answers (the last one
+/// repeats), handing out `token-of-<id>` and counting its calls.
+fn scripted(id: &str, answers: Vec<Result<(), CredentialError>>) -> Arc<FakeIdp> {
+    let modes = answers.into_iter().map(|answer| match answer {
+        Ok(()) => Mode::Issue(Some(Duration::from_secs(3600))),
+        Err(e) => Mode::Fail(e),
+    });
+    Arc::new(
+        FakeIdp::new()
+            .with_id(id)
+            .with_secret(format!("token-of-{id}"))
+            .with_script(modes),
+    )
 }
 
 fn permanent(message: &str) -> Result<(), CredentialError> {
@@ -239,9 +206,9 @@ fn permanent(message: &str) -> Result<(), CredentialError> {
 
 #[tokio::test]
 async fn the_chain_tries_members_in_order_and_sticks_with_the_first_that_works() {
-    let env = Scripted::new("env-id", vec![permanent("env: not configured")]);
-    let workload = Scripted::new("workload-id", vec![Ok(()), permanent("revoked"), Ok(())]);
-    let developer = Scripted::new("dev-id", vec![Ok(())]);
+    let env = scripted("env-id", vec![permanent("env: not configured")]);
+    let workload = scripted("workload-id", vec![Ok(()), permanent("revoked"), Ok(())]);
+    let developer = scripted("dev-id", vec![Ok(())]);
     let chain = ChainCredential::builder()
         .selector_var(None)
         .member_arc("env", env.clone())
@@ -276,11 +243,11 @@ async fn when_every_member_fails_the_error_reports_each_one_in_order() {
         .selector_var(None)
         .member_arc(
             "env",
-            Scripted::new("a", vec![permanent("TOKEN_CACHE_CLIENT_ID is not set")]),
+            scripted("a", vec![permanent("TOKEN_CACHE_CLIENT_ID is not set")]),
         )
         .member_arc(
             "workload",
-            Scripted::new(
+            scripted(
                 "b",
                 vec![Err(CredentialError::transient("connection refused")
                     .with_retry_after(Duration::from_secs(7)))],
@@ -302,8 +269,8 @@ async fn when_every_member_fails_the_error_reports_each_one_in_order() {
 
     let all_permanent = ChainCredential::builder()
         .selector_var(None)
-        .member_arc("a", Scripted::new("a", vec![permanent("no")]))
-        .member_arc("b", Scripted::new("b", vec![permanent("no")]))
+        .member_arc("a", scripted("a", vec![permanent("no")]))
+        .member_arc("b", scripted("b", vec![permanent("no")]))
         .build()
         .unwrap();
     let e = all_permanent
@@ -318,8 +285,8 @@ async fn one_environment_variable_selects_the_member_that_runs() {
     // A variable of this test's own: tests run in parallel in one process.
     let var = "TOKEN_HTTP_TEST_CHAIN_SELECTOR";
     std::env::set_var(var, "workload");
-    let developer = Scripted::new("dev-id", vec![Ok(())]);
-    let workload = Scripted::new("workload-id", vec![permanent("federation not set up")]);
+    let developer = scripted("dev-id", vec![Ok(())]);
+    let workload = scripted("workload-id", vec![permanent("federation not set up")]);
     let chain = ChainCredential::builder()
         .selector_var(Some(var))
         .member_arc("developer", developer.clone())
@@ -350,8 +317,8 @@ async fn one_environment_variable_selects_the_member_that_runs() {
 
 #[tokio::test]
 async fn a_cached_chain_asks_its_stuck_member_once_per_token() {
-    let env = Scripted::new("env-id", vec![permanent("not configured")]);
-    let workload = Scripted::new("workload-id", vec![Ok(())]);
+    let env = scripted("env-id", vec![permanent("not configured")]);
+    let workload = scripted("workload-id", vec![Ok(())]);
     let chain = ChainCredential::builder()
         .selector_var(None)
         .member_arc("env", env.clone())
@@ -372,8 +339,8 @@ fn a_chain_needs_members_with_unique_names() {
     assert!(ChainCredential::builder().build().is_err());
     let e = ChainCredential::builder()
         .selector_var(None)
-        .member_arc("a", Scripted::new("x", vec![Ok(())]))
-        .member_arc("a", Scripted::new("y", vec![Ok(())]))
+        .member_arc("a", scripted("x", vec![Ok(())]))
+        .member_arc("a", scripted("y", vec![Ok(())]))
         .build()
         .unwrap_err();
     assert!(e.to_string().contains("`a`"), "{e}");

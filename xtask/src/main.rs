@@ -9,6 +9,7 @@ mod conformance;
 mod idp;
 mod redis;
 mod test;
+mod tidy;
 mod util;
 
 use std::process::ExitCode;
@@ -25,6 +26,7 @@ enum Command {
         test_args: Vec<String>,
     },
     Ci,
+    Tidy,
     Bench {
         args: Vec<String>,
     },
@@ -51,6 +53,7 @@ fn main() -> ExitCode {
             test_args,
         } => conformance::run(&selection, &test_args),
         Command::Ci => ci::run(),
+        Command::Tidy => tidy::run(),
         Command::Bench { args } => bench::run(&args),
         Command::RedisCheck => redis::check(),
     };
@@ -85,8 +88,14 @@ COMMANDS:
         which exist. TEST ARGS go to the test binary (e.g. a name filter).
 
     ci
-        cargo fmt --check, clippy with -D warnings, `test`, docs with -D warnings;
-        stops at the first failing step.
+        `tidy`, cargo fmt --check, clippy with -D warnings, `test`, docs with
+        -D warnings; stops at the first failing step.
+
+    tidy
+        Checks no compiler makes, each failing with a sentence naming the problem:
+        the README's Rust version is the workspace rust-version, every conformance
+        check is in its theme's list, token-core depends on no backend, and the
+        docs use plain words.
 
     bench [ARGS...]
         `cargo bench -p benches -- ARGS`: ARGS go to criterion (a name filter,
@@ -118,6 +127,7 @@ fn parse(args: &[String]) -> Result<Command, String> {
         "help" | "-h" | "--help" => Ok(Command::Help),
         "test" => no_arguments(name, rest).map(|()| Command::Test),
         "ci" => no_arguments(name, rest).map(|()| Command::Ci),
+        "tidy" => no_arguments(name, rest).map(|()| Command::Tidy),
         "conformance" => parse_conformance(rest),
         "bench" => {
             let args = match rest.split_first() {
@@ -207,6 +217,8 @@ mod tests {
     fn simple_commands_take_no_arguments() {
         assert_eq!(parse_str("test"), Ok(Command::Test));
         assert_eq!(parse_str("ci"), Ok(Command::Ci));
+        assert_eq!(parse_str("tidy"), Ok(Command::Tidy));
+        assert!(parse_str("tidy --fix").is_err());
         let err = parse_str("test --all-features").unwrap_err();
         assert!(err.contains("`--all-features`"), "{err}");
         assert!(parse_str("ci extra").is_err());
