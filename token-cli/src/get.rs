@@ -16,24 +16,24 @@ use crate::store::{self, Entry, StoreSpec};
 use crate::time::rfc3339;
 
 /// Everything `get` needs, after flags were laid over the profile.
-struct Settings {
+pub(crate) struct Settings {
     token_url: Option<String>,
     issuer: Option<String>,
-    client_id: String,
+    pub(crate) client_id: String,
     secret: Option<Secret>,
     private_key: Option<PathBuf>,
     key_id: Option<String>,
     alg: Option<Alg>,
     auth: Option<AuthMethod>,
-    scopes: Vec<String>,
-    audience: Option<String>,
-    resource: Option<String>,
-    store: StoreSpec,
+    pub(crate) scopes: Vec<String>,
+    pub(crate) audience: Option<String>,
+    pub(crate) resource: Option<String>,
+    pub(crate) store: StoreSpec,
     format: Format,
-    key_file: Option<PathBuf>,
+    pub(crate) key_file: Option<PathBuf>,
 }
 
-fn settings(args: GetArgs) -> Result<Settings, CliError> {
+pub(crate) fn settings(args: GetArgs) -> Result<Settings, CliError> {
     let profile = match &args.profile {
         Some(name) => {
             let path = config::config_path(args.locations.config.as_deref())?;
@@ -189,7 +189,7 @@ fn private_key(s: &Settings, path: &std::path::Path) -> Result<PrivateKey, CliEr
     })
 }
 
-async fn credential(s: &mut Settings) -> Result<OAuthCredential, CliError> {
+pub(crate) async fn credential(s: &mut Settings) -> Result<OAuthCredential, CliError> {
     let token_url = match (&s.token_url, &s.issuer) {
         (Some(url), _) => url.clone(),
         (None, Some(issuer)) => ServerMetadata::discover(issuer)
@@ -250,14 +250,7 @@ pub(crate) async fn run(args: GetArgs) -> Result<(), CliError> {
     let token_url = credential.token_url().to_owned();
     let opened = store::open(&s.store, s.key_file.as_deref()).await?;
 
-    let mut request = TokenRequest::builder().scopes(&s.scopes);
-    if let Some(a) = &s.audience {
-        request = request.audience(a.clone());
-    }
-    if let Some(r) = &s.resource {
-        request = request.resource(r.clone());
-    }
-    let request = request.build();
+    let request = token_request(&s);
 
     let cache = TokenCache::builder(credential)
         .store_arc(opened.as_dyn())
@@ -313,6 +306,18 @@ pub(crate) async fn run(args: GetArgs) -> Result<(), CliError> {
             .await?;
     }
     print(&token, s.format, stats.idp_calls == 0)
+}
+
+/// The token request the settings describe.
+pub(crate) fn token_request(s: &Settings) -> TokenRequest {
+    let mut request = TokenRequest::builder().scopes(&s.scopes);
+    if let Some(a) = &s.audience {
+        request = request.audience(a.clone());
+    }
+    if let Some(r) = &s.resource {
+        request = request.resource(r.clone());
+    }
+    request.build()
 }
 
 fn print(token: &Token, format: Format, from_cache: bool) -> Result<(), CliError> {

@@ -15,6 +15,7 @@ mod get;
 mod inspect;
 mod key;
 mod paths;
+mod serve;
 mod store;
 mod time;
 
@@ -55,6 +56,7 @@ async fn run(command: Command) -> Result<(), CliError> {
         Command::Get(args) => get::run(*args).await,
         Command::Inspect(args) => inspect::inspect(args).await,
         Command::Purge(args) => inspect::purge(args).await,
+        Command::Serve(args) => serve::run(args).await,
         Command::Demo(args) => demo::run(args).await,
         Command::DemoWorker(args) => demo::worker(args).await,
     }
