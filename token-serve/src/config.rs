@@ -263,10 +263,12 @@ fn route(r: RawRoute, prefixes: &mut BTreeSet<String>) -> Result<Route, ConfigEr
     })?;
     match upstream.scheme_str() {
         Some("http" | "https") => {}
-        _ => return Err(ConfigError::new(format!(
+        _ => {
+            return Err(ConfigError::new(format!(
             "[[serve.routes]] upstream \"{}\" (prefix {prefix}) must be an http:// or https:// URL",
             r.upstream
-        ))),
+        )))
+        }
     }
     if upstream.authority().is_none_or(|a| a.host().is_empty()) {
         return Err(ConfigError::new(format!(
