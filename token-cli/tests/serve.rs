@@ -766,3 +766,124 @@ fn bad_configs_stop_start_up_with_one_sentence_and_their_exit_codes() {
     }
     drop(taken);
 }
+
+/// The venv `cargo xtask test` creates (xtask/src/venv.rs), or `None` after
+/// saying why (a failure under CI).
+fn vendor_python() -> Option<PathBuf> {
+    let python = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/vendor-venv/bin/python");
+    let ok = python.exists()
+        && Command::new(&python)
+            .args(["-c", "import azure.identity, google.auth, requests"])
+            .status()
+            .is_ok_and(|s| s.success());
+    if ok {
+        return Some(python);
+    }
+    let why = format!(
+        "the vendor client libraries are not installed in {}: run `cargo xtask test` (or \
+         `python3 -m venv target/vendor-venv && target/vendor-venv/bin/pip install -r \
+         token-cli/tests/vendor/requirements.txt`)",
+        python.display()
+    );
+    assert!(!ci(), "{why}");
+    eprintln!("\n*** SKIPPING vendor-client test: {why}\n");
+    None
+}
+
+fn vendor_client(python: &Path, envs: &[(&str, String)], args: &[&str]) -> Vec<String> {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/vendor/clients.py");
+    let mut cmd = Command::new(python);
+    cmd.arg(script).args(args);
+    for var in [
+        "IDENTITY_ENDPOINT",
+        "IDENTITY_HEADER",
+        "IDENTITY_SERVER_THUMBPRINT",
+        "MSI_ENDPOINT",
+        "MSI_SECRET",
+        "IMDS_ENDPOINT",
+        "GCE_METADATA_HOST",
+        "GCE_METADATA_ROOT",
+        "GCE_METADATA_IP",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "http_proxy",
+        "https_proxy",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.env("NO_PROXY", "127.0.0.1")
+        .envs(envs.iter().map(|(k, v)| (*k, v)));
+    let out = cmd.output().expect("run python");
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn azure_identity_and_google_auth_get_their_tokens_from_the_sidecar() {
+    let Some(python) = vendor_python() else {
+        return;
+    };
+    let idp = FakeIdp::start(3600).await;
+    let sandbox = Sandbox::new();
+    let secret = sandbox.path().join("identity-header");
+    std::fs::write(&secret, "azure-identity-header-value\n").expect("write");
+    let config = write_config(
+        &sandbox,
+        &format!(
+            "{}\n[serve]\nlisten = \"{}\"\nsecret_file = \"{}\"\n[serve.azure]\n\"https://vault.azure.net\" = \"orders\"\n[serve.google]\nprofile = \"orders\"\nemail = \"sidecar@example.iam.gserviceaccount.com\"\n",
+            fake_profile("orders", &idp, "memory"),
+            free_addr(),
+            secret.display()
+        ),
+    );
+    let serve = start_serve(&sandbox, &config);
+    let azure = vendor_client(
+        &python,
+        &[
+            ("IDENTITY_ENDPOINT", format!("{}/azure/token", serve.base)),
+            ("IDENTITY_HEADER", "azure-identity-header-value".to_owned()),
+        ],
+        &["azure", "https://vault.azure.net/.default"],
+    );
+    assert_eq!(azure[0], "tok-1");
+    let expires_on: u64 = azure[1].parse().expect("expires_on");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("now")
+        .as_secs();
+    assert!(
+        expires_on > now + 3000 && expires_on <= now + 3600,
+        "{expires_on}"
+    );
+
+    let google = vendor_client(
+        &python,
+        &[(
+            "GCE_METADATA_HOST",
+            serve.base.trim_start_matches("http://").to_owned(),
+        )],
+        &["google"],
+    );
+    assert_eq!(google, ["tok-1", "sidecar@example.iam.gserviceaccount.com"]);
+    assert_eq!(idp.calls(), 1);
+
+    // The Azure endpoint refuses a wrong identity header.
+    let r = reqwest::Client::new()
+        .get(format!(
+            "{}/azure/token?api-version=2019-08-01&resource=https://vault.azure.net",
+            serve.base
+        ))
+        .header("x-identity-header", "wrong")
+        .send()
+        .await
+        .expect("r");
+    assert_eq!(r.status(), 401);
+    assert!(!r.text().await.expect("t").contains("tok-1"));
+}

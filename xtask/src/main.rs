@@ -10,6 +10,7 @@ mod idp;
 mod redis;
 mod test;
 mod util;
+mod venv;
 
 use std::process::ExitCode;
 
