@@ -887,3 +887,140 @@ async fn azure_identity_and_google_auth_get_their_tokens_from_the_sidecar() {
     assert_eq!(r.status(), 401);
     assert!(!r.text().await.expect("t").contains("tok-1"));
 }
+
+/// A private redis-server, killed when dropped.
+struct RedisServer(Child);
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Redis from `cargo xtask` (`TOKEN_CACHE_REDIS_URL`) or a private
+/// redis-server on a free loopback port; `None` (loudly, a failure under
+/// CI) without one.
+fn redis() -> Option<(String, Option<RedisServer>)> {
+    if let Ok(url) = std::env::var("TOKEN_CACHE_REDIS_URL") {
+        return Some((url, None));
+    }
+    let port = support::closed_port();
+    let child = Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+    let child = match child {
+        Ok(c) => RedisServer(c),
+        Err(e) => {
+            assert!(
+                !ci(),
+                "this test needs Redis and CI is set: cannot start redis-server: {e}"
+            );
+            eprintln!(
+                "\n*** SKIPPING the two-sidecars-on-Redis test: cannot start redis-server ({e})\n"
+            );
+            return None;
+        }
+    };
+    let started = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "redis-server did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Some((format!("redis://127.0.0.1:{port}"), Some(child)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_sidecars_on_one_redis_make_one_idp_call_per_refresh_between_them() {
+    let Some((url, _redis)) = redis() else { return };
+    // 20 s tokens: both sidecars' keep-warm timers come due at ~9-10 s.
+    let idp = FakeIdp::start(20).await;
+    let upstream = Upstream::start().await;
+    let sandbox = Sandbox::new();
+    let key = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+    let configs: Vec<PathBuf> = (0..2)
+        .map(|i| {
+            let path = sandbox.path().join(format!("serve-{i}.toml"));
+            let text = format!(
+                "{}\n[serve]\nlisten = \"{}\"\n{}",
+                fake_profile("orders", &idp, &url),
+                free_addr(),
+                route("/orders/", &upstream, "orders")
+            );
+            std::fs::write(&path, text).expect("write");
+            path
+        })
+        .collect();
+    let started = Instant::now();
+    let spawn = |config: PathBuf| {
+        let mut cmd = sandbox.cmd();
+        cmd.env("TOKENCACHE_KEY", key)
+            .args(["serve", "--config"])
+            .arg(config)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        cmd.spawn().expect("start serve")
+    };
+    // Both start at once: their prefetches race for the refresh lease.
+    let mut children: Vec<Child> = configs.into_iter().map(spawn).collect();
+    let mut serves = Vec::new();
+    for child in &mut children {
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("read");
+        serves.push(line.trim().trim_start_matches("listening on ").to_owned());
+    }
+    let serves: Vec<Serve> = children
+        .into_iter()
+        .zip(serves)
+        .map(|(child, base)| Serve { child, base })
+        .collect();
+    assert_eq!(idp.calls(), 1, "one IdP call for both sidecars' start-up");
+    let client = reqwest::Client::new();
+    for s in &serves {
+        let r = client
+            .get(format!("{}/orders/x", s.base))
+            .send()
+            .await
+            .expect("r");
+        assert_eq!(r.status(), 200);
+    }
+    // Through the refresh window: both keep their token warm, one calls.
+    while started.elapsed() < Duration::from_secs(13) {
+        for s in &serves {
+            let r = client
+                .get(format!("{}/orders/x", s.base))
+                .send()
+                .await
+                .expect("r");
+            assert_eq!(r.status(), 200);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        idp.calls(),
+        2,
+        "one IdP call for the refresh of both sidecars"
+    );
+    let tokens: HashSet<_> = upstream
+        .seen()
+        .into_iter()
+        .filter_map(|s| s.authorization)
+        .collect();
+    assert_eq!(tokens.len(), 2, "{tokens:?}");
+}
