@@ -211,12 +211,17 @@ fn write_config(sandbox: &Sandbox, text: &str) -> PathBuf {
 
 /// Starts `serve --config path` and waits for its `listening on` line.
 fn start_serve(sandbox: &Sandbox, config: &Path) -> Serve {
+    start_serve_with(sandbox, config, &[], Stdio::inherit())
+}
+
+fn start_serve_with(sandbox: &Sandbox, config: &Path, extra: &[&str], stderr: Stdio) -> Serve {
     let mut child = sandbox
         .cmd()
         .args(["serve", "--config"])
         .arg(config)
+        .args(extra)
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(stderr)
         .spawn()
         .expect("start tokencache serve");
     let stdout = child.stdout.take().expect("stdout");
@@ -438,7 +443,13 @@ async fn token_requests_without_metadata_or_through_a_proxy_are_refused() {
             secret.display()
         ),
     );
-    let serve = start_serve(&sandbox, &config);
+    let log = sandbox.path().join("serve.log");
+    let mut serve = start_serve_with(
+        &sandbox,
+        &config,
+        &["--log-format", "json"],
+        Stdio::from(std::fs::File::create(&log).expect("log file")),
+    );
     let client = reqwest::Client::new();
     let url = format!("{}/v1/token?profile=orders", serve.base);
     let get = |headers: &[(&str, &str)]| {
@@ -508,6 +519,24 @@ async fn token_requests_without_metadata_or_through_a_proxy_are_refused() {
     }
     assert!(!m.contains("tok-1") && !m.contains(support::SECRET));
     assert_eq!(idp.calls(), 1);
+
+    // The log: JSON lines, and neither the token, the client secret nor
+    // the sidecar's secret in any of them.
+    let pid = serve.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill")
+        .success());
+    assert_eq!(serve.child.wait().expect("wait").code(), Some(0));
+    let log = std::fs::read_to_string(&log).expect("log");
+    assert!(log.lines().count() >= 2, "{log}");
+    for line in log.lines() {
+        serde_json::from_str::<serde_json::Value>(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    }
+    for secret in ["tok-1", support::SECRET, "sidecar-shared-secret"] {
+        assert!(!log.contains(secret), "{secret} in the log:\n{log}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
