@@ -151,6 +151,15 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), CliError> {
     let handle = PrometheusBuilder::new()
         .install_recorder()
         .map_err(|e| CliError::internal(format!("cannot set up metrics: {e}")))?;
+    // The recorder's histograms need upkeep even when nobody scrapes.
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(5));
+        loop {
+            every.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
     let sidecar = builder
         .metrics(handle)
         .build()

@@ -105,7 +105,9 @@ pub(crate) async fn forward(
         Some(n) => n <= inner.retry_body_limit as u64,
         None => false,
     };
-    let (buffered, mut streamed): (Option<Bytes>, Option<Incoming>) = if small {
+    let (buffered, mut streamed): (Option<Bytes>, Option<Incoming>) = if size == Some(0) {
+        (Some(Bytes::new()), None)
+    } else if small {
         match Limited::new(body, inner.retry_body_limit).collect().await {
             Ok(c) => (Some(c.to_bytes()), None),
             Err(e) => {

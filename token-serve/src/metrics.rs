@@ -47,6 +47,8 @@ impl Metrics {
     }
 
     pub(crate) fn render(&self) -> String {
+        // Drains expired histogram windows; without it they only grow.
+        self.handle.run_upkeep();
         self.handle.render()
     }
 }
