@@ -35,7 +35,7 @@ use token_cache::AccessToken;
 
 use crate::config::Route;
 use crate::response::{self, Body};
-use crate::sidecar::Inner;
+use crate::sidecar::{Inner, Unavailable};
 
 /// How long connecting to an upstream may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -162,12 +162,21 @@ pub(crate) async fn forward(
             tracing::info!(route = %route.prefix, dropped, "upstream rejected the token (invalid_token)");
             if !retried && buffered.is_some() {
                 retried = true;
-                match inner.token(profile).await {
-                    Ok(t) => {
-                        token = t.to_access_token();
-                        continue;
-                    }
+                let mut next = match inner.token(profile).await {
+                    Ok(t) => t.to_access_token(),
                     Err(u) => return u.response(&route.profile),
+                };
+                if next.same_secret(&token) {
+                    // The cache handed back the token just rejected (a
+                    // store that had not dropped it yet): fetch anew.
+                    next = match profile.cache.refresh(profile.handle.request()).await {
+                        Ok(t) => t.to_access_token(),
+                        Err(e) => return Unavailable::from_engine(&e).response(&route.profile),
+                    };
+                }
+                if !next.same_secret(&token) {
+                    token = next;
+                    continue;
                 }
             }
         }

@@ -329,7 +329,7 @@ pub(crate) struct Unavailable {
 }
 
 impl Unavailable {
-    fn from_engine(e: &Error) -> Self {
+    pub(crate) fn from_engine(e: &Error) -> Self {
         let code = match e {
             Error::Credential(c) if c.is_transient() => "idp_unavailable",
             Error::Credential(_) => "idp_rejected",
