@@ -16,7 +16,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use benches::{on_threads, poll_once, InstantIdp};
+use benches::{instant_idp, on_threads, poll_once};
 use criterion::Criterion;
 use token_core::{CacheKey, TokenCache, TokenRequest};
 
@@ -45,7 +45,7 @@ fn bench(c: &mut Criterion) {
         .enable_time()
         .build()
         .expect("runtime");
-    let cache = TokenCache::builder(InstantIdp).build();
+    let cache = TokenCache::builder(instant_idp()).build();
     let req = request();
     rt.block_on(async { cache.get_token(&req).await.expect("first fetch") });
     let handle = cache.handle(&req);

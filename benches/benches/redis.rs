@@ -85,7 +85,7 @@ fn main() {
     let url = format!("redis://127.0.0.1:{}", server.port);
     let store = runtime
         .block_on(RedisStore::connect(
-            RedisConfig::new(url).invalidation_events(false),
+            RedisConfig::new(url).with_invalidation_events(false),
         ))
         .expect("connect to the private redis-server");
     let key = CacheKey::from_raw(

@@ -220,7 +220,7 @@ fn floor_get(tree: &sled::Tree, key: &[u8], cipher: &Aes256Gcm, aad: &[u8], deco
         )
         .expect("decrypt");
     if decode {
-        token_core::decode_token(&body)
+        token_core::backend::decode_token(&body)
             .expect("decode")
             .secret()
             .len()

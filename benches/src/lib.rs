@@ -3,10 +3,9 @@
 use std::future::Future;
 use std::sync::{Arc, Barrier};
 use std::task::{Context, Poll, Waker};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
-use token_core::{AccessToken, Credential, CredentialError, TokenRequest};
+use token_core::test_util::FakeIdp;
 
 /// Polls a future once with a no-op waker; `None` if it was not ready.
 /// A cache hit completes on the first poll, so this measures the hit path
@@ -49,24 +48,10 @@ where
     start.elapsed() / threads as u32
 }
 
-/// A credential that answers at once with an hour-long token.
-#[derive(Debug, Default)]
-pub struct InstantIdp;
-
-#[async_trait]
-impl Credential for InstantIdp {
-    fn id(&self) -> &str {
-        "bench-idp"
-    }
-
-    async fn fetch(
-        &self,
-        _request: &TokenRequest,
-        _previous: Option<&AccessToken>,
-    ) -> Result<AccessToken, CredentialError> {
-        Ok(
-            AccessToken::new("bench-token-value-0123456789abcdef", SystemTime::now())
-                .with_expires_in(Duration::from_secs(3600)),
-        )
-    }
+/// A credential that answers at once with an hour-long token: token-core's
+/// shared fake IdP with a fixed secret.
+pub fn instant_idp() -> FakeIdp {
+    FakeIdp::new()
+        .with_id("bench-idp")
+        .with_secret("bench-token-value-0123456789abcdef")
 }

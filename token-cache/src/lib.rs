@@ -47,7 +47,7 @@
 //! let request = TokenRequest::builder().scope("orders.read").build();
 //!
 //! let token = cache.get_token(&request).await?;
-//! assert!(!token.is_expired_at(SystemTime::now()));
+//! assert!(token.is_live_at(SystemTime::now()));
 //!
 //! // The second call is answered from the cache: still one IdP call.
 //! let again = cache.get_token(&request).await?;
@@ -67,7 +67,7 @@
 //! |---|---|---|
 //! | `memory` | yes | `MemoryStore` and the `memory` module: an in-process, bounded store |
 //! | `redis` | no | `RedisStore`, `RedisConfig` and the `redis` module: one token per key for a whole fleet, on a standalone Redis or a Redis Cluster |
-//! | `redis-tls` | no | `redis`, plus `rediss://` URLs (rustls): `RedisConfig::tls_root_certificates` for a private CA, `RedisConfig::tls_client_certificate` for mutual TLS |
+//! | `redis-tls` | no | `redis`, plus `rediss://` URLs (rustls): `RedisConfig::with_tls_root_certificates` for a private CA, `RedisConfig::with_tls_client_certificate` for mutual TLS |
 //! | `sled` | no | `SledStore` and the `sled` module: tokens encrypted at rest (AES-256-GCM) that survive restarts |
 //! | `http` | no | the `http` module (token-http): OAuth 2.0 credentials over HTTP (`OAuthCredential`) and the reqwest/tower middleware that attaches tokens |
 //! | `full` | no | all of the above (for CI and docs) |
@@ -99,4 +99,4 @@ pub use token_sled::{self as sled, SledStore};
 
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
-pub use token_http::{self as http, OAuthCredential, TokenMiddleware};
+pub use token_http::{self as http, AddTokenLayer, OAuthCredential, TokenMiddleware};

@@ -23,7 +23,7 @@ pub(crate) struct Cli {
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
     /// Print an access token, from the cache when it is fresh, otherwise
-    /// from the IdP (client credentials grant).
+    /// from the IdP (client credentials or refresh-token grant).
     #[command(after_help = GET_HELP)]
     Get(Box<GetArgs>),
     /// List cached entries: key, client, scopes, expiry, refresh time and
@@ -49,7 +49,19 @@ pub(crate) enum Command {
 const GET_HELP: &str = concat!(
     "\
 Secrets are never taken as arguments (they would show in `ps`): the client secret comes from \
---client-secret-env VAR or --client-secret-file PATH, the private key from --private-key-file.
+--client-secret-env VAR or --client-secret-file PATH, the private key from --private-key-file, \
+--certificate-file or --client-certificate-file, a client assertion from --client-assertion-file \
+(re-read at every fetch).
+
+With --managed-identity azure-imds|app-service|gcp, tokens come from the platform the program \
+runs on (Azure IMDS, Azure App Service / Container Apps, the Google metadata server) and are \
+cached like any other: --identity ID picks a user-assigned identity or service account.
+
+With --refresh-token-env VAR or --refresh-token-file PATH, tokens come from the refresh-token \
+grant (a public client unless a client secret or key is given). That refresh token is only the \
+first: each rotated one is kept, encrypted, in the store, and every later invocation (and every \
+process sharing a Redis store) redeems the newest one, one at a time under a lease, so an IdP \
+that rejects reuse never sees an old one twice.
 
 The store's encryption key comes from TOKENCACHE_KEY (base64, 32 bytes), else the key file \
 (--key-file, TOKENCACHE_KEY_FILE, else $XDG_CONFIG_HOME/tokencache/key); a key file is created \
@@ -77,6 +89,20 @@ pub(crate) enum Format {
     Json,
 }
 
+/// A managed identity / metadata server to get tokens from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum ManagedKind {
+    /// Azure VM / scale set: the Instance Metadata Service (host from
+    /// AZURE_POD_IDENTITY_AUTHORITY_HOST when set).
+    AzureImds,
+    /// Azure App Service, Functions, Container Apps: IDENTITY_ENDPOINT and
+    /// IDENTITY_HEADER.
+    AppService,
+    /// Google Cloud: the metadata server (host from GCE_METADATA_HOST when
+    /// set).
+    Gcp,
+}
+
 /// Client authentication.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub(crate) enum AuthMethod {
@@ -84,8 +110,15 @@ pub(crate) enum AuthMethod {
     Basic,
     /// client_secret_post.
     Post,
-    /// private_key_jwt.
+    /// private_key_jwt (with --private-key-file, or --certificate-file).
     PrivateKeyJwt,
+    /// A client assertion from --client-assertion-file, re-read every fetch.
+    ClientAssertion,
+    /// tls_client_auth (RFC 8705): a CA-issued --client-certificate-file.
+    TlsClientAuth,
+    /// self_signed_tls_client_auth (RFC 8705): a registered self-signed
+    /// --client-certificate-file.
+    SelfSignedTlsClientAuth,
 }
 
 /// The signing algorithm of a private key.
@@ -123,12 +156,40 @@ pub(crate) struct GetArgs {
     /// The client id.
     #[arg(long, value_name = "ID")]
     pub(crate) client_id: Option<String>,
+    /// Get tokens from the platform's managed identity instead of an IdP
+    /// (no token URL, client id or secret). Azure wants one resource:
+    /// --resource R or --scope R/.default; Google takes scopes.
+    #[arg(
+        long,
+        value_enum,
+        value_name = "KIND",
+        conflicts_with_all = [
+            "token_url", "issuer", "client_id", "client_secret_env", "client_secret_file",
+            "private_key_file", "refresh_token_env", "refresh_token_file", "auth",
+            "client_assertion_file", "certificate_file", "client_certificate_file", "from_env",
+        ]
+    )]
+    pub(crate) managed_identity: Option<ManagedKind>,
+    /// With --managed-identity: a user-assigned identity's client id (Azure)
+    /// or a service account's email (Google) [default: the system-assigned
+    /// identity / the default service account].
+    #[arg(long, value_name = "ID")]
+    pub(crate) identity: Option<String>,
     /// Read the client secret from this environment variable.
     #[arg(long, value_name = "VAR", conflicts_with = "client_secret_file")]
     pub(crate) client_secret_env: Option<String>,
     /// Read the client secret from this file (trailing newline ignored).
     #[arg(long, value_name = "PATH")]
     pub(crate) client_secret_file: Option<PathBuf>,
+    /// Use the refresh-token grant, starting from the refresh token in this
+    /// environment variable. Rotated refresh tokens are kept (encrypted) in
+    /// the store and the newest is always the one redeemed.
+    #[arg(long, value_name = "VAR", conflicts_with = "refresh_token_file")]
+    pub(crate) refresh_token_env: Option<String>,
+    /// Like --refresh-token-env, reading the first refresh token from this
+    /// file (trailing newline ignored).
+    #[arg(long, value_name = "PATH")]
+    pub(crate) refresh_token_file: Option<PathBuf>,
     /// Authenticate with private_key_jwt using this PEM (PKCS#8, or PKCS#1
     /// RSA) private key.
     #[arg(long, value_name = "PEM")]
@@ -139,8 +200,50 @@ pub(crate) struct GetArgs {
     /// The private key's algorithm [default: RS256, or ES256 for an EC key].
     #[arg(long, value_enum, requires = "private_key_file")]
     pub(crate) alg: Option<Alg>,
-    /// Client authentication [default: basic with a secret, private-key-jwt
-    /// with a key].
+    /// Authenticate with a client assertion read from this file at every
+    /// fetch (workload identity: a Kubernetes projected service-account
+    /// token, AZURE_FEDERATED_TOKEN_FILE, a SPIFFE JWT-SVID).
+    #[arg(long, value_name = "PATH")]
+    pub(crate) client_assertion_file: Option<PathBuf>,
+    /// Authenticate with private_key_jwt naming this PEM certificate (chain,
+    /// leaf first) by x5t#S256; its key is in the same file or in
+    /// --private-key-file.
+    #[arg(long, value_name = "PEM")]
+    pub(crate) certificate_file: Option<PathBuf>,
+    /// Also send the certificate's SHA-1 thumbprint (x5t).
+    #[arg(long, requires = "certificate_file")]
+    pub(crate) x5t: bool,
+    /// Also send the certificate chain (x5c).
+    #[arg(long, requires = "certificate_file")]
+    pub(crate) x5c: bool,
+    /// Authenticate by mutual TLS (RFC 8705) with this PEM certificate; its
+    /// key is in the same file or in --client-key-file. Tokens are bound to
+    /// it and cached under its thumbprint.
+    #[arg(long, value_name = "PEM")]
+    pub(crate) client_certificate_file: Option<PathBuf>,
+    /// The private key of --client-certificate-file, when apart.
+    #[arg(long, value_name = "PEM", requires = "client_certificate_file")]
+    pub(crate) client_key_file: Option<PathBuf>,
+    /// Trust this CA (PEM) for the token endpoint's TLS certificate, besides
+    /// the system's.
+    #[arg(long, value_name = "PEM")]
+    pub(crate) ca_file: Option<PathBuf>,
+    /// Take the token endpoint, client id and client authentication from
+    /// the environment (TOKEN_CACHE_TOKEN_URL or TOKEN_CACHE_ISSUER,
+    /// TOKEN_CACHE_CLIENT_ID, TOKEN_CACHE_CLIENT_SECRET_FILE,
+    /// TOKEN_CACHE_CLIENT_ASSERTION_FILE, TOKEN_CACHE_CERTIFICATE_FILE, and
+    /// the Azure-standard AZURE_CLIENT_ID, AZURE_TENANT_ID,
+    /// AZURE_FEDERATED_TOKEN_FILE, AZURE_AUTHORITY_HOST,
+    /// AZURE_CLIENT_CERTIFICATE_PATH), as token-http's from_env reads them.
+    #[arg(long, conflicts_with_all = [
+        "token_url", "issuer", "client_id", "client_secret_env", "client_secret_file",
+        "private_key_file", "client_assertion_file", "certificate_file",
+        "client_certificate_file", "auth", "refresh_token_env", "refresh_token_file",
+    ])]
+    pub(crate) from_env: bool,
+    /// Client authentication [default: from what is given: basic with a
+    /// secret, private-key-jwt with a key or certificate, client-assertion
+    /// with an assertion file, tls-client-auth with a client certificate].
     #[arg(long, value_enum)]
     pub(crate) auth: Option<AuthMethod>,
     /// A scope to request (repeatable).

@@ -8,7 +8,11 @@
 //! [profiles.orders]
 //! token_url = "https://idp.example/oauth2/token"   # or: issuer = "https://idp.example"
 //! client_id = "orders-client"
-//! client_secret_env = "ORDERS_CLIENT_SECRET"       # or client_secret_file / private_key_file
+//! client_secret_env = "ORDERS_CLIENT_SECRET"       # or client_secret_file / private_key_file /
+//!                                                  # client_assertion_file / certificate_file /
+//!                                                  # client_certificate_file
+//! # managed_identity = "azure-imds"              # or app-service / gcp, with identity = "ID"
+//! # refresh_token_env = "ORDERS_REFRESH_TOKEN"     # or refresh_token_file: the refresh-token grant
 //! scopes = ["orders.read", "orders.write"]
 //! audience = "https://orders.example"
 //! store = "sled"                                   # sled[:DIR] | memory | redis://...
@@ -33,13 +37,29 @@ pub(crate) const CONFIG_ENV: &str = "TOKENCACHE_CONFIG";
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Profile {
+    /// The credential from the environment, as `--from-env`.
+    #[serde(default)]
+    pub(crate) from_env: bool,
     pub(crate) token_url: Option<String>,
     pub(crate) issuer: Option<String>,
     pub(crate) client_id: Option<String>,
     pub(crate) client_secret_env: Option<String>,
     pub(crate) client_secret_file: Option<PathBuf>,
     pub(crate) private_key_file: Option<PathBuf>,
+    pub(crate) refresh_token_env: Option<String>,
+    pub(crate) refresh_token_file: Option<PathBuf>,
+    pub(crate) managed_identity: Option<String>,
+    pub(crate) identity: Option<String>,
     pub(crate) key_id: Option<String>,
+    pub(crate) client_assertion_file: Option<PathBuf>,
+    pub(crate) certificate_file: Option<PathBuf>,
+    #[serde(default)]
+    pub(crate) x5t: bool,
+    #[serde(default)]
+    pub(crate) x5c: bool,
+    pub(crate) client_certificate_file: Option<PathBuf>,
+    pub(crate) client_key_file: Option<PathBuf>,
+    pub(crate) ca_file: Option<PathBuf>,
     pub(crate) alg: Option<String>,
     pub(crate) auth: Option<String>,
     #[serde(default)]
@@ -131,6 +151,30 @@ mod tests {
         let file: File = toml::from_str(text).expect("valid");
         assert_eq!(file.profiles["a"].scopes, ["x", "y"]);
         let bad = "[profiles.a]\nclient_secret = \"s\"\n";
+        assert!(toml::from_str::<File>(bad).is_err());
+    }
+
+    #[test]
+    fn parses_refresh_token_and_managed_identity_keys_but_no_refresh_token_itself() {
+        let text = r#"
+            [profiles.rt]
+            token_url = "http://127.0.0.1:1/token"
+            client_id = "c"
+            refresh_token_env = "MY_RT"
+            [profiles.mi]
+            managed_identity = "app-service"
+            identity = "id-1"
+        "#;
+        let file: File = toml::from_str(text).expect("valid");
+        assert_eq!(
+            file.profiles["rt"].refresh_token_env.as_deref(),
+            Some("MY_RT")
+        );
+        assert_eq!(
+            file.profiles["mi"].managed_identity.as_deref(),
+            Some("app-service")
+        );
+        let bad = "[profiles.a]\nrefresh_token = \"rt\"\n";
         assert!(toml::from_str::<File>(bad).is_err());
     }
 }

@@ -8,6 +8,7 @@
 //! exit codes).
 
 mod cli;
+mod client_auth;
 mod config;
 mod demo;
 mod error;

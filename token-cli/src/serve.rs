@@ -10,40 +10,45 @@
 //! when it drains requests in flight (up to `[serve] drain_seconds`) and
 //! exits 0.
 
-use std::path::{Path, PathBuf};
+use std::ffi::OsString;
+use std::path::Path;
 
 use token_core::{Secret, TokenCache};
 use token_serve::{Drained, PrometheusBuilder, ServeConfig, Sidecar};
 use zeroize::Zeroizing;
 
-use crate::cli::{GetArgs, Locations, LogFormat, ServeArgs};
+use clap::Parser as _;
+
+use crate::cli::{Cli, Command, GetArgs, LogFormat, ServeArgs};
 use crate::config;
 use crate::error::{self, CliError, Kind};
 use crate::get;
-use crate::store::{self, Entry, Opened, StoreSpec};
+use crate::store::Entry;
 
-/// A `get` invocation of just `--profile NAME` (and the file locations).
-fn profile_args(name: &str, path: &Path, key_file: Option<PathBuf>) -> GetArgs {
-    GetArgs {
-        token_url: None,
-        issuer: None,
-        client_id: None,
-        client_secret_env: None,
-        client_secret_file: None,
-        private_key_file: None,
-        key_id: None,
-        alg: None,
-        auth: None,
-        scopes: Vec::new(),
-        audience: None,
-        resource: None,
-        store: None,
-        format: None,
-        profile: Some(name.to_owned()),
-        locations: Locations {
-            config: Some(path.to_owned()),
-            key_file,
-        },
+/// A `get` invocation of just `--profile NAME` (and the file locations),
+/// parsed as the command line would be, so `serve` loads each profile
+/// exactly as `get --profile NAME` does.
+fn profile_args(name: &str, path: &Path, key_file: Option<&Path>) -> Result<GetArgs, CliError> {
+    let mut argv: Vec<OsString> = vec![
+        "tokencache".into(),
+        "get".into(),
+        "--profile".into(),
+        name.into(),
+        "--config".into(),
+        path.into(),
+    ];
+    if let Some(k) = key_file {
+        argv.push("--key-file".into());
+        argv.push(k.into());
+    }
+    match Cli::try_parse_from(argv) {
+        Ok(Cli {
+            command: Command::Get(args),
+        }) => Ok(*args),
+        Ok(_) => Err(CliError::internal(
+            "`get --profile` parsed as another command",
+        )),
+        Err(e) => Err(CliError::config(format!("profile `{name}`: {e}"))),
     }
 }
 
@@ -106,28 +111,20 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), CliError> {
 
     // Profiles -> credentials and stores, as `get` makes them; each
     // distinct store is opened once (sled allows one opener per process).
-    let mut stores: Vec<(StoreSpec, Option<PathBuf>, Opened)> = Vec::new();
+    let mut stores = Vec::new();
     let mut profiles = Vec::with_capacity(names.len());
     for name in &names {
-        let mut s = get::settings(profile_args(name, &path, args.locations.key_file.clone()))
-            .map_err(|e| CliError::new(e.kind(), format!("profile `{name}`: {e}")))?;
-        let credential = get::credential(&mut s)
+        let mut s = get::settings(profile_args(
+            name,
+            &path,
+            args.locations.key_file.as_deref(),
+        )?)
+        .map_err(|e| CliError::new(e.kind(), format!("profile `{name}`: {e}")))?;
+        let (credential, token_url, opened) = get::credential_and_store(&mut s, &mut stores)
             .await
             .map_err(|e| CliError::new(e.kind(), format!("profile `{name}`: {e}")))?;
-        let token_url = credential.token_url().to_owned();
-        let opened = match stores
-            .iter()
-            .find(|(spec, key, _)| *spec == s.store && *key == s.key_file)
-        {
-            Some((_, _, o)) => o.clone(),
-            None => {
-                let o = store::open(&s.store, s.key_file.as_deref()).await?;
-                stores.push((s.store.clone(), s.key_file.clone(), o.clone()));
-                o
-            }
-        };
         let request = get::token_request(&s);
-        let cache = TokenCache::builder(credential)
+        let cache = TokenCache::builder_arc(credential)
             .store_arc(opened.as_dyn())
             .build();
         let entry = Entry {

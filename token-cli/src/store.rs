@@ -315,15 +315,15 @@ pub(crate) async fn open_redis(
     prefix: Option<&str>,
     keyring: Keyring,
 ) -> Result<RedisStore, CliError> {
-    let mut config = RedisConfig::new(url).encryption(keyring);
+    let mut config = RedisConfig::new(url).with_encryption(keyring);
     if let Some(p) = prefix {
-        config = config.key_prefix(p);
+        config = config.with_key_prefix(p);
     }
     if let Some(pw) = std::env::var_os(REDIS_PASSWORD_ENV) {
         let pw = pw
             .into_string()
             .map_err(|_| CliError::config(format!("{REDIS_PASSWORD_ENV} is not valid Unicode")))?;
-        config = config.password(pw);
+        config = config.with_password(pw);
     }
     RedisStore::connect(config)
         .await

@@ -14,6 +14,25 @@ use crate::support::{
 };
 use crate::{ensure, fail};
 
+crate::harness::theme_checks! {
+    basic:
+    get_missing_is_none,
+    put_then_get_round_trips_every_field,
+    remove_deletes_the_token,
+    remove_missing_key_is_ok,
+    put_without_expiry_is_rejected,
+    newer_put_replaces_older,
+    older_put_keeps_newer,
+    equal_expiry_put_replaces,
+    invalidate_removes_only_the_rejected_token,
+    invalidate_spares_a_newer_token,
+    similar_keys_are_isolated,
+    large_values_round_trip,
+    unicode_values_round_trip,
+    works_through_box_dyn,
+    works_through_arc_dyn,
+}
+
 /// `get` of a key that was never written is `Ok(None)`.
 pub async fn get_missing_is_none(fx: &Fixture) -> Result<(), CheckFailure> {
     let keys = Keys::new("get_missing_is_none");

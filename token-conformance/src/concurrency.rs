@@ -6,7 +6,8 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use token_core::{AccessToken, CacheKey, CacheStore, PutOutcome, StoreEvent, TokenFingerprint};
+use token_core::backend::{StoreEvent, TokenFingerprint};
+use token_core::{AccessToken, CacheKey, CacheStore, PutOutcome};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::Barrier;
 
@@ -17,6 +18,15 @@ use crate::support::{
     token_expiring_in, Keys, Shown, LONG,
 };
 use crate::{ensure, fail};
+
+crate::harness::theme_checks! {
+    concurrency:
+    concurrent_puts_keep_the_latest_expiry,
+    concurrent_distinct_keys_do_not_interfere,
+    second_handle_shares_tokens,
+    invalidate_is_atomic,
+    invalidate_notifies_other_handles,
+}
 
 /// Writer tasks in [`concurrent_puts_keep_the_latest_expiry`].
 const WRITERS: usize = 32;

@@ -1,7 +1,8 @@
 //! Stored bytes that cannot be decoded (or decrypted) read as a counted
 //! miss: never a panic, never an error, never a token.
 
-use token_core::{encode_token, random_u128, AccessToken, CacheKey, PutOutcome, FORMAT_VERSION};
+use token_core::backend::{encode_token, random_u128, FORMAT_VERSION};
+use token_core::{AccessToken, CacheKey, PutOutcome};
 
 use crate::failure::{CheckFailure, OrFail};
 use crate::fixture::{Fixture, RawAccess};
@@ -9,6 +10,18 @@ use crate::support::{
     expect_none, expect_token, full_token, token_expiring_in, Keys, ShownOpt, LONG,
 };
 use crate::{ensure, fail};
+
+crate::harness::theme_checks! {
+    corruption:
+    raw_access_reaches_the_stored_value,
+    garbage_bytes_read_as_miss,
+    truncated_value_reads_as_miss,
+    future_format_version_reads_as_miss,
+    empty_value_reads_as_miss,
+    put_replaces_a_corrupt_value,
+    encrypted_value_hides_the_secret,
+    encrypted_value_is_bound_to_its_key,
+}
 
 /// Writes `bytes` under `key` and fails unless `get` reads them as a miss
 /// counted in `stats().corrupt_reads`.

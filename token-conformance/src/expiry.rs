@@ -12,6 +12,13 @@ use crate::support::{
 };
 use crate::{ensure, fail};
 
+crate::harness::theme_checks! {
+    expiry:
+    expired_token_is_never_returned,
+    expired_put_keeps_the_valid_token,
+    token_disappears_when_it_expires,
+}
+
 /// A token whose `expires_at` has already passed (or is exactly now) is
 /// never returned, whether the put stores it or refuses it.
 pub async fn expired_token_is_never_returned(fx: &Fixture) -> Result<(), CheckFailure> {

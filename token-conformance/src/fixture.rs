@@ -211,7 +211,7 @@ pub type FixtureFuture = Pin<Box<dyn Future<Output = Result<Fixture, BoxError>> 
 /// fn factory() -> impl FixtureFactory {
 ///     || async {
 ///         // `?` works on any error type; each call gets its own key prefix.
-///         let prefix = format!("conformance:{:x}:", token_core::random_u128());
+///         let prefix = format!("conformance:{:x}:", token_core::backend::random_u128());
 ///         Ok(Fixture::from_arc(connect(&prefix)?))
 ///     }
 /// }

@@ -5,7 +5,7 @@ use std::any::Any;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use libtest_mimic::{Arguments, Completion, Conclusion, Failed, Trial};
@@ -36,6 +36,14 @@ pub struct Check {
 }
 
 impl Check {
+    pub(crate) const fn new(
+        theme: &'static str,
+        name: &'static str,
+        run: for<'a> fn(&'a Fixture) -> CheckFuture<'a>,
+    ) -> Self {
+        Self { theme, name, run }
+    }
+
     /// The theme (`basic`, `expiry`, `lease`, `concurrency`, `corruption`).
     pub fn theme(&self) -> &'static str {
         self.theme
@@ -59,68 +67,46 @@ impl fmt::Debug for Check {
     }
 }
 
-macro_rules! checks {
-    ($($theme:ident :: $name:ident),* $(,)?) => {
-        &[$(Check {
-            theme: stringify!($theme),
-            name: stringify!($name),
-            run: {
-                fn run(fixture: &Fixture) -> CheckFuture<'_> {
-                    Box::pin(crate::$theme::$name(fixture))
+/// Declares a theme's checks: `CHECKS`, in the order they run. Each theme
+/// file (`basic.rs`, `lease.rs`, ...) calls it once with every `pub async
+/// fn` it defines, and [`THEMES`] lists the theme files; `cargo xtask tidy`
+/// fails when a check is missing from its theme's list.
+macro_rules! theme_checks {
+    ($theme:ident: $($name:ident),* $(,)?) => {
+        /// This theme's checks, in the order they run.
+        pub(crate) static CHECKS: &[$crate::harness::Check] = &[$($crate::harness::Check::new(
+            stringify!($theme),
+            stringify!($name),
+            {
+                fn run(fixture: &$crate::fixture::Fixture) -> $crate::harness::CheckFuture<'_> {
+                    Box::pin($name(fixture))
                 }
                 run
             },
-        }),*]
+        )),*];
     };
 }
+pub(crate) use theme_checks;
 
-static CHECKS: &[Check] = checks![
-    basic::get_missing_is_none,
-    basic::put_then_get_round_trips_every_field,
-    basic::remove_deletes_the_token,
-    basic::remove_missing_key_is_ok,
-    basic::put_without_expiry_is_rejected,
-    basic::newer_put_replaces_older,
-    basic::older_put_keeps_newer,
-    basic::equal_expiry_put_replaces,
-    basic::invalidate_removes_only_the_rejected_token,
-    basic::invalidate_spares_a_newer_token,
-    basic::similar_keys_are_isolated,
-    basic::large_values_round_trip,
-    basic::unicode_values_round_trip,
-    basic::works_through_box_dyn,
-    basic::works_through_arc_dyn,
-    expiry::expired_token_is_never_returned,
-    expiry::expired_put_keeps_the_valid_token,
-    expiry::token_disappears_when_it_expires,
-    lease::lease_second_acquire_fails_while_held,
-    lease::lease_release_by_non_holder_is_refused,
-    lease::lease_release_by_holder_frees_it,
-    lease::lease_exclusive_under_contention,
-    lease::lease_expires_after_holder_dies,
-    lease::stale_holder_cannot_release_new_lease,
-    lease::lease_and_token_are_independent,
-    lease::lease_exclusive_across_handles,
-    lease::lease_contention_across_handles,
-    concurrency::concurrent_puts_keep_the_latest_expiry,
-    concurrency::concurrent_distinct_keys_do_not_interfere,
-    concurrency::second_handle_shares_tokens,
-    concurrency::invalidate_is_atomic,
-    concurrency::invalidate_notifies_other_handles,
-    corruption::raw_access_reaches_the_stored_value,
-    corruption::garbage_bytes_read_as_miss,
-    corruption::truncated_value_reads_as_miss,
-    corruption::future_format_version_reads_as_miss,
-    corruption::empty_value_reads_as_miss,
-    corruption::put_replaces_a_corrupt_value,
-    corruption::encrypted_value_hides_the_secret,
-    corruption::encrypted_value_is_bound_to_its_key,
+/// Every theme, in the order [`run_all`] runs them.
+static THEMES: &[&[Check]] = &[
+    crate::basic::CHECKS,
+    crate::expiry::CHECKS,
+    crate::lease::CHECKS,
+    crate::concurrency::CHECKS,
+    crate::corruption::CHECKS,
 ];
 
 /// Every check of the suite, grouped by theme, in the order
 /// [`run_all`] runs them.
 pub fn checks() -> &'static [Check] {
-    CHECKS
+    static ALL: OnceLock<Vec<Check>> = OnceLock::new();
+    ALL.get_or_init(|| {
+        THEMES
+            .iter()
+            .flat_map(|theme| theme.iter().copied())
+            .collect()
+    })
 }
 
 /// Builds a fresh fixture with `factory` and runs `check` on it, on the
@@ -168,7 +154,7 @@ fn panic_text(payload: &(dyn Any + Send)) -> &str {
 /// `factory`, and reports each outcome. For callers without libtest-mimic:
 ///
 /// ```no_run
-/// # use std::sync::Arc;
+/// # use std::sync::{Arc, OnceLock};
 /// # fn my_store() -> Arc<dyn token_core::CacheStore> { unimplemented!() }
 /// # async fn test() {
 /// use token_conformance::{run_all, Fixture};
@@ -182,7 +168,7 @@ fn panic_text(payload: &(dyn Any + Send)) -> &str {
 /// concurrency checks still pass or fail correctly, but prove less.
 pub async fn run_all(factory: impl FixtureFactory) -> Report {
     let mut report = Report::default();
-    for &check in CHECKS {
+    for &check in checks() {
         let started = Instant::now();
         let outcome = run_check(check, &factory).await;
         report.checks.push(CheckReport {
@@ -203,7 +189,7 @@ pub async fn run_all(factory: impl FixtureFactory) -> Report {
 /// time, with its reason.
 pub fn trials(backend: &str, factory: impl FixtureFactory) -> Vec<Trial> {
     let factory: Arc<dyn FixtureFactory> = Arc::new(factory);
-    CHECKS
+    checks()
         .iter()
         .map(|&check| {
             let factory = Arc::clone(&factory);
@@ -251,7 +237,7 @@ pub fn run(backend: &str, factory: impl FixtureFactory, args: &Arguments) -> Con
 /// and in `tests/conformance.rs`:
 ///
 /// ```no_run
-/// # use std::sync::Arc;
+/// # use std::sync::{Arc, OnceLock};
 /// # fn my_store() -> Arc<dyn token_core::CacheStore> { unimplemented!() }
 /// use token_conformance::Fixture;
 ///
@@ -279,6 +265,18 @@ mod tests {
         assert_eq!(
             order,
             ["basic", "expiry", "lease", "concurrency", "corruption"]
+        );
+    }
+
+    #[test]
+    fn every_theme_list_names_its_own_theme() {
+        for theme in THEMES {
+            let first = theme.first().map(Check::theme);
+            assert!(theme.iter().all(|c| Some(c.theme()) == first), "{theme:?}");
+        }
+        assert_eq!(
+            checks().len(),
+            THEMES.iter().map(|t| t.len()).sum::<usize>()
         );
     }
 

@@ -12,6 +12,19 @@ use crate::fixture::Fixture;
 use crate::support::{expect_none, expect_token, join_all, spawn, token_expiring_in, Keys, LONG};
 use crate::{ensure, fail};
 
+crate::harness::theme_checks! {
+    lease:
+    lease_second_acquire_fails_while_held,
+    lease_release_by_non_holder_is_refused,
+    lease_release_by_holder_frees_it,
+    lease_exclusive_under_contention,
+    lease_expires_after_holder_dies,
+    stale_holder_cannot_release_new_lease,
+    lease_and_token_are_independent,
+    lease_exclusive_across_handles,
+    lease_contention_across_handles,
+}
+
 /// How many tasks race for one lease.
 const CONTENDERS: usize = 50;
 

@@ -5,7 +5,8 @@ use std::fmt;
 use std::future::Future;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use token_core::{random_u128, AccessToken, CacheKey, CacheStore, TokenRequest, TokenType};
+use token_core::backend::random_u128;
+use token_core::{AccessToken, CacheKey, CacheStore, TokenRequest, TokenType};
 
 use crate::failure::{CheckFailure, OrFail};
 
@@ -51,9 +52,12 @@ pub(crate) fn now() -> SystemTime {
     SystemTime::now()
 }
 
-/// A bearer token obtained now that expires at `expires_at`.
+/// A bearer token that expires at `expires_at`, obtained now or, for a
+/// token that has already expired, at its expiry: a token is never obtained
+/// after it expires, and the codec refuses one that claims so, which would
+/// let a store that serves expired tokens pass the expiry checks.
 pub(crate) fn token_expiring_at(secret: impl Into<String>, expires_at: SystemTime) -> AccessToken {
-    AccessToken::new(secret.into(), now()).with_expires_at(expires_at)
+    AccessToken::new(secret.into(), now().min(expires_at)).with_expires_at(expires_at)
 }
 
 /// A bearer token obtained now that expires `lifetime` from now.

@@ -12,9 +12,11 @@ use async_trait::async_trait;
 use token_conformance::{
     checks, run_all, run_check, trials, Check, Fixture, FixtureFactory, Outcome, RawAccess, Report,
 };
+use token_core::backend::{
+    decode_token, encode_token, random_u128, storable_expiry, StoreEvent, TokenFingerprint,
+};
 use token_core::{
-    decode_token, encode_token, random_u128, storable_expiry, AccessToken, CacheKey, CacheStore,
-    Lease, PutOutcome, StoreCapabilities, StoreError, StoreEvent, StoreStats, TokenFingerprint,
+    AccessToken, CacheKey, CacheStore, Lease, PutOutcome, StoreCapabilities, StoreError, StoreStats,
 };
 use tokio::sync::broadcast;
 
@@ -202,9 +204,7 @@ impl CacheStore for BytesStore {
             return Ok(None);
         };
         match self.decode(&id, &bytes) {
-            Ok(t)
-                if self.bug == Some(Bug::ServesExpired) || !t.is_expired_at(SystemTime::now()) =>
-            {
+            Ok(t) if self.bug == Some(Bug::ServesExpired) || t.is_live_at(SystemTime::now()) => {
                 Ok(Some(t))
             }
             Ok(_) => Ok(None),

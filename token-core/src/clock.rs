@@ -30,6 +30,22 @@ pub trait Clock: Send + Sync + fmt::Debug + 'static {
     fn sleep(&self, duration: Duration) -> Sleep;
 }
 
+/// A shared clock is a clock: one [`ManualClock`] or test double can drive
+/// several caches and fakes at once.
+impl<C: Clock + ?Sized> Clock for std::sync::Arc<C> {
+    fn now(&self) -> SystemTime {
+        (**self).now()
+    }
+
+    fn monotonic(&self) -> Instant {
+        (**self).monotonic()
+    }
+
+    fn sleep(&self, duration: Duration) -> Sleep {
+        (**self).sleep(duration)
+    }
+}
+
 /// The real clocks and `tokio::time::sleep`.
 ///
 /// The runtime must have timers enabled (`#[tokio::main]` and

@@ -1,6 +1,12 @@
-//! The engine's error.
+//! The engine's error, and the boxed error type every crate of the
+//! workspace uses for a cause from below (a driver, an HTTP client, a file).
 
 use std::time::Duration;
+
+/// An error from below token-cache (a driver, an HTTP client, the file
+/// system), kept as the `source` of the error that explains it. The one
+/// boxed-error type of the workspace: backends and token-http use this one.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 use crate::credential::CredentialError;
 use crate::policy::ScheduleError;

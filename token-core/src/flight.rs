@@ -167,7 +167,7 @@ impl Inner {
             }
         }
         if let Some(store) = self.store_if_up() {
-            let ttl = self.policy.get_lease_ttl();
+            let ttl = self.policy.lease_ttl();
             match self
                 .store_call(store.try_acquire_lease(&slot.key, ttl))
                 .await
@@ -223,7 +223,7 @@ impl Inner {
     ) -> Waited {
         bump(&self.stats.lease_waits);
         tracing::debug!(key = %slot.key, "another instance holds the refresh lease; waiting for its token");
-        let deadline = self.clock.monotonic() + self.policy.get_lease_wait();
+        let deadline = self.clock.monotonic() + self.policy.lease_wait();
         let mut delay = Duration::from_millis(20);
         loop {
             let now = self.clock.monotonic();
@@ -242,7 +242,7 @@ impl Inner {
                 Ok(None) => {}
                 Err(()) => return Waited::GaveUp,
             }
-            let ttl = self.policy.get_lease_ttl();
+            let ttl = self.policy.lease_ttl();
             match self
                 .store_call(store.try_acquire_lease(&slot.key, ttl))
                 .await
@@ -286,7 +286,7 @@ impl Inner {
     ) -> Result<AccessToken, Error> {
         bump(&self.stats.idp_calls);
         tracing::debug!(key = %slot.key, "fetching a token from the credential");
-        let timeout = self.policy.get_fetch_timeout();
+        let timeout = self.policy.fetch_timeout();
         let fetch = CatchUnwind(Box::pin(self.credential.fetch(&slot.request, previous)));
         let sleep = self.clock.sleep(timeout);
         let outcome = tokio::select! {
@@ -343,7 +343,7 @@ impl Inner {
         &self,
         call: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, ()> {
-        let timeout = self.policy.get_store_timeout();
+        let timeout = self.policy.store_timeout();
         let sleep = self.clock.sleep(timeout);
         let result = tokio::select! {
             biased;
@@ -352,7 +352,7 @@ impl Inner {
         };
         result.map_err(|e| {
             bump(&self.stats.store_errors);
-            let until: Instant = self.clock.monotonic() + self.policy.get_store_cooldown();
+            let until: Instant = self.clock.monotonic() + self.policy.store_cooldown();
             self.store_down_until.store(self.nanos(until).max(1), Ordering::Relaxed);
             tracing::warn!(error = %e, "token store failed; serving from memory and fetching directly for a while");
         })

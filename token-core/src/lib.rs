@@ -7,14 +7,26 @@
 //! - [`TokenCache`]: the engine. Hot-slot hits without locks or allocation,
 //!   refresh-ahead in the background, single-flight per key in the process
 //!   and across processes through the store's lease, stale-if-error, backoff.
-//! - [`RefreshPolicy`]: every timing knob, with documented defaults.
+//! - [`RefreshPolicy`]: every timing knob; its defaults are the constants
+//!   of [`policy`], each saying why it has that value.
 //! - [`Clock`]: injected time, so tests move a [`ManualClock`] instead of
 //!   sleeping.
+//!
+//! - `test_util` (feature `test-util`): the fake IdP every crate's tests
+//!   share.
+//! - [`backend`]: what only the authors of a store need (the byte format,
+//!   the envelope's framing, the in-process lease table, store events).
+//!
+//! **Naming:** a value that is both configured and read ([`RefreshPolicy`],
+//! [`AccessToken`], [`StoreCapabilities`]) is set with `with_x(value)` and
+//! read with `x()`; a `…Builder` that only builds names its setters `x(value)`.
+//! Nothing has a `get_` prefix.
 //!
 //! **Architecture invariant:** this crate does no network I/O and depends on
 //! no backend; the only file it reads is a key file, when asked to.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod backend;
 mod clock;
 mod codec;
 mod credential;
@@ -29,35 +41,29 @@ mod lease;
 pub mod metrics;
 #[cfg(not(feature = "metrics"))]
 mod metrics;
-mod policy;
+pub mod policy;
 mod request;
 mod rng;
 mod secret;
 mod slot;
 mod stats;
 mod store;
+#[cfg(feature = "test-util")]
+#[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
+pub mod test_util;
 mod token;
 
 pub use clock::{Clock, ManualClock, Sleep, SystemClock};
-pub use codec::{decode_token, encode_token, DecodeError, FORMAT_VERSION};
 pub use credential::{Credential, CredentialError, FailureKind};
 pub use engine::{KeepWarm, TokenCache, TokenCacheBuilder, TokenHandle};
 #[cfg(feature = "encryption")]
 #[cfg_attr(docsrs, doc(cfg(feature = "encryption")))]
-pub use envelope::{
-    envelope_key_id, EncryptionKey, EnvelopeError, KeyError, KeyId, Keyring, ENVELOPE_OVERHEAD,
-    ENVELOPE_VERSION, KEY_LEN,
-};
-pub use error::Error;
-pub use lease::LocalLeases;
-pub use policy::*;
+pub use envelope::{EncryptionKey, KeyError, KeyId, Keyring, KEY_LEN};
+pub use error::{BoxError, Error};
+pub use policy::RefreshPolicy;
 pub use request::{Actor, CacheKey, ParamValue, TokenRequest, TokenRequestBuilder};
-pub use rng::random_u128;
 pub use secret::Secret;
 pub use slot::Token;
 pub use stats::CacheStats;
-pub use store::{
-    storable_expiry, BoxError, CacheStore, CacheStoreExt, Lease, PutOutcome, StoreCapabilities,
-    StoreError, StoreEvent, StoreStats, TokenFingerprint,
-};
+pub use store::{CacheStore, Lease, PutOutcome, StoreCapabilities, StoreError, StoreStats};
 pub use token::{AccessToken, TokenType};

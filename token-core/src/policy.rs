@@ -153,78 +153,78 @@ impl RefreshPolicy {
 
     /// Refresh-ahead starts when this fraction of the lifetime remains
     /// (clamped to `0..=0.5`). Defaults to [`DEFAULT_REFRESH_AHEAD_FRACTION`].
-    pub fn refresh_ahead_fraction(mut self, fraction: f64) -> Self {
+    pub fn with_refresh_ahead_fraction(mut self, fraction: f64) -> Self {
         self.refresh_ahead_fraction = clamp_fraction(fraction);
         self
     }
 
     /// Refresh-ahead starts at least this long before expiry (capped at half
     /// the lifetime). Defaults to [`DEFAULT_REFRESH_AHEAD_MIN`].
-    pub fn refresh_ahead_min(mut self, d: Duration) -> Self {
+    pub fn with_refresh_ahead_min(mut self, d: Duration) -> Self {
         self.refresh_ahead_min = d;
         self
     }
 
     /// A token counts as expired this long before `expires_at` (capped at a
     /// quarter of the lifetime). Defaults to [`DEFAULT_EXPIRY_SKEW`].
-    pub fn expiry_skew(mut self, d: Duration) -> Self {
+    pub fn with_expiry_skew(mut self, d: Duration) -> Self {
         self.expiry_skew = d;
         self
     }
 
     /// Random shift of `refresh_at`, as a fraction of the lifetime. Defaults
     /// to [`DEFAULT_JITTER_FRACTION`]; `0.0` turns jitter off.
-    pub fn jitter_fraction(mut self, fraction: f64) -> Self {
+    pub fn with_jitter_fraction(mut self, fraction: f64) -> Self {
         self.jitter_fraction = clamp_fraction(fraction);
         self
     }
 
     /// Upper bound on jitter. Defaults to [`DEFAULT_MAX_JITTER`].
-    pub fn max_jitter(mut self, d: Duration) -> Self {
+    pub fn with_max_jitter(mut self, d: Duration) -> Self {
         self.max_jitter = d;
         self
     }
 
     /// Lifetime assumed when the IdP gives none. Defaults to
     /// [`DEFAULT_ASSUMED_LIFETIME`].
-    pub fn assumed_lifetime(mut self, d: Duration) -> Self {
+    pub fn with_assumed_lifetime(mut self, d: Duration) -> Self {
         self.assumed_lifetime = d;
         self
     }
 
     /// Longer lifetimes are capped to this. Defaults to [`DEFAULT_MAX_LIFETIME`].
-    pub fn max_lifetime(mut self, d: Duration) -> Self {
+    pub fn with_max_lifetime(mut self, d: Duration) -> Self {
         self.max_lifetime = d;
         self
     }
 
     /// First backoff step after a failure. Defaults to [`DEFAULT_BACKOFF_BASE`].
-    pub fn backoff_base(mut self, d: Duration) -> Self {
+    pub fn with_backoff_base(mut self, d: Duration) -> Self {
         self.backoff_base = d;
         self
     }
 
     /// Longest backoff step. Defaults to [`DEFAULT_BACKOFF_MAX`].
-    pub fn backoff_max(mut self, d: Duration) -> Self {
+    pub fn with_backoff_max(mut self, d: Duration) -> Self {
         self.backoff_max = d;
         self
     }
 
     /// `Retry-After` is honoured up to this. Defaults to [`DEFAULT_MAX_RETRY_AFTER`].
-    pub fn max_retry_after(mut self, d: Duration) -> Self {
+    pub fn with_max_retry_after(mut self, d: Duration) -> Self {
         self.max_retry_after = d;
         self
     }
 
     /// The fetch's own timeout. Defaults to [`DEFAULT_FETCH_TIMEOUT`].
-    pub fn fetch_timeout(mut self, d: Duration) -> Self {
+    pub fn with_fetch_timeout(mut self, d: Duration) -> Self {
         self.fetch_timeout = d;
         self
     }
 
     /// How long a refresh lease lasts. Defaults to the fetch timeout plus
     /// [`DEFAULT_LEASE_MARGIN`].
-    pub fn lease_ttl(mut self, d: Duration) -> Self {
+    pub fn with_lease_ttl(mut self, d: Duration) -> Self {
         self.lease_ttl = Some(d);
         self
     }
@@ -232,53 +232,57 @@ impl RefreshPolicy {
     /// How long a caller waits for another instance's refresh before fetching
     /// itself. Defaults to the lease TTL: a holder that died is waited for at
     /// most until its lease would have expired.
-    pub fn lease_wait(mut self, d: Duration) -> Self {
+    pub fn with_lease_wait(mut self, d: Duration) -> Self {
         self.lease_wait = Some(d);
         self
     }
 
     /// Each store call's timeout. Defaults to [`DEFAULT_STORE_TIMEOUT`].
-    pub fn store_timeout(mut self, d: Duration) -> Self {
+    pub fn with_store_timeout(mut self, d: Duration) -> Self {
         self.store_timeout = d;
         self
     }
 
     /// How long the store is bypassed after it fails. Defaults to
     /// [`DEFAULT_STORE_COOLDOWN`].
-    pub fn store_cooldown(mut self, d: Duration) -> Self {
+    pub fn with_store_cooldown(mut self, d: Duration) -> Self {
         self.store_cooldown = d;
         self
     }
 
     /// The fetch timeout.
-    pub fn get_fetch_timeout(&self) -> Duration {
+    pub fn fetch_timeout(&self) -> Duration {
         self.fetch_timeout
     }
 
     /// The effective lease TTL.
-    pub fn get_lease_ttl(&self) -> Duration {
+    pub fn lease_ttl(&self) -> Duration {
         self.lease_ttl
             .unwrap_or(self.fetch_timeout + DEFAULT_LEASE_MARGIN)
     }
 
     /// The effective bound on waiting for another instance.
-    pub fn get_lease_wait(&self) -> Duration {
-        self.lease_wait.unwrap_or_else(|| self.get_lease_ttl())
+    pub fn lease_wait(&self) -> Duration {
+        self.lease_wait.unwrap_or_else(|| self.lease_ttl())
     }
 
     /// The store call timeout.
-    pub fn get_store_timeout(&self) -> Duration {
+    pub fn store_timeout(&self) -> Duration {
         self.store_timeout
     }
 
     /// The store cooldown.
-    pub fn get_store_cooldown(&self) -> Duration {
+    pub fn store_cooldown(&self) -> Duration {
         self.store_cooldown
     }
 
     /// Fills in what the policy decides for a token about to be cached:
     /// `expires_at` (assumed when missing, capped when absurd) and a
     /// jittered `refresh_at`. Refuses tokens that are already expired.
+    ///
+    /// A `refresh_at` the credential already set (an endpoint's
+    /// `refresh_in` hint) is honoured when it is earlier than the policy's
+    /// and after `obtained_at`; a later hint never delays the refresh.
     ///
     /// `unit_random` is a value in `[0, 1)` that picks the jitter.
     pub fn schedule(
@@ -309,7 +313,12 @@ impl RefreshPolicy {
         let jitter = jitter_span.mul_f64(unit_random.clamp(0.0, 1.0));
         // Jitter moves the refresh earlier, never past the obtained time.
         let before_expiry = (ahead + jitter).min(lifetime);
-        let refresh_at = expires_at - before_expiry;
+        let mut refresh_at = expires_at - before_expiry;
+        if let Some(hint) = token.refresh_at() {
+            if hint > obtained && hint < refresh_at {
+                refresh_at = hint;
+            }
+        }
         Ok(token
             .with_expires_at(expires_at)
             .with_refresh_at(refresh_at))
@@ -409,8 +418,31 @@ mod tests {
     }
 
     #[test]
+    fn an_earlier_refresh_hint_is_honoured_and_a_later_one_ignored() {
+        let p = RefreshPolicy::default().with_jitter_fraction(0.0);
+        let day = Duration::from_secs(24 * 3600);
+        let obtained = token(None).obtained_at();
+        let policy_at = p.schedule(token(Some(day)), 0.0).unwrap().refresh_at();
+        assert_eq!(policy_at, Some(obtained + day - day / 4));
+        let half = obtained + day / 2;
+        let hinted = p
+            .schedule(token(Some(day)).with_refresh_at(half), 0.0)
+            .unwrap();
+        assert_eq!(hinted.refresh_at(), Some(half));
+        let late = obtained + day - Duration::from_secs(60);
+        let ignored = p
+            .schedule(token(Some(day)).with_refresh_at(late), 0.0)
+            .unwrap();
+        assert_eq!(ignored.refresh_at(), policy_at);
+        let before = p
+            .schedule(token(Some(day)).with_refresh_at(obtained), 0.0)
+            .unwrap();
+        assert_eq!(before.refresh_at(), policy_at);
+    }
+
+    #[test]
     fn short_tokens_refresh_at_half_life_at_the_earliest() {
-        let p = RefreshPolicy::default().jitter_fraction(0.0);
+        let p = RefreshPolicy::default().with_jitter_fraction(0.0);
         let t = p
             .schedule(token(Some(Duration::from_secs(240))), 0.0)
             .unwrap();

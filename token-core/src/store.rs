@@ -1,6 +1,5 @@
 //! Where tokens are kept: the `CacheStore` trait, its lease and its error.
 
-use std::error::Error as StdError;
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -9,11 +8,9 @@ use async_trait::async_trait;
 use sha2::{Digest, Sha256};
 use tokio::sync::broadcast;
 
+use crate::error::BoxError;
 use crate::request::CacheKey;
 use crate::token::AccessToken;
-
-/// An error that came from below a store (a driver, the file system).
-pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
 
 /// What a store can do. The conformance suite picks its checks from this,
 /// and the engine uses it to decide whether cross-process coordination is
@@ -291,27 +288,6 @@ macro_rules! forward_store {
 }
 
 forward_store!(Arc<T>, Box<T>);
-
-/// Conveniences on every [`CacheStore`]; implemented for all of them, never
-/// by hand.
-#[async_trait]
-pub trait CacheStoreExt: CacheStore {
-    /// Like [`get`](CacheStore::get), but also treats a token as missing when
-    /// it is expired at `now`: the caller's clock, not the store's, has the
-    /// last word.
-    async fn get_unexpired(
-        &self,
-        key: &CacheKey,
-        now: SystemTime,
-    ) -> Result<Option<AccessToken>, StoreError> {
-        Ok(self
-            .get(key)
-            .await?
-            .filter(|t| t.expires_at().is_some_and(|at| now < at)))
-    }
-}
-
-impl<T: CacheStore + ?Sized> CacheStoreExt for T {}
 
 /// The expiry of a token about to be stored, or the error every `put` gives
 /// for a token without one (the engine always sets it).

@@ -116,7 +116,9 @@ impl AccessToken {
     }
 
     /// Sets the moment refresh-ahead should start. Normally left to the
-    /// engine's policy; stores set it when they read a token back.
+    /// engine's policy; stores set it when they read a token back. Set by a
+    /// credential, it is a hint (an endpoint's `refresh_in`): the policy
+    /// refreshes no later than it.
     pub fn with_refresh_at(mut self, refresh_at: SystemTime) -> Self {
         self.refresh_at = Some(refresh_at);
         self
@@ -189,9 +191,22 @@ impl AccessToken {
         self.secret == other.secret
     }
 
-    /// True when `expires_at` is known and `now` is at or past it.
-    pub fn is_expired_at(&self, now: SystemTime) -> bool {
-        self.expires_at.is_some_and(|at| now >= at)
+    /// True when the token may still be handed out at `now`: its
+    /// `expires_at` is known and later than `now`.
+    ///
+    /// The one liveness rule of the workspace: every store filters what it
+    /// returns with it (the `CacheStore` contract's "never return a token
+    /// whose `expires_at` is at or before now"), and so does anyone else who
+    /// holds a token and a time. A token without `expires_at` is **not**
+    /// live: nothing tells how long it lasts, and the engine gives every
+    /// token it caches an expiry (assumed from the policy when the IdP said
+    /// nothing), so only a token fresh from a credential lacks one.
+    ///
+    /// The engine serves a token for less long than this: it stops at
+    /// `expires_at` minus the policy's expiry skew
+    /// ([`RefreshPolicy::usable_until`](crate::RefreshPolicy::usable_until)).
+    pub fn is_live_at(&self, now: SystemTime) -> bool {
+        self.expires_at.is_some_and(|at| now < at)
     }
 }
 
@@ -226,6 +241,27 @@ mod tests {
         assert_eq!(TokenType::parse("BEARER"), TokenType::Bearer);
         assert_eq!(TokenType::parse("dpop"), TokenType::DPoP);
         assert_eq!(TokenType::parse("MAC").as_str(), "MAC");
+    }
+
+    #[test]
+    fn a_token_is_live_only_strictly_before_its_expiry() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let t = AccessToken::new("x", t0).with_expires_at(t0 + Duration::from_secs(60));
+        assert!(t.is_live_at(t0));
+        assert!(t.is_live_at(t0 + Duration::from_secs(59)));
+        assert!(
+            !t.is_live_at(t0 + Duration::from_secs(60)),
+            "at expires_at it is dead"
+        );
+        assert!(!t.is_live_at(t0 + Duration::from_secs(61)));
+    }
+
+    #[test]
+    fn a_token_without_expiry_is_not_live() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let t = AccessToken::new("x", t0);
+        assert!(!t.is_live_at(t0));
+        assert!(!t.is_live_at(SystemTime::UNIX_EPOCH));
     }
 
     #[test]

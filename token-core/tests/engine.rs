@@ -6,23 +6,25 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
+use token_core::backend::{decode_token, encode_token};
+use token_core::policy::{DEFAULT_ASSUMED_LIFETIME, DEFAULT_MAX_LIFETIME};
 use token_core::*;
 
 fn cache(idp: &Arc<FakeIdp>, policy: RefreshPolicy) -> TokenCache {
     TokenCache::builder(idp.clone())
-        .clock(idp.clock.clone())
+        .clock(Arc::clone(idp.clock()))
         .policy(policy)
         .build()
 }
 
 fn no_jitter() -> RefreshPolicy {
-    RefreshPolicy::default().jitter_fraction(0.0)
+    RefreshPolicy::default().with_jitter_fraction(0.0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_concurrent_callers_on_a_cold_key_make_one_fetch() {
     let clock = ManualClock::new();
-    let idp = FakeIdp::new(&clock, hour());
+    let idp = fake_idp(&clock, hour());
     let gate = idp.gate();
     let cache = cache(&idp, RefreshPolicy::default());
     let req = request("orders.read");
@@ -52,7 +54,7 @@ async fn ten_thousand_concurrent_callers_on_a_cold_key_make_one_fetch() {
 #[tokio::test(flavor = "current_thread")]
 async fn refresh_ahead_never_blocks_callers() {
     let clock = ManualClock::new();
-    let idp = FakeIdp::new(&clock, hour());
+    let idp = fake_idp(&clock, hour());
     let cache = cache(&idp, RefreshPolicy::default());
     let req = request("a");
     cache.get_token(&req).await.unwrap(); // the one cold fetch
@@ -63,7 +65,9 @@ async fn refresh_ahead_never_blocks_callers() {
     for _ in 0..(5 * 360) {
         clock.advance(Duration::from_secs(10));
         match poll_once(cache.get_token(&req)) {
-            Some(Ok(t)) => assert!(clock.monotonic() < idp.real_expiry(&t)),
+            Some(Ok(t)) => {
+                assert!(clock.monotonic() < idp.real_expiry(&t).expect("issued by the fake IdP"))
+            }
             Some(Err(e)) => panic!("call failed: {e}"),
             None => not_ready += 1,
         }
@@ -80,7 +84,7 @@ async fn refresh_ahead_never_blocks_callers() {
 #[tokio::test(flavor = "current_thread")]
 async fn transient_failures_in_the_refresh_window_cost_no_call_and_back_off() {
     let clock = ManualClock::new();
-    let idp = FakeIdp::new(&clock, hour());
+    let idp = fake_idp(&clock, hour());
     let policy = no_jitter();
     let cache = cache(&idp, policy.clone());
     let req = request("a");
@@ -105,7 +109,7 @@ async fn transient_failures_in_the_refresh_window_cost_no_call_and_back_off() {
     assert!(stats.stale_served > 0, "{stats:?}");
     // At most one IdP call per backoff step: gaps between calls never
     // shorter than the smallest possible backoff for that attempt.
-    let times = idp.call_times.lock().unwrap().clone();
+    let times = idp.call_times();
     let refresh_calls = &times[1..];
     assert!(
         refresh_calls.len() >= 5,
@@ -144,7 +148,7 @@ async fn transient_failures_in_the_refresh_window_cost_no_call_and_back_off() {
 #[tokio::test(flavor = "current_thread")]
 async fn retry_after_is_honoured() {
     let clock = ManualClock::new();
-    let idp = FakeIdp::new(&clock, hour());
+    let idp = fake_idp(&clock, hour());
     idp.set_mode(Mode::Transient(Some(Duration::from_secs(120))));
     let cache = cache(&idp, no_jitter());
     let req = request("a");
@@ -163,7 +167,7 @@ async fn retry_after_is_honoured() {
 #[tokio::test(flavor = "current_thread")]
 async fn permanent_error_reaches_the_caller_unchanged_and_is_not_retried_in_a_loop() {
     let clock = ManualClock::new();
-    let idp = FakeIdp::new(&clock, hour());
+    let idp = fake_idp(&clock, hour());
     idp.set_mode(Mode::Permanent);
     let cache = cache(&idp, no_jitter());
     let req = request("a");
@@ -190,7 +194,7 @@ async fn permanent_error_reaches_the_caller_unchanged_and_is_not_retried_in_a_lo
 #[tokio::test(flavor = "current_thread")]
 async fn expires_in_missing_zero_negative_and_ten_years() {
     let clock = ManualClock::new();
-    let idp = FakeIdp::new(&clock, hour());
+    let idp = fake_idp(&clock, hour());
     let cache = cache(&idp, no_jitter());
 
     idp.set_mode(Mode::Issue(None));
@@ -228,7 +232,7 @@ async fn expires_in_missing_zero_negative_and_ten_years() {
 #[tokio::test(flavor = "current_thread")]
 async fn two_caches_sharing_a_store_make_one_fetch_per_refresh() {
     let clock = ManualClock::new();
-    let idp = FakeIdp::new(&clock, hour());
+    let idp = fake_idp(&clock, hour());
     let store: Arc<dyn CacheStore> = Arc::new(SharedStore::default());
     let make = || {
         TokenCache::builder(idp.clone())
@@ -268,7 +272,7 @@ async fn two_caches_sharing_a_store_make_one_fetch_per_refresh() {
             let t = poll_once(c.get_token(&req))
                 .expect("no caller waits")
                 .unwrap();
-            assert!(clock.monotonic() < idp.real_expiry(&t));
+            assert!(clock.monotonic() < idp.real_expiry(&t).expect("issued by the fake IdP"));
         }
         // Let refreshes (and lease waits, which poll the store) finish.
         for _ in 0..20 {
@@ -288,7 +292,7 @@ async fn two_caches_sharing_a_store_make_one_fetch_per_refresh() {
 #[tokio::test(flavor = "current_thread")]
 async fn a_store_that_fails_every_call_still_serves_tokens() {
     let clock = ManualClock::new();
-    let idp = FakeIdp::new(&clock, hour());
+    let idp = fake_idp(&clock, hour());
     let store = Arc::new(DeadStore::default());
     let cache = TokenCache::builder(idp.clone())
         .clock(clock.clone())
@@ -342,7 +346,7 @@ async fn a_hung_store_is_abandoned_after_its_timeout() {
         }
     }
     let clock = ManualClock::new();
-    let idp = FakeIdp::new(&clock, hour());
+    let idp = fake_idp(&clock, hour());
     let cache = TokenCache::builder(idp.clone())
         .clock(clock.clone())
         .store(HungStore)
@@ -364,7 +368,7 @@ async fn a_hung_store_is_abandoned_after_its_timeout() {
 #[tokio::test(flavor = "current_thread")]
 async fn a_caller_dropped_mid_fetch_does_not_cancel_it_for_the_others() {
     let clock = ManualClock::new();
-    let idp = FakeIdp::new(&clock, hour());
+    let idp = fake_idp(&clock, hour());
     let gate = idp.gate();
     let cache = cache(&idp, RefreshPolicy::default());
     let req = request("a");
@@ -389,7 +393,7 @@ async fn a_caller_dropped_mid_fetch_does_not_cancel_it_for_the_others() {
 #[tokio::test(flavor = "current_thread")]
 async fn a_panicking_fetch_fails_its_waiters_clearly_is_not_cached_and_the_next_call_retries() {
     let clock = ManualClock::new();
-    let idp = FakeIdp::new(&clock, hour());
+    let idp = fake_idp(&clock, hour());
     idp.set_mode(Mode::Panic);
     let gate = idp.gate();
     let cache = cache(&idp, RefreshPolicy::default());
@@ -420,9 +424,9 @@ async fn a_panicking_fetch_fails_its_waiters_clearly_is_not_cached_and_the_next_
 #[tokio::test(flavor = "current_thread")]
 async fn a_hung_fetch_times_out_on_its_own_clock() {
     let clock = ManualClock::new();
-    let idp = FakeIdp::new(&clock, hour());
+    let idp = fake_idp(&clock, hour());
     idp.set_mode(Mode::Hang);
-    let policy = RefreshPolicy::default().fetch_timeout(Duration::from_secs(5));
+    let policy = RefreshPolicy::default().with_fetch_timeout(Duration::from_secs(5));
     let cache = cache(&idp, policy);
     let req = request("a");
     let task = tokio::spawn({
@@ -445,7 +449,7 @@ async fn a_hung_fetch_times_out_on_its_own_clock() {
 #[tokio::test(flavor = "current_thread")]
 async fn clock_jumps_never_hand_out_an_expired_token_nor_cause_a_refresh_storm() {
     let clock = ManualClock::new();
-    let idp = FakeIdp::new(&clock, hour());
+    let idp = fake_idp(&clock, hour());
     let cache = cache(&idp, RefreshPolicy::default());
     let req = request("a");
     cache.get_token(&req).await.unwrap();
@@ -456,7 +460,7 @@ async fn clock_jumps_never_hand_out_an_expired_token_nor_cause_a_refresh_storm()
         clock.advance(Duration::from_secs(30));
         let t = cache.get_token(&req).await.unwrap();
         assert!(
-            clock.monotonic() < idp.real_expiry(&t),
+            clock.monotonic() < idp.real_expiry(&t).expect("issued by the fake IdP"),
             "expired token handed out after a backward jump"
         );
         settle().await;
@@ -471,7 +475,7 @@ async fn clock_jumps_never_hand_out_an_expired_token_nor_cause_a_refresh_storm()
     clock.advance(Duration::from_secs(2 * 3600));
     for _ in 0..100 {
         let t = cache.get_token(&req).await.unwrap();
-        assert!(clock.monotonic() < idp.real_expiry(&t));
+        assert!(clock.monotonic() < idp.real_expiry(&t).expect("issued by the fake IdP"));
     }
     settle().await;
     assert_eq!(
@@ -493,7 +497,7 @@ async fn clock_jumps_never_hand_out_an_expired_token_nor_cause_a_refresh_storm()
 #[tokio::test(flavor = "current_thread")]
 async fn refreshes_of_a_thousand_keys_are_spread_by_jitter() {
     let clock = ManualClock::new();
-    let idp = FakeIdp::new(&clock, hour());
+    let idp = fake_idp(&clock, hour());
     let cache = cache(&idp, RefreshPolicy::default());
     let requests: Vec<_> = (0..1000).map(|i| request(&format!("scope-{i}"))).collect();
     for r in &requests {
@@ -532,7 +536,7 @@ async fn refreshes_of_a_thousand_keys_are_spread_by_jitter() {
 #[tokio::test(flavor = "current_thread")]
 async fn a_burst_of_invalidations_for_one_rejected_token_causes_one_refresh() {
     let clock = ManualClock::new();
-    let idp = FakeIdp::new(&clock, hour());
+    let idp = fake_idp(&clock, hour());
     let store: Arc<dyn CacheStore> = Arc::new(SharedStore::default());
     let cache = TokenCache::builder(idp.clone())
         .clock(clock.clone())
@@ -566,7 +570,7 @@ async fn a_burst_of_invalidations_for_one_rejected_token_causes_one_refresh() {
 #[tokio::test(flavor = "current_thread")]
 async fn scheduled_refresh_keeps_a_key_warm_without_traffic() {
     let clock = ManualClock::new();
-    let idp = FakeIdp::new(&clock, hour());
+    let idp = fake_idp(&clock, hour());
     let cache = cache(&idp, RefreshPolicy::default());
     let req = request("a");
     let warm = cache.keep_warm(&req).unwrap();
@@ -579,7 +583,7 @@ async fn scheduled_refresh_keeps_a_key_warm_without_traffic() {
     }
     // Traffic after hours of silence never waits.
     let t = poll_once(cache.get_token(&req)).expect("warm").unwrap();
-    assert!(clock.monotonic() < idp.real_expiry(&t));
+    assert!(clock.monotonic() < idp.real_expiry(&t).expect("issued by the fake IdP"));
     drop(warm);
     settle().await;
     let calls = idp.calls();
@@ -593,7 +597,7 @@ async fn scheduled_refresh_keeps_a_key_warm_without_traffic() {
 #[tokio::test(flavor = "current_thread")]
 async fn distinct_requests_never_share_a_token_or_a_fetch() {
     let clock = ManualClock::new();
-    let idp = FakeIdp::new(&clock, hour());
+    let idp = fake_idp(&clock, hour());
     let cache = cache(&idp, RefreshPolicy::default());
     let a = TokenRequest::builder()
         .scope("x")
@@ -618,7 +622,7 @@ async fn distinct_requests_never_share_a_token_or_a_fetch() {
 #[tokio::test(flavor = "current_thread")]
 async fn no_secret_appears_in_debug_display_or_errors() {
     let clock = ManualClock::new();
-    let idp = FakeIdp::new(&clock, hour());
+    let idp = fake_idp(&clock, hour());
     let store = Arc::new(SharedStore::default());
     let cache = TokenCache::builder(idp.clone())
         .clock(clock.clone())
@@ -670,7 +674,7 @@ async fn no_secret_appears_in_debug_display_or_errors() {
 #[tokio::test(flavor = "current_thread")]
 async fn the_scheduled_refresh_survives_panics_without_spinning() {
     let clock = ManualClock::new();
-    let idp = FakeIdp::new(&clock, hour());
+    let idp = fake_idp(&clock, hour());
     idp.set_mode(Mode::Panic);
     let cache = cache(&idp, RefreshPolicy::default());
     let req = request("a");
@@ -693,7 +697,7 @@ async fn the_scheduled_refresh_survives_panics_without_spinning() {
 #[tokio::test(flavor = "current_thread")]
 async fn an_invalidation_on_one_instance_reaches_the_hot_slots_of_the_others() {
     let clock = ManualClock::new();
-    let idp = FakeIdp::new(&clock, hour());
+    let idp = fake_idp(&clock, hour());
     let store: Arc<dyn CacheStore> = Arc::new(SharedStore::default());
     let make = || {
         TokenCache::builder(idp.clone())
@@ -728,35 +732,11 @@ async fn an_invalidation_on_one_instance_reaches_the_hot_slots_of_the_others() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn the_fetch_after_an_invalidation_still_sees_the_rejected_token_as_previous() {
-    #[derive(Debug, Default)]
-    struct Rotating {
-        seen: std::sync::Mutex<Vec<Option<String>>>,
-    }
-    #[async_trait::async_trait]
-    impl Credential for Rotating {
-        fn id(&self) -> &str {
-            "rotating"
-        }
-        async fn fetch(
-            &self,
-            _: &TokenRequest,
-            previous: Option<&AccessToken>,
-        ) -> Result<AccessToken, CredentialError> {
-            let mut seen = self.seen.lock().unwrap();
-            seen.push(
-                previous
-                    .and_then(|p| p.refresh_token())
-                    .map(|r| r.expose().to_owned()),
-            );
-            let n = seen.len();
-            Ok(
-                AccessToken::new(format!("at-{n}"), std::time::SystemTime::now())
-                    .with_expires_in(hour())
-                    .with_refresh_token(format!("rt-{n}")),
-            )
-        }
-    }
-    let cred = Arc::new(Rotating::default());
+    let cred = Arc::new(
+        FakeIdp::new()
+            .with_secret_prefix("at-")
+            .with_refresh_token_prefix("rt-"),
+    );
     let cache = TokenCache::builder(cred.clone()).build();
     let req = request("a");
     let first = cache.get_token(&req).await.unwrap().to_access_token();
@@ -764,16 +744,18 @@ async fn the_fetch_after_an_invalidation_still_sees_the_rejected_token_as_previo
     assert!(!cache.invalidate(&req, &first).await, "already retired");
     let second = cache.get_token(&req).await.unwrap();
     assert_eq!(second.secret().expose(), "at-2");
-    assert_eq!(
-        *cred.seen.lock().unwrap(),
-        vec![None, Some("rt-1".to_owned())]
-    );
+    let seen: Vec<Option<String>> = cred
+        .previous_refresh_tokens()
+        .iter()
+        .map(|rt| rt.as_ref().map(|rt| rt.expose().to_owned()))
+        .collect();
+    assert_eq!(seen, vec![None, Some("rt-1".to_owned())]);
 }
 
 #[tokio::test(flavor = "current_thread")]
 async fn refresh_fetches_now_shares_one_fetch_and_a_failure_keeps_the_token() {
     let clock = ManualClock::new();
-    let idp = FakeIdp::new(&clock, hour());
+    let idp = fake_idp(&clock, hour());
     let cache = cache(&idp, RefreshPolicy::default());
     let req = request("a");
     let first = cache.get_token(&req).await.unwrap().to_access_token();

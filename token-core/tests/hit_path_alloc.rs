@@ -28,7 +28,7 @@ fn hits_through_get_token_and_the_handle_allocate_nothing() {
         .build()
         .unwrap();
     // The system clock: the production hit path, not the test clock.
-    let idp = FakeIdp::new(&ManualClock::new(), Duration::from_secs(3600));
+    let idp = fake_idp(&ManualClock::new(), Duration::from_secs(3600));
     let cache = TokenCache::builder(idp.clone()).build();
     let request = TokenRequest::builder().scope("orders.read").build();
     let lookalike = TokenRequest::builder().scope("orders.read").build();

@@ -36,7 +36,7 @@ async fn no_secret_reaches_any_log_event() {
     let _guard = tracing::subscriber::set_default(subscriber);
 
     let clock = ManualClock::new();
-    let idp = FakeIdp::new(&clock, hour());
+    let idp = fake_idp(&clock, hour());
     let store: Arc<dyn CacheStore> = Arc::new(SharedStore::default());
     let make = |store: Arc<dyn CacheStore>| {
         TokenCache::builder(idp.clone())

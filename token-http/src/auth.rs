@@ -6,19 +6,20 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use http::header::{HeaderValue, AUTHORIZATION};
+use http::header::AUTHORIZATION;
 use http::{Request, Response};
 use token_core::{TokenCache, TokenHandle, TokenRequest};
 use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::challenge::rejects_token;
+use crate::header::authorization_value;
 
-/// The error type of [`Auth`]: the inner service's error, or the cache's
+/// The error type of [`AddToken`]: the inner service's error, or the cache's
 /// [`token_core::Error`] when no token could be had (downcast to tell).
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub use token_core::BoxError;
 
-/// Wraps services in [`Auth`]:
+/// Wraps services in [`AddToken`]:
 /// A tower middleware that puts the cached token on every request: for
 /// hyper, tonic (gRPC) and any other `tower::Service` client.
 ///
@@ -31,7 +32,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// use http::{Request, Response};
 /// use async_trait::async_trait;
 /// use token_core::{AccessToken, Credential, CredentialError, TokenCache, TokenRequest};
-/// use token_http::AuthLayer;
+/// use token_http::AddTokenLayer;
 /// use tower::{service_fn, Layer, ServiceExt};
 ///
 /// # #[derive(Debug)] struct Idp;
@@ -52,7 +53,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 ///     assert!(auth.is_sensitive());
 ///     Ok::<_, Infallible>(Response::new(auth.to_str().unwrap().len()))
 /// });
-/// let client = AuthLayer::new(&cache, &request).layer(client);
+/// let client = AddTokenLayer::new(&cache, &request).layer(client);
 /// let response = client.oneshot(Request::new(String::new())).await?;
 /// assert_eq!(*response.body(), "Bearer t0ken".len());
 /// # Ok(()) }
@@ -61,23 +62,23 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// # Rejected tokens
 ///
 /// On a `401` whose `WWW-Authenticate` says `error="invalid_token"`,
-/// [`Auth`] invalidates exactly the token it sent (if it is still the
+/// [`AddToken`] invalidates exactly the token it sent (if it is still the
 /// cached one), so the next request carries a fresh token and a burst of
 /// 401s for one old token causes one refresh. It does **not** resend the
 /// request itself: a tower request body (hyper's `Incoming`, a tonic
 /// stream) is consumed when sent and cannot, in general, be cloned, and
 /// gRPC calls may not be safe to repeat. Where bodies are buffered and
 /// calls idempotent, put `tower::retry` with a policy that clones the
-/// request around this layer: every attempt passes through [`Auth`] again
+/// request around this layer: every attempt passes through [`AddToken`] again
 /// and picks up the fresh token. (The reqwest middleware,
 /// [`TokenMiddleware`](crate::TokenMiddleware), does retry, since reqwest
 /// can tell when a request is clonable.)
 #[derive(Clone)]
-pub struct AuthLayer {
+pub struct AddTokenLayer {
     handle: TokenHandle,
 }
 
-impl AuthLayer {
+impl AddTokenLayer {
     /// Tokens for `request` from `cache`.
     pub fn new(cache: &TokenCache, request: &TokenRequest) -> Self {
         Self::from_handle(cache.handle(request))
@@ -89,35 +90,35 @@ impl AuthLayer {
     }
 }
 
-impl<S> Layer<S> for AuthLayer {
-    type Service = Auth<S>;
+impl<S> Layer<S> for AddTokenLayer {
+    type Service = AddToken<S>;
 
-    fn layer(&self, inner: S) -> Auth<S> {
-        Auth {
+    fn layer(&self, inner: S) -> AddToken<S> {
+        AddToken {
             inner,
             handle: self.handle.clone(),
         }
     }
 }
 
-impl fmt::Debug for AuthLayer {
+impl fmt::Debug for AddTokenLayer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AuthLayer")
+        f.debug_struct("AddTokenLayer")
             .field("key", self.handle.cache_key())
             .finish()
     }
 }
 
 /// Sets `Authorization: <type> <token>` (marked sensitive) on each request
-/// and invalidates a token the server rejected. See [`AuthLayer`] for an
+/// and invalidates a token the server rejected. See [`AddTokenLayer`] for an
 /// example and for what happens on a `401`.
 #[derive(Clone)]
-pub struct Auth<S> {
+pub struct AddToken<S> {
     inner: S,
     handle: TokenHandle,
 }
 
-impl<S> Auth<S> {
+impl<S> AddToken<S> {
     /// Wraps `inner`, with tokens from `handle`.
     pub fn new(inner: S, handle: TokenHandle) -> Self {
         Self { inner, handle }
@@ -134,7 +135,7 @@ impl<S> Auth<S> {
     }
 }
 
-impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Auth<S>
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for AddToken<S>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
     S::Future: Send + 'static,
@@ -158,11 +159,7 @@ where
         let handle = self.handle.clone();
         Box::pin(async move {
             let sent = handle.token().await?.to_access_token();
-            let mut value =
-                HeaderValue::from_str(sent.authorization_header().expose()).map_err(|_| {
-                    "the access token contains characters that cannot go in an Authorization header"
-                })?;
-            value.set_sensitive(true);
+            let value = authorization_value(&sent)?;
             request.headers_mut().insert(AUTHORIZATION, value);
             let response = inner.call(request).await.map_err(Into::into)?;
             if rejects_token(response.status(), response.headers()) {
@@ -178,9 +175,9 @@ where
     }
 }
 
-impl<S: fmt::Debug> fmt::Debug for Auth<S> {
+impl<S: fmt::Debug> fmt::Debug for AddToken<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Auth")
+        f.debug_struct("AddToken")
             .field("inner", &self.inner)
             .field("key", self.handle.cache_key())
             .finish()

@@ -2,6 +2,7 @@
 //! exchange grants over HTTP, as a `token_core::Credential`.
 
 use std::fmt::{self, Write as _};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -10,13 +11,16 @@ use async_trait::async_trait;
 use http::header::{HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 use ring::digest::{digest, SHA256};
 use token_core::{
-    AccessToken, Actor, Clock, Credential, CredentialError, Secret, SystemClock, TokenRequest,
+    AccessToken, Clock, Credential, CredentialError, Secret, SystemClock, TokenRequest,
 };
 use zeroize::Zeroizing;
 
-use crate::client_auth::{basic_header, form_encode, ClientAuth, JWT_BEARER_ASSERTION_TYPE};
+use crate::assertion::{AssertionFile, AssertionSource};
+use crate::certificate::ClientCertificate;
+use crate::client_auth::{form_encode, AuthContext, ClientAuth};
 use crate::discovery::{check_url, ServerMetadata};
 use crate::error::ConfigError;
+use crate::grant::Grant;
 use crate::jwt::{PrivateKey, DEFAULT_ASSERTION_LIFETIME};
 use crate::response::{parse_redacting, ClockSkew, TokenResponse};
 use crate::transport::{self, DEFAULT_CONNECT_TIMEOUT, DEFAULT_REQUEST_TIMEOUT};
@@ -26,75 +30,7 @@ use crate::transport::{self, DEFAULT_CONNECT_TIMEOUT, DEFAULT_REQUEST_TIMEOUT};
 /// clocks agree with the authorization server.
 pub const DEFAULT_SKEW_WARNING: Duration = Duration::from_secs(30);
 
-/// The default `subject_token_type` of a token exchange: the caller's
-/// incoming access token is exchanged for one to call the next service.
-pub const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
-
 const NO_SKEW: i64 = i64::MIN;
-
-/// Which OAuth 2.0 grant a credential uses.
-#[derive(Clone)]
-#[non_exhaustive]
-pub enum Grant {
-    /// Client credentials (RFC 6749 §4.4): the client acts for itself.
-    ClientCredentials,
-    /// Refresh token (RFC 6749 §6), starting from this refresh token. The
-    /// newest refresh token known for the key (from the cached token) is
-    /// used when there is one; a rotated refresh token from the server
-    /// replaces the old one on the cached token.
-    RefreshToken(Secret),
-    /// Token exchange (RFC 8693): the request's [`Actor::Assertion`] is the
-    /// `subject_token`.
-    TokenExchange {
-        /// `subject_token_type`. Defaults to [`ACCESS_TOKEN_TYPE`].
-        subject_token_type: String,
-        /// `requested_token_type`, when a specific type is wanted.
-        requested_token_type: Option<String>,
-    },
-}
-
-impl Grant {
-    /// A token exchange of access tokens (the common on-behalf-of case).
-    pub fn token_exchange() -> Self {
-        Self::TokenExchange {
-            subject_token_type: ACCESS_TOKEN_TYPE.to_owned(),
-            requested_token_type: None,
-        }
-    }
-
-    fn grant_type(&self) -> &'static str {
-        match self {
-            Self::ClientCredentials => "client_credentials",
-            Self::RefreshToken(_) => "refresh_token",
-            Self::TokenExchange { .. } => "urn:ietf:params:oauth:grant-type:token-exchange",
-        }
-    }
-
-    fn short_name(&self) -> &'static str {
-        match self {
-            Self::ClientCredentials => "client_credentials",
-            Self::RefreshToken(_) => "refresh_token",
-            Self::TokenExchange { .. } => "token_exchange",
-        }
-    }
-}
-
-impl fmt::Debug for Grant {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::ClientCredentials => f.write_str("ClientCredentials"),
-            Self::RefreshToken(_) => f.write_str("RefreshToken(***)"),
-            Self::TokenExchange {
-                subject_token_type,
-                requested_token_type,
-            } => f
-                .debug_struct("TokenExchange")
-                .field("subject_token_type", subject_token_type)
-                .field("requested_token_type", requested_token_type)
-                .finish(),
-        }
-    }
-}
 
 /// An OAuth 2.0 client that obtains tokens from a token endpoint over HTTP
 /// (reqwest with rustls): client credentials, refresh token or token
@@ -191,11 +127,13 @@ impl OAuthCredential {
         grant: Grant,
         client_id: impl Into<String>,
     ) -> OAuthCredentialBuilder {
-        OAuthCredentialBuilder::new(
+        let mut builder = OAuthCredentialBuilder::new(
             grant,
             metadata.token_endpoint().to_owned(),
             client_id.into(),
-        )
+        );
+        builder.mtls_token_url = metadata.mtls_token_endpoint().map(str::to_owned);
+        builder
     }
 
     /// Discovers `issuer`'s token endpoint (OIDC discovery, then RFC 8414)
@@ -245,108 +183,39 @@ impl OAuthCredential {
         }
     }
 
-    /// The refresh token to redeem: the cached token's (newest across the
-    /// fleet), else the newest this process saw, else the configured one.
-    fn refresh_token_for(&self, previous: Option<&AccessToken>, configured: &Secret) -> Secret {
-        if let Some(rt) = previous.and_then(AccessToken::refresh_token) {
-            return rt.clone();
-        }
-        let latest = self
-            .latest_refresh
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        latest.clone().unwrap_or_else(|| configured.clone())
-    }
-
-    /// The form parameters of one token request. Values that are secrets
-    /// end up only in the returned (wiped) body.
-    fn form(
+    /// The form body of one token request: the grant's fields, the client
+    /// authentication's, then the credential's and the request's extra
+    /// parameters. Values that are secrets end up only in the returned
+    /// (wiped) body and in `redact`.
+    async fn request_parts(
         &self,
         request: &TokenRequest,
         previous: Option<&AccessToken>,
-        used_refresh: &mut Option<Secret>,
-        secrets: &mut Vec<Secret>,
-    ) -> Result<Zeroizing<String>, CredentialError> {
-        let unsupported = |what: &str| {
-            CredentialError::permanent(format!(
-                "this {} credential cannot honour the request's {what}; it would return a token that was not asked for",
-                self.grant.short_name()
-            ))
-        };
-        if request.tenant().is_some() {
-            return Err(unsupported("tenant (use one credential per tenant)"));
-        }
-        if request.dpop_thumbprint().is_some() {
-            return Err(unsupported("DPoP key binding"));
-        }
-        let mut form: Vec<(&str, Zeroizing<String>)> = Vec::new();
-        let plain = |s: &str| Zeroizing::new(s.to_owned());
-        form.push(("grant_type", plain(self.grant.grant_type())));
-        match &self.grant {
-            Grant::ClientCredentials | Grant::RefreshToken(_) => {
-                if request.actor().is_some() {
-                    return Err(unsupported(
-                        "actor (on-behalf-of needs a token exchange credential)",
-                    ));
-                }
-            }
-            Grant::TokenExchange {
-                subject_token_type,
-                requested_token_type,
-            } => {
-                let Some(Actor::Assertion(subject)) = request.actor() else {
-                    return Err(CredentialError::permanent(
-                        "a token exchange needs the request's actor to be an Actor::Assertion holding the subject token",
-                    ));
-                };
-                secrets.push(subject.clone());
-                form.push(("subject_token", plain(subject.expose())));
-                form.push(("subject_token_type", plain(subject_token_type)));
-                if let Some(t) = requested_token_type {
-                    form.push(("requested_token_type", plain(t)));
-                }
-            }
-        }
-        if let Grant::RefreshToken(configured) = &self.grant {
-            let rt = self.refresh_token_for(previous, configured);
-            secrets.push(rt.clone());
-            form.push(("refresh_token", plain(rt.expose())));
-            *used_refresh = Some(rt);
-        }
-        if !request.scopes().is_empty() {
-            form.push(("scope", plain(&request.scope_string())));
-        }
-        if let Some(aud) = request.audience() {
-            form.push(("audience", plain(aud)));
-        }
-        for r in request.resources() {
-            form.push(("resource", plain(r)));
-        }
-        match &self.auth {
-            ClientAuth::ClientSecretBasic(_) => {}
-            ClientAuth::ClientSecretPost(secret) => {
-                form.push(("client_id", plain(&self.client_id)));
-                form.push(("client_secret", plain(secret.expose())));
-            }
-            ClientAuth::PrivateKeyJwt(key) => {
-                let audience = self
+    ) -> Result<RequestParts, CredentialError> {
+        let grant = self.grant.fields(request, |configured| {
+            let latest = self
+                .latest_refresh
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            Grant::pick_refresh_token(previous, latest.as_ref(), configured)
+        })?;
+        let auth = self
+            .auth
+            .authenticate(&AuthContext {
+                client_id: &self.client_id,
+                audience: self
                     .assertion_audience
                     .as_deref()
-                    .unwrap_or(&self.token_url);
-                let jwt = key
-                    .assertion(
-                        &self.client_id,
-                        audience,
-                        self.clock.now(),
-                        self.assertion_lifetime,
-                    )
-                    .map_err(|e| CredentialError::permanent(e.to_string()))?;
-                form.push(("client_id", plain(&self.client_id)));
-                form.push(("client_assertion_type", plain(JWT_BEARER_ASSERTION_TYPE)));
-                form.push(("client_assertion", jwt));
-            }
-            ClientAuth::None => form.push(("client_id", plain(&self.client_id))),
-        }
+                    .unwrap_or(&self.token_url),
+                now: self.clock.now(),
+                assertion_lifetime: self.assertion_lifetime,
+            })
+            .await?;
+        let fields = grant
+            .form
+            .iter()
+            .chain(auth.form.iter())
+            .map(|(k, v)| (*k, v.as_str()));
         let extra = self
             .params
             .iter()
@@ -358,18 +227,31 @@ impl OAuthCredential {
                     .map(|(k, v)| (k.as_str(), v.expose())),
             );
         let mut body = Zeroizing::new(String::new());
-        let pairs = form.iter().map(|(k, v)| (*k, v.as_str())).chain(extra);
-        for (i, (k, v)) in pairs.enumerate() {
+        for (i, (k, v)) in fields.chain(extra).enumerate() {
             if i > 0 {
                 body.push('&');
             }
             body.push_str(&form_encode(k));
             body.push('=');
-            let encoded = Zeroizing::new(form_encode(v));
-            body.push_str(&encoded);
+            body.push_str(&Zeroizing::new(form_encode(v)));
         }
-        Ok(body)
+        let mut redact = grant.redact;
+        redact.extend(auth.redact);
+        Ok(RequestParts {
+            body,
+            authorization: auth.header,
+            used_refresh: grant.used_refresh,
+            redact,
+        })
     }
+}
+
+/// One token request, ready to send.
+struct RequestParts {
+    body: Zeroizing<String>,
+    authorization: Option<HeaderValue>,
+    used_refresh: Option<Secret>,
+    redact: Vec<Secret>,
 }
 
 #[async_trait]
@@ -383,9 +265,12 @@ impl Credential for OAuthCredential {
         request: &TokenRequest,
         previous: Option<&AccessToken>,
     ) -> Result<AccessToken, CredentialError> {
-        let mut used_refresh = None;
-        let mut secrets = Vec::new();
-        let body = self.form(request, previous, &mut used_refresh, &mut secrets)?;
+        let RequestParts {
+            body,
+            authorization,
+            used_refresh,
+            redact: secrets,
+        } = self.request_parts(request, previous).await?;
         let mut http = self
             .client
             .post(&self.token_url)
@@ -394,14 +279,7 @@ impl Credential for OAuthCredential {
                 HeaderValue::from_static("application/x-www-form-urlencoded"),
             )
             .header(ACCEPT, HeaderValue::from_static("application/json"));
-        if let ClientAuth::ClientSecretBasic(secret) = &self.auth {
-            let mut value = HeaderValue::from_str(basic_header(&self.client_id, secret).expose())
-                .map_err(|_| {
-                CredentialError::permanent(
-                    "the Basic authorization header is not a valid header value",
-                )
-            })?;
-            value.set_sensitive(true);
+        if let Some(value) = authorization {
             http = http.header(AUTHORIZATION, value);
         }
         // The body is copied into reqwest's buffer, which is not wiped; ours is.
@@ -409,8 +287,7 @@ impl Credential for OAuthCredential {
         drop(body);
         let sent_at = self.clock.now();
         let received = transport::send(http, &self.token_url, self.request_timeout).await?;
-        let mut redact: Vec<&str> = secrets.iter().map(Secret::expose).collect();
-        redact.extend(self.auth.secret());
+        let redact: Vec<&str> = secrets.iter().map(Secret::expose).collect();
         let result = parse_redacting(
             received.status,
             &received.headers,
@@ -484,6 +361,9 @@ pub struct OAuthCredentialBuilder {
     assertion_lifetime: Duration,
     assertion_audience: Option<String>,
     clock: Arc<dyn Clock>,
+    root_pems: Vec<String>,
+    /// From discovery: the token endpoint for mTLS clients (RFC 8705 §5).
+    mtls_token_url: Option<String>,
 }
 
 impl OAuthCredentialBuilder {
@@ -500,6 +380,8 @@ impl OAuthCredentialBuilder {
             assertion_lifetime: DEFAULT_ASSERTION_LIFETIME,
             assertion_audience: None,
             clock: Arc::new(SystemClock),
+            root_pems: Vec::new(),
+            mtls_token_url: None,
         }
     }
 
@@ -518,6 +400,47 @@ impl OAuthCredentialBuilder {
     /// Authenticates with a signed JWT (`private_key_jwt`).
     pub fn private_key_jwt(self, key: PrivateKey) -> Self {
         self.auth(ClientAuth::PrivateKeyJwt(key))
+    }
+
+    /// Authenticates with a client assertion read from `path` at every
+    /// token request (workload identity federation: a Kubernetes projected
+    /// service-account token, `AZURE_FEDERATED_TOKEN_FILE`, a SPIFFE
+    /// JWT-SVID), so an assertion that rotates on disk is picked up by the
+    /// next fetch. See [`AssertionFile`].
+    pub fn client_assertion_file(self, path: impl Into<PathBuf>) -> Self {
+        self.client_assertion(AssertionFile::new(path))
+    }
+
+    /// Authenticates with a client assertion from `source`, asked at every
+    /// token request (a callback: [`AssertionFn`](crate::AssertionFn)).
+    pub fn client_assertion(self, source: impl AssertionSource) -> Self {
+        self.auth(ClientAuth::ClientAssertion(Arc::new(source)))
+    }
+
+    /// Authenticates by mutual TLS with a CA-issued certificate
+    /// (`tls_client_auth`, RFC 8705 §2.1). The token URL should be the
+    /// server's mTLS endpoint when it has one; a credential built
+    /// [`from_metadata`](OAuthCredential::from_metadata) takes it from
+    /// `mtls_endpoint_aliases` itself. The certificate's thumbprint is part of
+    /// the credential id, so certificate-bound tokens are never shared
+    /// between certificates.
+    pub fn tls_client_auth(self, certificate: ClientCertificate) -> Self {
+        self.auth(ClientAuth::TlsClientAuth(certificate))
+    }
+
+    /// Authenticates by mutual TLS with a self-signed certificate
+    /// registered with the server (`self_signed_tls_client_auth`, RFC 8705
+    /// §2.2). As [`tls_client_auth`](Self::tls_client_auth) otherwise.
+    pub fn self_signed_tls_client_auth(self, certificate: ClientCertificate) -> Self {
+        self.auth(ClientAuth::SelfSignedTlsClientAuth(certificate))
+    }
+
+    /// Trusts this CA (PEM, one or more certificates) for the token
+    /// endpoint's TLS certificate, besides the system's roots (a private
+    /// PKI). Ignored with [`http_client`](Self::http_client).
+    pub fn root_certificate_pem(mut self, pem: impl Into<String>) -> Self {
+        self.root_pems.push(pem.into());
+        self
     }
 
     /// Sets the client authentication. Defaults to none configured: a
@@ -594,7 +517,15 @@ impl OAuthCredentialBuilder {
     }
 
     /// Checks the configuration and builds the credential.
-    pub fn build(self) -> Result<OAuthCredential, ConfigError> {
+    pub fn build(mut self) -> Result<OAuthCredential, ConfigError> {
+        if matches!(
+            self.auth,
+            Some(ClientAuth::TlsClientAuth(_) | ClientAuth::SelfSignedTlsClientAuth(_))
+        ) {
+            if let Some(alias) = self.mtls_token_url.take() {
+                self.token_url = alias;
+            }
+        }
         check_url("token endpoint", &self.token_url)?;
         if self.client_id.is_empty() {
             return Err(ConfigError::Invalid("the client id is empty".into()));
@@ -609,21 +540,30 @@ impl OAuthCredentialBuilder {
             (None, Grant::RefreshToken(_)) => ClientAuth::None,
             (None, grant) => {
                 return Err(ConfigError::Invalid(format!(
-                    "a {} grant needs client authentication: set client_secret, client_secret_post or private_key_jwt",
+                    "a {} grant needs client authentication: set client_secret, client_secret_post, private_key_jwt, client_assertion_file or tls_client_auth",
                     grant.short_name()
                 )))
             }
         };
         let client = match self.client {
+            Some(_) if auth.tls_certificate().is_some() => {
+                return Err(ConfigError::Invalid(
+                    "mutual-TLS client authentication needs the credential's own HTTP client (it presents the certificate); do not set http_client".into(),
+                ))
+            }
             Some(c) => c,
-            None => transport::build_client(self.connect_timeout)?,
+            None => transport::build_client(
+                self.connect_timeout,
+                auth.tls_certificate(),
+                &self.root_pems,
+            )?,
         };
         let mut id = format!(
             "{}|{}|{}|{}",
             self.grant.short_name(),
             self.token_url,
             self.client_id,
-            auth.method()
+            auth.id_part()
         );
         match &self.grant {
             Grant::TokenExchange {

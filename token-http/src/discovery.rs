@@ -13,6 +13,7 @@ use crate::transport::{self, DEFAULT_CONNECT_TIMEOUT, DEFAULT_REQUEST_TIMEOUT};
 pub struct ServerMetadata {
     issuer: String,
     token_endpoint: String,
+    mtls_token_endpoint: Option<String>,
     auth_methods: Vec<String>,
     grant_types: Vec<String>,
 }
@@ -25,7 +26,7 @@ impl ServerMetadata {
     /// a trailing slash aside), so a document copied from elsewhere is not
     /// believed.
     pub async fn discover(issuer: &str) -> Result<Self, ConfigError> {
-        let client = transport::build_client(DEFAULT_CONNECT_TIMEOUT)?;
+        let client = transport::build_client(DEFAULT_CONNECT_TIMEOUT, None, &[])?;
         Self::discover_with(&client, issuer).await
     }
 
@@ -82,9 +83,22 @@ impl ServerMetadata {
                 })
                 .unwrap_or_default()
         };
+        // RFC 8705 §5: where clients authenticating by mutual TLS go.
+        let mtls_token_endpoint = match doc
+            .get("mtls_endpoint_aliases")
+            .and_then(|a| a.get("token_endpoint"))
+        {
+            None => None,
+            Some(Value::String(url)) => {
+                check_url("mTLS token endpoint", url).map_err(|e| e.to_string())?;
+                Some(url.clone())
+            }
+            Some(_) => return Err("`mtls_endpoint_aliases.token_endpoint` is not a string".into()),
+        };
         Ok(Self {
             issuer: published.to_owned(),
             token_endpoint: token_endpoint.to_owned(),
+            mtls_token_endpoint,
             auth_methods: list("token_endpoint_auth_methods_supported"),
             grant_types: list("grant_types_supported"),
         })
@@ -98,6 +112,15 @@ impl ServerMetadata {
     /// The token endpoint URL.
     pub fn token_endpoint(&self) -> &str {
         &self.token_endpoint
+    }
+
+    /// The token endpoint for mutual-TLS clients
+    /// (`mtls_endpoint_aliases.token_endpoint`, RFC 8705 §5), when the
+    /// server publishes one. A credential built
+    /// [`from_metadata`](crate::OAuthCredential::from_metadata) with mTLS
+    /// client authentication uses it.
+    pub fn mtls_token_endpoint(&self) -> Option<&str> {
+        self.mtls_token_endpoint.as_deref()
     }
 
     /// `token_endpoint_auth_methods_supported` (empty when not published;

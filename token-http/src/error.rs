@@ -18,6 +18,9 @@ pub enum ConfigError {
     /// A private key could not be read or used.
     #[error("private key: {0}")]
     Key(String),
+    /// A certificate could not be read, or does not match its key.
+    #[error("certificate: {0}")]
+    Certificate(String),
     /// The HTTP client could not be built.
     #[error("could not build the HTTP client: {0}")]
     HttpClient(String),

@@ -1,5 +1,6 @@
 //! `private_key_jwt` client assertions (RFC 7523 §2.2, OIDC Core §9):
-//! RS256 and ES256 keys read from PEM, signed with `ring`.
+//! RS256 and ES256 keys read from PEM, signed with `ring`, optionally
+//! naming their X.509 certificate in the header (`x5t#S256`, `x5t`, `x5c`).
 
 use std::fmt;
 use std::time::{Duration, SystemTime};
@@ -8,12 +9,14 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
 use ring::rand::{SecureRandom, SystemRandom};
 use ring::signature::{
-    EcdsaKeyPair, RsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING, RSA_PKCS1_SHA256,
+    EcdsaKeyPair, KeyPair as _, RsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING, RSA_PKCS1_SHA256,
 };
 use serde_json::json;
 use zeroize::Zeroizing;
 
+use crate::certificate::Certificate;
 use crate::error::ConfigError;
+use crate::pem;
 
 /// How long a client assertion is valid. Defaults to this: long enough for
 /// a slow request, short enough that a leaked assertion is soon useless (it
@@ -51,13 +54,26 @@ enum DerKind {
 /// The DER bytes are kept in memory that is wiped on drop; the key is
 /// parsed by `ring` for each signature (once per token fetch) and dropped
 /// right after, so no long-lived parsed copy exists. `Debug` shows the
-/// algorithm and key id only.
+/// algorithm, key id and certificate thumbprint only.
+///
+/// # Certificates
+///
+/// Servers that register a client by its X.509 certificate rather than a
+/// JWK (Microsoft Entra ID, ADFS, many enterprise IdPs) find the key by
+/// the certificate's thumbprint in the assertion's header:
+/// [`with_certificate`](Self::with_certificate) adds `x5t#S256`,
+/// [`with_x5t`](Self::with_x5t) the SHA-1 `x5t` as well, and
+/// [`with_x5c`](Self::with_x5c) the chain itself (for subject-name/issuer
+/// registration).
 #[derive(Clone)]
 pub struct PrivateKey {
     der: Zeroizing<Vec<u8>>,
     kind: DerKind,
     alg: SigningAlgorithm,
     kid: Option<String>,
+    certificate: Option<Certificate>,
+    x5t: bool,
+    x5c: bool,
 }
 
 impl PrivateKey {
@@ -78,7 +94,42 @@ impl PrivateKey {
     /// at start-up rather than at the first token fetch.
     pub fn from_pem(pem: &str, alg: SigningAlgorithm) -> Result<Self, ConfigError> {
         let (label, der) = decode_pem(pem)?;
-        let kind = match (label.as_str(), alg) {
+        Self::from_der(&label, der, alg)
+    }
+
+    /// A key from PEM text whose algorithm is read from the key itself: RSA
+    /// (PKCS#8 or PKCS#1) is RS256, P-256 (PKCS#8) is ES256. The first
+    /// private key block is used, so a PEM that also holds certificates
+    /// (as `AZURE_CLIENT_CERTIFICATE_PATH` files do) works.
+    pub fn from_any_pem(pem: &str) -> Result<Self, ConfigError> {
+        let (label, der) = decode_pem(pem)?;
+        match label.as_str() {
+            "RSA PRIVATE KEY" => Self::from_der(&label, der, SigningAlgorithm::Rs256),
+            "PRIVATE KEY" => {
+                let rsa = RsaKeyPair::from_pkcs8(&der).is_ok();
+                let alg = if rsa {
+                    SigningAlgorithm::Rs256
+                } else {
+                    SigningAlgorithm::Es256
+                };
+                Self::from_der(&label, der, alg).map_err(|e| match alg {
+                    SigningAlgorithm::Es256 => ConfigError::Key(
+                        "the PKCS#8 key is neither a usable RSA (2048+ bits) nor a P-256 key"
+                            .into(),
+                    ),
+                    SigningAlgorithm::Rs256 => e,
+                })
+            }
+            _ => Self::from_der(&label, der, SigningAlgorithm::Es256),
+        }
+    }
+
+    fn from_der(
+        label: &str,
+        der: Zeroizing<Vec<u8>>,
+        alg: SigningAlgorithm,
+    ) -> Result<Self, ConfigError> {
+        let kind = match (label, alg) {
             ("PRIVATE KEY", _) => DerKind::Pkcs8,
             ("RSA PRIVATE KEY", SigningAlgorithm::Rs256) => DerKind::Pkcs1Rsa,
             ("EC PRIVATE KEY", _) => {
@@ -98,9 +149,99 @@ impl PrivateKey {
             kind,
             alg,
             kid: None,
+            certificate: None,
+            x5t: false,
+            x5c: false,
         };
         key.sign(b"check")?;
         Ok(key)
+    }
+
+    /// Names `certificate` in every assertion's header by its SHA-256
+    /// thumbprint (`x5t#S256`). The certificate must hold this key's public
+    /// key; a mismatch is refused here rather than by the server later.
+    pub fn with_certificate(mut self, certificate: Certificate) -> Result<Self, ConfigError> {
+        self.check_certificate(&certificate)?;
+        self.certificate = Some(certificate);
+        Ok(self)
+    }
+
+    /// Also sends the SHA-1 thumbprint (`x5t`), for servers that look the
+    /// key up by it. Defaults to off. Needs a certificate.
+    pub fn with_x5t(mut self, on: bool) -> Self {
+        self.x5t = on;
+        self
+    }
+
+    /// Also sends the certificate chain (`x5c`), for servers that register
+    /// a client by subject name and issuer. Defaults to off. Needs a
+    /// certificate.
+    pub fn with_x5c(mut self, on: bool) -> Self {
+        self.x5c = on;
+        self
+    }
+
+    /// The certificate named in assertion headers, when set.
+    pub fn certificate(&self) -> Option<&Certificate> {
+        self.certificate.as_ref()
+    }
+
+    /// Refuses a certificate that does not hold this key's public key.
+    pub(crate) fn check_certificate(&self, certificate: &Certificate) -> Result<(), ConfigError> {
+        if certificate.holds_public_key(&self.public_key()?) {
+            Ok(())
+        } else {
+            Err(ConfigError::Certificate(format!(
+                "the certificate (x5t#S256 {}) does not hold this private key's public key",
+                certificate.thumbprint_sha256()
+            )))
+        }
+    }
+
+    /// The public key bytes of the SubjectPublicKeyInfo bit string.
+    fn public_key(&self) -> Result<Vec<u8>, ConfigError> {
+        let unusable = |e: ring::error::KeyRejected| {
+            ConfigError::Key(format!("not a usable private key: {e}"))
+        };
+        Ok(match (self.alg, self.kind) {
+            (SigningAlgorithm::Rs256, DerKind::Pkcs8) => RsaKeyPair::from_pkcs8(&self.der)
+                .map_err(unusable)?
+                .public_key()
+                .as_ref()
+                .to_vec(),
+            (SigningAlgorithm::Rs256, DerKind::Pkcs1Rsa) => RsaKeyPair::from_der(&self.der)
+                .map_err(unusable)?
+                .public_key()
+                .as_ref()
+                .to_vec(),
+            (SigningAlgorithm::Es256, _) => EcdsaKeyPair::from_pkcs8(
+                &ECDSA_P256_SHA256_FIXED_SIGNING,
+                &self.der,
+                &SystemRandom::new(),
+            )
+            .map_err(unusable)?
+            .public_key()
+            .as_ref()
+            .to_vec(),
+        })
+    }
+
+    /// The key as PEM again (for a TLS identity), in wiped memory.
+    pub(crate) fn to_pkcs8_or_pkcs1_pem(&self) -> Zeroizing<String> {
+        let label = match self.kind {
+            DerKind::Pkcs8 => "PRIVATE KEY",
+            DerKind::Pkcs1Rsa => "RSA PRIVATE KEY",
+        };
+        let b64 = Zeroizing::new(STANDARD.encode(&*self.der));
+        let mut out = Zeroizing::new(format!("-----BEGIN {label}-----\n"));
+        for line in b64.as_bytes().chunks(64) {
+            for &c in line {
+                out.push(char::from(c));
+            }
+            out.push('\n');
+        }
+        out.push_str(&format!("-----END {label}-----\n"));
+        out
     }
 
     /// Sets the key id (`kid` in the assertion's header), so the server can
@@ -170,6 +311,15 @@ impl PrivateKey {
         if let Some(kid) = &self.kid {
             header["kid"] = json!(kid);
         }
+        if let Some(cert) = &self.certificate {
+            header["x5t#S256"] = json!(cert.thumbprint_sha256());
+            if self.x5t {
+                header["x5t"] = json!(cert.thumbprint_sha1());
+            }
+            if self.x5c {
+                header["x5c"] = json!(cert.x5c());
+            }
+        }
         let claims = json!({
             "iss": client_id,
             "sub": client_id,
@@ -194,34 +344,39 @@ impl fmt::Debug for PrivateKey {
         f.debug_struct("PrivateKey")
             .field("alg", &self.alg)
             .field("kid", &self.kid)
+            .field(
+                "x5t#S256",
+                &self
+                    .certificate
+                    .as_ref()
+                    .map(Certificate::thumbprint_sha256),
+            )
             .field("der", &"***")
             .finish()
     }
 }
 
-/// The first PEM block: its label and DER bytes (in wiped memory).
-fn decode_pem(pem: &str) -> Result<(String, Zeroizing<Vec<u8>>), ConfigError> {
-    let invalid = || ConfigError::Key("not a PEM private key (no BEGIN/END block)".into());
-    let start = pem.find("-----BEGIN ").ok_or_else(invalid)?;
-    let rest = &pem[start + "-----BEGIN ".len()..];
-    let label_end = rest.find("-----").ok_or_else(invalid)?;
-    let label = rest[..label_end].trim().to_owned();
-    let body_and_end = &rest[label_end + 5..];
-    let end = body_and_end
-        .find(&format!("-----END {label}-----"))
-        .ok_or_else(invalid)?;
-    let body = &body_and_end[..end];
-    if body.contains(':') {
-        return Err(ConfigError::Key(
-            "encrypted PEM keys are not supported; decrypt it first".into(),
-        ));
+/// The first private key block of a PEM: its label and DER bytes (in wiped
+/// memory). Certificate blocks before it are skipped.
+fn decode_pem(text: &str) -> Result<(String, Zeroizing<Vec<u8>>), ConfigError> {
+    let blocks = pem::blocks(text, "private key PEM").map_err(ConfigError::Key)?;
+    let mut labels = Vec::new();
+    for block in blocks {
+        if block.label.ends_with("PRIVATE KEY") {
+            return Ok((block.label, block.der));
+        }
+        labels.push(block.label);
     }
-    let b64: Zeroizing<String> =
-        Zeroizing::new(body.chars().filter(|c| !c.is_whitespace()).collect());
-    let der = STANDARD
-        .decode(b64.as_bytes())
-        .map_err(|_| ConfigError::Key(format!("the `{label}` PEM block is not valid base64")))?;
-    Ok((label, Zeroizing::new(der)))
+    if labels.is_empty() {
+        Err(ConfigError::Key(
+            "not a PEM private key (no BEGIN/END block)".into(),
+        ))
+    } else {
+        Err(ConfigError::Key(format!(
+            "the PEM holds no private key, only: {}",
+            labels.join(", ")
+        )))
+    }
 }
 
 #[cfg(test)]

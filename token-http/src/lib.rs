@@ -4,13 +4,24 @@
 //!
 //! - [`OAuthCredential`]: a [`token_core::Credential`] for the client
 //!   credentials, refresh token and token exchange (RFC 8693) grants, with
-//!   `client_secret_basic`, `client_secret_post` or `private_key_jwt`
-//!   (RS256/ES256, [`PrivateKey`]) client authentication, built from a token
-//!   URL or discovered from an issuer ([`ServerMetadata`]).
+//!   `client_secret_basic`, `client_secret_post`, `private_key_jwt`
+//!   (RS256/ES256, [`PrivateKey`], optionally naming its [`Certificate`]),
+//!   a client assertion minted elsewhere ([`AssertionFile`], re-read at
+//!   every fetch, or [`AssertionFn`]) or mutual TLS (RFC 8705,
+//!   [`ClientCertificate`]) client authentication, built from a token URL
+//!   or discovered from an issuer ([`ServerMetadata`]).
+//! - Managed identities and metadata servers: [`AzureImdsCredential`]
+//!   (Azure VMs, `Metadata: true`, IMDS's documented retries),
+//!   [`AppServiceCredential`] (App Service, Functions, Container Apps:
+//!   `IDENTITY_ENDPOINT` + `IDENTITY_HEADER`) and [`GcpMetadataCredential`]
+//!   (`Metadata-Flavor: Google`); endpoints overridable, `refresh_in` hints
+//!   honoured.
+//! - [`StoredRefreshToken`]: a refresh-token credential whose newest rotated
+//!   refresh token lives in the cache's store, redeemed under its lease.
 //! - [`parse_token_response`]: the pure parser of token endpoint answers,
 //!   usable on its own.
-//! - [`TokenMiddleware`] for `reqwest-middleware`, and [`AuthLayer`] /
-//!   [`Auth`] for tower (hyper, tonic): `Authorization: <type> <token>`
+//! - [`TokenMiddleware`] for `reqwest-middleware`, and [`AddTokenLayer`] /
+//!   [`AddToken`] for tower (hyper, tonic): `Authorization: <type> <token>`
 //!   from a [`TokenCache`](token_core::TokenCache), with a rejected token
 //!   invalidated exactly once.
 //!
@@ -48,25 +59,46 @@
 //! builder. Timeouts, connection failures, 5xx and 429 are transient
 //! errors; the cache retries them with backoff, honouring `Retry-After`.
 
+mod assertion;
 mod auth;
+mod certificate;
+mod chain;
 mod challenge;
 mod client_auth;
 mod credential;
 mod discovery;
+pub mod env;
 mod error;
+mod grant;
+mod header;
 mod jwt;
+mod managed;
 mod middleware;
+mod pem;
+mod refresh_store;
 mod response;
 mod transport;
 
-pub use auth::{Auth, AuthLayer, BoxError};
+pub use assertion::{AssertionFile, AssertionFn, AssertionSource, MAX_ASSERTION_BYTES};
+pub use auth::{AddToken, AddTokenLayer, BoxError};
+pub use certificate::{Certificate, ClientCertificate};
+pub use chain::{ChainCredential, ChainCredentialBuilder, CREDENTIAL_SELECTOR_VAR};
 pub use client_auth::{ClientAuth, JWT_BEARER_ASSERTION_TYPE};
-pub use credential::{
-    Grant, OAuthCredential, OAuthCredentialBuilder, ACCESS_TOKEN_TYPE, DEFAULT_SKEW_WARNING,
-};
+pub use credential::{OAuthCredential, OAuthCredentialBuilder, DEFAULT_SKEW_WARNING};
 pub use discovery::ServerMetadata;
 pub use error::ConfigError;
+pub use grant::{Grant, ACCESS_TOKEN_TYPE};
 pub use jwt::{PrivateKey, SigningAlgorithm, DEFAULT_ASSERTION_LIFETIME};
+pub use managed::{
+    AppServiceCredential, AppServiceCredentialBuilder, AzureImdsCredential,
+    AzureImdsCredentialBuilder, GcpMetadataCredential, GcpMetadataCredentialBuilder,
+    ManagedIdentityId, RetryRules, APP_SERVICE_API_VERSION, DEFAULT_METADATA_CONNECT_TIMEOUT,
+    DEFAULT_METADATA_REQUEST_TIMEOUT, GCP_METADATA_HOST, IMDS_API_VERSION, IMDS_ENDPOINT,
+};
 pub use middleware::TokenMiddleware;
+pub use refresh_store::{
+    StoredRefreshToken, DEFAULT_REFRESH_LEASE_TTL, DEFAULT_REFRESH_LEASE_WAIT,
+    DEFAULT_REFRESH_TOKEN_RETENTION,
+};
 pub use response::{parse_token_response, ClockSkew, ExpiresIn, TokenResponse, MAX_BODY_BYTES};
 pub use transport::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_REQUEST_TIMEOUT};

@@ -4,13 +4,14 @@
 use std::fmt;
 
 use async_trait::async_trait;
-use http::header::{HeaderValue, AUTHORIZATION};
+use http::header::AUTHORIZATION;
 use http::Extensions;
 use reqwest::{Request, Response};
 use reqwest_middleware::{Middleware, Next};
 use token_core::{AccessToken, TokenCache, TokenHandle, TokenRequest};
 
 use crate::challenge::rejects_token;
+use crate::header::authorization_value;
 
 /// Sets `Authorization: <type> <token>` on each request from a
 /// [`TokenCache`], and handles the resource server's rejection of a token.
@@ -63,21 +64,11 @@ impl TokenMiddleware {
                 anyhow::Error::new(e).context("could not obtain an access token for the request"),
             )
         })?;
-        let value = header_value(&token)?;
+        let value = authorization_value(&token)
+            .map_err(|e| reqwest_middleware::Error::Middleware(anyhow::Error::new(e)))?;
         request.headers_mut().insert(AUTHORIZATION, value);
         Ok(token.to_access_token())
     }
-}
-
-/// `<type> <token>` as a sensitive header value.
-pub(crate) fn header_value(token: &AccessToken) -> Result<HeaderValue, reqwest_middleware::Error> {
-    let mut value = HeaderValue::from_str(token.authorization_header().expose()).map_err(|_| {
-        reqwest_middleware::Error::Middleware(anyhow::anyhow!(
-            "the access token contains characters that cannot go in an Authorization header"
-        ))
-    })?;
-    value.set_sensitive(true);
-    Ok(value)
 }
 
 #[async_trait]

@@ -6,6 +6,7 @@ use std::time::Duration;
 use http::StatusCode;
 use token_core::CredentialError;
 
+use crate::certificate::ClientCertificate;
 use crate::error::ConfigError;
 use crate::response::MAX_BODY_BYTES;
 
@@ -22,12 +23,37 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(8);
 
 /// A reqwest client for token and discovery requests: rustls, the connect
 /// timeout, and no redirects (a redirect could carry the client's
-/// credentials to another server).
-pub(crate) fn build_client(connect_timeout: Duration) -> Result<reqwest::Client, ConfigError> {
-    reqwest::Client::builder()
+/// credentials to another server); with a client certificate for mutual
+/// TLS and extra trusted roots when given.
+pub(crate) fn build_client(
+    connect_timeout: Duration,
+    identity: Option<&ClientCertificate>,
+    root_pems: &[String],
+) -> Result<reqwest::Client, ConfigError> {
+    let mut builder = reqwest::Client::builder()
         .connect_timeout(connect_timeout)
         .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("token-http/", env!("CARGO_PKG_VERSION")))
+        .user_agent(concat!("token-http/", env!("CARGO_PKG_VERSION")));
+    if let Some(certificate) = identity {
+        builder = builder.identity(certificate.identity()?);
+    }
+    for pem in root_pems {
+        let roots = reqwest::Certificate::from_pem_bundle(pem.as_bytes()).map_err(|e| {
+            ConfigError::Certificate(format!(
+                "a trusted root PEM could not be read: {}",
+                e.without_url()
+            ))
+        })?;
+        if roots.is_empty() {
+            return Err(ConfigError::Certificate(
+                "a trusted root PEM holds no certificate".into(),
+            ));
+        }
+        for root in roots {
+            builder = builder.add_root_certificate(root);
+        }
+    }
+    builder
         .build()
         .map_err(|e| ConfigError::HttpClient(e.without_url().to_string()))
 }

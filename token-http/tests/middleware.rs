@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use serde_json::json;
 use token_core::{TokenCache, TokenRequest};
-use token_http::{AuthLayer, OAuthCredential, TokenMiddleware};
+use token_http::{AddTokenLayer, OAuthCredential, TokenMiddleware};
 use tower::{Layer, ServiceExt};
 use wiremock::matchers::{header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -262,7 +262,7 @@ async fn tower_layer_sets_a_sensitive_header_and_invalidates_rejected_tokens() {
             }
         })
     };
-    let service = AuthLayer::new(&cache, &TokenRequest::new()).layer(inner);
+    let service = AddTokenLayer::new(&cache, &TokenRequest::new()).layer(inner);
     let first = service
         .clone()
         .oneshot(http::Request::new(String::new()))
@@ -282,10 +282,11 @@ async fn tower_layer_sets_a_sensitive_header_and_invalidates_rejected_tokens() {
 
     // A token failure is the service's error, and names the cause.
     let failing = MockServer::start().await;
-    let service =
-        AuthLayer::new(&cache_for_down(&failing), &TokenRequest::new()).layer(tower::service_fn(
-            |_: http::Request<String>| async { Ok::<_, Infallible>(http::Response::new(())) },
-        ));
+    let service = AddTokenLayer::new(&cache_for_down(&failing), &TokenRequest::new()).layer(
+        tower::service_fn(|_: http::Request<String>| async {
+            Ok::<_, Infallible>(http::Response::new(()))
+        }),
+    );
     let e = service
         .oneshot(http::Request::new(String::new()))
         .await

@@ -2,7 +2,8 @@
 //!
 //! This is garbage collection: it frees an entry's memory once its token
 //! has expired. Whether a token may be returned is decided from the token's
-//! own `expires_at` on every read (see [`usable_at`]), because expiry is
+//! own `expires_at` on every read (`AccessToken::is_live_at`, the rule every
+//! store shares), because expiry is
 //! data, and the wall clock can move in ways moka's monotonic clock does not.
 
 use std::sync::Arc;
@@ -44,12 +45,6 @@ pub(crate) fn time_left(token: &AccessToken, now: SystemTime) -> Duration {
         .expires_at()
         .and_then(|at| at.duration_since(now).ok())
         .unwrap_or(Duration::ZERO)
-}
-
-/// True when `token` may be handed out at `now`: it expires strictly after
-/// `now`.
-pub(crate) fn usable_at(token: &AccessToken, now: SystemTime) -> bool {
-    token.expires_at().is_some_and(|at| now < at)
 }
 
 #[cfg(test)]
@@ -97,17 +92,5 @@ mod tests {
             ExpireWithToken.expire_after_create(&key, &expired, Instant::now()),
             Some(Duration::ZERO)
         );
-    }
-
-    #[test]
-    fn a_token_is_usable_strictly_before_it_expires() {
-        let now = SystemTime::now();
-        assert!(usable_at(&token(Some(now + Duration::from_millis(1))), now));
-        assert!(!usable_at(&token(Some(now)), now));
-        assert!(!usable_at(
-            &token(Some(now - Duration::from_millis(1))),
-            now
-        ));
-        assert!(!usable_at(&token(None), now));
     }
 }

@@ -7,12 +7,12 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use moka::future::Cache;
 use moka::ops::compute::{CompResult, Op};
+use token_core::backend::{storable_expiry, LocalLeases};
 use token_core::{
-    storable_expiry, AccessToken, CacheKey, CacheStore, Lease, LocalLeases, PutOutcome,
-    StoreCapabilities, StoreError,
+    AccessToken, CacheKey, CacheStore, Lease, PutOutcome, StoreCapabilities, StoreError,
 };
 
-use crate::expiry::{usable_at, ExpireWithToken};
+use crate::expiry::ExpireWithToken;
 
 /// How many tokens a store keeps by default.
 ///
@@ -133,7 +133,7 @@ impl CacheStore for MemoryStore {
         let token = self.tokens.get(key).await;
         let now = SystemTime::now();
         Ok(token
-            .filter(|t| usable_at(t, now))
+            .filter(|t| t.is_live_at(now))
             .map(|t| AccessToken::clone(&t)))
     }
 
@@ -143,7 +143,7 @@ impl CacheStore for MemoryStore {
     /// a stored expired token) but not kept, so it never evicts a live one.
     async fn put(&self, key: &CacheKey, token: &AccessToken) -> Result<PutOutcome, StoreError> {
         let expires_at = storable_expiry(token)?;
-        let already_expired = !usable_at(token, SystemTime::now());
+        let already_expired = !token.is_live_at(SystemTime::now());
         let candidate = Arc::new(token.clone());
         let result = self
             .tokens

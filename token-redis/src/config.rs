@@ -51,10 +51,10 @@ pub(crate) enum Target {
 /// use token_redis::RedisConfig;
 ///
 /// let config = RedisConfig::new("redis://127.0.0.1:6380/0")
-///     .username("token-cache")
-///     .password("s3cret")
-///     .key_prefix("myapp:tokens:")
-///     .command_timeout(Duration::from_millis(200));
+///     .with_username("token-cache")
+///     .with_password("s3cret")
+///     .with_key_prefix("myapp:tokens:")
+///     .with_command_timeout(Duration::from_millis(200));
 /// // Passwords never show:
 /// assert!(!format!("{config:?}").contains("s3cret"));
 /// ```
@@ -112,14 +112,14 @@ impl RedisConfig {
     }
 
     /// The ACL user. Defaults to the URL's, or none (the `default` user).
-    pub fn username(mut self, username: impl Into<String>) -> Self {
+    pub fn with_username(mut self, username: impl Into<String>) -> Self {
         self.username = Some(username.into());
         self
     }
 
     /// The password (of the ACL user, or `requirepass`). Defaults to the
     /// URL's, or none. Kept as a [`Secret`]: never shown by `Debug`.
-    pub fn password(mut self, password: impl Into<Secret>) -> Self {
+    pub fn with_password(mut self, password: impl Into<Secret>) -> Self {
         self.password = Some(password.into());
         self
     }
@@ -128,20 +128,20 @@ impl RedisConfig {
     /// [`DEFAULT_KEY_PREFIX`]. Must not contain `{` or `}`: the store puts
     /// a hash tag after it so that a token and its lease share a cluster
     /// slot.
-    pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
+    pub fn with_key_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.key_prefix = prefix.into();
         self
     }
 
     /// Timeout of each command. Defaults to [`DEFAULT_COMMAND_TIMEOUT`].
-    pub fn command_timeout(mut self, timeout: Duration) -> Self {
+    pub fn with_command_timeout(mut self, timeout: Duration) -> Self {
         self.command_timeout = timeout;
         self
     }
 
     /// Timeout of each connection attempt. Defaults to
     /// [`DEFAULT_CONNECT_TIMEOUT`].
-    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
         self
     }
@@ -149,7 +149,7 @@ impl RedisConfig {
     /// The circuit breaker: open after `failures` failures in a row, for
     /// `open_for`. Defaults to [`DEFAULT_BREAKER_THRESHOLD`] and
     /// [`DEFAULT_BREAKER_OPEN_FOR`].
-    pub fn circuit_breaker(mut self, failures: u32, open_for: Duration) -> Self {
+    pub fn with_circuit_breaker(mut self, failures: u32, open_for: Duration) -> Self {
         self.breaker_threshold = failures.max(1);
         self.breaker_open_for = open_for;
         self
@@ -157,14 +157,14 @@ impl RedisConfig {
 
     /// Replace the connection after this many timeouts in a row. Defaults
     /// to [`DEFAULT_REPLACE_AFTER_TIMEOUTS`].
-    pub fn replace_connection_after_timeouts(mut self, timeouts: u32) -> Self {
+    pub fn with_replace_connection_after_timeouts(mut self, timeouts: u32) -> Self {
         self.replace_after_timeouts = timeouts.max(1);
         self
     }
 
     /// Whether to publish invalidations and listen for other instances'
     /// (one extra pub/sub connection per store). Defaults to on.
-    pub fn invalidation_events(mut self, on: bool) -> Self {
+    pub fn with_invalidation_events(mut self, on: bool) -> Self {
         self.events = on;
         self
     }
@@ -175,7 +175,7 @@ impl RedisConfig {
     /// Defaults to none: values are stored in clear.
     #[cfg(feature = "encryption")]
     #[cfg_attr(docsrs, doc(cfg(feature = "encryption")))]
-    pub fn encryption(mut self, keyring: token_core::Keyring) -> Self {
+    pub fn with_encryption(mut self, keyring: token_core::Keyring) -> Self {
         self.keyring = Some(std::sync::Arc::new(keyring));
         self
     }
@@ -192,7 +192,7 @@ impl RedisConfig {
     /// [`RedisStoreError::InvalidConfig`].
     #[cfg(feature = "tls")]
     #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
-    pub fn tls_root_certificates(mut self, pem: impl Into<Vec<u8>>) -> Self {
+    pub fn with_tls_root_certificates(mut self, pem: impl Into<Vec<u8>>) -> Self {
         self.tls.root_certificates = Some(pem.into());
         self
     }
@@ -208,7 +208,7 @@ impl RedisConfig {
     /// which this crate cannot zeroize.
     #[cfg(feature = "tls")]
     #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
-    pub fn tls_client_certificate(
+    pub fn with_tls_client_certificate(
         mut self,
         certificate_chain_pem: impl Into<Vec<u8>>,
         private_key_pem: impl Into<Vec<u8>>,
@@ -221,12 +221,12 @@ impl RedisConfig {
     }
 
     /// The key prefix in force.
-    pub fn get_key_prefix(&self) -> &str {
+    pub fn key_prefix(&self) -> &str {
         &self.key_prefix
     }
 
     /// The command timeout in force.
-    pub fn get_command_timeout(&self) -> Duration {
+    pub fn command_timeout(&self) -> Duration {
         self.command_timeout
     }
 
@@ -349,8 +349,8 @@ mod tests {
 
     #[test]
     fn debug_hides_passwords_everywhere() {
-        let c =
-            RedisConfig::cluster(["redis://u:hunter2@a:1", "redis://b:2"]).password("topsecret");
+        let c = RedisConfig::cluster(["redis://u:hunter2@a:1", "redis://b:2"])
+            .with_password("topsecret");
         let text = format!("{c:?}");
         assert!(
             !text.contains("hunter2") && !text.contains("topsecret"),
@@ -362,7 +362,7 @@ mod tests {
     #[test]
     fn braces_in_the_prefix_are_refused() {
         let err = RedisConfig::new("redis://h")
-            .key_prefix("a{b}")
+            .with_key_prefix("a{b}")
             .validate()
             .unwrap_err();
         assert!(err.to_string().contains("hash tag"), "{err}");

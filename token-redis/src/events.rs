@@ -16,7 +16,8 @@ use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use futures_util::StreamExt as _;
-use token_core::{CacheKey, StoreEvent, TokenFingerprint};
+use token_core::backend::{StoreEvent, TokenFingerprint};
+use token_core::CacheKey;
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 

@@ -9,7 +9,7 @@
 //! - invalidation channel: `p` + `events`.
 //!
 //! A stored value is `<expires_at in ms, decimal>:<payload>`. The payload is
-//! `token_core::encode_token`'s output, or that sealed in the encryption
+//! `token_core::backend::encode_token`'s output, or that sealed in the encryption
 //! envelope. The header exists so the newer-wins script can compare expiries
 //! without reading the payload (which it cannot, when encrypted); it is a
 //! hint only, and the store trusts nothing but the decoded payload.

@@ -13,7 +13,7 @@
 //! use token_redis::{RedisConfig, RedisStore};
 //!
 //! let store = RedisStore::connect(
-//!     RedisConfig::new("redis://redis.internal:6379").key_prefix("orders-svc:tokens:"),
+//!     RedisConfig::new("redis://redis.internal:6379").with_key_prefix("orders-svc:tokens:"),
 //! )
 //! .await?;
 //! let cache = TokenCache::builder(MyIdp).store(store).build();
@@ -28,8 +28,8 @@
 //!
 //! Features: `encryption` (seal values with token-core's AES-256-GCM
 //! envelope), `tls` (`rediss://` URLs, via rustls; a private CA with
-//! `RedisConfig::tls_root_certificates`, mutual TLS with
-//! `RedisConfig::tls_client_certificate`).
+//! `RedisConfig::with_tls_root_certificates`, mutual TLS with
+//! `RedisConfig::with_tls_client_certificate`).
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod breaker;

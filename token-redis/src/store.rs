@@ -7,9 +7,11 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use redis::Value;
+use token_core::backend::{
+    decode_token, encode_token, storable_expiry, StoreEvent, TokenFingerprint,
+};
 use token_core::{
-    decode_token, encode_token, storable_expiry, AccessToken, CacheKey, CacheStore, Lease,
-    PutOutcome, StoreCapabilities, StoreError, StoreEvent, StoreStats, TokenFingerprint,
+    AccessToken, CacheKey, CacheStore, Lease, PutOutcome, StoreCapabilities, StoreError, StoreStats,
 };
 use tokio::sync::broadcast;
 use zeroize::Zeroizing;
@@ -56,7 +58,7 @@ const MAX_PUT_ATTEMPTS: u32 = 8;
 /// lease under `p{h}:lease`, where `h` is the first 16 bytes of SHA-256 of
 /// `k`'s text in lowercase hex (the braces are the cluster hash tag). The
 /// token's value is `<expires_at as decimal ms since the epoch>:<payload>`,
-/// the payload being `token_core::encode_token`'s output, sealed when
+/// the payload being `token_core::backend::encode_token`'s output, sealed when
 /// encryption is on. Invalidations are published on `p` + `events`.
 ///
 /// Needs Redis 6.2 or later (`SET ... PXAT`).
@@ -123,7 +125,7 @@ enum Unreadable {
     Header,
     #[cfg(feature = "encryption")]
     Envelope,
-    Codec(token_core::DecodeError),
+    Codec(token_core::backend::DecodeError),
 }
 
 impl fmt::Display for Unreadable {
@@ -156,7 +158,7 @@ impl RedisStore {
     }
 
     fn build(config: RedisConfig, link: Link) -> Result<Self, RedisStoreError> {
-        let instance = format!("{:032x}", token_core::random_u128());
+        let instance = format!("{:032x}", token_core::backend::random_u128());
         let channel = layout::channel(&config.key_prefix);
         let events = if config.events {
             let events = Events::new(
@@ -340,7 +342,7 @@ impl CacheStore for RedisStore {
         };
         let value = Zeroizing::new(value);
         match self.decode(key, &value) {
-            Ok(token) if token.is_expired_at(SystemTime::now()) => Ok(None),
+            Ok(token) if !token.is_live_at(SystemTime::now()) => Ok(None),
             Ok(token) => Ok(Some(token)),
             Err(why) => {
                 self.corrupt(key, &why);

@@ -11,7 +11,7 @@ use token_redis::{RedisConfig, RedisStore};
 /// A fresh fixture: its own prefix; the second handle is a separate client
 /// on the same prefix, as another process is.
 async fn fixture(config: RedisConfig) -> Result<Fixture, token_core::BoxError> {
-    let config = config.key_prefix(support::fresh_prefix("conformance"));
+    let config = config.with_key_prefix(support::fresh_prefix("conformance"));
     let store = RedisStore::connect(config.clone()).await?;
     let second = RedisStore::connect(config).await?;
     Ok(Fixture::new(store.clone())
@@ -32,7 +32,7 @@ fn main() {
         let url = url.clone();
         async move {
             let keyring = token_core::Keyring::new(token_core::EncryptionKey::generate()?);
-            fixture(RedisConfig::new(url).encryption(keyring)).await
+            fixture(RedisConfig::new(url).with_encryption(keyring)).await
         }
     }));
     let conclusion = libtest_mimic::run(&Arguments::from_args(), trials);

@@ -18,7 +18,7 @@ fn main() {
                 // Each check gets its own prefix; the second handle is a
                 // separate client on the same prefix, as another process is.
                 let prefix = support::fresh_prefix("conformance");
-                let config = RedisConfig::cluster(urls).key_prefix(prefix);
+                let config = RedisConfig::cluster(urls).with_key_prefix(prefix);
                 let store = RedisStore::connect(config.clone()).await?;
                 let second = RedisStore::connect(config).await?;
                 Ok(Fixture::new(store.clone())

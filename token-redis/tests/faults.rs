@@ -8,48 +8,23 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use async_trait::async_trait;
+use token_core::test_util::FakeIdp;
 use token_core::{
-    AccessToken, CacheKey, CacheStore, Credential, CredentialError, RefreshPolicy, StoreError,
-    TokenCache, TokenRequest,
+    AccessToken, CacheKey, CacheStore, RefreshPolicy, StoreError, TokenCache, TokenRequest,
 };
 use token_redis::redis;
 use token_redis::{RedisConfig, RedisStore, RedisStoreError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-/// A credential that counts its calls and hands out `tok-<n>`.
-#[derive(Debug)]
-struct CountingIdp {
-    calls: AtomicUsize,
-    lifetime: Duration,
-}
-
-impl CountingIdp {
-    fn new(lifetime: Duration) -> Arc<Self> {
-        Arc::new(Self {
-            calls: AtomicUsize::new(0),
-            lifetime,
-        })
-    }
-    fn calls(&self) -> usize {
-        self.calls.load(Ordering::SeqCst)
-    }
-}
-
-#[async_trait]
-impl Credential for CountingIdp {
-    fn id(&self) -> &str {
-        "fault-idp"
-    }
-    async fn fetch(
-        &self,
-        _: &TokenRequest,
-        _: Option<&AccessToken>,
-    ) -> Result<AccessToken, CredentialError> {
-        let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
-        Ok(AccessToken::new(format!("tok-{n}"), SystemTime::now()).with_expires_in(self.lifetime))
-    }
+/// token-core's shared fake IdP, handing out `tok-<n>` that last `lifetime`.
+fn counting_idp(lifetime: Duration) -> Arc<FakeIdp> {
+    Arc::new(
+        FakeIdp::new()
+            .with_id("fault-idp")
+            .with_secret_prefix("tok-")
+            .with_lifetime(lifetime),
+    )
 }
 
 fn token(secret: &str, lifetime: Duration) -> AccessToken {
@@ -58,10 +33,10 @@ fn token(secret: &str, lifetime: Duration) -> AccessToken {
 
 fn fast_config(url: String, label: &str) -> RedisConfig {
     RedisConfig::new(url)
-        .key_prefix(support::fresh_prefix(label))
-        .command_timeout(Duration::from_millis(200))
-        .connect_timeout(Duration::from_millis(200))
-        .circuit_breaker(3, Duration::from_millis(200))
+        .with_key_prefix(support::fresh_prefix(label))
+        .with_command_timeout(Duration::from_millis(200))
+        .with_connect_timeout(Duration::from_millis(200))
+        .with_circuit_breaker(3, Duration::from_millis(200))
 }
 
 /// Calls `f` until it returns `Some`, at most `tries` times, 50 ms apart.
@@ -81,8 +56,8 @@ where
 
 fn policy() -> RefreshPolicy {
     RefreshPolicy::default()
-        .store_timeout(Duration::from_millis(500))
-        .store_cooldown(Duration::from_millis(300))
+        .with_store_timeout(Duration::from_millis(500))
+        .with_store_cooldown(Duration::from_millis(300))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -147,7 +122,7 @@ async fn cache_rides_out_a_stalled_server(
     let store = RedisStore::connect(fast_config(server.url(), "stall"))
         .await
         .unwrap();
-    let idp = CountingIdp::new(Duration::from_secs(3600));
+    let idp = counting_idp(Duration::from_secs(3600));
     let cache = TokenCache::builder_arc(idp.clone())
         .store(store.clone())
         .policy(policy())
@@ -273,7 +248,7 @@ async fn corrupt_and_foreign_values_are_counted_misses_and_the_cache_refetches()
     assert!(store.get(&key).await.unwrap().is_some());
 
     // The engine over it: a counted miss, one IdP call, the new token stored.
-    let idp = CountingIdp::new(Duration::from_secs(3600));
+    let idp = counting_idp(Duration::from_secs(3600));
     let cache = TokenCache::builder_arc(idp.clone())
         .store(store.clone())
         .policy(policy())
@@ -358,12 +333,12 @@ async fn lost_lease_acquire_reply_is_resolved_by_reading_the_lease_back() {
     let prefix = support::fresh_prefix("lost-reply");
     let through_proxy = RedisStore::connect(
         RedisConfig::new(format!("redis://127.0.0.1:{}", proxy.port))
-            .key_prefix(prefix.clone())
-            .invalidation_events(false),
+            .with_key_prefix(prefix.clone())
+            .with_invalidation_events(false),
     )
     .await
     .unwrap();
-    let direct = RedisStore::connect(RedisConfig::new(server.url()).key_prefix(prefix))
+    let direct = RedisStore::connect(RedisConfig::new(server.url()).with_key_prefix(prefix))
         .await
         .unwrap();
     // Load the script, so the acquire below is a single EVALSHA.
@@ -416,8 +391,8 @@ async fn invalidate_on_one_instance_drops_the_token_from_the_others_hot_slots() 
         return;
     };
     let prefix = support::fresh_prefix("invalidate");
-    let config = RedisConfig::new(server.url()).key_prefix(prefix);
-    let idp = CountingIdp::new(Duration::from_secs(3600));
+    let config = RedisConfig::new(server.url()).with_key_prefix(prefix);
+    let idp = counting_idp(Duration::from_secs(3600));
     let store_a = RedisStore::connect(config.clone()).await.unwrap();
     let channel = store_a.events_channel().to_owned();
     let a = TokenCache::builder_arc(idp.clone())
@@ -497,9 +472,9 @@ async fn acl_users_connect_and_wrong_passwords_fail_without_showing_them() {
 
     let ok = RedisStore::connect(
         RedisConfig::new(format!("redis://127.0.0.1:{port}"))
-            .username("tokens")
-            .password("acl-pass-7f3a")
-            .key_prefix(support::fresh_prefix("acl")),
+            .with_username("tokens")
+            .with_password("acl-pass-7f3a")
+            .with_key_prefix(support::fresh_prefix("acl")),
     )
     .await
     .expect("the ACL user connects");
@@ -516,8 +491,8 @@ async fn acl_users_connect_and_wrong_passwords_fail_without_showing_them() {
     for config in [
         RedisConfig::new(format!("redis://tokens:wrong-pass-5e1d@127.0.0.1:{port}")),
         RedisConfig::new(format!("redis://127.0.0.1:{port}"))
-            .username("tokens")
-            .password("wrong-pass-5e1d"),
+            .with_username("tokens")
+            .with_password("wrong-pass-5e1d"),
     ] {
         let shown = format!("{config:?}");
         assert!(!shown.contains("wrong-pass-5e1d"), "{shown}");
@@ -544,26 +519,26 @@ async fn encrypted_values_are_unreadable_without_the_right_key() {
     else {
         return;
     };
-    let config = RedisConfig::new(server.url()).key_prefix(support::fresh_prefix("enc"));
+    let config = RedisConfig::new(server.url()).with_key_prefix(support::fresh_prefix("enc"));
     let key_bytes = [7u8; 32];
     let writer = RedisStore::connect(
         config
             .clone()
-            .encryption(Keyring::new(EncryptionKey::from_bytes(key_bytes))),
+            .with_encryption(Keyring::new(EncryptionKey::from_bytes(key_bytes))),
     )
     .await
     .unwrap();
     let same_key = RedisStore::connect(
         config
             .clone()
-            .encryption(Keyring::new(EncryptionKey::from_bytes(key_bytes))),
+            .with_encryption(Keyring::new(EncryptionKey::from_bytes(key_bytes))),
     )
     .await
     .unwrap();
     let other_key = RedisStore::connect(
         config
             .clone()
-            .encryption(Keyring::new(EncryptionKey::from_bytes([9u8; 32]))),
+            .with_encryption(Keyring::new(EncryptionKey::from_bytes([9u8; 32]))),
     )
     .await
     .unwrap();

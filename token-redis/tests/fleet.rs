@@ -40,9 +40,9 @@ const REQUEST_EVERY: Duration = Duration::from_millis(20);
 /// little.
 fn policy() -> RefreshPolicy {
     RefreshPolicy::default()
-        .fetch_timeout(Duration::from_secs(2))
-        .store_timeout(Duration::from_millis(500))
-        .store_cooldown(Duration::from_secs(1))
+        .with_fetch_timeout(Duration::from_secs(2))
+        .with_store_timeout(Duration::from_millis(500))
+        .with_store_cooldown(Duration::from_secs(1))
 }
 
 /// The mean time between refreshes of one key, from the policy itself.
@@ -111,7 +111,7 @@ fn worker() {
         .build()
         .expect("a runtime");
     let (requests, failures, expired) = runtime.block_on(async move {
-        let config = RedisConfig::new(env("FLEET_REDIS_URL")).key_prefix(env("FLEET_PREFIX"));
+        let config = RedisConfig::new(env("FLEET_REDIS_URL")).with_key_prefix(env("FLEET_PREFIX"));
         let store = RedisStore::connect_lazy(config).expect("a valid config");
         let cache = TokenCache::builder(RemoteIdp {
             addr: env("FLEET_IDP_ADDR"),
@@ -130,7 +130,7 @@ fn worker() {
                 while Instant::now() < end {
                     counts[0].fetch_add(1, Ordering::Relaxed);
                     match handle.token().await {
-                        Ok(t) if t.is_expired_at(SystemTime::now()) => {
+                        Ok(t) if !t.is_live_at(SystemTime::now()) => {
                             counts[2].fetch_add(1, Ordering::Relaxed);
                         }
                         Ok(_) => {}

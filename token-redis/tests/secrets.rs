@@ -8,6 +8,7 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use token_core::test_util::FakeIdp;
 use token_core::{AccessToken, CacheKey, CacheStore, TokenCache, TokenRequest};
 use token_redis::redis;
 use token_redis::{RedisConfig, RedisStore};
@@ -26,23 +27,6 @@ impl Write for Capture {
     }
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
-    }
-}
-
-#[derive(Debug)]
-struct Idp;
-
-#[async_trait::async_trait]
-impl token_core::Credential for Idp {
-    fn id(&self) -> &str {
-        "secrets-idp"
-    }
-    async fn fetch(
-        &self,
-        _: &TokenRequest,
-        _: Option<&AccessToken>,
-    ) -> Result<AccessToken, token_core::CredentialError> {
-        Ok(token())
     }
 }
 
@@ -69,15 +53,19 @@ async fn no_secret_in_logs_errors_or_debug() {
 
     let mut seen = String::new();
     let config = RedisConfig::new(format!("redis://:{PASSWORD}@127.0.0.1:{}", server.port))
-        .key_prefix(support::fresh_prefix("secrets"))
-        .command_timeout(Duration::from_millis(200))
-        .circuit_breaker(2, Duration::from_millis(100));
+        .with_key_prefix(support::fresh_prefix("secrets"))
+        .with_command_timeout(Duration::from_millis(200))
+        .with_circuit_breaker(2, Duration::from_millis(100));
     seen.push_str(&format!("{config:?}"));
     let store = RedisStore::connect(config.clone()).await.unwrap();
     seen.push_str(&format!("{store:?}"));
 
     // Normal use through the engine, an invalidation, corrupt values.
-    let cache = TokenCache::builder(Idp).store(store.clone()).build();
+    let idp = FakeIdp::new()
+        .with_id("secrets-idp")
+        .with_secret(TOKEN)
+        .with_refresh_token(REFRESH);
+    let cache = TokenCache::builder(idp).store(store.clone()).build();
     let request = TokenRequest::builder().scope("secrets").build();
     let got = cache.get_token(&request).await.unwrap();
     seen.push_str(&format!("{got:?} {cache:?}"));
@@ -96,7 +84,7 @@ async fn no_secret_in_logs_errors_or_debug() {
 
     // Failures: wrong password, a dead server.
     let wrong = RedisStore::connect(
-        RedisConfig::new(format!("redis://127.0.0.1:{}", server.port)).password("not-it-e07a"),
+        RedisConfig::new(format!("redis://127.0.0.1:{}", server.port)).with_password("not-it-e07a"),
     )
     .await
     .unwrap_err();

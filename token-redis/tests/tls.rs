@@ -19,7 +19,7 @@ mod support;
 
 use std::error::Error as _;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -27,10 +27,9 @@ use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
 };
-use token_core::{
-    AccessToken, CacheKey, CacheStore, Credential, CredentialError, PutOutcome, StoreEvent,
-    TokenCache, TokenRequest,
-};
+use token_core::backend::StoreEvent;
+use token_core::test_util::FakeIdp;
+use token_core::{AccessToken, CacheKey, CacheStore, PutOutcome, TokenCache, TokenRequest};
 use token_redis::{RedisConfig, RedisStore, RedisStoreError};
 
 /// A throwaway CA with a server certificate (for `127.0.0.1` and
@@ -155,10 +154,10 @@ impl Drop for Pki {
 /// and short timeouts.
 fn config(server: &support::RedisServer, pki: &Pki) -> RedisConfig {
     RedisConfig::new(server.url())
-        .tls_root_certificates(pki.ca_pem.as_bytes())
-        .key_prefix(support::fresh_prefix("tls"))
-        .connect_timeout(Duration::from_secs(2))
-        .command_timeout(Duration::from_secs(1))
+        .with_tls_root_certificates(pki.ca_pem.as_bytes())
+        .with_key_prefix(support::fresh_prefix("tls"))
+        .with_connect_timeout(Duration::from_secs(2))
+        .with_command_timeout(Duration::from_secs(1))
 }
 
 /// The error and all its sources, one line.
@@ -186,23 +185,14 @@ fn token(secret: &str) -> AccessToken {
         .with_refresh_token("refresh-over-tls")
 }
 
-#[derive(Debug, Default)]
-struct CountingIdp(AtomicUsize);
-
-#[async_trait::async_trait]
-impl Credential for CountingIdp {
-    fn id(&self) -> &str {
-        "tls-idp"
-    }
-
-    async fn fetch(
-        &self,
-        _: &TokenRequest,
-        _: Option<&AccessToken>,
-    ) -> Result<AccessToken, CredentialError> {
-        let n = self.0.fetch_add(1, Ordering::SeqCst) + 1;
-        Ok(token(&format!("tls-token-{n}")))
-    }
+/// token-core's shared fake IdP, handing out `tls-token-<n>`.
+fn counting_idp() -> Arc<FakeIdp> {
+    Arc::new(
+        FakeIdp::new()
+            .with_id("tls-idp")
+            .with_secret_prefix("tls-token-")
+            .with_refresh_token("refresh-over-tls"),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -250,7 +240,7 @@ async fn rediss_round_trips_tokens_and_leases_and_serves_a_token_cache() {
 
     // A TokenCache over the TLS store: one IdP call, then hits; a second
     // cache on another client adopts the token from Redis.
-    let idp = Arc::new(CountingIdp::default());
+    let idp = counting_idp();
     let cache = TokenCache::builder_arc(idp.clone())
         .store(store.clone())
         .build();
@@ -261,7 +251,7 @@ async fn rediss_round_trips_tokens_and_leases_and_serves_a_token_cache() {
     let second_cache = TokenCache::builder_arc(idp.clone()).store(other).build();
     let adopted = second_cache.get_token(&request).await.unwrap();
     assert!(adopted.same_secret(&first), "shared through Redis over TLS");
-    assert_eq!(idp.0.load(Ordering::SeqCst), 1);
+    assert_eq!(idp.calls(), 1);
     drop(server);
 }
 
@@ -301,7 +291,7 @@ async fn conformance(base: RedisConfig) {
     let report = token_conformance::run_all(move || {
         let config = base
             .clone()
-            .key_prefix(support::fresh_prefix("tls-conformance"));
+            .with_key_prefix(support::fresh_prefix("tls-conformance"));
         async move {
             let store = RedisStore::connect(config.clone()).await?;
             let second = RedisStore::connect(config).await?;
@@ -336,10 +326,10 @@ async fn a_tls_cluster_serves_tokens_passes_conformance_and_checks_certificates(
     let urls = cluster.urls();
     assert!(urls.iter().all(|u| u.starts_with("rediss://")), "{urls:?}");
     let config = RedisConfig::cluster(urls.clone())
-        .tls_root_certificates(pki.ca_pem.as_bytes())
-        .key_prefix(support::fresh_prefix("tls-cluster"))
-        .connect_timeout(Duration::from_secs(2))
-        .command_timeout(Duration::from_secs(1));
+        .with_tls_root_certificates(pki.ca_pem.as_bytes())
+        .with_key_prefix(support::fresh_prefix("tls-cluster"))
+        .with_connect_timeout(Duration::from_secs(2))
+        .with_command_timeout(Duration::from_secs(1));
 
     // Tokens spread over the slots (so over all three nodes) round-trip.
     let store = bounded(RedisStore::connect(config.clone())).await.unwrap();
@@ -361,12 +351,12 @@ async fn a_tls_cluster_serves_tokens_passes_conformance_and_checks_certificates(
             .is_none());
         assert!(store.release_lease(&key, &lease).await.unwrap());
     }
-    let idp = Arc::new(CountingIdp::default());
+    let idp = counting_idp();
     let cache = TokenCache::builder_arc(idp.clone()).store(store).build();
     let request = TokenRequest::builder().scope("tls-cluster").build();
     let first = cache.get_token(&request).await.unwrap();
     assert!(cache.get_token(&request).await.unwrap().same_secret(&first));
-    assert_eq!(idp.0.load(Ordering::SeqCst), 1);
+    assert_eq!(idp.calls(), 1);
 
     conformance(config).await;
 
@@ -374,8 +364,8 @@ async fn a_tls_cluster_serves_tokens_passes_conformance_and_checks_certificates(
     let stranger = Pki::new("cluster-stranger");
     let err = bounded(RedisStore::connect(
         RedisConfig::cluster(urls)
-            .tls_root_certificates(stranger.ca_pem.as_bytes())
-            .connect_timeout(Duration::from_secs(2)),
+            .with_tls_root_certificates(stranger.ca_pem.as_bytes())
+            .with_connect_timeout(Duration::from_secs(2)),
     ))
     .await
     .unwrap_err();
@@ -402,7 +392,7 @@ async fn an_untrusted_server_certificate_is_refused_with_a_clear_error() {
         // The system's roots, which do not know the throwaway CA.
         (
             "the system roots",
-            RedisConfig::new(server.url()).connect_timeout(Duration::from_secs(2)),
+            RedisConfig::new(server.url()).with_connect_timeout(Duration::from_secs(2)),
         ),
     ];
     for (trusting, config) in refusals {
@@ -436,7 +426,7 @@ async fn mutual_tls_needs_the_client_certificate() {
         return;
     };
     // With the client certificate: works.
-    let with_cert = config(&server, &pki).tls_client_certificate(
+    let with_cert = config(&server, &pki).with_tls_client_certificate(
         pki.client_cert_pem.as_bytes(),
         pki.client_key_pem.as_bytes(),
     );
@@ -465,7 +455,7 @@ async fn mutual_tls_needs_the_client_certificate() {
 
     // A certificate from another CA: refused too.
     let stranger = Pki::new("mtls-stranger");
-    let wrong = config(&server, &pki).tls_client_certificate(
+    let wrong = config(&server, &pki).with_tls_client_certificate(
         stranger.client_cert_pem.as_bytes(),
         stranger.client_key_pem.as_bytes(),
     );
@@ -491,8 +481,8 @@ async fn mutual_tls_needs_the_client_certificate() {
 async fn key_material_never_shows_in_debug_or_config_errors() {
     let pki = Pki::new("debug");
     let config = RedisConfig::new("rediss://127.0.0.1:1")
-        .tls_root_certificates(pki.ca_pem.as_bytes())
-        .tls_client_certificate(
+        .with_tls_root_certificates(pki.ca_pem.as_bytes())
+        .with_tls_client_certificate(
             pki.client_cert_pem.as_bytes(),
             pki.client_key_pem.as_bytes(),
         );
@@ -508,13 +498,13 @@ async fn key_material_never_shows_in_debug_or_config_errors() {
         .collect::<Vec<_>>()
         .join("\n");
     let bad_key = RedisConfig::new("rediss://127.0.0.1:1")
-        .tls_client_certificate(pki.client_cert_pem.as_bytes(), truncated.as_bytes());
+        .with_tls_client_certificate(pki.client_cert_pem.as_bytes(), truncated.as_bytes());
     let bad_key_err = RedisStore::connect_lazy(bad_key.clone()).unwrap_err();
     assert!(
         matches!(bad_key_err, RedisStoreError::InvalidConfig(_)),
         "{bad_key_err}"
     );
-    let plain = RedisConfig::new("redis://127.0.0.1:1").tls_client_certificate(
+    let plain = RedisConfig::new("redis://127.0.0.1:1").with_tls_client_certificate(
         pki.client_cert_pem.as_bytes(),
         pki.client_key_pem.as_bytes(),
     );

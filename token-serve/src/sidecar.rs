@@ -297,7 +297,7 @@ impl Inner {
     /// A usable (unexpired) token of `profile`, or the reason there is none.
     pub(crate) async fn token(&self, profile: &Profile) -> Result<Token, Unavailable> {
         match profile.handle.token().await {
-            Ok(t) if t.is_expired_at(SystemTime::now()) => Err(Unavailable {
+            Ok(t) if !t.is_live_at(SystemTime::now()) => Err(Unavailable {
                 code: "token_expired",
                 cause: "the only token available has expired and no new one could be obtained"
                     .to_owned(),
@@ -355,7 +355,7 @@ impl Unavailable {
 
 async fn peek(p: &Profile) -> Readiness {
     match tokio::time::timeout(PEEK_TIMEOUT, p.handle.token()).await {
-        Ok(Ok(t)) if !t.is_expired_at(SystemTime::now()) => Readiness::Ready {
+        Ok(Ok(t)) if t.is_live_at(SystemTime::now()) => Readiness::Ready {
             expires_at: t.expires_at(),
         },
         Ok(Ok(_)) => Readiness::NotReady {

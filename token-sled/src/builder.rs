@@ -7,7 +7,8 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use token_core::{Keyring, LocalLeases};
+use token_core::backend::LocalLeases;
+use token_core::Keyring;
 
 use crate::error::SledError;
 use crate::open::open_dir;

@@ -3,7 +3,8 @@
 
 use std::path::PathBuf;
 
-use token_core::{EnvelopeError, KeyId, StoreError};
+use token_core::backend::EnvelopeError;
+use token_core::{KeyId, StoreError};
 
 /// Why a [`SledStore`](crate::SledStore) could not open or answer.
 ///

@@ -9,9 +9,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
+use token_core::backend::{
+    decode_token, encode_token, envelope_key_id, storable_expiry, EnvelopeError, LocalLeases,
+};
 use token_core::{
-    decode_token, encode_token, envelope_key_id, storable_expiry, AccessToken, CacheKey,
-    CacheStore, EnvelopeError, KeyId, Keyring, Lease, LocalLeases, PutOutcome, StoreCapabilities,
+    AccessToken, CacheKey, CacheStore, KeyId, Keyring, Lease, PutOutcome, StoreCapabilities,
     StoreError, StoreStats,
 };
 
@@ -363,10 +365,7 @@ impl Inner {
             return Ok(None);
         };
         match self.open_token(key, &bytes) {
-            Ok(token) => {
-                let now = SystemTime::now();
-                Ok(Some(token).filter(|t| t.expires_at().is_some_and(|at| now < at)))
-            }
+            Ok(token) => Ok(Some(token).filter(|t| t.is_live_at(SystemTime::now()))),
             Err(why) => {
                 self.corrupt_reads.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(key = %key, why, "token-sled: a stored value could not be read; treating it as a miss");
@@ -377,7 +376,7 @@ impl Inner {
 
     fn put(&self, key: &CacheKey, token: &AccessToken) -> Result<PutOutcome, SledError> {
         let expires_at = token.expires_at().unwrap_or(SystemTime::UNIX_EPOCH);
-        let expired = expires_at <= SystemTime::now();
+        let expired = !token.is_live_at(SystemTime::now());
         let k = key.as_str().as_bytes();
         let mut sealed: Option<sled::IVec> = None;
         loop {
@@ -523,7 +522,7 @@ impl Inner {
                 return Ok(Rewrite::Keep);
             }
             match self.keyring.open(key, bytes) {
-                Ok(plain) if decode_token(&plain).is_ok_and(|t| !t.is_expired_at(now)) => {
+                Ok(plain) if decode_token(&plain).is_ok_and(|t| t.is_live_at(now)) => {
                     report.rewritten += 1;
                     Ok(Rewrite::Replace(Some(self.seal(key, &plain)?)))
                 }

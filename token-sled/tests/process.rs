@@ -11,9 +11,10 @@ use std::collections::BTreeSet;
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
-use common::{key, request, token, FakeIdp};
+use common::{fake_idp, key, request, token};
 use token_conformance::libtest_mimic::{Arguments, Failed, Trial};
 use token_core::{CacheStore, EncryptionKey, Keyring, StoreError, TokenCache};
 use token_sled::{SledError, SledStore};
@@ -91,15 +92,10 @@ fn child(role: &str) -> i32 {
             }
             "serve" => {
                 let store = SledStore::open(&path, keyring()).await.expect("open");
-                let idp = FakeIdp::new(std::env::var(ISSUE).unwrap_or_default());
-                let calls = idp.calls.clone();
-                let cache = TokenCache::builder(idp).store(store).build();
+                let idp = fake_idp(&std::env::var(ISSUE).unwrap_or_default());
+                let cache = TokenCache::builder(Arc::clone(&idp)).store(store).build();
                 let got = cache.get_token(&request()).await.expect("get_token");
-                println!(
-                    "calls={} token={}",
-                    calls.load(std::sync::atomic::Ordering::SeqCst),
-                    got.secret().expose()
-                );
+                println!("calls={} token={}", idp.calls(), got.secret().expose());
                 0
             }
             "open" => match SledStore::open(&path, keyring()).await {
@@ -149,14 +145,13 @@ async fn disk_full_child(path: &str, keyring: Keyring) -> i32 {
         }
     );
     println!("put-error={err}");
-    let idp = FakeIdp::new("disk-full-fresh-token");
-    let calls = idp.calls.clone();
-    let cache = TokenCache::builder(idp).store(store).build();
+    let idp = fake_idp("disk-full-fresh-token");
+    let cache = TokenCache::builder(Arc::clone(&idp)).store(store).build();
     match cache.get_token(&request()).await {
         Ok(t) => println!(
             "engine-token={} calls={} store-errors={}",
             t.secret().expose(),
-            calls.load(std::sync::atomic::Ordering::SeqCst),
+            idp.calls(),
             cache.stats().store_errors
         ),
         Err(e) => println!("engine-error={e}"),

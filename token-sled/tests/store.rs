@@ -9,9 +9,8 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use common::{contains, files_under, key, token};
-use token_core::{
-    encode_token, envelope_key_id, AccessToken, CacheStore, EncryptionKey, Keyring, StoreError,
-};
+use token_core::backend::{encode_token, envelope_key_id};
+use token_core::{AccessToken, CacheStore, EncryptionKey, Keyring, StoreError};
 use token_sled::{Durability, SledError, SledStore};
 
 fn key_n(n: u8) -> EncryptionKey {
@@ -92,10 +91,13 @@ async fn no_token_or_refresh_token_bytes_are_on_disk() {
     let secrets: Vec<(String, String)> = (0..50)
         .map(|i| {
             (
-                format!("disk-scan-access-{i:04}-{:032x}", token_core::random_u128()),
+                format!(
+                    "disk-scan-access-{i:04}-{:032x}",
+                    token_core::backend::random_u128()
+                ),
                 format!(
                     "disk-scan-refresh-{i:04}-{:032x}",
-                    token_core::random_u128()
+                    token_core::backend::random_u128()
                 ),
             )
         })

@@ -6,7 +6,8 @@ use crate::util::{self, Result};
 
 type Step = (&'static str, fn() -> Result);
 
-const STEPS: [Step; 4] = [
+const STEPS: [Step; 5] = [
+    ("tidy", crate::tidy::run),
     ("format", format),
     ("clippy", clippy),
     ("test", crate::test::run),

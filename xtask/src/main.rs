@@ -9,6 +9,7 @@ mod conformance;
 mod idp;
 mod redis;
 mod test;
+mod tidy;
 mod util;
 mod venv;
 
@@ -26,6 +27,7 @@ enum Command {
         test_args: Vec<String>,
     },
     Ci,
+    Tidy,
     Bench {
         args: Vec<String>,
     },
@@ -52,6 +54,7 @@ fn main() -> ExitCode {
             test_args,
         } => conformance::run(&selection, &test_args),
         Command::Ci => ci::run(),
+        Command::Tidy => tidy::run(),
         Command::Bench { args } => bench::run(&args),
         Command::RedisCheck => redis::check(),
     };
@@ -86,8 +89,14 @@ COMMANDS:
         which exist. TEST ARGS go to the test binary (e.g. a name filter).
 
     ci
-        cargo fmt --check, clippy with -D warnings, `test`, docs with -D warnings;
-        stops at the first failing step.
+        `tidy`, cargo fmt --check, clippy with -D warnings, `test`, docs with
+        -D warnings; stops at the first failing step.
+
+    tidy
+        Checks no compiler makes, each failing with a sentence naming the problem:
+        the README's Rust version is the workspace rust-version, every conformance
+        check is in its theme's list, token-core depends on no backend, and the
+        docs use plain words.
 
     bench [ARGS...]
         `cargo bench -p benches -- ARGS`: ARGS go to criterion (a name filter,
@@ -119,6 +128,7 @@ fn parse(args: &[String]) -> Result<Command, String> {
         "help" | "-h" | "--help" => Ok(Command::Help),
         "test" => no_arguments(name, rest).map(|()| Command::Test),
         "ci" => no_arguments(name, rest).map(|()| Command::Ci),
+        "tidy" => no_arguments(name, rest).map(|()| Command::Tidy),
         "conformance" => parse_conformance(rest),
         "bench" => {
             let args = match rest.split_first() {
@@ -208,6 +218,8 @@ mod tests {
     fn simple_commands_take_no_arguments() {
         assert_eq!(parse_str("test"), Ok(Command::Test));
         assert_eq!(parse_str("ci"), Ok(Command::Ci));
+        assert_eq!(parse_str("tidy"), Ok(Command::Tidy));
+        assert!(parse_str("tidy --fix").is_err());
         let err = parse_str("test --all-features").unwrap_err();
         assert!(err.contains("`--all-features`"), "{err}");
         assert!(parse_str("ci extra").is_err());

@@ -122,7 +122,7 @@ async fn serve(stream: TcpStream, config: Arc<Config>) {
                     "200 OK",
                     format!(
                         r#"{{"access_token":"demo-{n}-{:016x}","token_type":"Bearer","expires_in":{}}}"#,
-                        token_core::random_u128() as u64,
+                        token_core::backend::random_u128() as u64,
                         config.lifetime
                     ),
                 )

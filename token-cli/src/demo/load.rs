@@ -160,8 +160,7 @@ async fn caller(
                     made.fetch_add(1, Ordering::Relaxed);
                 }
                 // Expired: at or past expires_at by the wall clock now.
-                let alive = token.expires_at().is_some_and(|at| at > SystemTime::now());
-                if !alive {
+                if !token.is_live_at(SystemTime::now()) {
                     report.expired += 1;
                 }
             }

@@ -1,4 +1,4 @@
-//! `tokencache demo`: the main job in one command. A local IdP on loopback
+//! `tokencache demo`: what the cache does, in one command. A local IdP on loopback
 //! that counts its calls, many concurrent callers going through the real
 //! `OAuthCredential` and `TokenCache`, a progress line, and a summary of
 //! IdP calls made against requests served.
@@ -40,11 +40,11 @@ const SECRET_ENV: &str = "TOKENCACHE_DEMO_SECRET";
 /// both relative to the lifetime, so any `--lifetime` works.
 fn policy() -> RefreshPolicy {
     RefreshPolicy::new()
-        .refresh_ahead_fraction(0.5)
-        .refresh_ahead_min(Duration::from_secs(1))
-        .expiry_skew(Duration::from_secs(1))
-        .store_timeout(Duration::from_millis(500))
-        .store_cooldown(Duration::from_secs(1))
+        .with_refresh_ahead_fraction(0.5)
+        .with_refresh_ahead_min(Duration::from_secs(1))
+        .with_expiry_skew(Duration::from_secs(1))
+        .with_store_timeout(Duration::from_millis(500))
+        .with_store_cooldown(Duration::from_secs(1))
 }
 
 /// A keyring holding a copy of `key`.
@@ -111,11 +111,14 @@ impl Drop for TempDir {
 /// Runs `demo`.
 pub(crate) async fn run(args: DemoArgs) -> Result<(), CliError> {
     let spec = check(&args)?;
-    let secret = format!("{:032x}", token_core::random_u128());
+    let secret = format!("{:032x}", token_core::backend::random_u128());
     let idp = LocalIdp::start(CLIENT_ID, &secret, args.lifetime).await?;
     let key = EncryptionKey::generate()
         .map_err(|e| CliError::internal(format!("cannot generate a demo key: {e}")))?;
-    let prefix = format!("tokencache-demo:{:016x}:", token_core::random_u128() as u64);
+    let prefix = format!(
+        "tokencache-demo:{:016x}:",
+        token_core::backend::random_u128() as u64
+    );
 
     let store_text = match &spec {
         StoreSpec::Memory => "memory".to_owned(),
@@ -155,7 +158,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<(), CliError> {
             StoreSpec::Sled(None) => {
                 let dir = std::env::temp_dir().join(format!(
                     "tokencache-demo-{:016x}",
-                    token_core::random_u128() as u64
+                    token_core::backend::random_u128() as u64
                 ));
                 let opened =
                     store::open_sled(&dir, keyring(&key)?, &crate::key::KeySource::Env).await?;

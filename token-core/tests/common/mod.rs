@@ -1,144 +1,29 @@
-//! Test doubles for the engine tests: a counting fake IdP, simple stores,
+//! Test doubles for the engine tests: token-core's shared fake IdP, simple stores,
 //! and helpers to let background tasks run while a manual clock moves.
 #![allow(dead_code, unreachable_pub)]
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
+use token_core::backend::{storable_expiry, StoreEvent, TokenFingerprint};
 use token_core::*;
-use tokio::sync::Semaphore;
 
-/// What the fake IdP does on its next calls.
-#[derive(Clone, Debug)]
-pub enum Mode {
-    /// Issue a token with this `expires_in` (None: the IdP omits it).
-    Issue(Option<Duration>),
-    /// Issue a token whose expiry is `obtained_at + secs` (may be negative).
-    IssueRaw(i64),
-    Transient(Option<Duration>),
-    Permanent,
-    Panic,
-    Hang,
-}
+// Not every test binary uses all three.
+#[allow(unused_imports)]
+pub use token_core::test_util::{FakeIdp, Mode, SECRET_PREFIX};
 
-/// A fake IdP that counts calls and remembers, per issued secret, the
-/// monotonic moment it really expires (so tests can prove no expired token
-/// is ever handed out, whatever the wall clock does).
-#[derive(Debug)]
-pub struct FakeIdp {
-    pub clock: ManualClock,
-    calls: AtomicUsize,
-    mode: Mutex<Mode>,
-    gate: Mutex<Option<Arc<Semaphore>>>,
-    pub issued: Mutex<HashMap<String, Instant>>,
-    pub call_times: Mutex<Vec<Instant>>,
-}
-
-pub const SECRET_PREFIX: &str = "s3cr3t-token-";
-
-impl FakeIdp {
-    pub fn new(clock: &ManualClock, lifetime: Duration) -> Arc<Self> {
-        Arc::new(Self {
-            clock: clock.clone(),
-            calls: AtomicUsize::new(0),
-            mode: Mutex::new(Mode::Issue(Some(lifetime))),
-            gate: Mutex::new(None),
-            issued: Mutex::new(HashMap::new()),
-            call_times: Mutex::new(Vec::new()),
-        })
-    }
-
-    pub fn calls(&self) -> usize {
-        self.calls.load(Ordering::SeqCst)
-    }
-
-    pub fn set_mode(&self, mode: Mode) {
-        *self.mode.lock().unwrap() = mode;
-    }
-
-    /// Makes every fetch wait for a permit from the returned semaphore.
-    pub fn gate(&self) -> Arc<Semaphore> {
-        let s = Arc::new(Semaphore::new(0));
-        *self.gate.lock().unwrap() = Some(s.clone());
-        s
-    }
-
-    pub fn ungate(&self) {
-        if let Some(s) = self.gate.lock().unwrap().take() {
-            s.add_permits(1_000_000);
-        }
-    }
-
-    /// The monotonic moment the token really expires, if we issued it.
-    pub fn real_expiry(&self, token: &AccessToken) -> Instant {
-        *self
-            .issued
-            .lock()
-            .unwrap()
-            .get(token.secret().expose())
-            .expect("token was issued by this IdP")
-    }
-}
-
-#[async_trait]
-impl Credential for FakeIdp {
-    fn id(&self) -> &str {
-        "fake-idp:client-1"
-    }
-
-    async fn fetch(
-        &self,
-        _request: &TokenRequest,
-        _previous: Option<&AccessToken>,
-    ) -> Result<AccessToken, CredentialError> {
-        let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
-        self.call_times.lock().unwrap().push(self.clock.monotonic());
-        let gate = self.gate.lock().unwrap().clone();
-        if let Some(gate) = gate {
-            let _permit = gate.acquire().await.expect("gate open");
-        }
-        let mode = self.mode.lock().unwrap().clone();
-        let secret = format!("{SECRET_PREFIX}{n}");
-        let now = self.clock.now();
-        let mono = self.clock.monotonic();
-        match mode {
-            Mode::Issue(lifetime) => {
-                let mut t = AccessToken::new(secret.clone(), now);
-                if let Some(l) = lifetime {
-                    t = t.with_expires_in(l);
-                }
-                let real = lifetime.unwrap_or(Duration::from_secs(3600 * 24 * 365));
-                self.issued.lock().unwrap().insert(secret, mono + real);
-                Ok(t)
-            }
-            Mode::IssueRaw(secs) => {
-                let at = if secs >= 0 {
-                    now + Duration::from_secs(secs as u64)
-                } else {
-                    now - Duration::from_secs(secs.unsigned_abs())
-                };
-                Ok(AccessToken::new(secret, now).with_expires_at(at))
-            }
-            Mode::Transient(after) => {
-                let e = CredentialError::transient("IdP answered 503")
-                    .with_code("temporarily_unavailable");
-                Err(match after {
-                    Some(a) => e.with_retry_after(a),
-                    None => e,
-                })
-            }
-            Mode::Permanent => Err(CredentialError::permanent("client authentication failed")
-                .with_code("invalid_client")),
-            Mode::Panic => panic!("fake IdP panicked on purpose"),
-            Mode::Hang => {
-                std::future::pending::<()>().await;
-                unreachable!()
-            }
-        }
-    }
+/// The engine tests' fake IdP: on `clock`, issuing tokens that last
+/// `lifetime`, as the credential `fake-idp:client-1`.
+pub fn fake_idp(clock: &ManualClock, lifetime: Duration) -> Arc<FakeIdp> {
+    Arc::new(
+        FakeIdp::new()
+            .with_id("fake-idp:client-1")
+            .with_clock(clock.clone())
+            .with_lifetime(lifetime),
+    )
 }
 
 /// A minimal shared in-memory store honouring the CacheStore contract, so

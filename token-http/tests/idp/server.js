@@ -5,13 +5,23 @@
 // Usage: node server.js <dir with rsa-test-only.pem and ec-test-only.pem>
 // Listens on a free port on 127.0.0.1 and prints one line when ready:
 //   READY http://127.0.0.1:<port>
-// Also serves GET /__test/token-requests: how many POST /token it received.
+// Also serves GET /__test/token-requests: how many POST /token it received;
+// POST /__test/refresh-token: a new grant's first refresh token for the
+// rotating public client `refresh-client`, and its account;
+// GET /__test/refresh-reuse?account=A: how many rotated-away refresh tokens
+// of that account's grant were presented again (reuse detection);
+// GET /__test/refresh-tokens?account=A: every refresh token issued to it.
 // Exits when its standard input closes (the test process went away).
 import { createServer } from 'node:http';
 import { readFileSync } from 'node:fs';
 import { createPublicKey } from 'node:crypto';
 import { join } from 'node:path';
 import Provider from 'oidc-provider';
+// --- certificates and mutual TLS (issue 12, items 2 and 3) ---
+import { createServer as createTlsServer } from 'node:https';
+import { createHash, X509Certificate } from 'node:crypto';
+import { errors } from 'oidc-provider';
+// --- end certificates and mutual TLS ---
 
 const keyDir = process.argv[2];
 if (!keyDir) {
@@ -24,6 +34,42 @@ const publicJwk = (file, kid) => ({
   use: 'sig',
 });
 
+// --- certificates and mutual TLS (issue 12, items 2 and 3) ---
+// A second listener, HTTPS asking for a client certificate (RFC 8705;
+// server certificate and client CA from the key dir), serves the same
+// provider; its base URL is printed on a second line after READY:
+//   MTLS https://127.0.0.1:<port>
+// It also serves POST /__test/introspect (form `token=`): the server's record
+// of an access token, with its certificate binding (`cnf.x5t#S256`).
+const pemBlocks = (file, label) => {
+  const text = readFileSync(join(keyDir, file), 'utf8');
+  const re = new RegExp(`-----BEGIN ${label}-----[^-]+-----END ${label}-----`, 'g');
+  return text.match(re) || [];
+};
+const derOf = (pem) => Buffer.from(pem.replace(/-----[^-]+-----|\s/g, ''), 'base64');
+const thumbprint = (pem, alg) => createHash(alg).update(derOf(pem)).digest('base64url');
+const certJwk = (file) => {
+  const chain = pemBlocks(file, 'CERTIFICATE');
+  return {
+    ...new X509Certificate(chain[0]).publicKey.export({ format: 'jwk' }),
+    use: 'sig',
+    x5c: chain.map((c) => derOf(c).toString('base64')),
+  };
+};
+// The certificate that `cert-client` registers: private_key_jwt assertions
+// must name it by `x5t#S256` (and, for `cert-x5c-client`, carry `x5t` and
+// the whole chain in `x5c`), as IdPs that register certificates require.
+const jwtCert = pemBlocks('rsa-test-only.crt', 'CERTIFICATE');
+const expectedHeaders = {
+  'cert-client': { 'x5t#S256': thumbprint(jwtCert[0], 'sha256') },
+  'cert-x5c-client': {
+    'x5t#S256': thumbprint(jwtCert[0], 'sha256'),
+    x5t: thumbprint(jwtCert[0], 'sha1'),
+    x5c: JSON.stringify(jwtCert.map((c) => derOf(c).toString('base64'))),
+  },
+};
+// --- end certificates and mutual TLS ---
+
 const common = {
   grant_types: ['client_credentials'],
   redirect_uris: [],
@@ -35,6 +81,18 @@ const clients = [
   // (secrets are VSCHAR, printable ASCII, per its Appendix A).
   { ...common, client_id: 'basic-client', client_secret: 'basic:secret%+/ ok~&=', token_endpoint_auth_method: 'client_secret_basic' },
   { ...common, client_id: 'post-client', client_secret: 'post-secret-value', token_endpoint_auth_method: 'client_secret_post' },
+  // --- refresh-token rotation (issue 12, item 6) ---
+  // A public client (as a CLI is) whose refresh tokens rotate on every use;
+  // redeeming a rotated-away one revokes the whole grant (reuse detection).
+  {
+    client_id: 'refresh-client',
+    grant_types: ['authorization_code', 'refresh_token'],
+    response_types: ['code'],
+    redirect_uris: ['http://127.0.0.1/callback'],
+    token_endpoint_auth_method: 'none',
+    scope: 'orders.read orders.write',
+  },
+  // --- end refresh-token rotation ---
   {
     ...common,
     client_id: 'jwt-rs-client',
@@ -49,7 +107,99 @@ const clients = [
     token_endpoint_auth_signing_alg: 'ES256',
     jwks: { keys: [publicJwk('ec-test-only.pem', 'ec-1')] },
   },
+  // --- certificates and mutual TLS (issue 12, items 2 and 3) ---
+  ...['cert-client', 'cert-x5c-client'].map((client_id) => ({
+    ...common,
+    client_id,
+    token_endpoint_auth_method: 'private_key_jwt',
+    token_endpoint_auth_signing_alg: 'RS256',
+    jwks: { keys: [certJwk('rsa-test-only.crt')] },
+  })),
+  // RFC 8705: a CA-issued certificate registered by subject, and a
+  // self-signed one registered in the JWK set; tokens bound to them.
+  {
+    ...common,
+    client_id: 'mtls-client',
+    token_endpoint_auth_method: 'tls_client_auth',
+    tls_client_auth_subject_dn: 'CN=mtls-client',
+    tls_client_certificate_bound_access_tokens: true,
+  },
+  {
+    ...common,
+    client_id: 'self-signed-client',
+    token_endpoint_auth_method: 'self_signed_tls_client_auth',
+    jwks: { keys: [certJwk('self-signed-client-test-only.pem')] },
+    tls_client_certificate_bound_access_tokens: true,
+  },
+  // --- end certificates and mutual TLS ---
 ];
+
+// --- certificates and mutual TLS (issue 12, items 2 and 3) ---
+const tlsServer = createTlsServer({
+  cert: pemBlocks('server-test-only.pem', 'CERTIFICATE').join('\n'),
+  key: pemBlocks('server-test-only.pem', 'PRIVATE KEY')[0],
+  ca: readFileSync(join(keyDir, 'ca-test-only.crt')),
+  // Ask for a certificate, accept any: the provider decides per client
+  // (tls_client_auth needs a CA-verified one, self-signed ones are matched
+  // by thumbprint).
+  requestCert: true,
+  rejectUnauthorized: false,
+});
+await new Promise((resolve) => tlsServer.listen(0, '127.0.0.1', resolve));
+const tlsBase = `https://127.0.0.1:${tlsServer.address().port}`;
+const peerCertificate = (ctx) => {
+  const socket = ctx.req.socket;
+  if (typeof socket.getPeerCertificate !== 'function') return undefined;
+  const peer = socket.getPeerCertificate();
+  return peer && peer.raw ? new X509Certificate(peer.raw) : undefined;
+};
+// Provider options for certificates and mutual TLS; `features` are merged
+// into the provider's below.
+const mtlsFeatures = {
+  mTLS: {
+    enabled: true,
+    certificateBoundAccessTokens: true,
+    tlsClientAuth: true,
+    selfSignedTlsClientAuth: true,
+    getCertificate: peerCertificate,
+    certificateAuthorized: (ctx) => ctx.req.socket.authorized === true,
+    certificateSubjectMatches: (ctx, property, expected) => {
+      if (property !== 'tls_client_auth_subject_dn') return false;
+      const cert = peerCertificate(ctx);
+      return !!cert && cert.subject.replace(/\n/g, ',') === expected;
+    },
+  },
+};
+const mtlsOptions = {
+  clientAuthMethods: [
+    'client_secret_basic', 'client_secret_post', 'private_key_jwt', 'none',
+    'tls_client_auth', 'self_signed_tls_client_auth',
+  ],
+  // RFC 8705 §5: where mTLS clients send token requests.
+  discovery: { mtls_endpoint_aliases: { token_endpoint: `${tlsBase}/token` } },
+  async assertJwtClientAuthClaimsAndHeader(ctx, claims, header, client) {
+    const expected = expectedHeaders[client.clientId];
+    if (!expected) return;
+    for (const [name, value] of Object.entries(expected)) {
+      const sent = name === 'x5c' ? JSON.stringify(header.x5c) : header[name];
+      if (sent !== value) {
+        throw new errors.InvalidClientAuth(`the assertion header's ${name} does not name the registered certificate`);
+      }
+    }
+  },
+};
+const introspect = (provider, req, res) => {
+  let body = '';
+  req.on('data', (c) => { body += c; });
+  req.on('end', async () => {
+    const found = await provider.ClientCredentials.find(new URLSearchParams(body).get('token'));
+    res.setHeader('content-type', 'application/json');
+    res.end(JSON.stringify(found
+      ? { active: true, client_id: found.clientId, cnf: found['x5t#S256'] ? { 'x5t#S256': found['x5t#S256'] } : undefined }
+      : { active: false }));
+  });
+};
+// --- end certificates and mutual TLS ---
 
 let tokenRequests = 0;
 const server = createServer();
@@ -57,16 +207,83 @@ server.listen(0, '127.0.0.1', () => {
   const { port } = server.address();
   const issuer = `http://127.0.0.1:${port}`;
   const provider = new Provider(issuer, {
+    ...mtlsOptions,
     clients,
-    scopes: ['orders.read', 'orders.write'],
+    // offline_access: enables the refresh_token grant (issue 12, item 6).
+    scopes: ['orders.read', 'orders.write', 'offline_access'],
     features: {
       clientCredentials: { enabled: true },
       devInteractions: { enabled: false },
+      ...mtlsFeatures,
     },
-    ttl: { ClientCredentials: 600 },
+    // AccessToken, Grant, RefreshToken: for the refresh-token grant (issue 12, item 6).
+    ttl: { ClientCredentials: 600, AccessToken: 3600, Grant: 86400, RefreshToken: 86400 },
+    // --- refresh-token rotation (issue 12, item 6) ---
+    rotateRefreshToken: true,
+    findAccount: (ctx, sub) => ({ accountId: sub, claims: () => ({ sub }) }),
+    // --- end refresh-token rotation ---
   });
+  // --- refresh-token rotation (issue 12, item 6) ---
+  // Counts, per account (one per minted grant), rotated-away refresh
+  // tokens presented again (each one revokes its grant).
+  const refreshReuse = new Map();
+  provider.on('grant.error', (ctx, err) => {
+    const account = ctx.oidc?.entities?.RefreshToken?.accountId;
+    if (err.error_detail === 'refresh token already used' && account) {
+      refreshReuse.set(account, (refreshReuse.get(account) ?? 0) + 1);
+    }
+  });
+  // Every refresh token issued, per account, so tests can check that none
+  // of them shows up in logs or unencrypted storage.
+  const refreshIssued = new Map();
+  provider.on('refresh_token.saved', (token) => {
+    const list = refreshIssued.get(token.accountId) ?? [];
+    list.push(token.jti);
+    refreshIssued.set(token.accountId, list);
+  });
+  // A first refresh token for 'refresh-client' without a browser: the grant
+  // and refresh token an authorization-code flow with offline_access would
+  // leave behind, minted directly (test only).
+  const mintRefreshToken = async () => {
+    const client = await provider.Client.find('refresh-client');
+    const accountId = `user-${Math.random().toString(36).slice(2)}`;
+    const grant = new provider.Grant({ accountId, clientId: client.clientId });
+    grant.addOIDCScope('offline_access orders.read orders.write');
+    const grantId = await grant.save();
+    const refreshToken = new provider.RefreshToken({
+      accountId,
+      client,
+      grantId,
+      gty: 'authorization_code',
+      scope: 'offline_access orders.read orders.write',
+      expiresWithSession: false,
+    });
+    return { refresh_token: await refreshToken.save(), account: accountId };
+  };
+  const testRoutes = async (req, res) => {
+    if (req.method === 'POST' && req.url === '/__test/refresh-token') {
+      res.setHeader('content-type', 'application/json');
+      res.end(JSON.stringify(await mintRefreshToken()));
+      return true;
+    }
+    if (req.method === 'GET' && req.url.startsWith('/__test/refresh-reuse?account=')) {
+      const account = decodeURIComponent(req.url.slice('/__test/refresh-reuse?account='.length));
+      res.setHeader('content-type', 'application/json');
+      res.end(JSON.stringify({ count: refreshReuse.get(account) ?? 0 }));
+      return true;
+    }
+    if (req.method === 'GET' && req.url.startsWith('/__test/refresh-tokens?account=')) {
+      const account = decodeURIComponent(req.url.slice('/__test/refresh-tokens?account='.length));
+      res.setHeader('content-type', 'application/json');
+      res.end(JSON.stringify({ refresh_tokens: refreshIssued.get(account) ?? [] }));
+      return true;
+    }
+    return false;
+  };
+  // --- end refresh-token rotation ---
   const handle = provider.callback();
-  server.on('request', (req, res) => {
+  server.on('request', async (req, res) => {
+    if (await testRoutes(req, res)) return;
     if (req.method === 'GET' && req.url === '/__test/token-requests') {
       res.setHeader('content-type', 'application/json');
       res.end(JSON.stringify({ count: tokenRequests }));
@@ -75,8 +292,19 @@ server.listen(0, '127.0.0.1', () => {
     if (req.method === 'POST' && req.url === '/token') tokenRequests += 1;
     handle(req, res);
   });
-  console.log(`READY ${issuer}`);
+  tlsServer.on('request', (req, res) => {
+    if (req.method === 'POST' && req.url === '/__test/introspect') {
+      introspect(provider, req, res);
+      return;
+    }
+    server.emit('request', req, res);
+  });
+  // Both ready lines in one write: a harness that reads only the first and
+  // closes the pipe never makes a second write fail.
+  process.stdout.write(`READY ${issuer}\nMTLS ${tlsBase}\n`);
 });
+// A test harness that stopped reading is no reason to stop serving.
+process.stdout.on('error', () => {});
 
 process.stdin.on('end', () => process.exit(0));
 process.stdin.resume();

@@ -448,7 +448,7 @@ pub(crate) fn own_tls_cluster(
 
 /// A key prefix no other test uses.
 pub(crate) fn fresh_prefix(label: &str) -> String {
-    format!("test:{label}:{:x}:", token_core::random_u128())
+    format!("test:{label}:{:x}:", token_core::backend::random_u128())
 }
 
 /// Raw access to a `RedisStore`'s stored bytes, through its documented

@@ -2,12 +2,11 @@
 #![allow(dead_code, unreachable_pub)]
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use async_trait::async_trait;
-use token_core::{AccessToken, CacheKey, Credential, CredentialError, TokenRequest};
+use token_core::test_util::FakeIdp;
+use token_core::{AccessToken, CacheKey, TokenRequest};
 
 /// A token that expires in an hour.
 pub fn token(secret: &str) -> AccessToken {
@@ -43,41 +42,10 @@ pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
 
-/// A credential that counts its calls and hands out a fixed secret.
-#[derive(Debug)]
-pub struct FakeIdp {
-    pub secret: String,
-    pub calls: Arc<AtomicU64>,
-}
-
-impl FakeIdp {
-    pub fn new(secret: impl Into<String>) -> Self {
-        Self {
-            secret: secret.into(),
-            calls: Arc::default(),
-        }
-    }
-
-    pub fn calls(&self) -> u64 {
-        self.calls.load(Ordering::SeqCst)
-    }
-}
-
-#[async_trait]
-impl Credential for FakeIdp {
-    fn id(&self) -> &str {
-        "fake-idp"
-    }
-
-    async fn fetch(
-        &self,
-        _request: &TokenRequest,
-        _previous: Option<&AccessToken>,
-    ) -> Result<AccessToken, CredentialError> {
-        self.calls.fetch_add(1, Ordering::SeqCst);
-        Ok(AccessToken::new(self.secret.clone(), SystemTime::now())
-            .with_expires_in(Duration::from_secs(3600)))
-    }
+/// token-core's shared fake IdP, handing out `secret` (tokens that last an
+/// hour) and counting its calls.
+pub fn fake_idp(secret: &str) -> Arc<FakeIdp> {
+    Arc::new(FakeIdp::new().with_id("fake-idp").with_secret(secret))
 }
 
 pub fn request() -> TokenRequest {
