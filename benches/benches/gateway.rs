@@ -109,8 +109,11 @@ fn bench(c: &mut Criterion) {
         let upstream = listen(|_req| async { Response::new(Full::new(Bytes::from_static(b"ok"))) }).await;
         // The floor: a reverse proxy that forwards with a pooled client and
         // does nothing else.
+        // Same connector settings as the gateway's upstream client.
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
         let proxy_client: Client<HttpConnector, Incoming> =
-            Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+            Client::builder(TokioExecutor::new()).build(connector);
         let proxy = listen(move |req: Request<Incoming>| {
             let client = proxy_client.clone();
             async move {
