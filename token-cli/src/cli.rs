@@ -38,6 +38,10 @@ pub(crate) enum Command {
     /// Remove cached entries: some keys, one client's, or all.
     #[command(after_help = EXIT_CODES_HELP)]
     Purge(PurgeArgs),
+    /// Run the token sidecar and egress gateway: routes that add tokens,
+    /// a token endpoint, Azure/Google compatible endpoints, /metrics.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Serve(ServeArgs),
     /// Run a local IdP and many concurrent callers, and show how many IdP
     /// calls the cache saved.
     #[command(after_help = EXIT_CODES_HELP)]
@@ -304,6 +308,24 @@ pub(crate) struct PurgeArgs {
     /// cache dir].
     #[arg(long, value_name = "STORE")]
     pub(crate) store: Option<String>,
+    #[command(flatten)]
+    pub(crate) locations: Locations,
+}
+
+/// How `serve` writes its log lines (stderr).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Debug, Clone, Args)]
+pub(crate) struct ServeArgs {
+    /// How to write log lines on stderr.
+    #[arg(long, value_enum, default_value = "text")]
+    pub(crate) log_format: LogFormat,
     #[command(flatten)]
     pub(crate) locations: Locations,
 }

@@ -76,6 +76,10 @@ pub(crate) struct Profile {
 struct File {
     #[serde(default)]
     profiles: BTreeMap<String, Profile>,
+    /// `tokencache serve`'s table, which token-serve parses and checks.
+    #[serde(default)]
+    #[allow(dead_code)]
+    serve: Option<toml::Table>,
 }
 
 /// The profile file's path.
@@ -112,6 +116,24 @@ pub(crate) fn load_profile(path: &Path, name: &str) -> Result<Profile, CliError>
             if known.is_empty() { "none" } else { &known }
         ))
     })
+}
+
+/// The names of every profile in the file at `path`.
+pub(crate) fn profile_names(path: &Path) -> Result<Vec<String>, CliError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        CliError::config(format!(
+            "cannot read the profile file {}: {e}",
+            path.display()
+        ))
+    })?;
+    let file: File = toml::from_str(&text).map_err(|e| {
+        CliError::config(format!(
+            "the profile file {} is not valid: {}",
+            path.display(),
+            e.message()
+        ))
+    })?;
+    Ok(file.profiles.into_keys().collect())
 }
 
 #[cfg(test)]

@@ -28,6 +28,8 @@ pub(crate) enum Kind {
     Key,
     /// `demo` finished, but its checks failed (errors or expired tokens).
     DemoFailed,
+    /// `serve` could not listen on its address (in use, not permitted).
+    Listen,
 }
 
 impl Kind {
@@ -42,6 +44,7 @@ impl Kind {
             Self::Store => 6,
             Self::Key => 7,
             Self::DemoFailed => 8,
+            Self::Listen => 9,
         }
     }
 }
@@ -61,7 +64,8 @@ Exit codes:
   5  the IdP could not be reached or failed temporarily (network, timeout, 5xx)
   6  the token store could not be opened or used (locked, Redis down, newer format)
   7  the encryption key is missing, malformed or not the store's key
-  8  demo: the run finished but its checks failed (errors or expired tokens)"
+  8  demo: the run finished but its checks failed (errors or expired tokens)
+  9  serve: cannot listen on the configured address (in use, not permitted)"
     };
 }
 pub(crate) use exit_codes_help;
@@ -105,12 +109,13 @@ impl CliError {
         Self::new(Kind::Internal, message)
     }
 
-    pub(crate) fn exit_code(&self) -> ExitCode {
-        ExitCode::from(self.kind.code())
-    }
-
+    /// What kind of failure this is.
     pub(crate) fn kind(&self) -> Kind {
         self.kind
+    }
+
+    pub(crate) fn exit_code(&self) -> ExitCode {
+        ExitCode::from(self.kind.code())
     }
 }
 

@@ -37,7 +37,7 @@ use crate::time::rfc3339;
 pub(crate) struct Settings {
     token_url: Option<String>,
     issuer: Option<String>,
-    client_id: String,
+    pub(crate) client_id: String,
     secret: Option<Secret>,
     /// The first refresh token (refresh-token grant).
     refresh_token: Option<Secret>,
@@ -56,8 +56,8 @@ pub(crate) struct Settings {
     alg: Option<Alg>,
     auth: Option<AuthMethod>,
     scopes: Vec<String>,
-    audience: Option<String>,
-    resource: Option<String>,
+    pub(crate) audience: Option<String>,
+    pub(crate) resource: Option<String>,
     store: StoreSpec,
     format: Format,
     key_file: Option<PathBuf>,
@@ -555,8 +555,8 @@ fn credential(
     Ok((builder.build().map_err(invalid)?, binding))
 }
 
-/// The request `s` describes.
-fn request(s: &Settings) -> TokenRequest {
+/// The token request the settings describe.
+pub(crate) fn token_request(s: &Settings) -> TokenRequest {
     let mut request = TokenRequest::builder().scopes(&s.scopes);
     if let Some(a) = &s.audience {
         request = request.audience(a.clone());
@@ -604,7 +604,7 @@ pub(crate) fn warm(s: &Settings) -> Result<bool, CliError> {
     // A refresh-token grant's id is its inner credential's
     // (`StoredRefreshToken` adds nothing), so the bound id is the same.
     let credential = Bound::new(credential, binding);
-    let key = CacheKey::new(credential.id(), &request(s));
+    let key = CacheKey::new(credential.id(), &token_request(s));
     let Some(token) = hot::read(&dir, &loaded.keyring, &key) else {
         return Ok(false);
     };
@@ -650,9 +650,53 @@ fn managed_credential(
     })
 }
 
-/// Runs `get` the full way (after [`warm`] did not apply).
-pub(crate) async fn run(mut s: Settings) -> Result<(), CliError> {
-    let (opened, fingerprints) = store::open(&s.store, s.key_file.as_deref()).await?;
+/// A store opened in this process, for the settings that named it.
+pub(crate) struct OpenStore {
+    spec: StoreSpec,
+    key_file: Option<PathBuf>,
+    store: Opened,
+    fingerprints: FingerprintKey,
+}
+
+/// What the settings build: the credential (bound to its secret's
+/// fingerprint; a refresh-token grant kept in the store), its endpoint, and
+/// the store it caches in.
+pub(crate) struct Built {
+    /// The credential the cache fetches with.
+    pub(crate) credential: Arc<dyn Credential>,
+    /// The endpoint errors name.
+    pub(crate) token_url: String,
+    /// The store, opened.
+    pub(crate) store: Opened,
+    /// Where the token endpoint came from (given, discovered, cached).
+    endpoint_source: discovery::Source,
+    /// The refresh-token grant's record of its newest refresh token.
+    refresh_record: Option<CacheKey>,
+}
+
+/// Builds what the settings describe. `get` and `serve` both build their
+/// credentials here; `opened` holds the stores already open in this process
+/// (sled allows one opener), and gains the one these settings name.
+pub(crate) async fn credential_and_store(
+    s: &mut Settings,
+    opened: &mut Vec<OpenStore>,
+) -> Result<Built, CliError> {
+    let found = opened
+        .iter()
+        .find(|o| o.spec == s.store && o.key_file == s.key_file);
+    let (store, fingerprints) = match found {
+        Some(o) => (o.store.clone(), o.fingerprints.clone()),
+        None => {
+            let (store, fingerprints) = store::open(&s.store, s.key_file.as_deref()).await?;
+            opened.push(OpenStore {
+                spec: s.store.clone(),
+                key_file: s.key_file.clone(),
+                store: store.clone(),
+                fingerprints: fingerprints.clone(),
+            });
+            (store, fingerprints)
+        }
+    };
     let mut endpoint_source = discovery::Source::Given;
     // The credential, unbound (a refresh-token grant's stored record key
     // derives from this id), its binding, and its endpoint.
@@ -663,17 +707,18 @@ pub(crate) async fn run(mut s: Settings) -> Result<(), CliError> {
         }
         None => {
             let (oauth, binding) = match (&s.token_url, &s.issuer) {
-                (None, None) if s.from_env => credential_from_env(&mut s, &fingerprints).await?,
+                (None, None) if s.from_env => credential_from_env(s, &fingerprints).await?,
                 (None, None) => return Err(CliError::internal("settings always name an endpoint")),
                 (Some(url), _) => {
                     let url = url.clone();
-                    credential(&s, &url, &fingerprints)?
+                    credential(s, &url, &fingerprints)?
                 }
                 (None, Some(issuer)) => {
-                    let (url, source) = discovery::token_endpoint(&opened, issuer).await?;
+                    let issuer = issuer.clone();
+                    let (url, source) = discovery::token_endpoint(&store, &issuer).await?;
                     endpoint_source = source;
                     s.token_url = Some(url.clone());
-                    credential(&s, &url, &fingerprints)?
+                    credential(s, &url, &fingerprints)?
                 }
             };
             let url = oauth.token_url().to_owned();
@@ -684,16 +729,33 @@ pub(crate) async fn run(mut s: Settings) -> Result<(), CliError> {
     // store, redeemed under that record's lease by one process at a time.
     let (credential, refresh_record): (Arc<dyn Credential>, Option<CacheKey>) =
         if s.refresh_token.is_some() {
-            let stored = StoredRefreshToken::new(credential, opened.as_dyn());
+            let stored = StoredRefreshToken::new(credential, store.as_dyn());
             let record = stored.record_key().clone();
             (Arc::new(stored), Some(record))
         } else {
             (credential, None)
         };
-    let credential = Bound::new(credential, binding);
-    let request = request(&s);
+    Ok(Built {
+        credential: Arc::new(Bound::new(credential, binding)),
+        token_url,
+        store,
+        endpoint_source,
+        refresh_record,
+    })
+}
 
-    let cache = TokenCache::builder(credential)
+/// Runs `get` the full way (after [`warm`] did not apply).
+pub(crate) async fn run(mut s: Settings) -> Result<(), CliError> {
+    let Built {
+        credential,
+        token_url,
+        store: opened,
+        endpoint_source,
+        refresh_record,
+    } = credential_and_store(&mut s, &mut Vec::new()).await?;
+    let request = token_request(&s);
+
+    let cache = TokenCache::builder_arc(credential)
         .store_arc(opened.as_dyn())
         .build();
     let key = cache.cache_key(&request);

@@ -24,11 +24,23 @@ const OURS: [&str; 7] = [
     "token_cli",
 ];
 
+/// How a command logs when neither `-v` nor `RUST_LOG` says otherwise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Style {
+    /// Nothing (the one-shot commands: their output is the token).
+    Quiet,
+    /// Info for this workspace, as text (a long-running `serve`).
+    Server,
+    /// Info for this workspace, one JSON object a line (`serve
+    /// --log-format json`).
+    ServerJson,
+}
+
 /// Sets up logging to stderr: `RUST_LOG` when set (`info`,
 /// `token_core=debug,warn`, ...), else `-v` (info for this workspace),
-/// `-vv` (debug), `-vvv` (trace, every crate). Without either, nothing is
-/// logged.
-pub(crate) fn init(verbose: u8) -> Result<(), CliError> {
+/// `-vv` (debug), `-vvv` (trace, every crate). Without either, `style`
+/// decides: nothing for the one-shot commands, info for `serve`.
+pub(crate) fn init(verbose: u8, style: Style) -> Result<(), CliError> {
     let filter = match std::env::var("RUST_LOG") {
         Ok(text) if !text.trim().is_empty() => text.parse::<Targets>().map_err(|e| {
             CliError::usage(format!(
@@ -38,7 +50,8 @@ pub(crate) fn init(verbose: u8) -> Result<(), CliError> {
         })?,
         _ => {
             let level = match verbose {
-                0 => return Ok(()),
+                0 if style == Style::Quiet => return Ok(()),
+                0 => LevelFilter::INFO,
                 1 => LevelFilter::INFO,
                 2 => LevelFilter::DEBUG,
                 _ => LevelFilter::TRACE,
@@ -56,11 +69,13 @@ pub(crate) fn init(verbose: u8) -> Result<(), CliError> {
     let layer = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_target(true);
-    tracing_subscriber::registry()
-        .with(layer)
-        .with(filter)
-        .try_init()
-        .map_err(|e| CliError::internal(format!("cannot start logging: {e}")))
+    let registry = tracing_subscriber::registry().with(filter);
+    let result = if style == Style::ServerJson {
+        registry.with(layer.json()).try_init()
+    } else {
+        registry.with(layer).try_init()
+    };
+    result.map_err(|e| CliError::internal(format!("cannot start logging: {e}")))
 }
 
 /// Prints `error: <message>` on stderr.

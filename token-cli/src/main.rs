@@ -23,6 +23,7 @@ mod inspect;
 mod key;
 mod log;
 mod paths;
+mod serve;
 mod store;
 mod time;
 
@@ -35,7 +36,12 @@ use crate::error::CliError;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Err(e) = log::init(cli.verbose) {
+    let style = match &cli.command {
+        Command::Serve(args) if args.log_format == cli::LogFormat::Json => log::Style::ServerJson,
+        Command::Serve(_) => log::Style::Server,
+        _ => log::Style::Quiet,
+    };
+    if let Err(e) = log::init(cli.verbose, style) {
         log::error(&e);
         return e.exit_code();
     }
@@ -89,6 +95,7 @@ async fn run(command: Command, get_settings: Option<get::Settings>) -> Result<()
         },
         Command::Inspect(args) => inspect::inspect(args).await,
         Command::Purge(args) => inspect::purge(args).await,
+        Command::Serve(args) => serve::run(args).await,
         Command::Demo(args) => demo::run(args).await,
         Command::DemoWorker(args) => demo::worker(args).await,
     }

@@ -195,7 +195,9 @@ impl Inner {
             }
         }
 
-        let result = self.fetch(slot, previous.as_ref()).await;
+        let result =
+            crate::metrics::timed_fetch(self.credential.id(), self.fetch(slot, previous.as_ref()))
+                .await;
         if let Ok(token) = &result {
             if let Some(store) = self.store_if_up() {
                 let _ = self.store_call(store.put(&slot.key, token)).await;

@@ -36,6 +36,11 @@ mod envelope;
 mod error;
 mod flight;
 mod lease;
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+pub mod metrics;
+#[cfg(not(feature = "metrics"))]
+mod metrics;
 pub mod policy;
 mod request;
 mod rng;

@@ -26,6 +26,10 @@ pub(crate) fn run() -> Result {
         "install the test IdP for token-http (npm ci, if needed)",
         crate::idp::prepare,
     )?;
+    util::step(
+        "install the vendor client libraries for token-cli's serve tests (Python venv, if needed)",
+        crate::venv::prepare,
+    )?;
 
     let started = Instant::now();
     let mut stderr = String::new();

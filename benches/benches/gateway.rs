@@ -1,0 +1,201 @@
+//! The sidecar on loopback, in one run: a request straight to the upstream,
+//! through a plain hyper reverse proxy without token work (the floor), and
+//! through the token-serve gateway; and the token endpoint. Latency rows
+//! send one request at a time; throughput rows keep 64 in flight.
+//!
+//! `cargo xtask bench gateway/ -- --warm-up-time 1 --measurement-time 3`
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use criterion::{Criterion, Throughput};
+use http_body_util::{BodyExt as _, Empty, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use token_core::{AccessToken, Credential, CredentialError, TokenCache, TokenRequest};
+use token_serve::{ServeConfig, Sidecar};
+
+const IN_FLIGHT: usize = 64;
+
+#[derive(Debug)]
+struct StaticIdp;
+
+#[async_trait]
+impl Credential for StaticIdp {
+    fn id(&self) -> &str {
+        "bench-idp"
+    }
+
+    async fn fetch(
+        &self,
+        _request: &TokenRequest,
+        _previous: Option<&AccessToken>,
+    ) -> Result<AccessToken, CredentialError> {
+        Ok(
+            AccessToken::new("bench-token-not-a-secret", SystemTime::now())
+                .with_expires_in(Duration::from_secs(3600)),
+        )
+    }
+}
+
+async fn listen<F, Fut, B>(handler: F) -> SocketAddr
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Response<B>> + Send + 'static,
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let handler = handler.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req| {
+                    let f = handler(req);
+                    async move { Ok::<_, Infallible>(f.await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+type BenchClient = Client<HttpConnector, Empty<Bytes>>;
+
+fn client() -> BenchClient {
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(IN_FLIGHT * 2)
+        .build(http)
+}
+
+async fn call(client: &BenchClient, uri: &hyper::Uri, metadata: bool) {
+    let mut req = Request::get(uri.clone());
+    if metadata {
+        req = req.header("metadata", "true");
+    }
+    let resp = client
+        .request(req.body(Empty::new()).expect("request"))
+        .await
+        .expect("response");
+    assert!(resp.status().is_success(), "{}", resp.status());
+    let _ = resp.into_body().collect().await.expect("body");
+}
+
+fn bench(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (direct, proxy, gateway, token) = rt.block_on(async {
+        let upstream = listen(|_req| async { Response::new(Full::new(Bytes::from_static(b"ok"))) }).await;
+        // The floor: a reverse proxy that forwards with a pooled client and
+        // does nothing else.
+        // Same connector settings as the gateway's upstream client.
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        let proxy_client: Client<HttpConnector, Incoming> =
+            Client::builder(TokioExecutor::new()).build(connector);
+        let proxy = listen(move |req: Request<Incoming>| {
+            let client = proxy_client.clone();
+            async move {
+                let (mut parts, body) = req.into_parts();
+                let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
+                parts.uri = format!("http://{upstream}{pq}").parse().expect("uri");
+                let resp = client
+                    .request(Request::from_parts(parts, body))
+                    .await
+                    .expect("upstream");
+                resp.map(|b| b.boxed())
+            }
+        })
+        .await;
+        let config = ServeConfig::parse(&format!(
+            "[[serve.routes]]\nprefix = \"/up/\"\nupstream = \"http://{upstream}\"\nprofile = \"bench\"\n"
+        ))
+        .expect("config");
+        let cache = TokenCache::builder(StaticIdp).build();
+        let request = TokenRequest::builder().scope("bench").build();
+        let sidecar = Sidecar::builder(config)
+            .profile("bench", &cache, &request)
+            .build()
+            .expect("sidecar");
+        sidecar.prefetch().await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let gw = listener.local_addr().expect("addr");
+        tokio::spawn(token_serve::serve(
+            sidecar,
+            listener,
+            std::future::pending(),
+            Duration::from_secs(1),
+        ));
+        let uri = |s: String| s.parse::<hyper::Uri>().expect("uri");
+        (
+            uri(format!("http://{upstream}/x")),
+            uri(format!("http://{proxy}/x")),
+            uri(format!("http://{gw}/up/x")),
+            uri(format!("http://{gw}/v1/token?profile=bench")),
+        )
+    });
+    let client = client();
+
+    let mut g = c.benchmark_group("gateway/latency");
+    for (name, uri, metadata) in [
+        ("direct", &direct, false),
+        ("plain_proxy", &proxy, false),
+        ("gateway", &gateway, false),
+        ("token_endpoint", &token, true),
+    ] {
+        g.bench_function(name, |b| {
+            b.to_async(&rt).iter(|| call(&client, uri, metadata))
+        });
+    }
+    g.finish();
+
+    let mut g = c.benchmark_group("gateway/throughput");
+    g.throughput(Throughput::Elements(IN_FLIGHT as u64));
+    for (name, uri, metadata) in [
+        ("direct", &direct, false),
+        ("plain_proxy", &proxy, false),
+        ("gateway", &gateway, false),
+        ("token_endpoint", &token, true),
+    ] {
+        g.bench_function(name, |b| {
+            b.to_async(&rt).iter(|| async {
+                let mut set = tokio::task::JoinSet::new();
+                for _ in 0..IN_FLIGHT {
+                    let (client, uri) = (client.clone(), uri.clone());
+                    set.spawn(async move { call(&client, &uri, metadata).await });
+                }
+                while let Some(r) = set.join_next().await {
+                    r.expect("task");
+                }
+            })
+        });
+    }
+    g.finish();
+}
+
+fn main() {
+    let mut c = Criterion::default().configure_from_args();
+    bench(&mut c);
+    c.final_summary();
+}

@@ -1,0 +1,361 @@
+//! The `[serve]` table of the profiles file: where to listen, the gateway's
+//! routes, the shared secret, and the vendor-compatible endpoints.
+//!
+//! ```toml
+//! [serve]
+//! listen = "127.0.0.1:8731"          # loopback by default; another address must be written here
+//! secret_file = "/run/secrets/tokencache"   # optional for /v1/token; required by the Azure endpoint
+//! drain_seconds = 10                 # how long SIGTERM waits for requests in flight
+//! ca_file = "/etc/ssl/private-ca.pem"       # extra roots for upstream TLS (system roots are always used)
+//! retry_body_limit = 65536           # largest request body buffered for the 401 retry
+//!
+//! [[serve.routes]]
+//! prefix = "/orders/"
+//! upstream = "https://orders.internal"
+//! profile = "orders"
+//!
+//! [serve.azure]                      # resource -> profile (App Service managed identity)
+//! "https://vault.azure.net" = "vault"
+//!
+//! [serve.google]                     # the metadata server's default service account
+//! profile = "gcp"
+//! email = "sidecar@example.iam.gserviceaccount.com"
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use http::Uri;
+use serde::Deserialize;
+
+/// Where the sidecar listens unless `listen` says otherwise.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8731";
+/// How long a shutdown waits for requests in flight: long enough for a
+/// normal upstream call, short enough for a pod's termination grace period
+/// (30 s by default in Kubernetes).
+pub const DEFAULT_DRAIN: Duration = Duration::from_secs(10);
+/// The largest request body buffered so that the request can be retried
+/// after an upstream `401 invalid_token`. Larger (or unsized, streamed)
+/// bodies are forwarded as they arrive and are not retried.
+pub const DEFAULT_RETRY_BODY_LIMIT: usize = 64 * 1024;
+
+/// What is wrong with the configuration: one sentence naming the problem.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub(crate) String);
+
+impl ConfigError {
+    pub(crate) fn new(message: impl Into<String>) -> Self {
+        Self(message.into())
+    }
+}
+
+/// One egress route: requests whose path starts with `prefix` go to
+/// `upstream` with a token of `profile`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// The path prefix, starting with `/`, stripped before forwarding.
+    pub prefix: String,
+    /// Scheme and authority (and optional base path) of the upstream.
+    pub upstream: Uri,
+    /// The profile whose token is sent.
+    pub profile: String,
+}
+
+/// The parsed `[serve]` table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ServeConfig {
+    /// The listening address.
+    pub listen: SocketAddr,
+    /// The gateway's routes, in file order.
+    pub routes: Vec<Route>,
+    /// A file holding the shared secret that token requests must carry.
+    pub secret_file: Option<PathBuf>,
+    /// How long shutdown waits for requests in flight.
+    pub drain: Duration,
+    /// Extra PEM roots for TLS to upstreams.
+    pub ca_file: Option<PathBuf>,
+    /// The largest request body buffered for the 401 retry.
+    pub retry_body_limit: usize,
+    /// Azure `resource` -> profile.
+    pub azure: BTreeMap<String, String>,
+    /// The Google metadata server's default account, if served.
+    pub google: Option<GoogleAccount>,
+}
+
+/// The account the Google metadata endpoints describe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GoogleAccount {
+    /// The profile whose token is served.
+    pub profile: String,
+    /// The e-mail reported for the account.
+    pub email: String,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8731)),
+            routes: Vec::new(),
+            secret_file: None,
+            drain: DEFAULT_DRAIN,
+            ca_file: None,
+            retry_body_limit: DEFAULT_RETRY_BODY_LIMIT,
+            azure: BTreeMap::new(),
+            google: None,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    serve: Option<RawServe>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServe {
+    listen: Option<String>,
+    #[serde(default)]
+    routes: Vec<RawRoute>,
+    secret_file: Option<PathBuf>,
+    drain_seconds: Option<u64>,
+    ca_file: Option<PathBuf>,
+    retry_body_limit: Option<usize>,
+    #[serde(default)]
+    azure: BTreeMap<String, String>,
+    google: Option<RawGoogle>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    prefix: String,
+    upstream: String,
+    profile: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGoogle {
+    profile: String,
+    email: Option<String>,
+}
+
+impl ServeConfig {
+    /// Parses the `[serve]` table of a profiles file (`text`); every other
+    /// top-level table is left to its owner, except that it must be valid
+    /// TOML. A missing `[serve]` table is the default configuration.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let table: toml::Table = toml::from_str(text)
+            .map_err(|e| ConfigError::new(format!("not valid TOML: {}", e.message())))?;
+        let Some(serve) = table.get("serve") else {
+            return Ok(Self::default());
+        };
+        let mut only = toml::Table::new();
+        only.insert("serve".to_owned(), serve.clone());
+        let raw: RawFile = only
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::new(format!("[serve]: {}", e.message())))?;
+        Self::from_raw(raw.serve.unwrap_or_else(empty_raw))
+    }
+
+    fn from_raw(raw: RawServe) -> Result<Self, ConfigError> {
+        let listen = match raw.listen.as_deref() {
+            None => DEFAULT_LISTEN,
+            Some(l) => l,
+        };
+        let listen: SocketAddr = listen.parse().map_err(|_| {
+            ConfigError::new(format!(
+                "[serve] listen = \"{listen}\" is not an IP address and port (like {DEFAULT_LISTEN})"
+            ))
+        })?;
+        let mut routes = Vec::with_capacity(raw.routes.len());
+        let mut prefixes = BTreeSet::new();
+        for r in raw.routes {
+            routes.push(route(r, &mut prefixes)?);
+        }
+        let drain = Duration::from_secs(raw.drain_seconds.unwrap_or(DEFAULT_DRAIN.as_secs()));
+        for (resource, profile) in &raw.azure {
+            if resource.is_empty() || profile.is_empty() {
+                return Err(ConfigError::new(
+                    "[serve.azure] maps a resource to a profile: neither may be empty",
+                ));
+            }
+        }
+        let google = raw.google.map(|g| GoogleAccount {
+            email: g.email.unwrap_or_else(|| "default".to_owned()),
+            profile: g.profile,
+        });
+        Ok(Self {
+            listen,
+            routes,
+            secret_file: raw.secret_file,
+            drain,
+            ca_file: raw.ca_file,
+            retry_body_limit: raw.retry_body_limit.unwrap_or(DEFAULT_RETRY_BODY_LIMIT),
+            azure: raw.azure,
+            google,
+        })
+    }
+
+    /// Every profile the configuration refers to (routes, Azure, Google).
+    pub fn profiles(&self) -> BTreeSet<String> {
+        self.routes
+            .iter()
+            .map(|r| r.profile.clone())
+            .chain(self.azure.values().cloned())
+            .chain(self.google.iter().map(|g| g.profile.clone()))
+            .collect()
+    }
+}
+
+fn empty_raw() -> RawServe {
+    RawServe {
+        listen: None,
+        routes: Vec::new(),
+        secret_file: None,
+        drain_seconds: None,
+        ca_file: None,
+        retry_body_limit: None,
+        azure: BTreeMap::new(),
+        google: None,
+    }
+}
+
+/// Paths the sidecar serves itself; a route may not shadow them.
+const RESERVED: &[&str] = &[
+    "/v1/",
+    "/metrics",
+    "/healthz",
+    "/readyz",
+    "/azure/",
+    "/computeMetadata/",
+];
+
+fn route(r: RawRoute, prefixes: &mut BTreeSet<String>) -> Result<Route, ConfigError> {
+    let prefix = r.prefix;
+    if !prefix.starts_with('/') {
+        return Err(ConfigError::new(format!(
+            "[[serve.routes]] prefix \"{prefix}\" must start with /"
+        )));
+    }
+    if prefix == "/" || RESERVED.iter().any(|p| prefix.starts_with(p)) {
+        return Err(ConfigError::new(format!(
+            "[[serve.routes]] prefix \"{prefix}\" would shadow the sidecar's own endpoints \
+             (/v1/, /metrics, /healthz, /readyz, /azure/, /computeMetadata/)"
+        )));
+    }
+    if !prefixes.insert(prefix.clone()) {
+        return Err(ConfigError::new(format!(
+            "[[serve.routes]] prefix \"{prefix}\" is given twice"
+        )));
+    }
+    let upstream: Uri = r.upstream.parse().map_err(|e| {
+        ConfigError::new(format!(
+            "[[serve.routes]] upstream \"{}\" (prefix {prefix}) is not a URL: {e}",
+            r.upstream
+        ))
+    })?;
+    match upstream.scheme_str() {
+        Some("http" | "https") => {}
+        _ => {
+            return Err(ConfigError::new(format!(
+            "[[serve.routes]] upstream \"{}\" (prefix {prefix}) must be an http:// or https:// URL",
+            r.upstream
+        )))
+        }
+    }
+    if upstream.authority().is_none_or(|a| a.host().is_empty()) {
+        return Err(ConfigError::new(format!(
+            "[[serve.routes]] upstream \"{}\" (prefix {prefix}) has no host",
+            r.upstream
+        )));
+    }
+    if upstream.query().is_some() {
+        return Err(ConfigError::new(format!(
+            "[[serve.routes]] upstream \"{}\" (prefix {prefix}) may not have a query",
+            r.upstream
+        )));
+    }
+    if r.profile.is_empty() {
+        return Err(ConfigError::new(format!(
+            "[[serve.routes]] prefix {prefix} has an empty profile"
+        )));
+    }
+    Ok(Route {
+        prefix,
+        upstream,
+        profile: r.profile,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_routes_and_defaults_to_loopback() {
+        let c = ServeConfig::parse(
+            r#"
+            [profiles.orders]
+            client_id = "x"
+            [serve]
+            [[serve.routes]]
+            prefix = "/orders/"
+            upstream = "https://orders.internal/api"
+            profile = "orders"
+            "#,
+        )
+        .expect("valid");
+        assert_eq!(c.listen, "127.0.0.1:8731".parse().expect("addr"));
+        assert_eq!(c.routes[0].upstream.path(), "/api");
+        assert_eq!(c.profiles().into_iter().collect::<Vec<_>>(), ["orders"]);
+        assert_eq!(c.retry_body_limit, DEFAULT_RETRY_BODY_LIMIT);
+    }
+
+    #[test]
+    fn a_file_without_serve_is_the_default() {
+        assert_eq!(
+            ServeConfig::parse("[profiles.a]\n").expect("valid"),
+            ServeConfig::default()
+        );
+    }
+
+    #[test]
+    fn bad_configs_name_the_problem() {
+        let cases = [
+            ("[serve]\nlisten = \"nowhere\"\n", "not an IP address"),
+            ("[serve]\nlisten_on = \"1\"\n", "unknown field `listen_on`"),
+            (
+                "[[serve.routes]]\nprefix = \"/a/\"\nupstream = \"ftp://x\"\nprofile = \"p\"\n",
+                "http:// or https://",
+            ),
+            (
+                "[[serve.routes]]\nprefix = \"/a/\"\nupstream = \"http://x y\"\nprofile = \"p\"\n",
+                "is not a URL",
+            ),
+            (
+                "[[serve.routes]]\nprefix = \"a/\"\nupstream = \"http://x\"\nprofile = \"p\"\n",
+                "must start with /",
+            ),
+            (
+                "[[serve.routes]]\nprefix = \"/metrics\"\nupstream = \"http://x\"\nprofile = \"p\"\n",
+                "shadow",
+            ),
+            (
+                "[[serve.routes]]\nprefix = \"/a/\"\nupstream = \"http://x\"\nprofile = \"p\"\ncolour = 1\n",
+                "unknown field `colour`",
+            ),
+            ("[serve\n", "not valid TOML"),
+        ];
+        for (text, expected) in cases {
+            let e = ServeConfig::parse(text).expect_err(text);
+            assert!(e.to_string().contains(expected), "{text}: {e}");
+        }
+    }
+}

@@ -1,0 +1,59 @@
+//! The token-cache sidecar as a library: hyper services that give programs
+//! in any language the engine's economy.
+//!
+//! - **Egress gateway**: requests under a route's prefix go to its upstream
+//!   with `Authorization: Bearer <token>`; one retry after `401
+//!   invalid_token`; `503` with the cause when no valid token can be had.
+//! - **Token endpoint** `GET /v1/token?profile=NAME`, guarded against SSRF
+//!   (`Metadata: true`, no forwarded requests, optional shared secret).
+//! - **Vendor-compatible endpoints**: Azure App Service managed identity
+//!   (`/azure/token`) and the Google metadata server
+//!   (`/computeMetadata/v1/instance/service-accounts/default/token`), so
+//!   unmodified SDKs get their tokens from the sidecar.
+//! - `/metrics` (Prometheus), `/healthz`, `/readyz`.
+//!
+//! `tokencache serve --config PATH` runs it; embed it in your own server by
+//! building a [`Sidecar`] and calling [`Sidecar::handle`] or [`serve`].
+//!
+//! ```no_run
+//! use token_cache::{TokenCache, TokenRequest};
+//! use token_serve::{serve, ServeConfig, Sidecar};
+//!
+//! # async fn run(cache: TokenCache) -> Result<(), Box<dyn std::error::Error>> {
+//! let config = ServeConfig::parse(
+//!     r#"
+//!     [[serve.routes]]
+//!     prefix = "/orders/"
+//!     upstream = "https://orders.internal"
+//!     profile = "orders"
+//!     "#,
+//! )?;
+//! let request = TokenRequest::builder().scope("orders.read").build();
+//! let sidecar = Sidecar::builder(config.clone())
+//!     .profile("orders", &cache, &request)
+//!     .build()?;
+//! sidecar.prefetch().await;
+//! let _warm = sidecar.keep_warm()?;
+//! let listener = tokio::net::TcpListener::bind(config.listen).await?;
+//! serve(sidecar, listener, async { let _ = tokio::signal::ctrl_c().await; }, config.drain).await;
+//! # Ok(()) }
+//! ```
+
+mod config;
+mod endpoints;
+mod gateway;
+mod metrics;
+mod response;
+mod server;
+mod sidecar;
+mod tls;
+
+pub use config::{
+    ConfigError, GoogleAccount, Route, ServeConfig, DEFAULT_DRAIN, DEFAULT_LISTEN,
+    DEFAULT_RETRY_BODY_LIMIT,
+};
+pub use endpoints::SECRET_HEADER;
+pub use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+pub use response::Body;
+pub use server::{serve, Drained};
+pub use sidecar::{Readiness, Sidecar, SidecarBuilder};

@@ -1,0 +1,371 @@
+//! [`Sidecar`]: the profiles, routes and guards, and the dispatch of one
+//! request to the endpoint that answers it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use token_cache::{Error, KeepWarm, Secret, Token, TokenCache, TokenHandle, TokenRequest};
+
+use crate::config::{ConfigError, GoogleAccount, Route, ServeConfig};
+use crate::gateway::{self, Upstream};
+use crate::metrics::Metrics;
+use crate::response::{self, Body};
+use crate::{endpoints, tls};
+
+/// How long `/readyz` and `/metrics` wait for a profile's token before
+/// calling it unavailable. A token in the cache answers at once; this bounds
+/// the case where a fetch is in flight.
+const PEEK_TIMEOUT: Duration = Duration::from_millis(200);
+
+/// One profile: the cache that holds its token, bound to its request.
+#[derive(Clone)]
+pub(crate) struct Profile {
+    pub(crate) cache: TokenCache,
+    pub(crate) handle: TokenHandle,
+}
+
+pub(crate) struct Inner {
+    pub(crate) profiles: BTreeMap<String, Profile>,
+    /// Longest prefix first.
+    pub(crate) routes: Vec<(Route, Arc<str>)>,
+    pub(crate) upstream: Upstream,
+    pub(crate) secret: Option<Secret>,
+    pub(crate) azure: BTreeMap<String, String>,
+    pub(crate) google: Option<GoogleAccount>,
+    pub(crate) retry_body_limit: usize,
+    pub(crate) metrics: Option<Metrics>,
+}
+
+/// The token sidecar and egress gateway as a hyper service: build it from a
+/// [`ServeConfig`] and one [`TokenCache`] + [`TokenRequest`] per profile,
+/// then either [`serve`](crate::serve) it or call
+/// [`handle`](Sidecar::handle) from your own server.
+///
+/// Cloning is cheap (one `Arc`).
+#[derive(Clone)]
+pub struct Sidecar {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Sidecar {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sidecar")
+            .field("profiles", &self.inner.profiles.keys().collect::<Vec<_>>())
+            .field("routes", &self.inner.routes.len())
+            .field("secret", &self.inner.secret.as_ref().map(|_| "***"))
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`Sidecar`].
+pub struct SidecarBuilder {
+    config: ServeConfig,
+    profiles: BTreeMap<String, Profile>,
+    secret: Option<Secret>,
+    metrics: Option<Metrics>,
+}
+
+impl std::fmt::Debug for SidecarBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SidecarBuilder")
+            .field("profiles", &self.profiles.keys().collect::<Vec<_>>())
+            .field("secret", &self.secret.as_ref().map(|_| "***"))
+            .finish_non_exhaustive()
+    }
+}
+
+impl SidecarBuilder {
+    /// Serves `request`'s tokens from `cache` as profile `name`.
+    pub fn profile(
+        mut self,
+        name: impl Into<String>,
+        cache: &TokenCache,
+        request: &TokenRequest,
+    ) -> Self {
+        self.profiles.insert(
+            name.into(),
+            Profile {
+                cache: cache.clone(),
+                handle: cache.handle(request),
+            },
+        );
+        self
+    }
+
+    /// The shared secret token requests must carry in `X-Identity-Header`
+    /// (required by the Azure endpoint, optional for `/v1/token`).
+    pub fn secret(mut self, secret: Secret) -> Self {
+        self.secret = Some(secret);
+        self
+    }
+
+    /// Serves `/metrics` from this Prometheus recorder's handle.
+    pub fn metrics(mut self, handle: metrics_exporter_prometheus::PrometheusHandle) -> Self {
+        self.metrics = Some(Metrics::new(handle));
+        self
+    }
+
+    /// Checks that every profile the configuration names was given, and
+    /// sets up the upstream client (TLS roots).
+    pub fn build(self) -> Result<Sidecar, ConfigError> {
+        for name in self.config.profiles() {
+            if !self.profiles.contains_key(&name) {
+                return Err(ConfigError::new(format!(
+                    "[serve] uses profile `{name}`, which was not configured"
+                )));
+            }
+        }
+        let tls = tls::client_config(self.config.ca_file.as_deref())?;
+        let mut routes: Vec<(Route, Arc<str>)> = self
+            .config
+            .routes
+            .into_iter()
+            .map(|r| {
+                let label = Arc::from(r.prefix.as_str());
+                (r, label)
+            })
+            .collect();
+        routes.sort_by_key(|r| std::cmp::Reverse(r.0.prefix.len()));
+        Ok(Sidecar {
+            inner: Arc::new(Inner {
+                profiles: self.profiles,
+                routes,
+                upstream: Upstream::new(tls),
+                secret: self.secret,
+                azure: self.config.azure,
+                google: self.config.google,
+                retry_body_limit: self.config.retry_body_limit,
+                metrics: self.metrics,
+            }),
+        })
+    }
+}
+
+/// How a profile's token stands, for `/readyz` and start-up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Readiness {
+    /// A usable token, valid until then.
+    Ready {
+        /// When the token expires.
+        expires_at: Option<SystemTime>,
+    },
+    /// No usable token, and why.
+    NotReady {
+        /// The cause, in one sentence (never a secret).
+        cause: String,
+    },
+}
+
+impl Sidecar {
+    /// Starts building a sidecar for `config`.
+    pub fn builder(config: ServeConfig) -> SidecarBuilder {
+        SidecarBuilder {
+            config,
+            profiles: BTreeMap::new(),
+            secret: None,
+            metrics: None,
+        }
+    }
+
+    /// The profile names.
+    pub fn profiles(&self) -> impl Iterator<Item = &str> {
+        self.inner.profiles.keys().map(String::as_str)
+    }
+
+    /// Fetches every profile's token now (start-up prefetch), so that no
+    /// first request waits for the IdP. Returns each profile's outcome.
+    pub async fn prefetch(&self) -> Vec<(String, Result<(), Error>)> {
+        let mut out = Vec::with_capacity(self.inner.profiles.len());
+        for (name, p) in &self.inner.profiles {
+            out.push((name.clone(), p.handle.token().await.map(|_| ())));
+        }
+        out
+    }
+
+    /// Keeps every profile's token refreshed on a timer, even with no
+    /// traffic, until the guards are dropped. Needs a Tokio runtime.
+    pub fn keep_warm(&self) -> Result<Vec<KeepWarm>, Error> {
+        self.inner
+            .profiles
+            .values()
+            .map(|p| p.cache.keep_warm(p.handle.request()))
+            .collect()
+    }
+
+    /// Each profile's readiness (`/readyz`).
+    pub async fn readiness(&self) -> Vec<(String, Readiness)> {
+        let mut out = Vec::with_capacity(self.inner.profiles.len());
+        for (name, p) in &self.inner.profiles {
+            out.push((name.clone(), peek(p).await));
+        }
+        out
+    }
+
+    /// Answers one request. Never fails: every problem is a response with a
+    /// status and a JSON body naming the cause.
+    pub async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+        let inner = &*self.inner;
+        let path = req.uri().path();
+        match path {
+            "/healthz" => return response::text(StatusCode::OK, "text/plain", "ok\n"),
+            "/readyz" => return self.readyz().await,
+            "/metrics" => return self.metrics().await,
+            "/v1/token" => return endpoints::token(inner, &req).await,
+            "/azure/token" => return endpoints::azure(inner, &req).await,
+            _ => {}
+        }
+        if path.starts_with("/computeMetadata/") || path == "/computeMetadata" {
+            return endpoints::google(inner, &req).await;
+        }
+        if let Some((route, label)) = inner.route_for(path) {
+            let (route, label) = (route.clone(), Arc::clone(label));
+            let response = gateway::forward(inner, &route, req).await;
+            if let Some(m) = &inner.metrics {
+                m.gateway_request(&label, response.status());
+            }
+            return response;
+        }
+        if req.method() == Method::GET || req.method() == Method::HEAD {
+            response::error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no route or endpoint for this path",
+            )
+        } else {
+            response::error(StatusCode::NOT_FOUND, "not_found", "no route for this path")
+        }
+    }
+
+    async fn readyz(&self) -> Response<Body> {
+        let mut ready = true;
+        let mut profiles = serde_json::Map::new();
+        for (name, r) in self.readiness().await {
+            let v = match r {
+                Readiness::Ready { expires_at } => serde_json::json!({
+                    "ready": true,
+                    "expires_at": expires_at.map(response::rfc3339),
+                }),
+                Readiness::NotReady { cause } => {
+                    ready = false;
+                    serde_json::json!({ "ready": false, "cause": cause })
+                }
+            };
+            profiles.insert(name, v);
+        }
+        let status = if ready {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        let body = serde_json::json!({ "ready": ready, "profiles": profiles });
+        response::json(status, body.to_string())
+    }
+
+    async fn metrics(&self) -> Response<Body> {
+        let Some(m) = &self.inner.metrics else {
+            return response::error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "metrics are not enabled in this sidecar",
+            );
+        };
+        for (name, p) in &self.inner.profiles {
+            let remaining = match peek(p).await {
+                Readiness::Ready { expires_at } => expires_at
+                    .and_then(|at| at.duration_since(SystemTime::now()).ok())
+                    .map_or(0.0, |d| d.as_secs_f64()),
+                Readiness::NotReady { .. } => 0.0,
+            };
+            m.profile(name, &p.cache.stats(), remaining);
+        }
+        response::text(StatusCode::OK, "text/plain; version=0.0.4", m.render())
+    }
+}
+
+impl Inner {
+    fn route_for(&self, path: &str) -> Option<&(Route, Arc<str>)> {
+        self.routes.iter().find(|(r, _)| {
+            path.starts_with(&r.prefix)
+                || (r.prefix.ends_with('/') && path == &r.prefix[..r.prefix.len() - 1])
+        })
+    }
+
+    /// A usable (unexpired) token of `profile`, or the reason there is none.
+    pub(crate) async fn token(&self, profile: &Profile) -> Result<Token, Unavailable> {
+        match profile.handle.token().await {
+            Ok(t) if !t.is_live_at(SystemTime::now()) => Err(Unavailable {
+                code: "token_expired",
+                cause: "the only token available has expired and no new one could be obtained"
+                    .to_owned(),
+            }),
+            Ok(t) => Ok(t),
+            Err(e) => Err(Unavailable::from_engine(&e)),
+        }
+    }
+
+    /// True when `got` is the configured secret (constant time in the
+    /// secret's length). Without a configured secret, nothing matches.
+    pub(crate) fn secret_matches(&self, got: Option<&[u8]>) -> bool {
+        let (Some(secret), Some(got)) = (&self.secret, got) else {
+            return false;
+        };
+        let want = secret.expose().as_bytes();
+        if want.len() != got.len() {
+            return false;
+        }
+        want.iter().zip(got).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    }
+}
+
+/// Why no token can be had.
+#[derive(Debug)]
+pub(crate) struct Unavailable {
+    pub(crate) code: &'static str,
+    pub(crate) cause: String,
+}
+
+impl Unavailable {
+    pub(crate) fn from_engine(e: &Error) -> Self {
+        let code = match e {
+            Error::Credential(c) if c.is_transient() => "idp_unavailable",
+            Error::Credential(_) => "idp_rejected",
+            Error::FetchTimeout(_) => "idp_timeout",
+            Error::InvalidToken(_) => "idp_token_unusable",
+            _ => "token_unavailable",
+        };
+        Self {
+            code,
+            cause: e.to_string(),
+        }
+    }
+
+    pub(crate) fn response(&self, profile: &str) -> Response<Body> {
+        let body = serde_json::json!({
+            "error": self.code,
+            "error_description": format!("no valid token for profile `{profile}`: {}", self.cause),
+            "profile": profile,
+        });
+        response::json(StatusCode::SERVICE_UNAVAILABLE, body.to_string())
+    }
+}
+
+async fn peek(p: &Profile) -> Readiness {
+    match tokio::time::timeout(PEEK_TIMEOUT, p.handle.token()).await {
+        Ok(Ok(t)) if t.is_live_at(SystemTime::now()) => Readiness::Ready {
+            expires_at: t.expires_at(),
+        },
+        Ok(Ok(_)) => Readiness::NotReady {
+            cause: "the token has expired and no new one could be obtained".to_owned(),
+        },
+        Ok(Err(e)) => Readiness::NotReady {
+            cause: e.to_string(),
+        },
+        Err(_) => Readiness::NotReady {
+            cause: format!("a token fetch is in flight (no token within {PEEK_TIMEOUT:?})"),
+        },
+    }
+}
