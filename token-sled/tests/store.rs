@@ -28,8 +28,15 @@ async fn open(path: &Path, ring: Keyring) -> SledStore {
 /// Opens, retrying while the previous store of the same path (just
 /// dropped) still holds sled's own file lock in a background thread.
 async fn reopen(path: &Path, ring: impl Fn() -> Keyring) -> Result<SledStore, SledError> {
+    reopen_with(|| SledStore::builder(path, ring())).await
+}
+
+/// [`reopen`] with a builder of the test's choosing.
+async fn reopen_with(
+    builder: impl Fn() -> token_sled::SledStoreBuilder,
+) -> Result<SledStore, SledError> {
     for _ in 0..200 {
-        match SledStore::open(path, ring()).await {
+        match builder().open().await {
             Err(SledError::Locked { .. }) => tokio::time::sleep(Duration::from_millis(25)).await,
             Err(SledError::Sled { source, .. }) if source.to_string().contains("lock") => {
                 tokio::time::sleep(Duration::from_millis(25)).await
@@ -37,7 +44,7 @@ async fn reopen(path: &Path, ring: impl Fn() -> Keyring) -> Result<SledStore, Sl
             other => return other,
         }
     }
-    SledStore::open(path, ring()).await
+    builder().open().await
 }
 
 async fn expect_counted_miss(store: &SledStore, k: &token_core::CacheKey, what: &str) {
@@ -410,20 +417,31 @@ async fn a_damaged_database_is_quarantined_and_the_store_starts_empty() {
 #[tokio::test]
 async fn expired_entries_are_swept_in_the_background() {
     let dir = tempfile::tempdir().unwrap();
-    let store = SledStore::builder(dir.path(), Keyring::new(key_n(1)))
-        .sweep_interval(Some(Duration::from_millis(20)))
-        .open()
-        .await
-        .unwrap();
-    store.put(&key("live"), &token("live")).await.unwrap();
     let expired = AccessToken::new("dead", SystemTime::now() - Duration::from_secs(7200))
         .with_expires_at(SystemTime::now() - Duration::from_secs(1));
-    for i in 0..5 {
-        let k = key(&format!("dead{i}"));
-        let sealed = store.keyring().seal(&k, &encode_token(&expired)).unwrap();
-        store.write_envelope(&k, &sealed).await.unwrap();
+    // Filled with no sweeper running, so that the count before sweeping is
+    // certain; then reopened with a fast one.
+    {
+        let store = SledStore::builder(dir.path(), Keyring::new(key_n(1)))
+            .sweep_interval(None)
+            .open()
+            .await
+            .unwrap();
+        store.put(&key("live"), &token("live")).await.unwrap();
+        for i in 0..5 {
+            let k = key(&format!("dead{i}"));
+            let sealed = store.keyring().seal(&k, &encode_token(&expired)).unwrap();
+            store.write_envelope(&k, &sealed).await.unwrap();
+        }
+        assert_eq!(store.len(), 6);
+        store.flush().await.unwrap();
     }
-    assert_eq!(store.len(), 6);
+    let store = reopen_with(|| {
+        SledStore::builder(dir.path(), Keyring::new(key_n(1)))
+            .sweep_interval(Some(Duration::from_millis(20)))
+    })
+    .await
+    .unwrap();
     // Eventually (the sweeper's pace is not what is tested), only the live
     // entry remains.
     for _ in 0..1000 {
