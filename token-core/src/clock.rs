@@ -46,6 +46,19 @@ impl<C: Clock + ?Sized> Clock for std::sync::Arc<C> {
     }
 }
 
+/// The engine's monotonic origin: instants as nanoseconds since it, so that
+/// deadlines fit in an `AtomicU64`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Epoch(pub(crate) Instant);
+
+impl Epoch {
+    /// `at` in nanoseconds since the epoch (0 for earlier instants).
+    #[inline]
+    pub(crate) fn nanos(self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.0).as_nanos()).unwrap_or(u64::MAX)
+    }
+}
+
 /// The real clocks and `tokio::time::sleep`.
 ///
 /// The runtime must have timers enabled (`#[tokio::main]` and

@@ -1,77 +1,88 @@
-//! The engine: `TokenCache`, its builder and the pre-bound handle.
+//! The engine: `TokenCache`, its builder, the pre-bound handle, and the
+//! state they share.
 
-use std::collections::HashMap;
 use std::fmt;
-use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, Weak};
-use std::time::{Instant, SystemTime};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
-use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
-use crate::clock::{Clock, SystemClock};
+use crate::clock::{Clock, Epoch, SystemClock};
 use crate::credential::Credential;
 use crate::error::Error;
-use crate::policy::RefreshPolicy;
+use crate::events::Events;
+use crate::keys::KeyMap;
+use crate::policy::{RefreshPolicy, DEFAULT_IDLE_WINDOW, DEFAULT_MAX_KEYS};
 use crate::request::{CacheKey, TokenRequest};
-use crate::slot::{FlightResult, Hot, Slot, Token};
+use crate::slot::{FlightResult, Hot, Joined, Slot, Token, Want};
 use crate::stats::{bump, CacheStats, Counters};
-use crate::store::{CacheStore, StoreEvent, TokenFingerprint};
+use crate::store::CacheStore;
+use crate::store_gate::StoreGate;
 use crate::token::AccessToken;
+use crate::warm::KeepWarm;
 
-/// `TokenRequest` hashes to its precomputed 64-bit hash; this hasher passes
-/// it through instead of hashing it again.
-#[derive(Default)]
-pub(crate) struct Prehashed(u64);
+/// How many times a caller looks a key up again after finding its slot
+/// evicted under it, before fetching on the evicted slot (uncached).
+const EVICTED_RETRIES: u32 = 3;
 
-impl Hasher for Prehashed {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(b);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-}
-
-type SlotMap = HashMap<TokenRequest, Arc<Slot>, BuildHasherDefault<Prehashed>>;
-
+/// What a cache's handles, tasks and flights share.
 pub(crate) struct Inner {
-    pub(crate) credential: Arc<dyn Credential>,
-    pub(crate) store: Option<Arc<dyn CacheStore>>,
-    pub(crate) policy: RefreshPolicy,
-    pub(crate) clock: Arc<dyn Clock>,
-    /// Monotonic origin for the nanosecond counters below.
-    epoch: Instant,
-    /// Copy-on-write map of slots: lookups are one atomic load, inserts (a new
-    /// key, rare) copy the map under `slots_write`.
-    slots: ArcSwap<SlotMap>,
-    slots_write: Mutex<()>,
-    /// The always-expired token every empty slot points at.
-    pub(crate) empty: Arc<Hot>,
-    pub(crate) stats: Counters,
-    pub(crate) store_down_until: AtomicU64,
-    /// Events from other instances, until the listener task takes them
-    /// (started on first use, when a runtime is sure to exist).
-    events: Mutex<Option<tokio::sync::broadcast::Receiver<StoreEvent>>>,
-    events_pending: AtomicBool,
+    credential: Arc<dyn Credential>,
+    policy: RefreshPolicy,
+    clock: Arc<dyn Clock>,
+    /// `clock` is [`SystemClock`].
+    system_clock: bool,
+    /// Monotonic origin for the nanosecond deadlines in atomics.
+    epoch: Epoch,
+    keys: KeyMap,
+    gate: StoreGate,
+    stats: Counters,
+    events: Events,
+    /// The event listener and the idle sweeper are not started yet (they
+    /// start on first use, when a runtime is sure to exist).
+    background_pending: AtomicBool,
 }
 
 impl Inner {
-    pub(crate) fn nanos(&self, at: Instant) -> u64 {
-        u64::try_from(at.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
+    pub(crate) fn credential(&self) -> &Arc<dyn Credential> {
+        &self.credential
+    }
+
+    pub(crate) fn policy(&self) -> &RefreshPolicy {
+        &self.policy
+    }
+
+    pub(crate) fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    pub(crate) fn stats(&self) -> &Counters {
+        &self.stats
+    }
+
+    pub(crate) fn gate(&self) -> &StoreGate {
+        &self.gate
+    }
+
+    pub(crate) fn keys(&self) -> &KeyMap {
+        &self.keys
+    }
+
+    pub(crate) fn nanos(&self, at: std::time::Instant) -> u64 {
+        self.epoch.nanos(at)
     }
 
     /// The hit path: one atomic load, one clock read, two comparisons.
-    #[inline]
+    #[inline(always)]
     fn hit(self: &Arc<Self>, slot: &Arc<Slot>) -> Option<Token> {
         let guard = slot.hot.load();
-        let now = self.clock.monotonic();
+        // The system clock is read directly: no virtual call on the hit path.
+        let now = if self.system_clock {
+            std::time::Instant::now()
+        } else {
+            self.clock.monotonic()
+        };
         if now < guard.fresh_until {
             self.stats.hits.incr();
             return Some(Token::from_guard(guard));
@@ -88,7 +99,7 @@ impl Inner {
     /// refresh unless one runs or the key is backing off.
     #[cold]
     #[inline(never)]
-    fn refresh_window(self: &Arc<Self>, slot: &Arc<Slot>, hot: &Hot, now: Instant) {
+    fn refresh_window(self: &Arc<Self>, slot: &Arc<Slot>, hot: &Hot, now: std::time::Instant) {
         if hot.stale.load(Ordering::Relaxed) {
             bump(&self.stats.stale_served);
         }
@@ -97,73 +108,56 @@ impl Inner {
         {
             return;
         }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let mut st = slot.lock();
-        if st.flight.is_some() || st.retry_at.is_some_and(|at| now < at) {
-            return;
-        }
-        tracing::debug!(key = %slot.key, "token in its refresh window; refreshing in the background");
-        self.start_flight(slot, &mut st, &runtime, true);
+        let _ = slot.join_or_start(self, Want::RefreshAhead, false);
     }
 
     /// The slow path: no usable token in the hot slot. Joins the running
-    /// flight or starts one, then waits for it.
-    async fn slow(self: &Arc<Self>, slot: &Arc<Slot>) -> Result<Token, Error> {
-        self.start_listener();
-        let rx = {
-            let mut st = slot.lock();
-            // Re-check after taking the lock: a flight may have just finished.
-            let guard = slot.hot.load();
-            if self.clock.monotonic() < guard.usable_until {
-                self.stats.hits.incr();
-                return Ok(Token::from_guard(guard));
-            }
-            bump(&self.stats.misses);
-            match &st.flight {
-                Some(rx) => rx.clone(),
-                None => {
-                    if let (Some(at), Some(err)) = (st.retry_at, &st.last_error) {
-                        if self.clock.monotonic() < at {
-                            bump(&self.stats.backoff_rejections);
-                            return Err(err.clone());
-                        }
-                    }
-                    let runtime =
-                        tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
-                    self.start_flight(slot, &mut st, &runtime, false)
-                }
-            }
-        };
-        Self::wait(self, rx).await
+    /// fetch or starts one, and waits for it. `None`: the slot was evicted,
+    /// look the key up again.
+    async fn slow(
+        self: &Arc<Self>,
+        slot: &Arc<Slot>,
+        orphan_ok: bool,
+    ) -> Option<Result<Token, Error>> {
+        self.start_background();
+        match slot.join_or_start(self, Want::Token, orphan_ok) {
+            Err(e) => Some(Err(e)),
+            Ok(Joined::Hit(token)) => Some(Ok(token)),
+            Ok(Joined::Wait(rx)) => Some(self.wait(rx).await),
+            Ok(Joined::Evicted | Joined::Nothing) => None,
+        }
     }
 
-    /// Refreshes `slot`'s token now, or joins the fetch already running,
-    /// and waits for the result. Backing off, it answers with the last error
-    /// at once, like the slow path.
-    async fn refresh_now(self: &Arc<Self>, slot: &Arc<Slot>) -> Result<Token, Error> {
-        self.start_listener();
-        let rx = {
-            let mut st = slot.lock();
-            match &st.flight {
-                Some(rx) => rx.clone(),
-                None => {
-                    let now = self.clock.monotonic();
-                    if let (Some(at), Some(err)) = (st.retry_at, &st.last_error) {
-                        if now < at {
-                            bump(&self.stats.backoff_rejections);
-                            return Err(err.clone());
-                        }
-                    }
-                    let runtime =
-                        tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
-                    let usable = now < slot.hot.load().usable_until;
-                    self.start_flight(slot, &mut st, &runtime, usable)
-                }
+    /// A token for `request`, creating its slot if needed: the slow path
+    /// with its retries after evictions.
+    async fn token(
+        self: &Arc<Self>,
+        request: &TokenRequest,
+        mut slot: Arc<Slot>,
+    ) -> Result<Token, Error> {
+        let mut attempt = 0;
+        loop {
+            if let Some(result) = self.slow(&slot, attempt >= EVICTED_RETRIES).await {
+                return result;
             }
-        };
-        self.wait(rx).await
+            attempt += 1;
+            slot = self.slot_for(request);
+        }
+    }
+
+    /// Refreshes `request`'s token now, or joins the fetch already running,
+    /// and waits for the result.
+    async fn refresh(self: &Arc<Self>, request: &TokenRequest) -> Result<Token, Error> {
+        self.start_background();
+        let mut attempt = 0;
+        loop {
+            let slot = self.slot_for(request);
+            match slot.join_or_start(self, Want::Refresh, attempt >= EVICTED_RETRIES)? {
+                Joined::Hit(token) => return Ok(token),
+                Joined::Wait(rx) => return self.wait(rx).await,
+                Joined::Evicted | Joined::Nothing => attempt += 1,
+            }
+        }
     }
 
     /// Waits for a flight's result.
@@ -181,104 +175,86 @@ impl Inner {
         result
     }
 
-    /// Starts the task that applies other instances' invalidations, once.
-    fn start_listener(self: &Arc<Self>) {
-        if !self.events_pending.load(Ordering::Acquire) {
+    /// Starts the store-event listener and the idle sweeper, once.
+    fn start_background(self: &Arc<Self>) {
+        if !self.background_pending.load(Ordering::Acquire) {
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let Some(mut rx) = self
-            .events
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
-        else {
-            return;
-        };
-        self.events_pending.store(false, Ordering::Release);
-        let weak = Arc::downgrade(self);
-        runtime.spawn(async move {
-            use tokio::sync::broadcast::error::RecvError;
-            loop {
-                let event = match rx.recv().await {
-                    Ok(event) => event,
-                    Err(RecvError::Lagged(missed)) => {
-                        tracing::warn!(missed, "missed store events; affected tokens are dropped at expiry or on their next 401");
-                        continue;
-                    }
-                    Err(RecvError::Closed) => return,
-                };
-                let Some(inner) = weak.upgrade() else { return };
-                inner.apply(event);
-            }
-        });
+        if self.background_pending.swap(false, Ordering::AcqRel) {
+            self.events.start(Arc::downgrade(self), &runtime);
+            runtime.spawn(crate::keys::sweep_idle(Arc::downgrade(self)));
+        }
     }
 
-    /// Applies an event from another instance.
-    fn apply(&self, event: StoreEvent) {
-        match event {
-            StoreEvent::Invalidated { key, fingerprint } => {
-                let map = self.slots.load();
-                for slot in map.values().filter(|s| s.key == key) {
-                    let _st = slot.lock();
-                    let current = slot.hot.load();
-                    if self.is_live(&current) && TokenFingerprint::of(&current.token) == fingerprint
-                    {
-                        self.retire(slot, &current);
-                        bump(&self.stats.invalidations);
-                        tracing::info!(key = %slot.key, "token invalidated by another instance");
-                    }
-                }
-            }
-        }
+    /// Whether `hot` is the empty sentinel (no token at all).
+    pub(crate) fn is_empty(&self, hot: &Arc<Hot>) -> bool {
+        Arc::ptr_eq(hot, self.keys.empty())
     }
 
     /// Whether `hot` is a token that may still be served (not the empty
     /// sentinel, not a retired token).
-    fn is_live(&self, hot: &Hot) -> bool {
-        hot.usable_until > self.epoch
+    pub(crate) fn is_live(&self, hot: &Hot) -> bool {
+        hot.usable_until > self.epoch.0
     }
 
-    /// Takes a rejected token out of service. It stays in the slot as a dead
-    /// entry (never served) so that the next fetch still sees it as
-    /// `previous`: its refresh token is the newest this process knows.
-    fn retire(&self, slot: &Slot, hot: &Hot) {
+    /// Takes a rejected token out of service; the caller holds the slot's
+    /// lock. It stays in the slot as a dead entry (never served) so that the
+    /// next fetch still sees it as `previous` (its refresh token is the
+    /// newest this process knows) and refuses it from the store.
+    pub(crate) fn retire(&self, slot: &Slot, hot: &Hot) {
         slot.hot.store(Arc::new(Hot {
             token: hot.token.clone(),
-            fresh_until: self.epoch,
-            usable_until: self.epoch,
+            fresh_until: self.epoch.0,
+            usable_until: self.epoch.0,
             stale: AtomicBool::new(false),
         }));
     }
 
-    fn existing_slot(&self, request: &TokenRequest) -> Option<Arc<Slot>> {
-        self.slots.load().get(request).cloned()
+    /// Turns a scheduled token's wall-clock deadlines into monotonic ones.
+    pub(crate) fn make_hot(&self, token: AccessToken) -> Arc<Hot> {
+        let wall = self.clock.now();
+        let mono = self.clock.monotonic();
+        let usable = self.policy.usable_until(&token);
+        let refresh = token.refresh_at().unwrap_or(usable).min(usable);
+        let until = |at: SystemTime| mono + at.duration_since(wall).unwrap_or_default();
+        Arc::new(Hot {
+            fresh_until: until(refresh),
+            usable_until: until(usable),
+            token,
+            stale: Default::default(),
+        })
     }
 
     fn slot_for(&self, request: &TokenRequest) -> Arc<Slot> {
-        if let Some(slot) = self.existing_slot(request) {
-            return slot;
+        let now = self.clock.monotonic();
+        self.keys.slot_for(request, now, |seen| {
+            let key = CacheKey::new(self.credential.id(), request);
+            Slot::new(request.clone(), key, Arc::clone(self.keys.empty()), seen)
+        })
+    }
+
+    /// `request`'s slot, pinned against eviction while the returned pin
+    /// lives (a handle, a keep-warm guard).
+    fn pinned(&self, request: &TokenRequest) -> (Arc<Slot>, KeyPin) {
+        let mut attempt = 0;
+        loop {
+            let slot = self.slot_for(request);
+            let in_map = slot.pin();
+            let pin = KeyPin(Arc::clone(&slot));
+            // After repeated evictions, an evicted slot serves the handle
+            // alone (it can be evicted only once).
+            if in_map || attempt >= EVICTED_RETRIES {
+                return (slot, pin);
+            }
+            attempt += 1;
         }
-        let _w = self
-            .slots_write
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let map = self.slots.load_full();
-        if let Some(slot) = map.get(request) {
-            return Arc::clone(slot);
-        }
-        let key = CacheKey::new(self.credential.id(), request);
-        let slot = Arc::new(Slot::new(request.clone(), key, Arc::clone(&self.empty)));
-        let mut next = SlotMap::clone(&map);
-        next.insert(request.clone(), Arc::clone(&slot));
-        self.slots.store(Arc::new(next));
-        slot
     }
 
     async fn invalidate(&self, request: &TokenRequest, rejected: &AccessToken) -> bool {
-        let slot = self.existing_slot(request);
+        let slot = self.keys.get(request);
         let mut dropped = false;
         if let Some(slot) = &slot {
             let _st = slot.lock();
@@ -288,12 +264,16 @@ impl Inner {
                 dropped = true;
             }
         }
-        if let Some(store) = self.store_if_up() {
+        if let Some(store) = self.gate.up(&self.stats) {
             let key = slot.map_or_else(
                 || CacheKey::new(self.credential.id(), request),
                 |s| s.key.clone(),
             );
-            if let Ok(true) = self.store_call(store.invalidate(&key, rejected)).await {
+            if let Ok(true) = self
+                .gate
+                .call(&self.stats, store.invalidate(&key, rejected))
+                .await
+            {
                 dropped = true;
             }
         }
@@ -302,6 +282,15 @@ impl Inner {
             tracing::info!(request = ?request, "rejected token invalidated");
         }
         dropped
+    }
+}
+
+/// Keeps a key in the map (never evicted) while alive.
+pub(crate) struct KeyPin(Arc<Slot>);
+
+impl Drop for KeyPin {
+    fn drop(&mut self) {
+        self.0.unpin();
     }
 }
 
@@ -379,31 +368,33 @@ impl TokenCache {
     /// A token for `request`. See the type's docs for what happens when.
     #[inline]
     pub async fn get_token(&self, request: &TokenRequest) -> Result<Token, Error> {
-        let slot = {
-            let map = self.inner.slots.load();
-            match map.get(request) {
-                Some(slot) => {
-                    if let Some(token) = self.inner.hit(slot) {
-                        return Ok(token);
-                    }
-                    Arc::clone(slot)
-                }
-                None => {
-                    drop(map);
-                    self.inner.slot_for(request)
-                }
-            }
+        let inner = &self.inner;
+        let found = inner.keys.with(request, |slot| {
+            let slot = slot?;
+            slot.touch();
+            Some(inner.hit(slot).ok_or_else(|| Arc::clone(slot)))
+        });
+        let slot = match found {
+            Some(Ok(token)) => return Ok(token),
+            Some(Err(slot)) => slot,
+            None => inner.slot_for(request),
         };
-        self.inner.slow(&slot).await
+        inner.token(request, slot).await
     }
 
     /// A handle pre-bound to `request`: the fastest way to get tokens for a
     /// fixed request.
+    ///
+    /// The handle's key is never evicted while the handle (or a clone of it)
+    /// lives: it counts towards [`max_keys`](TokenCacheBuilder::max_keys)
+    /// but is never chosen to make room.
     pub fn handle(&self, request: &TokenRequest) -> TokenHandle {
-        self.inner.start_listener();
+        self.inner.start_background();
+        let (slot, pin) = self.inner.pinned(request);
         TokenHandle {
             inner: Arc::clone(&self.inner),
-            slot: self.inner.slot_for(request),
+            slot,
+            _pin: Arc::new(pin),
         }
     }
 
@@ -418,8 +409,7 @@ impl TokenCache {
     /// returned at once without calling the IdP. With a shared store, another
     /// instance's fresh token is adopted instead of fetching.
     pub async fn refresh(&self, request: &TokenRequest) -> Result<Token, Error> {
-        let slot = self.inner.slot_for(request);
-        self.inner.refresh_now(&slot).await
+        self.inner.refresh(request).await
     }
 
     /// Drops `rejected` wherever it is cached (hot slot and store), but only
@@ -431,14 +421,15 @@ impl TokenCache {
     }
 
     /// Keeps `request`'s token refreshed on a timer, even with no traffic,
-    /// until the returned guard is dropped. Needs a Tokio runtime.
+    /// until the returned guard is dropped. Needs a Tokio runtime. Like a
+    /// handle's, the key is never evicted while the guard lives.
     pub fn keep_warm(&self, request: &TokenRequest) -> Result<KeepWarm, Error> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
-        self.inner.start_listener();
-        let slot = self.inner.slot_for(request);
+        self.inner.start_background();
+        let (slot, pin) = self.inner.pinned(request);
         let weak = Arc::downgrade(&self.inner);
-        let task = runtime.spawn(keep_warm(weak, slot));
-        Ok(KeepWarm { task })
+        let task = runtime.spawn(crate::warm::keep_warm(weak, slot));
+        Ok(KeepWarm::new(task, pin))
     }
 
     /// The key `request` is stored under.
@@ -448,13 +439,12 @@ impl TokenCache {
 
     /// Counters since the cache was built, with the store's own.
     pub fn stats(&self) -> CacheStats {
-        let store = self
-            .inner
-            .store
-            .as_ref()
-            .map(|s| s.stats())
-            .unwrap_or_default();
-        self.inner.stats.snapshot(store)
+        let inner = &self.inner;
+        let store = inner.gate.store().map(|s| s.stats()).unwrap_or_default();
+        let mut stats = inner.stats.snapshot(store);
+        stats.keys = inner.keys.len() as u64;
+        stats.evictions = inner.keys.evictions();
+        stats
     }
 
     /// The policy in force.
@@ -467,65 +457,9 @@ impl fmt::Debug for TokenCache {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TokenCache")
             .field("credential", &self.inner.credential.id())
-            .field("store", &self.inner.store)
-            .field("keys", &self.inner.slots.load().len())
+            .field("store", &self.inner.gate.store())
+            .field("keys", &self.inner.keys.len())
             .finish_non_exhaustive()
-    }
-}
-
-/// The scheduled-refresh loop: sleeps until the token's refresh time,
-/// refreshes it (or waits out the backoff), and starts over. Holds only a
-/// weak reference while sleeping, so it never keeps a dropped cache alive.
-async fn keep_warm(weak: Weak<Inner>, slot: Arc<Slot>) {
-    loop {
-        let Some(inner) = weak.upgrade() else { return };
-        let now = inner.clock.monotonic();
-        let hot = slot.hot.load_full();
-        let retry_at = slot.lock().retry_at;
-        let wake_at = if now < hot.fresh_until {
-            Some(hot.fresh_until)
-        } else {
-            retry_at.filter(|at| now < *at)
-        };
-        if let Some(at) = wake_at {
-            let sleep = inner.clock.sleep(at - now);
-            drop(inner);
-            sleep.await;
-            continue;
-        }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let mut rx = {
-            let mut st = slot.lock();
-            match &st.flight {
-                Some(rx) => rx.clone(),
-                None => inner.start_flight(&slot, &mut st, &runtime, now < hot.usable_until),
-            }
-        };
-        let pause = inner.policy.backoff(1, None, crate::rng::unit_f64());
-        let clock = Arc::clone(&inner.clock);
-        drop(inner);
-        let failed = match rx.wait_for(Option::is_some).await {
-            Ok(v) => !matches!(&*v, Some(Ok(_))),
-            Err(_) => true,
-        };
-        // A failure that set no backoff (a panic) must not spin the loop.
-        if failed && slot.lock().retry_at.is_none() {
-            clock.sleep(pause).await;
-        }
-    }
-}
-
-/// Keeps a key warm while alive; dropping it stops the timer.
-#[derive(Debug)]
-pub struct KeepWarm {
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for KeepWarm {
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }
 
@@ -534,6 +468,8 @@ impl Drop for KeepWarm {
 pub struct TokenHandle {
     inner: Arc<Inner>,
     slot: Arc<Slot>,
+    /// Keeps the key in the map while any clone of the handle lives.
+    _pin: Arc<KeyPin>,
 }
 
 impl TokenHandle {
@@ -543,7 +479,12 @@ impl TokenHandle {
         if let Some(token) = self.inner.hit(&self.slot) {
             return Ok(token);
         }
-        self.inner.slow(&self.slot).await
+        // A pinned slot is never evicted; if it was before the pin took
+        // hold, it serves this handle alone.
+        match self.inner.slow(&self.slot, true).await {
+            Some(result) => result,
+            None => Err(Error::FetchCancelled),
+        }
     }
 
     /// [`TokenCache::invalidate`] for the bound request.
@@ -576,6 +517,9 @@ pub struct TokenCacheBuilder {
     store: Option<Arc<dyn CacheStore>>,
     policy: RefreshPolicy,
     clock: Arc<dyn Clock>,
+    system_clock: bool,
+    max_keys: usize,
+    idle_window: Duration,
 }
 
 impl fmt::Debug for TokenCacheBuilder {
@@ -584,6 +528,8 @@ impl fmt::Debug for TokenCacheBuilder {
             .field("credential", &self.credential.id())
             .field("store", &self.store)
             .field("policy", &self.policy)
+            .field("max_keys", &self.max_keys)
+            .field("idle_window", &self.idle_window)
             .finish_non_exhaustive()
     }
 }
@@ -595,6 +541,9 @@ impl TokenCacheBuilder {
             store: None,
             policy: RefreshPolicy::default(),
             clock: Arc::new(SystemClock),
+            system_clock: true,
+            max_keys: DEFAULT_MAX_KEYS,
+            idle_window: DEFAULT_IDLE_WINDOW,
         }
     }
 
@@ -617,36 +566,67 @@ impl TokenCacheBuilder {
     }
 
     /// The source of time. Defaults to [`SystemClock`].
-    pub fn clock(mut self, clock: impl Clock) -> Self {
+    pub fn clock<C: Clock>(mut self, clock: C) -> Self {
+        self.system_clock = std::any::TypeId::of::<C>() == std::any::TypeId::of::<SystemClock>();
         self.clock = Arc::new(clock);
+        self
+    }
+
+    /// How many keys the cache holds in memory at most (at least 1); past
+    /// it, a new key evicts the least recently used ones (CLOCK). Defaults
+    /// to [`DEFAULT_MAX_KEYS`]. Keys pinned by a live [`TokenHandle`] or
+    /// [`KeepWarm`] are never evicted, so with more of them than this the
+    /// cache holds more.
+    pub fn max_keys(mut self, max_keys: usize) -> Self {
+        self.max_keys = max_keys;
+        self
+    }
+
+    /// How long a key whose token is no longer usable stays after its last
+    /// request before it is dropped (within half a window more). Defaults to
+    /// [`DEFAULT_IDLE_WINDOW`].
+    pub fn idle_window(mut self, window: Duration) -> Self {
+        self.idle_window = window;
         self
     }
 
     /// Builds the cache. Needs no runtime; fetches need one.
     pub fn build(self) -> TokenCache {
-        let epoch = self.clock.monotonic();
+        let epoch = Epoch(self.clock.monotonic());
         let empty = Arc::new(Hot {
             token: AccessToken::new("", SystemTime::UNIX_EPOCH)
                 .with_expires_at(SystemTime::UNIX_EPOCH),
-            fresh_until: epoch,
-            usable_until: epoch,
+            fresh_until: epoch.0,
+            usable_until: epoch.0,
             stale: AtomicBool::new(false),
         });
         let events = self.store.as_ref().and_then(|s| s.subscribe());
+        let keys = KeyMap::new(
+            self.max_keys,
+            self.idle_window,
+            epoch,
+            empty,
+            events.is_some(),
+        );
+        let gate = StoreGate::new(
+            self.store,
+            Arc::clone(&self.clock),
+            epoch,
+            self.policy.store_timeout(),
+            self.policy.store_cooldown(),
+        );
         TokenCache {
             inner: Arc::new(Inner {
-                events_pending: AtomicBool::new(events.is_some()),
-                events: Mutex::new(events),
                 credential: self.credential,
-                store: self.store,
                 policy: self.policy,
                 clock: self.clock,
+                system_clock: self.system_clock,
                 epoch,
-                slots: ArcSwap::from_pointee(SlotMap::default()),
-                slots_write: Mutex::new(()),
-                empty,
+                keys,
+                gate,
                 stats: Counters::new(),
-                store_down_until: AtomicU64::new(0),
+                events: Events::new(events),
+                background_pending: AtomicBool::new(true),
             }),
         }
     }

@@ -1,5 +1,5 @@
 //! Obtaining a token for a key: the single flight that store reads, the
-//! lease, the IdP fetch and the backoff bookkeeping all happen in.
+//! lease and the IdP fetch happen in, and that publishes its result.
 //!
 //! One flight runs per key in a process at a time, as a spawned task, so a
 //! caller that gives up (is dropped) never cancels it for the others. Every
@@ -11,15 +11,15 @@ use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::watch;
 
 use crate::engine::Inner;
 use crate::error::Error;
-use crate::slot::{FlightResult, Hot, Slot, SlotState};
+use crate::slot::{FlightResult, Hot, Recorded, Slot, SlotState};
 use crate::stats::bump;
-use crate::store::{CacheStore, Lease, StoreError};
+use crate::store::{CacheStore, Lease};
 use crate::token::AccessToken;
 
 /// Polls a future, turning a panic inside it into `Err(())`.
@@ -49,44 +49,36 @@ struct FlightGuard<'a> {
 impl FlightGuard<'_> {
     fn finish(&mut self, result: Result<Arc<Hot>, Error>) {
         let Some(tx) = self.tx.take() else { return };
-        let inner = self.inner;
-        let slot = self.slot;
+        let (inner, slot) = (self.inner, self.slot);
         {
             let mut st = slot.lock();
-            match &result {
-                Ok(hot) => {
-                    slot.hot.store(Arc::clone(hot));
-                    st.failures = 0;
-                    st.last_error = None;
-                    st.retry_at = None;
-                    slot.retry_at_nanos.store(0, Ordering::Relaxed);
-                }
-                Err(err) => {
-                    bump(&inner.stats.errors);
-                    slot.hot.load().stale.store(true, Ordering::Relaxed);
-                    if err.backs_off() {
-                        st.failures = st.failures.saturating_add(1);
-                        let delay = inner.policy.backoff(
-                            st.failures,
-                            err.retry_after(),
-                            crate::rng::unit_f64(),
-                        );
-                        let at = inner.clock.monotonic() + delay;
-                        st.retry_at = Some(at);
-                        st.last_error = Some(err.clone());
-                        slot.retry_at_nanos
-                            .store(inner.nanos(at).max(1), Ordering::Relaxed);
+            let now = inner.clock().monotonic();
+            if let Ok(hot) = &result {
+                slot.hot.store(Arc::clone(hot));
+            } else {
+                bump(&inner.stats().errors);
+                slot.hot.load().stale.store(true, Ordering::Relaxed);
+            }
+            let retry_at_nanos = match st.record(&result, inner.policy(), now) {
+                Recorded::Ok => 0,
+                Recorded::BackingOff { failures, delay } => {
+                    if let Err(error) = &result {
                         tracing::warn!(
-                            key = %slot.key, error = %err, failures = st.failures,
+                            key = %slot.key, %error, failures,
                             retry_in_ms = delay.as_millis() as u64,
                             "token fetch failed; backing off"
                         );
-                    } else {
-                        tracing::warn!(key = %slot.key, error = %err, "token fetch failed");
                     }
+                    inner.nanos(now + delay).max(1)
                 }
-            }
-            st.flight = None;
+                Recorded::Failed => {
+                    if let Err(error) = &result {
+                        tracing::warn!(key = %slot.key, %error, "token fetch failed");
+                    }
+                    slot.retry_at_nanos.load(Ordering::Relaxed)
+                }
+            };
+            slot.retry_at_nanos.store(retry_at_nanos, Ordering::Relaxed);
             slot.flying.store(false, Ordering::Release);
         }
         tx.send_replace(Some(result));
@@ -115,11 +107,22 @@ enum Waited {
     GaveUp,
 }
 
-impl Inner {
-    /// Starts a flight for `slot`; the caller holds the slot's lock and has
-    /// checked that none is running.
-    pub(crate) fn start_flight(
-        self: &Arc<Self>,
+/// One fetch for one key: re-read the store, take the lease (or wait for
+/// the instance holding it), call the IdP, store the result. Runs as a
+/// spawned task started by [`Slot::join_or_start`].
+pub(crate) struct Flight {
+    inner: Arc<Inner>,
+    slot: Arc<Slot>,
+    /// Refreshing a token that is still usable (so a stored token that is
+    /// itself due for refresh is not adopted).
+    refresh: bool,
+}
+
+impl Flight {
+    /// Starts a flight for `slot`; the caller holds the slot's lock (`st`)
+    /// and has checked that none is running.
+    pub(crate) fn start(
+        inner: &Arc<Inner>,
         slot: &Arc<Slot>,
         st: &mut SlotState,
         runtime: &tokio::runtime::Handle,
@@ -128,57 +131,69 @@ impl Inner {
         let (tx, rx) = watch::channel(None);
         st.flight = Some(rx.clone());
         slot.flying.store(true, Ordering::Release);
-        let inner = Arc::clone(self);
-        let slot = Arc::clone(slot);
+        let flight = Self {
+            inner: Arc::clone(inner),
+            slot: Arc::clone(slot),
+            refresh,
+        };
         runtime.spawn(async move {
-            let mut guard = FlightGuard { inner: &inner, slot: &slot, tx: Some(tx) };
-            let result = match CatchUnwind(Box::pin(inner.obtain(&slot, refresh))).await {
+            let (inner, slot) = (&flight.inner, &flight.slot);
+            let mut guard = FlightGuard { inner, slot, tx: Some(tx) };
+            let result = match CatchUnwind(Box::pin(flight.obtain())).await {
                 Ok(result) => result,
                 Err(()) => {
-                    bump(&inner.stats.panics);
+                    bump(&inner.stats().panics);
                     tracing::error!(key = %slot.key, "token refresh panicked; contained, next call retries");
                     Err(Error::FetchPanicked)
                 }
             };
             if refresh && result.is_ok() {
-                bump(&inner.stats.refreshes);
+                bump(&inner.stats().refreshes);
             }
             guard.finish(result);
         });
         rx
     }
 
-    /// Gets a token for `slot`: from the store if another instance already
-    /// put a good one, otherwise from the IdP under the store's lease.
-    async fn obtain(&self, slot: &Slot, refresh: bool) -> Result<Arc<Hot>, Error> {
+    /// Gets a token: from the store if another instance already put a good
+    /// one, otherwise from the IdP under the store's lease.
+    async fn obtain(&self) -> Result<Arc<Hot>, Error> {
+        let (inner, slot) = (&self.inner, &self.slot);
+        let gate = inner.gate();
+        let stats = inner.stats();
         let current = slot.hot.load_full();
         // The newest token we know, even an expired one: its refresh token
         // may still be good.
         let mut previous: Option<AccessToken> =
-            (!Arc::ptr_eq(&current, &self.empty)).then(|| current.token.clone());
+            (!inner.is_empty(&current)).then(|| current.token.clone());
+        // A token this process took out of service (a 401) must not come
+        // back from the store, which may not have dropped it yet.
+        let rejected =
+            (!inner.is_empty(&current) && !inner.is_live(&current)).then(|| current.token.clone());
+        let adopt = |t| self.adoptable(t, rejected.as_ref());
         let mut lease = None;
 
-        if let Some(store) = self.store_if_up() {
-            if let Ok(Some(t)) = self.store_call(store.get(&slot.key)).await {
-                match self.adoptable(t, refresh) {
+        if let Some(store) = gate.up(stats) {
+            if let Ok(Some(t)) = gate.call(stats, store.get(&slot.key)).await {
+                match adopt(t) {
                     Adopt::Yes(hot) => return Ok(hot),
                     Adopt::No(t) => previous = Some(*t),
                 }
             }
         }
-        if let Some(store) = self.store_if_up() {
-            let ttl = self.policy.lease_ttl();
-            match self
-                .store_call(store.try_acquire_lease(&slot.key, ttl))
+        if let Some(store) = gate.up(stats) {
+            let ttl = inner.policy().lease_ttl();
+            match gate
+                .call(stats, store.try_acquire_lease(&slot.key, ttl))
                 .await
             {
                 Ok(Some(l)) => {
                     // Re-check: another instance may have put a token
                     // between our read and our lease.
-                    if let Ok(Some(t)) = self.store_call(store.get(&slot.key)).await {
-                        match self.adoptable(t, refresh) {
+                    if let Ok(Some(t)) = gate.call(stats, store.get(&slot.key)).await {
+                        match adopt(t) {
                             Adopt::Yes(hot) => {
-                                self.release(store, slot, &l).await;
+                                self.release(store, &l).await;
                                 return Ok(hot);
                             }
                             Adopt::No(t) => previous = Some(*t),
@@ -186,7 +201,7 @@ impl Inner {
                     }
                     lease = Some(l);
                 }
-                Ok(None) => match self.wait_for_other(store, slot, refresh).await {
+                Ok(None) => match self.wait_for_other(store, rejected.as_ref()).await {
                     Waited::Adopted(hot) => return Ok(hot),
                     Waited::Acquired(l) => lease = Some(l),
                     Waited::GaveUp => {}
@@ -196,21 +211,27 @@ impl Inner {
         }
 
         let result =
-            crate::metrics::timed_fetch(self.credential.id(), self.fetch(slot, previous.as_ref()))
+            crate::metrics::timed_fetch(inner.credential().id(), self.fetch(previous.as_ref()))
                 .await;
         if let Ok(token) = &result {
-            if let Some(store) = self.store_if_up() {
-                let _ = self.store_call(store.put(&slot.key, token)).await;
+            if let Some(store) = gate.up(stats) {
+                let _ = gate.call(stats, store.put(&slot.key, token)).await;
             }
         }
-        if let (Some(l), Some(store)) = (&lease, &self.store) {
-            self.release(store, slot, l).await;
+        if let (Some(l), Some(store)) = (&lease, gate.store()) {
+            self.release(store, l).await;
         }
-        result.map(|t| self.make_hot(t))
+        result.map(|t| inner.make_hot(t))
     }
 
-    async fn release(&self, store: &Arc<dyn CacheStore>, slot: &Slot, lease: &Lease) {
-        let _ = self.store_call(store.release_lease(&slot.key, lease)).await;
+    async fn release(&self, store: &Arc<dyn CacheStore>, lease: &Lease) {
+        let gate = self.inner.gate();
+        let _ = gate
+            .call(
+                self.inner.stats(),
+                store.release_lease(&self.slot.key, lease),
+            )
+            .await;
     }
 
     /// Waits, bounded by the policy's lease wait, for the instance holding
@@ -218,33 +239,34 @@ impl Inner {
     async fn wait_for_other(
         &self,
         store: &Arc<dyn CacheStore>,
-        slot: &Slot,
-        refresh: bool,
+        rejected: Option<&AccessToken>,
     ) -> Waited {
-        bump(&self.stats.lease_waits);
+        let (inner, slot) = (&self.inner, &self.slot);
+        let (gate, stats, clock) = (inner.gate(), inner.stats(), inner.clock());
+        bump(&stats.lease_waits);
         tracing::debug!(key = %slot.key, "another instance holds the refresh lease; waiting for its token");
-        let deadline = self.clock.monotonic() + self.policy.lease_wait();
+        let deadline = clock.monotonic() + inner.policy().lease_wait();
         let mut delay = Duration::from_millis(20);
         loop {
-            let now = self.clock.monotonic();
+            let now = clock.monotonic();
             if now >= deadline {
                 tracing::warn!(key = %slot.key, "gave up waiting for another instance's refresh; fetching");
                 return Waited::GaveUp;
             }
-            self.clock.sleep(delay.min(deadline - now)).await;
+            clock.sleep(delay.min(deadline - now)).await;
             delay = (delay * 2).min(Duration::from_secs(1));
-            match self.store_call(store.get(&slot.key)).await {
+            match gate.call(stats, store.get(&slot.key)).await {
                 Ok(Some(t)) => {
-                    if let Adopt::Yes(hot) = self.adoptable(t, refresh) {
+                    if let Adopt::Yes(hot) = self.adoptable(t, rejected) {
                         return Waited::Adopted(hot);
                     }
                 }
                 Ok(None) => {}
                 Err(()) => return Waited::GaveUp,
             }
-            let ttl = self.policy.lease_ttl();
-            match self
-                .store_call(store.try_acquire_lease(&slot.key, ttl))
+            let ttl = inner.policy().lease_ttl();
+            match gate
+                .call(stats, store.try_acquire_lease(&slot.key, ttl))
                 .await
             {
                 Ok(Some(l)) => return Waited::Acquired(l),
@@ -254,24 +276,30 @@ impl Inner {
         }
     }
 
-    /// A stored token this flight can use instead of fetching: usable now
-    /// and, for a refresh, not itself due for refresh (otherwise it is the
-    /// very token being refreshed). Gives the token back when unusable.
-    fn adoptable(&self, token: AccessToken, refresh: bool) -> Adopt {
-        let now = self.clock.now();
+    /// A stored token this flight can use instead of fetching: usable now,
+    /// not the token this process rejected and, for a refresh, not itself
+    /// due for refresh (otherwise it is the very token being refreshed).
+    /// Gives the token back when unusable.
+    fn adoptable(&self, token: AccessToken, rejected: Option<&AccessToken>) -> Adopt {
+        let inner = &self.inner;
+        let policy = inner.policy();
+        let now = inner.clock().now();
         let token = match token.refresh_at() {
             Some(_) => token,
             // Written by someone who did not schedule it: schedule it now.
-            None => match self.policy.schedule(token.clone(), crate::rng::unit_f64()) {
+            None => match policy.schedule(token.clone(), crate::rng::unit_f64()) {
                 Ok(t) => t,
                 Err(_) => return Adopt::No(Box::new(token)),
             },
         };
-        let usable = now < self.policy.usable_until(&token);
+        if rejected.is_some_and(|r| r.same_secret(&token)) {
+            return Adopt::No(Box::new(token));
+        }
+        let usable = now < policy.usable_until(&token);
         let fresh = token.refresh_at().is_some_and(|at| now < at);
-        if usable && (fresh || !refresh) {
-            bump(&self.stats.store_hits);
-            Adopt::Yes(self.make_hot(token))
+        if usable && (fresh || !self.refresh) {
+            bump(&inner.stats().store_hits);
+            Adopt::Yes(inner.make_hot(token))
         } else {
             Adopt::No(Box::new(token))
         }
@@ -279,16 +307,13 @@ impl Inner {
 
     /// Calls the credential under the fetch timeout, containing panics, and
     /// schedules the result.
-    async fn fetch(
-        &self,
-        slot: &Slot,
-        previous: Option<&AccessToken>,
-    ) -> Result<AccessToken, Error> {
-        bump(&self.stats.idp_calls);
+    async fn fetch(&self, previous: Option<&AccessToken>) -> Result<AccessToken, Error> {
+        let (inner, slot) = (&self.inner, &self.slot);
+        bump(&inner.stats().idp_calls);
         tracing::debug!(key = %slot.key, "fetching a token from the credential");
-        let timeout = self.policy.fetch_timeout();
-        let fetch = CatchUnwind(Box::pin(self.credential.fetch(&slot.request, previous)));
-        let sleep = self.clock.sleep(timeout);
+        let timeout = inner.policy().fetch_timeout();
+        let fetch = CatchUnwind(Box::pin(inner.credential().fetch(&slot.request, previous)));
+        let sleep = inner.clock().sleep(timeout);
         let outcome = tokio::select! {
             biased;
             r = fetch => r,
@@ -296,65 +321,16 @@ impl Inner {
         };
         match outcome {
             Err(()) => {
-                bump(&self.stats.panics);
+                bump(&inner.stats().panics);
                 tracing::error!(key = %slot.key, "the credential panicked; contained, nothing cached");
                 Err(Error::FetchPanicked)
             }
             Ok(Err(e)) => Err(Error::Credential(e)),
             Ok(Ok(token)) => {
-                let token = self.policy.schedule(token, crate::rng::unit_f64())?;
+                let token = inner.policy().schedule(token, crate::rng::unit_f64())?;
                 tracing::debug!(key = %slot.key, expires_at = ?token.expires_at(), refresh_at = ?token.refresh_at(), "fetched a token");
                 Ok(token)
             }
         }
-    }
-
-    /// Turns a scheduled token's wall-clock deadlines into monotonic ones.
-    pub(crate) fn make_hot(&self, token: AccessToken) -> Arc<Hot> {
-        let wall = self.clock.now();
-        let mono = self.clock.monotonic();
-        let usable = self.policy.usable_until(&token);
-        let refresh = token.refresh_at().unwrap_or(usable).min(usable);
-        let until = |at: std::time::SystemTime| mono + at.duration_since(wall).unwrap_or_default();
-        Arc::new(Hot {
-            fresh_until: until(refresh),
-            usable_until: until(usable),
-            token,
-            stale: Default::default(),
-        })
-    }
-
-    /// The store, unless it failed recently (then the call is counted as
-    /// bypassed and the engine works from memory and the IdP alone).
-    pub(crate) fn store_if_up(&self) -> Option<&Arc<dyn CacheStore>> {
-        let store = self.store.as_ref()?;
-        let down_until = self.store_down_until.load(Ordering::Relaxed);
-        if down_until != 0 && self.nanos(self.clock.monotonic()) < down_until {
-            bump(&self.stats.store_bypassed);
-            return None;
-        }
-        Some(store)
-    }
-
-    /// Runs one store call under the store timeout. A failure is logged,
-    /// counted, and puts the store in cooldown; the caller carries on
-    /// without it.
-    pub(crate) async fn store_call<T>(
-        &self,
-        call: impl Future<Output = Result<T, StoreError>>,
-    ) -> Result<T, ()> {
-        let timeout = self.policy.store_timeout();
-        let sleep = self.clock.sleep(timeout);
-        let result = tokio::select! {
-            biased;
-            r = call => r,
-            () = sleep => Err(StoreError::Timeout(timeout)),
-        };
-        result.map_err(|e| {
-            bump(&self.stats.store_errors);
-            let until: Instant = self.clock.monotonic() + self.policy.store_cooldown();
-            self.store_down_until.store(self.nanos(until).max(1), Ordering::Relaxed);
-            tracing::warn!(error = %e, "token store failed; serving from memory and fetching directly for a while");
-        })
     }
 }

@@ -34,7 +34,9 @@ mod engine;
 #[cfg(feature = "encryption")]
 mod envelope;
 mod error;
+mod events;
 mod flight;
+mod keys;
 mod lease;
 #[cfg(feature = "metrics")]
 #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
@@ -48,14 +50,16 @@ mod secret;
 mod slot;
 mod stats;
 mod store;
+mod store_gate;
 #[cfg(feature = "test-util")]
 #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
 pub mod test_util;
 mod token;
+mod warm;
 
 pub use clock::{Clock, ManualClock, Sleep, SystemClock};
 pub use credential::{Credential, CredentialError, FailureKind};
-pub use engine::{KeepWarm, TokenCache, TokenCacheBuilder, TokenHandle};
+pub use engine::{TokenCache, TokenCacheBuilder, TokenHandle};
 #[cfg(feature = "encryption")]
 #[cfg_attr(docsrs, doc(cfg(feature = "encryption")))]
 pub use envelope::{EncryptionKey, KeyError, KeyId, Keyring, KEY_LEN};
@@ -67,3 +71,4 @@ pub use slot::Token;
 pub use stats::CacheStats;
 pub use store::{CacheStore, Lease, PutOutcome, StoreCapabilities, StoreError, StoreStats};
 pub use token::{AccessToken, TokenType};
+pub use warm::KeepWarm;

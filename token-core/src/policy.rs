@@ -81,6 +81,22 @@ pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_secs(2);
 /// each wait for a dead store's timeout.
 pub const DEFAULT_STORE_COOLDOWN: Duration = Duration::from_secs(5);
 
+/// How many keys one cache holds in memory by default
+/// ([`TokenCacheBuilder::max_keys`](crate::TokenCacheBuilder::max_keys)).
+/// A key costs about 0.4 KB of engine memory besides its token and its
+/// request (which the map keeps: about 0.4 KB for a short one), so 100,000
+/// keys of 1 KB tokens are about 200 MB in all: enough for a service with a
+/// token per signed-in user, small enough not to surprise a sidecar.
+pub const DEFAULT_MAX_KEYS: usize = 100_000;
+
+/// How long a key whose token is no longer usable is kept after its last
+/// request by default
+/// ([`TokenCacheBuilder::idle_window`](crate::TokenCacheBuilder::idle_window)).
+/// Ten minutes keeps a user who comes back soon on the same slot (and its
+/// refresh token in memory) while one-shot users' expired secrets leave
+/// memory within a quarter of an hour.
+pub const DEFAULT_IDLE_WINDOW: Duration = Duration::from_secs(10 * 60);
+
 /// When refresh-ahead starts, how long tokens are trusted, and how failures
 /// back off. Every knob has a documented default; see the constants in this
 /// module for the reasoning behind each.

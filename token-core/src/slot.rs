@@ -1,28 +1,33 @@
-//! Per-key state: the hot slot read without locks, and what a hit returns.
+//! Per-key state: the hot slot read without locks, the locked state behind
+//! it, "join the running fetch or start one", and what a hit returns.
 
 use std::fmt;
 use std::ops::Deref;
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arc_swap::{ArcSwap, Guard};
 use tokio::sync::watch;
 
+use crate::engine::Inner;
 use crate::error::Error;
+use crate::flight::Flight;
+use crate::policy::RefreshPolicy;
 use crate::request::{CacheKey, TokenRequest};
+use crate::stats::bump;
 use crate::token::AccessToken;
 
 /// A token as the hot path sees it: the wall-clock deadlines of the token
 /// turned into monotonic ones when it was installed, so the hit path reads
 /// one clock and compares two integers.
 ///
-/// Aligned to (and so padded to a multiple of) 128 bytes, two cache lines:
-/// every thread reads it on every hit, and a small heap neighbour that
-/// another thread writes (arc_swap's per-thread debt nodes are such
-/// neighbours) would otherwise share its line and make hits from two
-/// threads contend.
-#[repr(align(128))]
+/// Aligned to (and so padded to a multiple of) a 64-byte cache line: every
+/// thread reads it on every hit, and a small heap neighbour that another
+/// thread writes would otherwise share its line and make hits from two
+/// threads contend. (Two lines, 128 bytes, would also keep it off the line
+/// an adjacent-line prefetcher pairs with it, at 128 more bytes per key.)
+#[repr(align(64))]
 pub(crate) struct Hot {
     pub(crate) token: AccessToken,
     /// Before this, the token is fresh: serve it, nothing else.
@@ -38,44 +43,154 @@ pub(crate) type FlightResult = Option<Result<Arc<Hot>, Error>>;
 
 /// Everything the engine knows about one key.
 ///
-/// Cache-line aligned for the same reason as [`Hot`]: its `hot` pointer is
-/// read on every hit.
-#[repr(align(128))]
+/// Not cache-line aligned, unlike [`Hot`]: a cache holds one slot per key,
+/// up to hundreds of thousands, and padding would double its size. On a hit
+/// only `hot` and `used` are read, and neither is written while the token
+/// is current.
 pub(crate) struct Slot {
-    pub(crate) request: TokenRequest,
-    pub(crate) key: CacheKey,
     /// The current token; an always-expired sentinel when there is none, so
     /// the hit path has no `Option` to check.
     pub(crate) hot: ArcSwap<Hot>,
+    /// Looked up by `get_token` since the key map last aged it (the CLOCK
+    /// reference bit). Written only when clear, so hits from many threads
+    /// read it without contending.
+    used: AtomicBool,
     /// A fetch for this key is running.
     pub(crate) flying: AtomicBool,
     /// Background refreshes must not start before this (nanoseconds since the
     /// engine's monotonic epoch; 0 = no backoff). Mirrors `state.retry_at`
     /// for the lock-free check on the hit path.
     pub(crate) retry_at_nanos: AtomicU64,
-    pub(crate) state: Mutex<SlotState>,
+    /// When the key was last asked for, as far as the key map knows
+    /// (nanoseconds since the engine's epoch): set by misses, and by aging
+    /// a set `used` flag.
+    last_seen_nanos: AtomicU64,
+    pub(crate) request: TokenRequest,
+    pub(crate) key: CacheKey,
+    state: Mutex<SlotState>,
 }
 
+/// The part of a slot's state that changes only under its lock.
 #[derive(Default)]
 pub(crate) struct SlotState {
     /// The running fetch, if any: subscribe to wait for it.
     pub(crate) flight: Option<watch::Receiver<FlightResult>>,
     /// Consecutive failed fetches.
-    pub(crate) failures: u32,
-    /// The last failure, handed to callers while backing off.
-    pub(crate) last_error: Option<Error>,
+    failures: u32,
+    /// The last failure, handed to callers while backing off (boxed: most
+    /// keys never have one, and every key has a slot).
+    last_error: Option<Box<Error>>,
     /// No new fetch before this.
-    pub(crate) retry_at: Option<Instant>,
+    retry_at: Option<Instant>,
+    /// Live handles and keep-warm guards of this key: while any is alive,
+    /// the key is never evicted.
+    pins: u32,
+    /// Dropped from the key map: whoever finds it so looks the key up again.
+    evicted: bool,
+}
+
+/// What [`SlotState::record`] made of a fetch's result.
+pub(crate) enum Recorded {
+    Ok,
+    /// Failed; the key backs off until the given time.
+    BackingOff {
+        failures: u32,
+        delay: Duration,
+    },
+    /// Failed with an error that does not back off (a cancelled fetch).
+    Failed,
+}
+
+impl SlotState {
+    /// Books a fetch's result: success clears the backoff; a failure that
+    /// backs off counts and schedules the next attempt by the policy
+    /// (exponential, jittered, honouring `Retry-After`).
+    pub(crate) fn record(
+        &mut self,
+        result: &Result<Arc<Hot>, Error>,
+        policy: &RefreshPolicy,
+        now: Instant,
+    ) -> Recorded {
+        self.flight = None;
+        match result {
+            Ok(_) => {
+                self.failures = 0;
+                self.last_error = None;
+                self.retry_at = None;
+                Recorded::Ok
+            }
+            Err(err) if err.backs_off() => {
+                self.failures = self.failures.saturating_add(1);
+                let delay =
+                    policy.backoff(self.failures, err.retry_after(), crate::rng::unit_f64());
+                self.retry_at = Some(now + delay);
+                self.last_error = Some(Box::new(err.clone()));
+                Recorded::BackingOff {
+                    failures: self.failures,
+                    delay,
+                }
+            }
+            Err(_) => Recorded::Failed,
+        }
+    }
+
+    /// The error to answer with at once while backing off at `now`.
+    fn backing_off(&self, now: Instant) -> Option<&Error> {
+        match (self.retry_at, &self.last_error) {
+            (Some(at), Some(err)) if now < at => Some(&**err),
+            _ => None,
+        }
+    }
+
+    /// When the current backoff ends.
+    pub(crate) fn retry_at(&self) -> Option<Instant> {
+        self.retry_at
+    }
+}
+
+/// Why a caller wants a fetch, which decides what [`Slot::join_or_start`]
+/// does when none is running.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Want {
+    /// A hit found the token in its refresh window: start a background
+    /// refresh unless one runs or the key is backing off; wait for nothing.
+    RefreshAhead,
+    /// A miss: a usable token now.
+    Token,
+    /// [`TokenCache::refresh`](crate::TokenCache::refresh): a new token now.
+    Refresh,
+    /// The keep-warm timer: refresh now, even while backing off (the timer
+    /// waits out the backoff itself).
+    Warm,
+}
+
+/// What [`Slot::join_or_start`] found or did.
+pub(crate) enum Joined {
+    /// A usable token appeared while the lock was taken.
+    Hit(Token),
+    /// Wait on this fetch (running already, or just started).
+    Wait(watch::Receiver<FlightResult>),
+    /// Nothing to wait for (a background refresh started, or was not needed).
+    Nothing,
+    /// The slot left the key map: look the key up again.
+    Evicted,
 }
 
 impl Slot {
-    pub(crate) fn new(request: TokenRequest, key: CacheKey, empty: Arc<Hot>) -> Self {
+    pub(crate) fn new(
+        request: TokenRequest,
+        key: CacheKey,
+        empty: Arc<Hot>,
+        seen_nanos: u64,
+    ) -> Self {
         Self {
-            request,
-            key,
             hot: ArcSwap::new(empty),
+            used: AtomicBool::new(false),
             flying: AtomicBool::new(false),
             retry_at_nanos: AtomicU64::new(0),
+            last_seen_nanos: AtomicU64::new(seen_nanos),
+            request,
+            key,
             state: Mutex::new(SlotState::default()),
         }
     }
@@ -84,6 +199,128 @@ impl Slot {
         // The state is consistent after every statement, so a panic elsewhere
         // while holding the lock leaves nothing half-done.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Marks the key as used (the hit path of `get_token`): a load, and a
+    /// store only when the flag was cleared since.
+    #[inline]
+    pub(crate) fn touch(&self) {
+        if !self.used.load(Ordering::Relaxed) {
+            self.used.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Records a miss at `now_nanos` (exact, unlike the `used` flag).
+    fn seen(&self, now_nanos: u64) {
+        self.last_seen_nanos.store(now_nanos, Ordering::Relaxed);
+    }
+
+    /// CLOCK aging: clears the `used` flag, moving `last_seen` up to
+    /// `now_nanos` if it was set. Says whether it was set.
+    pub(crate) fn age(&self, now_nanos: u64) -> bool {
+        let used = self.used.swap(false, Ordering::Relaxed);
+        if used {
+            self.seen(now_nanos);
+        }
+        used
+    }
+
+    /// When the key was last asked for, at the latest.
+    pub(crate) fn last_seen_nanos(&self) -> u64 {
+        self.last_seen_nanos.load(Ordering::Relaxed)
+    }
+
+    /// Pins the key against eviction (a handle or keep-warm guard); undone
+    /// by [`unpin`](Self::unpin). Says whether the slot is still in the key
+    /// map (not evicted before the pin).
+    pub(crate) fn pin(&self) -> bool {
+        let mut st = self.lock();
+        st.pins += 1;
+        !st.evicted
+    }
+
+    pub(crate) fn unpin(&self) {
+        let mut st = self.lock();
+        st.pins = st.pins.saturating_sub(1);
+    }
+
+    /// Marks the slot evicted and drops its token and last error, unless
+    /// the key is pinned or a fetch is running. The token's secret is
+    /// zeroized when the last reader lets go of it (a caller holding a
+    /// [`Token`] keeps a valid one).
+    pub(crate) fn evict(&self, empty: &Arc<Hot>) -> bool {
+        let mut st = self.lock();
+        if st.evicted || st.pins > 0 || st.flight.is_some() {
+            return false;
+        }
+        st.evicted = true;
+        st.last_error = None;
+        self.hot.store(Arc::clone(empty));
+        true
+    }
+
+    /// Joins the running fetch for this key or starts one, as `want` asks.
+    /// Every path that needs a fetch goes through here, under the slot's
+    /// lock, so at most one fetch per key runs in the process.
+    ///
+    /// An evicted slot answers [`Joined::Evicted`], unless `orphan_ok` lets
+    /// the fetch run on it anyway (after repeated evictions, or for a pinned
+    /// handle's own slot): its token is then handed to its callers but is no
+    /// longer in the key map.
+    pub(crate) fn join_or_start(
+        self: &Arc<Self>,
+        inner: &Arc<Inner>,
+        want: Want,
+        orphan_ok: bool,
+    ) -> Result<Joined, Error> {
+        let now = inner.clock().monotonic();
+        let mut st = self.lock();
+        if st.evicted && !orphan_ok {
+            return Ok(match want {
+                Want::RefreshAhead => Joined::Nothing,
+                _ => Joined::Evicted,
+            });
+        }
+        let usable = now < self.hot.load().usable_until;
+        match want {
+            Want::RefreshAhead => {
+                if st.flight.is_some() || st.retry_at.is_some_and(|at| now < at) {
+                    return Ok(Joined::Nothing);
+                }
+                let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+                    return Ok(Joined::Nothing);
+                };
+                tracing::debug!(key = %self.key, "token in its refresh window; refreshing in the background");
+                Flight::start(inner, self, &mut st, &runtime, true);
+                return Ok(Joined::Nothing);
+            }
+            Want::Token => {
+                self.seen(inner.nanos(now));
+                // Re-checked under the lock: a fetch may have just finished.
+                let guard = self.hot.load();
+                if now < guard.usable_until {
+                    inner.stats().hits.incr();
+                    return Ok(Joined::Hit(Token::from_guard(guard)));
+                }
+                bump(&inner.stats().misses);
+            }
+            Want::Refresh => self.seen(inner.nanos(now)),
+            Want::Warm => {}
+        }
+        if let Some(rx) = &st.flight {
+            return Ok(Joined::Wait(rx.clone()));
+        }
+        if want != Want::Warm {
+            if let Some(err) = st.backing_off(now) {
+                bump(&inner.stats().backoff_rejections);
+                return Err(err.clone());
+            }
+        }
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
+        let refresh = want != Want::Token && usable;
+        Ok(Joined::Wait(Flight::start(
+            inner, self, &mut st, &runtime, refresh,
+        )))
     }
 }
 

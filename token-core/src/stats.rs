@@ -115,6 +115,8 @@ impl Counters {
             invalidations: get(&self.invalidations),
             backoff_rejections: get(&self.backoff_rejections),
             store_corrupt_reads: store.corrupt_reads,
+            keys: 0,
+            evictions: 0,
         }
     }
 }
@@ -125,7 +127,7 @@ pub(crate) fn bump(c: &AtomicU64) {
 }
 
 /// A snapshot of a [`TokenCache`](crate::TokenCache)'s counters since it was
-/// built. Counters only grow.
+/// built. Counters only grow, except `keys`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct CacheStats {
@@ -160,6 +162,11 @@ pub struct CacheStats {
     pub backoff_rejections: u64,
     /// Stored values the store could not decode or decrypt (read as misses).
     pub store_corrupt_reads: u64,
+    /// Keys in memory now (the only counter that also shrinks).
+    pub keys: u64,
+    /// Keys dropped from memory: idle with an expired token, or to stay
+    /// within `max_keys`.
+    pub evictions: u64,
 }
 
 impl CacheStats {

@@ -1,5 +1,5 @@
 //! `cargo xtask bench [ARGS...]`: the criterion benchmarks, with ARGS passed
-//! to criterion, then the hit-path ratios against their floors, computed
+//! to criterion, then the hit-path and key-map ratios against their floors, computed
 //! from this run's results. Never under CI: a shared CI machine gives
 //! numbers nobody should compare, and the time is better spent on tests.
 
@@ -17,7 +17,7 @@ struct Target {
     bound: Option<(bool, f64)>,
 }
 
-const HIT_TARGETS: &[Target] = &[
+const TARGETS: &[Target] = &[
     Target {
         what: "handle hit / arc_swap floor (1 thread)",
         numerator: "hit/handle_token_1t",
@@ -48,6 +48,18 @@ const HIT_TARGETS: &[Target] = &[
         denominator: "hit/get_token_2t",
         bound: Some((false, 1.8)),
     },
+    Target {
+        what: "key map cold fill per key, 1M keys vs 1k",
+        numerator: "keys/get_token_fill/1000000",
+        denominator: "keys/get_token_fill/1000",
+        bound: Some((true, 2.0)),
+    },
+    Target {
+        what: "key map cold fill per key vs moka insert, 1M keys",
+        numerator: "keys/get_token_fill/1000000",
+        denominator: "keys/moka_insert/1000000",
+        bound: Some((true, 5.0)),
+    },
 ];
 
 pub(crate) fn run(args: &[String]) -> Result {
@@ -67,9 +79,9 @@ pub(crate) fn run(args: &[String]) -> Result {
     Ok(())
 }
 
-/// Prints the hit-path ratios for the benchmarks that ran.
+/// Prints the hit-path and key-map ratios for the benchmarks that ran.
 fn report(dir: &Path) {
-    let rows: Vec<String> = HIT_TARGETS
+    let rows: Vec<String> = TARGETS
         .iter()
         .filter_map(|t| {
             let ratio = median_ns(dir, t.numerator)? / median_ns(dir, t.denominator)?;
@@ -84,7 +96,7 @@ fn report(dir: &Path) {
         })
         .collect();
     if !rows.is_empty() {
-        println!("\nhit-path ratios (criterion medians from this run):");
+        println!("\nratios against their targets (criterion medians from this run):");
         for row in rows {
             println!("{row}");
         }

@@ -1,0 +1,70 @@
+//! Store events: invalidations made by other instances sharing the store,
+//! applied to this process's slots by key.
+
+use std::sync::{Mutex, PoisonError, Weak};
+
+use tokio::sync::broadcast::{self, error::RecvError};
+
+use crate::engine::Inner;
+use crate::stats::bump;
+use crate::store::{StoreEvent, TokenFingerprint};
+
+/// The store's event stream, until the listener takes it.
+pub(crate) struct Events {
+    rx: Mutex<Option<broadcast::Receiver<StoreEvent>>>,
+}
+
+impl Events {
+    pub(crate) fn new(rx: Option<broadcast::Receiver<StoreEvent>>) -> Self {
+        Self { rx: Mutex::new(rx) }
+    }
+
+    /// Starts the listener task on `runtime`, once.
+    pub(crate) fn start(&self, weak: Weak<Inner>, runtime: &tokio::runtime::Handle) {
+        let Some(rx) = self
+            .rx
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        else {
+            return;
+        };
+        runtime.spawn(listen(weak, rx));
+    }
+}
+
+/// Applies every event until the store closes the stream or the cache is
+/// dropped.
+async fn listen(weak: Weak<Inner>, mut rx: broadcast::Receiver<StoreEvent>) {
+    loop {
+        let event = match rx.recv().await {
+            Ok(event) => event,
+            Err(RecvError::Lagged(missed)) => {
+                tracing::warn!(missed, "missed store events; affected tokens are dropped at expiry or on their next 401");
+                continue;
+            }
+            Err(RecvError::Closed) => return,
+        };
+        let Some(inner) = weak.upgrade() else { return };
+        apply(&inner, event);
+    }
+}
+
+/// Retires the token another instance invalidated, if it is still the one
+/// this process serves for that key.
+fn apply(inner: &Inner, event: StoreEvent) {
+    match event {
+        StoreEvent::Invalidated { key, fingerprint } => {
+            let Some(slot) = inner.keys().by_key(&key) else {
+                return;
+            };
+            let _st = slot.lock();
+            let current = slot.hot.load();
+            if inner.is_live(&current) && TokenFingerprint::of(&current.token) == fingerprint {
+                inner.retire(&slot, &current);
+                bump(&inner.stats().invalidations);
+                tracing::info!(key = %slot.key, "token invalidated by another instance");
+            }
+        }
+    }
+}
