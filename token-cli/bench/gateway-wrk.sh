@@ -25,23 +25,7 @@ DURATION=${DURATION:-10s} CONNECTIONS=${CONNECTIONS:-64} THREADS=${THREADS:-1}
 work=$(mktemp -d)
 pids=()
 trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"' EXIT INT TERM
-cat > "$work/idp.py" <<'PY'
-import http.server, json
-class H(http.server.BaseHTTPRequestHandler):
-    def do_POST(self):
-        self.rfile.read(int(self.headers.get('content-length', 0)))
-        body = json.dumps({"access_token": "bench-token", "token_type": "Bearer", "expires_in": 36000}).encode()
-        self.send_response(200)
-        self.send_header('content-type', 'application/json')
-        self.send_header('content-length', str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    def log_message(self, *a): pass
-s = http.server.HTTPServer(('127.0.0.1', 0), H)
-print(s.server_address[1], flush=True)
-s.serve_forever()
-PY
-python3 "$work/idp.py" > "$work/idp.port" & pids+=($!)
+python3 "$(dirname "$0")/idp.py" > "$work/idp.port" & pids+=($!)
 while [ ! -s "$work/idp.port" ]; do sleep 0.05; done
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 up=$(free_port); gw=$(free_port)

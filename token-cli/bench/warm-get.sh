@@ -13,23 +13,7 @@ set -euo pipefail
 RUNS=${RUNS:-300}
 work=$(mktemp -d)
 trap 'kill "$idp" 2>/dev/null || true; rm -rf "$work"' EXIT INT TERM
-cat > "$work/idp.py" <<'PY'
-import http.server, json
-class H(http.server.BaseHTTPRequestHandler):
-    def do_POST(self):
-        self.rfile.read(int(self.headers.get('content-length', 0)))
-        body = json.dumps({"access_token": "bench-token", "token_type": "Bearer", "expires_in": 36000}).encode()
-        self.send_response(200)
-        self.send_header('content-type', 'application/json')
-        self.send_header('content-length', str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    def log_message(self, *a): pass
-s = http.server.HTTPServer(('127.0.0.1', 0), H)
-print(s.server_address[1], flush=True)
-s.serve_forever()
-PY
-python3 "$work/idp.py" > "$work/port" & idp=$!
+python3 "$(dirname "$0")/idp.py" > "$work/port" & idp=$!
 while [ ! -s "$work/port" ]; do sleep 0.05; done
 port=$(cat "$work/port")
 export HOME="$work/home" XDG_CACHE_HOME="$work/cache" XDG_CONFIG_HOME="$work/config" BENCH_SECRET=bench-secret
