@@ -74,6 +74,22 @@ fn is_users(token: &AccessToken, i: usize, n: usize) -> bool {
     token.secret().expose() == format!("tok-user-{i}-{n}")
 }
 
+/// A 2-worker runtime, a manual clock, a [`PerScope`] IdP on it issuing
+/// tokens that live `lifetime`, and a cache builder around both.
+fn setup(
+    lifetime: Duration,
+) -> (
+    tokio::runtime::Runtime,
+    ManualClock,
+    Arc<PerScope>,
+    TokenCacheBuilder,
+) {
+    let clock = ManualClock::new();
+    let idp = PerScope::new(&clock, lifetime);
+    let builder = TokenCache::builder(idp.clone()).clock(clock.clone());
+    (multi_thread(), clock, idp, builder)
+}
+
 fn multi_thread() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -96,12 +112,8 @@ fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
 #[test]
 fn a_hundred_thousand_keys_fill_cold_then_hit_warm() {
     const N: usize = 100_000;
-    let rt = multi_thread();
-    let clock = ManualClock::new();
-    let idp = PerScope::new(&clock, Duration::from_secs(3600));
-    let cache = TokenCache::builder(idp.clone())
-        .clock(clock.clone())
-        .build();
+    let (rt, _clock, idp, builder) = setup(Duration::from_secs(3600));
+    let cache = builder.build();
     let users: Vec<_> = (0..N).map(user).collect();
     rt.block_on(async {
         for (i, request) in users.iter().enumerate() {
@@ -130,14 +142,9 @@ fn a_hundred_thousand_keys_fill_cold_then_hit_warm() {
 #[test]
 fn one_shot_users_leave_after_their_tokens_expire_and_the_idle_window() {
     const ROUND: usize = 20_000;
-    let rt = multi_thread();
-    let clock = ManualClock::new();
-    let idp = PerScope::new(&clock, Duration::from_secs(60));
+    let (rt, clock, idp, builder) = setup(Duration::from_secs(60));
     let window = Duration::from_secs(600);
-    let cache = TokenCache::builder(idp.clone())
-        .clock(clock.clone())
-        .idle_window(window)
-        .build();
+    let cache = builder.idle_window(window).build();
     for round in 0..5 {
         rt.block_on(async {
             for i in 0..ROUND {
@@ -158,13 +165,8 @@ fn one_shot_users_leave_after_their_tokens_expire_and_the_idle_window() {
 
 #[test]
 fn an_idle_key_stays_while_its_token_is_usable_or_within_the_window() {
-    let rt = multi_thread();
-    let clock = ManualClock::new();
-    let idp = PerScope::new(&clock, Duration::from_secs(4 * 3600));
-    let cache = TokenCache::builder(idp.clone())
-        .clock(clock.clone())
-        .idle_window(Duration::from_secs(600))
-        .build();
+    let (rt, clock, _idp, builder) = setup(Duration::from_secs(4 * 3600));
+    let cache = builder.idle_window(Duration::from_secs(600)).build();
     let short = TokenRequest::builder().scope("short").build();
     rt.block_on(async {
         cache.get_token(&user(1)).await.unwrap();
@@ -196,13 +198,8 @@ fn an_idle_key_stays_while_its_token_is_usable_or_within_the_window() {
 
 #[test]
 fn past_the_bound_the_keys_not_used_since_the_hand_passed_go_first() {
-    let rt = multi_thread();
-    let clock = ManualClock::new();
-    let idp = PerScope::new(&clock, Duration::from_secs(3600));
-    let cache = TokenCache::builder(idp.clone())
-        .clock(clock.clone())
-        .max_keys(100)
-        .build();
+    let (rt, _clock, _idp, builder) = setup(Duration::from_secs(3600));
+    let cache = builder.max_keys(100).build();
     rt.block_on(async {
         for i in 0..100 {
             cache.get_token(&user(i)).await.unwrap();
@@ -235,11 +232,8 @@ fn past_the_bound_the_keys_not_used_since_the_hand_passed_go_first() {
 
 #[test]
 fn handles_and_keep_warm_guards_pin_their_keys() {
-    let rt = multi_thread();
-    let clock = ManualClock::new();
-    let idp = PerScope::new(&clock, Duration::from_secs(60));
-    let cache = TokenCache::builder(idp.clone())
-        .clock(clock.clone())
+    let (rt, clock, idp, builder) = setup(Duration::from_secs(60));
+    let cache = builder
         .max_keys(8)
         .idle_window(Duration::from_secs(60))
         .build();
@@ -296,13 +290,8 @@ fn handles_and_keep_warm_guards_pin_their_keys() {
 #[test]
 fn eviction_racing_with_hits_never_hands_out_a_wrong_or_expired_token() {
     const KEYS: usize = 256;
-    let rt = multi_thread();
-    let clock = ManualClock::new();
-    let idp = PerScope::new(&clock, Duration::from_secs(3600));
-    let cache = TokenCache::builder(idp.clone())
-        .clock(clock.clone())
-        .max_keys(64)
-        .build();
+    let (rt, clock, _idp, builder) = setup(Duration::from_secs(3600));
+    let cache = builder.max_keys(64).build();
     let tasks: Vec<_> = (0..2)
         .map(|t| {
             let (cache, clock) = (cache.clone(), clock.clone());
@@ -343,13 +332,8 @@ fn eviction_racing_with_hits_never_hands_out_a_wrong_or_expired_token() {
 
 #[test]
 fn a_thousand_callers_of_an_evicted_key_cause_one_fetch() {
-    let rt = multi_thread();
-    let clock = ManualClock::new();
-    let idp = PerScope::new(&clock, Duration::from_secs(3600));
-    let cache = TokenCache::builder(idp.clone())
-        .clock(clock.clone())
-        .max_keys(1)
-        .build();
+    let (rt, _clock, idp, builder) = setup(Duration::from_secs(3600));
+    let cache = builder.max_keys(1).build();
     let hot = user(7);
     rt.block_on(async {
         cache.get_token(&hot).await.unwrap();
