@@ -7,6 +7,9 @@
 //! - [`TokenCache`]: the engine. Hot-slot hits without locks or allocation,
 //!   refresh-ahead in the background, single-flight per key in the process
 //!   and across processes through the store's lease, stale-if-error, backoff.
+//!   One cache holds a token per user at any scale: keys are added in O(1),
+//!   bounded by `max_keys` (CLOCK eviction) and dropped when idle with an
+//!   expired token ([`TokenCacheBuilder::max_keys`], [`TokenCacheBuilder::idle_window`]).
 //! - [`RefreshPolicy`]: every timing knob; its defaults are the constants
 //!   of [`policy`], each saying why it has that value.
 //! - [`Clock`]: injected time, so tests move a [`ManualClock`] instead of
