@@ -281,7 +281,8 @@ impl Slot {
                 _ => Joined::Evicted,
             });
         }
-        let usable = now < self.hot.load().usable_until;
+        let guard = self.hot.load();
+        let usable = now < guard.usable_until;
         match want {
             Want::RefreshAhead => {
                 if st.flight.is_some() || st.retry_at.is_some_and(|at| now < at) {
@@ -296,9 +297,8 @@ impl Slot {
             }
             Want::Token => {
                 self.seen(inner.nanos(now));
-                // Re-checked under the lock: a fetch may have just finished.
-                let guard = self.hot.load();
-                if now < guard.usable_until {
+                // Checked under the lock: a fetch may have just finished.
+                if usable {
                     inner.stats().hits.incr();
                     return Ok(Joined::Hit(Token::from_guard(guard)));
                 }
