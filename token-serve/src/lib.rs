@@ -43,6 +43,7 @@ mod config;
 mod endpoints;
 mod gateway;
 mod metrics;
+mod pool;
 mod response;
 mod server;
 mod sidecar;
@@ -54,6 +55,7 @@ pub use config::{
 };
 pub use endpoints::SECRET_HEADER;
 pub use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+pub use pool::{UpstreamBody, CONNECT_TIMEOUT, MAX_IDLE, POOL_IDLE};
 pub use response::Body;
 pub use server::{serve, Drained};
 pub use sidecar::{Readiness, Sidecar, SidecarBuilder};

@@ -12,13 +12,13 @@
 //!
 //! The per-profile counters are the profile's [`TokenCache`] statistics,
 //! published when `/metrics` is scraped; the gateway counter is counted as
-//! requests complete.
+//! requests complete, through a handle per route and status registered on
+//! first use (so the recorder must be installed before the sidecar is
+//! built, and a recorder that drops idle metrics would lose a route's
+//! counts once it dropped them).
 //!
 //! [`TokenCache`]: token_cache::TokenCache
 
-use std::sync::Arc;
-
-use http::StatusCode;
 use metrics_exporter_prometheus::PrometheusHandle;
 use token_cache::CacheStats;
 
@@ -29,15 +29,6 @@ pub(crate) struct Metrics {
 impl Metrics {
     pub(crate) fn new(handle: PrometheusHandle) -> Self {
         Self { handle }
-    }
-
-    pub(crate) fn gateway_request(&self, route: &Arc<str>, status: StatusCode) {
-        metrics::counter!(
-            "tokencache_gateway_requests_total",
-            "route" => Arc::clone(route),
-            "status" => status.as_u16().to_string()
-        )
-        .increment(1);
     }
 
     pub(crate) fn profile(&self, name: &str, stats: &CacheStats, remaining_seconds: f64) {

@@ -7,11 +7,12 @@ use bytes::Bytes;
 use http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use http::{HeaderValue, Response, StatusCode};
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
+
+use crate::pool::UpstreamBody;
 
 /// The body of every response the sidecar gives: its own (`Full`) or an
-/// upstream's, streamed (`Incoming`).
-pub type Body = Either<Full<Bytes>, Incoming>;
+/// upstream's, streamed ([`UpstreamBody`]).
+pub type Body = Either<Full<Bytes>, UpstreamBody>;
 
 /// A response with `body` as `application/json`, never cached.
 pub(crate) fn json(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {

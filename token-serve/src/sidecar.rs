@@ -9,8 +9,8 @@ use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use token_cache::{Error, KeepWarm, Secret, Token, TokenCache, TokenHandle, TokenRequest};
 
-use crate::config::{ConfigError, GoogleAccount, Route, ServeConfig};
-use crate::gateway::{self, Upstream};
+use crate::config::{ConfigError, GoogleAccount, ServeConfig};
+use crate::gateway::{self, BearerCache, GatewayRoute};
 use crate::metrics::Metrics;
 use crate::response::{self, Body};
 use crate::{endpoints, tls};
@@ -25,13 +25,14 @@ const PEEK_TIMEOUT: Duration = Duration::from_millis(200);
 pub(crate) struct Profile {
     pub(crate) cache: TokenCache,
     pub(crate) handle: TokenHandle,
+    /// The gateway's `Authorization` value for the current token.
+    pub(crate) bearer: Arc<BearerCache>,
 }
 
 pub(crate) struct Inner {
     pub(crate) profiles: BTreeMap<String, Profile>,
     /// Longest prefix first.
-    pub(crate) routes: Vec<(Route, Arc<str>)>,
-    pub(crate) upstream: Upstream,
+    pub(crate) routes: Vec<GatewayRoute>,
     pub(crate) secret: Option<Secret>,
     pub(crate) azure: BTreeMap<String, String>,
     pub(crate) google: Option<GoogleAccount>,
@@ -90,6 +91,7 @@ impl SidecarBuilder {
             Profile {
                 cache: cache.clone(),
                 handle: cache.handle(request),
+                bearer: Arc::default(),
             },
         );
         self
@@ -118,22 +120,22 @@ impl SidecarBuilder {
                 )));
             }
         }
-        let tls = tls::client_config(self.config.ca_file.as_deref())?;
-        let mut routes: Vec<(Route, Arc<str>)> = self
-            .config
-            .routes
-            .into_iter()
-            .map(|r| {
-                let label = Arc::from(r.prefix.as_str());
-                (r, label)
-            })
-            .collect();
-        routes.sort_by_key(|r| std::cmp::Reverse(r.0.prefix.len()));
+        let tls = Arc::new(tls::client_config(self.config.ca_file.as_deref())?);
+        let mut routes = Vec::with_capacity(self.config.routes.len());
+        for r in self.config.routes {
+            let profile = self.profiles.get(&r.profile).cloned().ok_or_else(|| {
+                ConfigError::new(format!(
+                    "route {} uses profile `{}`, which was not configured",
+                    r.prefix, r.profile
+                ))
+            })?;
+            routes.push(GatewayRoute::new(r, profile, &tls)?);
+        }
+        routes.sort_by_key(|r| std::cmp::Reverse(r.route.prefix.len()));
         Ok(Sidecar {
             inner: Arc::new(Inner {
                 profiles: self.profiles,
                 routes,
-                upstream: Upstream::new(tls),
                 secret: self.secret,
                 azure: self.config.azure,
                 google: self.config.google,
@@ -221,11 +223,10 @@ impl Sidecar {
         if path.starts_with("/computeMetadata/") || path == "/computeMetadata" {
             return endpoints::google(inner, &req).await;
         }
-        if let Some((route, label)) = inner.route_for(path) {
-            let (route, label) = (route.clone(), Arc::clone(label));
-            let response = gateway::forward(inner, &route, req).await;
-            if let Some(m) = &inner.metrics {
-                m.gateway_request(&label, response.status());
+        if let Some(route) = inner.route_for(path) {
+            let response = gateway::forward(inner, route, req).await;
+            if inner.metrics.is_some() {
+                route.count(response.status());
             }
             return response;
         }
@@ -287,8 +288,9 @@ impl Sidecar {
 }
 
 impl Inner {
-    fn route_for(&self, path: &str) -> Option<&(Route, Arc<str>)> {
-        self.routes.iter().find(|(r, _)| {
+    fn route_for(&self, path: &str) -> Option<&GatewayRoute> {
+        self.routes.iter().find(|g| {
+            let r = &g.route;
             path.starts_with(&r.prefix)
                 || (r.prefix.ends_with('/') && path == &r.prefix[..r.prefix.len() - 1])
         })

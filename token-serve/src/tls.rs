@@ -10,7 +10,8 @@ use rustls::{ClientConfig, RootCertStore};
 use crate::config::ConfigError;
 
 /// A client configuration trusting the system roots and every certificate
-/// in `ca_file`. A CA file that cannot be read or holds no certificate is
+/// in `ca_file`, offering ALPN `http/1.1` (the only protocol the gateway
+/// speaks upstream). A CA file that cannot be read or holds no certificate is
 /// an error; system roots that fail to load are logged (a private CA may be
 /// all that is needed).
 pub(crate) fn client_config(ca_file: Option<&Path>) -> Result<ClientConfig, ConfigError> {
@@ -55,5 +56,9 @@ pub(crate) fn client_config(ca_file: Option<&Path>) -> Result<ClientConfig, Conf
     ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map(|b| b.with_root_certificates(roots).with_no_client_auth())
+        .map(|mut c| {
+            c.alpn_protocols = vec![b"http/1.1".to_vec()];
+            c
+        })
         .map_err(|e| ConfigError::new(format!("cannot set up TLS: {e}")))
 }

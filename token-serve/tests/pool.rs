@@ -1,0 +1,261 @@
+//! The gateway's upstream connections against a real hyper upstream that
+//! counts the connections it accepts: sequential requests share one
+//! keep-alive connection and carry the upstream's `Host`; connections the
+//! upstream closed (`Connection: close`, its idle timeout) are not reused;
+//! a response abandoned by the caller midway leaves its connection out of
+//! the pool; a large response streams through whole and its connection is
+//! reused afterwards.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Either, Full};
+use hyper::body::{Body, Frame, Incoming};
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use token_cache::{AccessToken, Credential, CredentialError, TokenCache, TokenRequest};
+use token_serve::{ServeConfig, Sidecar};
+
+#[derive(Debug)]
+struct StaticIdp;
+
+#[async_trait]
+impl Credential for StaticIdp {
+    fn id(&self) -> &str {
+        "static-idp"
+    }
+
+    async fn fetch(
+        &self,
+        _request: &TokenRequest,
+        _previous: Option<&AccessToken>,
+    ) -> Result<AccessToken, CredentialError> {
+        Ok(AccessToken::new("pool-test-token", SystemTime::now())
+            .with_expires_in(Duration::from_secs(3600)))
+    }
+}
+
+/// A response body fed chunk by chunk from a channel.
+struct Chunks(tokio::sync::mpsc::Receiver<Bytes>);
+
+impl Body for Chunks {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.0.poll_recv(cx).map(|c| c.map(|b| Ok(Frame::data(b))))
+    }
+}
+
+#[derive(Default)]
+struct Seen {
+    accepted: AtomicUsize,
+    hosts: Mutex<Vec<String>>,
+    /// Chunks of `/slow` the upstream managed to hand to its connection.
+    slow_sent: AtomicUsize,
+}
+
+/// `/small`: "ok". `/close`: "ok" with `Connection: close`. `/big`: 4 MiB
+/// at once. `/slow`: 200 chunks of 1 KiB, 10 ms apart. Idle keep-alive
+/// connections are closed after 150 ms.
+async fn upstream(seen: Arc<Seen>) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            seen.accepted.fetch_add(1, Ordering::SeqCst);
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let seen = seen.clone();
+                    async move {
+                        let host = req
+                            .headers()
+                            .get("host")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or_default()
+                            .to_owned();
+                        seen.hosts.lock().unwrap().push(host);
+                        let body: Either<Full<Bytes>, Chunks> = match req.uri().path() {
+                            "/big" => Either::Left(Full::new(Bytes::from(vec![b'b'; 4 << 20]))),
+                            "/slow" => {
+                                let (tx, rx) = tokio::sync::mpsc::channel(1);
+                                tokio::spawn(async move {
+                                    for _ in 0..200 {
+                                        if tx.send(Bytes::from(vec![b's'; 1024])).await.is_err() {
+                                            return;
+                                        }
+                                        seen.slow_sent.fetch_add(1, Ordering::SeqCst);
+                                        tokio::time::sleep(Duration::from_millis(10)).await;
+                                    }
+                                });
+                                Either::Right(Chunks(rx))
+                            }
+                            _ => Either::Left(Full::new(Bytes::from_static(b"ok"))),
+                        };
+                        let mut r = Response::new(body);
+                        if req.uri().path() == "/close" {
+                            r.headers_mut()
+                                .insert("connection", "close".parse().unwrap());
+                        }
+                        Ok::<_, Infallible>(r)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(Duration::from_millis(150))
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    port
+}
+
+async fn gateway(port: u16) -> String {
+    let config = ServeConfig::parse(&format!(
+        "[[serve.routes]]\nprefix = \"/up/\"\nupstream = \"http://127.0.0.1:{port}\"\nprofile = \"p\"\n"
+    ))
+    .unwrap();
+    let cache = TokenCache::builder(StaticIdp).build();
+    let request = TokenRequest::builder().scope("s").build();
+    let sidecar = Sidecar::builder(config)
+        .profile("p", &cache, &request)
+        .build()
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(token_serve::serve(
+        sidecar,
+        listener,
+        std::future::pending(),
+        Duration::from_secs(1),
+    ));
+    base
+}
+
+async fn get(client: &reqwest::Client, url: &str) -> (u16, Bytes) {
+    let r = client.get(url).send().await.unwrap();
+    (r.status().as_u16(), r.bytes().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sequential_requests_share_one_upstream_connection_and_carry_its_host() {
+    let seen = Arc::new(Seen::default());
+    let port = upstream(seen.clone()).await;
+    let base = gateway(port).await;
+    let client = reqwest::Client::new();
+    for _ in 0..100 {
+        let (status, body) = get(&client, &format!("{base}/up/small")).await;
+        assert_eq!((status, &body[..]), (200, &b"ok"[..]));
+    }
+    assert_eq!(
+        seen.accepted.load(Ordering::SeqCst),
+        1,
+        "one kept-alive connection"
+    );
+    let hosts = seen.hosts.lock().unwrap();
+    assert_eq!(hosts.len(), 100);
+    assert!(
+        hosts.iter().all(|h| *h == format!("127.0.0.1:{port}")),
+        "the upstream's authority, not the caller's: {:?}",
+        &hosts[..3]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_the_upstream_closed_are_not_reused() {
+    let seen = Arc::new(Seen::default());
+    let port = upstream(seen.clone()).await;
+    let base = gateway(port).await;
+    let client = reqwest::Client::new();
+    for _ in 0..5 {
+        let (status, _) = get(&client, &format!("{base}/up/close")).await;
+        assert_eq!(status, 200);
+    }
+    assert_eq!(
+        seen.accepted.load(Ordering::SeqCst),
+        5,
+        "one per `Connection: close`"
+    );
+    // The upstream drops idle connections after 150 ms.
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let (status, _) = get(&client, &format!("{base}/up/small")).await;
+        assert_eq!(status, 200, "a closed pooled connection is not used");
+    }
+    assert_eq!(seen.accepted.load(Ordering::SeqCst), 8);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_abandoned_midway_leaves_its_connection_out_of_the_pool() {
+    let seen = Arc::new(Seen::default());
+    let port = upstream(seen.clone()).await;
+    let base = gateway(port).await;
+    let client = reqwest::Client::new();
+    let mut r = client.get(format!("{base}/up/slow")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let first = r.chunk().await.unwrap().expect("a first chunk");
+    assert!(!first.is_empty());
+    drop(r);
+    // The gateway notices the caller is gone when it next writes.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let sent = seen.slow_sent.load(Ordering::SeqCst);
+    assert!(
+        sent < 200,
+        "the upstream's body was cut short ({sent} chunks)"
+    );
+    let fresh = reqwest::Client::new();
+    let (status, body) = get(&fresh, &format!("{base}/up/small")).await;
+    assert_eq!((status, &body[..]), (200, &b"ok"[..]));
+    assert_eq!(
+        seen.accepted.load(Ordering::SeqCst),
+        2,
+        "the half-read connection was not reused"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_response_streams_through_whole_and_its_connection_is_reused() {
+    let seen = Arc::new(Seen::default());
+    let port = upstream(seen.clone()).await;
+    let base = gateway(port).await;
+    let client = reqwest::Client::new();
+    let (status, body) = get(&client, &format!("{base}/up/big")).await;
+    assert_eq!(status, 200);
+    assert_eq!(body.len(), 4 << 20);
+    assert!(body.iter().all(|b| *b == b'b'));
+    let (status, _) = get(&client, &format!("{base}/up/small")).await;
+    assert_eq!(status, 200);
+    assert_eq!(seen.accepted.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_is_not_listening_gets_a_502_naming_it() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let base = gateway(port).await;
+    let r = reqwest::get(format!("{base}/up/x")).await.unwrap();
+    assert_eq!(r.status(), 502);
+    let body = r.text().await.unwrap();
+    assert!(body.contains("upstream_unreachable"), "{body}");
+    assert!(
+        body.contains(&format!("connecting to http://127.0.0.1:{port} failed")),
+        "{body}"
+    );
+    assert!(!body.contains("pool-test-token"), "{body}");
+}
