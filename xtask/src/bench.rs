@@ -1,5 +1,5 @@
 //! `cargo xtask bench [ARGS...]`: the criterion benchmarks, with ARGS passed
-//! to criterion, then the hit-path and key-map ratios against their floors, computed
+//! to criterion, then the hit-path, key-map and gateway ratios against their floors, computed
 //! from this run's results. Never under CI: a shared CI machine gives
 //! numbers nobody should compare, and the time is better spent on tests.
 
@@ -60,6 +60,18 @@ const TARGETS: &[Target] = &[
         denominator: "keys/moka_insert/1000000",
         bound: Some((true, 5.0)),
     },
+    Target {
+        what: "gateway p50 latency / plain hyper proxy's",
+        numerator: "gateway/latency/gateway",
+        denominator: "gateway/latency/plain_proxy",
+        bound: Some((true, 1.2)),
+    },
+    Target {
+        what: "gateway time per 64 requests / plain proxy's",
+        numerator: "gateway/throughput/gateway",
+        denominator: "gateway/throughput/plain_proxy",
+        bound: None,
+    },
 ];
 
 pub(crate) fn run(args: &[String]) -> Result {
@@ -79,7 +91,7 @@ pub(crate) fn run(args: &[String]) -> Result {
     Ok(())
 }
 
-/// Prints the hit-path and key-map ratios for the benchmarks that ran.
+/// Prints the ratios for the benchmarks that ran.
 fn report(dir: &Path) {
     let rows: Vec<String> = TARGETS
         .iter()
