@@ -11,35 +11,16 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use async_trait::async_trait;
 use bytes::Bytes;
 use http_body_util::{Either, Full};
 use hyper::body::{Body, Frame, Incoming};
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use token_cache::{AccessToken, Credential, CredentialError, TokenCache, TokenRequest};
-use token_serve::{ServeConfig, Sidecar};
 
-#[derive(Debug)]
-struct StaticIdp;
-
-#[async_trait]
-impl Credential for StaticIdp {
-    fn id(&self) -> &str {
-        "static-idp"
-    }
-
-    async fn fetch(
-        &self,
-        _request: &TokenRequest,
-        _previous: Option<&AccessToken>,
-    ) -> Result<AccessToken, CredentialError> {
-        Ok(AccessToken::new("pool-test-token", SystemTime::now())
-            .with_expires_in(Duration::from_secs(3600)))
-    }
-}
+mod support;
+use support::StaticIdp;
 
 /// A response body fed chunk by chunk from a channel.
 struct Chunks(tokio::sync::mpsc::Receiver<Bytes>);
@@ -125,25 +106,10 @@ async fn upstream(seen: Arc<Seen>) -> u16 {
 }
 
 async fn gateway(port: u16) -> String {
-    let config = ServeConfig::parse(&format!(
+    let config = format!(
         "[[serve.routes]]\nprefix = \"/up/\"\nupstream = \"http://127.0.0.1:{port}\"\nprofile = \"p\"\n"
-    ))
-    .unwrap();
-    let cache = TokenCache::builder(StaticIdp).build();
-    let request = TokenRequest::builder().scope("s").build();
-    let sidecar = Sidecar::builder(config)
-        .profile("p", &cache, &request)
-        .build()
-        .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(token_serve::serve(
-        sidecar,
-        listener,
-        std::future::pending(),
-        Duration::from_secs(1),
-    ));
-    base
+    );
+    support::gateway(&config, "p", StaticIdp("pool-test-token")).await
 }
 
 async fn get(client: &reqwest::Client, url: &str) -> (u16, Bytes) {

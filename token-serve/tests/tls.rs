@@ -5,36 +5,17 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
 
-use async_trait::async_trait;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-use token_cache::{AccessToken, Credential, CredentialError, TokenCache, TokenRequest};
 use token_serve::{ServeConfig, Sidecar};
 
-#[derive(Debug)]
-struct StaticIdp;
-
-#[async_trait]
-impl Credential for StaticIdp {
-    fn id(&self) -> &str {
-        "static-idp"
-    }
-
-    async fn fetch(
-        &self,
-        _request: &TokenRequest,
-        _previous: Option<&AccessToken>,
-    ) -> Result<AccessToken, CredentialError> {
-        Ok(AccessToken::new("static-token", SystemTime::now())
-            .with_expires_in(Duration::from_secs(3600)))
-    }
-}
+mod support;
+use support::StaticIdp;
 
 /// An HTTPS upstream on 127.0.0.1 answering with the Authorization header
 /// it received; returns its port and the CA's PEM.
@@ -91,22 +72,7 @@ async fn tls_upstream() -> (u16, String) {
 }
 
 async fn gateway(config: &str) -> String {
-    let config = ServeConfig::parse(config).unwrap();
-    let cache = TokenCache::builder(StaticIdp).build();
-    let request = TokenRequest::builder().scope("orders.read").build();
-    let sidecar = Sidecar::builder(config)
-        .profile("orders", &cache, &request)
-        .build()
-        .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(token_serve::serve(
-        sidecar,
-        listener,
-        std::future::pending(),
-        Duration::from_secs(1),
-    ));
-    format!("http://{addr}")
+    support::gateway(config, "orders", StaticIdp("static-token")).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
