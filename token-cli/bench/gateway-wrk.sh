@@ -20,6 +20,8 @@
 # Needs wrk (`apt-get install -y wrk`) and python3. DURATION (default 10s),
 # CONNECTIONS (64) and THREADS (1) tune wrk; ROUNDS (default 3) repeats the
 # proxy and gateway rows alternately, so that both see the same machine.
+# BASELINE=path/to/another/tokencache adds a second gateway from that binary
+# (e.g. a build of the previous commit), its rows alternated with the others.
 # Prints requests/s and wrk's p50 for each row, then the medians, and the
 # CPU time each process spent per request (from /proc: less disturbed than
 # requests/s by a noisy machine).
@@ -34,7 +36,7 @@ trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$wo
 python3 "$(dirname "$0")/idp.py" > "$work/idp.port" & pids+=($!)
 while [ ! -s "$work/idp.port" ]; do sleep 0.05; done
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-up=$(free_port); gw=$(free_port); px=$(free_port)
+up=$(free_port); gw=$(free_port); px=$(free_port); base=$(free_port)
 profile() {
   cat <<TOML
 [profiles.bench]
@@ -50,6 +52,11 @@ TOML
 export BENCH_SECRET=bench-secret HOME="$work/home" XDG_CACHE_HOME="$work/cache" XDG_CONFIG_HOME="$work/config"
 "$bin" serve --config "$work/upstream.toml" 2> "$work/upstream.log" & pids+=($!)
 "$bin" serve --config "$work/gateway.toml" 2> "$work/gateway.log" & gw_pid=$!; pids+=($gw_pid)
+if [ -n "${BASELINE:-}" ]; then
+  sed "s/127.0.0.1:$gw/127.0.0.1:$base/" "$work/gateway.toml" > "$work/baseline.toml"
+  "$BASELINE" serve --config "$work/baseline.toml" 2> "$work/baseline.log" & base_pid=$!; pids+=($base_pid)
+  for _ in $(seq 200); do curl -fs "http://127.0.0.1:$base/readyz" >/dev/null && break; sleep 0.05; done
+fi
 "$proxy_bin" "127.0.0.1:$px" /up/ "http://127.0.0.1:$up" > "$work/proxy.log" 2>&1 & px_pid=$!; pids+=($px_pid)
 for port in "$up" "$gw"; do
   for _ in $(seq 200); do curl -fs "http://127.0.0.1:$port/readyz" >/dev/null && break; sleep 0.05; done
@@ -73,6 +80,7 @@ run direct "$up_pid" "http://127.0.0.1:$up/healthz"
 for _ in $(seq "$ROUNDS"); do
   run "plain proxy" "$px_pid" "http://127.0.0.1:$px/up/healthz"
   run gateway "$gw_pid" "http://127.0.0.1:$gw/up/healthz"
+  if [ -n "${BASELINE:-}" ]; then run "baseline gateway" "$base_pid" "http://127.0.0.1:$base/up/healthz"; fi
 done
 run "token endpoint" "$gw_pid" "http://127.0.0.1:$gw/v1/token?profile=bench" -H 'Metadata: true'
 echo "load after:  $(cut -d' ' -f1-3 /proc/loadavg)"
