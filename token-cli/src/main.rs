@@ -34,12 +34,6 @@ use clap::Parser as _;
 use crate::cli::{Cli, Command};
 use crate::error::CliError;
 
-// mimalloc rather than glibc's malloc: the gateway allocates and frees a
-// few dozen small buffers per forwarded request, from two threads
-// (docs/BENCHMARKS.md, "the global allocator").
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let style = match &cli.command {
