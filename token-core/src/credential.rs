@@ -78,10 +78,14 @@ pub enum FailureKind {
 /// Why a [`Credential`] could not produce a token.
 ///
 /// Carries the IdP's `error` code (RFC 6749 §5.2) and a human description;
-/// never a secret. Cheap to clone, so the engine can hand the same error to
-/// every caller that waited on one fetch.
+/// never a secret. Cheap to clone (one reference count), so the engine can
+/// hand the same error to every caller that waited on one fetch; and one
+/// pointer wide, so that `Result<Token, Error>` stays small on the hit path.
 #[derive(Clone)]
-pub struct CredentialError {
+pub struct CredentialError(Arc<Details>);
+
+#[derive(Clone)]
+struct Details {
     kind: FailureKind,
     code: Option<String>,
     message: String,
@@ -101,71 +105,71 @@ impl CredentialError {
     }
 
     fn new(kind: FailureKind, message: impl Into<String>) -> Self {
-        Self {
+        Self(Arc::new(Details {
             kind,
             code: None,
             message: message.into(),
             retry_after: None,
             source: None,
-        }
+        }))
     }
 
     /// Attaches the IdP's `error` code, e.g. `invalid_client`.
     pub fn with_code(mut self, code: impl Into<String>) -> Self {
-        self.code = Some(code.into());
+        Arc::make_mut(&mut self.0).code = Some(code.into());
         self
     }
 
     /// Attaches how long the server asked us to wait (`Retry-After`).
     pub fn with_retry_after(mut self, after: Duration) -> Self {
-        self.retry_after = Some(after);
+        Arc::make_mut(&mut self.0).retry_after = Some(after);
         self
     }
 
     /// Attaches the underlying error. It must not print secrets.
     pub fn with_source(mut self, source: impl StdError + Send + Sync + 'static) -> Self {
-        self.source = Some(Arc::new(source));
+        Arc::make_mut(&mut self.0).source = Some(Arc::new(source));
         self
     }
 
     /// Transient or permanent.
     pub fn kind(&self) -> FailureKind {
-        self.kind
+        self.0.kind
     }
 
     /// True when retrying later can help.
     pub fn is_transient(&self) -> bool {
-        self.kind == FailureKind::Transient
+        self.0.kind == FailureKind::Transient
     }
 
     /// The IdP's `error` code, when it sent one.
     pub fn code(&self) -> Option<&str> {
-        self.code.as_deref()
+        self.0.code.as_deref()
     }
 
     /// The human-readable description.
     pub fn message(&self) -> &str {
-        &self.message
+        &self.0.message
     }
 
     /// How long the server asked to wait before retrying.
     pub fn retry_after(&self) -> Option<Duration> {
-        self.retry_after
+        self.0.retry_after
     }
 }
 
 impl fmt::Display for CredentialError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let kind = match self.kind {
+        let kind = match self.0.kind {
             FailureKind::Transient => "transient",
             FailureKind::Permanent => "permanent",
         };
         write!(f, "{kind} credential error")?;
-        if let Some(code) = &self.code {
+        if let Some(code) = &self.0.code {
             write!(f, " `{code}`")?;
         }
-        write!(f, ": {}", self.message)?;
-        if let Some(after) = self.retry_after {
+        write!(f, ": {}", self.0.message)?;
+        if let Some(after) = self.0.retry_after {
             write!(f, " (retry after {}s)", after.as_secs_f64())?;
         }
         Ok(())
@@ -175,18 +179,19 @@ impl fmt::Display for CredentialError {
 impl fmt::Debug for CredentialError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CredentialError")
-            .field("kind", &self.kind)
-            .field("code", &self.code)
-            .field("message", &self.message)
-            .field("retry_after", &self.retry_after)
-            .field("source", &self.source.as_ref().map(|s| s.to_string()))
+            .field("kind", &self.0.kind)
+            .field("code", &self.0.code)
+            .field("message", &self.0.message)
+            .field("retry_after", &self.0.retry_after)
+            .field("source", &self.0.source.as_ref().map(|s| s.to_string()))
             .finish()
     }
 }
 
 impl StdError for CredentialError {
     fn source(&self) -> Option<&(dyn StdError + 'static)> {
-        self.source
+        self.0
+            .source
             .as_deref()
             .map(|s| s as &(dyn StdError + 'static))
     }

@@ -83,12 +83,13 @@ impl Inner {
         } else {
             self.clock.monotonic()
         };
+        let hits = self.stats.hits.shard();
         if now < guard.fresh_until {
-            self.stats.hits.incr();
+            hits.incr();
             return Some(Token::from_guard(guard));
         }
         if now < guard.usable_until {
-            self.stats.hits.incr();
+            hits.incr();
             self.refresh_window(slot, &guard, now);
             return Some(Token::from_guard(guard));
         }
@@ -480,8 +481,9 @@ impl TokenHandle {
             return Ok(token);
         }
         // A pinned slot is never evicted; if it was before the pin took
-        // hold, it serves this handle alone.
-        match self.inner.slow(&self.slot, true).await {
+        // hold, it serves this handle alone. The slow path's future is boxed
+        // so that this one stays small: the hit path then moves less.
+        match Box::pin(self.inner.slow(&self.slot, true)).await {
             Some(result) => result,
             None => Err(Error::FetchCancelled),
         }
