@@ -1,7 +1,9 @@
 //! The sidecar on loopback, in one run: a request straight to the upstream,
 //! through a plain hyper reverse proxy without token work (the floor), and
 //! through the token-serve gateway; and the token endpoint. Latency rows
-//! send one request at a time; throughput rows keep 64 in flight.
+//! send one request at a time; throughput rows keep 64 in flight. The
+//! upstream, the proxy and gateway, and the client run on three runtimes,
+//! as the three processes of a real deployment would.
 //!
 //! `cargo xtask bench gateway/ -- --warm-up-time 1 --measurement-time 3`
 
@@ -99,14 +101,29 @@ async fn call(client: &BenchClient, uri: &hyper::Uri, metadata: bool) {
     let _ = resp.into_body().collect().await.expect("body");
 }
 
-fn bench(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
+/// A runtime like a separate server process's: `tokencache serve` and the
+/// wrk script's upstream run on a multi-thread runtime with one worker per
+/// core.
+fn server_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .expect("runtime");
+        .expect("runtime")
+}
+
+fn bench(c: &mut Criterion) {
+    // Three runtimes, as if three processes: the upstream; the proxy and
+    // the gateway (never loaded at the same time); and the load generator,
+    // one thread like wrk's, driving the client on the bench thread itself.
+    // On one shared runtime a request's hops would run wherever a worker is
+    // free, and the rows would measure that scheduler instead.
+    let upstream_rt = server_runtime();
+    let upstream = upstream_rt.block_on(listen(|_req| async {
+        Response::new(Full::new(Bytes::from_static(b"ok")))
+    }));
+    let rt = server_runtime();
     let (direct, proxy, gateway, token) = rt.block_on(async {
-        let upstream = listen(|_req| async { Response::new(Full::new(Bytes::from_static(b"ok"))) }).await;
         // The floor: a reverse proxy that forwards with a pooled client and
         // does nothing else.
         // Same connector settings as the gateway's upstream client.
@@ -155,7 +172,11 @@ fn bench(c: &mut Criterion) {
             uri(format!("http://{gw}/v1/token?profile=bench")),
         )
     });
-    let client = client();
+    let client_rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let client = client_rt.block_on(async { client() });
 
     let mut g = c.benchmark_group("gateway/latency");
     for (name, uri, metadata) in [
@@ -165,7 +186,7 @@ fn bench(c: &mut Criterion) {
         ("token_endpoint", &token, true),
     ] {
         g.bench_function(name, |b| {
-            b.to_async(&rt).iter(|| call(&client, uri, metadata))
+            b.to_async(&client_rt).iter(|| call(&client, uri, metadata))
         });
     }
     g.finish();
@@ -179,7 +200,7 @@ fn bench(c: &mut Criterion) {
         ("token_endpoint", &token, true),
     ] {
         g.bench_function(name, |b| {
-            b.to_async(&rt).iter(|| async {
+            b.to_async(&client_rt).iter(|| async {
                 let mut set = tokio::task::JoinSet::new();
                 for _ in 0..IN_FLIGHT {
                     let (client, uri) = (client.clone(), uri.clone());

@@ -7,72 +7,128 @@ use std::path::Path;
 
 use crate::util::{self, Result};
 
-/// A ratio the project holds itself to: `numerator / denominator` of two
-/// criterion medians from the same run.
+/// What a target compares, from criterion's medians of one run. Ids are
+/// criterion's directories under `target/criterion`: `group/function`, with
+/// every `/` inside the group's or the function's name turned into `_`, and
+/// `/parameter` after it for a `BenchmarkId`.
+enum Measure {
+    /// `numerator / denominator`.
+    Ratio(&'static str, &'static str),
+    /// `of - over`, in microseconds: the latency one hop adds.
+    AddedMicros {
+        of: &'static str,
+        over: &'static str,
+    },
+    /// Elements per second for a bench of `per_iter` elements an iteration.
+    PerSecond { id: &'static str, per_iter: f64 },
+}
+
+/// A target the project holds itself to.
 struct Target {
     what: &'static str,
-    numerator: &'static str,
-    denominator: &'static str,
+    measure: Measure,
     /// `Some((true, x))`: at most x; `Some((false, x))`: at least x.
     bound: Option<(bool, f64)>,
 }
 
+/// Requests a gateway throughput iteration keeps in flight
+/// (`benches/benches/gateway.rs`).
+const GATEWAY_IN_FLIGHT: f64 = 64.0;
+
 const TARGETS: &[Target] = &[
     Target {
         what: "handle hit / arc_swap floor (1 thread)",
-        numerator: "hit/handle_token_1t",
-        denominator: "hit/floor_arc_swap_1t",
+        measure: Measure::Ratio("hit/handle_token_1t", "hit/floor_arc_swap_1t"),
         bound: Some((true, 1.2)),
     },
     Target {
         what: "get_token hit / keyed RwLock map floor (1 thread)",
-        numerator: "hit/get_token_1t",
-        denominator: "hit/floor_keyed_rwlock_map_1t",
+        measure: Measure::Ratio("hit/get_token_1t", "hit/floor_keyed_rwlock_map_1t"),
         bound: Some((true, 1.2)),
     },
     Target {
         what: "get_token hit / moka get (1 thread)",
-        numerator: "hit/get_token_1t",
-        denominator: "hit/floor_moka_get_1t",
+        measure: Measure::Ratio("hit/get_token_1t", "hit/floor_moka_get_1t"),
         bound: None,
     },
     Target {
         what: "handle hit scaling, 2 threads vs 1",
-        numerator: "hit/handle_token_1t",
-        denominator: "hit/handle_token_2t",
+        measure: Measure::Ratio("hit/handle_token_1t", "hit/handle_token_2t"),
         bound: Some((false, 1.8)),
     },
     Target {
         what: "get_token hit scaling, 2 threads vs 1",
-        numerator: "hit/get_token_1t",
-        denominator: "hit/get_token_2t",
+        measure: Measure::Ratio("hit/get_token_1t", "hit/get_token_2t"),
         bound: Some((false, 1.8)),
     },
     Target {
         what: "key map cold fill per key, 1M keys vs 1k",
-        numerator: "keys/get_token_fill/1000000",
-        denominator: "keys/get_token_fill/1000",
+        measure: Measure::Ratio("keys/get_token_fill/1000000", "keys/get_token_fill/1000"),
         bound: Some((true, 2.0)),
     },
     Target {
         what: "key map cold fill per key vs moka insert, 1M keys",
-        numerator: "keys/get_token_fill/1000000",
-        denominator: "keys/moka_insert/1000000",
+        measure: Measure::Ratio("keys/get_token_fill/1000000", "keys/moka_insert/1000000"),
         bound: Some((true, 5.0)),
     },
     Target {
+        what: "gateway p50 latency added over direct",
+        measure: Measure::AddedMicros {
+            of: "gateway_latency/gateway",
+            over: "gateway_latency/direct",
+        },
+        bound: Some((true, 50.0)),
+    },
+    Target {
         what: "gateway p50 latency / plain hyper proxy's",
-        numerator: "gateway/latency/gateway",
-        denominator: "gateway/latency/plain_proxy",
+        measure: Measure::Ratio("gateway_latency/gateway", "gateway_latency/plain_proxy"),
         bound: Some((true, 1.2)),
     },
     Target {
-        what: "gateway time per 64 requests / plain proxy's",
-        numerator: "gateway/throughput/gateway",
-        denominator: "gateway/throughput/plain_proxy",
+        what: "gateway throughput / plain proxy's",
+        measure: Measure::Ratio(
+            "gateway_throughput/plain_proxy",
+            "gateway_throughput/gateway",
+        ),
         bound: None,
     },
+    Target {
+        what: "requests/s through the gateway (64 in flight)",
+        measure: Measure::PerSecond {
+            id: "gateway_throughput/gateway",
+            per_iter: GATEWAY_IN_FLIGHT,
+        },
+        bound: Some((false, 20_000.0)),
+    },
+    Target {
+        what: "requests/s from the token endpoint (64 in flight)",
+        measure: Measure::PerSecond {
+            id: "gateway_throughput/token_endpoint",
+            per_iter: GATEWAY_IN_FLIGHT,
+        },
+        bound: Some((false, 30_000.0)),
+    },
 ];
+
+impl Measure {
+    /// The value, and how to print it; `None` when a bench did not run.
+    fn eval(&self, median_ns: impl Fn(&str) -> Option<f64>) -> Option<(f64, String)> {
+        Some(match *self {
+            Self::Ratio(num, den) => {
+                let r = median_ns(num)? / median_ns(den)?;
+                (r, format!("{r:.2}x"))
+            }
+            Self::AddedMicros { of, over } => {
+                let us = (median_ns(of)? - median_ns(over)?) / 1e3;
+                (us, format!("{us:+.1} us"))
+            }
+            Self::PerSecond { id, per_iter } => {
+                let rate = per_iter / (median_ns(id)? / 1e9);
+                (rate, format!("{rate:.0}/s"))
+            }
+        })
+    }
+}
 
 pub(crate) fn run(args: &[String]) -> Result {
     if util::is_ci() {
@@ -91,33 +147,32 @@ pub(crate) fn run(args: &[String]) -> Result {
     Ok(())
 }
 
-/// Prints the ratios for the benchmarks that ran.
+/// Prints the targets whose benchmarks ran.
 fn report(dir: &Path) {
     let rows: Vec<String> = TARGETS
         .iter()
         .filter_map(|t| {
-            let ratio = median_ns(dir, t.numerator)? / median_ns(dir, t.denominator)?;
+            let (value, shown) = t.measure.eval(|id| median_ns(dir, id))?;
             let verdict = match t.bound {
-                Some((true, max)) if ratio <= max => format!("ok (target <= {max})"),
+                Some((true, max)) if value <= max => format!("ok (target <= {max})"),
                 Some((true, max)) => format!("MISSED (target <= {max})"),
-                Some((false, min)) if ratio >= min => format!("ok (target >= {min})"),
+                Some((false, min)) if value >= min => format!("ok (target >= {min})"),
                 Some((false, min)) => format!("MISSED (target >= {min})"),
                 None => "(for reference)".to_owned(),
             };
-            Some(format!("  {:<52} {ratio:>6.2}x  {verdict}", t.what))
+            Some(format!("  {:<52} {shown:>10}  {verdict}", t.what))
         })
         .collect();
     if !rows.is_empty() {
-        println!("\nratios against their targets (criterion medians from this run):");
+        println!("\ntargets (criterion medians from this run):");
         for row in rows {
             println!("{row}");
         }
     }
 }
 
-/// The median estimate, in nanoseconds, criterion wrote for `id`
-/// (`group/function`, where criterion has turned any `/` inside the
-/// function's name into `_`).
+/// The median estimate, in nanoseconds, criterion wrote for `id` (see
+/// [`Measure`] for the form).
 fn median_ns(dir: &Path, id: &str) -> Option<f64> {
     let path = dir.join(id).join("new").join("estimates.json");
     let text = std::fs::read_to_string(path).ok()?;
@@ -140,7 +195,58 @@ fn point_estimate(json: &str, section: &str) -> Option<f64> {
 
 #[cfg(test)]
 mod tests {
-    use super::point_estimate;
+    use super::*;
+
+    /// Every id a target reads names a group and a function the benches
+    /// define (turned into criterion's directory form), or the target would
+    /// silently never print.
+    #[test]
+    fn every_target_reads_a_bench_that_exists() {
+        let root = util::project_root().join("benches").join("benches");
+        let mut sources = String::new();
+        for entry in std::fs::read_dir(&root).unwrap() {
+            sources += &std::fs::read_to_string(entry.unwrap().path()).unwrap();
+        }
+        let groups: Vec<String> = sources
+            .split("benchmark_group(\"")
+            .skip(1)
+            .filter_map(|rest| Some(rest.split_once('"')?.0.replace('/', "_")))
+            .collect();
+        let ids = TARGETS.iter().flat_map(|t| match t.measure {
+            Measure::Ratio(a, b) => vec![a, b],
+            Measure::AddedMicros { of, over } => vec![of, over],
+            Measure::PerSecond { id, .. } => vec![id],
+        });
+        for id in ids {
+            let mut parts = id.split('/');
+            let (group, function) = (parts.next().unwrap(), parts.next().unwrap_or(""));
+            assert!(groups.iter().any(|g| g == group), "no bench group for {id}");
+            // `handle_token_1t` is `format!("handle_token/{threads}t")`.
+            let named = sources.contains(&format!("\"{function}\""))
+                || function
+                    .match_indices('_')
+                    .any(|(i, _)| sources.contains(&format!("\"{}/", &function[..i])));
+            assert!(named, "no bench function for {id}");
+        }
+    }
+
+    #[test]
+    fn measures_compute_from_medians() {
+        let medians = |id: &str| match id {
+            "a" => Some(150_000.0),
+            "b" => Some(100_000.0),
+            _ => None,
+        };
+        assert_eq!(Measure::Ratio("a", "b").eval(medians).unwrap().0, 1.5);
+        let added = Measure::AddedMicros { of: "a", over: "b" };
+        assert_eq!(added.eval(medians).unwrap(), (50.0, "+50.0 us".to_owned()));
+        let rate = Measure::PerSecond {
+            id: "b",
+            per_iter: 64.0,
+        };
+        assert_eq!(rate.eval(medians).unwrap().0, 640_000.0);
+        assert!(Measure::Ratio("a", "missing").eval(medians).is_none());
+    }
 
     #[test]
     fn reads_the_section_asked_for() {
