@@ -83,13 +83,12 @@ impl Inner {
         } else {
             self.clock.monotonic()
         };
-        let hits = self.stats.hits.shard();
         if now < guard.fresh_until {
-            hits.incr();
+            self.stats.hits.incr();
             return Some(Token::from_guard(guard));
         }
         if now < guard.usable_until {
-            hits.incr();
+            self.stats.hits.incr();
             self.refresh_window(slot, &guard, now);
             return Some(Token::from_guard(guard));
         }

@@ -5,14 +5,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use crate::store::StoreStats;
 
-/// Shards owned by one thread each: the first `OWNED` threads to count get
-/// one apiece and are its only writer.
-const OWNED: usize = 32;
-/// Shards the threads after those share (so that the shard count is a
-/// power of two: the index is masked, never bounds-checked).
-const SHARED: usize = 32;
-const SHARDS: usize = OWNED + SHARED;
-const _: () = assert!(SHARDS.is_power_of_two());
+const SHARDS: usize = 32;
 
 /// One counter per cache line, so that threads counting hits at the same
 /// time do not fight over one line.
@@ -21,46 +14,18 @@ const _: () = assert!(SHARDS.is_power_of_two());
 struct Padded(AtomicU64);
 
 /// A counter incremented on the hit path from many threads: each thread adds
-/// to its own shard, and a read sums the shards. The first [`OWNED`] threads
-/// (numbered as they first count, across all counters) own a shard and
-/// increment it with a plain load and store: no locked instruction on every
-/// hit (on x86 a locked add costs as much as a third of a hit). Threads after them share
-/// the [`SHARED`] other shards and add atomically, so no count is lost.
+/// to its own shard (threads are numbered as they first count), and a read
+/// sums the shards.
 pub(crate) struct ShardedCounter {
     shards: [Padded; SHARDS],
-}
-
-/// One increment of a [`ShardedCounter`], prepared by this thread: on an
-/// owned shard the new value is read ahead, so that counting is a plain
-/// store of a ready value. No other increment of the same counter may run
-/// on this thread between [`ShardedCounter::shard`] and [`Shard::incr`]
-/// (on the hit path only the expiry comparisons are between them).
-pub(crate) struct Shard<'a> {
-    counter: &'a AtomicU64,
-    /// The value after the increment; `None` on a shared shard.
-    next: Option<u64>,
-}
-
-impl Shard<'_> {
-    #[inline]
-    pub(crate) fn incr(self) {
-        match self.next {
-            // This thread is the shard's only writer.
-            Some(n) => self.counter.store(n, Ordering::Relaxed),
-            None => {
-                self.counter.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-    }
 }
 
 thread_local! {
     static SHARD: Cell<usize> = const { Cell::new(usize::MAX) };
 }
 
-static NEXT_THREAD: AtomicUsize = AtomicUsize::new(0);
+static NEXT_SHARD: AtomicUsize = AtomicUsize::new(0);
 
-/// This thread's shard: below [`OWNED`] its own, above a shared one.
 #[inline]
 fn shard_index() -> usize {
     SHARD.with(|s| {
@@ -68,8 +33,7 @@ fn shard_index() -> usize {
         if i != usize::MAX {
             return i;
         }
-        let n = NEXT_THREAD.fetch_add(1, Ordering::Relaxed);
-        let i = if n < OWNED { n } else { OWNED + n % SHARED };
+        let i = NEXT_SHARD.fetch_add(1, Ordering::Relaxed) % SHARDS;
         s.set(i);
         i
     })
@@ -78,24 +42,13 @@ fn shard_index() -> usize {
 impl ShardedCounter {
     pub(crate) fn new() -> Self {
         Self {
-            shards: std::array::from_fn(|_| Padded::default()),
+            shards: Default::default(),
         }
-    }
-
-    /// This thread's shard, to be counted on with [`Shard::incr`]. The hit
-    /// path takes it before its comparisons, so the thread-local lookup and
-    /// the counter's load overlap them.
-    #[inline]
-    pub(crate) fn shard(&self) -> Shard<'_> {
-        let i = shard_index() & (SHARDS - 1);
-        let counter = &self.shards[i].0;
-        let next = (i < OWNED).then(|| counter.load(Ordering::Relaxed) + 1);
-        Shard { counter, next }
     }
 
     #[inline]
     pub(crate) fn incr(&self) {
-        self.shard().incr();
+        self.shards[shard_index()].0.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn sum(&self) -> u64 {
@@ -232,12 +185,12 @@ impl CacheStats {
 mod tests {
     use super::*;
 
-    /// More threads than owned shards, so that owned and shared shards are
-    /// both written at once: not one increment may be lost.
+    /// More threads than shards, so that threads share shards and add to
+    /// them at once: not one increment may be lost.
     #[test]
-    fn a_sharded_count_is_exact_with_more_threads_than_owned_shards() {
+    fn a_sharded_count_is_exact_with_more_threads_than_shards() {
         let counter = std::sync::Arc::new(ShardedCounter::new());
-        let threads = OWNED + 2 * SHARED;
+        let threads = SHARDS + SHARDS / 2;
         let per_thread = 20_000;
         let barrier = std::sync::Arc::new(std::sync::Barrier::new(threads));
         let workers: Vec<_> = (0..threads)
@@ -255,9 +208,5 @@ mod tests {
             w.join().unwrap();
         }
         assert_eq!(counter.sum(), (threads * per_thread) as u64);
-        assert!(
-            NEXT_THREAD.load(Ordering::Relaxed) > OWNED,
-            "some threads used shared shards"
-        );
     }
 }

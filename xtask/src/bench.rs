@@ -142,17 +142,22 @@ pub(crate) fn run(args: &[String]) -> Result {
     if !args.is_empty() {
         cmd.arg("--").args(args);
     }
+    let started = std::time::SystemTime::now();
     util::run(&mut cmd)?;
-    report(&util::project_root().join("target").join("criterion"));
+    report(
+        &util::project_root().join("target").join("criterion"),
+        started,
+    );
     Ok(())
 }
 
-/// Prints the targets whose benchmarks ran.
-fn report(dir: &Path) {
+/// Prints the targets whose benchmarks ran in this run (criterion keeps
+/// earlier runs' results, which must not mix into a ratio).
+fn report(dir: &Path, started: std::time::SystemTime) {
     let rows: Vec<String> = TARGETS
         .iter()
         .filter_map(|t| {
-            let (value, shown) = t.measure.eval(|id| median_ns(dir, id))?;
+            let (value, shown) = t.measure.eval(|id| median_ns(dir, id, started))?;
             let verdict = match t.bound {
                 Some((true, max)) if value <= max => format!("ok (target <= {max})"),
                 Some((true, max)) => format!("MISSED (target <= {max})"),
@@ -172,9 +177,12 @@ fn report(dir: &Path) {
 }
 
 /// The median estimate, in nanoseconds, criterion wrote for `id` (see
-/// [`Measure`] for the form).
-fn median_ns(dir: &Path, id: &str) -> Option<f64> {
+/// [`Measure`] for the form) at `since` or later.
+fn median_ns(dir: &Path, id: &str, since: std::time::SystemTime) -> Option<f64> {
     let path = dir.join(id).join("new").join("estimates.json");
+    if std::fs::metadata(&path).ok()?.modified().ok()? < since {
+        return None;
+    }
     let text = std::fs::read_to_string(path).ok()?;
     point_estimate(&text, "median")
 }
@@ -246,6 +254,26 @@ mod tests {
         };
         assert_eq!(rate.eval(medians).unwrap().0, 640_000.0);
         assert!(Measure::Ratio("a", "missing").eval(medians).is_none());
+    }
+
+    /// A result criterion left from an earlier run is not read as this
+    /// run's.
+    #[test]
+    fn results_older_than_the_run_are_ignored() {
+        let dir = std::env::temp_dir().join(format!("xtask-bench-{}", std::process::id()));
+        let estimates = dir.join("g").join("f").join("new");
+        std::fs::create_dir_all(&estimates).unwrap();
+        std::fs::write(
+            estimates.join("estimates.json"),
+            r#"{"median":{"point_estimate":7.5}}"#,
+        )
+        .unwrap();
+        let before = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
+        let after = std::time::SystemTime::now() + std::time::Duration::from_secs(60);
+        assert_eq!(median_ns(&dir, "g/f", before), Some(7.5));
+        assert_eq!(median_ns(&dir, "g/f", after), None);
+        assert_eq!(median_ns(&dir, "g/missing", before), None);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
