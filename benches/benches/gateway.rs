@@ -176,7 +176,7 @@ fn bench(c: &mut Criterion) {
         .enable_all()
         .build()
         .expect("runtime");
-    let client = client_rt.block_on(async { client() });
+    let client = client();
 
     let mut g = c.benchmark_group("gateway/latency");
     for (name, uri, metadata) in [
