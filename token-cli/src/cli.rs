@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use token_profile::{Alg, AuthMethod, Format, ManagedKind, ProfileSpec};
 
 use crate::error::{exit_codes_help, EXIT_CODES_HELP};
 
@@ -81,61 +82,6 @@ Flags override the profile.
 ",
     exit_codes_help!()
 );
-
-/// How `get` prints the token.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub(crate) enum Format {
-    /// The token alone.
-    Token,
-    /// `Bearer <token>`, for an Authorization header.
-    Header,
-    /// A JSON object: access_token, token_type, expires_at, expires_in,
-    /// from_cache.
-    Json,
-}
-
-/// A managed identity / metadata server to get tokens from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub(crate) enum ManagedKind {
-    /// Azure VM / scale set: the Instance Metadata Service (host from
-    /// AZURE_POD_IDENTITY_AUTHORITY_HOST when set).
-    AzureImds,
-    /// Azure App Service, Functions, Container Apps: IDENTITY_ENDPOINT and
-    /// IDENTITY_HEADER.
-    AppService,
-    /// Google Cloud: the metadata server (host from GCE_METADATA_HOST when
-    /// set).
-    Gcp,
-}
-
-/// Client authentication.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub(crate) enum AuthMethod {
-    /// client_secret_basic.
-    Basic,
-    /// client_secret_post.
-    Post,
-    /// private_key_jwt (with --private-key-file, or --certificate-file).
-    PrivateKeyJwt,
-    /// A client assertion from --client-assertion-file, re-read every fetch.
-    ClientAssertion,
-    /// tls_client_auth (RFC 8705): a CA-issued --client-certificate-file.
-    TlsClientAuth,
-    /// self_signed_tls_client_auth (RFC 8705): a registered self-signed
-    /// --client-certificate-file.
-    SelfSignedTlsClientAuth,
-}
-
-/// The signing algorithm of a private key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub(crate) enum Alg {
-    /// RSA PKCS#1 v1.5 with SHA-256.
-    #[value(name = "RS256")]
-    Rs256,
-    /// ECDSA P-256 with SHA-256.
-    #[value(name = "ES256")]
-    Es256,
-}
 
 /// Where the profile file and the key file are.
 #[derive(Debug, Clone, Args)]
@@ -274,6 +220,43 @@ pub(crate) struct GetArgs {
     pub(crate) locations: Locations,
 }
 
+impl GetArgs {
+    /// The flags as a profile spec, to lay over the named profile.
+    pub(crate) fn spec(&self) -> ProfileSpec {
+        let mut spec = ProfileSpec::default();
+        spec.from_env = self.from_env;
+        spec.token_url.clone_from(&self.token_url);
+        spec.issuer.clone_from(&self.issuer);
+        spec.client_id.clone_from(&self.client_id);
+        spec.client_secret_env.clone_from(&self.client_secret_env);
+        spec.client_secret_file.clone_from(&self.client_secret_file);
+        spec.private_key_file.clone_from(&self.private_key_file);
+        spec.refresh_token_env.clone_from(&self.refresh_token_env);
+        spec.refresh_token_file.clone_from(&self.refresh_token_file);
+        spec.managed_identity = self.managed_identity;
+        spec.identity.clone_from(&self.identity);
+        spec.key_id.clone_from(&self.key_id);
+        spec.client_assertion_file
+            .clone_from(&self.client_assertion_file);
+        spec.certificate_file.clone_from(&self.certificate_file);
+        spec.x5t = self.x5t;
+        spec.x5c = self.x5c;
+        spec.client_certificate_file
+            .clone_from(&self.client_certificate_file);
+        spec.client_key_file.clone_from(&self.client_key_file);
+        spec.ca_file.clone_from(&self.ca_file);
+        spec.alg = self.alg;
+        spec.auth = self.auth;
+        spec.scopes.clone_from(&self.scopes);
+        spec.audience.clone_from(&self.audience);
+        spec.resource.clone_from(&self.resource);
+        spec.store.clone_from(&self.store);
+        spec.format = self.format;
+        spec.key_file.clone_from(&self.locations.key_file);
+        spec
+    }
+}
+
 #[derive(Debug, Clone, Args)]
 pub(crate) struct InspectArgs {
     /// The store to inspect: sled[:DIR] | redis://... [default: sled in the
@@ -326,6 +309,11 @@ pub(crate) struct ServeArgs {
     /// How to write log lines on stderr.
     #[arg(long, value_enum, default_value = "text")]
     pub(crate) log_format: LogFormat,
+    /// Check the profile file (every profile, the [serve] table) and exit:
+    /// 0 when it is valid, 3 naming the first problem. Starts nothing, opens
+    /// no store and calls no IdP.
+    #[arg(long)]
+    pub(crate) check_config: bool,
     #[command(flatten)]
     pub(crate) locations: Locations,
 }

@@ -119,6 +119,23 @@ impl CliError {
     }
 }
 
+impl From<token_profile::Error> for CliError {
+    /// The profile library's kind chooses the exit code.
+    fn from(e: token_profile::Error) -> Self {
+        use token_profile::ErrorKind as P;
+        let kind = match e.kind() {
+            P::Store => Kind::Store,
+            P::Key => Kind::Key,
+            P::IdpUnavailable => Kind::IdpUnavailable,
+            P::Internal => Kind::Internal,
+            // A missing setting on a command line with no profile is turned
+            // into a usage error by `get` before it gets here.
+            _ => Kind::Config,
+        };
+        Self::new(kind, e.message())
+    }
+}
+
 impl fmt::Display for CliError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.message)

@@ -7,8 +7,8 @@ use token_core::CacheKey;
 
 use crate::cli::{InspectArgs, PurgeArgs};
 use crate::error::CliError;
-use crate::store::{self, Opened, StoreSpec};
 use crate::time::rfc3339;
+use token_profile::{OpenedStore as Opened, StoreSpec};
 
 fn spec(store: Option<&str>) -> Result<StoreSpec, CliError> {
     let spec = match store {
@@ -30,13 +30,12 @@ async fn open_existing(
     key_file: Option<&Path>,
 ) -> Result<Option<Opened>, CliError> {
     if let Some(dir) = spec.sled_dir()? {
-        if !store::sled_has_data(&dir) {
+        if !token_profile::sled_has_data(&dir) {
             return Ok(None);
         }
     }
-    store::open(spec, key_file)
-        .await
-        .map(|(opened, _)| Some(opened))
+    let (opened, _) = token_profile::open_store(spec, key_file).await?;
+    Ok(Some(opened))
 }
 
 /// The short id `inspect` prints for `key` and `purge` accepts: the first
@@ -204,9 +203,9 @@ pub(crate) async fn purge(args: PurgeArgs) -> Result<(), CliError> {
     keys.dedup();
     opened.purge(&keys).await?;
     if args.all {
-        crate::discovery::forget_all(&opened).await?;
+        token_profile::forget_discovered_endpoints(&opened).await?;
         if let Opened::Sled(s) = &opened {
-            crate::hot::remove_all(s.path())
+            token_profile::remove_warm_files(s.path())
                 .map_err(|e| CliError::store(format!("cannot remove the warm files: {e}")))?;
         }
     }
@@ -217,7 +216,7 @@ pub(crate) async fn purge(args: PurgeArgs) -> Result<(), CliError> {
 /// The cache key `wanted` names: a full key, a short id, or a prefix of
 /// one (at least [`MIN_ID_PREFIX`] digits) that only one entry has.
 fn resolve(
-    index: &std::collections::BTreeMap<String, crate::store::Entry>,
+    index: &std::collections::BTreeMap<String, token_profile::IndexEntry>,
     wanted: &str,
 ) -> Result<Option<String>, CliError> {
     if index.contains_key(wanted) {
@@ -250,7 +249,7 @@ fn remove_sled_dir(dir: &Path) -> Result<(), CliError> {
         return Ok(());
     }
     // Only ever delete a directory that is a token-sled store.
-    if !dir.join("token-sled.format").exists() && !store::sled_has_data(dir) {
+    if !dir.join("token-sled.format").exists() && !token_profile::sled_has_data(dir) {
         return Err(CliError::config(format!(
             "{} is not a tokencache store; refusing to delete it",
             dir.display()

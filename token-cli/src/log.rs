@@ -14,8 +14,10 @@ use tracing_subscriber::util::SubscriberInitExt as _;
 use crate::error::CliError;
 
 /// The crates of this workspace: what `-v` turns on.
-const OURS: [&str; 7] = [
+const OURS: [&str; 9] = [
     "tokencache",
+    "token_profile",
+    "token_serve",
     "token_core",
     "token_http",
     "token_sled",

@@ -2,29 +2,19 @@
 //! tokens for shell scripts and programs in any language, and `demo`, the
 //! run that shows what the cache saves. See `README.md` and `--help`.
 //!
-//! One module per command (`get.rs`, `inspect.rs`, `demo/`), plus the
-//! settings they share: `store.rs` (`--store`, the entry index), `key.rs`
-//! (the encryption key), `hot.rs` (the warm path that reads a fresh token
-//! without opening sled), `fingerprint.rs` (cache entries bound to the
-//! client's secret), `discovery.rs` (the cached `--issuer` lookup),
-//! `config.rs` (profiles), `log.rs` (`-v`, `RUST_LOG`), `error.rs`
-//! (messages and exit codes).
+//! One thin module per command (`get.rs`, `inspect.rs`, `serve.rs`,
+//! `demo/`): each parses its flags, calls a library and prints. Profiles,
+//! stores, keys and the warm path live in token-profile; the sidecar in
+//! token-serve. `log.rs` sets up `-v`/`RUST_LOG`, `error.rs` holds the exit
+//! codes.
 
 mod cli;
-mod client_auth;
-mod config;
 mod demo;
-mod discovery;
 mod error;
-mod fingerprint;
 mod get;
-mod hot;
 mod inspect;
-mod key;
 mod log;
-mod paths;
 mod serve;
-mod store;
 mod time;
 
 use std::process::ExitCode;
@@ -45,12 +35,20 @@ fn main() -> ExitCode {
         log::error(&e);
         return e.exit_code();
     }
+    if matches!(style, log::Style::Quiet) {
+        // The one-shot commands say what the profile library worked around
+        // as `warning:` / `note:` lines; serve logs them.
+        token_profile::set_notices(token_profile::Notices::new(|n| match n.level {
+            token_profile::NoticeLevel::Note => log::note(&n.message),
+            _ => log::warning(&n.message),
+        }));
+    }
     // A fresh token on a sled store is printed from its warm file
     // (`hot.rs`) before any runtime starts: starting one costs more than the
     // rest of a warm `get`.
     let mut get_settings = None;
     if let Command::Get(args) = &cli.command {
-        let warm = get::settings((**args).clone()).and_then(|s| get::warm(&s).map(|w| (w, s)));
+        let warm = get::settings(args).and_then(|s| get::warm(&s).map(|w| (w, s)));
         match warm {
             Ok((true, _)) => return ExitCode::SUCCESS,
             Ok((false, s)) => get_settings = Some(s),
@@ -87,7 +85,10 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(command: Command, get_settings: Option<get::Settings>) -> Result<(), CliError> {
+async fn run(
+    command: Command,
+    get_settings: Option<token_profile::Resolved>,
+) -> Result<(), CliError> {
     match command {
         Command::Get(_) => match get_settings {
             Some(s) => get::run(s).await,

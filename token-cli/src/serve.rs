@@ -1,143 +1,29 @@
-//! `tokencache serve`: the sidecar (token-serve) on the profiles of `get`.
+//! `tokencache serve`: the sidecar (token-serve) on the profiles file.
 //!
-//! Every profile in the file is loaded exactly as `get --profile NAME` would
-//! load it (same settings, credential and store code), and served by
-//! `/v1/token?profile=NAME`; the `[serve]` table adds the listening address,
-//! the gateway's routes and the vendor-compatible endpoints. Start-up stops
-//! with one sentence and an exit code at the first bad setting; it then
-//! binds, prefetches every token, keeps them warm, prints
-//! `listening on http://ADDR` on stdout, and serves until SIGTERM or SIGINT,
-//! when it drains requests in flight (up to `[serve] drain_seconds`) and
-//! exits 0.
+//! Every profile is built by token-profile, as `get --profile NAME` builds
+//! it, and served by `/v1/token?profile=NAME`; the `[serve]` table adds the
+//! listening address, the gateway's routes and the vendor-compatible
+//! endpoints. Start-up stops with one sentence and an exit code at the
+//! first bad setting; it then binds, prefetches every token, keeps them
+//! warm, prints `listening on http://ADDR` on stdout, and serves until
+//! SIGTERM or SIGINT, when it drains requests in flight (up to `[serve]
+//! drain_seconds`) and exits 0. SIGHUP, or a change of the file, reloads
+//! it (token-serve's `FileSidecar`); `--check-config` only checks it.
 
-use std::ffi::OsString;
-use std::path::Path;
+use token_profile::{Naming, ProfilesFile};
+use token_serve::{
+    Drained, FileOptions, FileSidecar, LoadError, PrometheusBuilder, ServeConfig,
+    DEFAULT_WATCH_INTERVAL,
+};
 
-use token_core::{Secret, TokenCache};
-use token_serve::{Drained, PrometheusBuilder, ServeConfig, Sidecar};
-use zeroize::Zeroizing;
-
-use clap::Parser as _;
-
-use crate::cli::{Cli, Command, GetArgs, ServeArgs};
-use crate::config;
+use crate::cli::ServeArgs;
 use crate::error::{self, CliError, Kind};
-use crate::get;
-use crate::store::Entry;
-
-/// A `get` invocation of just `--profile NAME` (and the file locations),
-/// parsed as the command line would be, so `serve` loads each profile
-/// exactly as `get --profile NAME` does.
-fn profile_args(name: &str, path: &Path, key_file: Option<&Path>) -> Result<GetArgs, CliError> {
-    let mut argv: Vec<OsString> = vec![
-        "tokencache".into(),
-        "get".into(),
-        "--profile".into(),
-        name.into(),
-        "--config".into(),
-        path.into(),
-    ];
-    if let Some(k) = key_file {
-        argv.push("--key-file".into());
-        argv.push(k.into());
-    }
-    match Cli::try_parse_from(argv) {
-        Ok(Cli {
-            command: Command::Get(args),
-            ..
-        }) => Ok(*args),
-        Ok(_) => Err(CliError::internal(
-            "`get --profile` parsed as another command",
-        )),
-        Err(e) => Err(CliError::config(format!("profile `{name}`: {e}"))),
-    }
-}
-
-fn read_secret(path: &Path) -> Result<Secret, CliError> {
-    let text = std::fs::read_to_string(path)
-        .map(Zeroizing::new)
-        .map_err(|e| {
-            CliError::config(format!(
-                "cannot read [serve] secret_file {}: {e}",
-                path.display()
-            ))
-        })?;
-    let trimmed = text.trim_end_matches(['\r', '\n']);
-    if trimmed.is_empty() {
-        return Err(CliError::config(format!(
-            "[serve] secret_file {} is empty",
-            path.display()
-        )));
-    }
-    Ok(Secret::new(trimmed))
-}
 
 /// Runs `serve`.
 pub(crate) async fn run(args: ServeArgs) -> Result<(), CliError> {
-    let path = config::config_path(args.locations.config.as_deref())?;
-    let text = std::fs::read_to_string(&path).map_err(|e| {
-        CliError::config(format!(
-            "cannot read the profile file {}: {e}",
-            path.display()
-        ))
-    })?;
-    let serve = ServeConfig::parse(&text)
-        .map_err(|e| CliError::config(format!("the profile file {}: {e}", path.display())))?;
-    let names = config::profile_names(&path)?;
-    if let Some(missing) = serve.profiles().into_iter().find(|p| !names.contains(p)) {
-        return Err(CliError::config(format!(
-            "the profile file {} has no profile [profiles.{missing}], which [serve] uses (it has: {})",
-            path.display(),
-            if names.is_empty() { "none".to_owned() } else { names.join(", ") }
-        )));
-    }
-    if names.is_empty() {
-        return Err(CliError::config(format!(
-            "the profile file {} has no [profiles.NAME]: there is nothing to serve",
-            path.display()
-        )));
-    }
-
-    // Profiles -> credentials and stores, as `get` makes them; each
-    // distinct store is opened once (sled allows one opener per process).
-    let mut stores = Vec::new();
-    let mut profiles = Vec::with_capacity(names.len());
-    for name in &names {
-        let mut s = get::settings(profile_args(
-            name,
-            &path,
-            args.locations.key_file.as_deref(),
-        )?)
-        .map_err(|e| CliError::new(e.kind(), format!("profile `{name}`: {e}")))?;
-        let get::Built {
-            credential,
-            token_url,
-            store: opened,
-            ..
-        } = get::credential_and_store(&mut s, &mut stores)
-            .await
-            .map_err(|e| CliError::new(e.kind(), format!("profile `{name}`: {e}")))?;
-        let request = get::token_request(&s);
-        let cache = TokenCache::builder_arc(credential)
-            .store_arc(opened.as_dyn())
-            .build();
-        let entry = Entry {
-            key: cache.cache_key(&request).as_str().to_owned(),
-            client_id: s.client_id.clone(),
-            token_url: token_url.clone(),
-            scopes: request.scopes().to_vec(),
-            audience: s.audience.clone(),
-            resource: s.resource.clone(),
-        };
-        profiles.push((name.clone(), cache, request, opened, entry, token_url));
-    }
-
-    let mut builder = Sidecar::builder(serve.clone());
-    for (name, cache, request, ..) in &profiles {
-        builder = builder.profile(name.clone(), cache, request);
-    }
-    if let Some(file) = &serve.secret_file {
-        builder = builder.secret(read_secret(file)?);
+    let path = token_profile::config_path(args.locations.config.as_deref())?;
+    if args.check_config {
+        return check(&path, &args);
     }
     let handle = PrometheusBuilder::new()
         .install_recorder()
@@ -151,62 +37,89 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), CliError> {
             upkeep.run_upkeep();
         }
     });
-    let sidecar = builder
-        .metrics(handle)
-        .build()
-        .map_err(|e| CliError::config(format!("the profile file {}: {e}", path.display())))?;
-
-    let listener = tokio::net::TcpListener::bind(serve.listen)
+    let options = FileOptions::default()
+        .key_file(args.locations.key_file.clone())
+        .metrics(handle);
+    let (sidecar, report) = FileSidecar::load(&path, options)
         .await
-        .map_err(|e| {
-            CliError::new(
-                Kind::Listen,
-                format!("cannot listen on {}: {e}", serve.listen),
-            )
-        })?;
+        .map_err(load_error)?;
+    for (profile, cause) in &report.pending {
+        tracing::warn!(profile = %profile, cause = %cause, "prefetch failed; keeping on trying in the background");
+    }
+    let listen = sidecar.listen().await;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| CliError::new(Kind::Listen, format!("cannot listen on {listen}: {e}")))?;
     let addr = listener
         .local_addr()
         .map_err(|e| CliError::new(Kind::Listen, format!("cannot listen: {e}")))?;
     if !addr.ip().is_loopback() {
         tracing::warn!(%addr, "listening on a non-loopback address, as [serve] listen says");
     }
-
-    // Prefetch: a profile the IdP refuses is a configuration error; one
-    // the IdP cannot serve right now is retried by keep-warm.
-    for (name, result) in sidecar.prefetch().await {
-        if let Err(e) = result {
-            let (_, _, _, _, _, token_url) = profiles
-                .iter()
-                .find(|p| p.0 == name)
-                .ok_or_else(|| CliError::internal("a prefetched profile is configured"))?;
-            let err = error::from_engine(&e, token_url);
-            if e.is_transient() {
-                tracing::warn!(profile = %name, cause = %err, "prefetch failed; keeping on trying in the background");
-            } else {
-                return Err(CliError::new(
-                    err.kind(),
-                    format!("profile `{name}`: {err}"),
-                ));
-            }
-        }
-    }
-    for (_, _, _, opened, entry, _) in &profiles {
-        if let Err(e) = opened.record(entry).await {
-            tracing::warn!(error = %e, "could not record the entry in the store's index (inspect will not list it)");
-        }
-    }
-    let _warm = sidecar
-        .keep_warm()
-        .map_err(|e| CliError::internal(format!("cannot keep tokens warm: {e}")))?;
+    let watcher = sidecar
+        .watch(DEFAULT_WATCH_INTERVAL)
+        .map_err(|e| CliError::internal(format!("cannot handle SIGHUP: {e}")))?;
 
     let shutdown = shutdown_signal()?;
-    tracing::info!(%addr, profiles = names.len(), routes = serve.routes.len(), "serving");
+    tracing::info!(%addr, profiles = sidecar.sidecar().profiles().len(), routes = report.routes, "serving");
     println!("listening on http://{addr}");
-    match token_serve::serve(sidecar, listener, shutdown, serve.drain).await {
-        Drained::Complete => {}
-        _ => tracing::warn!("some requests were still in flight when the drain time ran out"),
+    let drain = sidecar.drain().await;
+    let drained = token_serve::serve(sidecar.sidecar().clone(), listener, shutdown, drain).await;
+    watcher.abort();
+    if drained != Drained::Complete {
+        tracing::warn!("some requests were still in flight when the drain time ran out");
     }
     Ok(())
+}
+
+/// `--check-config`: the whole file checked (every profile resolved, its
+/// secrets and key files read; the `[serve]` table), nothing started.
+fn check(path: &std::path::Path, args: &ServeArgs) -> Result<(), CliError> {
+    let file = ProfilesFile::load(path)?;
+    let config = ServeConfig::parse(file.text())
+        .map_err(|e| CliError::config(format!("the profile file {}: {e}", path.display())))?;
+    let mut overlay = token_profile::ProfileSpec::default();
+    overlay.key_file.clone_from(&args.locations.key_file);
+    for (name, spec) in file.profiles() {
+        let resolved = spec
+            .clone()
+            .overlay(overlay.clone())
+            .resolve(Naming::FileKeys)
+            .map_err(|e| e.in_profile(name))?;
+        token_profile::check(&resolved).map_err(|e| e.in_profile(name))?;
+    }
+    if let Some(missing) = config
+        .profiles()
+        .into_iter()
+        .find(|p| !file.profiles().contains_key(p))
+    {
+        return Err(CliError::config(format!(
+            "the profile file {} has no profile [profiles.{missing}], which [serve] uses",
+            path.display()
+        )));
+    }
+    println!(
+        "{}: valid ({} profiles, {} routes)",
+        path.display(),
+        file.profiles().len(),
+        config.routes.len()
+    );
+    Ok(())
+}
+
+fn load_error(e: LoadError) -> CliError {
+    match e {
+        LoadError::Profile(e) => e.into(),
+        LoadError::Refused {
+            profile,
+            token_url,
+            error,
+        } => {
+            let err = error::from_engine(&error, &token_url);
+            CliError::new(err.kind(), format!("profile `{profile}`: {err}"))
+        }
+        e => CliError::config(e.to_string()),
+    }
 }
 
 fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, CliError> {

@@ -44,6 +44,7 @@ mod endpoints;
 mod gateway;
 mod metrics;
 mod pool;
+mod reload;
 mod response;
 mod server;
 mod sidecar;
@@ -56,6 +57,7 @@ pub use config::{
 pub use endpoints::SECRET_HEADER;
 pub use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 pub use pool::{UpstreamBody, CONNECT_TIMEOUT, MAX_IDLE, POOL_IDLE};
+pub use reload::{FileOptions, FileSidecar, LoadError, ReloadReport, DEFAULT_WATCH_INTERVAL};
 pub use response::Body;
 pub use server::{serve, Drained};
 pub use sidecar::{Readiness, Sidecar, SidecarBuilder};

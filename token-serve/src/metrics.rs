@@ -22,6 +22,7 @@
 use metrics_exporter_prometheus::PrometheusHandle;
 use token_cache::CacheStats;
 
+#[derive(Clone)]
 pub(crate) struct Metrics {
     handle: PrometheusHandle,
 }

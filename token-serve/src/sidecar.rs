@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use arc_swap::ArcSwap;
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use token_cache::{Error, KeepWarm, Secret, Token, TokenCache, TokenHandle, TokenRequest};
@@ -45,18 +46,21 @@ pub(crate) struct Inner {
 /// then either [`serve`](crate::serve) it or call
 /// [`handle`](Sidecar::handle) from your own server.
 ///
-/// Cloning is cheap (one `Arc`).
+/// Cloning is cheap (one `Arc`), and clones share one configuration: a
+/// [`FileSidecar`](crate::FileSidecar) reload swaps it for all of them at
+/// once. Each request keeps the configuration it started with.
 #[derive(Clone)]
 pub struct Sidecar {
-    pub(crate) inner: Arc<Inner>,
+    state: Arc<ArcSwap<Inner>>,
 }
 
 impl std::fmt::Debug for Sidecar {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let inner = self.state.load();
         f.debug_struct("Sidecar")
-            .field("profiles", &self.inner.profiles.keys().collect::<Vec<_>>())
-            .field("routes", &self.inner.routes.len())
-            .field("secret", &self.inner.secret.as_ref().map(|_| "***"))
+            .field("profiles", &inner.profiles.keys().collect::<Vec<_>>())
+            .field("routes", &inner.routes.len())
+            .field("secret", &inner.secret.as_ref().map(|_| "***"))
             .finish_non_exhaustive()
     }
 }
@@ -86,19 +90,21 @@ impl SidecarBuilder {
         cache: &TokenCache,
         request: &TokenRequest,
     ) -> Self {
-        self.profiles.insert(
-            name.into(),
-            Profile {
-                cache: cache.clone(),
-                handle: cache.handle(request),
-                bearer: Arc::default(),
-            },
-        );
+        self.profiles
+            .insert(name.into(), Profile::new(cache, request));
+        self
+    }
+
+    /// Serves an existing profile (a reload keeps unchanged ones as they
+    /// are: their handle, and the `Authorization` value built for it).
+    pub(crate) fn profile_shared(mut self, name: String, profile: Profile) -> Self {
+        self.profiles.insert(name, profile);
         self
     }
 
     /// The shared secret token requests must carry in `X-Identity-Header`
-    /// (required by the Azure endpoint, optional for `/v1/token`).
+    /// (required by the Azure endpoint, optional for `/v1/token`). Without
+    /// it, [`build`](Self::build) reads the configuration's `secret_file`.
     pub fn secret(mut self, secret: Secret) -> Self {
         self.secret = Some(secret);
         self
@@ -110,9 +116,20 @@ impl SidecarBuilder {
         self
     }
 
-    /// Checks that every profile the configuration names was given, and
-    /// sets up the upstream client (TLS roots).
+    pub(crate) fn metrics_of(mut self, metrics: Option<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// Checks that every profile the configuration names was given, reads
+    /// the configuration's `secret_file` (unless [`secret`](Self::secret)
+    /// gave one), and sets up the upstream client (TLS roots).
     pub fn build(self) -> Result<Sidecar, ConfigError> {
+        Ok(Sidecar::from_inner(self.inner()?))
+    }
+
+    /// The configuration, checked and ready to serve.
+    pub(crate) fn inner(self) -> Result<Inner, ConfigError> {
         for name in self.config.profiles() {
             if !self.profiles.contains_key(&name) {
                 return Err(ConfigError::new(format!(
@@ -132,17 +149,50 @@ impl SidecarBuilder {
             routes.push(GatewayRoute::new(r, profile, &tls)?);
         }
         routes.sort_by_key(|r| std::cmp::Reverse(r.route.prefix.len()));
-        Ok(Sidecar {
-            inner: Arc::new(Inner {
-                profiles: self.profiles,
-                routes,
-                secret: self.secret,
-                azure: self.config.azure,
-                google: self.config.google,
-                retry_body_limit: self.config.retry_body_limit,
-                metrics: self.metrics,
-            }),
+        let secret = match (self.secret, &self.config.secret_file) {
+            (Some(secret), _) => Some(secret),
+            (None, Some(path)) => Some(read_secret(path)?),
+            (None, None) => None,
+        };
+        Ok(Inner {
+            profiles: self.profiles,
+            routes,
+            secret,
+            azure: self.config.azure,
+            google: self.config.google,
+            retry_body_limit: self.config.retry_body_limit,
+            metrics: self.metrics,
         })
+    }
+}
+
+/// The shared secret in `path` (a trailing newline is not part of it).
+fn read_secret(path: &std::path::Path) -> Result<Secret, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map(zeroize::Zeroizing::new)
+        .map_err(|e| {
+            ConfigError::new(format!(
+                "cannot read [serve] secret_file {}: {e}",
+                path.display()
+            ))
+        })?;
+    let trimmed = text.trim_end_matches(['\r', '\n']);
+    if trimmed.is_empty() {
+        return Err(ConfigError::new(format!(
+            "[serve] secret_file {} is empty",
+            path.display()
+        )));
+    }
+    Ok(Secret::new(trimmed))
+}
+
+impl Profile {
+    pub(crate) fn new(cache: &TokenCache, request: &TokenRequest) -> Self {
+        Self {
+            cache: cache.clone(),
+            handle: cache.handle(request),
+            bearer: Arc::default(),
+        }
     }
 }
 
@@ -173,16 +223,33 @@ impl Sidecar {
         }
     }
 
+    pub(crate) fn from_inner(inner: Inner) -> Self {
+        Self {
+            state: Arc::new(ArcSwap::from_pointee(inner)),
+        }
+    }
+
+    /// The configuration now in force.
+    pub(crate) fn current(&self) -> Arc<Inner> {
+        self.state.load_full()
+    }
+
+    /// Puts `inner` in force for every request that starts from now on.
+    pub(crate) fn swap(&self, inner: Inner) {
+        self.state.store(Arc::new(inner));
+    }
+
     /// The profile names.
-    pub fn profiles(&self) -> impl Iterator<Item = &str> {
-        self.inner.profiles.keys().map(String::as_str)
+    pub fn profiles(&self) -> Vec<String> {
+        self.state.load().profiles.keys().cloned().collect()
     }
 
     /// Fetches every profile's token now (start-up prefetch), so that no
     /// first request waits for the IdP. Returns each profile's outcome.
     pub async fn prefetch(&self) -> Vec<(String, Result<(), Error>)> {
-        let mut out = Vec::with_capacity(self.inner.profiles.len());
-        for (name, p) in &self.inner.profiles {
+        let inner = self.current();
+        let mut out = Vec::with_capacity(inner.profiles.len());
+        for (name, p) in &inner.profiles {
             out.push((name.clone(), p.handle.token().await.map(|_| ())));
         }
         out
@@ -191,7 +258,7 @@ impl Sidecar {
     /// Keeps every profile's token refreshed on a timer, even with no
     /// traffic, until the guards are dropped. Needs a Tokio runtime.
     pub fn keep_warm(&self) -> Result<Vec<KeepWarm>, Error> {
-        self.inner
+        self.current()
             .profiles
             .values()
             .map(|p| p.cache.keep_warm(p.handle.request()))
@@ -200,8 +267,9 @@ impl Sidecar {
 
     /// Each profile's readiness (`/readyz`).
     pub async fn readiness(&self) -> Vec<(String, Readiness)> {
-        let mut out = Vec::with_capacity(self.inner.profiles.len());
-        for (name, p) in &self.inner.profiles {
+        let inner = self.current();
+        let mut out = Vec::with_capacity(inner.profiles.len());
+        for (name, p) in &inner.profiles {
             out.push((name.clone(), peek(p).await));
         }
         out
@@ -210,12 +278,15 @@ impl Sidecar {
     /// Answers one request. Never fails: every problem is a response with a
     /// status and a JSON body naming the cause.
     pub async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
-        let inner = &*self.inner;
+        // The configuration this request runs on to its end, even when a
+        // reload puts another in force meanwhile.
+        let current = self.current();
+        let inner = &*current;
         let path = req.uri().path();
         match path {
             "/healthz" => return response::text(StatusCode::OK, "text/plain", "ok\n"),
             "/readyz" => return self.readyz().await,
-            "/metrics" => return self.metrics().await,
+            "/metrics" => return self.metrics(inner).await,
             "/v1/token" => return endpoints::token(inner, &req).await,
             "/azure/token" => return endpoints::azure(inner, &req).await,
             _ => {}
@@ -266,15 +337,15 @@ impl Sidecar {
         response::json(status, body.to_string())
     }
 
-    async fn metrics(&self) -> Response<Body> {
-        let Some(m) = &self.inner.metrics else {
+    async fn metrics(&self, inner: &Inner) -> Response<Body> {
+        let Some(m) = &inner.metrics else {
             return response::error(
                 StatusCode::NOT_FOUND,
                 "not_found",
                 "metrics are not enabled in this sidecar",
             );
         };
-        for (name, p) in &self.inner.profiles {
+        for (name, p) in &inner.profiles {
             let remaining = match peek(p).await {
                 Readiness::Ready { expires_at } => expires_at
                     .and_then(|at| at.duration_since(SystemTime::now()).ok())

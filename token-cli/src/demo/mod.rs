@@ -24,8 +24,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::cli::{DemoArgs, WorkerArgs};
 use crate::error::{CliError, Kind};
-use crate::key::KEY_ENV;
-use crate::store::{self, Opened, StoreSpec};
+use token_profile::{KeySource, OpenedStore as Opened, StoreSpec, KEY_ENV};
 
 pub(crate) use idp::LocalIdp;
 use load::{Report, Until};
@@ -160,21 +159,21 @@ pub(crate) async fn run(args: DemoArgs) -> Result<(), CliError> {
         let opened = match &spec {
             StoreSpec::Memory => Opened::Memory(token_memory::MemoryStore::default()),
             // The demo's own key: the user's key file is left alone.
-            StoreSpec::Sled(Some(dir)) => Opened::Sled(
-                store::open_sled(dir, keyring(&key)?, &crate::key::KeySource::Env).await?,
-            ),
+            StoreSpec::Sled(Some(dir)) => {
+                Opened::Sled(token_profile::open_sled(dir, keyring(&key)?, &KeySource::Env).await?)
+            }
             StoreSpec::Sled(None) => {
                 let dir = std::env::temp_dir().join(format!(
                     "tokencache-demo-{:016x}",
                     token_core::backend::random_u128() as u64
                 ));
                 let opened =
-                    store::open_sled(&dir, keyring(&key)?, &crate::key::KeySource::Env).await?;
+                    token_profile::open_sled(&dir, keyring(&key)?, &KeySource::Env).await?;
                 _temp = Some(TempDir(dir));
                 Opened::Sled(opened)
             }
             StoreSpec::Redis(url) => {
-                Opened::Redis(store::open_redis(url, Some(&prefix), keyring(&key)?).await?)
+                Opened::Redis(token_profile::open_redis(url, Some(&prefix), keyring(&key)?).await?)
             }
         };
         let cache = TokenCache::builder(credential(&idp.token_url(), Secret::new(secret.clone()))?)
@@ -299,7 +298,8 @@ pub(crate) async fn worker(args: WorkerArgs) -> Result<(), CliError> {
     })?;
     let key =
         EncryptionKey::from_env(KEY_ENV).map_err(|e| CliError::key(format!("{KEY_ENV}: {e}")))?;
-    let store = store::open_redis(&args.redis, Some(&args.prefix), Keyring::new(key)).await?;
+    let store =
+        token_profile::open_redis(&args.redis, Some(&args.prefix), Keyring::new(key)).await?;
     let cache = TokenCache::builder(credential(&args.token_url, Secret::new(secret))?)
         .store(store)
         .policy(policy())

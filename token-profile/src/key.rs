@@ -8,19 +8,22 @@ use std::path::{Path, PathBuf};
 
 use token_core::{EncryptionKey, Keyring};
 
-use crate::error::CliError;
+use crate::error::Error;
 use crate::fingerprint::FingerprintKey;
 use crate::paths;
 
 /// The environment variable holding the key as base64 (32 bytes).
-pub(crate) const KEY_ENV: &str = "TOKENCACHE_KEY";
+pub const KEY_ENV: &str = "TOKENCACHE_KEY";
 /// The environment variable naming the key file.
-pub(crate) const KEY_FILE_ENV: &str = "TOKENCACHE_KEY_FILE";
+pub const KEY_FILE_ENV: &str = "TOKENCACHE_KEY_FILE";
 
 /// Where the key came from, for messages.
 #[derive(Debug, Clone)]
-pub(crate) enum KeySource {
+#[non_exhaustive]
+pub enum KeySource {
+    /// `TOKENCACHE_KEY`.
     Env,
+    /// A key file.
     File(PathBuf),
 }
 
@@ -35,7 +38,7 @@ impl std::fmt::Display for KeySource {
 
 /// The key file to use: `--key-file`, else `TOKENCACHE_KEY_FILE`, else
 /// `<config dir>/key`.
-pub(crate) fn key_file_path(flag: Option<&Path>) -> Result<PathBuf, CliError> {
+pub(crate) fn key_file_path(flag: Option<&Path>) -> Result<PathBuf, Error> {
     if let Some(p) = flag {
         return Ok(p.to_owned());
     }
@@ -67,22 +70,22 @@ impl Loaded {
 /// Loads the keyring. `store_has_data` says whether the store already holds
 /// data written with some key: then a missing key is an error instead of a
 /// reason to create one (a new key could not read the old data).
-pub(crate) fn load(flag: Option<&Path>, store_has_data: bool) -> Result<Loaded, CliError> {
+pub(crate) fn load(flag: Option<&Path>, store_has_data: bool) -> Result<Loaded, Error> {
     if let Some(text) = std::env::var_os(KEY_ENV) {
         let text = text.into_string().map_err(|_| {
-            CliError::key(format!(
+            Error::key(format!(
                 "{KEY_ENV} is not valid Unicode; it must hold a base64 32-byte key"
             ))
         })?;
         let text = zeroize::Zeroizing::new(text);
         let key = EncryptionKey::from_base64(text.trim())
-            .map_err(|e| CliError::key(format!("{KEY_ENV} does not hold a usable key: {e}")))?;
+            .map_err(|e| Error::key(format!("{KEY_ENV} does not hold a usable key: {e}")))?;
         return Ok(Loaded::new(key, KeySource::Env));
     }
     let path = key_file_path(flag)?;
     if path.exists() {
         let key = EncryptionKey::from_file(&path).map_err(|e| {
-            CliError::key(format!(
+            Error::key(format!(
                 "the key file {} is not usable: {e}",
                 path.display()
             ))
@@ -90,7 +93,7 @@ pub(crate) fn load(flag: Option<&Path>, store_has_data: bool) -> Result<Loaded, 
         return Ok(Loaded::new(key, KeySource::File(path)));
     }
     if store_has_data {
-        return Err(CliError::key(format!(
+        return Err(Error::key(format!(
             "no encryption key: {KEY_ENV} is not set and the key file {} does not exist, but the \
              token store was written with a key; restore that key, or purge the store with \
              `tokencache purge --all --force`",
@@ -98,7 +101,7 @@ pub(crate) fn load(flag: Option<&Path>, store_has_data: bool) -> Result<Loaded, 
         )));
     }
     let key = create(&path)?;
-    crate::log::note(format_args!(
+    crate::error::notices().note(format_args!(
         "created a new encryption key for the token store in {} (mode 0600); set {KEY_ENV} or \
          {KEY_FILE_ENV} to use another",
         path.display()
@@ -106,9 +109,9 @@ pub(crate) fn load(flag: Option<&Path>, store_has_data: bool) -> Result<Loaded, 
     Ok(Loaded::new(key, KeySource::File(path)))
 }
 
-fn create(path: &Path) -> Result<EncryptionKey, CliError> {
+fn create(path: &Path) -> Result<EncryptionKey, Error> {
     let failed = |e: std::io::Error| {
-        CliError::key(format!(
+        Error::key(format!(
             "cannot create the key file {}: {e}",
             path.display()
         ))
@@ -121,7 +124,7 @@ fn create(path: &Path) -> Result<EncryptionKey, CliError> {
             .map_err(failed)?;
     }
     let key = EncryptionKey::generate()
-        .map_err(|e| CliError::key(format!("cannot generate an encryption key: {e}")))?;
+        .map_err(|e| Error::key(format!("cannot generate an encryption key: {e}")))?;
     let mut file = OpenOptions::new()
         .write(true)
         .create_new(true)

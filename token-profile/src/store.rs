@@ -23,13 +23,13 @@ use token_memory::MemoryStore;
 use token_redis::{RedisConfig, RedisStore};
 use token_sled::{SledError, SledStore};
 
-use crate::error::CliError;
+use crate::error::Error;
 use crate::fingerprint::FingerprintKey;
 use crate::key::{self, KeySource};
 use crate::paths;
 
 /// The environment variable holding the Redis password (never a flag).
-pub(crate) const REDIS_PASSWORD_ENV: &str = "TOKENCACHE_REDIS_PASSWORD";
+pub const REDIS_PASSWORD_ENV: &str = "TOKENCACHE_REDIS_PASSWORD";
 
 const INDEX_FILE: &str = "tokencache-index.json";
 const INDEX_HASH: &str = "tokencache:index";
@@ -38,7 +38,7 @@ const LOCK_WAIT: Duration = Duration::from_secs(10);
 
 /// What `--store` names.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum StoreSpec {
+pub enum StoreSpec {
     /// Encrypted sled in this directory (default: the user's cache dir).
     Sled(Option<PathBuf>),
     /// In-process only: nothing survives the invocation.
@@ -48,14 +48,16 @@ pub(crate) enum StoreSpec {
 }
 
 impl StoreSpec {
-    pub(crate) fn parse(text: &str) -> Result<Self, CliError> {
+    /// Parses a `store` setting: `sled`, `sled:DIR`, `memory` or a
+    /// `redis://` / `rediss://` URL.
+    pub fn parse(text: &str) -> Result<Self, Error> {
         match text {
             "memory" => Ok(Self::Memory),
             "sled" => Ok(Self::Sled(None)),
             _ if text.starts_with("sled:") => {
                 let dir = &text["sled:".len()..];
                 if dir.is_empty() {
-                    return Err(CliError::config(
+                    return Err(Error::config(
                         "--store sled: needs a directory after the colon",
                     ));
                 }
@@ -64,14 +66,14 @@ impl StoreSpec {
             _ if text.starts_with("redis://") || text.starts_with("rediss://") => {
                 Ok(Self::Redis(text.to_owned()))
             }
-            _ => Err(CliError::config(format!(
+            _ => Err(Error::config(format!(
                 "unknown store `{text}`: use sled, sled:DIR, memory or a redis:// URL"
             ))),
         }
     }
 
     /// The sled directory this spec means.
-    pub(crate) fn sled_dir(&self) -> Result<Option<PathBuf>, CliError> {
+    pub fn sled_dir(&self) -> Result<Option<PathBuf>, Error> {
         match self {
             Self::Sled(Some(dir)) => Ok(Some(dir.clone())),
             Self::Sled(None) => paths::cache_dir().map(Some),
@@ -80,29 +82,40 @@ impl StoreSpec {
     }
 }
 
-/// The non-secret description of one cached entry.
+/// The non-secret description of one cached entry, as the store's index
+/// keeps it for `inspect` and `purge`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub(crate) struct Entry {
-    pub(crate) key: String,
-    pub(crate) client_id: String,
-    pub(crate) token_url: String,
-    pub(crate) scopes: Vec<String>,
+pub struct IndexEntry {
+    /// The cache key.
+    pub key: String,
+    /// The client id (or managed identity) it was obtained with.
+    pub client_id: String,
+    /// The token endpoint.
+    pub token_url: String,
+    /// The scopes asked for.
+    pub scopes: Vec<String>,
+    /// The audience asked for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) audience: Option<String>,
+    pub audience: Option<String>,
+    /// The resource asked for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) resource: Option<String>,
+    pub resource: Option<String>,
 }
 
 /// An open store.
 #[derive(Debug, Clone)]
-pub(crate) enum Opened {
+pub enum OpenedStore {
+    /// Encrypted sled.
     Sled(SledStore),
+    /// In-process memory.
     Memory(MemoryStore),
+    /// Redis (encrypted).
     Redis(RedisStore),
 }
 
-impl Opened {
-    pub(crate) fn as_dyn(&self) -> Arc<dyn CacheStore> {
+impl OpenedStore {
+    /// The store as the engine takes it.
+    pub fn as_dyn(&self) -> Arc<dyn CacheStore> {
         match self {
             Self::Sled(s) => Arc::new(s.clone()),
             Self::Memory(s) => Arc::new(s.clone()),
@@ -112,7 +125,7 @@ impl Opened {
 
     /// Reads the index. A damaged index file reads as empty (it is only a
     /// list of keys, the tokens are untouched), with a note.
-    pub(crate) async fn index(&self) -> Result<BTreeMap<String, Entry>, CliError> {
+    pub async fn index(&self) -> Result<BTreeMap<String, IndexEntry>, Error> {
         match self {
             Self::Memory(_) => Ok(BTreeMap::new()),
             Self::Sled(s) => {
@@ -121,7 +134,7 @@ impl Opened {
                     Ok(bytes) => match serde_json::from_slice(&bytes) {
                         Ok(map) => Ok(map),
                         Err(_) => {
-                            crate::log::warning(format_args!(
+                            crate::error::notices().warning(format_args!(
                                 "the index {} is damaged; starting a new one (cached tokens are \
                                  kept, but inspect lists only those used from now on)",
                                 path.display()
@@ -130,7 +143,7 @@ impl Opened {
                         }
                     },
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
-                    Err(e) => Err(CliError::store(format!(
+                    Err(e) => Err(Error::store(format!(
                         "cannot read the index {}: {e}",
                         path.display()
                     ))),
@@ -154,28 +167,29 @@ impl Opened {
     /// The index, plus the entries the store holds that the index does not
     /// know (written by another program, or before the index was lost),
     /// described as unknown. Only sled can list its keys.
-    pub(crate) async fn entries(&self) -> Result<BTreeMap<String, Entry>, CliError> {
+    pub async fn entries(&self) -> Result<BTreeMap<String, IndexEntry>, Error> {
         let mut map = self.index().await?;
         if let Self::Sled(s) = self {
             let keys = s
                 .keys()
-                .map_err(|e| CliError::store(format!("cannot list the token store: {e}")))?;
+                .map_err(|e| Error::store(format!("cannot list the token store: {e}")))?;
             for key in keys {
-                map.entry(key.as_str().to_owned()).or_insert_with(|| Entry {
-                    key: key.as_str().to_owned(),
-                    client_id: "(unknown: not cached by tokencache)".to_owned(),
-                    token_url: "-".to_owned(),
-                    scopes: Vec::new(),
-                    audience: None,
-                    resource: None,
-                });
+                map.entry(key.as_str().to_owned())
+                    .or_insert_with(|| IndexEntry {
+                        key: key.as_str().to_owned(),
+                        client_id: "(unknown: not cached by tokencache)".to_owned(),
+                        token_url: "-".to_owned(),
+                        scopes: Vec::new(),
+                        audience: None,
+                        resource: None,
+                    });
             }
         }
         Ok(map)
     }
 
     /// Records `entry` in the index.
-    pub(crate) async fn record(&self, entry: &Entry) -> Result<(), CliError> {
+    pub async fn record(&self, entry: &IndexEntry) -> Result<(), Error> {
         match self {
             Self::Memory(_) => Ok(()),
             Self::Sled(s) => {
@@ -187,9 +201,8 @@ impl Opened {
                 write_index(s.path(), &map)
             }
             Self::Redis(s) => {
-                let json = serde_json::to_string(entry).map_err(|e| {
-                    CliError::internal(format!("cannot encode an index entry: {e}"))
-                })?;
+                let json = serde_json::to_string(entry)
+                    .map_err(|e| Error::internal(format!("cannot encode an index entry: {e}")))?;
                 let mut conn = s.connection();
                 token_redis::redis::cmd("HSET")
                     .arg(index_hash(s))
@@ -203,21 +216,21 @@ impl Opened {
     }
 
     /// Removes `keys` from the store and the index.
-    pub(crate) async fn purge(&self, keys: &[String]) -> Result<(), CliError> {
+    pub async fn purge(&self, keys: &[String]) -> Result<(), Error> {
         let store = self.as_dyn();
         for key in keys {
             store
                 .remove(&CacheKey::from_raw(key.clone()))
                 .await
-                .map_err(|e| CliError::store(format!("cannot remove {key}: {e}")))?;
+                .map_err(|e| Error::store(format!("cannot remove {key}: {e}")))?;
         }
         match self {
             Self::Memory(_) => Ok(()),
             Self::Sled(s) => {
-                crate::hot::remove(s.path(), keys).map_err(|e| {
-                    CliError::store(format!(
+                crate::warm::remove(s.path(), keys).map_err(|e| {
+                    Error::store(format!(
                         "cannot remove a warm file in {}: {e}",
-                        s.path().join(crate::hot::DIR).display()
+                        s.path().join(crate::warm::DIR).display()
                     ))
                 })?;
                 let mut map = self.index().await?;
@@ -242,13 +255,13 @@ impl Opened {
     }
 
     /// The size in bytes of what is stored for `key` (encrypted), if any.
-    pub(crate) async fn stored_size(&self, key: &CacheKey) -> Result<Option<usize>, CliError> {
+    pub async fn stored_size(&self, key: &CacheKey) -> Result<Option<usize>, Error> {
         match self {
             Self::Memory(_) => Ok(None),
             Self::Sled(s) => s
                 .read_envelope(key)
                 .map(|v| v.map(|v| v.len()))
-                .map_err(|e| CliError::store(e.to_string())),
+                .map_err(|e| Error::store(e.to_string())),
             Self::Redis(s) => {
                 let mut conn = s.connection();
                 let len: usize = token_redis::redis::cmd("STRLEN")
@@ -266,18 +279,17 @@ fn index_hash(s: &RedisStore) -> String {
     format!("{}{INDEX_HASH}", s.key_prefix())
 }
 
-fn redis_error(e: &token_redis::redis::RedisError) -> CliError {
-    CliError::store(format!("Redis failed: {e}"))
+fn redis_error(e: &token_redis::redis::RedisError) -> Error {
+    Error::store(format!("Redis failed: {e}"))
 }
 
-fn write_index(dir: &Path, map: &BTreeMap<String, Entry>) -> Result<(), CliError> {
+fn write_index(dir: &Path, map: &BTreeMap<String, IndexEntry>) -> Result<(), Error> {
     let path = dir.join(INDEX_FILE);
     let tmp = dir.join(format!("{INDEX_FILE}.tmp"));
-    let failed = |e: std::io::Error| {
-        CliError::store(format!("cannot write the index {}: {e}", path.display()))
-    };
+    let failed =
+        |e: std::io::Error| Error::store(format!("cannot write the index {}: {e}", path.display()));
     let json = serde_json::to_vec_pretty(map)
-        .map_err(|e| CliError::internal(format!("cannot encode the index: {e}")))?;
+        .map_err(|e| Error::internal(format!("cannot encode the index: {e}")))?;
     let mut f = OpenOptions::new()
         .write(true)
         .create(true)
@@ -292,7 +304,7 @@ fn write_index(dir: &Path, map: &BTreeMap<String, Entry>) -> Result<(), CliError
 }
 
 /// True when `dir` holds a sled store that has been written to.
-pub(crate) fn sled_has_data(dir: &Path) -> bool {
+pub fn sled_has_data(dir: &Path) -> bool {
     dir.join("sled").exists()
 }
 
@@ -300,32 +312,32 @@ pub(crate) fn sled_has_data(dir: &Path) -> bool {
 /// when it needs one. Waits up to [`LOCK_WAIT`] for another tokencache
 /// process that has the sled store open. Also returns the key that binds
 /// cache entries to the client's secret (see `fingerprint.rs`).
-pub(crate) async fn open(
+pub async fn open(
     spec: &StoreSpec,
     key_file: Option<&Path>,
-) -> Result<(Opened, FingerprintKey), CliError> {
+) -> Result<(OpenedStore, FingerprintKey), Error> {
     match spec {
         StoreSpec::Memory => {
             tracing::debug!("memory (nothing is kept after this invocation)");
             Ok((
-                Opened::Memory(MemoryStore::default()),
+                OpenedStore::Memory(MemoryStore::default()),
                 FingerprintKey::random(),
             ))
         }
         StoreSpec::Sled(_) => {
             let dir = spec
                 .sled_dir()?
-                .ok_or_else(|| CliError::internal("a sled store has a directory"))?;
+                .ok_or_else(|| Error::internal("a sled store has a directory"))?;
             let loaded = key::load(key_file, sled_has_data(&dir))?;
             tracing::info!(dir = %dir.display(), key = %loaded.source, "sled (encrypted)");
             let store = open_sled(&dir, loaded.keyring, &loaded.source).await?;
-            Ok((Opened::Sled(store), loaded.fingerprint))
+            Ok((OpenedStore::Sled(store), loaded.fingerprint))
         }
         StoreSpec::Redis(url) => {
             let loaded = key::load(key_file, false)?;
             tracing::info!(url = %redacted_url(url), key = %loaded.source, "redis (encrypted)");
             let store = open_redis(url, None, loaded.keyring).await?;
-            Ok((Opened::Redis(store), loaded.fingerprint))
+            Ok((OpenedStore::Redis(store), loaded.fingerprint))
         }
     }
 }
@@ -339,11 +351,11 @@ fn redacted_url(url: &str) -> String {
 }
 
 /// Opens a Redis store; `prefix` overrides the default key prefix.
-pub(crate) async fn open_redis(
+pub async fn open_redis(
     url: &str,
     prefix: Option<&str>,
     keyring: Keyring,
-) -> Result<RedisStore, CliError> {
+) -> Result<RedisStore, Error> {
     let mut config = RedisConfig::new(url).with_encryption(keyring);
     if let Some(p) = prefix {
         config = config.with_key_prefix(p);
@@ -351,21 +363,21 @@ pub(crate) async fn open_redis(
     if let Some(pw) = std::env::var_os(REDIS_PASSWORD_ENV) {
         let pw = pw
             .into_string()
-            .map_err(|_| CliError::config(format!("{REDIS_PASSWORD_ENV} is not valid Unicode")))?;
+            .map_err(|_| Error::config(format!("{REDIS_PASSWORD_ENV} is not valid Unicode")))?;
         config = config.with_password(pw);
     }
     RedisStore::connect(config)
         .await
-        .map_err(|e| CliError::store(format!("cannot use the Redis store: {e}")))
+        .map_err(|e| Error::store(format!("cannot use the Redis store: {e}")))
 }
 
 /// Opens the sled store at `dir`, reporting a quarantined (damaged)
 /// database on stderr.
-pub(crate) async fn open_sled(
+pub async fn open_sled(
     dir: &Path,
     keyring: Keyring,
     source: &KeySource,
-) -> Result<SledStore, CliError> {
+) -> Result<SledStore, Error> {
     let keyring = Arc::new(keyring);
     let started = Instant::now();
     let store = loop {
@@ -375,7 +387,7 @@ pub(crate) async fn open_sled(
                 tokio::time::sleep(Duration::from_millis(25)).await;
             }
             Err(SledError::WrongKey { sealed_with, .. }) => {
-                return Err(CliError::key(format!(
+                return Err(Error::key(format!(
                     "wrong store key: the token store {} was written with key {sealed_with}, not \
                      the key from {source} ({}); use the right key, or start afresh with \
                      `tokencache purge --all --force`",
@@ -384,17 +396,17 @@ pub(crate) async fn open_sled(
                 )))
             }
             Err(e @ (SledError::Sled { .. } | SledError::Io { .. })) => {
-                return Err(CliError::store(format!(
+                return Err(Error::store(format!(
                     "cannot open the token store {} (damaged or unreadable): {e}; start afresh \
                      with `tokencache purge --all --force`",
                     dir.display()
                 )))
             }
-            Err(e) => return Err(CliError::store(format!("cannot open the token store: {e}"))),
+            Err(e) => return Err(Error::store(format!("cannot open the token store: {e}"))),
         }
     };
     if let Some(q) = store.quarantine() {
-        crate::log::warning(q);
+        crate::error::notices().warning(q);
     }
     Ok(store)
 }

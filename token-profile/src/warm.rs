@@ -28,7 +28,7 @@ use token_core::backend::decode_token;
 use token_core::{AccessToken, CacheKey, Keyring};
 
 /// The directory of warm files, inside the sled store directory.
-pub(crate) const DIR: &str = "tokencache-hot";
+pub const DIR: &str = "tokencache-hot";
 
 /// The largest warm file read: a sealed token is well under this.
 const MAX_LEN: u64 = 64 * 1024;
@@ -71,7 +71,7 @@ pub(crate) fn read(store_dir: &Path, keyring: &Keyring, key: &CacheKey) -> Optio
 /// Keeps `envelope` (sled's sealed bytes for `key`) as the warm file of
 /// `key`. Failing only costs the next `get` its speed, so it is logged, not
 /// reported.
-pub(crate) fn write(store_dir: &Path, key: &CacheKey, envelope: &[u8]) {
+pub fn write(store_dir: &Path, key: &CacheKey, envelope: &[u8]) {
     let path = path(store_dir, key);
     let result = (|| {
         let dir = store_dir.join(DIR);
@@ -105,7 +105,7 @@ pub(crate) fn remove(store_dir: &Path, keys: &[String]) -> Result<(), std::io::E
 }
 
 /// Removes every warm file.
-pub(crate) fn remove_all(store_dir: &Path) -> Result<(), std::io::Error> {
+pub fn remove_all(store_dir: &Path) -> Result<(), std::io::Error> {
     match std::fs::remove_dir_all(store_dir.join(DIR)) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
         _ => Ok(()),

@@ -7,8 +7,9 @@ use std::path::Path;
 use token_http::{Certificate, ClientCertificate, PrivateKey};
 use zeroize::Zeroizing;
 
-use crate::cli::AuthMethod;
-use crate::error::CliError;
+use crate::error::{Error, Missing};
+use crate::resolve::Naming;
+use crate::spec::AuthMethod;
 
 /// Which authentication inputs were given (flags or profile).
 pub(crate) struct Given {
@@ -32,45 +33,62 @@ impl Given {
 
 /// The method the inputs imply, when exactly one method's input was given;
 /// otherwise an error naming what is missing or what conflicts.
-pub(crate) fn infer(given: &Given) -> Result<AuthMethod, CliError> {
-    let mut found: Vec<(AuthMethod, &str)> = Vec::new();
+pub(crate) fn infer(given: &Given, naming: Naming) -> Result<AuthMethod, Error> {
+    let mut found: Vec<(AuthMethod, String)> = Vec::new();
     if given.secret {
-        found.push((AuthMethod::Basic, "a client secret"));
+        found.push((AuthMethod::Basic, "a client secret".to_owned()));
     }
     // A key with a certificate is the certificate's key.
     if given.certificate {
-        found.push((AuthMethod::PrivateKeyJwt, "--certificate-file"));
+        found.push((AuthMethod::PrivateKeyJwt, naming.key("certificate_file")));
     } else if given.private_key {
-        found.push((AuthMethod::PrivateKeyJwt, "--private-key-file"));
+        found.push((AuthMethod::PrivateKeyJwt, naming.key("private_key_file")));
     }
     if given.assertion_file {
-        found.push((AuthMethod::ClientAssertion, "--client-assertion-file"));
+        found.push((
+            AuthMethod::ClientAssertion,
+            naming.key("client_assertion_file"),
+        ));
     }
     if given.client_certificate {
-        found.push((AuthMethod::TlsClientAuth, "--client-certificate-file"));
+        found.push((
+            AuthMethod::TlsClientAuth,
+            naming.key("client_certificate_file"),
+        ));
     }
     match found.as_slice() {
         [(method, _)] => Ok(*method),
-        [] => Err(CliError::config(
-            "no client authentication: give --client-secret-env VAR, --client-secret-file PATH, \
-             --private-key-file PEM, --certificate-file PEM, --client-assertion-file PATH or \
-             --client-certificate-file PEM",
+        [] => Err(Error::incomplete(
+            Some(Missing::ClientAuth),
+            format!(
+                "no client authentication: give {} VAR, {} PATH, {} PEM, {} PEM, {} PATH or {} PEM",
+                naming.key("client_secret_env"),
+                naming.key("client_secret_file"),
+                naming.key("private_key_file"),
+                naming.key("certificate_file"),
+                naming.key("client_assertion_file"),
+                naming.key("client_certificate_file"),
+            ),
         )),
         many => {
-            let names: Vec<&str> = many.iter().map(|(_, what)| *what).collect();
-            Err(CliError::config(format!(
-                "more than one client authentication was given ({}): choose one with --auth",
-                names.join(", ")
-            )))
+            let names: Vec<&str> = many.iter().map(|(_, what)| what.as_str()).collect();
+            Err(Error::incomplete(
+                Some(Missing::ClientAuth),
+                format!(
+                    "more than one client authentication was given ({}): choose one with {}",
+                    names.join(", "),
+                    naming.key("auth")
+                ),
+            ))
         }
     }
 }
 
 /// A PEM file (a key, a certificate), in wiped memory.
-pub(crate) fn read_pem(what: &str, path: &Path) -> Result<Zeroizing<String>, CliError> {
+pub(crate) fn read_pem(what: &str, path: &Path) -> Result<Zeroizing<String>, Error> {
     std::fs::read_to_string(path)
         .map(Zeroizing::new)
-        .map_err(|e| CliError::config(format!("cannot read the {what} {}: {e}", path.display())))
+        .map_err(|e| Error::config(format!("cannot read the {what} {}: {e}", path.display())))
 }
 
 /// The `private_key_jwt` key named by the certificate at `cert_path`
@@ -82,10 +100,11 @@ pub(crate) fn certificate_key(
     key_id: Option<&str>,
     x5t: bool,
     x5c: bool,
-) -> Result<PrivateKey, CliError> {
+    naming: Naming,
+) -> Result<PrivateKey, Error> {
     let cert_pem = read_pem("certificate file", cert_path)?;
     let bad = |e: token_http::ConfigError| {
-        CliError::config(format!(
+        Error::config(format!(
             "the certificate file {} is not usable: {e}",
             cert_path.display()
         ))
@@ -95,10 +114,11 @@ pub(crate) fn certificate_key(
         Some(key) => key,
         None => {
             let key = PrivateKey::from_any_pem(&cert_pem).map_err(|e| {
-                CliError::config(format!(
+                Error::config(format!(
                     "the certificate file {} holds no usable private key ({e}): put the key in \
-                     it or give --private-key-file PEM",
-                    cert_path.display()
+                     it or give {} PEM",
+                    cert_path.display(),
+                    naming.key("private_key_file")
                 ))
             })?;
             match key_id {
@@ -119,9 +139,16 @@ pub(crate) fn certificate_key(
 pub(crate) fn client_certificate(
     cert_path: Option<&Path>,
     key_path: Option<&Path>,
-) -> Result<ClientCertificate, CliError> {
+    naming: Naming,
+) -> Result<ClientCertificate, Error> {
     let path = cert_path.ok_or_else(|| {
-        CliError::config("mutual-TLS client authentication needs --client-certificate-file PEM")
+        Error::incomplete(
+            Some(Missing::ClientAuth),
+            format!(
+                "mutual-TLS client authentication needs {} PEM",
+                naming.key("client_certificate_file")
+            ),
+        )
     })?;
     let cert_pem = read_pem("client certificate file", path)?;
     let key_pem = match key_path {
@@ -129,7 +156,7 @@ pub(crate) fn client_certificate(
         None => cert_pem.clone(),
     };
     ClientCertificate::from_pem_parts(&cert_pem, &key_pem).map_err(|e| {
-        CliError::config(format!(
+        Error::config(format!(
             "the client certificate {} is not usable: {e}",
             path.display()
         ))
@@ -138,10 +165,10 @@ pub(crate) fn client_certificate(
 
 /// A missing or empty assertion file is a configuration error at start-up,
 /// naming the path (the credential says the same at each fetch).
-pub(crate) fn check_assertion_file(path: &Path) -> Result<(), CliError> {
+pub(crate) fn check_assertion_file(path: &Path) -> Result<(), Error> {
     let text = read_pem("client assertion file", path)?;
     if text.trim().is_empty() {
-        return Err(CliError::config(format!(
+        return Err(Error::config(format!(
             "the client assertion file {} is empty",
             path.display()
         )));
@@ -169,23 +196,26 @@ mod tests {
             assertion_file: true,
             ..given()
         };
-        assert_eq!(infer(&g).unwrap(), AuthMethod::ClientAssertion);
+        assert_eq!(
+            infer(&g, Naming::Flags).unwrap(),
+            AuthMethod::ClientAssertion
+        );
         let g = Given {
             certificate: true,
             private_key: true,
             ..given()
         };
-        assert_eq!(infer(&g).unwrap(), AuthMethod::PrivateKeyJwt);
+        assert_eq!(infer(&g, Naming::Flags).unwrap(), AuthMethod::PrivateKeyJwt);
         let g = Given {
             secret: true,
             client_certificate: true,
             ..given()
         };
-        let e = infer(&g).unwrap_err().to_string();
+        let e = infer(&g, Naming::Flags).unwrap_err().to_string();
         assert!(
             e.contains("a client secret") && e.contains("--client-certificate-file"),
             "{e}"
         );
-        assert!(infer(&given()).is_err());
+        assert!(infer(&given(), Naming::Flags).is_err());
     }
 }

@@ -27,7 +27,7 @@ const LABEL: &[u8] = b"tokencache/credential-fingerprint/v1";
 
 /// The key fingerprints are made with; never printed.
 #[derive(Clone)]
-pub(crate) struct FingerprintKey(hmac::Key);
+pub struct FingerprintKey(hmac::Key);
 
 impl FingerprintKey {
     /// Derived from the store's encryption key.

@@ -20,8 +20,8 @@ use serde::{Deserialize, Serialize};
 use token_http::ServerMetadata;
 use token_redis::RedisStore;
 
-use crate::error::{CliError, Kind};
-use crate::store::Opened;
+use crate::error::{Error, ErrorKind};
+use crate::store::OpenedStore;
 
 /// How long a discovered endpoint is used before it is discovered again.
 /// Token endpoints move rarely; a day bounds how long a moved one is missed.
@@ -38,10 +38,11 @@ struct Cached {
     discovered_at: u64,
 }
 
-/// Where the token endpoint of a `get` came from.
+/// Where a profile's token endpoint came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Source {
-    /// `--token-url`.
+#[non_exhaustive]
+pub enum EndpointSource {
+    /// Given (`token_url`).
     Given,
     /// Discovered just now.
     Discovered,
@@ -58,15 +59,15 @@ fn now_secs() -> u64 {
 /// The token endpoint of `issuer`: from the cache when it is younger than
 /// [`MAX_AGE`], else discovered (and cached).
 pub(crate) async fn token_endpoint(
-    opened: &Opened,
+    opened: &OpenedStore,
     issuer: &str,
-) -> Result<(String, Source), CliError> {
+) -> Result<(String, EndpointSource), Error> {
     let cached = read(opened, issuer).await;
     if let Some(c) = &cached {
         let age = now_secs().saturating_sub(c.discovered_at);
         if age < MAX_AGE.as_secs() {
             tracing::debug!(issuer, token_endpoint = %c.token_endpoint, age_s = age, "cached token endpoint");
-            return Ok((c.token_endpoint.clone(), Source::Cached));
+            return Ok((c.token_endpoint.clone(), EndpointSource::Cached));
         }
     }
     tracing::info!(issuer, "fetching the issuer's metadata");
@@ -79,25 +80,25 @@ pub(crate) async fn token_endpoint(
                 discovered_at: now_secs(),
             };
             if let Err(e) = write(opened, issuer, Some(&entry)).await {
-                crate::log::warning(format_args!(
+                crate::error::notices().warning(format_args!(
                     "the discovered token endpoint could not be cached ({e}); the next get \
                      discovers it again"
                 ));
             }
-            Ok((endpoint, Source::Discovered))
+            Ok((endpoint, EndpointSource::Discovered))
         }
         Err(e) => match cached {
             Some(c) if is_transient(&e) => {
-                crate::log::warning(format_args!(
+                crate::error::notices().warning(format_args!(
                     "discovery at {issuer} failed ({e}); using the token endpoint discovered \
                      earlier, {}",
                     c.token_endpoint
                 ));
-                Ok((c.token_endpoint, Source::Cached))
+                Ok((c.token_endpoint, EndpointSource::Cached))
             }
             // `e` names the issuer.
-            _ if is_transient(&e) => Err(CliError::new(Kind::IdpUnavailable, e.to_string())),
-            _ => Err(CliError::config(e.to_string())),
+            _ if is_transient(&e) => Err(Error::new(ErrorKind::IdpUnavailable, e.to_string())),
+            _ => Err(Error::config(e.to_string())),
         },
     }
 }
@@ -121,30 +122,30 @@ pub(crate) fn cached_in_dir(dir: &Path, issuer: &str) -> Option<String> {
 }
 
 /// Drops the cached endpoint of `issuer` (it turned out wrong).
-pub(crate) async fn forget(opened: &Opened, issuer: &str) {
+pub(crate) async fn forget(opened: &OpenedStore, issuer: &str) {
     if let Err(e) = write(opened, issuer, None).await {
         tracing::warn!(issuer, error = %e, "cannot drop the cached token endpoint");
     }
 }
 
 /// Drops every cached endpoint (`purge --all`).
-pub(crate) async fn forget_all(opened: &Opened) -> Result<(), CliError> {
+pub async fn forget_all(opened: &OpenedStore) -> Result<(), Error> {
     match opened {
-        Opened::Memory(_) => Ok(()),
-        Opened::Sled(s) => match std::fs::remove_file(s.path().join(FILE)) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(CliError::store(format!(
+        OpenedStore::Memory(_) => Ok(()),
+        OpenedStore::Sled(s) => match std::fs::remove_file(s.path().join(FILE)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::store(format!(
                 "cannot remove {}: {e}",
                 s.path().join(FILE).display()
             ))),
             _ => Ok(()),
         },
-        Opened::Redis(s) => {
+        OpenedStore::Redis(s) => {
             let mut conn = s.connection();
             token_redis::redis::cmd("DEL")
                 .arg(hash(s))
                 .query_async::<()>(&mut conn)
                 .await
-                .map_err(|e| CliError::store(format!("Redis failed: {e}")))
+                .map_err(|e| Error::store(format!("Redis failed: {e}")))
         }
     }
 }
@@ -155,11 +156,11 @@ fn hash(s: &RedisStore) -> String {
 
 /// The cached entry, if any; an unreadable cache reads as empty (it only
 /// saves a request).
-async fn read(opened: &Opened, issuer: &str) -> Option<Cached> {
+async fn read(opened: &OpenedStore, issuer: &str) -> Option<Cached> {
     match opened {
-        Opened::Memory(_) => None,
-        Opened::Sled(s) => read_file(s.path()).remove(issuer),
-        Opened::Redis(s) => {
+        OpenedStore::Memory(_) => None,
+        OpenedStore::Sled(s) => read_file(s.path()).remove(issuer),
+        OpenedStore::Redis(s) => {
             let mut conn = s.connection();
             let json: Option<String> = token_redis::redis::cmd("HGET")
                 .arg(hash(s))
@@ -180,10 +181,10 @@ fn read_file(dir: &Path) -> BTreeMap<String, Cached> {
 }
 
 /// Sets (`Some`) or removes (`None`) the entry of `issuer`.
-async fn write(opened: &Opened, issuer: &str, entry: Option<&Cached>) -> Result<(), CliError> {
+async fn write(opened: &OpenedStore, issuer: &str, entry: Option<&Cached>) -> Result<(), Error> {
     match opened {
-        Opened::Memory(_) => Ok(()),
-        Opened::Sled(s) => {
+        OpenedStore::Memory(_) => Ok(()),
+        OpenedStore::Sled(s) => {
             let dir = s.path();
             let mut map = read_file(dir);
             match entry {
@@ -192,11 +193,10 @@ async fn write(opened: &Opened, issuer: &str, entry: Option<&Cached>) -> Result<
             };
             let path = dir.join(FILE);
             let tmp = dir.join(format!("{FILE}.tmp"));
-            let failed = |e: std::io::Error| {
-                CliError::store(format!("cannot write {}: {e}", path.display()))
-            };
+            let failed =
+                |e: std::io::Error| Error::store(format!("cannot write {}: {e}", path.display()));
             let json = serde_json::to_vec_pretty(&map)
-                .map_err(|e| CliError::internal(format!("cannot encode JSON: {e}")))?;
+                .map_err(|e| Error::internal(format!("cannot encode JSON: {e}")))?;
             let mut f = OpenOptions::new()
                 .write(true)
                 .create(true)
@@ -209,12 +209,12 @@ async fn write(opened: &Opened, issuer: &str, entry: Option<&Cached>) -> Result<
                 .map_err(failed)?;
             std::fs::rename(&tmp, &path).map_err(failed)
         }
-        Opened::Redis(s) => {
+        OpenedStore::Redis(s) => {
             let mut conn = s.connection();
             let cmd = match entry {
                 Some(e) => {
                     let json = serde_json::to_string(e)
-                        .map_err(|e| CliError::internal(format!("cannot encode JSON: {e}")))?;
+                        .map_err(|e| Error::internal(format!("cannot encode JSON: {e}")))?;
                     let mut c = token_redis::redis::cmd("HSET");
                     c.arg(hash(s)).arg(issuer).arg(json);
                     c
@@ -227,7 +227,7 @@ async fn write(opened: &Opened, issuer: &str, entry: Option<&Cached>) -> Result<
             };
             cmd.query_async::<()>(&mut conn)
                 .await
-                .map_err(|e| CliError::store(format!("Redis failed: {e}")))
+                .map_err(|e| Error::store(format!("Redis failed: {e}")))
         }
     }
 }
