@@ -69,6 +69,7 @@ mod credential;
 mod discovery;
 pub mod env;
 mod error;
+mod file_auth;
 mod grant;
 mod header;
 mod jwt;
@@ -78,6 +79,7 @@ mod pem;
 mod refresh_store;
 mod response;
 mod transport;
+mod watched;
 
 pub use assertion::{AssertionFile, AssertionFn, AssertionSource, MAX_ASSERTION_BYTES};
 pub use auth::{AddToken, AddTokenLayer, BoxError};
@@ -87,6 +89,7 @@ pub use client_auth::{ClientAuth, JWT_BEARER_ASSERTION_TYPE};
 pub use credential::{OAuthCredential, OAuthCredentialBuilder, DEFAULT_SKEW_WARNING};
 pub use discovery::ServerMetadata;
 pub use error::ConfigError;
+pub use file_auth::PrivateKeyFile;
 pub use grant::{Grant, ACCESS_TOKEN_TYPE};
 pub use jwt::{PrivateKey, SigningAlgorithm, DEFAULT_ASSERTION_LIFETIME};
 pub use managed::{
@@ -102,3 +105,4 @@ pub use refresh_store::{
 };
 pub use response::{parse_token_response, ClockSkew, ExpiresIn, TokenResponse, MAX_BODY_BYTES};
 pub use transport::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_REQUEST_TIMEOUT};
+pub use watched::MAX_SECRET_FILE_BYTES;
