@@ -329,9 +329,7 @@ mod tests {
         let probe = path.with_extension("probe");
         loop {
             std::fs::write(&probe, "").unwrap();
-            if Stamp::of(&std::fs::metadata(&probe).unwrap()).changed
-                > Stamp::of(&before).changed
-            {
+            if Stamp::of(&std::fs::metadata(&probe).unwrap()).changed > Stamp::of(&before).changed {
                 break;
             }
             std::thread::yield_now();
