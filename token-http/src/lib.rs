@@ -10,6 +10,11 @@
 //!   every fetch, or [`AssertionFn`]) or mutual TLS (RFC 8705,
 //!   [`ClientCertificate`]) client authentication, built from a token URL
 //!   or discovered from an issuer ([`ServerMetadata`]).
+//! - Secrets that rotate on disk: the client secret, `private_key_jwt` key
+//!   ([`PrivateKeyFile`]) and certificate, or mutual-TLS certificate and key
+//!   read from files that are re-read when they change, with one retry when
+//!   the server refuses the client and the files changed; see
+//!   [`OAuthCredentialBuilder::client_secret_file`].
 //! - Managed identities and metadata servers: [`AzureImdsCredential`]
 //!   (Azure VMs, `Metadata: true`, IMDS's documented retries),
 //!   [`AppServiceCredential`] (App Service, Functions, Container Apps:
