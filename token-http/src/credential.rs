@@ -329,18 +329,22 @@ impl Credential for OAuthCredential {
                 .await
                 .map_err(|f| f.error);
         };
-        let CurrentAuth { auth, client } = files.current().await;
+        let CurrentAuth {
+            auth,
+            client,
+            generation,
+        } = files.current().await;
         let client = client.as_ref().unwrap_or(&self.client);
         match self.attempt(request, previous, &auth, client).await {
             Ok(token) => Ok(token),
-            Err(failure) if failure.client_refused && files.reread().await => {
+            Err(failure) if failure.client_refused && files.reread(generation).await => {
                 tracing::info!(
                     token_url = %self.token_url,
                     client_id = %self.client_id,
                     code = failure.error.code(),
                     "the token endpoint refused the client and its credential files changed since they were read; retrying once with their new contents"
                 );
-                let CurrentAuth { auth, client } = files.loaded();
+                let CurrentAuth { auth, client, .. } = files.loaded();
                 let client = client.as_ref().unwrap_or(&self.client);
                 self.attempt(request, previous, &auth, client)
                     .await
@@ -787,7 +791,7 @@ impl OAuthCredentialBuilder {
         };
         let loaded = file_auth.as_ref().map(FileAuth::loaded);
         let (file_client, file_auth_now) = match loaded {
-            Some(CurrentAuth { auth, client }) => (client, Some(auth)),
+            Some(CurrentAuth { auth, client, .. }) => (client, Some(auth)),
             None => (None, None),
         };
         let auth = match (file_auth_now.or(self.auth), &self.grant) {
@@ -795,7 +799,7 @@ impl OAuthCredentialBuilder {
             (None, Grant::RefreshToken(_)) => ClientAuth::None,
             (None, grant) => {
                 return Err(ConfigError::Invalid(format!(
-                    "a {} grant needs client authentication: set client_secret, client_secret_post, private_key_jwt, client_assertion_file or tls_client_auth",
+                    "a {} grant needs client authentication: set client_secret(_file), client_secret_post(_file), private_key_jwt(_file), client_assertion_file or tls_client_auth(_files)",
                     grant.short_name()
                 )))
             }

@@ -236,6 +236,8 @@ pub(crate) enum FileAuth {
 pub(crate) struct CurrentAuth {
     pub(crate) auth: ClientAuth,
     pub(crate) client: Option<reqwest::Client>,
+    /// Which contents of the files it was made from.
+    pub(crate) generation: u64,
 }
 
 impl FileAuth {
@@ -243,9 +245,9 @@ impl FileAuth {
     /// files.
     pub(crate) fn loaded(&self) -> CurrentAuth {
         match self {
-            Self::ClientSecret { post, file } => secret_auth(*post, &file.loaded()),
-            Self::PrivateKeyJwt(file) => key_auth(&file.loaded()),
-            Self::Mtls { self_signed, file } => mtls_auth(*self_signed, &file.loaded()),
+            Self::ClientSecret { post, file } => secret_auth(*post, file.snapshot()),
+            Self::PrivateKeyJwt(file) => key_auth(file.snapshot()),
+            Self::Mtls { self_signed, file } => mtls_auth(*self_signed, file.snapshot()),
         }
     }
 
@@ -253,19 +255,22 @@ impl FileAuth {
     /// again first.
     pub(crate) async fn current(&self) -> CurrentAuth {
         match self {
-            Self::ClientSecret { post, file } => secret_auth(*post, &*file.current().await),
-            Self::PrivateKeyJwt(file) => key_auth(&*file.current().await),
-            Self::Mtls { self_signed, file } => mtls_auth(*self_signed, &*file.current().await),
+            Self::ClientSecret { post, file } => secret_auth(*post, file.current_snapshot().await),
+            Self::PrivateKeyJwt(file) => key_auth(file.current_snapshot().await),
+            Self::Mtls { self_signed, file } => {
+                mtls_auth(*self_signed, file.current_snapshot().await)
+            }
         }
     }
 
     /// Reads the files whatever their `stat` says (after the server refused
-    /// the client): whether new, valid contents are now in use.
-    pub(crate) async fn reread(&self) -> bool {
+    /// the client): whether the contents in use now are other than those of
+    /// generation `used` (the ones the refused request was made from).
+    pub(crate) async fn reread(&self, used: u64) -> bool {
         let outcome = match self {
-            Self::ClientSecret { file, .. } => file.reread().await,
-            Self::PrivateKeyJwt(file) => file.reread().await,
-            Self::Mtls { file, .. } => file.reread().await,
+            Self::ClientSecret { file, .. } => file.reread_since(used).await,
+            Self::PrivateKeyJwt(file) => file.reread_since(used).await,
+            Self::Mtls { file, .. } => file.reread_since(used).await,
         };
         outcome == Reread::Changed
     }
@@ -282,8 +287,8 @@ impl FileAuth {
     }
 }
 
-fn secret_auth(post: bool, secret: &Secret) -> CurrentAuth {
-    let secret = secret.clone();
+fn secret_auth(post: bool, (secret, generation): (Arc<Secret>, u64)) -> CurrentAuth {
+    let secret = Secret::clone(&secret);
     CurrentAuth {
         auth: if post {
             ClientAuth::ClientSecretPost(secret)
@@ -291,17 +296,19 @@ fn secret_auth(post: bool, secret: &Secret) -> CurrentAuth {
             ClientAuth::ClientSecretBasic(secret)
         },
         client: None,
+        generation,
     }
 }
 
-fn key_auth(key: &PrivateKey) -> CurrentAuth {
+fn key_auth((key, generation): (Arc<PrivateKey>, u64)) -> CurrentAuth {
     CurrentAuth {
-        auth: ClientAuth::PrivateKeyJwt(key.clone()),
+        auth: ClientAuth::PrivateKeyJwt(PrivateKey::clone(&key)),
         client: None,
+        generation,
     }
 }
 
-fn mtls_auth(self_signed: bool, identity: &MtlsIdentity) -> CurrentAuth {
+fn mtls_auth(self_signed: bool, (identity, generation): (Arc<MtlsIdentity>, u64)) -> CurrentAuth {
     let certificate = identity.certificate.clone();
     CurrentAuth {
         auth: if self_signed {
@@ -310,5 +317,6 @@ fn mtls_auth(self_signed: bool, identity: &MtlsIdentity) -> CurrentAuth {
             ClientAuth::TlsClientAuth(certificate)
         },
         client: Some(identity.client.clone()),
+        generation,
     }
 }

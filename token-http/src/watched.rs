@@ -79,6 +79,10 @@ pub(crate) type Parse<T> = Arc<dyn Fn(&[&[u8]]) -> Result<T, String> + Send + Sy
 
 struct Loaded<T> {
     value: Arc<T>,
+    /// Counts the contents put in use: a fetch remembers the generation it
+    /// sent, so a re-read after a refusal knows whether what is in use now
+    /// differs from what was sent (even when another fetch loaded it).
+    generation: u64,
     /// The files' stamps when they were read (taken before reading, so a
     /// change during the read shows at the next check).
     stamps: Vec<Option<Stamp>>,
@@ -88,9 +92,10 @@ struct Loaded<T> {
 /// How a re-read ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Reread {
-    /// The contents are the ones in use.
+    /// The contents in use are still those of the generation asked about.
     Unchanged,
-    /// New, valid contents are now in use.
+    /// Other valid contents than those of the generation asked about are
+    /// now in use.
     Changed,
     /// The files could not be read or parsed: the last good contents stay.
     Failed,
@@ -122,6 +127,7 @@ impl<T: Send + Sync + 'static> WatchedFiles<T> {
             what,
             loaded: ArcSwap::from_pointee(Loaded {
                 value: Arc::new(value),
+                generation: 0,
                 stamps,
                 digest: digest_of(&contents),
             }),
@@ -136,31 +142,54 @@ impl<T: Send + Sync + 'static> WatchedFiles<T> {
     }
 
     /// The value in use, without looking at the files.
+    #[cfg(test)]
     pub(crate) fn loaded(&self) -> Arc<T> {
-        self.loaded.load().value.clone()
+        self.snapshot().0
+    }
+
+    /// The value in use and its generation, without looking at the files.
+    pub(crate) fn snapshot(&self) -> (Arc<T>, u64) {
+        let loaded = self.loaded.load();
+        (loaded.value.clone(), loaded.generation)
     }
 
     /// The value to use for a fetch: re-read first if a file's `stat`
     /// changed since it was read.
+    #[cfg(test)]
     pub(crate) async fn current(&self) -> Arc<T> {
+        self.current_snapshot().await.0
+    }
+
+    /// [`current`](Self::current) with its generation.
+    pub(crate) async fn current_snapshot(&self) -> (Arc<T>, u64) {
         let loaded = self.loaded.load_full();
         let paths = self.paths.clone();
         let stamps = tokio::task::spawn_blocking(move || stamps_of(&paths)).await;
         match stamps {
             Ok(stamps) if stamps == loaded.stamps => {}
             _ => {
-                self.reread().await;
+                self.reread_since(loaded.generation).await;
             }
         }
-        self.loaded()
+        self.snapshot()
+    }
+
+    /// Reads the files whatever their `stat` says, against the contents
+    /// in use now.
+    #[cfg(test)]
+    pub(crate) async fn reread(&self) -> Reread {
+        let generation = self.snapshot().1;
+        self.reread_since(generation).await
     }
 
     /// Reads the files whatever their `stat` says; new contents replace the
-    /// old only when they differ (SHA-256) and parse.
-    pub(crate) async fn reread(&self) -> Reread {
+    /// old only when they differ (SHA-256) and parse. Says whether the
+    /// contents in use are now other than those of generation `used`.
+    pub(crate) async fn reread_since(&self, used: u64) -> Reread {
+        let before = self.loaded.load_full();
         let paths = self.paths.clone();
         let parse = self.parse.clone();
-        let in_use = self.loaded.load().digest;
+        let in_use = before.digest;
         let read = tokio::task::spawn_blocking(move || {
             let (stamps, contents) = read_all(&paths)?;
             let digest = digest_of(&contents);
@@ -172,28 +201,26 @@ impl<T: Send + Sync + 'static> WatchedFiles<T> {
         })
         .await
         .unwrap_or_else(|e| Err(format!("the read was interrupted: {e}")));
-        match read {
+        let failed = match read {
             Ok((stamps, digest, value)) => {
-                let changed = value.is_some();
-                let value = match value {
-                    Some(v) => Arc::new(v),
-                    None => self.loaded(),
-                };
-                self.loaded.store(Arc::new(Loaded {
-                    value,
+                let new = value.is_some();
+                let next = Loaded {
+                    generation: before.generation + u64::from(new),
+                    value: value.map_or_else(|| before.value.clone(), Arc::new),
                     stamps,
                     digest,
-                }));
-                if changed {
+                };
+                // Another fetch may have stored newer contents meanwhile:
+                // then theirs stay.
+                let previous = self.loaded.compare_and_swap(&before, Arc::new(next));
+                if new && Arc::ptr_eq(&previous, &before) {
                     tracing::info!(
                         files = %shown(&self.paths),
                         "the {} changed; its new contents are in use",
                         self.what
                     );
-                    Reread::Changed
-                } else {
-                    Reread::Unchanged
                 }
+                false
             }
             Err(reason) => {
                 tracing::warn!(
@@ -201,8 +228,15 @@ impl<T: Send + Sync + 'static> WatchedFiles<T> {
                     "the {} could not be re-read ({reason}); the last good contents stay in use",
                     self.what
                 );
-                Reread::Failed
+                true
             }
+        };
+        if self.loaded.load().generation != used {
+            Reread::Changed
+        } else if failed {
+            Reread::Failed
+        } else {
+            Reread::Unchanged
         }
     }
 }
@@ -404,6 +438,20 @@ mod tests {
         assert_eq!(watched.reread().await, Reread::Changed);
         assert_eq!(watched.loaded().expose(), "secret-2");
         assert_eq!(watched.reread().await, Reread::Unchanged);
+    }
+
+    #[tokio::test]
+    async fn contents_loaded_by_another_fetch_count_as_changed_for_the_one_that_sent_the_old() {
+        let path = temp_file("generation", "secret-1\n");
+        let watched = secret_file(&path);
+        let (_, sent) = watched.snapshot();
+        std::fs::write(&path, "secret-22\n").unwrap();
+        // Another fetch notices first and loads the new secret.
+        assert_eq!(watched.current().await.expose(), "secret-22");
+        // The refused fetch that sent the old one still retries.
+        assert_eq!(watched.reread_since(sent).await, Reread::Changed);
+        let (_, now) = watched.snapshot();
+        assert_eq!(watched.reread_since(now).await, Reread::Unchanged);
     }
 
     #[test]
