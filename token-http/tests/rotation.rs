@@ -695,3 +695,35 @@ async fn mtls_files_holding_one_pem_are_watched_once_and_rebuilt_on_change() {
     assert!(e.is_transient(), "{e}");
     assert!(credential.binding_changed());
 }
+
+#[tokio::test]
+async fn from_env_credentials_re_read_their_secret_and_key_files() {
+    use token_http::env::{
+        ENV_CERTIFICATE_FILE, ENV_CLIENT_ID, ENV_CLIENT_SECRET_FILE, ENV_TOKEN_URL,
+    };
+    let dir = temp_dir("from-env");
+    let secret = dir.join("secret");
+    write(&secret, "env-secret\n");
+    let pem = dir.join("client.pem");
+    write(
+        &pem,
+        &(key_file("rsa-test-only.crt") + &key_file("rsa-test-only.pem")),
+    );
+    for (var, path) in [
+        (ENV_CLIENT_SECRET_FILE, &secret),
+        (ENV_CERTIFICATE_FILE, &pem),
+    ] {
+        let value = path.display().to_string();
+        let credential = OAuthCredential::from_env_with(|name| match name {
+            n if n == ENV_TOKEN_URL => Some("https://idp.example/token".into()),
+            n if n == ENV_CLIENT_ID => Some("env-client".into()),
+            n if n == var => Some(value.clone()),
+            _ => None,
+        })
+        .await
+        .unwrap()
+        .build()
+        .unwrap();
+        assert_eq!(credential.watched_files(), vec![path.clone()], "{var}");
+    }
+}
