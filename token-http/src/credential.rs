@@ -20,6 +20,7 @@ use crate::certificate::ClientCertificate;
 use crate::client_auth::{form_encode, AuthContext, ClientAuth};
 use crate::discovery::{check_url, ServerMetadata};
 use crate::error::ConfigError;
+use crate::file_auth::{CurrentAuth, FileAuth, FileAuthSpec, PrivateKeyFile};
 use crate::grant::Grant;
 use crate::jwt::{PrivateKey, DEFAULT_ASSERTION_LIFETIME};
 use crate::response::{parse_redacting, ClockSkew, TokenResponse};
@@ -75,7 +76,10 @@ pub struct OAuthCredential {
     grant: Grant,
     token_url: String,
     client_id: String,
+    /// The client authentication at build time (its id part is in `id`).
     auth: ClientAuth,
+    /// Where the authentication is read from when it lives in files.
+    file_auth: Option<FileAuth>,
     params: Vec<(String, String)>,
     client: reqwest::Client,
     request_timeout: Duration,
@@ -157,6 +161,55 @@ impl OAuthCredential {
         &self.client_id
     }
 
+    /// Every file this credential re-reads when it changes (client secret,
+    /// key, certificate files; see
+    /// [`OAuthCredentialBuilder::client_secret_file`]), for a layer that
+    /// watches configuration. Empty when the authentication was given in
+    /// memory. A client assertion file ([`AssertionFile`]) is not listed:
+    /// it is read at every fetch anyway.
+    pub fn watched_files(&self) -> Vec<PathBuf> {
+        self.file_auth
+            .as_ref()
+            .map(FileAuth::paths)
+            .unwrap_or_default()
+    }
+
+    /// The SHA-256 thumbprint (`x5t#S256`) of the certificate this
+    /// credential uses now: presented in mutual TLS, or named in
+    /// `private_key_jwt` assertions. With certificate files, it is the
+    /// certificate of the contents last read (at the last fetch), which may
+    /// differ from the one in [`id`](Credential::id); see
+    /// [`binding_changed`](Self::binding_changed).
+    pub fn certificate_thumbprint(&self) -> Option<String> {
+        let current = self.file_auth.as_ref().map(FileAuth::loaded);
+        let auth = current.as_ref().map_or(&self.auth, |c| &c.auth);
+        match auth {
+            ClientAuth::PrivateKeyJwt(key) => key.certificate(),
+            other => other.tls_certificate().map(ClientCertificate::certificate),
+        }
+        .map(|c| c.thumbprint_sha256().to_owned())
+    }
+
+    /// Whether the mutual-TLS certificate now presented (read again from
+    /// its files after a rotation) is not the one whose thumbprint is in
+    /// [`id`](Credential::id).
+    ///
+    /// The id, hence every cache key, keeps the thumbprint of the
+    /// certificate read at build time, so that keys stay stable; but tokens
+    /// the server issues from now on are bound (RFC 8705 §3) to the new
+    /// certificate. When this returns `true`, build the credential again
+    /// (its id then names the new certificate) and replace the cache or
+    /// profile that uses this one; until then, a token bound to the new
+    /// certificate is cached under the old certificate's key. Always
+    /// `false` for other client authentication (a `private_key_jwt`
+    /// assertion is not a binding).
+    pub fn binding_changed(&self) -> bool {
+        let Some(built) = self.auth.tls_certificate() else {
+            return false;
+        };
+        self.certificate_thumbprint().as_deref() != Some(built.certificate().thumbprint_sha256())
+    }
+
     /// The last clock difference with the authorization server beyond the
     /// tolerance, from the most recent response with a `Date` header that
     /// showed one.
@@ -191,6 +244,7 @@ impl OAuthCredential {
         &self,
         request: &TokenRequest,
         previous: Option<&AccessToken>,
+        auth: &ClientAuth,
     ) -> Result<RequestParts, CredentialError> {
         let grant = self.grant.fields(request, |configured| {
             let latest = self
@@ -199,8 +253,7 @@ impl OAuthCredential {
                 .unwrap_or_else(PoisonError::into_inner);
             Grant::pick_refresh_token(previous, latest.as_ref(), configured)
         })?;
-        let auth = self
-            .auth
+        let auth = auth
             .authenticate(&AuthContext {
                 client_id: &self.client_id,
                 audience: self
@@ -260,19 +313,95 @@ impl Credential for OAuthCredential {
         &self.id
     }
 
+    /// One token request; with client authentication from files, at most
+    /// two (see [`OAuthCredentialBuilder::client_secret_file`]): when the
+    /// server refuses the client (`invalid_client` or `unauthorized_client`
+    /// with 400 or 401, or a bare 401) and the files' contents changed since
+    /// they were read, once more with the new contents.
     async fn fetch(
         &self,
         request: &TokenRequest,
         previous: Option<&AccessToken>,
     ) -> Result<AccessToken, CredentialError> {
+        let Some(files) = &self.file_auth else {
+            return self
+                .attempt(request, previous, &self.auth, &self.client)
+                .await
+                .map_err(|f| f.error);
+        };
+        let CurrentAuth {
+            auth,
+            client,
+            generation,
+        } = files.current().await;
+        let client = client.as_ref().unwrap_or(&self.client);
+        match self.attempt(request, previous, &auth, client).await {
+            Ok(token) => Ok(token),
+            Err(failure) if failure.client_refused && files.reread(generation).await => {
+                tracing::info!(
+                    token_url = %self.token_url,
+                    client_id = %self.client_id,
+                    code = failure.error.code(),
+                    "the token endpoint refused the client and its credential files changed since they were read; retrying once with their new contents"
+                );
+                let CurrentAuth { auth, client, .. } = files.loaded();
+                let client = client.as_ref().unwrap_or(&self.client);
+                self.attempt(request, previous, &auth, client)
+                    .await
+                    .map_err(|f| f.error)
+            }
+            Err(failure) => Err(failure.error),
+        }
+    }
+}
+
+/// Why one token request failed, and whether the server refused the
+/// client's authentication (which a rotated file may explain).
+struct Failure {
+    error: CredentialError,
+    client_refused: bool,
+}
+
+impl Failure {
+    fn other(error: CredentialError) -> Self {
+        Self {
+            error,
+            client_refused: false,
+        }
+    }
+}
+
+/// `invalid_client` (RFC 6749 §5.2: authentication failed) or
+/// `unauthorized_client` (some servers say so for a wrong secret) with 400
+/// or 401, or a 401 without an OAuth error.
+fn refuses_the_client(status: http::StatusCode, error: &CredentialError) -> bool {
+    let status = status.as_u16();
+    match error.code() {
+        Some("invalid_client" | "unauthorized_client") => status == 400 || status == 401,
+        None => status == 401,
+        Some(_) => false,
+    }
+}
+
+impl OAuthCredential {
+    /// One token request with `auth`, sent by `client`.
+    async fn attempt(
+        &self,
+        request: &TokenRequest,
+        previous: Option<&AccessToken>,
+        auth: &ClientAuth,
+        client: &reqwest::Client,
+    ) -> Result<AccessToken, Failure> {
         let RequestParts {
             body,
             authorization,
             used_refresh,
             redact: secrets,
-        } = self.request_parts(request, previous).await?;
-        let mut http = self
-            .client
+        } = self
+            .request_parts(request, previous, auth)
+            .await
+            .map_err(Failure::other)?;
+        let mut http = client
             .post(&self.token_url)
             .header(
                 CONTENT_TYPE,
@@ -286,7 +415,14 @@ impl Credential for OAuthCredential {
         let http = http.body(body.as_str().to_owned());
         drop(body);
         let sent_at = self.clock.now();
-        let received = transport::send(http, &self.token_url, self.request_timeout).await?;
+        let received = transport::send(http, &self.token_url, self.request_timeout)
+            .await
+            .map_err(|error| Failure {
+                // A server may refuse a client certificate in the TLS
+                // handshake itself.
+                client_refused: auth.tls_certificate().is_some(),
+                error,
+            })?;
         let redact: Vec<&str> = secrets.iter().map(Secret::expose).collect();
         let result = parse_redacting(
             received.status,
@@ -306,7 +442,11 @@ impl Credential for OAuthCredential {
                     code = e.code(),
                     "token request failed"
                 );
-                return Err(e);
+                let client_refused = refuses_the_client(received.status, &e);
+                return Err(Failure {
+                    error: e,
+                    client_refused,
+                });
             }
         };
         self.record_skew(&response);
@@ -342,6 +482,7 @@ impl fmt::Debug for OAuthCredential {
             .field("id", &self.id)
             .field("grant", &self.grant)
             .field("auth", &self.auth)
+            .field("watched_files", &self.watched_files())
             .field("request_timeout", &self.request_timeout)
             .field("clock_skew", &self.clock_skew())
             .finish_non_exhaustive()
@@ -354,6 +495,8 @@ pub struct OAuthCredentialBuilder {
     token_url: String,
     client_id: String,
     auth: Option<ClientAuth>,
+    /// Client authentication from files (replaces `auth`, and vice versa).
+    file_auth: Option<FileAuthSpec>,
     params: Vec<(String, String)>,
     client: Option<reqwest::Client>,
     connect_timeout: Duration,
@@ -373,6 +516,7 @@ impl OAuthCredentialBuilder {
             token_url,
             client_id,
             auth: None,
+            file_auth: None,
             params: Vec::new(),
             client: None,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
@@ -400,6 +544,103 @@ impl OAuthCredentialBuilder {
     /// Authenticates with a signed JWT (`private_key_jwt`).
     pub fn private_key_jwt(self, key: PrivateKey) -> Self {
         self.auth(ClientAuth::PrivateKeyJwt(key))
+    }
+
+    /// Authenticates with a client secret read from the file at `path`, by
+    /// `client_secret_basic`; the file is read again when it changes, so a
+    /// rotated secret is used without a restart.
+    ///
+    /// The file holds the secret alone; surrounding whitespace (a trailing
+    /// newline) is ignored. It is read and checked by
+    /// [`build`](Self::build): a missing, unreadable, empty or multi-line
+    /// file is a [`ConfigError::File`] naming the path.
+    ///
+    /// # Rotation
+    ///
+    /// Before each token request the file is `stat`ed (length, modification
+    /// and change times, inode); when that differs from the last read, the
+    /// file is read again and its contents, if valid and different, are
+    /// used from this request on. A file that is missing, empty or invalid
+    /// then (half written) leaves the last good secret in use, with a
+    /// warning naming the file, and is tried again at the next request.
+    /// When the server refuses the client (`invalid_client` or
+    /// `unauthorized_client`), the file is read again whatever its `stat`
+    /// says; if the secret changed the request is retried once with the new
+    /// one, never more, and never when nothing changed.
+    ///
+    /// The credential's [`id`](Credential::id) does not change with the
+    /// secret: a token obtained with the old one stays cached until its
+    /// refresh time. The same applies to the other `*_file` methods.
+    pub fn client_secret_file(self, path: impl Into<PathBuf>) -> Self {
+        self.file_auth(FileAuthSpec::ClientSecret {
+            post: false,
+            path: path.into(),
+        })
+    }
+
+    /// As [`client_secret_file`](Self::client_secret_file), sending the
+    /// secret in the form body (`client_secret_post`).
+    pub fn client_secret_post_file(self, path: impl Into<PathBuf>) -> Self {
+        self.file_auth(FileAuthSpec::ClientSecret {
+            post: true,
+            path: path.into(),
+        })
+    }
+
+    /// Authenticates with `private_key_jwt`, the key (and the certificate
+    /// named in assertions, when set) read from files that are read again
+    /// when they change; see [`PrivateKeyFile`] and, for how a change is
+    /// noticed, [`client_secret_file`](Self::client_secret_file). The key is
+    /// checked by [`build`](Self::build) as
+    /// [`private_key_jwt`](Self::private_key_jwt) checks it. The id names
+    /// the certificate read at build time.
+    pub fn private_key_jwt_file(self, key: PrivateKeyFile) -> Self {
+        self.file_auth(FileAuthSpec::PrivateKeyJwt(key))
+    }
+
+    /// Authenticates by mutual TLS (`tls_client_auth`) with the certificate
+    /// chain (PEM, leaf first) and private key read from these files (the
+    /// same path twice for one PEM holding both), read again when they
+    /// change; the HTTP client presenting them is then rebuilt and replaced.
+    /// The pair is replaced only when the key matches the certificate, so a
+    /// rotation that writes one file before the other keeps the last good
+    /// pair meanwhile.
+    ///
+    /// The id keeps the thumbprint of the certificate read at build time;
+    /// [`OAuthCredential::binding_changed`] says when the certificate
+    /// presented is no longer that one. Otherwise as
+    /// [`tls_client_auth`](Self::tls_client_auth) and, for rotation,
+    /// [`client_secret_file`](Self::client_secret_file).
+    pub fn tls_client_auth_files(
+        self,
+        certificate: impl Into<PathBuf>,
+        key: impl Into<PathBuf>,
+    ) -> Self {
+        self.file_auth(FileAuthSpec::Mtls {
+            self_signed: false,
+            certificate: certificate.into(),
+            key: key.into(),
+        })
+    }
+
+    /// As [`tls_client_auth_files`](Self::tls_client_auth_files) for a
+    /// self-signed certificate (`self_signed_tls_client_auth`).
+    pub fn self_signed_tls_client_auth_files(
+        self,
+        certificate: impl Into<PathBuf>,
+        key: impl Into<PathBuf>,
+    ) -> Self {
+        self.file_auth(FileAuthSpec::Mtls {
+            self_signed: true,
+            certificate: certificate.into(),
+            key: key.into(),
+        })
+    }
+
+    fn file_auth(mut self, spec: FileAuthSpec) -> Self {
+        self.auth = None;
+        self.file_auth = Some(spec);
+        self
     }
 
     /// Authenticates with a client assertion read from `path` at every
@@ -447,6 +688,7 @@ impl OAuthCredentialBuilder {
     /// client credentials or token exchange grant then fails to build,
     /// a refresh-token grant acts as a public client (`none`).
     pub fn auth(mut self, auth: ClientAuth) -> Self {
+        self.file_auth = None;
         self.auth = Some(auth);
         self
     }
@@ -521,7 +763,8 @@ impl OAuthCredentialBuilder {
         if matches!(
             self.auth,
             Some(ClientAuth::TlsClientAuth(_) | ClientAuth::SelfSignedTlsClientAuth(_))
-        ) {
+        ) || self.file_auth.as_ref().is_some_and(FileAuthSpec::is_mtls)
+        {
             if let Some(alias) = self.mtls_token_url.take() {
                 self.token_url = alias;
             }
@@ -535,17 +778,34 @@ impl OAuthCredentialBuilder {
                 "timeouts must be longer than zero".into(),
             ));
         }
-        let auth = match (self.auth, &self.grant) {
+        let file_auth = match self.file_auth {
+            Some(spec) => {
+                if spec.is_mtls() && self.client.is_some() {
+                    return Err(ConfigError::Invalid(
+                        "mutual-TLS client authentication needs the credential's own HTTP client (it presents the certificate); do not set http_client".into(),
+                    ));
+                }
+                Some(spec.load(self.connect_timeout, &self.root_pems)?)
+            }
+            None => None,
+        };
+        let loaded = file_auth.as_ref().map(FileAuth::loaded);
+        let (file_client, file_auth_now) = match loaded {
+            Some(CurrentAuth { auth, client, .. }) => (client, Some(auth)),
+            None => (None, None),
+        };
+        let auth = match (file_auth_now.or(self.auth), &self.grant) {
             (Some(auth), _) => auth,
             (None, Grant::RefreshToken(_)) => ClientAuth::None,
             (None, grant) => {
                 return Err(ConfigError::Invalid(format!(
-                    "a {} grant needs client authentication: set client_secret, client_secret_post, private_key_jwt, client_assertion_file or tls_client_auth",
+                    "a {} grant needs client authentication: set client_secret(_file), client_secret_post(_file), private_key_jwt(_file), client_assertion_file or tls_client_auth(_files)",
                     grant.short_name()
                 )))
             }
         };
-        let client = match self.client {
+        let client = match file_client.or(self.client) {
+            Some(c) if file_auth.is_some() => c,
             Some(_) if auth.tls_certificate().is_some() => {
                 return Err(ConfigError::Invalid(
                     "mutual-TLS client authentication needs the credential's own HTTP client (it presents the certificate); do not set http_client".into(),
@@ -593,6 +853,7 @@ impl OAuthCredentialBuilder {
             token_url: self.token_url,
             client_id: self.client_id,
             auth,
+            file_auth,
             params: self.params,
             client,
             request_timeout: self.request_timeout,
@@ -613,6 +874,7 @@ impl fmt::Debug for OAuthCredentialBuilder {
             .field("token_url", &self.token_url)
             .field("client_id", &self.client_id)
             .field("auth", &self.auth)
+            .field("file_auth", &self.file_auth)
             .field("connect_timeout", &self.connect_timeout)
             .field("request_timeout", &self.request_timeout)
             .finish_non_exhaustive()

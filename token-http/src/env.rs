@@ -11,6 +11,7 @@ use crate::certificate::Certificate;
 use crate::credential::{OAuthCredential, OAuthCredentialBuilder};
 use crate::discovery::ServerMetadata;
 use crate::error::ConfigError;
+use crate::file_auth::PrivateKeyFile;
 use crate::grant::Grant;
 use crate::jwt::PrivateKey;
 
@@ -81,7 +82,10 @@ impl OAuthCredential {
     /// | client authentication, exactly one | [`ENV_CLIENT_SECRET_FILE`]; [`ENV_CLIENT_ASSERTION_FILE`] or [`AZURE_FEDERATED_TOKEN_FILE`]; [`ENV_CERTIFICATE_FILE`] or [`AZURE_CLIENT_CERTIFICATE_PATH`] (with [`ENV_PRIVATE_KEY_FILE`] when the key is apart, [`AZURE_CLIENT_SEND_CERTIFICATE_CHAIN`]); [`ENV_PRIVATE_KEY_FILE`] alone (with [`ENV_KEY_ID`]) |
     ///
     /// Empty values count as unset. Secrets are only ever read from files,
-    /// never from the variables themselves. Errors name the variable and
+    /// never from the variables themselves; a client secret, key or
+    /// certificate file is read again when it changes (see
+    /// [`OAuthCredentialBuilder::client_secret_file`]), an assertion file at
+    /// every fetch. Errors name the variable and
     /// the file; two authentication methods set at once is an error rather
     /// than a silent choice.
     pub async fn from_env_with(
@@ -141,10 +145,12 @@ impl OAuthCredential {
                 set.join(", ")
             )));
         }
+        // Files are checked here, so errors name the variable; the
+        // credential reads them again when they change (rotation).
         if let Some((_, path)) = secret {
             let path = PathBuf::from(path);
-            let secret = read_file(&path, ENV_CLIENT_SECRET_FILE)?;
-            return Ok(builder.client_secret(secret));
+            read_file(&path, ENV_CLIENT_SECRET_FILE)?;
+            return Ok(builder.client_secret_file(path));
         }
         if let Some((_, path)) = assertion {
             return Ok(builder.client_assertion_file(path));
@@ -156,31 +162,32 @@ impl OAuthCredential {
                 None => pem.clone(),
             };
             let in_file = |e: ConfigError| ConfigError::Invalid(format!("{name} ({path}): {e}"));
-            let mut private_key = PrivateKey::from_any_pem(key_pem.expose())
+            let private_key = PrivateKey::from_any_pem(key_pem.expose())
                 .map_err(in_file)?
                 .with_certificate(Certificate::from_pem(pem.expose()).map_err(in_file)?)
                 .map_err(in_file)?;
-            if name == AZURE_CLIENT_CERTIFICATE_PATH {
-                private_key = private_key.with_x5t(true);
-            }
-            if get(AZURE_CLIENT_SEND_CERTIFICATE_CHAIN)
-                .is_some_and(|v| matches!(v.trim(), "true" | "1" | "True" | "TRUE"))
-            {
-                private_key = private_key.with_x5c(true);
-            }
+            let key_path = key.as_ref().map_or(&path, |(_, key_path)| key_path);
+            let mut key_file = PrivateKeyFile::new(key_path, private_key.algorithm())
+                .with_certificate_file(&path)
+                .with_x5t(name == AZURE_CLIENT_CERTIFICATE_PATH)
+                .with_x5c(
+                    get(AZURE_CLIENT_SEND_CERTIFICATE_CHAIN)
+                        .is_some_and(|v| matches!(v.trim(), "true" | "1" | "True" | "TRUE")),
+                );
             if let Some(kid) = get(ENV_KEY_ID) {
-                private_key = private_key.with_key_id(kid);
+                key_file = key_file.with_key_id(kid);
             }
-            return Ok(builder.private_key_jwt(private_key));
+            return Ok(builder.private_key_jwt_file(key_file));
         }
         if let Some((name, path)) = key {
             let pem = read_file(Path::new(&path), name)?;
-            let mut private_key = PrivateKey::from_any_pem(pem.expose())
+            let private_key = PrivateKey::from_any_pem(pem.expose())
                 .map_err(|e| ConfigError::Invalid(format!("{name} ({path}): {e}")))?;
+            let mut key_file = PrivateKeyFile::new(&path, private_key.algorithm());
             if let Some(kid) = get(ENV_KEY_ID) {
-                private_key = private_key.with_key_id(kid);
+                key_file = key_file.with_key_id(kid);
             }
-            return Ok(builder.private_key_jwt(private_key));
+            return Ok(builder.private_key_jwt_file(key_file));
         }
         Err(ConfigError::Invalid(format!(
             "no client authentication in the environment: set {ENV_CLIENT_SECRET_FILE}, {ENV_CLIENT_ASSERTION_FILE} (or {AZURE_FEDERATED_TOKEN_FILE}), {ENV_CERTIFICATE_FILE} (or {AZURE_CLIENT_CERTIFICATE_PATH}) or {ENV_PRIVATE_KEY_FILE}"

@@ -32,6 +32,15 @@ pub enum ConfigError {
         /// What went wrong.
         reason: String,
     },
+    /// A secret, key or certificate file is missing, unreadable or invalid.
+    /// The reason names what is wrong, never the file's contents.
+    #[error("{reason}")]
+    File {
+        /// The file (the first one, when several are read together).
+        path: std::path::PathBuf,
+        /// What is wrong with it; it names the file.
+        reason: String,
+    },
     /// A setting is missing or contradicts another one.
     #[error("invalid configuration: {0}")]
     Invalid(String),

@@ -10,6 +10,11 @@
 //!   every fetch, or [`AssertionFn`]) or mutual TLS (RFC 8705,
 //!   [`ClientCertificate`]) client authentication, built from a token URL
 //!   or discovered from an issuer ([`ServerMetadata`]).
+//! - Secrets that rotate on disk: the client secret, `private_key_jwt` key
+//!   ([`PrivateKeyFile`]) and certificate, or mutual-TLS certificate and key
+//!   read from files that are re-read when they change, with one retry when
+//!   the server refuses the client and the files changed; see
+//!   [`OAuthCredentialBuilder::client_secret_file`].
 //! - Managed identities and metadata servers: [`AzureImdsCredential`]
 //!   (Azure VMs, `Metadata: true`, IMDS's documented retries),
 //!   [`AppServiceCredential`] (App Service, Functions, Container Apps:
@@ -69,6 +74,7 @@ mod credential;
 mod discovery;
 pub mod env;
 mod error;
+mod file_auth;
 mod grant;
 mod header;
 mod jwt;
@@ -78,6 +84,7 @@ mod pem;
 mod refresh_store;
 mod response;
 mod transport;
+mod watched;
 
 pub use assertion::{AssertionFile, AssertionFn, AssertionSource, MAX_ASSERTION_BYTES};
 pub use auth::{AddToken, AddTokenLayer, BoxError};
@@ -87,6 +94,7 @@ pub use client_auth::{ClientAuth, JWT_BEARER_ASSERTION_TYPE};
 pub use credential::{OAuthCredential, OAuthCredentialBuilder, DEFAULT_SKEW_WARNING};
 pub use discovery::ServerMetadata;
 pub use error::ConfigError;
+pub use file_auth::PrivateKeyFile;
 pub use grant::{Grant, ACCESS_TOKEN_TYPE};
 pub use jwt::{PrivateKey, SigningAlgorithm, DEFAULT_ASSERTION_LIFETIME};
 pub use managed::{
@@ -102,3 +110,4 @@ pub use refresh_store::{
 };
 pub use response::{parse_token_response, ClockSkew, ExpiresIn, TokenResponse, MAX_BODY_BYTES};
 pub use transport::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_REQUEST_TIMEOUT};
+pub use watched::MAX_SECRET_FILE_BYTES;

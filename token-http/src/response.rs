@@ -406,6 +406,16 @@ fn error_response(
             .and_then(Value::as_str)
             .map(|s| printable(s, 300));
     }
+    // A server that echoes the request in its error (the client secret, a
+    // refresh token) must not put a secret in our error message.
+    let quotes_a_secret = |text: &String| {
+        secrets
+            .iter()
+            .any(|secret| !secret.is_empty() && text.contains(secret))
+    };
+    if description.as_ref().is_some_and(quotes_a_secret) {
+        description = Some("(withheld: it quotes a secret that was sent)".to_owned());
+    }
     let transient_status = status.is_server_error()
         || status == StatusCode::TOO_MANY_REQUESTS
         || status == StatusCode::REQUEST_TIMEOUT;

@@ -318,6 +318,23 @@ fn error_bodies_that_mention_tokens_or_known_secrets_are_not_quoted() {
 }
 
 #[test]
+fn an_error_description_that_echoes_a_secret_sent_is_withheld() {
+    let body =
+        r#"{"error":"invalid_client","error_description":"bad secret hunter2-client-secret"}"#;
+    let e = parse_redacting(
+        StatusCode::UNAUTHORIZED,
+        &HeaderMap::new(),
+        body.as_bytes(),
+        t0(),
+        &["hunter2-client-secret"],
+    )
+    .unwrap_err();
+    assert!(!e.to_string().contains("hunter2"), "{e}");
+    assert!(e.to_string().contains("withheld"), "{e}");
+    assert_eq!(e.code(), Some("invalid_client"));
+}
+
+#[test]
 fn local_clock_ahead_shortens_the_lifetime_never_lengthens() {
     let mut h = HeaderMap::new();
     // The server's clock says 10 minutes earlier than ours.

@@ -11,6 +11,12 @@
 // GET /__test/refresh-reuse?account=A: how many rotated-away refresh tokens
 // of that account's grant were presented again (reuse detection);
 // GET /__test/refresh-tokens?account=A: every refresh token issued to it.
+// POST /__test/client-secrets {"client_id","secrets":[...]}: the secrets a
+// rotating client accepts from now on; GET /__test/secret-uses?client_id=C:
+// which secret each of its successful token requests used, and how many it
+// refused; POST /__test/hold and /__test/release {"client_id"}, GET
+// /__test/held?client_id=C: hold that client's next token request until
+// released (a file rotated while a request is in flight).
 // Exits when its standard input closes (the test process went away).
 import { createServer } from 'node:http';
 import { readFileSync } from 'node:fs';
@@ -22,6 +28,10 @@ import { createServer as createTlsServer } from 'node:https';
 import { createHash, X509Certificate } from 'node:crypto';
 import { errors } from 'oidc-provider';
 // --- end certificates and mutual TLS ---
+// --- rotating client secrets (issue 17, item 2) ---
+// The provider's own in-memory adapter (the default one), extended below.
+import { createMemoryAdapter } from 'oidc-provider/lib/adapters/memory_adapter.js';
+// --- end rotating client secrets ---
 
 const keyDir = process.argv[2];
 if (!keyDir) {
@@ -132,6 +142,18 @@ const clients = [
     tls_client_certificate_bound_access_tokens: true,
   },
   // --- end certificates and mutual TLS ---
+  // --- rotating client secrets (issue 17, item 2) ---
+  // private_key_jwt with only the RSA key of the self-signed client
+  // certificate registered: an assertion signed with rsa-test-only.pem is
+  // refused until the key file is rotated to that key.
+  {
+    ...common,
+    client_id: 'rotating-jwt-client',
+    token_endpoint_auth_method: 'private_key_jwt',
+    token_endpoint_auth_signing_alg: 'RS256',
+    jwks: { keys: [certJwk('self-signed-client-test-only.pem')] },
+  },
+  // --- end rotating client secrets ---
 ];
 
 // --- certificates and mutual TLS (issue 12, items 2 and 3) ---
@@ -201,6 +223,114 @@ const introspect = (provider, req, res) => {
 };
 // --- end certificates and mutual TLS ---
 
+// --- rotating client secrets (issue 17, item 2) ---
+// Clients whose accepted secrets change at runtime: `rotating-client`, and
+// any `rotating-*` client id that POST /__test/client-secrets registers
+// (one per test, so tests running at once do not share counters). They are
+// stored in the provider's Client adapter, as dynamically registered clients
+// are: `Client.find` asks the adapter at every request and caches clients by
+// their metadata, so a new secret is seen at once. oidc-provider registers
+// one `client_secret` per client (the newest of the list); the comparison
+// its client authentication calls (`compareClientSecret`) is extended to
+// accept each secret of the list, which is the overlap of a rotation.
+const rotating = new Map([
+  ['rotating-client', { secrets: ['rotating-secret-1'], method: 'client_secret_basic' }],
+]);
+const rotatingMetadata = (clientId) => {
+  const entry = rotating.get(clientId);
+  return entry && {
+    ...common,
+    client_id: clientId,
+    client_secret: entry.secrets[entry.secrets.length - 1],
+    token_endpoint_auth_method: entry.method,
+  };
+};
+// The default adapter, as the provider would create it (clockTolerance 15 s,
+// its default); the Client one finds rotating clients first.
+const memoryAdapter = createMemoryAdapter(15);
+const adapter = (name) => {
+  const inner = memoryAdapter(name);
+  if (name !== 'Client') return inner;
+  const find = inner.find.bind(inner);
+  inner.find = async (id) => rotatingMetadata(id) ?? find(id);
+  return inner;
+};
+// Per client id: { uses: { <secret or auth method>: n }, refused: n }.
+const secretUses = new Map();
+const usesOf = (clientId) => {
+  if (!secretUses.has(clientId)) secretUses.set(clientId, { uses: {}, refused: 0 });
+  return secretUses.get(clientId);
+};
+// The secret a token request presented (client_secret_basic or _post).
+const presentedSecret = (ctx) => {
+  if (ctx.oidc.params?.client_secret) return ctx.oidc.params.client_secret;
+  const header = ctx.headers.authorization ?? '';
+  if (!header.startsWith('Basic ')) return undefined;
+  const pair = Buffer.from(header.slice(6), 'base64').toString();
+  const decode = (s) => decodeURIComponent(s.replace(/\+/g, '%20'));
+  return decode(pair.slice(pair.indexOf(':') + 1));
+};
+const basicClientId = (req) => {
+  const header = req.headers.authorization ?? '';
+  if (!header.startsWith('Basic ')) return undefined;
+  const pair = Buffer.from(header.slice(6), 'base64').toString();
+  return decodeURIComponent(pair.slice(0, pair.indexOf(':')).replace(/\+/g, '%20'));
+};
+// Held token requests: client id -> { held, release, released }.
+const holds = new Map();
+const readJson = (req) => new Promise((resolve, reject) => {
+  let body = '';
+  req.on('data', (c) => { body += c; });
+  req.on('end', () => { try { resolve(JSON.parse(body)); } catch (e) { reject(e); } });
+});
+const rotationRoutes = async (req, res) => {
+  const url = new URL(req.url, 'http://localhost');
+  const reply = (status, value) => {
+    res.statusCode = status;
+    res.setHeader('content-type', 'application/json');
+    res.end(JSON.stringify(value));
+    return true;
+  };
+  if (req.method === 'POST' && url.pathname === '/__test/client-secrets') {
+    const { client_id: clientId, secrets, method } = await readJson(req);
+    if (!clientId?.startsWith('rotating-') || !Array.isArray(secrets) || secrets.length === 0) {
+      return reply(400, { error: 'client_id must start with rotating- and secrets be a non-empty list' });
+    }
+    rotating.set(clientId, { secrets, method: method ?? 'client_secret_basic' });
+    return reply(200, { client_id: clientId, secrets });
+  }
+  if (req.method === 'GET' && url.pathname === '/__test/secret-uses') {
+    return reply(200, usesOf(url.searchParams.get('client_id')));
+  }
+  if (req.method === 'POST' && url.pathname === '/__test/hold') {
+    const { client_id: clientId } = await readJson(req);
+    let release;
+    const released = new Promise((resolve) => { release = resolve; });
+    holds.set(clientId, { held: false, release, released });
+    return reply(200, {});
+  }
+  if (req.method === 'GET' && url.pathname === '/__test/held') {
+    return reply(200, { held: holds.get(url.searchParams.get('client_id'))?.held === true });
+  }
+  if (req.method === 'POST' && url.pathname === '/__test/release') {
+    const { client_id: clientId } = await readJson(req);
+    holds.get(clientId)?.release();
+    holds.delete(clientId);
+    return reply(200, {});
+  }
+  return false;
+};
+// Holds a token request of a held client (Basic authentication) until the
+// test releases it.
+const holdIfAsked = async (req) => {
+  if (req.method !== 'POST' || req.url !== '/token') return;
+  const hold = holds.get(basicClientId(req));
+  if (!hold || hold.held) return;
+  hold.held = true;
+  await hold.released;
+};
+// --- end rotating client secrets ---
+
 let tokenRequests = 0;
 const server = createServer();
 server.listen(0, '127.0.0.1', () => {
@@ -209,6 +339,8 @@ server.listen(0, '127.0.0.1', () => {
   const provider = new Provider(issuer, {
     ...mtlsOptions,
     clients,
+    // Rotating client secrets (issue 17, item 2): see `rotating` above.
+    adapter,
     // offline_access: enables the refresh_token grant (issue 12, item 6).
     scopes: ['orders.read', 'orders.write', 'offline_access'],
     features: {
@@ -281,9 +413,32 @@ server.listen(0, '127.0.0.1', () => {
     return false;
   };
   // --- end refresh-token rotation ---
+  // --- rotating client secrets (issue 17, item 2) ---
+  const compareClientSecret = provider.Client.prototype.compareClientSecret;
+  provider.Client.prototype.compareClientSecret = function compare(actual) {
+    const entry = rotating.get(this.clientId);
+    if (!entry) return compareClientSecret.call(this, actual);
+    return entry.secrets.some((clientSecret) => compareClientSecret.call({ clientSecret }, actual));
+  };
+  provider.on('grant.success', (ctx) => {
+    const clientId = ctx.oidc.client?.clientId;
+    if (!clientId?.startsWith('rotating-')) return;
+    const used = presentedSecret(ctx) ?? ctx.oidc.client.clientAuthMethod;
+    const counts = usesOf(clientId).uses;
+    counts[used] = (counts[used] ?? 0) + 1;
+  });
+  provider.on('grant.error', (ctx, err) => {
+    const clientId = ctx.oidc?.client?.clientId;
+    if (clientId?.startsWith('rotating-') && err.error === 'invalid_client') {
+      usesOf(clientId).refused += 1;
+    }
+  });
+  // --- end rotating client secrets ---
   const handle = provider.callback();
   server.on('request', async (req, res) => {
     if (await testRoutes(req, res)) return;
+    if (await rotationRoutes(req, res)) return;
+    await holdIfAsked(req);
     if (req.method === 'GET' && req.url === '/__test/token-requests') {
       res.setHeader('content-type', 'application/json');
       res.end(JSON.stringify({ count: tokenRequests }));
