@@ -401,47 +401,65 @@ fn credential(
                 ))
             })?;
             let binding = Binding::fingerprint("cs", fingerprints, secret.expose().as_bytes());
-            let builder = if auth == AuthMethod::Basic {
-                builder.client_secret(secret)
-            } else {
-                builder.client_secret_post(secret)
+            // A secret file is re-read when it changes (rotation without a
+            // restart); the binding stays the one of the secret read now.
+            let builder = match (&spec.client_secret_file, auth == AuthMethod::Basic) {
+                (Some(path), true) => builder.client_secret_file(path),
+                (Some(path), false) => builder.client_secret_post_file(path),
+                (None, true) => builder.client_secret(secret),
+                (None, false) => builder.client_secret_post(secret),
             };
             (builder, binding)
         }
-        AuthMethod::PrivateKeyJwt => match &spec.certificate_file {
-            Some(cert) => {
-                // The key apart, or in the certificate's own PEM.
-                let (key, key_pem) = match spec.private_key_file.as_deref() {
-                    Some(p) => {
-                        let (key, pem) = private_key(profile, p)?;
-                        (Some(key), pem)
-                    }
-                    None => (None, client_auth::read_pem("certificate file", cert)?),
-                };
-                let binding = Binding::fingerprint("pk", fingerprints, key_pem.trim().as_bytes());
-                let key = client_auth::certificate_key(
+        AuthMethod::PrivateKeyJwt => {
+            // The key apart, or in the certificate's own PEM. Checked now
+            // (a clear start-up error, and the fingerprint to bind to);
+            // then token-http re-reads both files when they change.
+            let key_path = match (&spec.private_key_file, &spec.certificate_file) {
+                (Some(key), _) => key.clone(),
+                (None, Some(cert)) => cert.clone(),
+                (None, None) => {
+                    return Err(needs(&format!(
+                        "{} PEM or {} PEM",
+                        naming.key("private_key_file"),
+                        naming.key("certificate_file")
+                    )))
+                }
+            };
+            let (key, key_pem) = match &spec.private_key_file {
+                Some(p) => {
+                    let (key, pem) = private_key(profile, p)?;
+                    (Some(key), pem)
+                }
+                None => (None, client_auth::read_pem("certificate file", &key_path)?),
+            };
+            let binding = Binding::fingerprint("pk", fingerprints, key_pem.trim().as_bytes());
+            let alg = match &spec.certificate_file {
+                Some(cert) => client_auth::certificate_key(
                     cert,
                     key,
                     spec.key_id.as_deref(),
                     spec.x5t,
                     spec.x5c,
                     naming,
-                )?;
-                (builder.private_key_jwt(key), binding)
+                )?
+                .algorithm(),
+                None => key
+                    .map(|k| k.algorithm())
+                    .ok_or_else(|| Error::internal("a private key was read"))?,
+            };
+            let mut file = token_http::PrivateKeyFile::new(key_path, alg);
+            if let Some(kid) = &spec.key_id {
+                file = file.with_key_id(kid.clone());
             }
-            None => {
-                let path = spec.private_key_file.clone().ok_or_else(|| {
-                    needs(&format!(
-                        "{} PEM or {} PEM",
-                        naming.key("private_key_file"),
-                        naming.key("certificate_file")
-                    ))
-                })?;
-                let (key, pem) = private_key(profile, &path)?;
-                let binding = Binding::fingerprint("pk", fingerprints, pem.trim().as_bytes());
-                (builder.private_key_jwt(key), binding)
+            if let Some(cert) = &spec.certificate_file {
+                file = file
+                    .with_certificate_file(cert)
+                    .with_x5t(spec.x5t)
+                    .with_x5c(spec.x5c);
             }
-        },
+            (builder.private_key_jwt_file(file), binding)
+        }
         AuthMethod::ClientAssertion => {
             let path = spec
                 .client_assertion_file
@@ -457,15 +475,21 @@ fn credential(
         AuthMethod::TlsClientAuth | AuthMethod::SelfSignedTlsClientAuth => {
             // Bound by the certificate's thumbprint, which token-http puts
             // in the id; the key is checked against the certificate.
-            let certificate = client_auth::client_certificate(
+            // Checked now; re-read by token-http when the files change.
+            client_auth::client_certificate(
                 spec.client_certificate_file.as_deref(),
                 spec.client_key_file.as_deref(),
                 naming,
             )?;
+            let cert = spec
+                .client_certificate_file
+                .clone()
+                .ok_or_else(|| Error::internal("a client certificate was read"))?;
+            let key = spec.client_key_file.clone().unwrap_or_else(|| cert.clone());
             let builder = if auth == AuthMethod::TlsClientAuth {
-                builder.tls_client_auth(certificate)
+                builder.tls_client_auth_files(cert, key)
             } else {
-                builder.self_signed_tls_client_auth(certificate)
+                builder.self_signed_tls_client_auth_files(cert, key)
             };
             (builder, Binding::None)
         }

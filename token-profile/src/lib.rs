@@ -1,23 +1,4 @@
-//! The tokencache profiles file as a library: one typed [`ProfileSpec`]
-//! per profile (parsed from the file, overlaid by a command line's flags),
-//! validation that names each problem in one sentence
-//! ([`ProfileSpec::resolve`]), and one [`build`] that returns the cache,
-//! the request, the store and every index entry. `tokencache get`,
-//! `tokencache serve` and embedders of token-serve all build profiles
-//! here, so one profile is the same cache key and store entry everywhere.
-//!
-//! ```no_run
-//! use token_profile::{build, Naming, ProfilesFile, Stores};
-//!
-//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! let file = ProfilesFile::load("/etc/tokencache/config.toml".as_ref())?;
-//! let mut stores = Stores::new();
-//! let profile = file.profile("orders")?.clone().resolve(Naming::FileKeys)?;
-//! let built = build(profile, &mut stores).await?;
-//! let token = built.cache.get_token(&built.request).await?;
-//! built.record().await?; // so `tokencache inspect` lists it
-//! # let _ = token; Ok(()) }
-//! ```
+#![doc = include_str!("../README.md")]
 
 mod build;
 mod client_auth;

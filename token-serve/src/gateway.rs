@@ -50,19 +50,25 @@ pub(crate) struct GatewayRoute {
     /// The upstream's base path without its trailing `/`.
     base: String,
     pub(crate) profile: Profile,
-    pool: Arc<Pool>,
+    pub(crate) pool: Arc<Pool>,
     /// `tokencache_gateway_requests_total{route, status}` handles, by
     /// status code (100..=599), registered on first use.
     counters: Box<[OnceLock<metrics::Counter>]>,
 }
 
 impl GatewayRoute {
+    /// The route, forwarding through `pool` when given (a reload keeps the
+    /// connections of an upstream it already had), else a new pool.
     pub(crate) fn new(
         route: Route,
         profile: Profile,
         tls: &Arc<rustls::ClientConfig>,
+        pool: Option<Arc<Pool>>,
     ) -> Result<Self, crate::ConfigError> {
-        let pool = Arc::new(Pool::new(&route.upstream, tls)?);
+        let pool = match pool {
+            Some(pool) => pool,
+            None => Arc::new(Pool::new(&route.upstream, tls)?),
+        };
         Ok(Self {
             label: Arc::from(route.prefix.as_str()),
             base: route.upstream.path().trim_end_matches('/').to_owned(),

@@ -174,7 +174,7 @@ impl FileSidecar {
         )
         .await?;
         let inner =
-            inner(&config, &profiles, metrics.clone()).map_err(|error| LoadError::Serve {
+            inner(&config, &profiles, metrics.clone(), None).map_err(|error| LoadError::Serve {
                 path: path.to_owned(),
                 error,
             })?;
@@ -235,6 +235,13 @@ impl FileSidecar {
                 .needs_restart
                 .push(format!("listen: {} -> {}", state.listen, config.listen));
         }
+        if config.drain != state.drain {
+            report.needs_restart.push(format!(
+                "drain_seconds: {} -> {}",
+                state.drain.as_secs(),
+                config.drain.as_secs()
+            ));
+        }
         let mut stores = state.stores.clone();
         let profiles = build_profiles(
             &file,
@@ -244,10 +251,13 @@ impl FileSidecar {
             &mut report,
         )
         .await?;
+        let previous = self.sidecar.current();
         let inner =
-            inner(&config, &profiles, self.metrics.clone()).map_err(|error| LoadError::Serve {
-                path: self.path.clone(),
-                error,
+            inner(&config, &profiles, self.metrics.clone(), Some(&previous)).map_err(|error| {
+                LoadError::Serve {
+                    path: self.path.clone(),
+                    error,
+                }
             })?;
         report.removed = state
             .profiles
@@ -262,7 +272,6 @@ impl FileSidecar {
         state.profiles = profiles;
         state.stores = stores;
         state.text = file.text().to_owned();
-        state.drain = config.drain;
         Ok(report)
     }
 
@@ -418,11 +427,17 @@ async fn build_profiles(
             }
             Err(e) if e.is_transient() => report.pending.push((name.clone(), e.to_string())),
             Err(error) => {
+                // A discovered endpoint (from the discovery cache) that
+                // answers like no token endpoint is forgotten, so the next
+                // load discovers afresh.
+                let wrong_endpoint =
+                    matches!(&error, EngineError::Credential(c) if c.code().is_none());
+                built.forget_endpoint_if_wrong(wrong_endpoint).await;
                 return Err(LoadError::Refused {
                     profile: name.clone(),
                     token_url: built.token_url.clone(),
                     error,
-                })
+                });
             }
         }
         let warm = built
@@ -450,8 +465,12 @@ fn inner(
     config: &ServeConfig,
     profiles: &BTreeMap<String, Loaded>,
     metrics: Option<Metrics>,
+    previous: Option<&crate::sidecar::Inner>,
 ) -> Result<crate::sidecar::Inner, ConfigError> {
     let mut builder = Sidecar::builder(config.clone()).metrics_of(metrics);
+    if let Some(previous) = previous {
+        builder = builder.reuse_pools(previous);
+    }
     for (name, loaded) in profiles {
         builder = builder.profile_shared(name.clone(), loaded.profile.clone());
     }

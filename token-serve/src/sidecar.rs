@@ -39,6 +39,8 @@ pub(crate) struct Inner {
     pub(crate) google: Option<GoogleAccount>,
     pub(crate) retry_body_limit: usize,
     pub(crate) metrics: Option<Metrics>,
+    /// The extra TLS roots the upstream pools were made with.
+    ca_file: Option<std::path::PathBuf>,
 }
 
 /// The token sidecar and egress gateway as a hyper service: build it from a
@@ -71,6 +73,8 @@ pub struct SidecarBuilder {
     profiles: BTreeMap<String, Profile>,
     secret: Option<Secret>,
     metrics: Option<Metrics>,
+    /// Upstream pools to keep, by upstream URI (a reload's).
+    pools: BTreeMap<String, Arc<crate::pool::Pool>>,
 }
 
 impl std::fmt::Debug for SidecarBuilder {
@@ -121,6 +125,19 @@ impl SidecarBuilder {
         self
     }
 
+    /// Keeps the upstream connection pools of `previous` for routes to the
+    /// same upstreams, when the TLS roots are the same: a reload does not
+    /// drop warm connections.
+    pub(crate) fn reuse_pools(mut self, previous: &Inner) -> Self {
+        if previous.ca_file == self.config.ca_file {
+            for r in &previous.routes {
+                self.pools
+                    .insert(r.route.upstream.to_string(), Arc::clone(&r.pool));
+            }
+        }
+        self
+    }
+
     /// Checks that every profile the configuration names was given, reads
     /// the configuration's `secret_file` (unless [`secret`](Self::secret)
     /// gave one), and sets up the upstream client (TLS roots).
@@ -146,7 +163,8 @@ impl SidecarBuilder {
                     r.prefix, r.profile
                 ))
             })?;
-            routes.push(GatewayRoute::new(r, profile, &tls)?);
+            let pool = self.pools.get(&r.upstream.to_string()).cloned();
+            routes.push(GatewayRoute::new(r, profile, &tls, pool)?);
         }
         routes.sort_by_key(|r| std::cmp::Reverse(r.route.prefix.len()));
         let secret = match (self.secret, &self.config.secret_file) {
@@ -162,6 +180,7 @@ impl SidecarBuilder {
             google: self.config.google,
             retry_body_limit: self.config.retry_body_limit,
             metrics: self.metrics,
+            ca_file: self.config.ca_file,
         })
     }
 }
@@ -220,6 +239,7 @@ impl Sidecar {
             profiles: BTreeMap::new(),
             secret: None,
             metrics: None,
+            pools: BTreeMap::new(),
         }
     }
 

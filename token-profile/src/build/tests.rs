@@ -1,4 +1,3 @@
-
 use token_core::EncryptionKey;
 
 use super::*;
