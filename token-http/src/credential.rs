@@ -11,7 +11,8 @@ use async_trait::async_trait;
 use http::header::{HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 use ring::digest::{digest, SHA256};
 use token_core::{
-    AccessToken, Clock, Credential, CredentialError, Secret, SystemClock, TokenRequest,
+    AccessToken, Clock, Credential, CredentialError, FailureCause, Secret, SystemClock,
+    TokenRequest,
 };
 use zeroize::Zeroizing;
 
@@ -22,7 +23,7 @@ use crate::discovery::{check_url, ServerMetadata};
 use crate::error::ConfigError;
 use crate::grant::Grant;
 use crate::jwt::{PrivateKey, DEFAULT_ASSERTION_LIFETIME};
-use crate::response::{parse_redacting, ClockSkew, TokenResponse};
+use crate::response::{parse_redacting, ClockSkew, TokenResponse, TOKEN_ENDPOINT};
 use crate::transport::{self, DEFAULT_CONNECT_TIMEOUT, DEFAULT_REQUEST_TIMEOUT};
 
 /// A clock difference at least this large is logged (once per credential)
@@ -246,6 +247,16 @@ impl OAuthCredential {
     }
 }
 
+/// An error from before the request was sent (the grant cannot honour the
+/// request, an assertion could not be read or signed) says so, unless its
+/// source (an assertion callback) gave a cause of its own.
+fn nothing_sent(e: CredentialError) -> CredentialError {
+    match e.cause() {
+        FailureCause::Other => e.with_cause(FailureCause::Local),
+        _ => e,
+    }
+}
+
 /// One token request, ready to send.
 struct RequestParts {
     body: Zeroizing<String>,
@@ -270,7 +281,10 @@ impl Credential for OAuthCredential {
             authorization,
             used_refresh,
             redact: secrets,
-        } = self.request_parts(request, previous).await?;
+        } = self
+            .request_parts(request, previous)
+            .await
+            .map_err(nothing_sent)?;
         let mut http = self
             .client
             .post(&self.token_url)
@@ -286,7 +300,9 @@ impl Credential for OAuthCredential {
         let http = http.body(body.as_str().to_owned());
         drop(body);
         let sent_at = self.clock.now();
-        let received = transport::send(http, &self.token_url, self.request_timeout).await?;
+        let received = transport::send(http, &self.token_url, self.request_timeout)
+            .await
+            .map_err(|e| e.with_service(TOKEN_ENDPOINT))?;
         let redact: Vec<&str> = secrets.iter().map(Secret::expose).collect();
         let result = parse_redacting(
             received.status,
@@ -294,7 +310,8 @@ impl Credential for OAuthCredential {
             &received.body,
             sent_at,
             &redact,
-        );
+        )
+        .map_err(|e| e.with_endpoint(&self.token_url));
         let response = match result {
             Ok(r) => r,
             Err(e) => {
