@@ -465,7 +465,18 @@ async fn app_service_error_bodies_are_reported_and_5xx_retried() {
         .unwrap_err();
     assert!(!e.is_transient(), "{e}");
     assert!(e.to_string().contains("No Managed Identity found"), "{e}");
-    assert!(!e.to_string().contains(IDENTITY_HEADER));
+    assert!(!format!("{e} {e:?}").contains(IDENTITY_HEADER));
+    assert_eq!(e.cause(), FailureCause::HttpStatus);
+    assert_eq!((e.status(), e.code()), (Some(400), None));
+    assert_eq!(
+        e.service(),
+        Some("the App Service managed identity endpoint")
+    );
+    assert_eq!(
+        e.endpoint(),
+        Some(format!("{}/msi/token", server.uri()).as_str()),
+        "no query string (resource, identity)"
+    );
 
     let server = MockServer::start().await;
     Mock::given(path("/msi/token"))
@@ -713,4 +724,28 @@ async fn a_metadata_endpoint_that_is_not_there_is_a_connect_failure_naming_it() 
         e.to_string(),
         format!("could not connect to Azure IMDS at {url}: connection refused")
     );
+}
+
+#[tokio::test]
+async fn app_service_errors_never_echo_the_identity_header() {
+    let server = MockServer::start().await;
+    let clock = ManualClock::new();
+    // A broken endpoint that echoes the request's header in its error page.
+    Mock::given(path("/msi/token"))
+        .respond_with(
+            ResponseTemplate::new(401)
+                .set_body_string(format!("bad X-IDENTITY-HEADER {IDENTITY_HEADER}")),
+        )
+        .mount(&server)
+        .await;
+    let e = app_service(&server, &clock)
+        .build()
+        .unwrap()
+        .fetch(&vault(), None)
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), Some(401));
+    let text = format!("{e} {e:?}");
+    assert!(!text.contains(IDENTITY_HEADER), "{text}");
+    assert!(text.contains("not quoted"), "{text}");
 }
