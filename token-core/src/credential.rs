@@ -34,6 +34,9 @@ use crate::token::AccessToken;
 ///   for network failures, timeouts, 5xx and 429 (with `Retry-After` when
 ///   known); [`CredentialError::permanent`] for `invalid_client`,
 ///   `invalid_scope` and the like. The engine retries only the first kind.
+/// - Errors carry their facts as fields: what failed
+///   ([`CredentialError::with_cause`]), the HTTP status, the IdP's code and
+///   the endpoint called, so callers never parse the message.
 /// - Nothing a `fetch` returns or logs contains a secret, errors included.
 /// - A panic inside `fetch` is contained by the engine and reported to the
 ///   waiting callers, but it is still a bug.
