@@ -3,6 +3,8 @@
 use std::fmt;
 use std::process::ExitCode;
 
+use token_core::{CredentialError, FailureCause};
+
 /// What kind of failure ended the command; each has its own exit code,
 /// listed in `--help` ([`EXIT_CODES_HELP`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -142,106 +144,24 @@ impl fmt::Display for CliError {
     }
 }
 
-/// How `token-http` begins the message of an error response.
-const ANSWERED: &str = "the token endpoint answered ";
-
-/// The HTTP status at the start of a `token-http` error-response message
-/// (`the token endpoint answered 404 Not Found ...`), if it is one.
-fn answered_status(message: &str) -> Option<(u16, &str)> {
-    let rest = message.strip_prefix(ANSWERED)?;
-    let code = rest.get(..3)?.parse::<u16>().ok()?;
-    Some((code, rest))
+/// What the endpoint answered, from the error's fields: `401 Unauthorized:
+/// invalid_client: bad secret`, each part only when known.
+fn answer(c: &CredentialError) -> String {
+    let parts = [
+        c.status_text().map(|s| s.to_string()),
+        c.code().map(str::to_owned),
+        Some(c.message().to_owned()).filter(|m| !m.is_empty()),
+    ];
+    parts.into_iter().flatten().collect::<Vec<_>>().join(": ")
 }
 
-/// The innermost cause of `e`, in a few words: an OS error's description
-/// without its number (`connection refused`), else the innermost error's
-/// text.
-fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut inner = e;
-    while let Some(next) = inner.source() {
-        inner = next;
-    }
-    let text = match inner.downcast_ref::<std::io::Error>() {
-        Some(io) => {
-            let text = io.to_string();
-            match text.find(" (os error") {
-                Some(at) => text[..at].to_owned(),
-                None => text,
-            }
-        }
-        None => inner.to_string(),
-    };
-    let mut chars = text.chars();
-    match chars.next() {
-        Some(first) => first.to_lowercase().chain(chars).collect(),
-        None => text,
-    }
-}
-
-/// Turns the engine's error into a sentence and an exit code.
+/// Turns the engine's error into a sentence and an exit code, chosen from
+/// the error's fields (transient or permanent, cause, status, code), never
+/// from its text.
 pub(crate) fn from_engine(e: &token_core::Error, token_url: &str) -> CliError {
     use token_core::Error as E;
     match e {
-        E::Credential(c) if c.is_transient() => {
-            let message = c.message();
-            let text = if let Some((_, rest)) = answered_status(message) {
-                format!("the IdP at {token_url} failed temporarily: it answered {rest}")
-            } else if let Some(what) = message
-                .strip_prefix("token request to ")
-                .and_then(|m| m.strip_prefix(token_url))
-                .map(|m| m.trim_start().split(": ").next().unwrap_or(m))
-            {
-                // `token request to URL could not connect: <every layer's
-                // wording>`: say the layer that matters, the OS's reason.
-                let cause = root_cause(c);
-                if what == "could not connect" {
-                    format!("cannot reach the IdP at {token_url}: {cause}")
-                } else {
-                    format!("the token request to {token_url} {what}: {cause}")
-                }
-            } else {
-                format!(
-                    "the IdP at {token_url} could not be reached or failed temporarily: {message}"
-                )
-            };
-            CliError::new(Kind::IdpUnavailable, text)
-        }
-        E::Credential(c) => {
-            let message = c.message();
-            match answered_status(message) {
-                // No OAuth error code and a status a token endpoint does not
-                // answer a token request with: the URL is wrong, which is a
-                // configuration mistake, not the IdP refusing.
-                Some((status, rest))
-                    if c.code().is_none()
-                        && (matches!(status, 404 | 405 | 410 | 501)
-                            || (300..400).contains(&status)) =>
-                {
-                    CliError::config(format!(
-                        "{token_url} is not a token endpoint: it answered {rest}; check                          --token-url (or --issuer)"
-                    ))
-                }
-                // `rest` names the status and the IdP's code once:
-                // `401 Unauthorized: invalid_client: ...`.
-                Some((_, rest)) => CliError::new(
-                    Kind::IdpRejected,
-                    format!("the IdP at {token_url} refused the token request: {rest}"),
-                ),
-                None => {
-                    let code = c
-                        .code()
-                        .filter(|code| !message.contains(code))
-                        .map(|code| format!("{code}: "))
-                        .unwrap_or_default();
-                    CliError::new(
-                        Kind::IdpRejected,
-                        format!(
-                            "the IdP at {token_url} refused the token request: {code}{message}"
-                        ),
-                    )
-                }
-            }
-        }
+        E::Credential(c) => from_credential(c, token_url),
         E::FetchTimeout(after) => CliError::new(
             Kind::IdpUnavailable,
             format!(
@@ -257,44 +177,220 @@ pub(crate) fn from_engine(e: &token_core::Error, token_url: &str) -> CliError {
     }
 }
 
+fn from_credential(c: &CredentialError, token_url: &str) -> CliError {
+    let answered = c.cause().endpoint_answered();
+    match (c.cause(), c.status()) {
+        _ if c.endpoint_is_wrong() => CliError::config(format!(
+            "{token_url} is not a token endpoint: it answered {}; check --token-url (or --issuer)",
+            answer(c)
+        )),
+        // Nothing was sent: the request or a local input (assertion file,
+        // key) does not fit the credential; retrying will not change it.
+        (FailureCause::Local, _) if !c.is_transient() => {
+            CliError::config(format!("no token request was sent to {token_url}: {c}"))
+        }
+        // The store keeping the newest refresh token failed or stayed locked.
+        (FailureCause::Store, _) => CliError::store(c.to_string()),
+        (FailureCause::Connect, _) => CliError::new(
+            Kind::IdpUnavailable,
+            format!("cannot reach the IdP at {token_url}: {}", c.message()),
+        ),
+        (FailureCause::Timeout, _) => CliError::new(
+            Kind::IdpUnavailable,
+            format!(
+                "the token request to {token_url} timed out: {}",
+                c.message()
+            ),
+        ),
+        (FailureCause::Network, _) => CliError::new(
+            Kind::IdpUnavailable,
+            format!(
+                "the connection to the IdP at {token_url} failed: {}",
+                c.message()
+            ),
+        ),
+        _ if c.is_transient() && answered => CliError::new(
+            Kind::IdpUnavailable,
+            format!(
+                "the IdP at {token_url} failed temporarily: it answered {}",
+                answer(c)
+            ),
+        ),
+        _ if c.is_transient() => CliError::new(
+            Kind::IdpUnavailable,
+            format!("the IdP at {token_url} could not be reached or failed temporarily: {c}"),
+        ),
+        _ if answered => CliError::new(
+            Kind::IdpRejected,
+            format!(
+                "the IdP at {token_url} refused the token request: {}",
+                answer(c)
+            ),
+        ),
+        _ => CliError::new(
+            Kind::IdpRejected,
+            format!("the IdP at {token_url} refused the token request: {c}"),
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use token_core::CredentialError;
+    use std::time::Duration;
 
-    #[test]
-    fn a_refusal_names_its_code_once() {
-        let e = token_core::Error::Credential(
-            CredentialError::permanent(
-                "the token endpoint answered 401 Unauthorized: invalid_client: bad secret",
-            )
-            .with_code("invalid_client"),
-        );
-        let cli = from_engine(&e, "http://idp/token");
-        assert_eq!(cli.kind(), Kind::IdpRejected);
-        let text = cli.to_string();
-        assert_eq!(text.matches("invalid_client").count(), 1, "{text}");
-        assert!(text.contains("401 Unauthorized"), "{text}");
+    const URL: &str = "http://idp/token";
+
+    /// An error as token-http builds it for an HTTP answer.
+    fn answered(status: u16, permanent: bool, message: &str) -> CredentialError {
+        let e = if permanent {
+            CredentialError::permanent(message)
+        } else {
+            CredentialError::transient(message)
+        };
+        e.with_cause(FailureCause::HttpStatus)
+            .with_status(status)
+            .with_service("the token endpoint")
+            .with_endpoint(URL)
+    }
+
+    fn cli(c: CredentialError) -> CliError {
+        from_engine(&token_core::Error::Credential(c), URL)
     }
 
     #[test]
-    fn a_404_without_an_oauth_body_is_a_configuration_error() {
-        let e = token_core::Error::Credential(CredentialError::permanent(
-            "the token endpoint answered 404 Not Found (9 bytes, text/html): \"not found\" (not an OAuth error response)",
+    fn a_refusal_names_its_status_and_code_once() {
+        let e = cli(answered(401, true, "bad secret").with_code("invalid_client"));
+        assert_eq!(e.kind(), Kind::IdpRejected);
+        assert_eq!(
+            e.to_string(),
+            "the IdP at http://idp/token refused the token request: 401 Unauthorized: invalid_client: bad secret"
+        );
+    }
+
+    #[test]
+    fn a_404_without_an_oauth_code_is_a_configuration_error() {
+        let e = cli(answered(
+            404,
+            true,
+            "9 bytes of text/html: \"not found\" (not an OAuth error response)",
         ));
-        let cli = from_engine(&e, "http://idp/nope");
-        assert_eq!(cli.kind(), Kind::Config);
-        assert!(cli.to_string().contains("is not a token endpoint"), "{cli}");
+        assert_eq!(e.kind(), Kind::Config);
+        let text = e.to_string();
+        assert!(
+            text.starts_with(
+                "http://idp/token is not a token endpoint: it answered 404 Not Found: 9 bytes"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.ends_with("; check --token-url (or --issuer)"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_404_with_an_oauth_code_is_a_refusal() {
+        let e = cli(answered(404, true, "").with_code("invalid_request"));
+        assert_eq!(e.kind(), Kind::IdpRejected);
     }
 
     #[test]
     fn a_401_without_a_code_is_still_a_refusal() {
-        let e = token_core::Error::Credential(CredentialError::permanent(
-            "the token endpoint answered 401 Unauthorized and an empty body",
-        ));
+        let e = cli(answered(401, true, "an empty body"));
+        assert_eq!(e.kind(), Kind::IdpRejected);
+        assert!(e.to_string().contains("401 Unauthorized"), "{e}");
+    }
+
+    #[test]
+    fn a_503_is_a_temporary_failure_naming_its_status() {
+        let e = cli(answered(503, false, "an empty body").with_retry_after(Duration::from_secs(5)));
+        assert_eq!(e.kind(), Kind::IdpUnavailable);
         assert_eq!(
-            from_engine(&e, "http://idp/token").kind(),
-            Kind::IdpRejected
+            e.to_string(),
+            "the IdP at http://idp/token failed temporarily: it answered 503 Service Unavailable: an empty body"
         );
+    }
+
+    #[test]
+    fn connection_refused_is_unavailable_naming_the_os_reason() {
+        let e = cli(CredentialError::transient("connection refused")
+            .with_cause(FailureCause::Connect)
+            .with_endpoint(URL));
+        assert_eq!(e.kind(), Kind::IdpUnavailable);
+        assert_eq!(
+            e.to_string(),
+            "cannot reach the IdP at http://idp/token: connection refused"
+        );
+    }
+
+    #[test]
+    fn a_timeout_is_unavailable() {
+        let e = cli(
+            CredentialError::transient("waited 8s (the request timeout)")
+                .with_cause(FailureCause::Timeout)
+                .with_endpoint(URL),
+        );
+        assert_eq!(e.kind(), Kind::IdpUnavailable);
+        assert!(e.to_string().contains("timed out"), "{e}");
+    }
+
+    #[test]
+    fn the_exit_code_comes_from_the_fields_not_the_message() {
+        // Messages that the old text matching would have misread.
+        let says_404 = "the token endpoint answered 404 Not Found";
+        let e = cli(answered(401, true, says_404).with_code("invalid_client"));
+        assert_eq!(e.kind(), Kind::IdpRejected, "{e}");
+        let e = cli(CredentialError::permanent(says_404));
+        assert_eq!(e.kind(), Kind::IdpRejected, "{e}");
+        let e = cli(
+            CredentialError::transient("token request to http://idp/token timed out: x")
+                .with_cause(FailureCause::Connect),
+        );
+        assert_eq!(e.kind(), Kind::IdpUnavailable);
+        assert!(e.to_string().starts_with("cannot reach the IdP"), "{e}");
+        let e = cli(answered(405, true, "the token endpoint answered 200 OK"));
+        assert_eq!(e.kind(), Kind::Config, "{e}");
+        let e = cli(answered(500, false, "invalid_client"));
+        assert_eq!(e.kind(), Kind::IdpUnavailable, "{e}");
+    }
+
+    #[test]
+    fn nothing_sent_is_a_configuration_error_and_a_store_failure_a_store_error() {
+        let e = cli(CredentialError::permanent("Azure IMDS needs the resource")
+            .with_cause(FailureCause::Local));
+        assert_eq!(e.kind(), Kind::Config);
+        let e =
+            cli(CredentialError::transient("the store is down").with_cause(FailureCause::Store));
+        assert_eq!(e.kind(), Kind::Store);
+    }
+
+    #[test]
+    fn no_sentence_has_a_run_of_spaces() {
+        let cases = [
+            answered(404, true, "an empty body"),
+            answered(302, true, ""),
+            answered(401, true, "bad").with_code("invalid_client"),
+            answered(503, false, ""),
+            answered(200, true, "no `access_token` (fields: a)")
+                .with_cause(FailureCause::InvalidResponse),
+            CredentialError::transient("connection refused").with_cause(FailureCause::Connect),
+            CredentialError::transient("waited 1s").with_cause(FailureCause::Timeout),
+            CredentialError::transient("reset").with_cause(FailureCause::Network),
+            CredentialError::permanent("x").with_cause(FailureCause::Local),
+            CredentialError::permanent("plain"),
+            CredentialError::transient("plain"),
+        ];
+        for c in cases {
+            let text = cli(c.clone()).to_string();
+            assert!(!text.contains("  "), "{c:?}: {text}");
+        }
+        for e in [
+            token_core::Error::FetchTimeout(Duration::from_secs(10)),
+            token_core::Error::FetchPanicked,
+        ] {
+            let text = from_engine(&e, URL).to_string();
+            assert!(!text.contains("  "), "{text}");
+        }
     }
 }

@@ -61,7 +61,7 @@ mod token;
 mod warm;
 
 pub use clock::{Clock, ManualClock, Sleep, SystemClock};
-pub use credential::{Credential, CredentialError, FailureKind};
+pub use credential::{Credential, CredentialError, FailureCause, FailureKind, HttpStatusText};
 pub use engine::{TokenCache, TokenCacheBuilder, TokenHandle};
 #[cfg(feature = "encryption")]
 #[cfg_attr(docsrs, doc(cfg(feature = "encryption")))]

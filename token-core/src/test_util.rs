@@ -36,7 +36,7 @@ use async_trait::async_trait;
 use tokio::sync::Semaphore;
 
 use crate::clock::{Clock, SystemClock};
-use crate::credential::{Credential, CredentialError};
+use crate::credential::{Credential, CredentialError, FailureCause};
 use crate::request::TokenRequest;
 use crate::secret::Secret;
 use crate::token::AccessToken;
@@ -316,7 +316,9 @@ impl Credential for FakeIdp {
                 Ok(issue(AccessToken::new(secret, now).with_expires_at(at)))
             }
             Mode::Transient(after) => {
-                let e = CredentialError::transient("IdP answered 503")
+                let e = CredentialError::transient("the fake IdP is unavailable")
+                    .with_cause(FailureCause::HttpStatus)
+                    .with_status(503)
                     .with_code("temporarily_unavailable");
                 Err(match after {
                     Some(a) => e.with_retry_after(a),
@@ -324,6 +326,8 @@ impl Credential for FakeIdp {
                 })
             }
             Mode::Permanent => Err(CredentialError::permanent("client authentication failed")
+                .with_cause(FailureCause::HttpStatus)
+                .with_status(401)
                 .with_code("invalid_client")),
             Mode::Fail(e) => Err(e),
             // The point of this mode: a credential that panics.

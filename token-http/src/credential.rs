@@ -11,7 +11,8 @@ use async_trait::async_trait;
 use http::header::{HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 use ring::digest::{digest, SHA256};
 use token_core::{
-    AccessToken, Clock, Credential, CredentialError, Secret, SystemClock, TokenRequest,
+    AccessToken, Clock, Credential, CredentialError, FailureCause, Secret, SystemClock,
+    TokenRequest,
 };
 use zeroize::Zeroizing;
 
@@ -23,7 +24,7 @@ use crate::error::ConfigError;
 use crate::file_auth::{CurrentAuth, FileAuth, FileAuthSpec, PrivateKeyFile};
 use crate::grant::Grant;
 use crate::jwt::{PrivateKey, DEFAULT_ASSERTION_LIFETIME};
-use crate::response::{parse_redacting, ClockSkew, TokenResponse};
+use crate::response::{parse_redacting, ClockSkew, TokenResponse, TOKEN_ENDPOINT};
 use crate::transport::{self, DEFAULT_CONNECT_TIMEOUT, DEFAULT_REQUEST_TIMEOUT};
 
 /// A clock difference at least this large is logged (once per credential)
@@ -299,6 +300,16 @@ impl OAuthCredential {
     }
 }
 
+/// An error from before the request was sent (the grant cannot honour the
+/// request, an assertion could not be read or signed) says so, unless its
+/// source (an assertion callback) gave a cause of its own.
+fn nothing_sent(e: CredentialError) -> CredentialError {
+    match e.cause() {
+        FailureCause::Other => e.with_cause(FailureCause::Local),
+        _ => e,
+    }
+}
+
 /// One token request, ready to send.
 struct RequestParts {
     body: Zeroizing<String>,
@@ -400,7 +411,7 @@ impl OAuthCredential {
         } = self
             .request_parts(request, previous, auth)
             .await
-            .map_err(Failure::other)?;
+            .map_err(|e| Failure::other(nothing_sent(e)))?;
         let mut http = client
             .post(&self.token_url)
             .header(
@@ -421,7 +432,7 @@ impl OAuthCredential {
                 // A server may refuse a client certificate in the TLS
                 // handshake itself.
                 client_refused: auth.tls_certificate().is_some(),
-                error,
+                error: error.with_service(TOKEN_ENDPOINT),
             })?;
         let redact: Vec<&str> = secrets.iter().map(Secret::expose).collect();
         let result = parse_redacting(
@@ -430,7 +441,8 @@ impl OAuthCredential {
             &received.body,
             sent_at,
             &redact,
-        );
+        )
+        .map_err(|e| e.with_endpoint(&self.token_url));
         let response = match result {
             Ok(r) => r,
             Err(e) => {

@@ -8,8 +8,8 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use token_core::{
-    AccessToken, CacheKey, CacheStore, Clock, Credential, CredentialError, Lease, Secret,
-    SystemClock, TokenRequest,
+    AccessToken, CacheKey, CacheStore, Clock, Credential, CredentialError, FailureCause, Lease,
+    Secret, SystemClock, TokenRequest,
 };
 
 /// How long a rotated refresh token is kept in the store after it was
@@ -175,6 +175,7 @@ impl<C: Credential> Shared<C> {
             "the store holding the newest refresh token could not {what} ({e}); not redeeming \
              a refresh token that another process may already have rotated away"
         ))
+        .with_cause(FailureCause::Store)
     }
 
     async fn acquire(&self, cfg: &Config) -> Result<Lease, CredentialError> {
@@ -196,7 +197,8 @@ impl<C: Credential> Shared<C> {
                     "another process has been redeeming the refresh token for longer than {:?}; \
                      not redeeming it concurrently",
                     cfg.lease_wait
-                )));
+                ))
+                .with_cause(FailureCause::Store));
             }
             cfg.clock.sleep(delay.min(deadline - now)).await;
             delay = (delay * 2).min(Duration::from_millis(500));

@@ -12,12 +12,15 @@ use std::time::{Duration, SystemTime};
 use http::header::{HeaderMap, CONTENT_TYPE, DATE, RETRY_AFTER};
 use http::StatusCode;
 use serde_json::Value;
-use token_core::{AccessToken, CredentialError, Secret, TokenType};
+use token_core::{AccessToken, CredentialError, FailureCause, Secret, TokenType};
 
 /// Bodies longer than this are refused: a token response is a few KiB at
 /// most, and a larger body is a misconfigured endpoint or an attack on our
 /// memory.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// What errors call a token endpoint ([`CredentialError::service`]).
+pub(crate) const TOKEN_ENDPOINT: &str = "the token endpoint";
 
 /// How many characters of an error body an error message quotes.
 const EXCERPT_CHARS: usize = 120;
@@ -236,27 +239,28 @@ pub(crate) fn parse_redacting(
     if !status.is_success() {
         return Err(error_response(status, headers, body, json, secrets));
     }
+    let invalid = |detail: String| invalid_response(status, detail);
     let Some(Value::Object(mut fields)) = json else {
         let what = if json.is_some() {
             "a JSON value that is not an object"
         } else {
             "a body that is not JSON (truncated, or an error page)"
         };
-        return Err(CredentialError::permanent(format!(
-            "the token endpoint answered {status} with {what}{}",
+        return Err(invalid(format!(
+            "{what}, {}",
             describe_body(status, headers, body, secrets)
         )));
     };
     let access_token = match fields.remove("access_token") {
         Some(Value::String(s)) if !s.is_empty() => Secret::new(s),
         Some(_) => {
-            return Err(CredentialError::permanent(format!(
-                "the token endpoint answered {status} with an `access_token` that is not a non-empty string"
-            )))
+            return Err(invalid(
+                "an `access_token` that is not a non-empty string".to_owned(),
+            ))
         }
         None => {
-            return Err(CredentialError::permanent(format!(
-                "the token endpoint answered {status} without an `access_token`{}",
+            return Err(invalid(format!(
+                "no `access_token` {}",
                 field_names(&fields)
             )))
         }
@@ -267,17 +271,13 @@ pub(crate) fn parse_redacting(
             token = token.with_token_type(TokenType::parse(t.trim()));
         }
         None | Some(Value::Null) => {}
-        Some(_) => {
-            return Err(CredentialError::permanent(format!(
-                "the token endpoint answered {status} with a `token_type` that is not a string"
-            )))
-        }
+        Some(_) => return Err(invalid("a `token_type` that is not a string".to_owned())),
     }
     let expires_in = match fields.remove("expires_in") {
         None | Some(Value::Null) => None,
         Some(v) => Some(parse_expires_in(&v).ok_or_else(|| {
-            CredentialError::permanent(format!(
-                "the token endpoint answered {status} with an `expires_in` that is not a number of seconds ({})",
+            invalid(format!(
+                "an `expires_in` that is not a number of seconds ({})",
                 json_kind(&v)
             ))
         })?),
@@ -385,6 +385,15 @@ fn measure_skew(headers: &HeaderMap, sent_at: SystemTime) -> Option<ClockSkew> {
     Some(ClockSkew::from_millis(millis))
 }
 
+/// A success status whose body is not a usable token response: permanent,
+/// the endpoint will answer the same until someone fixes it.
+fn invalid_response(status: StatusCode, detail: String) -> CredentialError {
+    CredentialError::permanent(detail)
+        .with_cause(FailureCause::InvalidResponse)
+        .with_status(status.as_u16())
+        .with_service(TOKEN_ENDPOINT)
+}
+
 /// Turns a non-2xx answer into an error that says whether to retry.
 fn error_response(
     status: StatusCode,
@@ -428,12 +437,13 @@ fn error_response(
                 code.as_deref(),
                 Some("temporarily_unavailable" | "server_error" | "slow_down")
             ));
-    let mut message = format!("the token endpoint answered {status}");
-    match (&code, &description) {
-        (Some(c), Some(d)) => message.push_str(&format!(": {c}: {d}")),
-        (Some(c), None) => message.push_str(&format!(": {c}")),
-        (None, _) => message.push_str(&describe_body(status, headers, body, secrets)),
-    }
+    // The code is a field of its own; the message is what the IdP said
+    // about it, or what the body was when it said nothing in OAuth terms.
+    let mut message = match (&code, description) {
+        (Some(_), Some(d)) => d,
+        (Some(_), None) => String::new(),
+        (None, _) => describe_body(status, headers, body, secrets),
+    };
     if code.is_none() && json.is_none() && !body.is_empty() && status.is_client_error() {
         message.push_str(" (not an OAuth error response)");
     }
@@ -441,7 +451,10 @@ fn error_response(
         CredentialError::transient(message)
     } else {
         CredentialError::permanent(message)
-    };
+    }
+    .with_cause(FailureCause::HttpStatus)
+    .with_status(status.as_u16())
+    .with_service(TOKEN_ENDPOINT);
     if let Some(c) = code {
         error = error.with_code(c);
     }
@@ -462,21 +475,21 @@ pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     Some(at.duration_since(SystemTime::now()).unwrap_or_default())
 }
 
-/// `, <n> bytes of <content type>: "<excerpt>"`, or without the excerpt
+/// `<n> bytes of <content type>: "<excerpt>"`, or without the excerpt
 /// when quoting the body could reveal a token or a secret.
 fn describe_body(status: StatusCode, headers: &HeaderMap, body: &[u8], secrets: &[&str]) -> String {
     if body.is_empty() {
-        return " and an empty body".to_owned();
+        return "an empty body".to_owned();
     }
     let content_type = headers
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .map(|s| printable(s, 60))
-        .unwrap_or_else(|| "no content type".to_owned());
-    let mut out = format!(" ({} bytes, {content_type})", body.len());
+        .map(|s| format!("of {}", printable(s, 60)))
+        .unwrap_or_else(|| "without a content type".to_owned());
+    let mut out = format!("{} bytes {content_type}", body.len());
     match excerpt(status, body, secrets) {
         Some(text) => out.push_str(&format!(": \"{text}\"")),
-        None => out.push_str("; body not quoted because it may hold a token or secret"),
+        None => out.push_str(", not quoted because it may hold a token or secret"),
     }
     out
 }
@@ -527,10 +540,10 @@ fn printable(s: &str, max_chars: usize) -> String {
 
 fn field_names(fields: &serde_json::Map<String, Value>) -> String {
     if fields.is_empty() {
-        return " (an empty JSON object)".to_owned();
+        return "(an empty JSON object)".to_owned();
     }
     let names: Vec<String> = fields.keys().take(10).map(|k| printable(k, 40)).collect();
-    format!(" (fields: {})", names.join(", "))
+    format!("(fields: {})", names.join(", "))
 }
 
 fn json_kind(v: &Value) -> &'static str {

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use http::StatusCode;
-use token_core::CredentialError;
+use token_core::{CredentialError, FailureCause};
 
 use crate::certificate::ClientCertificate;
 use crate::error::ConfigError;
@@ -67,6 +67,10 @@ pub(crate) struct Received {
 
 /// Sends `request` and reads the body incrementally, refusing it as soon as
 /// it passes the cap, so a huge body is never buffered whole.
+///
+/// Errors carry their cause (connect, timeout, network, body too large),
+/// the status when there was one, and `url` as their endpoint; the caller
+/// adds what the endpoint is ([`CredentialError::with_service`]).
 pub(crate) async fn send(
     request: reqwest::RequestBuilder,
     url: &str,
@@ -80,14 +84,16 @@ pub(crate) async fn send(
     let status = response.status();
     let headers = response.headers().clone();
     let too_large = |size: String| {
-        let message = format!(
-            "the token endpoint {url} answered {status} with a body of {size}, over the {MAX_BODY_BYTES}-byte limit; refused"
-        );
-        if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+        let message = format!("a body of {size}, over the {MAX_BODY_BYTES}-byte limit; refused");
+        let error = if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
             CredentialError::transient(message)
         } else {
             CredentialError::permanent(message)
-        }
+        };
+        error
+            .with_cause(FailureCause::BodyTooLarge)
+            .with_status(status.as_u16())
+            .with_endpoint(url)
     };
     if let Some(len) = response.content_length() {
         if len > MAX_BODY_BYTES as u64 {
@@ -114,25 +120,51 @@ pub(crate) async fn send(
     })
 }
 
-/// A reqwest failure as a transient error naming the endpoint. reqwest's own
-/// message is used without its URL (ours carries no credentials, but the
-/// error should read the same everywhere).
+/// A reqwest failure as a transient error with its cause and endpoint. The
+/// message is the part that says why: the OS's reason for a failed
+/// connection (`connection refused`), the timeout, or every layer's wording
+/// for anything else. reqwest's error, without its URL, is the source.
 fn network_error(e: reqwest::Error, url: &str, timeout: Duration) -> CredentialError {
-    let what = if e.is_timeout() {
-        format!("timed out (request timeout {timeout:?})")
-    } else if e.is_connect() {
-        "could not connect".to_owned()
-    } else if e.is_body() || e.is_decode() {
-        "failed while reading the response".to_owned()
-    } else {
-        "failed".to_owned()
-    };
     let detail = e.without_url();
-    CredentialError::transient(format!(
-        "token request to {url} {what}: {}",
-        error_chain(&detail)
-    ))
-    .with_source(detail)
+    let (cause, message) = if detail.is_timeout() {
+        (
+            FailureCause::Timeout,
+            format!("waited {timeout:?} (the request timeout)"),
+        )
+    } else if detail.is_connect() {
+        (FailureCause::Connect, root_cause(&detail))
+    } else {
+        (FailureCause::Network, error_chain(&detail))
+    };
+    CredentialError::transient(message)
+        .with_cause(cause)
+        .with_endpoint(url)
+        .with_source(detail)
+}
+
+/// The innermost cause of `e`, in a few words: an OS error's description
+/// without its number (`connection refused`), else the innermost error's
+/// text, starting in lower case.
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut inner = e;
+    while let Some(next) = inner.source() {
+        inner = next;
+    }
+    let text = match inner.downcast_ref::<std::io::Error>() {
+        Some(io) => {
+            let text = io.to_string();
+            match text.find(" (os error") {
+                Some(at) => text[..at].to_owned(),
+                None => text,
+            }
+        }
+        None => inner.to_string(),
+    };
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(first) => first.to_lowercase().chain(chars).collect(),
+        None => text,
+    }
 }
 
 /// An error and its sources on one line: reqwest's top-level message alone

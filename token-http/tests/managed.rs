@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::json;
-use token_core::{Clock, Credential, CredentialError, ManualClock, TokenCache, TokenRequest};
+use token_core::{
+    Clock, Credential, CredentialError, FailureCause, ManualClock, TokenCache, TokenRequest,
+};
 use token_http::{
     AppServiceCredential, AzureImdsCredential, GcpMetadataCredential, ManagedIdentityId, RetryRules,
 };
@@ -276,8 +278,17 @@ async fn imds_retries_stop_within_the_default_budget_with_a_transient_error() {
     // 3 s, then 6 s would pass the 8 s budget: two requests, then the cache's
     // backoff takes over.
     assert!(e.is_transient(), "{e}");
-    assert!(e.to_string().contains("Azure IMDS at"), "{e}");
-    assert!(e.to_string().contains("410"), "{e}");
+    assert_eq!(e.cause(), FailureCause::HttpStatus);
+    assert_eq!(e.status(), Some(410));
+    assert_eq!(e.service(), Some("Azure IMDS"));
+    let url = format!("{}{IMDS_PATH}", server.uri());
+    assert_eq!(e.endpoint(), Some(url.as_str()));
+    assert!(
+        e.to_string()
+            .starts_with(&format!("Azure IMDS at {url} answered 410 Gone")),
+        "{e}"
+    );
+    assert!(!e.to_string().contains("  "), "{e}");
     assert_eq!(requests(&server).await, 2);
     assert!(clock.monotonic() - started < Duration::from_secs(8));
 }
@@ -301,6 +312,14 @@ async fn imds_identity_not_found_is_a_permanent_error_with_its_description() {
         .unwrap_err();
     assert!(!e.is_transient(), "{e}");
     assert_eq!(e.code(), Some("invalid_request"));
+    assert_eq!(e.status(), Some(400));
+    assert_eq!(e.cause(), FailureCause::HttpStatus);
+    assert_eq!(e.message(), "Identity not found");
+    // The query (resource, identity) is not part of the endpoint.
+    assert_eq!(
+        e.endpoint(),
+        Some(format!("{}{IMDS_PATH}", server.uri()).as_str())
+    );
     assert!(e.to_string().contains("Identity not found"), "{e}");
     assert_eq!(requests(&server).await, 1);
 }
@@ -446,7 +465,18 @@ async fn app_service_error_bodies_are_reported_and_5xx_retried() {
         .unwrap_err();
     assert!(!e.is_transient(), "{e}");
     assert!(e.to_string().contains("No Managed Identity found"), "{e}");
-    assert!(!e.to_string().contains(IDENTITY_HEADER));
+    assert!(!format!("{e} {e:?}").contains(IDENTITY_HEADER));
+    assert_eq!(e.cause(), FailureCause::HttpStatus);
+    assert_eq!((e.status(), e.code()), (Some(400), None));
+    assert_eq!(
+        e.service(),
+        Some("the App Service managed identity endpoint")
+    );
+    assert_eq!(
+        e.endpoint(),
+        Some(format!("{}/msi/token", server.uri()).as_str()),
+        "no query string (resource, identity)"
+    );
 
     let server = MockServer::start().await;
     Mock::given(path("/msi/token"))
@@ -595,6 +625,9 @@ async fn gcp_refuses_an_answer_without_metadata_flavor() {
         .await
         .unwrap_err();
     assert!(!e.is_transient());
+    assert_eq!(e.cause(), FailureCause::InvalidResponse);
+    assert_eq!(e.status(), Some(200));
+    assert_eq!(e.service(), Some("the Google metadata server"));
     assert!(
         e.to_string().contains("not the Google metadata server"),
         "{e}"
@@ -665,4 +698,54 @@ async fn gcp_refuses_audiences_and_bad_accounts() {
     assert!(e.to_string().contains("audience"), "{e}");
     assert!(gcp(&server, &clock).service_account("a/b").build().is_err());
     assert_eq!(requests(&server).await, 0);
+}
+
+#[tokio::test]
+async fn a_metadata_endpoint_that_is_not_there_is_a_connect_failure_naming_it() {
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let url = format!("http://127.0.0.1:{port}{IMDS_PATH}");
+    let e = AzureImdsCredential::builder()
+        .endpoint(&url)
+        .retry(RetryRules::none())
+        .build()
+        .unwrap()
+        .fetch(&vault(), None)
+        .await
+        .unwrap_err();
+    assert!(e.is_transient(), "{e}");
+    assert_eq!(e.cause(), FailureCause::Connect);
+    assert_eq!((e.status(), e.code()), (None, None));
+    assert_eq!(e.endpoint(), Some(url.as_str()));
+    assert_eq!(e.service(), Some("Azure IMDS"));
+    assert_eq!(
+        e.to_string(),
+        format!("could not connect to Azure IMDS at {url}: connection refused")
+    );
+}
+
+#[tokio::test]
+async fn app_service_errors_never_echo_the_identity_header() {
+    let server = MockServer::start().await;
+    let clock = ManualClock::new();
+    // A broken endpoint that echoes the request's header in its error page.
+    Mock::given(path("/msi/token"))
+        .respond_with(
+            ResponseTemplate::new(401)
+                .set_body_string(format!("bad X-IDENTITY-HEADER {IDENTITY_HEADER}")),
+        )
+        .mount(&server)
+        .await;
+    let e = app_service(&server, &clock)
+        .build()
+        .unwrap()
+        .fetch(&vault(), None)
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), Some(401));
+    let text = format!("{e} {e:?}");
+    assert!(!text.contains(IDENTITY_HEADER), "{text}");
+    assert!(text.contains("not quoted"), "{text}");
 }

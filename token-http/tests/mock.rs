@@ -7,7 +7,8 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
 use serde_json::{json, Value};
 use token_core::{
-    AccessToken, Actor, Credential, Error, ManualClock, RefreshPolicy, TokenCache, TokenRequest,
+    AccessToken, Actor, Credential, Error, FailureCause, ManualClock, RefreshPolicy, TokenCache,
+    TokenRequest,
 };
 use token_http::{Grant, OAuthCredential, PrivateKey, ServerMetadata};
 use wiremock::matchers::{body_string_contains, header, method, path};
@@ -256,7 +257,7 @@ async fn every_response_shape_through_the_cache() {
         ("u64::MAX", ResponseTemplate::new(200).set_body_raw(format!(r#"{{"access_token":"{TOKEN}","expires_in":{}}}"#, u64::MAX), "application/json"), Ok(Some(86400))),
         ("zero", ok_token(json!({"access_token": TOKEN, "expires_in": 0})), Err("expired")),
         ("negative", ok_token(json!({"access_token": TOKEN, "expires_in": -60})), Err("expired")),
-        ("no access_token", ok_token(json!({"token_type": "Bearer"})), Err("without an `access_token`")),
+        ("no access_token", ok_token(json!({"token_type": "Bearer"})), Err("no `access_token`")),
         ("truncated", ResponseTemplate::new(200).set_body_raw(format!(r#"{{"access_token":"{TOKEN}","expi"#), "application/json"), Err("not quoted")),
         ("html", ResponseTemplate::new(200).set_body_raw("<html><body>Sign in to the proxy</body></html>", "text/html"), Err("Sign in to the proxy")),
         ("html 502", ResponseTemplate::new(502).set_body_raw("<html>Bad Gateway</html>", "text/html"), Err("502 Bad Gateway")),
@@ -309,11 +310,104 @@ async fn oauth_errors_are_permanent_or_transient_as_rfc_6749_says() {
         .unwrap_err();
     assert!(!e.is_transient());
     assert_eq!(e.code(), Some("invalid_client"));
+    assert_eq!(e.status(), Some(401));
+    assert_eq!(e.cause(), FailureCause::HttpStatus);
+    assert_eq!(e.endpoint(), Some(token_url(&server).as_str()));
+    assert_eq!(e.message(), "client authentication failed");
     assert!(
         e.to_string()
             .contains("401 Unauthorized: invalid_client: client authentication failed"),
         "{e}"
     );
+}
+
+#[tokio::test]
+async fn a_404_carries_its_status_and_endpoint_but_no_code() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(404).set_body_raw("<h1>Not Found</h1>", "text/html"))
+        .mount(&server)
+        .await;
+    let e = basic(&server)
+        .fetch(&TokenRequest::new(), None)
+        .await
+        .unwrap_err();
+    assert!(!e.is_transient());
+    assert_eq!(e.cause(), FailureCause::HttpStatus);
+    assert_eq!((e.status(), e.code()), (Some(404), None));
+    assert_eq!(e.endpoint(), Some(token_url(&server).as_str()));
+    assert_eq!(e.service(), Some("the token endpoint"));
+    let text = e.to_string();
+    assert!(
+        text.contains("answered 404 Not Found: 18 bytes of text/html"),
+        "{text}"
+    );
+    assert!(!text.contains("  "), "{text}");
+}
+
+#[tokio::test]
+async fn an_endpoint_with_a_query_string_is_reported_without_it() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(400).set_body_json(json!({"error": "invalid_request"})))
+        .mount(&server)
+        .await;
+    let credential = OAuthCredential::client_credentials(
+        format!("{}?api-key=k3y-in-the-url", token_url(&server)),
+        "c",
+    )
+    .client_secret(SECRET)
+    .build()
+    .unwrap();
+    let e = credential
+        .fetch(&TokenRequest::new(), None)
+        .await
+        .unwrap_err();
+    assert_eq!(e.endpoint(), Some(token_url(&server).as_str()));
+    assert_eq!(e.code(), Some("invalid_request"));
+    let text = format!("{e} {e:?}");
+    assert!(!text.contains("k3y-in-the-url"), "{text}");
+}
+
+#[tokio::test]
+async fn malformed_json_is_an_invalid_response_with_its_status() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_body_raw(
+            format!(r#"{{"access_token":"{TOKEN}","expires_in":36"#),
+            "application/json",
+        ))
+        .mount(&server)
+        .await;
+    let e = basic(&server)
+        .fetch(&TokenRequest::new(), None)
+        .await
+        .unwrap_err();
+    assert!(!e.is_transient());
+    assert_eq!(e.cause(), FailureCause::InvalidResponse);
+    assert_eq!((e.status(), e.code()), (Some(200), None));
+    assert_eq!(e.endpoint(), Some(token_url(&server).as_str()));
+    let text = format!("{e} {e:?}");
+    assert!(!text.contains(TOKEN), "{text}");
+    assert!(!e.to_string().contains("  "), "{e}");
+}
+
+#[tokio::test]
+async fn a_body_over_the_limit_is_its_own_cause() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_raw(vec![b' '; 2 << 20], "application/json"),
+        )
+        .mount(&server)
+        .await;
+    let e = basic(&server)
+        .fetch(&TokenRequest::new(), None)
+        .await
+        .unwrap_err();
+    assert_eq!(e.cause(), FailureCause::BodyTooLarge);
+    assert_eq!(e.status(), Some(200));
+    assert_eq!(e.endpoint(), Some(token_url(&server).as_str()));
 }
 
 #[tokio::test]
@@ -344,11 +438,15 @@ async fn rate_limit_429_is_transient_and_passes_retry_after_on() {
         .await
         .unwrap_err();
     assert!(e.is_transient());
+    assert_eq!(e.cause(), FailureCause::HttpStatus);
+    assert_eq!((e.status(), e.code()), (Some(503), None));
+    assert_eq!(e.endpoint(), Some(token_url(&server).as_str()));
     let after = e.retry_after().unwrap();
     assert!(
         after > Duration::from_secs(60) && after <= Duration::from_secs(90),
         "{after:?}"
     );
+    assert!(!e.to_string().contains("  "), "{e}");
 }
 
 #[tokio::test]
@@ -424,8 +522,11 @@ async fn a_slow_token_endpoint_hits_the_request_timeout() {
         .await
         .unwrap_err();
     assert!(e.is_transient(), "{e}");
-    assert!(e.message().contains("timed out"), "{e}");
-    assert!(e.message().contains(&token_url(&server)), "{e}");
+    assert_eq!(e.cause(), FailureCause::Timeout, "{e:?}");
+    assert_eq!(e.status(), None);
+    assert_eq!(e.endpoint(), Some(token_url(&server).as_str()));
+    assert!(e.to_string().contains("did not answer in time"), "{e}");
+    assert!(e.to_string().contains(&token_url(&server)), "{e}");
 }
 
 #[tokio::test]
@@ -444,7 +545,15 @@ async fn connection_refused_is_transient() {
         .await
         .unwrap_err();
     assert!(e.is_transient(), "{e}");
-    assert!(e.message().contains("could not connect"), "{e}");
+    assert_eq!(e.cause(), FailureCause::Connect, "{e:?}");
+    assert_eq!((e.status(), e.code()), (None, None));
+    let url = format!("http://127.0.0.1:{port}/token");
+    assert_eq!(e.endpoint(), Some(url.as_str()));
+    assert_eq!(e.message(), "connection refused", "{e:?}");
+    assert_eq!(
+        e.to_string(),
+        format!("could not connect to the token endpoint at {url}: connection refused")
+    );
     assert!(!e.to_string().contains(SECRET));
 }
 

@@ -431,7 +431,7 @@ async fn build_profiles(
                 // answers like no token endpoint is forgotten, so the next
                 // load discovers afresh.
                 let wrong_endpoint =
-                    matches!(&error, EngineError::Credential(c) if c.code().is_none());
+                    matches!(&error, EngineError::Credential(c) if c.endpoint_is_wrong());
                 built.forget_endpoint_if_wrong(wrong_endpoint).await;
                 return Err(LoadError::Refused {
                     profile: name.clone(),

@@ -8,7 +8,9 @@ use std::time::{Duration, SystemTime};
 use arc_swap::ArcSwap;
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use token_cache::{Error, KeepWarm, Secret, Token, TokenCache, TokenHandle, TokenRequest};
+use token_cache::{
+    Error, FailureCause, KeepWarm, Secret, Token, TokenCache, TokenHandle, TokenRequest,
+};
 
 use crate::config::{ConfigError, GoogleAccount, ServeConfig};
 use crate::gateway::{self, BearerCache, GatewayRoute};
@@ -422,10 +424,19 @@ pub(crate) struct Unavailable {
 }
 
 impl Unavailable {
+    /// The 503's `error` code, chosen from the error's fields (what failed,
+    /// transient or permanent), never from its text; the description is the
+    /// error's sentence.
     pub(crate) fn from_engine(e: &Error) -> Self {
         let code = match e {
-            Error::Credential(c) if c.is_transient() => "idp_unavailable",
-            Error::Credential(_) => "idp_rejected",
+            Error::Credential(c) => match c.cause() {
+                FailureCause::Timeout => "idp_timeout",
+                FailureCause::InvalidResponse | FailureCause::BodyTooLarge if !c.is_transient() => {
+                    "idp_invalid_response"
+                }
+                _ if c.is_transient() => "idp_unavailable",
+                _ => "idp_rejected",
+            },
             Error::FetchTimeout(_) => "idp_timeout",
             Error::InvalidToken(_) => "idp_token_unusable",
             _ => "token_unavailable",
@@ -445,6 +456,10 @@ impl Unavailable {
         response::json(StatusCode::SERVICE_UNAVAILABLE, body.to_string())
     }
 }
+
+#[cfg(test)]
+#[path = "sidecar_unavailable_tests.rs"]
+mod unavailable_tests;
 
 async fn peek(p: &Profile) -> Readiness {
     match tokio::time::timeout(PEEK_TIMEOUT, p.handle.token()).await {

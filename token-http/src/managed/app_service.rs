@@ -9,7 +9,8 @@ use async_trait::async_trait;
 use http::header::{HeaderValue, ACCEPT};
 use http::StatusCode;
 use token_core::{
-    AccessToken, Clock, Credential, CredentialError, Secret, SystemClock, TokenRequest,
+    AccessToken, Clock, Credential, CredentialError, FailureCause, Secret, SystemClock,
+    TokenRequest,
 };
 
 use super::{
@@ -141,6 +142,7 @@ impl Credential for AppServiceCredential {
         }
         let mut header = HeaderValue::from_str(self.header.expose()).map_err(|_| {
             CredentialError::permanent("IDENTITY_HEADER is not a valid header value")
+                .with_cause(FailureCause::Local)
         })?;
         header.set_sensitive(true);
         let build = || {
@@ -152,6 +154,7 @@ impl Credential for AppServiceCredential {
         };
         let attempt = send_with_retries(
             build,
+            WHAT,
             &self.endpoint,
             self.request_timeout,
             &*self.clock,

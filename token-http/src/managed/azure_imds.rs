@@ -147,6 +147,7 @@ impl Credential for AzureImdsCredential {
         };
         let attempt = send_with_retries(
             build,
+            WHAT,
             &self.endpoint,
             self.request_timeout,
             &*self.clock,

@@ -7,7 +7,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use http::header::HeaderValue;
 use http::StatusCode;
-use token_core::{AccessToken, Clock, Credential, CredentialError, SystemClock, TokenRequest};
+use token_core::{
+    AccessToken, Clock, Credential, CredentialError, FailureCause, SystemClock, TokenRequest,
+};
 
 use super::{
     check, metadata_client, parse_answer, refuse_unsupported, send_with_retries, RetryRules,
@@ -119,6 +121,7 @@ impl Credential for GcpMetadataCredential {
         };
         let attempt = send_with_retries(
             build,
+            WHAT,
             &self.url,
             self.request_timeout,
             &*self.clock,
@@ -133,10 +136,13 @@ impl Credential for GcpMetadataCredential {
             .get(FLAVOR)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"Google"));
         if status.is_success() && !flavored {
-            return Err(CredentialError::permanent(format!(
-                "{} answered {status} without `Metadata-Flavor: Google`: it is not the Google metadata server (a proxy or another service answered); refused",
-                self.url
-            )));
+            return Err(CredentialError::permanent(
+                "no `Metadata-Flavor: Google` header, so it is not the Google metadata server (a proxy or another service answered); refused",
+            )
+            .with_cause(FailureCause::InvalidResponse)
+            .with_status(status.as_u16())
+            .with_service(WHAT)
+            .with_endpoint(&self.url));
         }
         parse_answer(attempt, WHAT, &self.url, retryable, &[])
     }

@@ -22,7 +22,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::StatusCode;
 use serde_json::Value;
-use token_core::{AccessToken, Clock, CredentialError, TokenRequest};
+use token_core::{AccessToken, Clock, CredentialError, FailureCause, FailureKind, TokenRequest};
 
 use crate::error::ConfigError;
 use crate::response::{parse_redacting, retry_after};
@@ -190,9 +190,10 @@ pub(crate) struct Attempt {
 
 /// Sends `build()` until it succeeds, fails for good, or the retry rules
 /// are exhausted. `retryable` says which statuses the protocol documents as
-/// passing.
+/// passing. Errors name `what` at `url`.
 pub(crate) async fn send_with_retries(
     build: impl Fn() -> reqwest::RequestBuilder,
+    what: &str,
     url: &str,
     timeout: Duration,
     clock: &dyn Clock,
@@ -204,7 +205,9 @@ pub(crate) async fn send_with_retries(
     let mut this_timeout = timeout;
     loop {
         let sent_at = clock.now();
-        let received = transport::send(build(), url, this_timeout).await?;
+        let received = transport::send(build(), url, this_timeout)
+            .await
+            .map_err(|e| e.with_service(what))?;
         let status = received.status;
         if status.is_success() || !retryable(status) || attempt >= rules.max_retries {
             return Ok(Attempt { received, sent_at });
@@ -259,25 +262,18 @@ pub(crate) fn parse_answer(
 ) -> Result<AccessToken, CredentialError> {
     let Attempt { received, sent_at } = attempt;
     let status = received.status;
-    let rename = |e: CredentialError| -> CredentialError {
-        let message = e
-            .message()
-            .replacen("the token endpoint", &format!("{what} at {url}"), 1);
-        let mut out = if e.is_transient() || retryable(status) {
-            CredentialError::transient(message)
+    // The parser's error with this endpoint's name and URL; a status the
+    // protocol documents as passing stays transient after the retries.
+    let here = |e: CredentialError| -> CredentialError {
+        let e = e.with_service(what).with_endpoint(url);
+        if retryable(status) {
+            e.with_kind(FailureKind::Transient)
         } else {
-            CredentialError::permanent(message)
-        };
-        if let Some(code) = e.code() {
-            out = out.with_code(code);
+            e
         }
-        if let Some(after) = e.retry_after() {
-            out = out.with_retry_after(after);
-        }
-        out
     };
     let response = parse_redacting(status, &received.headers, &received.body, sent_at, secrets)
-        .map_err(rename)?;
+        .map_err(here)?;
     let extra_secs = |name: &str| response.extra().get(name).and_then(seconds);
     let expires_on = if response.expires_in().is_none() {
         extra_secs("expires_on")
@@ -288,12 +284,16 @@ pub(crate) fn parse_answer(
     if response.expires_in().is_none() && expires_on.is_none() {
         if let Some(v) = response.extra().get("expires_on") {
             return Err(CredentialError::permanent(format!(
-                "{what} at {url} answered {status} with an `expires_on` that is not epoch seconds ({})",
+                "an `expires_on` that is not epoch seconds ({})",
                 match v {
                     Value::String(_) => "a string",
                     _ => "not a number",
                 }
-            )));
+            ))
+            .with_cause(FailureCause::InvalidResponse)
+            .with_status(status.as_u16())
+            .with_service(what)
+            .with_endpoint(url));
         }
     }
     let mut token = response.into_token();
@@ -329,6 +329,11 @@ pub(crate) fn azure_resource(
     what: &str,
 ) -> Result<String, CredentialError> {
     refuse_unsupported(request, what, true)?;
+    azure_resource_of(request, what).map_err(|e| e.with_cause(FailureCause::Local))
+}
+
+/// [`azure_resource`] once unsupported parts are refused.
+fn azure_resource_of(request: &TokenRequest, what: &str) -> Result<String, CredentialError> {
     let resources = request.resources();
     if resources.len() > 1 {
         return Err(CredentialError::permanent(format!(
@@ -373,7 +378,8 @@ pub(crate) fn refuse_unsupported(
     let unsupported = |part: &str| {
         Err(CredentialError::permanent(format!(
             "{what} cannot honour the request's {part}; it would return a token that was not asked for"
-        )))
+        ))
+        .with_cause(FailureCause::Local))
     };
     if request.tenant().is_some() {
         return unsupported("tenant");

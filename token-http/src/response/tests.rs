@@ -171,10 +171,12 @@ fn missing_or_bad_access_token_is_a_clear_error() {
     ] {
         let e = ok(body).unwrap_err();
         assert!(!e.is_transient(), "{body}");
-        assert!(e.message().contains("200"), "{e}");
+        assert_eq!(e.cause(), FailureCause::InvalidResponse, "{body}");
+        assert_eq!(e.status(), Some(200), "{body}");
+        assert!(e.to_string().contains("answered 200 OK"), "{e}");
     }
     let e = ok(r#"{"token_type":"Bearer","expires_in":3600}"#).unwrap_err();
-    assert!(e.message().contains("without an `access_token`"), "{e}");
+    assert!(e.message().contains("no `access_token`"), "{e}");
     assert!(e.message().contains("token_type"), "{e}");
 }
 
@@ -219,8 +221,10 @@ fn oauth_errors_carry_code_and_description_and_know_if_permanent() {
             .unwrap_err();
             assert!(!e.is_transient(), "{code} {status}");
             assert_eq!(e.code(), Some(code));
-            assert!(e.message().contains("because reasons"), "{e}");
-            assert!(e.message().contains(&status.to_string()), "{e}");
+            assert_eq!(e.message(), "because reasons", "{e}");
+            assert_eq!(e.status(), Some(status), "{e}");
+            assert_eq!(e.cause(), FailureCause::HttpStatus, "{e}");
+            assert!(e.to_string().contains(&status.to_string()), "{e}");
         }
     }
     let e = parse_token_response(
@@ -269,8 +273,9 @@ fn server_errors_and_429_are_transient_with_retry_after() {
     .unwrap_err();
     assert!(e.is_transient());
     assert_eq!(e.retry_after(), None);
+    assert_eq!(e.status(), Some(502));
     assert!(
-        e.message().contains("502") && e.message().contains("Bad gateway"),
+        e.to_string().contains("502 Bad Gateway") && e.message().contains("Bad gateway"),
         "{e}"
     );
 }
@@ -285,13 +290,15 @@ fn html_error_pages_get_status_and_a_short_excerpt() {
     h.insert(CONTENT_TYPE, HeaderValue::from_static("text/html"));
     let e = parse_token_response(StatusCode::NOT_FOUND, &h, page.as_bytes(), t0()).unwrap_err();
     assert!(!e.is_transient());
+    assert_eq!(e.status(), Some(404));
+    assert_eq!(e.code(), None);
     assert!(
-        e.message().contains("404")
+        e.to_string().contains("answered 404 Not Found")
             && e.message().contains("Not Found")
             && e.message().contains("text/html"),
         "{e}"
     );
-    assert!(e.message().len() < 400, "{}", e.message().len());
+    assert!(e.to_string().len() < 400, "{}", e.to_string().len());
 }
 
 #[test]
@@ -425,5 +432,45 @@ fn random_bytes_and_mutated_responses_never_panic() {
                 .unwrap();
         let sent = SystemTime::UNIX_EPOCH + Duration::from_secs(next(&mut state) % (1 << 40));
         let _ = parse_token_response(status, &headers, &body, sent);
+    }
+}
+
+#[test]
+fn every_error_names_the_token_endpoint_in_one_sentence_without_space_runs() {
+    let mut html = HeaderMap::new();
+    html.insert(CONTENT_TYPE, HeaderValue::from_static("text/html"));
+    let cases: Vec<(StatusCode, &HeaderMap, Vec<u8>)> = vec![
+        (
+            StatusCode::NOT_FOUND,
+            &html,
+            b"<h1>Not   Found</h1>\n\n".to_vec(),
+        ),
+        (
+            StatusCode::UNAUTHORIZED,
+            &html,
+            br#"{"error":"invalid_client"}"#.to_vec(),
+        ),
+        (
+            StatusCode::BAD_REQUEST,
+            &html,
+            br#"{"error":"invalid_scope","error_description":"no  such\n scope"}"#.to_vec(),
+        ),
+        (StatusCode::SERVICE_UNAVAILABLE, &html, Vec::new()),
+        (StatusCode::OK, &html, b"<html>proxy</html>".to_vec()),
+        (StatusCode::OK, &html, b"{}".to_vec()),
+        (
+            StatusCode::OK,
+            &html,
+            br#"{"access_token":"a","expires_in":"x"}"#.to_vec(),
+        ),
+    ];
+    for (status, headers, body) in cases {
+        let e = parse_token_response(status, headers, &body, t0()).unwrap_err();
+        let text = e.to_string();
+        assert!(!text.contains("  "), "{text}");
+        assert!(text.starts_with("the token endpoint answered "), "{text}");
+        assert_eq!(e.service(), Some("the token endpoint"));
+        assert_eq!(e.status(), Some(status.as_u16()));
+        assert!(e.cause().endpoint_answered(), "{e:?}");
     }
 }

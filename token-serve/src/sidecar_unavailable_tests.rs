@@ -1,0 +1,75 @@
+//! `Unavailable::from_engine`: the 503 cause code comes from the error's
+//! fields, never from its text.
+
+use std::time::Duration;
+
+use token_cache::{CredentialError, Error, FailureCause};
+
+use super::Unavailable;
+
+fn code(c: CredentialError) -> &'static str {
+    Unavailable::from_engine(&Error::Credential(c)).code
+}
+
+/// A permanent or transient error as token-http builds it for an answer.
+fn answered(status: u16, transient: bool) -> CredentialError {
+    let e = if transient {
+        CredentialError::transient("detail")
+    } else {
+        CredentialError::permanent("detail")
+    };
+    e.with_cause(FailureCause::HttpStatus)
+        .with_status(status)
+        .with_service("the token endpoint")
+        .with_endpoint("http://idp/token")
+}
+
+#[test]
+fn a_permanent_oauth_error_is_idp_rejected() {
+    assert_eq!(
+        code(answered(401, false).with_code("invalid_client")),
+        "idp_rejected"
+    );
+    assert_eq!(code(answered(404, false)), "idp_rejected");
+}
+
+#[test]
+fn transient_failures_are_idp_unavailable_and_timeouts_idp_timeout() {
+    assert_eq!(code(answered(503, true)), "idp_unavailable");
+    let refused =
+        CredentialError::transient("connection refused").with_cause(FailureCause::Connect);
+    assert_eq!(code(refused), "idp_unavailable");
+    let slow = CredentialError::transient("waited 8s").with_cause(FailureCause::Timeout);
+    assert_eq!(code(slow), "idp_timeout");
+    let engine = Unavailable::from_engine(&Error::FetchTimeout(Duration::from_secs(10)));
+    assert_eq!(engine.code, "idp_timeout");
+}
+
+#[test]
+fn an_answer_that_is_not_a_token_response_is_idp_invalid_response() {
+    let html = answered(200, false).with_cause(FailureCause::InvalidResponse);
+    assert_eq!(code(html), "idp_invalid_response");
+}
+
+#[test]
+fn the_code_ignores_misleading_text() {
+    let says_timeout = CredentialError::permanent("timed out; 503 Service Unavailable")
+        .with_cause(FailureCause::HttpStatus)
+        .with_status(400)
+        .with_code("invalid_scope");
+    assert_eq!(code(says_timeout), "idp_rejected");
+    let says_rejected = CredentialError::transient("invalid_client: rejected");
+    assert_eq!(code(says_rejected), "idp_unavailable");
+}
+
+#[test]
+fn the_description_is_the_errors_sentence_without_space_runs() {
+    let e = Unavailable::from_engine(&Error::Credential(
+        answered(401, false).with_code("invalid_client"),
+    ));
+    assert_eq!(
+        e.cause,
+        "the token endpoint at http://idp/token answered 401 Unauthorized: invalid_client: detail"
+    );
+    assert!(!e.cause.contains("  "));
+}
