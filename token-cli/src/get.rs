@@ -68,13 +68,11 @@ pub(crate) async fn run(s: Resolved) -> Result<(), CliError> {
     let mut token = match cache.get_token(request).await {
         Ok(token) => token,
         Err(e) => {
-            let e = error::from_engine(&e, token_url);
             // A cached endpoint that is not one any more: discover afresh
             // next time.
-            built
-                .forget_endpoint_if_wrong(e.kind() == Kind::Config)
-                .await;
-            return Err(e);
+            let wrong = matches!(&e, token_core::Error::Credential(c) if c.endpoint_is_wrong());
+            built.forget_endpoint_if_wrong(wrong).await;
+            return Err(error::from_engine(&e, token_url));
         }
     };
 
