@@ -20,22 +20,38 @@ fn means_ci(value: &str) -> bool {
 /// returns `None`, for `let Some(x) = ... else { return };`.
 ///
 /// The test is named from the current thread, which libtest names after
-/// the test.
+/// the test; on a main thread (a `harness = false` target), by the test
+/// binary's name.
 ///
 /// # Panics
 ///
 /// Under CI ([`in_ci`]), always.
 pub fn skip_or_fail<T>(why: impl Display) -> Option<T> {
-    let thread = std::thread::current();
-    let test = match thread.name() {
-        Some(name) if name != "main" => name,
-        _ => "this test",
-    };
+    let test = current_test();
     if in_ci() {
         panic!("{test} cannot run, and CI is set, so this is a failure: {why}");
     }
     eprintln!("SKIPPED: {test} because {why}");
     None
+}
+
+/// The running test's name, or the test binary's (without cargo's hash).
+fn current_test() -> String {
+    if let Some(name) = std::thread::current().name().filter(|n| *n != "main") {
+        return name.to_owned();
+    }
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| {
+            let stem = exe.file_stem()?.to_string_lossy().into_owned();
+            Some(match stem.rsplit_once('-') {
+                Some((name, hash)) if hash.chars().all(|c| c.is_ascii_hexdigit()) => {
+                    name.to_owned()
+                }
+                _ => stem,
+            })
+        })
+        .unwrap_or_else(|| "this test".to_owned())
 }
 
 /// `Some(value)`, or [`skip_or_fail`] with the error.

@@ -168,7 +168,10 @@ impl Idp {
     pub fn refresh_token(&self) -> (String, String) {
         let v = self.test_call("POST", "/__test/refresh-token");
         (
-            v["refresh_token"].as_str().expect("refresh_token").to_owned(),
+            v["refresh_token"]
+                .as_str()
+                .expect("refresh_token")
+                .to_owned(),
             v["account"].as_str().expect("account").to_owned(),
         )
     }

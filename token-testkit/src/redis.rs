@@ -103,7 +103,11 @@ impl RedisServer {
     /// Under CI, when no server can be started.
     pub fn private() -> Option<Self> {
         Self::start().map_or_else(
-            |e| skip_or_fail(format!("no private redis-server could be started: {e} ({HOW})")),
+            |e| {
+                skip_or_fail(format!(
+                    "no private redis-server could be started: {e} ({HOW})"
+                ))
+            },
             Some,
         )
     }
@@ -137,7 +141,9 @@ impl RedisServer {
             let mut server = Self {
                 child: None,
                 port: free_port_with_bus(bus)?,
-                dir: tempfile::Builder::new().prefix("token-redis-test-").tempdir()?,
+                dir: tempfile::Builder::new()
+                    .prefix("token-redis-test-")
+                    .tempdir()?,
                 extra: extra.iter().map(|s| (*s).to_owned()).collect(),
                 tls,
             };
@@ -287,7 +293,11 @@ impl RedisCluster {
     /// Under CI, when no cluster can be started.
     pub fn private_tls(node_tls: &[&str], cli_tls: &[&str]) -> Option<Self> {
         Self::start_tls(node_tls, cli_tls).map_or_else(
-            |e| skip_or_fail(format!("no private TLS cluster could be started: {e} ({HOW})")),
+            |e| {
+                skip_or_fail(format!(
+                    "no private TLS cluster could be started: {e} ({HOW})"
+                ))
+            },
             Some,
         )
     }

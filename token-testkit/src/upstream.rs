@@ -229,10 +229,7 @@ impl Upstream {
 
     /// From now on, answers `401 invalid_token` to `Bearer <token>`.
     pub fn reject(&self, token: &str) {
-        self.rejected
-            .lock()
-            .expect("lock")
-            .insert(token.to_owned());
+        self.rejected.lock().expect("lock").insert(token.to_owned());
     }
 
     /// Every request received so far, in order.
