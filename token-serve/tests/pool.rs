@@ -112,11 +112,7 @@ async fn sequential_requests_share_one_upstream_connection_and_carry_its_host() 
         let (status, body) = get(&client, &format!("{base}/up/small")).await;
         assert_eq!((status, &body[..]), (200, &b"ok"[..]));
     }
-    assert_eq!(
-        server.connections(),
-        1,
-        "one kept-alive connection"
-    );
+    assert_eq!(server.connections(), 1, "one kept-alive connection");
     let hosts = seen.hosts.lock().unwrap();
     assert_eq!(hosts.len(), 100);
     assert!(
@@ -137,11 +133,7 @@ async fn connections_the_upstream_closed_are_not_reused() {
         let (status, _) = get(&client, &format!("{base}/up/close")).await;
         assert_eq!(status, 200);
     }
-    assert_eq!(
-        server.connections(),
-        5,
-        "one per `Connection: close`"
-    );
+    assert_eq!(server.connections(), 5, "one per `Connection: close`");
     // The upstream drops idle connections after 150 ms.
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_millis(400)).await;

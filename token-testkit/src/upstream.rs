@@ -16,6 +16,8 @@ use hyper::body::{Body, Incoming};
 use hyper::header::{HeaderMap, AUTHORIZATION, WWW_AUTHENTICATE};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
 
 /// A hyper HTTP/1.1 server on a free 127.0.0.1 port, serving a handler on
 /// every connection. It lives as long as the runtime that started it.
@@ -38,7 +40,7 @@ impl HttpServer {
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        Self::serve(None, handler).await
+        Self::serve(None, plain, handler).await
     }
 
     /// Serves `handler`, closing a kept-alive connection that sends no new
@@ -55,11 +57,34 @@ impl HttpServer {
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        Self::serve(Some(idle), handler).await
+        Self::serve(Some(idle), plain, handler).await
     }
 
-    async fn serve<F, Fut, B>(idle: Option<Duration>, handler: F) -> Self
+    /// Serves `handler` over what `wrap` makes of each accepted TCP
+    /// connection (a TLS acceptor's `accept`, say); a connection it turns
+    /// into `None` is dropped.
+    ///
+    /// # Panics
+    ///
+    /// When no loopback port can be bound, or outside a tokio runtime.
+    pub async fn start_wrapped<W, WFut, Io, F, Fut, B>(wrap: W, handler: F) -> Self
     where
+        W: Fn(TcpStream) -> WFut + Send + Sync + 'static,
+        WFut: Future<Output = Option<Io>> + Send + 'static,
+        Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Response<B>> + Send + 'static,
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        Self::serve(None, wrap, handler).await
+    }
+
+    async fn serve<W, WFut, Io, F, Fut, B>(idle: Option<Duration>, wrap: W, handler: F) -> Self
+    where
+        W: Fn(TcpStream) -> WFut + Send + Sync + 'static,
+        WFut: Future<Output = Option<Io>> + Send + 'static,
+        Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
         F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
         Fut: Future<Output = Response<B>> + Send + 'static,
         B: Body<Data = Bytes> + Send + 'static,
@@ -73,12 +98,16 @@ impl HttpServer {
         let accepted = Arc::clone(&connections);
         tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else {
+                let Ok((tcp, _)) = listener.accept().await else {
                     continue;
                 };
                 accepted.fetch_add(1, Ordering::SeqCst);
                 let handler = handler.clone();
+                let stream = wrap(tcp);
                 tokio::spawn(async move {
+                    let Some(stream) = stream.await else {
+                        return;
+                    };
                     let service = hyper::service::service_fn(move |req| {
                         let response = handler(req);
                         async move { Ok::<_, Infallible>(response.await) }
@@ -115,6 +144,11 @@ impl HttpServer {
     pub fn connections(&self) -> usize {
         self.connections.load(Ordering::SeqCst)
     }
+}
+
+/// The plain-TCP connection wrapper: the connection itself.
+async fn plain(tcp: TcpStream) -> Option<TcpStream> {
+    Some(tcp)
 }
 
 /// One request an [`Upstream`] received.
