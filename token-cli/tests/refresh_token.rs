@@ -78,7 +78,7 @@ fn rotated_refresh_tokens_are_kept_and_the_newest_is_redeemed_by_the_next_invoca
     let env = ["--refresh-token-env", RT_ENV, "--format", "json"];
     let first = get(
         &sb,
-        &idp,
+        idp,
         &rt0,
         &[&env[..], &["--scope", "orders.read"]].concat(),
     );
@@ -88,7 +88,7 @@ fn rotated_refresh_tokens_are_kept_and_the_newest_is_redeemed_by_the_next_invoca
     // the server rotated away: only the stored newest one works.
     let second = get(
         &sb,
-        &idp,
+        idp,
         &rt0,
         &[&env[..], &["--scope", "orders.write"]].concat(),
     );
@@ -97,7 +97,7 @@ fn rotated_refresh_tokens_are_kept_and_the_newest_is_redeemed_by_the_next_invoca
     assert_ne!(json(&first)["access_token"], json(&second)["access_token"]);
     let third = get(
         &sb,
-        &idp,
+        idp,
         &rt0,
         &["--refresh-token-file", &rt_file, "--format", "json"],
     );
@@ -105,7 +105,7 @@ fn rotated_refresh_tokens_are_kept_and_the_newest_is_redeemed_by_the_next_invoca
     assert_eq!(json(&third)["from_cache"], false);
     let cached = get(
         &sb,
-        &idp,
+        idp,
         &rt0,
         &[&env[..], &["--scope", "orders.read"]].concat(),
     );
@@ -146,7 +146,7 @@ fn rotated_refresh_tokens_are_kept_and_the_newest_is_redeemed_by_the_next_invoca
         .output()
         .expect("purge");
     ok(&purged);
-    let after = get(&sb, &idp, &rt0, &env);
+    let after = get(&sb, idp, &rt0, &env);
     assert_eq!(after.status.code(), Some(4), "{}", stderr(&after));
     assert!(
         stderr(&after).contains("invalid_grant"),

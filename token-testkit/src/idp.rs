@@ -9,7 +9,7 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
-use crate::ci::skip_or_fail;
+use crate::ci::{require, skip_or_fail};
 
 /// A running `node server.js <keys dir>`: the provider over HTTP
 /// ([`issuer`](Self::issuer)), and the same provider over HTTPS asking for
@@ -122,9 +122,9 @@ impl Idp {
     ///
     /// Under CI, when the server cannot run.
     pub fn private() -> Option<Self> {
-        Self::start()
-            .map_err(|why| format!("the oidc-provider test IdP cannot run: {why}"))
-            .map_or_else(skip_or_fail, Some)
+        require(
+            Self::start().map_err(|why| format!("the oidc-provider test IdP cannot run: {why}")),
+        )
     }
 
     /// The issuer, `http://127.0.0.1:<port>` (discovery lives under it).

@@ -1,5 +1,5 @@
 //! Redis for the tests: the servers `cargo xtask` started (env vars
-//! [`REDIS_URL_ENV`], [`REDIS_CLUSTER_URLS_ENV`]), or private
+//! `TOKEN_CACHE_REDIS_URL`, `TOKEN_CACHE_REDIS_CLUSTER_URLS`), or private
 //! `redis-server` processes on free loopback ports, persistence off, in a
 //! private temporary directory, killed when dropped. Never the system Redis
 //! on 6379.
@@ -17,10 +17,10 @@ use crate::ci::skip_or_fail;
 use crate::ports::free_port_with_bus;
 
 /// Env var with the URL of the standalone server `cargo xtask` started.
-pub const REDIS_URL_ENV: &str = "TOKEN_CACHE_REDIS_URL";
+const REDIS_URL_ENV: &str = "TOKEN_CACHE_REDIS_URL";
 /// Env var with the comma-separated node URLs of the cluster `cargo xtask`
 /// started.
-pub const REDIS_CLUSTER_URLS_ENV: &str = "TOKEN_CACHE_REDIS_CLUSTER_URLS";
+const REDIS_CLUSTER_URLS_ENV: &str = "TOKEN_CACHE_REDIS_CLUSTER_URLS";
 
 /// What a skipped Redis test suggests.
 const HOW: &str = "install redis-server, or run `cargo xtask test`";
@@ -80,12 +80,7 @@ pub struct RedisServer {
 impl RedisServer {
     /// A standalone server.
     pub fn start() -> io::Result<Self> {
-        Self::start_with(&[])
-    }
-
-    /// A standalone server with extra arguments (e.g. `--requirepass`).
-    pub fn start_with(extra: &[&str]) -> io::Result<Self> {
-        Self::start_node(extra, None, false)
+        Self::start_node(&[], None, false)
     }
 
     /// A TLS-only server (no plain port); `extra` names its certificate
@@ -367,18 +362,13 @@ impl RedisCluster {
         Ok(Self { nodes })
     }
 
-    /// The nodes.
-    pub fn nodes(&self) -> &[RedisServer] {
-        &self.nodes
-    }
-
     /// The nodes' URLs.
     pub fn urls(&self) -> Vec<String> {
         self.nodes.iter().map(RedisServer::url).collect()
     }
 }
 
-/// A standalone server's URL: xtask's ([`REDIS_URL_ENV`]), or a private
+/// A standalone server's URL: xtask's (`TOKEN_CACHE_REDIS_URL`), or a private
 /// server's, kept alive by the returned guard. `None` after
 /// [`skip_or_fail`](crate::skip_or_fail) when there is neither.
 ///
@@ -399,7 +389,8 @@ pub fn redis_standalone() -> Option<(String, Option<RedisServer>)> {
     }
 }
 
-/// A cluster's node URLs: xtask's ([`REDIS_CLUSTER_URLS_ENV`]), or a
+/// A cluster's node URLs: xtask's
+/// (`TOKEN_CACHE_REDIS_CLUSTER_URLS`), or a
 /// private cluster's, kept alive by the returned guard. `None` after
 /// [`skip_or_fail`](crate::skip_or_fail) when there is neither.
 ///
