@@ -3,75 +3,26 @@
 //! key hashing, the circuit breaker, the command timeout and decoding; the
 //! target is within 1.3x of the raw `GET`.
 //!
-//! Starts its own `redis-server` on a free loopback port (persistence off,
-//! killed at the end); without `redis-server` on PATH it says so and skips.
+//! Starts its own `redis-server` (token-testkit's `RedisServer`: a free
+//! loopback port, persistence off, killed at the end); without
+//! `redis-server` on PATH it says so and skips (benchmarks never fail for a
+//! missing server, CI or not: CI only compiles them).
 //!
 //! Run with `cargo bench -p benches --bench redis`. After criterion's
 //! numbers it prints the ratio from interleaved batches, which is robust to
 //! the machine's load drifting during the run.
 
 use std::hint::black_box;
-use std::net::{Ipv4Addr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use criterion::Criterion;
 use token_core::{AccessToken, CacheKey, CacheStore};
 use token_redis::redis;
 use token_redis::{RedisConfig, RedisStore};
-
-/// A private redis-server, killed when dropped.
-struct Server {
-    child: Child,
-    port: u16,
-    dir: std::path::PathBuf,
-}
-
-impl Server {
-    fn start() -> Result<Self, String> {
-        let port = loop {
-            let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-                .and_then(|l| l.local_addr())
-                .map_err(|e| e.to_string())?
-                .port();
-            if port != 6379 {
-                break port;
-            }
-        };
-        let dir = std::env::temp_dir().join(format!("token-redis-bench-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(&dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("cannot run redis-server: {e}"))?;
-        let server = Self { child, port, dir };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_err() {
-            if Instant::now() > deadline {
-                return Err("redis-server did not start listening".into());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(server)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
+use token_testkit::RedisServer;
 
 fn main() {
-    let server = match Server::start() {
+    let server = match RedisServer::start() {
         Ok(server) => server,
         Err(why) => {
             eprintln!("\n*** SKIPPING the redis benchmark: {why} (install redis-server)\n");
@@ -82,7 +33,7 @@ fn main() {
         .enable_all()
         .build()
         .expect("a runtime");
-    let url = format!("redis://127.0.0.1:{}", server.port);
+    let url = server.url();
     let store = runtime
         .block_on(RedisStore::connect(
             RedisConfig::new(url).with_invalidation_events(false),

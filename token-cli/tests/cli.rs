@@ -7,7 +7,7 @@ mod support;
 use std::os::unix::fs::PermissionsExt as _;
 use std::time::Duration;
 
-use support::{closed_port, json, ok, stderr, stdout, Idp, Sandbox, CLIENT_ID, SECRET, SECRET_ENV};
+use support::{json, ok, stderr, stdout, Idp, Sandbox, CLIENT_ID, SECRET, SECRET_ENV};
 
 /// Neither the client secret nor any issued token appears in `text`.
 fn no_secrets(idp: &Idp, text: &str) {
@@ -202,7 +202,7 @@ fn wrong_secret_exits_4_naming_invalid_client() {
 #[test]
 fn unreachable_idp_exits_5_naming_the_url() {
     let sb = Sandbox::new();
-    let url = format!("http://127.0.0.1:{}/token", closed_port());
+    let url = format!("http://127.0.0.1:{}/token", token_testkit::free_port());
     let out = sb
         .cmd()
         .args(["get", "--token-url", &url, "--client-id", CLIENT_ID])

@@ -7,92 +7,11 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Output, Stdio};
-use std::sync::{Mutex, OnceLock};
+use std::path::Path;
+use std::process::{Command, Output};
 
 use support::{json, ok, stderr, Sandbox};
-
-fn idp_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../token-http/tests/idp")
-}
-
-fn keys() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../token-http/tests/keys")
-}
-
-struct Idp {
-    issuer: String,
-    tls_base: String,
-    child: Mutex<Child>,
-    _stdin: Mutex<ChildStdin>,
-}
-
-impl Drop for Idp {
-    fn drop(&mut self) {
-        if let Ok(mut child) = self.child.lock() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn start() -> Result<Idp, String> {
-    if !idp_dir().join("node_modules/oidc-provider").exists() {
-        return Err(format!(
-            "oidc-provider is not installed: run `cargo xtask test`, or `npm ci` in {}",
-            idp_dir().display()
-        ));
-    }
-    let mut child = Command::new("node")
-        .arg("server.js")
-        .arg(keys())
-        .current_dir(idp_dir())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("could not start `node` (is Node.js installed?): {e}"))?;
-    let stdin = child.stdin.take().ok_or("no stdin")?;
-    let stdout = child.stdout.take().ok_or("no stdout")?;
-    let mut lines = BufReader::new(stdout).lines();
-    let mut next_line = |prefix: &str| -> Result<String, String> {
-        let line = lines
-            .next()
-            .unwrap_or_else(|| Ok(String::new()))
-            .map_err(|e| format!("reading the server's ready lines: {e}"))?;
-        line.trim()
-            .strip_prefix(prefix)
-            .map(str::to_owned)
-            .ok_or_else(|| format!("the IdP did not start (said {line:?})"))
-    };
-    let urls = next_line("READY ").and_then(|issuer| Ok((issuer, next_line("MTLS ")?)));
-    let Ok((issuer, tls_base)) = urls else {
-        let _ = child.kill();
-        return Err(urls.err().unwrap_or_default());
-    };
-    Ok(Idp {
-        issuer,
-        tls_base,
-        child: Mutex::new(child),
-        _stdin: Mutex::new(stdin),
-    })
-}
-
-fn idp() -> Option<&'static Idp> {
-    static IDP: OnceLock<Result<Idp, String>> = OnceLock::new();
-    match IDP.get_or_init(start) {
-        Ok(idp) => Some(idp),
-        Err(why) => {
-            if std::env::var_os("CI").is_some() {
-                panic!("the oidc-provider test IdP is required under CI: {why}");
-            }
-            eprintln!("SKIPPED: real-IdP CLI test, because {why}");
-            None
-        }
-    }
-}
+use token_testkit::Idp;
 
 /// An ES256 client assertion for `jwt-es-client` (key `ec-1`), minted by
 /// `jose` from the IdP's own node_modules, as an external signer would.
@@ -109,9 +28,9 @@ process.stdout.write(await new SignJWT({}).setProtectedHeader({ alg: 'ES256', ki
 ";
     let out = Command::new("node")
         .args(["--input-type=module", "-e", script])
-        .arg(keys().join("ec-test-only.pem"))
+        .arg(Idp::keys_dir().join("ec-test-only.pem"))
         .arg(audience)
-        .current_dir(idp_dir())
+        .current_dir(Idp::server_dir())
         .output()
         .expect("node runs");
     assert!(
@@ -159,9 +78,9 @@ fn get(
 
 #[test]
 fn get_with_a_client_assertion_file_sends_the_assertion_on_disk_at_each_fetch() {
-    let Some(idp) = idp() else { return };
+    let Some(idp) = Idp::shared() else { return };
     let sb = Sandbox::new();
-    let token_url = format!("{}/token", idp.issuer);
+    let token_url = idp.token_url();
     let file = sb.path().join("projected-token");
     let memory = ["--store", "memory"];
 
@@ -216,13 +135,13 @@ fn get_with_a_client_assertion_file_sends_the_assertion_on_disk_at_each_fetch() 
 
 #[test]
 fn get_with_a_certificate_file_names_the_certificate_in_the_assertion() {
-    let Some(idp) = idp() else { return };
+    let Some(idp) = Idp::shared() else { return };
     let sb = Sandbox::new();
-    let token_url = format!("{}/token", idp.issuer);
+    let token_url = idp.token_url();
     // Certificate chain and key in one PEM.
     let pem = sb.path().join("client.pem");
-    let both = std::fs::read_to_string(keys().join("rsa-test-only.crt")).unwrap()
-        + &std::fs::read_to_string(keys().join("rsa-test-only.pem")).unwrap();
+    let both = std::fs::read_to_string(Idp::keys_dir().join("rsa-test-only.crt")).unwrap()
+        + &std::fs::read_to_string(Idp::keys_dir().join("rsa-test-only.pem")).unwrap();
     std::fs::write(&pem, both).unwrap();
     let memory = ["--store", "memory"];
     ok(&get(
@@ -256,8 +175,14 @@ fn get_with_a_certificate_file_names_the_certificate_in_the_assertion() {
         "cert-client",
         &memory,
         &[
-            ("--certificate-file", &keys().join("rsa-test-only.crt")),
-            ("--private-key-file", &keys().join("rsa-test-only.pem")),
+            (
+                "--certificate-file",
+                &Idp::keys_dir().join("rsa-test-only.crt"),
+            ),
+            (
+                "--private-key-file",
+                &Idp::keys_dir().join("rsa-test-only.pem"),
+            ),
         ],
     ));
     let out = String::from_utf8_lossy(
@@ -276,12 +201,12 @@ fn get_with_a_certificate_file_names_the_certificate_in_the_assertion() {
 
 #[test]
 fn get_with_mutual_tls_caches_per_certificate() {
-    let Some(idp) = idp() else { return };
+    let Some(idp) = Idp::shared() else { return };
     let sb = Sandbox::new();
-    let token_url = format!("{}/token", idp.tls_base);
-    let ca = keys().join("ca-test-only.crt");
-    let good = keys().join("mtls-client-test-only.pem");
-    let other = keys().join("mtls-other-test-only.pem");
+    let token_url = format!("{}/token", idp.tls_base());
+    let ca = Idp::keys_dir().join("ca-test-only.crt");
+    let good = Idp::keys_dir().join("mtls-client-test-only.pem");
+    let other = Idp::keys_dir().join("mtls-other-test-only.pem");
 
     let first = get(
         &sb,
@@ -324,7 +249,7 @@ fn get_with_mutual_tls_caches_per_certificate() {
         &[
             (
                 "--client-certificate-file",
-                &keys().join("self-signed-client-test-only.pem"),
+                &Idp::keys_dir().join("self-signed-client-test-only.pem"),
             ),
             ("--ca-file", &ca),
         ],
@@ -333,9 +258,9 @@ fn get_with_mutual_tls_caches_per_certificate() {
 
 #[test]
 fn a_warm_cached_assertion_file_token_needs_the_file_readable_and_survives_its_rotation() {
-    let Some(idp) = idp() else { return };
+    let Some(idp) = Idp::shared() else { return };
     let sb = Sandbox::new();
-    let token_url = format!("{}/token", idp.issuer);
+    let token_url = idp.token_url();
     let file = sb.path().join("projected-token");
     // The default sled store, so the second and third gets take the warm
     // path (no sled open).
@@ -426,13 +351,13 @@ fn get_from_env(sb: &Sandbox, vars: &[(&str, &str)], extra: &[&str]) -> Output {
 
 #[test]
 fn get_from_env_uses_the_azure_workload_identity_variables() {
-    let Some(idp) = idp() else { return };
+    let Some(idp) = Idp::shared() else { return };
     let sb = Sandbox::new();
-    let token_url = format!("{}/token", idp.issuer);
+    let token_url = idp.token_url();
     let file = sb.path().join("azure-identity-token");
     let file_text = file.display().to_string();
     let vars = [
-        ("TOKEN_CACHE_ISSUER", idp.issuer.as_str()),
+        ("TOKEN_CACHE_ISSUER", idp.issuer()),
         ("AZURE_CLIENT_ID", "jwt-es-client"),
         ("AZURE_FEDERATED_TOKEN_FILE", file_text.as_str()),
     ];

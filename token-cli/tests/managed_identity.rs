@@ -155,7 +155,7 @@ fn azure_imds_token_is_fetched_once_without_a_proxy_and_then_served_from_the_cac
     let host = format!("http://{}", md.addr);
     // A proxy that does not exist: the IdP credentials would go through it
     // (and fail); metadata endpoints are never proxied.
-    let dead_proxy = format!("http://127.0.0.1:{}", support::closed_port());
+    let dead_proxy = format!("http://127.0.0.1:{}", token_testkit::free_port());
     let env = [
         ("AZURE_POD_IDENTITY_AUTHORITY_HOST", host.as_str()),
         ("HTTP_PROXY", dead_proxy.as_str()),

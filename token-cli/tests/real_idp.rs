@@ -1,7 +1,8 @@
 //! `tokencache` against a real authorization server: panva's
 //! `oidc-provider` (npm), the one token-http's tests use
 //! (`token-http/tests/idp/server.js`, installed by `cargo xtask test`),
-//! started here on a free loopback port. It counts the token requests it
+//! started by token-testkit's `Idp` on a free loopback port, one per test
+//! (their token-request counts are exact). It counts the token requests it
 //! receives (`GET /__test/token-requests`).
 //!
 //! Without node or the installed package the tests skip loudly; under `CI`
@@ -9,110 +10,14 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
-use std::path::PathBuf;
-use std::process::{Child, ChildStdin, Command, Output, Stdio};
+use std::process::Output;
 
 use support::{json, ok, stderr, stdout, Sandbox};
+use token_testkit::Idp;
 
 /// The `client_secret_basic` client of server.js and its secret.
 const BASIC_CLIENT: &str = "basic-client";
 const BASIC_SECRET: &str = "basic:secret%+/ ok~&=";
-
-/// The running server; killed when dropped (it also exits when its stdin
-/// closes).
-struct RealIdp {
-    issuer: String,
-    child: Child,
-    _stdin: ChildStdin,
-}
-
-impl Drop for RealIdp {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn http_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join("token-http")
-        .join("tests")
-}
-
-fn start() -> Option<RealIdp> {
-    let idp_dir = http_dir().join("idp");
-    let why = if !idp_dir.join("node_modules/oidc-provider").exists() {
-        Some(format!(
-            "oidc-provider is not installed: run `cargo xtask test`, or `npm ci` in {}",
-            idp_dir.display()
-        ))
-    } else {
-        None
-    };
-    let spawned = match why {
-        Some(why) => Err(why),
-        None => Command::new("node")
-            .arg("server.js")
-            .arg(http_dir().join("keys"))
-            .current_dir(&idp_dir)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .map_err(|e| format!("could not start `node` (install Node.js 20+): {e}")),
-    };
-    let mut child = match spawned {
-        Ok(c) => c,
-        Err(why) => {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "the oidc-provider test IdP is required under CI: {why}"
-            );
-            eprintln!("\n*** SKIPPING token-cli real-IdP tests: {why}\n");
-            return None;
-        }
-    };
-    let stdin = child.stdin.take().expect("stdin");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("ready line");
-    let issuer = line
-        .trim()
-        .strip_prefix("READY ")
-        .unwrap_or_else(|| panic!("the IdP did not start: {line:?}"))
-        .to_owned();
-    Some(RealIdp {
-        issuer,
-        child,
-        _stdin: stdin,
-    })
-}
-
-impl RealIdp {
-    fn token_url(&self) -> String {
-        format!("{}/token", self.issuer)
-    }
-
-    /// How many `POST /token` the server received.
-    fn token_requests(&self) -> u64 {
-        let addr = self.issuer.trim_start_matches("http://");
-        let mut s = TcpStream::connect(addr).expect("connect");
-        write!(
-            s,
-            "GET /__test/token-requests HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n"
-        )
-        .expect("write");
-        let mut text = String::new();
-        s.read_to_string(&mut text).expect("read");
-        let body = text.split("\r\n\r\n").nth(1).expect("body");
-        let v: serde_json::Value = serde_json::from_str(body).expect("json");
-        v["count"].as_u64().expect("count")
-    }
-}
 
 fn get(sb: &Sandbox, endpoint: &[&str], secret: &str, extra: &[&str]) -> Output {
     sb.cmd()
@@ -129,7 +34,7 @@ fn get(sb: &Sandbox, endpoint: &[&str], secret: &str, extra: &[&str]) -> Output 
 
 #[test]
 fn against_oidc_provider_a_wrong_secret_is_refused_not_served_from_the_cache() {
-    let Some(idp) = start() else { return };
+    let Some(idp) = Idp::private() else { return };
     let sb = Sandbox::new();
     let url = idp.token_url();
     let endpoint = ["--token-url", url.as_str()];
@@ -166,9 +71,9 @@ fn against_oidc_provider_a_wrong_secret_is_refused_not_served_from_the_cache() {
 
 #[test]
 fn against_oidc_provider_issuer_discovery_is_cached_with_the_token() {
-    let Some(idp) = start() else { return };
+    let Some(idp) = Idp::private() else { return };
     let sb = Sandbox::new();
-    let endpoint = ["--issuer", idp.issuer.as_str()];
+    let endpoint = ["--issuer", idp.issuer()];
     let first = get(&sb, &endpoint, BASIC_SECRET, &["-v"]);
     ok(&first);
     assert!(
@@ -188,10 +93,10 @@ fn against_oidc_provider_issuer_discovery_is_cached_with_the_token() {
 
 #[test]
 fn against_oidc_provider_private_key_jwt_is_bound_to_its_key() {
-    let Some(idp) = start() else { return };
+    let Some(idp) = Idp::private() else { return };
     let sb = Sandbox::new();
     let url = idp.token_url();
-    let keys = http_dir().join("keys");
+    let keys = Idp::keys_dir();
     let run = |client: &str, key: &str| {
         sb.cmd()
             .args(["get", "--token-url", &url, "--client-id", client])

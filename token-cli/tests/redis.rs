@@ -1,72 +1,17 @@
 //! End-to-end tests of the Redis store: `get` through Redis, `inspect` and
 //! `purge` on it, and the multi-process demo. Redis comes from `cargo
 //! xtask` (`TOKEN_CACHE_REDIS_URL`) or a private `redis-server` on a free
-//! loopback port started here; without one the tests skip loudly, and fail
+//! loopback port started by token-testkit; without one the tests skip loudly, and fail
 //! under `CI`.
 
 mod support;
 
-use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
 use support::{json, ok, stdout, Idp, Sandbox};
-
-/// A private redis-server, killed when dropped.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn redis() -> Option<(String, Option<Server>)> {
-    if let Ok(url) = std::env::var("TOKEN_CACHE_REDIS_URL") {
-        return Some((url, None));
-    }
-    let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false");
-    let port = support::closed_port();
-    let child = Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn();
-    let child = match child {
-        Ok(c) => Server(c),
-        Err(e) => {
-            assert!(
-                !ci,
-                "these tests need Redis and CI is set: cannot start redis-server: {e}"
-            );
-            eprintln!("\n*** SKIPPING token-cli Redis tests: cannot start redis-server ({e})\n");
-            return None;
-        }
-    };
-    let started = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "redis-server did not start"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Some((format!("redis://127.0.0.1:{port}"), Some(child)))
-}
+use token_testkit::redis_standalone;
 
 #[test]
 fn get_inspect_and_purge_through_redis() {
-    let Some((url, _server)) = redis() else {
+    let Some((url, _server)) = redis_standalone() else {
         return;
     };
     let idp = Idp::start(3600);
@@ -123,7 +68,7 @@ fn get_inspect_and_purge_through_redis() {
 
 #[test]
 fn demo_with_processes_shares_redis() {
-    let Some((url, _server)) = redis() else {
+    let Some((url, _server)) = redis_standalone() else {
         return;
     };
     let sb = Sandbox::new();
@@ -165,7 +110,7 @@ fn processes_need_a_shared_store() {
 
 #[test]
 fn a_cached_issuer_get_through_redis_makes_no_request() {
-    let Some((url, _server)) = redis() else {
+    let Some((url, _server)) = redis_standalone() else {
         return;
     };
     let idp = Idp::start(3600);

@@ -1,6 +1,6 @@
 //! End-to-end tests of `tokencache serve`: the built binary, a real upstream
-//! (hyper) that records what it receives, reqwest and curl as clients, and
-//! an IdP: oidc-provider (token-http/tests/idp, installed by `cargo xtask
+//! (token-testkit's recording hyper `Upstream`), reqwest and curl as
+//! clients, and an IdP: oidc-provider (token-http/tests/idp, installed by `cargo xtask
 //! test`) where its fixed 10-minute tokens fit, and a controllable token
 //! endpoint in this process where a test needs short lifetimes or an
 //! outage on cue.
@@ -8,62 +8,27 @@
 mod support;
 
 use std::collections::HashSet;
-use std::convert::Infallible;
 use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt as _, Full};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use support::Sandbox;
-
-fn ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false")
-}
-
-/// Serves `handler` on a free loopback port; the server lives as long as
-/// the test's runtime.
-async fn http_server<F, Fut>(handler: F) -> SocketAddr
-where
-    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
-    Fut: std::future::Future<Output = Response<Full<Bytes>>> + Send,
-{
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let handler = handler.clone();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req| {
-                    let handler = handler.clone();
-                    async move { Ok::<_, Infallible>(handler(req).await) }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
-    addr
-}
+use token_testkit::{
+    free_port, in_ci, redis_standalone, skip_or_fail, HttpServer, Idp, Seen, Upstream,
+};
 
 /// A token endpoint issuing `tok-N` tokens that live `lifetime` seconds,
 /// answering 503 while `down`.
 #[derive(Clone)]
 struct FakeIdp {
-    addr: SocketAddr,
+    server: HttpServer,
     calls: Arc<AtomicUsize>,
     down: Arc<AtomicBool>,
 }
@@ -73,7 +38,7 @@ impl FakeIdp {
         let calls = Arc::new(AtomicUsize::new(0));
         let down = Arc::new(AtomicBool::new(false));
         let (c, d) = (calls.clone(), down.clone());
-        let addr = http_server(move |_req: Request<Incoming>| {
+        let server = HttpServer::start(move |_req: Request<Incoming>| {
             let (c, d) = (c.clone(), d.clone());
             async move {
                 let n = c.fetch_add(1, Ordering::SeqCst) + 1;
@@ -94,11 +59,15 @@ impl FakeIdp {
             }
         })
         .await;
-        Self { addr, calls, down }
+        Self {
+            server,
+            calls,
+            down,
+        }
     }
 
     fn token_url(&self) -> String {
-        format!("http://{}/token", self.addr)
+        format!("{}/token", self.server.url())
     }
 
     fn calls(&self) -> usize {
@@ -106,88 +75,35 @@ impl FakeIdp {
     }
 }
 
-/// One request the upstream received.
-#[derive(Clone, Debug)]
-struct Seen {
-    path_and_query: String,
-    authorization: Option<String>,
-    hop: bool,
-    body_len: usize,
-}
-
-/// An upstream that records requests; answers 401 `invalid_token` to the
-/// tokens in `rejected`, and waits a second on paths ending in `/slow`.
-#[derive(Clone)]
-struct Upstream {
-    addr: SocketAddr,
-    seen: Arc<Mutex<Vec<Seen>>>,
-    rejected: Arc<Mutex<HashSet<String>>>,
-}
-
-impl Upstream {
-    async fn start() -> Self {
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let rejected = Arc::new(Mutex::new(HashSet::new()));
-        let (s, rj) = (seen.clone(), rejected.clone());
-        let addr = http_server(move |req: Request<Incoming>| {
-            let (s, rj) = (s.clone(), rj.clone());
-            async move {
-                let auth = req
-                    .headers()
-                    .get("authorization")
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned);
-                let pq = req
-                    .uri()
-                    .path_and_query()
-                    .map(ToString::to_string)
-                    .unwrap_or_default();
-                let hop = req.headers().contains_key("x-hop")
-                    || req.headers().contains_key("proxy-authorization");
-                let slow = req.uri().path().ends_with("/slow");
-                let body = req.into_body().collect().await.map(|c| c.to_bytes());
-                let body_len = body.map(|b| b.len()).unwrap_or(usize::MAX);
-                s.lock().expect("lock").push(Seen {
-                    path_and_query: pq.clone(),
-                    authorization: auth.clone(),
-                    hop,
-                    body_len,
-                });
-                if slow {
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-                let token = auth
-                    .as_deref()
-                    .and_then(|a| a.strip_prefix("Bearer "))
-                    .unwrap_or("");
-                if rj.lock().expect("lock").contains(token) {
-                    let mut r = Response::new(Full::new(Bytes::new()));
-                    *r.status_mut() = StatusCode::UNAUTHORIZED;
-                    r.headers_mut().insert(
-                        "www-authenticate",
-                        "Bearer error=\"invalid_token\"".parse().expect("hv"),
-                    );
-                    return r;
-                }
-                let mut r = Response::new(Full::new(Bytes::from(format!("ok {pq}"))));
-                r.headers_mut()
-                    .insert("connection", "x-upstream-hop".parse().expect("hv"));
-                r.headers_mut()
-                    .insert("x-upstream-hop", "1".parse().expect("hv"));
-                r
-            }
-        })
-        .await;
-        Self {
-            addr,
-            seen,
-            rejected,
+/// The recording upstream of these tests: answers `ok <path and query>`
+/// with a hop-by-hop header of its own (`Connection: x-upstream-hop`), after
+/// a second on paths ending in `/slow`.
+async fn upstream() -> Upstream {
+    Upstream::start_with(|seen: Seen| async move {
+        if seen
+            .path_and_query
+            .split('?')
+            .next()
+            .is_some_and(|p| p.ends_with("/slow"))
+        {
+            tokio::time::sleep(Duration::from_secs(1)).await;
         }
-    }
+        let mut r = Response::new(Full::new(Bytes::from(format!(
+            "ok {}",
+            seen.path_and_query
+        ))));
+        r.headers_mut()
+            .insert("connection", "x-upstream-hop".parse().expect("hv"));
+        r.headers_mut()
+            .insert("x-upstream-hop", "1".parse().expect("hv"));
+        r
+    })
+    .await
+}
 
-    fn seen(&self) -> Vec<Seen> {
-        self.seen.lock().expect("lock").clone()
-    }
+/// A hop-by-hop header of the caller's reached the upstream.
+fn hop(seen: &Seen) -> bool {
+    seen.headers.contains_key("x-hop") || seen.headers.contains_key("proxy-authorization")
 }
 
 /// A running `tokencache serve`, killed when dropped.
@@ -239,7 +155,7 @@ fn start_serve_with(sandbox: &Sandbox, config: &Path, extra: &[&str], stderr: St
 }
 
 fn free_addr() -> String {
-    format!("127.0.0.1:{}", support::closed_port())
+    format!("127.0.0.1:{}", free_port())
 }
 
 fn fake_profile(name: &str, idp: &FakeIdp, store: &str) -> String {
@@ -254,86 +170,14 @@ fn fake_profile(name: &str, idp: &FakeIdp, store: &str) -> String {
 fn route(prefix: &str, upstream: &Upstream, profile: &str) -> String {
     format!(
         "[[serve.routes]]\nprefix = \"{prefix}\"\nupstream = \"http://{}/base\"\nprofile = \"{profile}\"\n",
-        upstream.addr
+        upstream.addr()
     )
-}
-
-/// The oidc-provider test IdP (token-http/tests/idp), or `None` after
-/// saying why (a failure under CI).
-struct Oidc {
-    issuer: String,
-    child: Child,
-    _stdin: ChildStdin,
-}
-
-impl Drop for Oidc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn oidc_provider() -> Option<Oidc> {
-    let tests = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../token-http/tests");
-    let dir = tests.join("idp");
-    let why = if !dir.join("node_modules/oidc-provider").exists() {
-        format!(
-            "oidc-provider is not installed: run `cargo xtask test`, or `npm ci` in {}",
-            dir.display()
-        )
-    } else {
-        match Command::new("node")
-            .arg("server.js")
-            .arg(tests.join("keys"))
-            .current_dir(&dir)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-        {
-            Ok(mut child) => {
-                let stdin = child.stdin.take().expect("stdin");
-                let mut line = String::new();
-                BufReader::new(child.stdout.take().expect("stdout"))
-                    .read_line(&mut line)
-                    .expect("read");
-                match line.trim().strip_prefix("READY ") {
-                    Some(issuer) => {
-                        return Some(Oidc {
-                            issuer: issuer.to_owned(),
-                            child,
-                            _stdin: stdin,
-                        })
-                    }
-                    None => format!("oidc-provider did not start (said {line:?})"),
-                }
-            }
-            Err(e) => format!("cannot run node: {e}"),
-        }
-    };
-    assert!(
-        !ci(),
-        "the oidc-provider test IdP is required under CI: {why}"
-    );
-    eprintln!("\n*** SKIPPING serve test against oidc-provider: {why}\n");
-    None
-}
-
-async fn oidc_token_requests(issuer: &str) -> u64 {
-    let text = reqwest::get(format!("{issuer}/__test/token-requests"))
-        .await
-        .expect("count")
-        .text()
-        .await
-        .expect("text");
-    let v: serde_json::Value = serde_json::from_str(&text).expect("json");
-    v["count"].as_u64().expect("count")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_requests_through_a_route_make_one_idp_call_and_all_carry_the_token() {
-    let Some(idp) = oidc_provider() else { return };
-    let upstream = Upstream::start().await;
+    let Some(idp) = Idp::shared() else { return };
+    let upstream = upstream().await;
     let sandbox = Sandbox::new();
     let secret_file = sandbox.path().join("client-secret");
     std::fs::write(&secret_file, "basic:secret%+/ ok~&=\n").expect("write");
@@ -341,13 +185,13 @@ async fn a_thousand_requests_through_a_route_make_one_idp_call_and_all_carry_the
     let config = write_config(
         &sandbox,
         &format!(
-            "[profiles.orders]\ntoken_url = \"{}/token\"\nclient_id = \"basic-client\"\nclient_secret_file = \"{}\"\nscopes = [\"orders.read\"]\n\n[serve]\nlisten = \"{listen}\"\n{}",
-            idp.issuer,
+            "[profiles.orders]\ntoken_url = \"{}\"\nclient_id = \"basic-client\"\nclient_secret_file = \"{}\"\nscopes = [\"orders.read\"]\n\n[serve]\nlisten = \"{listen}\"\n{}",
+            idp.token_url(),
             secret_file.display(),
             route("/orders/", &upstream, "orders")
         ),
     );
-    let before = oidc_token_requests(&idp.issuer).await;
+    let before = idp.token_requests();
     let serve = start_serve(&sandbox, &config);
     let client = reqwest::Client::new();
 
@@ -380,19 +224,17 @@ async fn a_thousand_requests_through_a_route_make_one_idp_call_and_all_carry_the
     }
     let seen = upstream.seen();
     assert_eq!(seen.len(), 1000);
-    let first = seen[0].authorization.clone().expect("authorization");
+    let first = seen[0].authorization().expect("authorization");
     assert!(first.starts_with("Bearer ") && first != "Bearer caller-must-not-pass");
-    assert!(seen
-        .iter()
-        .all(|s| s.authorization.as_ref() == Some(&first)));
+    assert!(seen.iter().all(|s| s.authorization() == Some(first)));
     assert!(
-        seen.iter().all(|s| !s.hop),
+        seen.iter().all(|s| !hop(s)),
         "hop-by-hop headers were forwarded"
     );
     assert!(seen
         .iter()
         .all(|s| s.path_and_query.starts_with("/base/v1/items?n=")));
-    assert_eq!(oidc_token_requests(&idp.issuer).await - before, 1);
+    assert_eq!(idp.token_requests() - before, 1);
 
     // The token endpoint hands out the same token, with its guards.
     let r = client
@@ -421,11 +263,11 @@ async fn a_thousand_requests_through_a_route_make_one_idp_call_and_all_carry_the
             assert_eq!(String::from_utf8_lossy(&out.stdout), "ok /base/ping");
         }
         Err(e) => {
-            assert!(!ci(), "curl is needed under CI: {e}");
+            assert!(!in_ci(), "curl is needed under CI: {e}");
             eprintln!("*** SKIPPING the curl part: {e}");
         }
     }
-    assert_eq!(oidc_token_requests(&idp.issuer).await - before, 1);
+    assert_eq!(idp.token_requests() - before, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -542,12 +384,8 @@ async fn token_requests_without_metadata_or_through_a_proxy_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_401_storm_from_the_upstream_causes_one_refresh_and_every_request_succeeds() {
     let idp = FakeIdp::start(600).await;
-    let upstream = Upstream::start().await;
-    upstream
-        .rejected
-        .lock()
-        .expect("lock")
-        .insert("tok-1".to_owned());
+    let upstream = upstream().await;
+    upstream.reject("tok-1");
     let sandbox = Sandbox::new();
     let config = write_config(
         &sandbox,
@@ -581,12 +419,13 @@ async fn a_401_storm_from_the_upstream_causes_one_refresh_and_every_request_succ
     assert_eq!(idp.calls(), 2, "one refresh for the whole storm");
     let seen = upstream.seen();
     assert!(
-        seen.iter().all(|s| s.body_len > 0),
+        seen.iter()
+            .all(|s| s.body.as_ref().is_none_or(|b| !b.is_empty())),
         "retried bodies were resent"
     );
     let retried = seen
         .iter()
-        .filter(|s| s.authorization.as_deref() == Some("Bearer tok-2"))
+        .filter(|s| s.authorization() == Some("Bearer tok-2"))
         .count();
     assert_eq!(retried, 40);
 }
@@ -597,7 +436,7 @@ async fn an_idp_outage_through_the_refresh_window_fails_no_request() {
     // 15 s. The IdP is down from 1 s to 10.5 s, so the first refreshes fail
     // and the stale token carries the traffic until one succeeds.
     let idp = FakeIdp::start(20).await;
-    let upstream = Upstream::start().await;
+    let upstream = upstream().await;
     let sandbox = Sandbox::new();
     let config = write_config(
         &sandbox,
@@ -636,7 +475,7 @@ async fn an_idp_outage_through_the_refresh_window_fails_no_request() {
     let tokens: HashSet<_> = upstream
         .seen()
         .into_iter()
-        .filter_map(|s| s.authorization)
+        .filter_map(|s| s.authorization().map(str::to_owned))
         .collect();
     assert!(tokens.contains("Bearer tok-1"));
     assert!(
@@ -649,7 +488,7 @@ async fn an_idp_outage_through_the_refresh_window_fails_no_request() {
 async fn an_idp_outage_past_expiry_answers_503_with_the_cause_and_forwards_nothing() {
     // 8 s tokens are usable until 6 s (2 s skew).
     let idp = FakeIdp::start(8).await;
-    let upstream = Upstream::start().await;
+    let upstream = upstream().await;
     let sandbox = Sandbox::new();
     let config = write_config(
         &sandbox,
@@ -706,7 +545,7 @@ async fn an_idp_outage_past_expiry_answers_503_with_the_cause_and_forwards_nothi
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_requests_in_flight_complete_and_exits_0() {
     let idp = FakeIdp::start(600).await;
-    let upstream = Upstream::start().await;
+    let upstream = upstream().await;
     let sandbox = Sandbox::new();
     let config = write_config(
         &sandbox,
@@ -748,7 +587,7 @@ fn bad_configs_stop_start_up_with_one_sentence_and_their_exit_codes() {
     let sandbox = Sandbox::new();
     let profile = format!(
         "[profiles.orders]\ntoken_url = \"http://127.0.0.1:{}/token\"\nclient_id = \"c\"\nclient_secret_env = \"{}\"\nstore = \"memory\"\n",
-        support::closed_port(),
+        free_port(),
         support::SECRET_ENV
     );
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -815,9 +654,7 @@ fn vendor_python() -> Option<PathBuf> {
          token-cli/tests/vendor/requirements.txt`)",
         python.display()
     );
-    assert!(!ci(), "{why}");
-    eprintln!("\n*** SKIPPING vendor-client test: {why}\n");
-    None
+    skip_or_fail(why)
 }
 
 fn vendor_client(python: &Path, envs: &[(&str, String)], args: &[&str]) -> Vec<String> {
@@ -918,68 +755,14 @@ async fn azure_identity_and_google_auth_get_their_tokens_from_the_sidecar() {
     assert!(!r.text().await.expect("t").contains("tok-1"));
 }
 
-/// A private redis-server, killed when dropped.
-struct RedisServer(Child);
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Redis from `cargo xtask` (`TOKEN_CACHE_REDIS_URL`) or a private
-/// redis-server on a free loopback port; `None` (loudly, a failure under
-/// CI) without one.
-fn redis() -> Option<(String, Option<RedisServer>)> {
-    if let Ok(url) = std::env::var("TOKEN_CACHE_REDIS_URL") {
-        return Some((url, None));
-    }
-    let port = support::closed_port();
-    let child = Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn();
-    let child = match child {
-        Ok(c) => RedisServer(c),
-        Err(e) => {
-            assert!(
-                !ci(),
-                "this test needs Redis and CI is set: cannot start redis-server: {e}"
-            );
-            eprintln!(
-                "\n*** SKIPPING the two-sidecars-on-Redis test: cannot start redis-server ({e})\n"
-            );
-            return None;
-        }
-    };
-    let started = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "redis-server did not start"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Some((format!("redis://127.0.0.1:{port}"), Some(child)))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_sidecars_on_one_redis_make_one_idp_call_per_refresh_between_them() {
-    let Some((url, _redis)) = redis() else { return };
+    let Some((url, _redis)) = redis_standalone() else {
+        return;
+    };
     // 20 s tokens: both sidecars' keep-warm timers come due at ~9-10 s.
     let idp = FakeIdp::start(20).await;
-    let upstream = Upstream::start().await;
+    let upstream = upstream().await;
     let sandbox = Sandbox::new();
     let key = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
     let configs: Vec<PathBuf> = (0..2)
@@ -1050,7 +833,7 @@ async fn two_sidecars_on_one_redis_make_one_idp_call_per_refresh_between_them() 
     let tokens: HashSet<_> = upstream
         .seen()
         .into_iter()
-        .filter_map(|s| s.authorization)
+        .filter_map(|s| s.authorization().map(str::to_owned))
         .collect();
     assert_eq!(tokens.len(), 2, "{tokens:?}");
 }

@@ -1,15 +1,12 @@
 //! Against a real authorization server: panva's `oidc-provider` (npm),
 //! configured by `tests/idp/server.js`, installed by `cargo xtask test`
-//! (`npm ci` in `tests/idp`), started here on free loopback ports (HTTP,
-//! and HTTPS asking for client certificates).
+//! (`npm ci` in `tests/idp`), started by token-testkit's `Idp` on free
+//! loopback ports (HTTP, and HTTPS asking for client certificates).
 //!
 //! Without node or the installed package the tests skip loudly; under `CI`
 //! that is a failure.
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -18,100 +15,10 @@ use token_core::{CacheKey, Credential, Secret, TokenCache, TokenRequest};
 use token_http::{
     AssertionFn, Certificate, ClientCertificate, OAuthCredential, PrivateKey, ServerMetadata,
 };
-
-/// The running server; killed when the test process exits (it also exits by
-/// itself when its standard input closes).
-struct Idp {
-    issuer: String,
-    /// The same provider behind HTTPS asking for client certificates.
-    tls_base: String,
-    child: Mutex<Child>,
-    _stdin: Mutex<ChildStdin>,
-}
-
-impl Drop for Idp {
-    fn drop(&mut self) {
-        if let Ok(mut child) = self.child.lock() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
+use token_testkit::Idp;
 
 fn dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests")
-}
-
-fn start() -> Result<Idp, String> {
-    let idp_dir = dir().join("idp");
-    if !idp_dir.join("node_modules/oidc-provider").exists() {
-        return Err(format!(
-            "oidc-provider is not installed: run `cargo xtask test`, or `npm ci` in {}",
-            idp_dir.display()
-        ));
-    }
-    let mut child = Command::new("node")
-        .arg("server.js")
-        .arg(dir().join("keys"))
-        .current_dir(&idp_dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .map_err(|e| format!("could not start `node` (is Node.js installed?): {e}"))?;
-    let stdin = child.stdin.take().ok_or("no stdin")?;
-    let stdout = child.stdout.take().ok_or("no stdout")?;
-    let mut lines = BufReader::new(stdout).lines();
-    let mut next_line = |prefix: &str| -> Result<String, String> {
-        let line = lines
-            .next()
-            .unwrap_or_else(|| Ok(String::new()))
-            .map_err(|e| format!("reading the server's ready lines: {e}"))?;
-        line.trim()
-            .strip_prefix(prefix)
-            .map(str::to_owned)
-            .ok_or_else(|| format!("the IdP did not start (said {line:?}); see its output above"))
-    };
-    let urls = next_line("READY ").and_then(|issuer| Ok((issuer, next_line("MTLS ")?)));
-    let (issuer, tls_base) = urls.inspect_err(|_| {
-        let _ = child.kill();
-    })?;
-    Ok(Idp {
-        issuer,
-        tls_base,
-        child: Mutex::new(child),
-        _stdin: Mutex::new(stdin),
-    })
-}
-
-/// The shared server, or `None` (after saying why) when it cannot run here.
-fn idp() -> Option<&'static Idp> {
-    static IDP: OnceLock<Result<Idp, String>> = OnceLock::new();
-    match IDP.get_or_init(start) {
-        Ok(idp) => Some(idp),
-        Err(why) => {
-            if std::env::var_os("CI").is_some() {
-                panic!("the oidc-provider test IdP is required under CI: {why}");
-            }
-            eprintln!("SKIPPED: real-IdP test, because {why}");
-            None
-        }
-    }
-}
-
-fn token_url(idp: &Idp) -> String {
-    format!("{}/token", idp.issuer)
-}
-
-async fn token_requests(idp: &Idp) -> u64 {
-    let text = reqwest::get(format!("{}/__test/token-requests", idp.issuer))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let body: serde_json::Value = serde_json::from_str(&text).unwrap();
-    body["count"].as_u64().unwrap()
 }
 
 async fn obtains_a_token(credential: OAuthCredential) {
@@ -136,11 +43,11 @@ async fn obtains_a_token(credential: OAuthCredential) {
 
 #[tokio::test]
 async fn client_secret_basic_obtains_a_token_from_oidc_provider() {
-    let Some(idp) = idp() else { return };
+    let Some(idp) = Idp::shared() else { return };
     // The secret has `:`, `%`, `+`, `/`, a space, `&` and `=`: only the §2.3.1
     // encoding gets it through.
     obtains_a_token(
-        OAuthCredential::client_credentials(token_url(idp), "basic-client")
+        OAuthCredential::client_credentials(idp.token_url(), "basic-client")
             .client_secret("basic:secret%+/ ok~&=")
             .build()
             .unwrap(),
@@ -150,9 +57,9 @@ async fn client_secret_basic_obtains_a_token_from_oidc_provider() {
 
 #[tokio::test]
 async fn client_secret_post_obtains_a_token_from_oidc_provider() {
-    let Some(idp) = idp() else { return };
+    let Some(idp) = Idp::shared() else { return };
     obtains_a_token(
-        OAuthCredential::client_credentials(token_url(idp), "post-client")
+        OAuthCredential::client_credentials(idp.token_url(), "post-client")
             .client_secret_post("post-secret-value")
             .build()
             .unwrap(),
@@ -162,7 +69,7 @@ async fn client_secret_post_obtains_a_token_from_oidc_provider() {
 
 #[tokio::test]
 async fn private_key_jwt_rs256_and_es256_obtain_tokens_from_oidc_provider() {
-    let Some(idp) = idp() else { return };
+    let Some(idp) = Idp::shared() else { return };
     let rsa = PrivateKey::rs256_from_pem(include_str!("keys/rsa-test-only.pem"))
         .unwrap()
         .with_key_id("rsa-1");
@@ -176,7 +83,7 @@ async fn private_key_jwt_rs256_and_es256_obtain_tokens_from_oidc_provider() {
         ("jwt-rs-client", rsa_pkcs1),
         ("jwt-es-client", ec),
     ] {
-        let credential = OAuthCredential::client_credentials(token_url(idp), client)
+        let credential = OAuthCredential::client_credentials(idp.token_url(), client)
             .private_key_jwt(key)
             .build()
             .unwrap();
@@ -184,7 +91,7 @@ async fn private_key_jwt_rs256_and_es256_obtain_tokens_from_oidc_provider() {
     }
     // Twice with one key: each assertion has a fresh jti, which the server
     // checks for replay.
-    let again = OAuthCredential::client_credentials(token_url(idp), "jwt-es-client")
+    let again = OAuthCredential::client_credentials(idp.token_url(), "jwt-es-client")
         .private_key_jwt(PrivateKey::es256_from_pem(include_str!("keys/ec-test-only.pem")).unwrap())
         .build()
         .unwrap();
@@ -195,11 +102,11 @@ async fn private_key_jwt_rs256_and_es256_obtain_tokens_from_oidc_provider() {
 
 #[tokio::test]
 async fn a_wrong_secret_is_a_permanent_invalid_client_error() {
-    let Some(idp) = idp() else { return };
+    let Some(idp) = Idp::shared() else { return };
     for credential in [
-        OAuthCredential::client_credentials(token_url(idp), "basic-client")
+        OAuthCredential::client_credentials(idp.token_url(), "basic-client")
             .client_secret("wrong-secret-123"),
-        OAuthCredential::client_credentials(token_url(idp), "post-client")
+        OAuthCredential::client_credentials(idp.token_url(), "post-client")
             .client_secret_post("wrong-secret-123"),
     ] {
         let credential = credential.build().unwrap();
@@ -218,7 +125,7 @@ async fn a_wrong_secret_is_a_permanent_invalid_client_error() {
     }
     // And through the cache: the same error, not retried in a loop.
     let cache = TokenCache::builder(
-        OAuthCredential::client_credentials(token_url(idp), "basic-client")
+        OAuthCredential::client_credentials(idp.token_url(), "basic-client")
             .client_secret("wrong-secret-123")
             .build()
             .unwrap(),
@@ -233,12 +140,9 @@ async fn a_wrong_secret_is_a_permanent_invalid_client_error() {
 
 #[tokio::test]
 async fn the_cache_makes_one_token_call_for_many_requests() {
-    if idp().is_none() {
-        return;
-    }
     // A server of its own, so its count of token calls is this test's alone.
-    let own = start().expect("a second IdP starts like the first");
-    let credential = OAuthCredential::client_credentials(token_url(&own), "post-client")
+    let Some(own) = Idp::private() else { return };
+    let credential = OAuthCredential::client_credentials(own.token_url(), "post-client")
         .client_secret_post("post-secret-value")
         .build()
         .unwrap();
@@ -264,7 +168,7 @@ async fn the_cache_makes_one_token_call_for_many_requests() {
     }
     assert!(tokens.iter().all(|t| t.same_secret(&tokens[0])));
     assert_eq!(
-        token_requests(&own).await,
+        own.token_requests(),
         1,
         "500 requests, one token call at the server"
     );
@@ -273,9 +177,9 @@ async fn the_cache_makes_one_token_call_for_many_requests() {
 
 #[tokio::test]
 async fn discovery_finds_oidc_providers_token_endpoint() {
-    let Some(idp) = idp() else { return };
-    let metadata = ServerMetadata::discover(&idp.issuer).await.unwrap();
-    assert_eq!(metadata.token_endpoint(), token_url(idp));
+    let Some(idp) = Idp::shared() else { return };
+    let metadata = ServerMetadata::discover(idp.issuer()).await.unwrap();
+    assert_eq!(metadata.token_endpoint(), idp.token_url());
     assert!(metadata
         .auth_methods_supported()
         .iter()
@@ -329,17 +233,17 @@ fn es256_assertion(client_id: &str, audience: &str) -> String {
 
 #[tokio::test]
 async fn an_assertion_file_rotated_between_two_fetches_sends_the_new_assertion() {
-    let Some(idp) = idp() else { return };
+    let Some(idp) = Idp::shared() else { return };
     let dir = std::env::temp_dir().join(format!("token-http-idp-assertion-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("token");
-    let credential = OAuthCredential::client_credentials(token_url(idp), "jwt-es-client")
+    let credential = OAuthCredential::client_credentials(idp.token_url(), "jwt-es-client")
         .client_assertion_file(&file)
         .build()
         .unwrap();
     assert!(credential.id().contains(&file.display().to_string()));
 
-    let first = es256_assertion("jwt-es-client", &token_url(idp));
+    let first = es256_assertion("jwt-es-client", &idp.token_url());
     std::fs::write(&file, format!("{first}\n")).unwrap();
     let request = TokenRequest::builder().scope("orders.read").build();
     credential.fetch(&request, None).await.unwrap();
@@ -351,7 +255,7 @@ async fn an_assertion_file_rotated_between_two_fetches_sends_the_new_assertion()
     assert!(!format!("{replay} {replay:?}").contains(&first));
 
     // Rotated on disk: the next fetch reads and sends the new one.
-    let second = es256_assertion("jwt-es-client", &token_url(idp));
+    let second = es256_assertion("jwt-es-client", &idp.token_url());
     std::fs::write(&file, &second).unwrap();
     credential.fetch(&request, None).await.unwrap();
 
@@ -364,9 +268,9 @@ async fn an_assertion_file_rotated_between_two_fetches_sends_the_new_assertion()
 
 #[tokio::test]
 async fn an_assertion_callback_is_asked_for_every_fetch() {
-    let Some(idp) = idp() else { return };
-    let audience = token_url(idp);
-    let credential = OAuthCredential::client_credentials(token_url(idp), "jwt-es-client")
+    let Some(idp) = Idp::shared() else { return };
+    let audience = idp.token_url();
+    let credential = OAuthCredential::client_credentials(idp.token_url(), "jwt-es-client")
         .client_assertion(AssertionFn::new("test-minter", move || {
             let assertion = es256_assertion("jwt-es-client", &audience);
             async move { Ok(Secret::new(assertion)) }
@@ -398,9 +302,9 @@ fn jwt_certificate_key() -> PrivateKey {
 
 #[tokio::test]
 async fn private_key_jwt_names_its_certificate_by_x5t_s256_and_sends_x5t_and_x5c_when_asked() {
-    let Some(idp) = idp() else { return };
+    let Some(idp) = Idp::shared() else { return };
     // The server checks the header against the registered certificate.
-    let credential = OAuthCredential::client_credentials(token_url(idp), "cert-client")
+    let credential = OAuthCredential::client_credentials(idp.token_url(), "cert-client")
         .private_key_jwt(jwt_certificate_key())
         .build()
         .unwrap();
@@ -414,14 +318,14 @@ async fn private_key_jwt_names_its_certificate_by_x5t_s256_and_sends_x5t_and_x5c
         .id()
         .ends_with(&format!("|private_key_jwt|x5t#S256={thumbprint}")));
 
-    let with_chain = OAuthCredential::client_credentials(token_url(idp), "cert-x5c-client")
+    let with_chain = OAuthCredential::client_credentials(idp.token_url(), "cert-x5c-client")
         .private_key_jwt(jwt_certificate_key().with_x5t(true).with_x5c(true))
         .build()
         .unwrap();
     obtains_a_token_with(&with_chain).await;
 
     // Without the chain, the client that requires it is refused.
-    let without = OAuthCredential::client_credentials(token_url(idp), "cert-x5c-client")
+    let without = OAuthCredential::client_credentials(idp.token_url(), "cert-x5c-client")
         .private_key_jwt(jwt_certificate_key().with_x5t(true))
         .build()
         .unwrap();
@@ -446,8 +350,9 @@ fn a_certificate_that_does_not_hold_the_key_is_refused() {
 
 fn mtls_credential(idp: &Idp, client_id: &str, pem_file: &str) -> OAuthCredential {
     let certificate = ClientCertificate::from_pem(&key_file(pem_file)).unwrap();
-    let builder = OAuthCredential::client_credentials(format!("{}/token", idp.tls_base), client_id)
-        .root_certificate_pem(key_file("ca-test-only.crt"));
+    let builder =
+        OAuthCredential::client_credentials(format!("{}/token", idp.tls_base()), client_id)
+            .root_certificate_pem(key_file("ca-test-only.crt"));
     let builder = if client_id == "self-signed-client" {
         builder.self_signed_tls_client_auth(certificate)
     } else {
@@ -456,29 +361,9 @@ fn mtls_credential(idp: &Idp, client_id: &str, pem_file: &str) -> OAuthCredentia
     builder.build().unwrap()
 }
 
-/// The server's record of an access token: its client and certificate
-/// binding (`cnf.x5t#S256`).
-async fn introspect(idp: &Idp, token: &token_core::AccessToken) -> serde_json::Value {
-    let ca = reqwest::Certificate::from_pem(key_file("ca-test-only.crt").as_bytes()).unwrap();
-    let client = reqwest::Client::builder()
-        .add_root_certificate(ca)
-        .build()
-        .unwrap();
-    let body = client
-        .post(format!("{}/__test/introspect", idp.tls_base))
-        .body(format!("token={}", token.secret().expose()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    serde_json::from_str(&body).unwrap()
-}
-
 #[tokio::test]
 async fn mutual_tls_client_auth_obtains_tokens_bound_to_the_certificate() {
-    let Some(idp) = idp() else { return };
+    let Some(idp) = Idp::shared() else { return };
     for (client, file) in [
         ("mtls-client", "mtls-client-test-only.pem"),
         ("self-signed-client", "self-signed-client-test-only.pem"),
@@ -490,7 +375,7 @@ async fn mutual_tls_client_auth_obtains_tokens_bound_to_the_certificate() {
             .certificate()
             .thumbprint_sha256()
             .to_owned();
-        let record = introspect(idp, &token).await;
+        let record = idp.introspect(token.secret().expose()).await;
         assert_eq!(record["active"], true, "{record}");
         assert_eq!(record["client_id"], client, "{record}");
         assert_eq!(record["cnf"]["x5t#S256"], thumbprint.as_str(), "{record}");
@@ -501,7 +386,7 @@ async fn mutual_tls_client_auth_obtains_tokens_bound_to_the_certificate() {
 
 #[tokio::test]
 async fn mutual_tls_with_an_unregistered_certificate_is_refused() {
-    let Some(idp) = idp() else { return };
+    let Some(idp) = Idp::shared() else { return };
     // CA-issued, but not the subject `mtls-client` registered.
     let e = mtls_credential(idp, "mtls-client", "mtls-other-test-only.pem")
         .fetch(&TokenRequest::new(), None)
@@ -518,7 +403,7 @@ async fn mutual_tls_with_an_unregistered_certificate_is_refused() {
 
 #[tokio::test]
 async fn tokens_bound_to_one_certificate_never_share_a_cache_key_with_another() {
-    let Some(idp) = idp() else { return };
+    let Some(idp) = Idp::shared() else { return };
     let a = mtls_credential(idp, "mtls-client", "mtls-client-test-only.pem");
     let b = mtls_credential(idp, "mtls-client", "mtls-other-test-only.pem");
     let request = TokenRequest::builder().scope("orders.read").build();
@@ -533,12 +418,12 @@ async fn tokens_bound_to_one_certificate_never_share_a_cache_key_with_another() 
 
 #[tokio::test]
 async fn from_env_with_an_issuer_and_a_federated_token_file_obtains_tokens() {
-    let Some(idp) = idp() else { return };
+    let Some(idp) = Idp::shared() else { return };
     let dir = std::env::temp_dir().join(format!("token-http-idp-env-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("azure-identity-token");
     let vars = std::collections::HashMap::from([
-        ("TOKEN_CACHE_ISSUER", idp.issuer.clone()),
+        ("TOKEN_CACHE_ISSUER", idp.issuer().to_owned()),
         ("AZURE_CLIENT_ID", "jwt-es-client".to_owned()),
         ("AZURE_FEDERATED_TOKEN_FILE", file.display().to_string()),
     ]);
@@ -547,18 +432,18 @@ async fn from_env_with_an_issuer_and_a_federated_token_file_obtains_tokens() {
         .unwrap()
         .build()
         .unwrap();
-    assert_eq!(credential.token_url(), token_url(idp));
+    assert_eq!(credential.token_url(), idp.token_url());
     for _ in 0..2 {
-        std::fs::write(&file, es256_assertion("jwt-es-client", &token_url(idp))).unwrap();
+        std::fs::write(&file, es256_assertion("jwt-es-client", &idp.token_url())).unwrap();
         obtains_a_token_with(&credential).await;
     }
 }
 
 #[tokio::test]
 async fn discovery_sends_mtls_clients_to_the_published_mtls_endpoint() {
-    let Some(idp) = idp() else { return };
-    let metadata = ServerMetadata::discover(&idp.issuer).await.unwrap();
-    let alias = format!("{}/token", idp.tls_base);
+    let Some(idp) = Idp::shared() else { return };
+    let metadata = ServerMetadata::discover(idp.issuer()).await.unwrap();
+    let alias = format!("{}/token", idp.tls_base());
     assert_eq!(metadata.mtls_token_endpoint(), Some(alias.as_str()));
     let credential = OAuthCredential::from_metadata(
         &metadata,
@@ -580,5 +465,5 @@ async fn discovery_sends_mtls_clients_to_the_published_mtls_endpoint() {
     .client_secret_post("post-secret-value")
     .build()
     .unwrap();
-    assert_eq!(plain.token_url(), token_url(idp));
+    assert_eq!(plain.token_url(), idp.token_url());
 }

@@ -7,11 +7,8 @@
 //! share one store. Without node or the installed package the tests skip
 //! loudly; under `CI` that is a failure.
 
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -21,102 +18,7 @@ use token_core::{
 };
 use token_http::{OAuthCredential, StoredRefreshToken};
 use token_memory::MemoryStore;
-
-struct Idp {
-    issuer: String,
-    child: Mutex<Child>,
-    _stdin: Mutex<ChildStdin>,
-}
-
-impl Drop for Idp {
-    fn drop(&mut self) {
-        if let Ok(mut child) = self.child.lock() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn start() -> Result<Idp, String> {
-    let tests = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests");
-    let idp_dir = tests.join("idp");
-    if !idp_dir.join("node_modules/oidc-provider").exists() {
-        return Err(format!(
-            "oidc-provider is not installed: run `cargo xtask test`, or `npm ci` in {}",
-            idp_dir.display()
-        ));
-    }
-    let mut child = Command::new("node")
-        .arg("server.js")
-        .arg(tests.join("keys"))
-        .current_dir(&idp_dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .map_err(|e| format!("could not start `node` (is Node.js installed?): {e}"))?;
-    let stdin = child.stdin.take().ok_or("no stdin")?;
-    let stdout = child.stdout.take().ok_or("no stdout")?;
-    let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .map_err(|e| format!("reading the server's ready line: {e}"))?;
-    let Some(issuer) = line.trim().strip_prefix("READY ").map(str::to_owned) else {
-        let _ = child.kill();
-        return Err(format!("the IdP did not start (said {line:?})"));
-    };
-    Ok(Idp {
-        issuer,
-        child: Mutex::new(child),
-        _stdin: Mutex::new(stdin),
-    })
-}
-
-fn idp() -> Option<&'static Idp> {
-    static IDP: OnceLock<Result<Idp, String>> = OnceLock::new();
-    match IDP.get_or_init(start) {
-        Ok(idp) => Some(idp),
-        Err(why) => {
-            if std::env::var_os("CI").is_some() {
-                panic!("the oidc-provider test IdP is required under CI: {why}");
-            }
-            eprintln!("SKIPPED: real-IdP refresh-rotation test, because {why}");
-            None
-        }
-    }
-}
-
-/// A new grant's first refresh token, and the grant's account.
-async fn first_refresh_token(idp: &Idp) -> (String, String) {
-    let text = reqwest::Client::new()
-        .post(format!("{}/__test/refresh-token", idp.issuer))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let body: serde_json::Value = serde_json::from_str(&text).unwrap();
-    (
-        body["refresh_token"].as_str().unwrap().to_owned(),
-        body["account"].as_str().unwrap().to_owned(),
-    )
-}
-
-/// Every refresh token issued to `account`'s grant.
-async fn issued(idp: &Idp, account: &str) -> usize {
-    let text = reqwest::get(format!(
-        "{}/__test/refresh-tokens?account={account}",
-        idp.issuer
-    ))
-    .await
-    .unwrap()
-    .text()
-    .await
-    .unwrap();
-    let body: serde_json::Value = serde_json::from_str(&text).unwrap();
-    body["refresh_tokens"].as_array().unwrap().len()
-}
+use token_testkit::Idp;
 
 /// A memory store whose reads or writes can be made to fail.
 #[derive(Debug)]
@@ -180,23 +82,8 @@ impl CacheStore for Flaky {
     }
 }
 
-/// Rotated-away refresh tokens of `account`'s grant presented so far.
-async fn reuses(idp: &Idp, account: &str) -> u64 {
-    let text = reqwest::get(format!(
-        "{}/__test/refresh-reuse?account={account}",
-        idp.issuer
-    ))
-    .await
-    .unwrap()
-    .text()
-    .await
-    .unwrap();
-    let body: serde_json::Value = serde_json::from_str(&text).unwrap();
-    body["count"].as_u64().unwrap()
-}
-
 fn oauth(idp: &Idp, rt: &str) -> OAuthCredential {
-    OAuthCredential::refresh_token(format!("{}/token", idp.issuer), "refresh-client", rt)
+    OAuthCredential::refresh_token(idp.token_url(), "refresh-client", rt)
         .build()
         .unwrap()
 }
@@ -216,8 +103,8 @@ fn scopes(s: &[&str]) -> TokenRequest {
 
 #[tokio::test]
 async fn every_process_redeems_the_newest_rotated_refresh_token() {
-    let Some(idp) = idp() else { return };
-    let (rt0, account) = first_refresh_token(idp).await;
+    let Some(idp) = Idp::shared() else { return };
+    let (rt0, account) = idp.refresh_token();
     let store: Arc<dyn CacheStore> = Arc::new(MemoryStore::new(1000));
 
     let a = process(idp, &rt0, &store);
@@ -244,20 +131,20 @@ async fn every_process_redeems_the_newest_rotated_refresh_token() {
     assert_ne!(rt3.secret(), rt1.secret());
 
     assert_eq!(
-        reuses(idp, &account).await,
+        idp.refresh_reuse(&account),
         0,
         "a rotated-away refresh token was presented"
     );
     // The grant is intact: a third process still gets tokens.
     let c = process(idp, &rt0, &store);
     c.get_token(&TokenRequest::new()).await.unwrap();
-    assert_eq!(reuses(idp, &account).await, 0);
+    assert_eq!(idp.refresh_reuse(&account), 0);
 }
 
 #[tokio::test]
 async fn concurrent_processes_never_present_a_refresh_token_twice() {
-    let Some(idp) = idp() else { return };
-    let (rt0, account) = first_refresh_token(idp).await;
+    let Some(idp) = Idp::shared() else { return };
+    let (rt0, account) = idp.refresh_token();
     let store: Arc<dyn CacheStore> = Arc::new(MemoryStore::new(1000));
     let requests = [
         scopes(&["orders.read"]),
@@ -279,13 +166,13 @@ async fn concurrent_processes_never_present_a_refresh_token_twice() {
         t.await.unwrap().unwrap();
     }
     assert_eq!(
-        reuses(idp, &account).await,
+        idp.refresh_reuse(&account),
         0,
         "a rotated-away refresh token was presented"
     );
     let last = process(idp, &rt0, &store);
     last.refresh(&requests[0]).await.unwrap();
-    assert_eq!(reuses(idp, &account).await, 0);
+    assert_eq!(idp.refresh_reuse(&account), 0);
 }
 
 /// The control: without the stored record, a second process holds only the
@@ -293,8 +180,8 @@ async fn concurrent_processes_never_present_a_refresh_token_twice() {
 /// is what the record prevents (and proves the test IdP really detects it).
 #[tokio::test]
 async fn without_the_record_a_second_process_reuses_the_rotated_token() {
-    let Some(idp) = idp() else { return };
-    let (rt0, account) = first_refresh_token(idp).await;
+    let Some(idp) = Idp::shared() else { return };
+    let (rt0, account) = idp.refresh_token();
     let store: Arc<dyn CacheStore> = Arc::new(MemoryStore::new(1000));
     let plain = |rt: &str| {
         TokenCache::builder(oauth(idp, rt))
@@ -310,13 +197,13 @@ async fn without_the_record_a_second_process_reuses_the_rotated_token() {
         .await
         .unwrap_err();
     assert!(e.to_string().contains("invalid_grant"), "{e}");
-    assert_eq!(reuses(idp, &account).await, 1);
+    assert_eq!(idp.refresh_reuse(&account), 1);
 }
 
 #[tokio::test]
 async fn debug_shows_no_refresh_token() {
-    let Some(idp) = idp() else { return };
-    let (rt0, _) = first_refresh_token(idp).await;
+    let Some(idp) = Idp::shared() else { return };
+    let (rt0, _) = idp.refresh_token();
     let store: Arc<dyn CacheStore> = Arc::new(MemoryStore::new(10));
     let credential = StoredRefreshToken::new(oauth(idp, &rt0), Arc::clone(&store));
     let cache = TokenCache::builder(StoredRefreshToken::new(
@@ -339,8 +226,8 @@ async fn debug_shows_no_refresh_token() {
 
 #[tokio::test]
 async fn an_unreadable_store_stops_the_redemption_instead_of_guessing() {
-    let Some(idp) = idp() else { return };
-    let (rt0, account) = first_refresh_token(idp).await;
+    let Some(idp) = Idp::shared() else { return };
+    let (rt0, account) = idp.refresh_token();
     let flaky = Flaky::new();
     let store: Arc<dyn CacheStore> = flaky.clone();
     let credential = StoredRefreshToken::new(oauth(idp, &rt0), Arc::clone(&store));
@@ -353,19 +240,19 @@ async fn an_unreadable_store_stops_the_redemption_instead_of_guessing() {
     assert!(e.to_string().contains("not redeeming"), "{e}");
     assert!(!e.to_string().contains(&rt0));
     // The IdP saw nothing: only the first refresh token was ever issued.
-    assert_eq!(issued(idp, &account).await, 1);
+    assert_eq!(idp.refresh_tokens(&account).len(), 1);
     flaky.fail_get.store(false, Ordering::SeqCst);
     credential
         .fetch(&scopes(&["orders.read"]), None)
         .await
         .unwrap();
-    assert_eq!(reuses(idp, &account).await, 0);
+    assert_eq!(idp.refresh_reuse(&account), 0);
 }
 
 #[tokio::test]
 async fn a_rotated_token_the_store_could_not_keep_is_the_next_one_redeemed() {
-    let Some(idp) = idp() else { return };
-    let (rt0, account) = first_refresh_token(idp).await;
+    let Some(idp) = Idp::shared() else { return };
+    let (rt0, account) = idp.refresh_token();
     let flaky = Flaky::new();
     let store: Arc<dyn CacheStore> = flaky.clone();
     let credential = StoredRefreshToken::new(oauth(idp, &rt0), Arc::clone(&store));
@@ -383,18 +270,18 @@ async fn a_rotated_token_the_store_could_not_keep_is_the_next_one_redeemed() {
     // The record still holds the older one; this process redeems the newer
     // one it kept, and stores what that rotates to.
     credential.fetch(&TokenRequest::new(), None).await.unwrap();
-    assert_eq!(reuses(idp, &account).await, 0);
-    assert_eq!(issued(idp, &account).await, 4);
+    assert_eq!(idp.refresh_reuse(&account), 0);
+    assert_eq!(idp.refresh_tokens(&account).len(), 4);
     // Another process now finds the newest in the record.
     let other = StoredRefreshToken::new(oauth(idp, &rt0), Arc::clone(&store));
     other.fetch(&scopes(&["orders.read"]), None).await.unwrap();
-    assert_eq!(reuses(idp, &account).await, 0);
+    assert_eq!(idp.refresh_reuse(&account), 0);
 }
 
 #[tokio::test]
 async fn a_cancelled_fetch_still_stores_the_rotated_refresh_token() {
-    let Some(idp) = idp() else { return };
-    let (rt0, account) = first_refresh_token(idp).await;
+    let Some(idp) = Idp::shared() else { return };
+    let (rt0, account) = idp.refresh_token();
     let flaky = Flaky::new();
     let store: Arc<dyn CacheStore> = flaky.clone();
     let credential = StoredRefreshToken::new(oauth(idp, &rt0), Arc::clone(&store));
@@ -421,5 +308,5 @@ async fn a_cancelled_fetch_still_stores_the_rotated_refresh_token() {
     flaky.slow_put.store(false, Ordering::SeqCst);
     let other = StoredRefreshToken::new(oauth(idp, &rt0), Arc::clone(&store));
     other.fetch(&scopes(&["orders.write"]), None).await.unwrap();
-    assert_eq!(reuses(idp, &account).await, 0);
+    assert_eq!(idp.refresh_reuse(&account), 0);
 }

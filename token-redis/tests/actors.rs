@@ -15,6 +15,7 @@ use token_core::{
     AccessToken, Actor, Credential, CredentialError, RefreshPolicy, TokenCache, TokenRequest,
 };
 use token_redis::{RedisConfig, RedisStore};
+use token_testkit::RedisServer;
 
 /// Distinct users, one key each.
 const USERS: usize = 100_000;
@@ -194,7 +195,7 @@ async fn fetch_all(cache: &TokenCache, users: &Arc<Vec<User>>, which: &[usize]) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_on_behalf_of_token_is_its_users_own() {
-    let Some(server) = support::own_server("each_on_behalf_of_token_is_its_users_own") else {
+    let Some(server) = RedisServer::private() else {
         return;
     };
     let started = Instant::now();
@@ -281,7 +282,7 @@ async fn each_on_behalf_of_token_is_its_users_own() {
     assert_eq!(after.evictions, 0, "{after:?}");
 
     // Redis holds one token per user and no leftover lease.
-    let dbsize = support::command(server.port, &["DBSIZE"]).unwrap();
+    let dbsize = server.command(&["DBSIZE"]).unwrap();
     assert_eq!(dbsize, USERS.to_string(), "keys in Redis");
 
     // A fresh process over the same Redis: a sample of users (subjects and

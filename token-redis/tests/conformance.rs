@@ -20,7 +20,7 @@ async fn fixture(config: RedisConfig) -> Result<Fixture, token_core::BoxError> {
 }
 
 fn main() {
-    let Some((url, server)) = support::standalone("the redis conformance suite") else {
+    let Some((url, server)) = token_testkit::redis_standalone() else {
         return;
     };
     let plain = url.clone();

@@ -7,7 +7,7 @@ use token_conformance::{libtest_mimic::Arguments, Fixture};
 use token_redis::{RedisConfig, RedisStore};
 
 fn main() {
-    let Some((urls, cluster)) = support::cluster("the redis-cluster conformance suite") else {
+    let Some((urls, cluster)) = token_testkit::redis_cluster() else {
         return;
     };
     let conclusion = token_conformance::run(

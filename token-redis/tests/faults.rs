@@ -14,6 +14,7 @@ use token_core::{
 };
 use token_redis::redis;
 use token_redis::{RedisConfig, RedisStore, RedisStoreError};
+use token_testkit::{redis_command, RedisServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -62,9 +63,7 @@ fn policy() -> RefreshPolicy {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn store_recovers_after_the_server_is_killed_and_restarted() {
-    let Some(mut server) =
-        support::own_server("store_recovers_after_the_server_is_killed_and_restarted")
-    else {
+    let Some(mut server) = RedisServer::private() else {
         return;
     };
     let store = RedisStore::connect(fast_config(server.url(), "restart"))
@@ -115,7 +114,7 @@ async fn store_recovers_after_the_server_is_killed_and_restarted() {
 /// with timeouts while the cache keeps serving that token without new IdP
 /// calls, and that the store works again after `resume`.
 async fn cache_rides_out_a_stalled_server(
-    server: &support::RedisServer,
+    server: &RedisServer,
     stall: impl FnOnce(),
     resume: impl FnOnce(),
 ) {
@@ -166,16 +165,14 @@ async fn cache_rides_out_a_stalled_server(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_pause_fails_store_calls_in_time_and_tokens_keep_being_served() {
-    let Some(server) =
-        support::own_server("client_pause_fails_store_calls_in_time_and_tokens_keep_being_served")
-    else {
+    let Some(server) = RedisServer::private() else {
         return;
     };
-    let port = server.port;
+    let port = server.port();
     cache_rides_out_a_stalled_server(
         &server,
         || {
-            support::command(port, &["CLIENT", "PAUSE", "3000", "ALL"]).unwrap();
+            redis_command(port, &["CLIENT", "PAUSE", "3000", "ALL"]).unwrap();
         },
         // The pause ends by itself.
         || {},
@@ -185,9 +182,7 @@ async fn client_pause_fails_store_calls_in_time_and_tokens_keep_being_served() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigstop_fails_store_calls_in_time_and_tokens_keep_being_served() {
-    let Some(server) =
-        support::own_server("sigstop_fails_store_calls_in_time_and_tokens_keep_being_served")
-    else {
+    let Some(server) = RedisServer::private() else {
         return;
     };
     cache_rides_out_a_stalled_server(&server, || server.freeze(), || server.thaw()).await;
@@ -195,9 +190,7 @@ async fn sigstop_fails_store_calls_in_time_and_tokens_keep_being_served() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupt_and_foreign_values_are_counted_misses_and_the_cache_refetches() {
-    let Some(server) = support::own_server(
-        "corrupt_and_foreign_values_are_counted_misses_and_the_cache_refetches",
-    ) else {
+    let Some(server) = RedisServer::private() else {
         return;
     };
     let store = RedisStore::connect(fast_config(server.url(), "corrupt"))
@@ -324,12 +317,10 @@ impl ReplyCutter {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_lease_acquire_reply_is_resolved_by_reading_the_lease_back() {
-    let Some(server) =
-        support::own_server("lost_lease_acquire_reply_is_resolved_by_reading_the_lease_back")
-    else {
+    let Some(server) = RedisServer::private() else {
         return;
     };
-    let proxy = ReplyCutter::start(server.port).await;
+    let proxy = ReplyCutter::start(server.port()).await;
     let prefix = support::fresh_prefix("lost-reply");
     let through_proxy = RedisStore::connect(
         RedisConfig::new(format!("redis://127.0.0.1:{}", proxy.port))
@@ -385,9 +376,7 @@ async fn lost_lease_acquire_reply_is_resolved_by_reading_the_lease_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalidate_on_one_instance_drops_the_token_from_the_others_hot_slots() {
-    let Some(server) =
-        support::own_server("invalidate_on_one_instance_drops_the_token_from_the_others_hot_slots")
-    else {
+    let Some(server) = RedisServer::private() else {
         return;
     };
     let prefix = support::fresh_prefix("invalidate");
@@ -448,13 +437,11 @@ async fn invalidate_on_one_instance_drops_the_token_from_the_others_hot_slots() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acl_users_connect_and_wrong_passwords_fail_without_showing_them() {
-    let Some(server) =
-        support::own_server("acl_users_connect_and_wrong_passwords_fail_without_showing_them")
-    else {
+    let Some(server) = RedisServer::private() else {
         return;
     };
-    let port = server.port;
-    support::command(
+    let port = server.port();
+    redis_command(
         port,
         &[
             "ACL",
@@ -468,7 +455,7 @@ async fn acl_users_connect_and_wrong_passwords_fail_without_showing_them() {
         ],
     )
     .unwrap();
-    support::command(port, &["CONFIG", "SET", "requirepass", "default-pass-91c2"]).unwrap();
+    redis_command(port, &["CONFIG", "SET", "requirepass", "default-pass-91c2"]).unwrap();
 
     let ok = RedisStore::connect(
         RedisConfig::new(format!("redis://127.0.0.1:{port}"))
@@ -515,8 +502,7 @@ async fn acl_users_connect_and_wrong_passwords_fail_without_showing_them() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn encrypted_values_are_unreadable_without_the_right_key() {
     use token_core::{EncryptionKey, Keyring};
-    let Some(server) = support::own_server("encrypted_values_are_unreadable_without_the_right_key")
-    else {
+    let Some(server) = RedisServer::private() else {
         return;
     };
     let config = RedisConfig::new(server.url()).with_key_prefix(support::fresh_prefix("enc"));

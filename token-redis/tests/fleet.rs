@@ -28,6 +28,7 @@ use token_core::{
     AccessToken, Credential, CredentialError, RefreshPolicy, TokenCache, TokenRequest,
 };
 use token_redis::{RedisConfig, RedisStore};
+use token_testkit::RedisServer;
 
 const PROCESSES: usize = 8;
 const TASKS: usize = 50;
@@ -274,7 +275,7 @@ fn collect(mut workers: Workers) -> Result<Totals, Failed> {
 }
 
 fn fleet_shares_one_token_across_processes() -> Result<(), Failed> {
-    let Some(server) = support::own_server("fleet_shares_one_token_across_processes") else {
+    let Some(server) = RedisServer::private() else {
         return Ok(());
     };
     let idp = FakeIdp::start().map_err(|e| format!("fake IdP: {e}"))?;
@@ -304,7 +305,7 @@ fn fleet_shares_one_token_across_processes() -> Result<(), Failed> {
 }
 
 fn fleet_survives_redis_killed_mid_run() -> Result<(), Failed> {
-    let Some(mut server) = support::own_server("fleet_survives_redis_killed_mid_run") else {
+    let Some(mut server) = RedisServer::private() else {
         return Ok(());
     };
     let idp = FakeIdp::start().map_err(|e| format!("fake IdP: {e}"))?;

@@ -12,6 +12,7 @@ use token_core::test_util::FakeIdp;
 use token_core::{AccessToken, CacheKey, CacheStore, TokenCache, TokenRequest};
 use token_redis::redis;
 use token_redis::{RedisConfig, RedisStore};
+use token_testkit::RedisServer;
 
 const TOKEN: &str = "access-secret-3c9f1e";
 const REFRESH: &str = "refresh-secret-a41d07";
@@ -38,10 +39,12 @@ fn token() -> AccessToken {
 
 #[tokio::test]
 async fn no_secret_in_logs_errors_or_debug() {
-    let Some(mut server) = support::own_server("no_secret_in_logs_errors_or_debug") else {
+    let Some(mut server) = RedisServer::private() else {
         return;
     };
-    support::command(server.port, &["CONFIG", "SET", "requirepass", PASSWORD]).unwrap();
+    server
+        .command(&["CONFIG", "SET", "requirepass", PASSWORD])
+        .unwrap();
     let capture = Capture::default();
     let writer = capture.clone();
     let subscriber = tracing_subscriber::fmt()
@@ -52,7 +55,7 @@ async fn no_secret_in_logs_errors_or_debug() {
     let _guard = tracing::subscriber::set_default(subscriber);
 
     let mut seen = String::new();
-    let config = RedisConfig::new(format!("redis://:{PASSWORD}@127.0.0.1:{}", server.port))
+    let config = RedisConfig::new(format!("redis://:{PASSWORD}@127.0.0.1:{}", server.port()))
         .with_key_prefix(support::fresh_prefix("secrets"))
         .with_command_timeout(Duration::from_millis(200))
         .with_circuit_breaker(2, Duration::from_millis(100));
@@ -84,7 +87,8 @@ async fn no_secret_in_logs_errors_or_debug() {
 
     // Failures: wrong password, a dead server.
     let wrong = RedisStore::connect(
-        RedisConfig::new(format!("redis://127.0.0.1:{}", server.port)).with_password("not-it-e07a"),
+        RedisConfig::new(format!("redis://127.0.0.1:{}", server.port()))
+            .with_password("not-it-e07a"),
     )
     .await
     .unwrap_err();

@@ -31,6 +31,7 @@ use token_core::backend::StoreEvent;
 use token_core::test_util::FakeIdp;
 use token_core::{AccessToken, CacheKey, CacheStore, PutOutcome, TokenCache, TokenRequest};
 use token_redis::{RedisConfig, RedisStore, RedisStoreError};
+use token_testkit::{RedisCluster, RedisServer};
 
 /// A throwaway CA with a server certificate (for `127.0.0.1` and
 /// `localhost`) and a client certificate it signed, as PEM, and the
@@ -119,17 +120,16 @@ impl Pki {
     }
 
     /// A TLS-only `redis-server` with [`Pki::server_args`].
-    fn server(&self, what: &str, auth_clients: bool) -> Option<support::RedisServer> {
+    fn server(&self, auth_clients: bool) -> Option<RedisServer> {
         let args = self.server_args(auth_clients);
-        support::own_tls_server(what, &args.iter().map(String::as_str).collect::<Vec<_>>())
+        RedisServer::private_tls(&args.iter().map(String::as_str).collect::<Vec<_>>())
     }
 
     /// A TLS-only 3-master cluster (bus over TLS too) with this PKI.
-    fn cluster(&self, what: &str) -> Option<support::RedisCluster> {
+    fn cluster(&self) -> Option<RedisCluster> {
         let args = self.server_args(false);
         let ca = self.file("ca.pem");
-        support::own_tls_cluster(
-            what,
+        RedisCluster::private_tls(
             &args.iter().map(String::as_str).collect::<Vec<_>>(),
             &["--tls", "--cacert", &ca],
         )
@@ -152,7 +152,7 @@ impl Drop for Pki {
 
 /// A config for `server` that trusts `pki`'s CA, with a fresh key prefix
 /// and short timeouts.
-fn config(server: &support::RedisServer, pki: &Pki) -> RedisConfig {
+fn config(server: &RedisServer, pki: &Pki) -> RedisConfig {
     RedisConfig::new(server.url())
         .with_tls_root_certificates(pki.ca_pem.as_bytes())
         .with_key_prefix(support::fresh_prefix("tls"))
@@ -197,9 +197,8 @@ fn counting_idp() -> Arc<FakeIdp> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rediss_round_trips_tokens_and_leases_and_serves_a_token_cache() {
-    let what = "rediss_round_trips_tokens_and_leases_and_serves_a_token_cache";
     let pki = Pki::new("round-trip");
-    let Some(server) = pki.server(what, false) else {
+    let Some(server) = pki.server(false) else {
         return;
     };
     let config = config(&server, &pki);
@@ -257,9 +256,8 @@ async fn rediss_round_trips_tokens_and_leases_and_serves_a_token_cache() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalidations_travel_over_tls_pubsub() {
-    let what = "invalidations_travel_over_tls_pubsub";
     let pki = Pki::new("pubsub");
-    let Some(server) = pki.server(what, false) else {
+    let Some(server) = pki.server(false) else {
         return;
     };
     let config = config(&server, &pki);
@@ -307,9 +305,8 @@ async fn conformance(base: RedisConfig) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_conformance_suite_passes_over_tls() {
-    let what = "the_conformance_suite_passes_over_tls";
     let pki = Pki::new("conformance");
-    let Some(server) = pki.server(what, false) else {
+    let Some(server) = pki.server(false) else {
         return;
     };
     conformance(config(&server, &pki)).await;
@@ -318,9 +315,8 @@ async fn the_conformance_suite_passes_over_tls() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tls_cluster_serves_tokens_passes_conformance_and_checks_certificates() {
-    let what = "a_tls_cluster_serves_tokens_passes_conformance_and_checks_certificates";
     let pki = Pki::new("cluster");
-    let Some(cluster) = pki.cluster(what) else {
+    let Some(cluster) = pki.cluster() else {
         return;
     };
     let urls = cluster.urls();
@@ -380,10 +376,9 @@ async fn a_tls_cluster_serves_tokens_passes_conformance_and_checks_certificates(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_untrusted_server_certificate_is_refused_with_a_clear_error() {
-    let what = "an_untrusted_server_certificate_is_refused_with_a_clear_error";
     let server_pki = Pki::new("untrusted-server");
     let other_ca = Pki::new("other-ca");
-    let Some(server) = server_pki.server(what, false) else {
+    let Some(server) = server_pki.server(false) else {
         return;
     };
     let refusals = [
@@ -420,9 +415,8 @@ async fn an_untrusted_server_certificate_is_refused_with_a_clear_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mutual_tls_needs_the_client_certificate() {
-    let what = "mutual_tls_needs_the_client_certificate";
     let pki = Pki::new("mtls");
-    let Some(server) = pki.server(what, true) else {
+    let Some(server) = pki.server(true) else {
         return;
     };
     // With the client certificate: works.

@@ -4,18 +4,16 @@
 //! gone) but the token is invalidated, so the next request carries a new
 //! one. The `Debug` of a sidecar with a secret shows no secret.
 
-use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use http_body_util::{BodyExt as _, Full};
-use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use http_body_util::Full;
+use hyper::Response;
 use token_cache::{AccessToken, Credential, CredentialError, Secret, TokenCache, TokenRequest};
 use token_serve::{ServeConfig, Sidecar};
+use token_testkit::{Seen, Upstream};
 
 #[derive(Debug, Default)]
 struct CountingIdp(AtomicUsize);
@@ -39,51 +37,21 @@ impl Credential for CountingIdp {
 
 /// Answers `<authorization> <body length>`, or 401 invalid_token to
 /// `token-1`.
-async fn upstream(seen: Arc<Mutex<Vec<(String, usize)>>>) -> u16 {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                continue;
-            };
-            let seen = seen.clone();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                    let seen = seen.clone();
-                    async move {
-                        let auth = req
-                            .headers()
-                            .get("authorization")
-                            .and_then(|v| v.to_str().ok())
-                            .unwrap_or_default()
-                            .to_owned();
-                        let len = req.into_body().collect().await.unwrap().to_bytes().len();
-                        seen.lock().unwrap().push((auth.clone(), len));
-                        let mut r = Response::new(Full::new(Bytes::from(format!("{auth} {len}"))));
-                        if auth == "Bearer token-1" {
-                            *r.status_mut() = StatusCode::UNAUTHORIZED;
-                            r.headers_mut().insert(
-                                "www-authenticate",
-                                "Bearer error=\"invalid_token\"".parse().unwrap(),
-                            );
-                        }
-                        Ok::<_, Infallible>(r)
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tcp), svc)
-                    .await;
-            });
-        }
-    });
-    port
+async fn upstream() -> Upstream {
+    let upstream = Upstream::start_with(|seen: Seen| async move {
+        let auth = seen.authorization().unwrap_or_default();
+        let len = seen.body.as_ref().expect("the whole body").len();
+        Response::new(Full::new(Bytes::from(format!("{auth} {len}"))))
+    })
+    .await;
+    upstream.reject("token-1");
+    upstream
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_over_the_retry_limit_streams_whole_and_its_401_invalidates_without_retry() {
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let port = upstream(seen.clone()).await;
+    let upstream = upstream().await;
+    let port = upstream.addr().port();
     let config = ServeConfig::parse(&format!(
         "[serve]\nretry_body_limit = 1024\n[[serve.routes]]\nprefix = \"/up/\"\nupstream = \"http://127.0.0.1:{port}\"\nprofile = \"p\"\n"
     ))
@@ -115,7 +83,7 @@ async fn a_body_over_the_retry_limit_streams_whole_and_its_401_invalidates_witho
         .await
         .unwrap();
     assert_eq!(r.status(), 401, "passed through, not retried");
-    assert_eq!(seen.lock().unwrap().len(), 1);
+    assert_eq!(upstream.seen().len(), 1);
 
     let r = client
         .post(format!("{base}/up/upload"))

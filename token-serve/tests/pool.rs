@@ -17,7 +17,7 @@ use bytes::Bytes;
 use http_body_util::{Either, Full};
 use hyper::body::{Body, Frame, Incoming};
 use hyper::{Request, Response};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use token_testkit::HttpServer;
 
 mod support;
 use support::StaticIdp;
@@ -39,7 +39,6 @@ impl Body for Chunks {
 
 #[derive(Default)]
 struct Seen {
-    accepted: AtomicUsize,
     hosts: Mutex<Vec<String>>,
     /// Chunks of `/slow` the upstream managed to hand to its connection.
     slow_sent: AtomicUsize,
@@ -48,61 +47,46 @@ struct Seen {
 /// `/small`: "ok". `/close`: "ok" with `Connection: close`. `/big`: 4 MiB
 /// at once. `/slow`: 200 chunks of 1 KiB, 10 ms apart. Idle keep-alive
 /// connections are closed after 150 ms.
-async fn upstream(seen: Arc<Seen>) -> u16 {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                continue;
-            };
-            seen.accepted.fetch_add(1, Ordering::SeqCst);
+async fn upstream(seen: Arc<Seen>) -> HttpServer {
+    HttpServer::start_with_idle_timeout(
+        Duration::from_millis(150),
+        move |req: Request<Incoming>| {
             let seen = seen.clone();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                    let seen = seen.clone();
-                    async move {
-                        let host = req
-                            .headers()
-                            .get("host")
-                            .and_then(|v| v.to_str().ok())
-                            .unwrap_or_default()
-                            .to_owned();
-                        seen.hosts.lock().unwrap().push(host);
-                        let body: Either<Full<Bytes>, Chunks> = match req.uri().path() {
-                            "/big" => Either::Left(Full::new(Bytes::from(vec![b'b'; 4 << 20]))),
-                            "/slow" => {
-                                let (tx, rx) = tokio::sync::mpsc::channel(1);
-                                tokio::spawn(async move {
-                                    for _ in 0..200 {
-                                        if tx.send(Bytes::from(vec![b's'; 1024])).await.is_err() {
-                                            return;
-                                        }
-                                        seen.slow_sent.fetch_add(1, Ordering::SeqCst);
-                                        tokio::time::sleep(Duration::from_millis(10)).await;
-                                    }
-                                });
-                                Either::Right(Chunks(rx))
+            async move {
+                let host = req
+                    .headers()
+                    .get("host")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned();
+                seen.hosts.lock().unwrap().push(host);
+                let body: Either<Full<Bytes>, Chunks> = match req.uri().path() {
+                    "/big" => Either::Left(Full::new(Bytes::from(vec![b'b'; 4 << 20]))),
+                    "/slow" => {
+                        let (tx, rx) = tokio::sync::mpsc::channel(1);
+                        tokio::spawn(async move {
+                            for _ in 0..200 {
+                                if tx.send(Bytes::from(vec![b's'; 1024])).await.is_err() {
+                                    return;
+                                }
+                                seen.slow_sent.fetch_add(1, Ordering::SeqCst);
+                                tokio::time::sleep(Duration::from_millis(10)).await;
                             }
-                            _ => Either::Left(Full::new(Bytes::from_static(b"ok"))),
-                        };
-                        let mut r = Response::new(body);
-                        if req.uri().path() == "/close" {
-                            r.headers_mut()
-                                .insert("connection", "close".parse().unwrap());
-                        }
-                        Ok::<_, Infallible>(r)
+                        });
+                        Either::Right(Chunks(rx))
                     }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(Duration::from_millis(150))
-                    .serve_connection(TokioIo::new(tcp), svc)
-                    .await;
-            });
-        }
-    });
-    port
+                    _ => Either::Left(Full::new(Bytes::from_static(b"ok"))),
+                };
+                let mut r = Response::new(body);
+                if req.uri().path() == "/close" {
+                    r.headers_mut()
+                        .insert("connection", "close".parse().unwrap());
+                }
+                r
+            }
+        },
+    )
+    .await
 }
 
 async fn gateway(port: u16) -> String {
@@ -120,18 +104,15 @@ async fn get(client: &reqwest::Client, url: &str) -> (u16, Bytes) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sequential_requests_share_one_upstream_connection_and_carry_its_host() {
     let seen = Arc::new(Seen::default());
-    let port = upstream(seen.clone()).await;
+    let server = upstream(seen.clone()).await;
+    let port = server.port();
     let base = gateway(port).await;
     let client = reqwest::Client::new();
     for _ in 0..100 {
         let (status, body) = get(&client, &format!("{base}/up/small")).await;
         assert_eq!((status, &body[..]), (200, &b"ok"[..]));
     }
-    assert_eq!(
-        seen.accepted.load(Ordering::SeqCst),
-        1,
-        "one kept-alive connection"
-    );
+    assert_eq!(server.connections(), 1, "one kept-alive connection");
     let hosts = seen.hosts.lock().unwrap();
     assert_eq!(hosts.len(), 100);
     assert!(
@@ -144,31 +125,29 @@ async fn sequential_requests_share_one_upstream_connection_and_carry_its_host() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_the_upstream_closed_are_not_reused() {
     let seen = Arc::new(Seen::default());
-    let port = upstream(seen.clone()).await;
+    let server = upstream(seen.clone()).await;
+    let port = server.port();
     let base = gateway(port).await;
     let client = reqwest::Client::new();
     for _ in 0..5 {
         let (status, _) = get(&client, &format!("{base}/up/close")).await;
         assert_eq!(status, 200);
     }
-    assert_eq!(
-        seen.accepted.load(Ordering::SeqCst),
-        5,
-        "one per `Connection: close`"
-    );
+    assert_eq!(server.connections(), 5, "one per `Connection: close`");
     // The upstream drops idle connections after 150 ms.
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_millis(400)).await;
         let (status, _) = get(&client, &format!("{base}/up/small")).await;
         assert_eq!(status, 200, "a closed pooled connection is not used");
     }
-    assert_eq!(seen.accepted.load(Ordering::SeqCst), 8);
+    assert_eq!(server.connections(), 8);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_response_abandoned_midway_leaves_its_connection_out_of_the_pool() {
     let seen = Arc::new(Seen::default());
-    let port = upstream(seen.clone()).await;
+    let server = upstream(seen.clone()).await;
+    let port = server.port();
     let base = gateway(port).await;
     let client = reqwest::Client::new();
     let mut r = client.get(format!("{base}/up/slow")).send().await.unwrap();
@@ -187,7 +166,7 @@ async fn a_response_abandoned_midway_leaves_its_connection_out_of_the_pool() {
     let (status, body) = get(&fresh, &format!("{base}/up/small")).await;
     assert_eq!((status, &body[..]), (200, &b"ok"[..]));
     assert_eq!(
-        seen.accepted.load(Ordering::SeqCst),
+        server.connections(),
         2,
         "the half-read connection was not reused"
     );
@@ -196,7 +175,8 @@ async fn a_response_abandoned_midway_leaves_its_connection_out_of_the_pool() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_response_streams_through_whole_and_its_connection_is_reused() {
     let seen = Arc::new(Seen::default());
-    let port = upstream(seen.clone()).await;
+    let server = upstream(seen.clone()).await;
+    let port = server.port();
     let base = gateway(port).await;
     let client = reqwest::Client::new();
     let (status, body) = get(&client, &format!("{base}/up/big")).await;
@@ -205,7 +185,7 @@ async fn a_large_response_streams_through_whole_and_its_connection_is_reused() {
     assert!(body.iter().all(|b| *b == b'b'));
     let (status, _) = get(&client, &format!("{base}/up/small")).await;
     assert_eq!(status, 200);
-    assert_eq!(seen.accepted.load(Ordering::SeqCst), 1);
+    assert_eq!(server.connections(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,16 +3,15 @@
 //! fails (502, nothing sent) without it. The upstream is a real hyper
 //! server behind tokio-rustls; the client is reqwest.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use token_serve::{ServeConfig, Sidecar};
+use token_testkit::HttpServer;
 
 mod support;
 use support::StaticIdp;
@@ -41,33 +40,22 @@ async fn tls_upstream() -> (u16, String) {
     )
     .unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                continue;
-            };
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let svc =
-                    hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
-                        let auth = req
-                            .headers()
-                            .get("authorization")
-                            .map(|v| v.as_bytes().to_vec())
-                            .unwrap_or_default();
-                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(auth))))
-                    });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tls), svc)
-                    .await;
-            });
-        }
-    });
+    let server = HttpServer::start_wrapped(
+        move |tcp| {
+            let accept = acceptor.accept(tcp);
+            async move { accept.await.ok() }
+        },
+        |req: Request<hyper::body::Incoming>| async move {
+            let auth = req
+                .headers()
+                .get("authorization")
+                .map(|v| v.as_bytes().to_vec())
+                .unwrap_or_default();
+            Response::new(Full::new(Bytes::from(auth)))
+        },
+    )
+    .await;
+    let port = server.port();
     (port, ca_cert.pem())
 }
 

@@ -308,7 +308,7 @@ fn second_process() -> Result<(), Failed> {
 /// (root, or CAP_SYS_ADMIN). Under `CI` it must: the tests then fail instead
 /// of being skipped.
 fn mount_namespace_available() -> bool {
-    if std::env::var_os("CI").is_some() {
+    if token_testkit::in_ci() {
         return true;
     }
     Command::new("unshare")

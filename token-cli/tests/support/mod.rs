@@ -220,12 +220,6 @@ fn b64(s: &str) -> String {
     out
 }
 
-/// A port on 127.0.0.1 where nothing listens.
-pub(crate) fn closed_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
-}
-
 /// Temporary HOME, XDG_CACHE_HOME and XDG_CONFIG_HOME for one test.
 pub(crate) struct Sandbox {
     pub dir: tempfile::TempDir,

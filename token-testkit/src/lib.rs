@@ -1,0 +1,13 @@
+#![doc = include_str!("../README.md")]
+
+mod ci;
+mod idp;
+mod ports;
+mod redis;
+mod upstream;
+
+pub use ci::{in_ci, require, skip_or_fail};
+pub use idp::Idp;
+pub use ports::free_port;
+pub use redis::{redis_cluster, redis_command, redis_standalone, RedisCluster, RedisServer};
+pub use upstream::{HttpServer, Seen, Upstream};
