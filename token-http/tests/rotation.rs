@@ -7,11 +7,9 @@
 //! Without node or the installed package the real-IdP tests skip loudly;
 //! under `CI` that is a failure.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
@@ -21,92 +19,20 @@ use token_core::{Credential, TokenRequest};
 use token_http::{Certificate, ConfigError, OAuthCredential, PrivateKeyFile, SigningAlgorithm};
 use wiremock::{Mock, MockServer, Request, ResponseTemplate};
 
-// --- the IdP launcher (as in tests/idp.rs; to move to the shared test kit) ---
+use token_testkit::Idp;
 
-/// The running server; killed when the test process exits (it also exits by
-/// itself when its standard input closes).
-struct Idp {
-    issuer: String,
-    /// The same provider behind HTTPS asking for client certificates.
-    tls_base: String,
-    child: Mutex<Child>,
-    _stdin: Mutex<ChildStdin>,
-}
-
-impl Drop for Idp {
-    fn drop(&mut self) {
-        if let Ok(mut child) = self.child.lock() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
+/// The shared oidc-provider, or `None` after saying why (a failure under
+/// CI).
+fn idp() -> Option<&'static Idp> {
+    Idp::shared()
 }
 
 fn dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests")
 }
 
-fn start() -> Result<Idp, String> {
-    let idp_dir = dir().join("idp");
-    if !idp_dir.join("node_modules/oidc-provider").exists() {
-        return Err(format!(
-            "oidc-provider is not installed: run `cargo xtask test`, or `npm ci` in {}",
-            idp_dir.display()
-        ));
-    }
-    let mut child = Command::new("node")
-        .arg("server.js")
-        .arg(dir().join("keys"))
-        .current_dir(&idp_dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .map_err(|e| format!("could not start `node` (is Node.js installed?): {e}"))?;
-    let stdin = child.stdin.take().ok_or("no stdin")?;
-    let stdout = child.stdout.take().ok_or("no stdout")?;
-    let mut lines = BufReader::new(stdout).lines();
-    let mut next_line = |prefix: &str| -> Result<String, String> {
-        let line = lines
-            .next()
-            .unwrap_or_else(|| Ok(String::new()))
-            .map_err(|e| format!("reading the server's ready lines: {e}"))?;
-        line.trim()
-            .strip_prefix(prefix)
-            .map(str::to_owned)
-            .ok_or_else(|| format!("the IdP did not start (said {line:?}); see its output above"))
-    };
-    let urls = next_line("READY ").and_then(|issuer| Ok((issuer, next_line("MTLS ")?)));
-    let (issuer, tls_base) = urls.inspect_err(|_| {
-        let _ = child.kill();
-    })?;
-    Ok(Idp {
-        issuer,
-        tls_base,
-        child: Mutex::new(child),
-        _stdin: Mutex::new(stdin),
-    })
-}
-
-/// The shared server, or `None` (after saying why) when it cannot run here.
-fn idp() -> Option<&'static Idp> {
-    static IDP: OnceLock<Result<Idp, String>> = OnceLock::new();
-    match IDP.get_or_init(start) {
-        Ok(idp) => Some(idp),
-        Err(why) => {
-            if std::env::var_os("CI").is_some() {
-                panic!("the oidc-provider test IdP is required under CI: {why}");
-            }
-            eprintln!("SKIPPED: real-IdP test, because {why}");
-            None
-        }
-    }
-}
-
-// --- end of the launcher ---
-
 fn token_url(idp: &Idp) -> String {
-    format!("{}/token", idp.issuer)
+    idp.token_url()
 }
 
 fn key_file(name: &str) -> String {
@@ -128,7 +54,7 @@ fn write(path: &Path, contents: &str) {
 
 async fn post_json(idp: &Idp, path: &str, body: Value) -> Value {
     let response = reqwest::Client::new()
-        .post(format!("{}{path}", idp.issuer))
+        .post(format!("{}{path}", idp.issuer()))
         .body(body.to_string())
         .send()
         .await
@@ -157,7 +83,7 @@ async fn accept_secrets(idp: &Idp, client_id: &str, secrets: &[&str]) {
 async fn secret_uses(idp: &Idp, client_id: &str) -> Value {
     get_json(format!(
         "{}/__test/secret-uses?client_id={client_id}",
-        idp.issuer
+        idp.issuer()
     ))
     .await
 }
@@ -248,7 +174,7 @@ async fn a_secret_rotated_while_a_request_is_in_flight_is_retried_once_after_inv
 
 async fn wait_until_held(idp: &Idp, client: &str) {
     for _ in 0..1000 {
-        let held: Value = get_json(format!("{}/__test/held?client_id={client}", idp.issuer)).await;
+        let held: Value = get_json(format!("{}/__test/held?client_id={client}", idp.issuer())).await;
         if held["held"] == true {
             return;
         }
@@ -337,7 +263,7 @@ async fn rotated_mtls_files_rebuild_the_identity_and_report_the_binding_change()
     write(&cert, &other);
     write(&key, &other);
     let credential =
-        OAuthCredential::client_credentials(format!("{}/token", idp.tls_base), "mtls-client")
+        OAuthCredential::client_credentials(format!("{}/token", idp.tls_base()), "mtls-client")
             .root_certificate_pem(key_file("ca-test-only.crt"))
             .tls_client_auth_files(&cert, &key)
             .build()
