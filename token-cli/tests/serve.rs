@@ -5,174 +5,22 @@
 //! endpoint in this process where a test needs short lifetimes or an
 //! outage on cue.
 
+mod sidecar;
 mod support;
 
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::{Request, Response, StatusCode};
-use support::Sandbox;
-use token_testkit::{
-    free_port, in_ci, redis_standalone, skip_or_fail, HttpServer, Idp, Seen, Upstream,
+use sidecar::{
+    fake_profile, free_addr, hop, route, start_serve, start_serve_with, upstream, write_config,
+    FakeIdp, Serve,
 };
-
-/// A token endpoint issuing `tok-N` tokens that live `lifetime` seconds,
-/// answering 503 while `down`.
-#[derive(Clone)]
-struct FakeIdp {
-    server: HttpServer,
-    calls: Arc<AtomicUsize>,
-    down: Arc<AtomicBool>,
-}
-
-impl FakeIdp {
-    async fn start(lifetime: u64) -> Self {
-        let calls = Arc::new(AtomicUsize::new(0));
-        let down = Arc::new(AtomicBool::new(false));
-        let (c, d) = (calls.clone(), down.clone());
-        let server = HttpServer::start(move |_req: Request<Incoming>| {
-            let (c, d) = (c.clone(), d.clone());
-            async move {
-                let n = c.fetch_add(1, Ordering::SeqCst) + 1;
-                if d.load(Ordering::SeqCst) {
-                    let mut r = Response::new(Full::new(Bytes::from_static(
-                        br#"{"error":"temporarily_unavailable"}"#,
-                    )));
-                    *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-                    return r;
-                }
-                let body = format!(
-                    r#"{{"access_token":"tok-{n}","token_type":"Bearer","expires_in":{lifetime}}}"#
-                );
-                let mut r = Response::new(Full::new(Bytes::from(body)));
-                r.headers_mut()
-                    .insert("content-type", "application/json".parse().expect("hv"));
-                r
-            }
-        })
-        .await;
-        Self {
-            server,
-            calls,
-            down,
-        }
-    }
-
-    fn token_url(&self) -> String {
-        format!("{}/token", self.server.url())
-    }
-
-    fn calls(&self) -> usize {
-        self.calls.load(Ordering::SeqCst)
-    }
-}
-
-/// The recording upstream of these tests: answers `ok <path and query>`
-/// with a hop-by-hop header of its own (`Connection: x-upstream-hop`), after
-/// a second on paths ending in `/slow`.
-async fn upstream() -> Upstream {
-    Upstream::start_with(|seen: Seen| async move {
-        if seen
-            .path_and_query
-            .split('?')
-            .next()
-            .is_some_and(|p| p.ends_with("/slow"))
-        {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
-        let mut r = Response::new(Full::new(Bytes::from(format!(
-            "ok {}",
-            seen.path_and_query
-        ))));
-        r.headers_mut()
-            .insert("connection", "x-upstream-hop".parse().expect("hv"));
-        r.headers_mut()
-            .insert("x-upstream-hop", "1".parse().expect("hv"));
-        r
-    })
-    .await
-}
-
-/// A hop-by-hop header of the caller's reached the upstream.
-fn hop(seen: &Seen) -> bool {
-    seen.headers.contains_key("x-hop") || seen.headers.contains_key("proxy-authorization")
-}
-
-/// A running `tokencache serve`, killed when dropped.
-struct Serve {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn write_config(sandbox: &Sandbox, text: &str) -> PathBuf {
-    let path = sandbox.path().join("serve.toml");
-    std::fs::write(&path, text).expect("write config");
-    path
-}
-
-/// Starts `serve --config path` and waits for its `listening on` line.
-fn start_serve(sandbox: &Sandbox, config: &Path) -> Serve {
-    start_serve_with(sandbox, config, &[], Stdio::inherit())
-}
-
-fn start_serve_with(sandbox: &Sandbox, config: &Path, extra: &[&str], stderr: Stdio) -> Serve {
-    let mut child = sandbox
-        .cmd()
-        .args(["serve", "--config"])
-        .arg(config)
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(stderr)
-        .spawn()
-        .expect("start tokencache serve");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).expect("read");
-    let base = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| {
-            let _ = child.kill();
-            panic!("serve did not start; it said {line:?}")
-        })
-        .to_owned();
-    Serve { child, base }
-}
-
-fn free_addr() -> String {
-    format!("127.0.0.1:{}", free_port())
-}
-
-fn fake_profile(name: &str, idp: &FakeIdp, store: &str) -> String {
-    format!(
-        "[profiles.{name}]\ntoken_url = \"{}\"\nclient_id = \"{}\"\nclient_secret_env = \"{}\"\nscopes = [\"orders.read\"]\nstore = \"{store}\"\n",
-        idp.token_url(),
-        support::CLIENT_ID,
-        support::SECRET_ENV
-    )
-}
-
-fn route(prefix: &str, upstream: &Upstream, profile: &str) -> String {
-    format!(
-        "[[serve.routes]]\nprefix = \"{prefix}\"\nupstream = \"http://{}/base\"\nprofile = \"{profile}\"\n",
-        upstream.addr()
-    )
-}
+use support::Sandbox;
+use token_testkit::{free_port, in_ci, redis_standalone, skip_or_fail, Idp};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_requests_through_a_route_make_one_idp_call_and_all_carry_the_token() {

@@ -174,7 +174,8 @@ async fn a_secret_rotated_while_a_request_is_in_flight_is_retried_once_after_inv
 
 async fn wait_until_held(idp: &Idp, client: &str) {
     for _ in 0..1000 {
-        let held: Value = get_json(format!("{}/__test/held?client_id={client}", idp.issuer())).await;
+        let held: Value =
+            get_json(format!("{}/__test/held?client_id={client}", idp.issuer())).await;
         if held["held"] == true {
             return;
         }

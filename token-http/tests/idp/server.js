@@ -349,7 +349,16 @@ server.listen(0, '127.0.0.1', () => {
       ...mtlsFeatures,
     },
     // AccessToken, Grant, RefreshToken: for the refresh-token grant (issue 12, item 6).
-    ttl: { ClientCredentials: 600, AccessToken: 3600, Grant: 86400, RefreshToken: 86400 },
+    // Rotating clients whose id starts `rotating-short-` get 6-second
+    // client-credentials tokens, so a test sees several refreshes (issue 17:
+    // a secret rotated under a running sidecar).
+    ttl: {
+      ClientCredentials: (ctx, token, client) =>
+        client?.clientId?.startsWith('rotating-short-') ? 6 : 600,
+      AccessToken: 3600,
+      Grant: 86400,
+      RefreshToken: 86400,
+    },
     // --- refresh-token rotation (issue 12, item 6) ---
     rotateRefreshToken: true,
     findAccount: (ctx, sub) => ({ accountId: sub, claims: () => ({ sub }) }),

@@ -1,0 +1,175 @@
+//! What the tests of `tokencache serve` share: a controllable token
+//! endpoint, the recording upstream they forward to, and the running
+//! binary (`serve.rs`, `reload.rs`).
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use token_testkit::{free_port, HttpServer, Seen, Upstream};
+
+use crate::support::{self, Sandbox};
+
+/// A token endpoint issuing `tok-N` tokens that live `lifetime` seconds,
+/// answering 503 while `down`.
+#[derive(Clone)]
+pub(crate) struct FakeIdp {
+    pub(crate) server: HttpServer,
+    pub(crate) calls: Arc<AtomicUsize>,
+    pub(crate) down: Arc<AtomicBool>,
+}
+
+impl FakeIdp {
+    pub(crate) async fn start(lifetime: u64) -> Self {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let down = Arc::new(AtomicBool::new(false));
+        let (c, d) = (calls.clone(), down.clone());
+        let server = HttpServer::start(move |_req: Request<Incoming>| {
+            let (c, d) = (c.clone(), d.clone());
+            async move {
+                let n = c.fetch_add(1, Ordering::SeqCst) + 1;
+                if d.load(Ordering::SeqCst) {
+                    let mut r = Response::new(Full::new(Bytes::from_static(
+                        br#"{"error":"temporarily_unavailable"}"#,
+                    )));
+                    *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                    return r;
+                }
+                let body = format!(
+                    r#"{{"access_token":"tok-{n}","token_type":"Bearer","expires_in":{lifetime}}}"#
+                );
+                let mut r = Response::new(Full::new(Bytes::from(body)));
+                r.headers_mut()
+                    .insert("content-type", "application/json".parse().expect("hv"));
+                r
+            }
+        })
+        .await;
+        Self {
+            server,
+            calls,
+            down,
+        }
+    }
+
+    pub(crate) fn token_url(&self) -> String {
+        format!("{}/token", self.server.url())
+    }
+
+    pub(crate) fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+}
+
+/// The recording upstream of these tests: answers `ok <path and query>`
+/// with a hop-by-hop header of its own (`Connection: x-upstream-hop`), after
+/// a second on paths ending in `/slow`.
+pub(crate) async fn upstream() -> Upstream {
+    Upstream::start_with(|seen: Seen| async move {
+        if seen
+            .path_and_query
+            .split('?')
+            .next()
+            .is_some_and(|p| p.ends_with("/slow"))
+        {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        let mut r = Response::new(Full::new(Bytes::from(format!(
+            "ok {}",
+            seen.path_and_query
+        ))));
+        r.headers_mut()
+            .insert("connection", "x-upstream-hop".parse().expect("hv"));
+        r.headers_mut()
+            .insert("x-upstream-hop", "1".parse().expect("hv"));
+        r
+    })
+    .await
+}
+
+/// A hop-by-hop header of the caller's reached the upstream.
+pub(crate) fn hop(seen: &Seen) -> bool {
+    seen.headers.contains_key("x-hop") || seen.headers.contains_key("proxy-authorization")
+}
+
+/// A running `tokencache serve`, killed when dropped.
+pub(crate) struct Serve {
+    pub(crate) child: Child,
+    pub(crate) base: String,
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub(crate) fn write_config(sandbox: &Sandbox, text: &str) -> PathBuf {
+    let path = sandbox.path().join("serve.toml");
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+/// Starts `serve --config path` and waits for its `listening on` line.
+pub(crate) fn start_serve(sandbox: &Sandbox, config: &Path) -> Serve {
+    start_serve_with(sandbox, config, &[], Stdio::inherit())
+}
+
+pub(crate) fn start_serve_with(
+    sandbox: &Sandbox,
+    config: &Path,
+    extra: &[&str],
+    stderr: Stdio,
+) -> Serve {
+    let mut child = sandbox
+        .cmd()
+        .args(["serve", "--config"])
+        .arg(config)
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .expect("start tokencache serve");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).expect("read");
+    let base = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| {
+            let _ = child.kill();
+            panic!("serve did not start; it said {line:?}")
+        })
+        .to_owned();
+    Serve { child, base }
+}
+
+pub(crate) fn free_addr() -> String {
+    format!("127.0.0.1:{}", free_port())
+}
+
+pub(crate) fn fake_profile(name: &str, idp: &FakeIdp, store: &str) -> String {
+    format!(
+        "[profiles.{name}]\ntoken_url = \"{}\"\nclient_id = \"{}\"\nclient_secret_env = \"{}\"\nscopes = [\"orders.read\"]\nstore = \"{store}\"\n",
+        idp.token_url(),
+        support::CLIENT_ID,
+        support::SECRET_ENV
+    )
+}
+
+pub(crate) fn route(prefix: &str, upstream: &Upstream, profile: &str) -> String {
+    format!(
+        "[[serve.routes]]\nprefix = \"{prefix}\"\nupstream = \"http://{}/base\"\nprofile = \"{profile}\"\n",
+        upstream.addr()
+    )
+}
