@@ -12,8 +12,26 @@
 //!   unmodified SDKs get their tokens from the sidecar.
 //! - `/metrics` (Prometheus), `/healthz`, `/readyz`.
 //!
-//! `tokencache serve --config PATH` runs it; embed it in your own server by
-//! building a [`Sidecar`] and calling [`Sidecar::handle`] or [`serve`].
+//! `tokencache serve --config PATH` runs it. Embed it in your own server
+//! from a profiles file with [`FileSidecar`], which reloads the file on
+//! SIGHUP or when it changes (each profile built by token-profile, as
+//! `tokencache get --profile NAME` builds it):
+//!
+//! ```no_run
+//! use token_serve::{serve, FileOptions, FileSidecar, DEFAULT_WATCH_INTERVAL};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let path = std::path::Path::new("/etc/tokencache/config.toml");
+//! let (sidecar, _report) = FileSidecar::load(path, FileOptions::default()).await?;
+//! let _watch = sidecar.watch(DEFAULT_WATCH_INTERVAL)?; // SIGHUP and file changes
+//! let listener = tokio::net::TcpListener::bind(sidecar.listen().await).await?;
+//! let drain = sidecar.drain().await;
+//! serve(sidecar.sidecar().clone(), listener, async { let _ = tokio::signal::ctrl_c().await; }, drain).await;
+//! # Ok(()) }
+//! ```
+//!
+//! Or from your own caches, by building a [`Sidecar`] and calling
+//! [`Sidecar::handle`] or [`serve`].
 //!
 //! ```no_run
 //! use token_cache::{TokenCache, TokenRequest};
