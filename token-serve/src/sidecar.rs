@@ -43,6 +43,8 @@ pub(crate) struct Inner {
     pub(crate) metrics: Option<Metrics>,
     /// The extra TLS roots the upstream pools were made with.
     ca_file: Option<std::path::PathBuf>,
+    /// The TLS client configuration made from them.
+    tls: Arc<rustls::ClientConfig>,
 }
 
 /// The token sidecar and egress gateway as a hyper service: build it from a
@@ -77,6 +79,8 @@ pub struct SidecarBuilder {
     metrics: Option<Metrics>,
     /// Upstream pools to keep, by upstream URI (a reload's).
     pools: BTreeMap<String, Arc<crate::pool::Pool>>,
+    /// The TLS client configuration to keep (a reload's, same roots).
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl std::fmt::Debug for SidecarBuilder {
@@ -127,11 +131,13 @@ impl SidecarBuilder {
         self
     }
 
-    /// Keeps the upstream connection pools of `previous` for routes to the
-    /// same upstreams, when the TLS roots are the same: a reload does not
-    /// drop warm connections.
+    /// Keeps the TLS client configuration and the upstream connection pools
+    /// of `previous` for routes to the same upstreams, when the TLS roots
+    /// are the same: a reload neither reloads the system roots nor drops
+    /// warm connections.
     pub(crate) fn reuse_pools(mut self, previous: &Inner) -> Self {
         if previous.ca_file == self.config.ca_file {
+            self.tls = Some(Arc::clone(&previous.tls));
             for r in &previous.routes {
                 self.pools
                     .insert(r.route.upstream.to_string(), Arc::clone(&r.pool));
@@ -156,7 +162,10 @@ impl SidecarBuilder {
                 )));
             }
         }
-        let tls = Arc::new(tls::client_config(self.config.ca_file.as_deref())?);
+        let tls = match self.tls {
+            Some(tls) => tls,
+            None => Arc::new(tls::client_config(self.config.ca_file.as_deref())?),
+        };
         let mut routes = Vec::with_capacity(self.config.routes.len());
         for r in self.config.routes {
             let profile = self.profiles.get(&r.profile).cloned().ok_or_else(|| {
@@ -183,6 +192,7 @@ impl SidecarBuilder {
             retry_body_limit: self.config.retry_body_limit,
             metrics: self.metrics,
             ca_file: self.config.ca_file,
+            tls,
         })
     }
 }
@@ -242,6 +252,7 @@ impl Sidecar {
             secret: None,
             metrics: None,
             pools: BTreeMap::new(),
+            tls: None,
         }
     }
 
