@@ -7,11 +7,10 @@
 //!
 //! `cargo xtask bench gateway/ -- --warm-up-time 1 --measurement-time 3`
 
-use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
+use benches::listen;
 use bytes::Bytes;
 use criterion::{Criterion, Throughput};
 use http_body_util::{BodyExt as _, Empty, Full};
@@ -19,7 +18,7 @@ use hyper::body::Incoming;
 use hyper::{Request, Response};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioExecutor;
 use token_core::{AccessToken, Credential, CredentialError, TokenCache, TokenRequest};
 use token_serve::{ServeConfig, Sidecar};
 
@@ -44,38 +43,6 @@ impl Credential for StaticIdp {
                 .with_expires_in(Duration::from_secs(3600)),
         )
     }
-}
-
-async fn listen<F, Fut, B>(handler: F) -> SocketAddr
-where
-    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
-    Fut: std::future::Future<Output = Response<B>> + Send + 'static,
-    B: hyper::body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let _ = stream.set_nodelay(true);
-            let handler = handler.clone();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req| {
-                    let f = handler(req);
-                    async move { Ok::<_, Infallible>(f.await) }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
-    addr
 }
 
 type BenchClient = Client<HttpConnector, Empty<Bytes>>;

@@ -55,3 +55,38 @@ pub fn instant_idp() -> FakeIdp {
         .with_id("bench-idp")
         .with_secret("bench-token-value-0123456789abcdef")
 }
+
+/// Serves `handler` on a free loopback port (HTTP/1.1, `TCP_NODELAY`), on
+/// the runtime this is called on, for as long as it runs: the upstreams,
+/// token endpoints and proxies of the sidecar benches.
+pub async fn listen<F, Fut, B>(handler: F) -> std::net::SocketAddr
+where
+    F: Fn(hyper::Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = hyper::Response<B>> + Send + 'static,
+    B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let handler = handler.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req| {
+                    let f = handler(req);
+                    async move { Ok::<_, std::convert::Infallible>(f.await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}

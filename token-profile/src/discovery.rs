@@ -10,9 +10,6 @@
 //! drops its entry, so the next `get` discovers afresh.
 
 use std::collections::BTreeMap;
-use std::fs::OpenOptions;
-use std::io::Write as _;
-use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -191,23 +188,10 @@ async fn write(opened: &OpenedStore, issuer: &str, entry: Option<&Cached>) -> Re
                 Some(e) => map.insert(issuer.to_owned(), e.clone()),
                 None => map.remove(issuer),
             };
-            let path = dir.join(FILE);
-            let tmp = dir.join(format!("{FILE}.tmp"));
-            let failed =
-                |e: std::io::Error| Error::store(format!("cannot write {}: {e}", path.display()));
             let json = serde_json::to_vec_pretty(&map)
                 .map_err(|e| Error::internal(format!("cannot encode JSON: {e}")))?;
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)
-                .map_err(failed)?;
-            f.write_all(&json)
-                .and_then(|()| f.sync_all())
-                .map_err(failed)?;
-            std::fs::rename(&tmp, &path).map_err(failed)
+            crate::store::write_private(&dir.join(FILE), &json)
+                .map_err(|e| Error::store(format!("cannot write {e}")))
         }
         OpenedStore::Redis(s) => {
             let mut conn = s.connection();

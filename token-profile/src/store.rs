@@ -284,12 +284,20 @@ fn redis_error(e: &token_redis::redis::RedisError) -> Error {
 }
 
 fn write_index(dir: &Path, map: &BTreeMap<String, IndexEntry>) -> Result<(), Error> {
-    let path = dir.join(INDEX_FILE);
-    let tmp = dir.join(format!("{INDEX_FILE}.tmp"));
-    let failed =
-        |e: std::io::Error| Error::store(format!("cannot write the index {}: {e}", path.display()));
     let json = serde_json::to_vec_pretty(map)
         .map_err(|e| Error::internal(format!("cannot encode the index: {e}")))?;
+    write_private(&dir.join(INDEX_FILE), &json)
+        .map_err(|e| Error::store(format!("cannot write the index {e}")))
+}
+
+/// Replaces the file at `path` with `bytes`, readable by its owner only,
+/// in one step (written beside it, synced, renamed over it). The error
+/// names the path.
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let failed = |e: std::io::Error| format!("{}: {e}", path.display());
     let mut f = OpenOptions::new()
         .write(true)
         .create(true)
@@ -297,10 +305,10 @@ fn write_index(dir: &Path, map: &BTreeMap<String, IndexEntry>) -> Result<(), Err
         .mode(0o600)
         .open(&tmp)
         .map_err(failed)?;
-    f.write_all(&json)
+    f.write_all(bytes)
         .and_then(|()| f.sync_all())
         .map_err(failed)?;
-    std::fs::rename(&tmp, &path).map_err(failed)
+    std::fs::rename(&tmp, path).map_err(failed)
 }
 
 /// True when `dir` holds a sled store that has been written to.
