@@ -60,6 +60,7 @@
 mod config;
 mod endpoints;
 mod gateway;
+mod guard;
 mod metrics;
 mod pool;
 mod reload;
