@@ -8,11 +8,18 @@
 //! drain_seconds = 10                 # how long SIGTERM waits for requests in flight
 //! ca_file = "/etc/ssl/private-ca.pem"       # extra roots for upstream TLS (system roots are always used)
 //! retry_body_limit = 65536           # largest request body buffered for the 401 retry
+//! # Request guards:
+//! allowed_hosts = ["tokencache.internal"]  # Host names answered besides the listen address,
+//!                                    # loopback and the metadata names; default [] (others: 403)
+//! insecure_token_endpoint = false    # allow a non-loopback listen without secret_file; default false
 //!
 //! [[serve.routes]]
-//! prefix = "/orders/"
-//! upstream = "https://orders.internal"
+//! prefix = "/orders/"                # matches /orders/... (a prefix without `/` matches whole segments)
+//! upstream = "https://orders.internal"     # no user:password@ (refused)
 //! profile = "orders"
+//! allow_browser_origins = []         # origins whose browser requests may use the route; default [] (403)
+//! allow_encoded_slashes = false      # forward %2f, %5c and `\` in paths; default false (400)
+//! allow_plaintext = false            # silence the warning for http:// off loopback; default false
 //!
 //! [serve.azure]                      # resource -> profile (App Service managed identity)
 //! "https://vault.azure.net" = "vault"
@@ -21,6 +28,15 @@
 //! profile = "gcp"
 //! email = "sidecar@example.iam.gserviceaccount.com"
 //! ```
+//!
+//! Refused at load, each with one sentence: an upstream with user info
+//! (its password would reach `Host`, 502 bodies and logs), an
+//! `allowed_hosts` entry that is no `host[:port]`, an
+//! `allow_browser_origins` entry that is no origin. Refused when the
+//! sidecar is built: a non-loopback `listen` without a secret, unless
+//! `insecure_token_endpoint = true`. Warned about: a plain `http://`
+//! upstream off loopback (unless `allow_plaintext = true`), a
+//! `secret_file` readable by its group or others.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
