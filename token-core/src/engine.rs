@@ -266,7 +266,7 @@ impl Inner {
             let floor =
                 u64::try_from(self.policy.invalidate_floor().as_nanos()).unwrap_or(u64::MAX);
             if st.invalidated_nanos != 0 && now.saturating_sub(st.invalidated_nanos) < floor {
-                tracing::info!(request = ?request, floor = ?self.policy.invalidate_floor(), "rejected token kept: the key was invalidated moments ago (invalidate floor)");
+                tracing::debug!(request = ?request, floor = ?self.policy.invalidate_floor(), "rejected token kept: the key was invalidated moments ago (invalidate floor)");
                 return false;
             }
             let current = slot.hot.load();
