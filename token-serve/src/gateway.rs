@@ -278,7 +278,13 @@ pub(crate) async fn forward(
         if !retried && rejects_token(resp.status(), resp.headers()) {
             let profile = &route.profile;
             let dropped = profile.handle.invalidate(&bearer.token).await;
-            tracing::info!(route = %route.route.prefix, dropped, "upstream rejected the token (invalid_token)");
+            if dropped {
+                tracing::info!(route = %route.route.prefix, "upstream rejected the token (invalid_token); invalidated");
+            } else {
+                // Already replaced, or kept by the engine's floor: one line
+                // per request at info would flood the log under a 401 loop.
+                tracing::debug!(route = %route.route.prefix, "upstream rejected the token (invalid_token); not invalidated again");
+            }
             retried = true;
             if buffered.is_some() {
                 match bearer_after_rejection(inner, route, &bearer).await {
