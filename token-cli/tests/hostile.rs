@@ -175,6 +175,15 @@ async fn unsafe_configurations_are_refused_or_warned_about_at_load() {
     let err = support::stderr(&out);
     assert_eq!(out.status.code(), Some(3), "{err}");
     assert!(err.contains("insecure_token_endpoint"), "{err}");
+    let out = sandbox
+        .cmd()
+        .args(["serve", "--check-config", "--config"])
+        .arg(&config)
+        .output()
+        .expect("run");
+    let err = support::stderr(&out);
+    assert_eq!(out.status.code(), Some(3), "--check-config: {err}");
+    assert!(err.contains("insecure_token_endpoint"), "{err}");
 
     // A plain http:// upstream off loopback, and a world-readable secret
     // file: warnings, and the sidecar serves.

@@ -270,6 +270,28 @@ impl ServeConfig {
         })
     }
 
+    /// Refuses a token endpoint open to the network: a non-loopback
+    /// `listen` with no shared secret (`secret_configured`: `secret_file`,
+    /// or one an embedder gave the builder), unless
+    /// `insecure_token_endpoint = true`. Any host that can connect would
+    /// otherwise get tokens from `/v1/token` by sending `Metadata: true`.
+    /// The sidecar's builder runs it; `tokencache serve --check-config`
+    /// too.
+    pub fn check_token_endpoint_exposure(
+        &self,
+        secret_configured: bool,
+    ) -> Result<(), ConfigError> {
+        if secret_configured || self.listen.ip().is_loopback() || self.insecure_token_endpoint {
+            return Ok(());
+        }
+        Err(ConfigError::new(format!(
+            "[serve] listen = \"{}\" is not loopback and no secret_file is set: any host that can \
+             connect would get tokens from /v1/token; set secret_file, or write \
+             insecure_token_endpoint = true to accept that",
+            self.listen
+        )))
+    }
+
     /// Every profile the configuration refers to (routes, Azure, Google).
     pub fn profiles(&self) -> BTreeSet<String> {
         self.routes

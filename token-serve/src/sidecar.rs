@@ -172,6 +172,13 @@ impl SidecarBuilder {
             Some(tls) => tls,
             None => Arc::new(tls::client_config(self.config.ca_file.as_deref())?),
         };
+        let secret = match (self.secret, &self.config.secret_file) {
+            (Some(secret), _) => Some(secret),
+            (None, Some(path)) => Some(read_secret(path)?),
+            (None, None) => None,
+        };
+        self.config
+            .check_token_endpoint_exposure(secret.is_some())?;
         let guards = Guards::new(&self.config);
         let mut routes = Vec::with_capacity(self.config.routes.len());
         for r in self.config.routes {
@@ -193,22 +200,6 @@ impl SidecarBuilder {
             routes.push(GatewayRoute::new(r, profile, &tls, pool)?);
         }
         routes.sort_by_key(|r| std::cmp::Reverse(r.route.prefix.len()));
-        let secret = match (self.secret, &self.config.secret_file) {
-            (Some(secret), _) => Some(secret),
-            (None, Some(path)) => Some(read_secret(path)?),
-            (None, None) => None,
-        };
-        if secret.is_none()
-            && !self.config.listen.ip().is_loopback()
-            && !self.config.insecure_token_endpoint
-        {
-            return Err(ConfigError::new(format!(
-                "[serve] listen = \"{}\" is not loopback and no secret_file is set: any host that can \
-                 connect would get tokens from /v1/token; set secret_file, or write \
-                 insecure_token_endpoint = true to accept that",
-                self.config.listen
-            )));
-        }
         Ok(Inner {
             profiles: self.profiles,
             routes,
