@@ -359,7 +359,15 @@ fn route(r: RawRoute, prefixes: &mut BTreeSet<String>) -> Result<Route, ConfigEr
             "[[serve.routes]] prefix \"{prefix}\" must start with /"
         )));
     }
-    if prefix == "/" || RESERVED.iter().any(|p| prefix.starts_with(p)) {
+    // A prefix that would take a reserved path, also at a segment boundary
+    // (`/v1` would match `/v1/token`).
+    let takes = |reserved: &str| {
+        prefix.starts_with(reserved)
+            || reserved.strip_prefix(prefix.as_str()).is_some_and(|rest| {
+                prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/')
+            })
+    };
+    if prefix == "/" || RESERVED.iter().any(|p| takes(p)) {
         return Err(ConfigError::new(format!(
             "[[serve.routes]] prefix \"{prefix}\" would shadow the sidecar's own endpoints \
              (/v1/, /metrics, /healthz, /readyz, /azure/, /computeMetadata/)"
@@ -499,6 +507,14 @@ mod tests {
             ),
             (
                 "[[serve.routes]]\nprefix = \"/metrics\"\nupstream = \"http://x\"\nprofile = \"p\"\n",
+                "shadow",
+            ),
+            (
+                "[[serve.routes]]\nprefix = \"/v1\"\nupstream = \"http://x\"\nprofile = \"p\"\n",
+                "shadow",
+            ),
+            (
+                "[[serve.routes]]\nprefix = \"/azure\"\nupstream = \"http://x\"\nprofile = \"p\"\n",
                 "shadow",
             ),
             (

@@ -359,7 +359,12 @@ impl Sidecar {
         if let Some(refused) = inner.guards.check(&req) {
             return refused;
         }
-        let route = inner.route_for(path);
+        // The sidecar's own endpoints are answered before any route, so a
+        // route's browser origins never open them.
+        let own = matches!(path, "/readyz" | "/metrics" | "/v1/token" | "/azure/token")
+            || path == "/computeMetadata"
+            || path.starts_with("/computeMetadata/");
+        let route = if own { None } else { inner.route_for(path) };
         let origins = route.map_or(&[][..], |r| &r.route.allow_browser_origins[..]);
         if let Some(refused) = Guards::browser(req.headers(), origins) {
             if let Some(route) = route {
