@@ -36,7 +36,9 @@ fn main() {
     let url = server.url();
     let store = runtime
         .block_on(RedisStore::connect(
-            RedisConfig::new(url).with_invalidation_events(false),
+            RedisConfig::new(url)
+                .with_plaintext()
+                .with_invalidation_events(false),
         ))
         .expect("connect to the private redis-server");
     let key = CacheKey::from_raw(

@@ -77,6 +77,10 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), CliError> {
 fn check(path: &std::path::Path, args: &ServeArgs) -> Result<(), CliError> {
     let file = ProfilesFile::load(path)?;
     let config = ServeConfig::parse(file.text())
+        .and_then(|c| {
+            c.check_token_endpoint_exposure(c.secret_file.is_some())
+                .map(|()| c)
+        })
         .map_err(|e| CliError::config(format!("the profile file {}: {e}", path.display())))?;
     let mut overlay = token_profile::ProfileSpec::default();
     overlay.key_file.clone_from(&args.locations.key_file);

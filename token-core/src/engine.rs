@@ -253,14 +253,26 @@ impl Inner {
         }
     }
 
+    /// See [`TokenCache::invalidate`]. The floor is checked and set under
+    /// the slot's lock, so of concurrent invalidations one wins and the
+    /// others find the floor; nothing here is on the hit path.
     async fn invalidate(&self, request: &TokenRequest, rejected: &AccessToken) -> bool {
         let slot = self.keys.get(request);
         let mut dropped = false;
         if let Some(slot) = &slot {
-            let _st = slot.lock();
+            let mut st = slot.lock();
+            // Plus one, so that 0 keeps meaning "never" at the epoch itself.
+            let now = self.nanos(self.clock.monotonic()).saturating_add(1);
+            let floor =
+                u64::try_from(self.policy.invalidate_floor().as_nanos()).unwrap_or(u64::MAX);
+            if st.invalidated_nanos != 0 && now.saturating_sub(st.invalidated_nanos) < floor {
+                tracing::debug!(request = ?request, floor = ?self.policy.invalidate_floor(), "rejected token kept: the key was invalidated moments ago (invalidate floor)");
+                return false;
+            }
             let current = slot.hot.load();
             if self.is_live(&current) && current.token.same_secret(rejected) {
                 self.retire(slot, &current);
+                st.invalidated_nanos = now;
                 dropped = true;
             }
         }
@@ -416,6 +428,19 @@ impl TokenCache {
     /// if it is still the cached token for `request`: after a resource
     /// answers 401, a burst of invalidations for the same old token causes
     /// one refresh, not one per 401. Says whether anything was dropped.
+    ///
+    /// # Floor
+    ///
+    /// After an invalidation drops a key's token, further invalidations of
+    /// that key drop nothing for
+    /// [`RefreshPolicy::invalidate_floor`] (30 s by default): the token
+    /// obtained to replace the rejected one is not forced out again moments
+    /// later. A resource that rejects every token therefore costs at most
+    /// one forced refresh per key per floor, however many requests retry on
+    /// its 401s. The floor lives here, not in each caller, because every
+    /// caller that retries on `401` (the reqwest middleware, the tower
+    /// layer, the sidecar's gateway) needs the same bound. It is per
+    /// process: another instance sharing the store has its own.
     pub async fn invalidate(&self, request: &TokenRequest, rejected: &AccessToken) -> bool {
         self.inner.invalidate(request, rejected).await
     }

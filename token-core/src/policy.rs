@@ -81,6 +81,18 @@ pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_secs(2);
 /// each wait for a dead store's timeout.
 pub const DEFAULT_STORE_COOLDOWN: Duration = Duration::from_secs(5);
 
+/// The floor on forced refreshes: after a key's token was invalidated (a
+/// resource answered `401 invalid_token`), the key is not invalidated again
+/// for this long, so the token that replaced it is never forced out while
+/// younger than this. A resource that rejects every token (wrong audience,
+/// a revoked client, a broken resource) then costs one extra IdP call per
+/// key per 30 s instead of one per request: a retry loop of the gateway or
+/// the middleware cannot turn into an IdP call storm, and an IdP that
+/// rate-limits is not pushed into refusing every key of the client. The
+/// first invalidation of a key is always honoured, so a token revoked at
+/// the resource is replaced at once.
+pub const DEFAULT_INVALIDATE_FLOOR: Duration = Duration::from_secs(30);
+
 /// How many keys one cache holds in memory by default
 /// ([`TokenCacheBuilder::max_keys`](crate::TokenCacheBuilder::max_keys)).
 /// A key costs about 0.4 KB of engine memory besides its token and its
@@ -117,6 +129,7 @@ pub struct RefreshPolicy {
     lease_wait: Option<Duration>,
     store_timeout: Duration,
     store_cooldown: Duration,
+    invalidate_floor: Duration,
 }
 
 impl Default for RefreshPolicy {
@@ -137,6 +150,7 @@ impl Default for RefreshPolicy {
             lease_wait: None,
             store_timeout: DEFAULT_STORE_TIMEOUT,
             store_cooldown: DEFAULT_STORE_COOLDOWN,
+            invalidate_floor: DEFAULT_INVALIDATE_FLOOR,
         }
     }
 }
@@ -264,6 +278,21 @@ impl RefreshPolicy {
     pub fn with_store_cooldown(mut self, d: Duration) -> Self {
         self.store_cooldown = d;
         self
+    }
+
+    /// The shortest time between two invalidations of one key
+    /// ([`TokenCache::invalidate`](crate::TokenCache::invalidate)): within
+    /// it, a further `invalidate` for the key drops nothing and returns
+    /// `false`. Defaults to [`DEFAULT_INVALIDATE_FLOOR`]; zero turns the
+    /// floor off.
+    pub fn with_invalidate_floor(mut self, d: Duration) -> Self {
+        self.invalidate_floor = d;
+        self
+    }
+
+    /// The floor on forced refreshes per key.
+    pub fn invalidate_floor(&self) -> Duration {
+        self.invalidate_floor
     }
 
     /// The fetch timeout.

@@ -87,6 +87,10 @@ pub(crate) struct SlotState {
     pins: u32,
     /// Dropped from the key map: whoever finds it so looks the key up again.
     evicted: bool,
+    /// When this key's token was last invalidated (nanoseconds since the
+    /// engine's monotonic epoch, plus one; 0 = never): the floor on forced
+    /// refreshes.
+    pub(crate) invalidated_nanos: u64,
 }
 
 /// What [`SlotState::record`] made of a fetch's result.

@@ -782,3 +782,48 @@ async fn refresh_fetches_now_shares_one_fetch_and_a_failure_keeps_the_token() {
     assert!(cache.refresh(&req).await.is_err());
     assert_eq!(idp.calls(), 3);
 }
+
+/// An upstream that rejects every token: the gateway and the middleware
+/// invalidate on its 401, fetch, retry, and get 401 again. The floor keeps
+/// that to one forced refresh per key per floor.
+#[tokio::test(flavor = "current_thread")]
+async fn a_key_invalidated_moments_ago_is_not_invalidated_again_until_the_floor_passes() {
+    let clock = ManualClock::new();
+    let idp = fake_idp(&clock, hour());
+    let cache = cache(&idp, RefreshPolicy::default());
+    let req = request("a");
+    let first = cache.get_token(&req).await.unwrap().to_access_token();
+    assert!(cache.invalidate(&req, &first).await, "the first 401 counts");
+    let second = cache.get_token(&req).await.unwrap().to_access_token();
+    assert!(!second.same_secret(&first));
+    // 30 more 401s within the floor: nothing dropped, nothing fetched.
+    for _ in 0..30 {
+        assert!(!cache.invalidate(&req, &second).await);
+        let t = cache.get_token(&req).await.unwrap();
+        assert!(t.same_secret(&second));
+    }
+    assert_eq!(idp.calls(), 2);
+    assert_eq!(cache.stats().invalidations, 1);
+    // Once the floor has passed, a 401 invalidates again.
+    clock.advance(token_core::policy::DEFAULT_INVALIDATE_FLOOR);
+    assert!(cache.invalidate(&req, &second).await);
+    let third = cache.get_token(&req).await.unwrap();
+    assert!(!third.same_secret(&second));
+    assert_eq!(idp.calls(), 3);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_zero_invalidate_floor_turns_the_floor_off() {
+    let clock = ManualClock::new();
+    let idp = fake_idp(&clock, hour());
+    let cache = cache(
+        &idp,
+        RefreshPolicy::default().with_invalidate_floor(Duration::ZERO),
+    );
+    let req = request("a");
+    for _ in 0..3 {
+        let t = cache.get_token(&req).await.unwrap().to_access_token();
+        assert!(cache.invalidate(&req, &t).await);
+    }
+    assert_eq!(cache.stats().invalidations, 3);
+}

@@ -1,31 +1,55 @@
 //! Reading a resource server's `WWW-Authenticate` challenge (RFC 6750 §3,
-//! RFC 9110 §11.6.1): shared by the reqwest and tower middleware.
+//! RFC 9110 §11.6.1), shared by the reqwest middleware, the tower layer and
+//! the sidecar's gateway (token-serve), so that all of them decide "the
+//! token was rejected" the same way.
+//!
+//! The `error` is read as an auth-param of a `Bearer` challenge, never as a
+//! substring: `Basic realm="invalid_token"`, `Bearer
+//! error_description="invalid_token"` or `DPoP error="invalid_token"` do
+//! not say that the bearer token was rejected.
+//!
+//! ```
+//! use http::{header::WWW_AUTHENTICATE, HeaderMap, HeaderValue, StatusCode};
+//! use token_http::challenge::{bearer_error, rejects_token};
+//!
+//! let mut h = HeaderMap::new();
+//! h.insert(
+//!     WWW_AUTHENTICATE,
+//!     HeaderValue::from_static(r#"Basic realm="x", Bearer realm="api", error="invalid_token""#),
+//! );
+//! assert_eq!(bearer_error(&h).as_deref(), Some("invalid_token"));
+//! assert!(rejects_token(StatusCode::UNAUTHORIZED, &h));
+//! ```
 
 use http::header::WWW_AUTHENTICATE;
 use http::HeaderMap;
 
-/// The `error` parameter of the first challenge that has one, e.g.
-/// `invalid_token` or `insufficient_scope`.
-pub(crate) fn challenge_error(headers: &HeaderMap) -> Option<String> {
+/// The `error` auth-param of the first `Bearer` challenge that has one
+/// (e.g. `invalid_token` or `insufficient_scope`), across every
+/// `WWW-Authenticate` field of `headers`.
+pub fn bearer_error(headers: &HeaderMap) -> Option<String> {
     headers
         .get_all(WWW_AUTHENTICATE)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .find_map(error_param)
+        .find_map(bearer_error_param)
 }
 
-/// True when the answer says the token itself was rejected: a 401 whose
-/// challenge carries `error="invalid_token"`.
-pub(crate) fn rejects_token(status: http::StatusCode, headers: &HeaderMap) -> bool {
+/// True when the answer says the token itself was rejected: a `401` whose
+/// `Bearer` challenge carries `error="invalid_token"`.
+pub fn rejects_token(status: http::StatusCode, headers: &HeaderMap) -> bool {
     status == http::StatusCode::UNAUTHORIZED
-        && challenge_error(headers).is_some_and(|e| e.eq_ignore_ascii_case("invalid_token"))
+        && bearer_error(headers).is_some_and(|e| e.eq_ignore_ascii_case("invalid_token"))
 }
 
-/// Scans `Bearer realm="x", error="invalid_token", error_description="..."`
-/// for the `error` auth-param, honouring quoted strings (a description may
-/// contain `error=` or commas).
-fn error_param(value: &str) -> Option<String> {
+/// Scans one field value, `Basic realm="x", Bearer realm="y",
+/// error="invalid_token", error_description="..."`, for the `error`
+/// auth-param of a `Bearer` challenge. A name not followed by `=` starts a
+/// new challenge (its auth-scheme); quoted strings are honoured (a
+/// description may contain `error=`, commas or a scheme's name).
+fn bearer_error_param(value: &str) -> Option<String> {
     let bytes = value.as_bytes();
+    let mut scheme_is_bearer = false;
     let mut i = 0;
     while i < bytes.len() {
         // Read a token (a scheme or a parameter name).
@@ -33,7 +57,7 @@ fn error_param(value: &str) -> Option<String> {
             i += 1;
         }
         let start = i;
-        while i < bytes.len() && !matches!(bytes[i], b' ' | b'\t' | b',' | b'=') {
+        while i < bytes.len() && !matches!(bytes[i], b' ' | b'\t' | b',' | b'=' | b'"') {
             i += 1;
         }
         let name = &value[start..i];
@@ -41,32 +65,13 @@ fn error_param(value: &str) -> Option<String> {
         while j < bytes.len() && matches!(bytes[j], b' ' | b'\t') {
             j += 1;
         }
-        if j < bytes.len() && bytes[j] == b'=' {
+        if j < bytes.len() && bytes[j] == b'=' && !name.is_empty() {
             j += 1;
             while j < bytes.len() && matches!(bytes[j], b' ' | b'\t') {
                 j += 1;
             }
             let (param, next) = if j < bytes.len() && bytes[j] == b'"' {
-                let mut out = String::new();
-                let mut k = j + 1;
-                let mut chars = value[k..].char_indices();
-                let mut end = bytes.len();
-                while let Some((off, c)) = chars.next() {
-                    match c {
-                        '\\' => {
-                            if let Some((_, escaped)) = chars.next() {
-                                out.push(escaped);
-                            }
-                        }
-                        '"' => {
-                            end = k + off + 1;
-                            break;
-                        }
-                        c => out.push(c),
-                    }
-                }
-                k = end;
-                (out, k)
+                quoted(value, j + 1)
             } else {
                 let s = j;
                 while j < bytes.len() && !matches!(bytes[j], b' ' | b'\t' | b',') {
@@ -74,11 +79,19 @@ fn error_param(value: &str) -> Option<String> {
                 }
                 (value[s..j].to_owned(), j)
             };
-            if name.eq_ignore_ascii_case("error") {
+            if scheme_is_bearer && name.eq_ignore_ascii_case("error") {
                 return Some(param);
             }
             i = next;
-        } else if i == start {
+        } else if !name.is_empty() {
+            // A name without `=`: the auth-scheme of the next challenge (or
+            // a token68, which no Bearer challenge has).
+            scheme_is_bearer = name.eq_ignore_ascii_case("Bearer");
+            i = j;
+        } else if i < bytes.len() && bytes[i] == b'"' {
+            // A stray quoted string: skip it whole.
+            i = quoted(value, i + 1).1;
+        } else {
             // A lone '=' or similar: skip it.
             i += 1;
         }
@@ -86,18 +99,38 @@ fn error_param(value: &str) -> Option<String> {
     None
 }
 
+/// The quoted string starting after the opening quote at `from`: its
+/// unescaped contents and the index after its closing quote.
+fn quoted(value: &str, from: usize) -> (String, usize) {
+    let mut out = String::new();
+    let mut chars = value[from..].char_indices();
+    while let Some((off, c)) = chars.next() {
+        match c {
+            '\\' => {
+                if let Some((_, escaped)) = chars.next() {
+                    out.push(escaped);
+                }
+            }
+            '"' => return (out, from + off + 1),
+            c => out.push(c),
+        }
+    }
+    (out, value.len())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn finds_the_error_parameter() {
+    fn finds_the_error_parameter_of_the_bearer_challenge_only() {
         for (v, want) in [
             (
                 r#"Bearer realm="api", error="invalid_token", error_description="expired""#,
                 Some("invalid_token"),
             ),
             (r#"Bearer error=invalid_token"#, Some("invalid_token")),
+            (r#"bearer error=invalid_token"#, Some("invalid_token")),
             (
                 r#"Bearer error_description="error=invalid_token, no", error="insufficient_scope""#,
                 Some("insufficient_scope"),
@@ -106,12 +139,43 @@ mod tests {
                 r#"Bearer realm="a\"b", error = "invalid_token""#,
                 Some("invalid_token"),
             ),
+            (
+                r#"Basic realm="x", Bearer realm="y", error="invalid_token""#,
+                Some("invalid_token"),
+            ),
             (r#"Bearer realm="api""#, None),
             (r#"Basic realm="x""#, None),
+            (r#"Basic realm="invalid_token""#, None),
+            (r#"Basic error="invalid_token""#, None),
+            (r#"DPoP error="invalid_token", algs="ES256""#, None),
+            (r#"Bearer realm="x", Basic error="invalid_token""#, None),
+            (r#"Bearer error_description="invalid_token""#, None),
+            (r#"Bearer realm="Bearer error=invalid_token""#, None),
+            (
+                r#"Newauth realm="apps", type=1, title="Login to \"apps\"""#,
+                None,
+            ),
             ("=,=\"", None),
             ("", None),
+            ("invalid_token", None),
         ] {
-            assert_eq!(error_param(v).as_deref(), want, "{v}");
+            assert_eq!(bearer_error_param(v).as_deref(), want, "{v}");
         }
+    }
+
+    #[test]
+    fn only_a_401_with_invalid_token_rejects_the_token() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            WWW_AUTHENTICATE,
+            http::HeaderValue::from_static(r#"Bearer error="invalid_token""#),
+        );
+        assert!(rejects_token(http::StatusCode::UNAUTHORIZED, &h));
+        assert!(!rejects_token(http::StatusCode::FORBIDDEN, &h));
+        h.insert(
+            WWW_AUTHENTICATE,
+            http::HeaderValue::from_static(r#"Basic realm="invalid_token""#),
+        );
+        assert!(!rejects_token(http::StatusCode::UNAUTHORIZED, &h));
     }
 }

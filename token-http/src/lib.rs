@@ -68,7 +68,7 @@ mod assertion;
 mod auth;
 mod certificate;
 mod chain;
-mod challenge;
+pub mod challenge;
 mod client_auth;
 mod credential;
 mod discovery;

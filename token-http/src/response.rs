@@ -46,8 +46,11 @@ const PERMANENT_CODES: &[&str] = &[
     "access_denied",
 ];
 
-/// Words that make a body too dangerous to quote in an error: it may carry
-/// a token or a credential.
+/// Words that make a body or an `error_description` too dangerous to quote
+/// in an error: it may carry a token or a credential. `authorization`,
+/// `basic ` and `bearer ` catch a server that echoes the request's headers
+/// (Basic client credentials are base64, which no comparison with the
+/// secret itself finds); `dpop` a proof echoed back.
 const NEVER_QUOTE: &[&str] = &[
     "access_token",
     "refresh_token",
@@ -55,6 +58,10 @@ const NEVER_QUOTE: &[&str] = &[
     "assertion",
     "secret",
     "password",
+    "authorization",
+    "basic ",
+    "bearer ",
+    "dpop",
 ];
 
 /// The difference between the local clock and the authorization server's,
@@ -418,9 +425,11 @@ fn error_response(
     // A server that echoes the request in its error (the client secret, a
     // refresh token) must not put a secret in our error message.
     let quotes_a_secret = |text: &String| {
-        secrets
-            .iter()
-            .any(|secret| !secret.is_empty() && text.contains(secret))
+        let lower = text.to_ascii_lowercase();
+        NEVER_QUOTE.iter().any(|w| lower.contains(w))
+            || secrets
+                .iter()
+                .any(|secret| !secret.is_empty() && text.contains(secret))
     };
     if description.as_ref().is_some_and(quotes_a_secret) {
         description = Some("(withheld: it quotes a secret that was sent)".to_owned());

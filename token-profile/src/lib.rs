@@ -20,7 +20,7 @@ pub use file::{config_path, ProfilesFile, CONFIG_ENV};
 pub use fingerprint::FingerprintKey;
 pub use key::{KeySource, KEY_ENV, KEY_FILE_ENV};
 pub use paths::{cache_dir, config_dir};
-pub use resolve::{Naming, Resolved};
+pub use resolve::{readable_by_others, Naming, Resolved};
 pub use spec::{Alg, AuthMethod, Format, ManagedKind, ProfileSpec};
 pub use store::{
     open as open_store, open_redis, open_sled, sled_has_data, IndexEntry, OpenedStore, StoreSpec,

@@ -247,7 +247,34 @@ pub(crate) fn secret_from_file(path: &Path, what: &str) -> Result<Secret, Error>
             path.display()
         )));
     }
+    if let Some(warning) = readable_by_others(path, what) {
+        crate::error::notices().warning(warning);
+    }
     Ok(Secret::new(trimmed))
+}
+
+/// A warning when the secret file at `path` can be read by its group or by
+/// others (mode `& 0o044`): anyone on the host with that access holds the
+/// secret. `None` when only its owner can, or off Unix.
+pub fn readable_by_others(path: &Path, what: &str) -> Option<String> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(path).ok()?.permissions().mode();
+        (mode & 0o044 != 0).then(|| {
+            format!(
+                "the {what} file {} is readable by {} (mode {:03o}); make it readable by its owner only (chmod 600)",
+                path.display(),
+                if mode & 0o004 != 0 { "everyone" } else { "its group" },
+                mode & 0o777
+            )
+        })
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (path, what);
+        None
+    }
 }
 
 #[cfg(test)]
@@ -301,5 +328,28 @@ mod tests {
         let r = spec.resolve(Naming::FileKeys).expect("resolves");
         assert_eq!(r.secret.as_ref().map(Secret::expose), Some("s3cr3t-value"));
         assert!(!format!("{r:?}").contains("s3cr3t"));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_secret_file_readable_by_group_or_others_is_warned_about() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("secret");
+        std::fs::write(&path, "s3cret\n").expect("write");
+        let set = |mode| {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod")
+        };
+        set(0o600);
+        assert_eq!(readable_by_others(&path, "client secret"), None);
+        set(0o640);
+        let w = readable_by_others(&path, "client secret").expect("warned");
+        assert!(
+            w.contains("its group") && w.contains("640") && !w.contains("s3cret"),
+            "{w}"
+        );
+        set(0o644);
+        let w = readable_by_others(&path, "client secret").expect("warned");
+        assert!(w.contains("everyone"), "{w}");
     }
 }

@@ -50,14 +50,24 @@ pub(crate) enum Target {
 /// use std::time::Duration;
 /// use token_redis::RedisConfig;
 ///
+/// let keyring = token_core::Keyring::new(token_core::EncryptionKey::generate()?);
 /// let config = RedisConfig::new("redis://127.0.0.1:6380/0")
+///     .with_encryption(keyring)
 ///     .with_username("token-cache")
 ///     .with_password("s3cret")
 ///     .with_key_prefix("myapp:tokens:")
 ///     .with_command_timeout(Duration::from_millis(200));
 /// // Passwords never show:
 /// assert!(!format!("{config:?}").contains("s3cret"));
+/// # Ok::<(), token_core::KeyError>(())
 /// ```
+///
+/// # Encrypted unless you say otherwise
+///
+/// A store is built with either [`with_encryption`](Self::with_encryption)
+/// (tokens sealed with AES-256-GCM) or [`with_plaintext`](Self::with_plaintext)
+/// (tokens in clear, a named choice); connecting with neither is
+/// [`RedisStoreError::InvalidConfig`].
 #[derive(Clone)]
 pub struct RedisConfig {
     pub(crate) target: Target,
@@ -74,6 +84,9 @@ pub struct RedisConfig {
     pub(crate) keyring: Option<std::sync::Arc<token_core::Keyring>>,
     #[cfg(feature = "tls")]
     pub(crate) tls: crate::tls::TlsSettings,
+    /// Tokens are stored in clear, as chosen with
+    /// [`with_plaintext`](RedisConfig::with_plaintext).
+    pub(crate) plaintext: bool,
 }
 
 impl RedisConfig {
@@ -108,6 +121,7 @@ impl RedisConfig {
             keyring: None,
             #[cfg(feature = "tls")]
             tls: crate::tls::TlsSettings::default(),
+            plaintext: false,
         }
     }
 
@@ -170,14 +184,42 @@ impl RedisConfig {
     }
 
     /// Seal every stored value with `keyring` (AES-256-GCM, bound to its
-    /// cache key): with a key configured, nothing readable is stored in
-    /// Redis. Every instance sharing the keys needs the same keyring.
-    /// Defaults to none: values are stored in clear.
+    /// cache key): nothing readable is stored in Redis. Every instance
+    /// sharing the keys needs the same keyring.
+    ///
+    /// A store needs this or [`with_plaintext`](Self::with_plaintext):
+    /// connecting with neither is [`RedisStoreError::InvalidConfig`], so
+    /// that tokens never land in a shared Redis in clear by omission.
     #[cfg(feature = "encryption")]
     #[cfg_attr(docsrs, doc(cfg(feature = "encryption")))]
     pub fn with_encryption(mut self, keyring: token_core::Keyring) -> Self {
         self.keyring = Some(std::sync::Arc::new(keyring));
         self
+    }
+
+    /// Store tokens in clear: anyone who can read Redis (its ACL users, a
+    /// replica, an RDB or AOF file, a backup) can read every access and
+    /// refresh token. The explicit opt-out from
+    /// [`with_encryption`](Self::with_encryption), for a Redis that only
+    /// this service can reach; connecting with neither is
+    /// [`RedisStoreError::InvalidConfig`].
+    pub fn with_plaintext(mut self) -> Self {
+        self.plaintext = true;
+        self
+    }
+
+    /// Whether tokens are stored in clear
+    /// ([`with_plaintext`](Self::with_plaintext)).
+    pub fn plaintext(&self) -> bool {
+        self.plaintext
+    }
+
+    /// Whether a keyring was configured.
+    fn has_keyring(&self) -> bool {
+        #[cfg(feature = "encryption")]
+        return self.keyring.is_some();
+        #[cfg(not(feature = "encryption"))]
+        return false;
     }
 
     /// Trust exactly the CA certificates in `pem` (one or more PEM
@@ -232,6 +274,25 @@ impl RedisConfig {
 
     /// Checks what can be checked without a server.
     pub(crate) fn validate(&self) -> Result<(), RedisStoreError> {
+        match (self.has_keyring(), self.plaintext) {
+            (true, true) => {
+                return Err(RedisStoreError::InvalidConfig(
+                    "both with_encryption and with_plaintext were called: choose one".into(),
+                ))
+            }
+            (false, false) => {
+                let how = if cfg!(feature = "encryption") {
+                    "call with_encryption(keyring)"
+                } else {
+                    "enable token-redis's `encryption` feature and call with_encryption(keyring)"
+                };
+                return Err(RedisStoreError::InvalidConfig(format!(
+                    "tokens would be stored in Redis in clear: {how}, or with_plaintext() to \
+                     accept that anyone who can read Redis can read them"
+                )));
+            }
+            _ => {}
+        }
         if self.key_prefix.contains(['{', '}']) {
             return Err(RedisStoreError::InvalidConfig(format!(
                 "the key prefix {:?} contains `{{` or `}}`; the store adds its own hash tag",
@@ -303,7 +364,8 @@ impl fmt::Debug for RedisConfig {
             .field("breaker_threshold", &self.breaker_threshold)
             .field("breaker_open_for", &self.breaker_open_for)
             .field("replace_after_timeouts", &self.replace_after_timeouts)
-            .field("events", &self.events);
+            .field("events", &self.events)
+            .field("plaintext", &self.plaintext);
         #[cfg(feature = "encryption")]
         d.field("keyring", &self.keyring);
         #[cfg(feature = "tls")]
@@ -362,13 +424,44 @@ mod tests {
     #[test]
     fn braces_in_the_prefix_are_refused() {
         let err = RedisConfig::new("redis://h")
+            .with_plaintext()
             .with_key_prefix("a{b}")
             .validate()
             .unwrap_err();
         assert!(err.to_string().contains("hash tag"), "{err}");
-        assert!(RedisConfig::new("http://x").validate().is_err());
-        assert!(RedisConfig::cluster(Vec::<String>::new())
+        assert!(RedisConfig::new("http://x")
+            .with_plaintext()
             .validate()
             .is_err());
+        assert!(RedisConfig::cluster(Vec::<String>::new())
+            .with_plaintext()
+            .validate()
+            .is_err());
+    }
+
+    #[test]
+    fn a_store_is_encrypted_or_explicitly_plaintext() {
+        let err = RedisConfig::new("redis://h").validate().unwrap_err();
+        assert!(err.to_string().contains("with_plaintext()"), "{err}");
+        assert!(RedisConfig::cluster(["redis://a:1"]).validate().is_err());
+        assert!(RedisConfig::new("redis://h")
+            .with_plaintext()
+            .validate()
+            .is_ok());
+        #[cfg(feature = "encryption")]
+        {
+            let keyring =
+                || token_core::Keyring::new(token_core::EncryptionKey::generate().expect("key"));
+            let sealed = RedisConfig::new("redis://h").with_encryption(keyring());
+            assert!(sealed.validate().is_ok() && !sealed.plaintext());
+            let both = RedisConfig::new("redis://h")
+                .with_encryption(keyring())
+                .with_plaintext();
+            assert!(both
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("choose one"));
+        }
     }
 }

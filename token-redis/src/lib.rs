@@ -12,8 +12,12 @@
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! use token_redis::{RedisConfig, RedisStore};
 //!
+//! // Tokens are sealed with AES-256-GCM: every instance needs the same key.
+//! let keyring = token_core::Keyring::new(token_core::EncryptionKey::from_env("TOKEN_CACHE_KEY")?);
 //! let store = RedisStore::connect(
-//!     RedisConfig::new("redis://redis.internal:6379").with_key_prefix("orders-svc:tokens:"),
+//!     RedisConfig::new("redis://redis.internal:6379")
+//!         .with_encryption(keyring)
+//!         .with_key_prefix("orders-svc:tokens:"),
 //! )
 //! .await?;
 //! let cache = TokenCache::builder(MyIdp).store(store).build();

@@ -139,6 +139,7 @@ fn users() -> Vec<User> {
 
 fn config(url: String, prefix: &str) -> RedisConfig {
     RedisConfig::new(url)
+        .with_plaintext()
         .with_key_prefix(prefix)
         // The store's own per-command timeout (250 ms by default) would fail
         // calls long before the policy's store timeout on a loaded machine.

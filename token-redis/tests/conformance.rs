@@ -25,8 +25,9 @@ fn main() {
     };
     let plain = url.clone();
     #[allow(unused_mut)]
-    let mut trials =
-        token_conformance::trials("redis", move || fixture(RedisConfig::new(plain.clone())));
+    let mut trials = token_conformance::trials("redis", move || {
+        fixture(RedisConfig::new(plain.clone()).with_plaintext())
+    });
     #[cfg(feature = "encryption")]
     trials.extend(token_conformance::trials("redis-encrypted", move || {
         let url = url.clone();

@@ -34,6 +34,7 @@ fn token(secret: &str, lifetime: Duration) -> AccessToken {
 
 fn fast_config(url: String, label: &str) -> RedisConfig {
     RedisConfig::new(url)
+        .with_plaintext()
         .with_key_prefix(support::fresh_prefix(label))
         .with_command_timeout(Duration::from_millis(200))
         .with_connect_timeout(Duration::from_millis(200))
@@ -324,14 +325,19 @@ async fn lost_lease_acquire_reply_is_resolved_by_reading_the_lease_back() {
     let prefix = support::fresh_prefix("lost-reply");
     let through_proxy = RedisStore::connect(
         RedisConfig::new(format!("redis://127.0.0.1:{}", proxy.port))
+            .with_plaintext()
             .with_key_prefix(prefix.clone())
             .with_invalidation_events(false),
     )
     .await
     .unwrap();
-    let direct = RedisStore::connect(RedisConfig::new(server.url()).with_key_prefix(prefix))
-        .await
-        .unwrap();
+    let direct = RedisStore::connect(
+        RedisConfig::new(server.url())
+            .with_plaintext()
+            .with_key_prefix(prefix),
+    )
+    .await
+    .unwrap();
     // Load the script, so the acquire below is a single EVALSHA.
     let warm = CacheKey::from_raw("tc1|lost|warm");
     assert!(through_proxy
@@ -380,7 +386,9 @@ async fn invalidate_on_one_instance_drops_the_token_from_the_others_hot_slots() 
         return;
     };
     let prefix = support::fresh_prefix("invalidate");
-    let config = RedisConfig::new(server.url()).with_key_prefix(prefix);
+    let config = RedisConfig::new(server.url())
+        .with_plaintext()
+        .with_key_prefix(prefix);
     let idp = counting_idp(Duration::from_secs(3600));
     let store_a = RedisStore::connect(config.clone()).await.unwrap();
     let channel = store_a.events_channel().to_owned();
@@ -459,6 +467,7 @@ async fn acl_users_connect_and_wrong_passwords_fail_without_showing_them() {
 
     let ok = RedisStore::connect(
         RedisConfig::new(format!("redis://127.0.0.1:{port}"))
+            .with_plaintext()
             .with_username("tokens")
             .with_password("acl-pass-7f3a")
             .with_key_prefix(support::fresh_prefix("acl")),
@@ -476,8 +485,10 @@ async fn acl_users_connect_and_wrong_passwords_fail_without_showing_them() {
     // A wrong password, in the URL and in the config: a clear error at
     // start-up that shows neither password.
     for config in [
-        RedisConfig::new(format!("redis://tokens:wrong-pass-5e1d@127.0.0.1:{port}")),
+        RedisConfig::new(format!("redis://tokens:wrong-pass-5e1d@127.0.0.1:{port}"))
+            .with_plaintext(),
         RedisConfig::new(format!("redis://127.0.0.1:{port}"))
+            .with_plaintext()
             .with_username("tokens")
             .with_password("wrong-pass-5e1d"),
     ] {
@@ -528,7 +539,7 @@ async fn encrypted_values_are_unreadable_without_the_right_key() {
     )
     .await
     .unwrap();
-    let plain = RedisStore::connect(config).await.unwrap();
+    let plain = RedisStore::connect(config.with_plaintext()).await.unwrap();
     assert!(writer.capabilities().encrypted && !plain.capabilities().encrypted);
 
     let key = CacheKey::from_raw("tc1|enc|k");

@@ -112,7 +112,9 @@ fn worker() {
         .build()
         .expect("a runtime");
     let (requests, failures, expired) = runtime.block_on(async move {
-        let config = RedisConfig::new(env("FLEET_REDIS_URL")).with_key_prefix(env("FLEET_PREFIX"));
+        let config = RedisConfig::new(env("FLEET_REDIS_URL"))
+            .with_plaintext()
+            .with_key_prefix(env("FLEET_PREFIX"));
         let store = RedisStore::connect_lazy(config).expect("a valid config");
         let cache = TokenCache::builder(RemoteIdp {
             addr: env("FLEET_IDP_ADDR"),

@@ -56,6 +56,7 @@ async fn no_secret_in_logs_errors_or_debug() {
 
     let mut seen = String::new();
     let config = RedisConfig::new(format!("redis://:{PASSWORD}@127.0.0.1:{}", server.port()))
+        .with_plaintext()
         .with_key_prefix(support::fresh_prefix("secrets"))
         .with_command_timeout(Duration::from_millis(200))
         .with_circuit_breaker(2, Duration::from_millis(100));
@@ -88,6 +89,7 @@ async fn no_secret_in_logs_errors_or_debug() {
     // Failures: wrong password, a dead server.
     let wrong = RedisStore::connect(
         RedisConfig::new(format!("redis://127.0.0.1:{}", server.port()))
+            .with_plaintext()
             .with_password("not-it-e07a"),
     )
     .await

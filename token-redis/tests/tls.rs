@@ -154,6 +154,7 @@ impl Drop for Pki {
 /// and short timeouts.
 fn config(server: &RedisServer, pki: &Pki) -> RedisConfig {
     RedisConfig::new(server.url())
+        .with_plaintext()
         .with_tls_root_certificates(pki.ca_pem.as_bytes())
         .with_key_prefix(support::fresh_prefix("tls"))
         .with_connect_timeout(Duration::from_secs(2))
@@ -322,6 +323,7 @@ async fn a_tls_cluster_serves_tokens_passes_conformance_and_checks_certificates(
     let urls = cluster.urls();
     assert!(urls.iter().all(|u| u.starts_with("rediss://")), "{urls:?}");
     let config = RedisConfig::cluster(urls.clone())
+        .with_plaintext()
         .with_tls_root_certificates(pki.ca_pem.as_bytes())
         .with_key_prefix(support::fresh_prefix("tls-cluster"))
         .with_connect_timeout(Duration::from_secs(2))
@@ -360,6 +362,7 @@ async fn a_tls_cluster_serves_tokens_passes_conformance_and_checks_certificates(
     let stranger = Pki::new("cluster-stranger");
     let err = bounded(RedisStore::connect(
         RedisConfig::cluster(urls)
+            .with_plaintext()
             .with_tls_root_certificates(stranger.ca_pem.as_bytes())
             .with_connect_timeout(Duration::from_secs(2)),
     ))
@@ -387,7 +390,9 @@ async fn an_untrusted_server_certificate_is_refused_with_a_clear_error() {
         // The system's roots, which do not know the throwaway CA.
         (
             "the system roots",
-            RedisConfig::new(server.url()).with_connect_timeout(Duration::from_secs(2)),
+            RedisConfig::new(server.url())
+                .with_plaintext()
+                .with_connect_timeout(Duration::from_secs(2)),
         ),
     ];
     for (trusting, config) in refusals {
@@ -475,6 +480,7 @@ async fn mutual_tls_needs_the_client_certificate() {
 async fn key_material_never_shows_in_debug_or_config_errors() {
     let pki = Pki::new("debug");
     let config = RedisConfig::new("rediss://127.0.0.1:1")
+        .with_plaintext()
         .with_tls_root_certificates(pki.ca_pem.as_bytes())
         .with_tls_client_certificate(
             pki.client_cert_pem.as_bytes(),
@@ -492,16 +498,19 @@ async fn key_material_never_shows_in_debug_or_config_errors() {
         .collect::<Vec<_>>()
         .join("\n");
     let bad_key = RedisConfig::new("rediss://127.0.0.1:1")
+        .with_plaintext()
         .with_tls_client_certificate(pki.client_cert_pem.as_bytes(), truncated.as_bytes());
     let bad_key_err = RedisStore::connect_lazy(bad_key.clone()).unwrap_err();
     assert!(
         matches!(bad_key_err, RedisStoreError::InvalidConfig(_)),
         "{bad_key_err}"
     );
-    let plain = RedisConfig::new("redis://127.0.0.1:1").with_tls_client_certificate(
-        pki.client_cert_pem.as_bytes(),
-        pki.client_key_pem.as_bytes(),
-    );
+    let plain = RedisConfig::new("redis://127.0.0.1:1")
+        .with_plaintext()
+        .with_tls_client_certificate(
+            pki.client_cert_pem.as_bytes(),
+            pki.client_key_pem.as_bytes(),
+        );
     let plain_err = RedisStore::connect_lazy(plain).unwrap_err();
     assert!(
         plain_err.to_string().contains("not a rediss:// URL"),

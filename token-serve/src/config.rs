@@ -8,11 +8,18 @@
 //! drain_seconds = 10                 # how long SIGTERM waits for requests in flight
 //! ca_file = "/etc/ssl/private-ca.pem"       # extra roots for upstream TLS (system roots are always used)
 //! retry_body_limit = 65536           # largest request body buffered for the 401 retry
+//! # Request guards:
+//! allowed_hosts = ["tokencache.internal"]  # Host names answered besides the listen address,
+//!                                    # loopback and the metadata names; default [] (others: 403)
+//! insecure_token_endpoint = false    # allow a non-loopback listen without secret_file; default false
 //!
 //! [[serve.routes]]
-//! prefix = "/orders/"
-//! upstream = "https://orders.internal"
+//! prefix = "/orders/"                # matches /orders/... (a prefix without `/` matches whole segments)
+//! upstream = "https://orders.internal"     # no user:password@ (refused)
 //! profile = "orders"
+//! allow_browser_origins = []         # origins whose browser requests may use the route; default [] (403)
+//! allow_encoded_slashes = false      # forward %2f, %5c and `\` in paths; default false (400)
+//! allow_plaintext = false            # silence the warning for http:// off loopback; default false
 //!
 //! [serve.azure]                      # resource -> profile (App Service managed identity)
 //! "https://vault.azure.net" = "vault"
@@ -21,6 +28,15 @@
 //! profile = "gcp"
 //! email = "sidecar@example.iam.gserviceaccount.com"
 //! ```
+//!
+//! Refused at load, each with one sentence: an upstream with user info
+//! (its password would reach `Host`, 502 bodies and logs), an
+//! `allowed_hosts` entry that is no `host[:port]`, an
+//! `allow_browser_origins` entry that is no origin. Refused when the
+//! sidecar is built: a non-loopback `listen` without a secret, unless
+//! `insecure_token_endpoint = true`. Warned about: a plain `http://`
+//! upstream off loopback (unless `allow_plaintext = true`), a
+//! `secret_file` readable by its group or others.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -62,6 +78,22 @@ pub struct Route {
     pub upstream: Uri,
     /// The profile whose token is sent.
     pub profile: String,
+
+    // --- Request guards (issue 18) ---
+    /// Browser origins (`https://app.example`, exact, or `*` for any) whose
+    /// cross-site requests this route forwards. Empty by default: a request
+    /// with `Sec-Fetch-Site: cross-site|same-site` or any `Origin` is
+    /// refused with `403` (a web page must not send authenticated requests
+    /// through the gateway).
+    pub allow_browser_origins: Vec<String>,
+    /// Forward paths with encoded slashes or backslashes (`%2f`, `%5c`),
+    /// which upstreams may decode into separators and resolve out of the
+    /// base path. `false` by default: such paths are refused with `400`.
+    pub allow_encoded_slashes: bool,
+    /// A plain `http://` upstream off loopback is intended (the token
+    /// crosses the network in clear). `false` by default: such an upstream
+    /// is accepted with a warning at load.
+    pub allow_plaintext: bool,
 }
 
 /// The parsed `[serve]` table.
@@ -84,6 +116,18 @@ pub struct ServeConfig {
     pub azure: BTreeMap<String, String>,
     /// The Google metadata server's default account, if served.
     pub google: Option<GoogleAccount>,
+
+    // --- Request guards (issue 18) ---
+    /// Host names (`name` for any port, `name:port` for one) that may reach
+    /// the sidecar besides its listen address, loopback (`localhost`,
+    /// `127.0.0.1`, `[::1]`) and the metadata names SDKs use
+    /// (`metadata.google.internal`, `metadata`, `169.254.169.254`). Any other
+    /// `Host` is refused with `403` (DNS rebinding). Empty by default.
+    pub allowed_hosts: Vec<String>,
+    /// Start on a non-loopback `listen` without `secret_file`, so that any
+    /// host that can connect gets tokens from `/v1/token`. `false` by
+    /// default: the sidecar refuses to start so configured.
+    pub insecure_token_endpoint: bool,
 }
 
 /// The account the Google metadata endpoints describe.
@@ -106,6 +150,8 @@ impl Default for ServeConfig {
             retry_body_limit: DEFAULT_RETRY_BODY_LIMIT,
             azure: BTreeMap::new(),
             google: None,
+            allowed_hosts: Vec::new(),
+            insecure_token_endpoint: false,
         }
     }
 }
@@ -129,6 +175,12 @@ struct RawServe {
     #[serde(default)]
     azure: BTreeMap<String, String>,
     google: Option<RawGoogle>,
+
+    // --- Request guards (issue 18) ---
+    #[serde(default)]
+    allowed_hosts: Vec<String>,
+    #[serde(default)]
+    insecure_token_endpoint: bool,
 }
 
 #[derive(Deserialize)]
@@ -137,6 +189,14 @@ struct RawRoute {
     prefix: String,
     upstream: String,
     profile: String,
+
+    // --- Request guards (issue 18) ---
+    #[serde(default)]
+    allow_browser_origins: Vec<String>,
+    #[serde(default)]
+    allow_encoded_slashes: bool,
+    #[serde(default)]
+    allow_plaintext: bool,
 }
 
 #[derive(Deserialize)]
@@ -191,6 +251,11 @@ impl ServeConfig {
             email: g.email.unwrap_or_else(|| "default".to_owned()),
             profile: g.profile,
         });
+        let allowed_hosts = raw
+            .allowed_hosts
+            .iter()
+            .map(|h| allowed_host(h))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
             listen,
             routes,
@@ -200,7 +265,31 @@ impl ServeConfig {
             retry_body_limit: raw.retry_body_limit.unwrap_or(DEFAULT_RETRY_BODY_LIMIT),
             azure: raw.azure,
             google,
+            allowed_hosts,
+            insecure_token_endpoint: raw.insecure_token_endpoint,
         })
+    }
+
+    /// Refuses a token endpoint open to the network: a non-loopback
+    /// `listen` with no shared secret (`secret_configured`: `secret_file`,
+    /// or one an embedder gave the builder), unless
+    /// `insecure_token_endpoint = true`. Any host that can connect would
+    /// otherwise get tokens from `/v1/token` by sending `Metadata: true`.
+    /// The sidecar's builder runs it; `tokencache serve --check-config`
+    /// too.
+    pub fn check_token_endpoint_exposure(
+        &self,
+        secret_configured: bool,
+    ) -> Result<(), ConfigError> {
+        if secret_configured || self.listen.ip().is_loopback() || self.insecure_token_endpoint {
+            return Ok(());
+        }
+        Err(ConfigError::new(format!(
+            "[serve] listen = \"{}\" is not loopback and no secret_file is set: any host that can \
+             connect would get tokens from /v1/token; set secret_file, or write \
+             insecure_token_endpoint = true to accept that",
+            self.listen
+        )))
     }
 
     /// Every profile the configuration refers to (routes, Azure, Google).
@@ -224,7 +313,33 @@ fn empty_raw() -> RawServe {
         retry_body_limit: None,
         azure: BTreeMap::new(),
         google: None,
+        allowed_hosts: Vec::new(),
+        insecure_token_endpoint: false,
     }
+}
+
+/// An `allowed_hosts` entry, checked and lower-cased: a host name or IP
+/// literal (`[::1]` for IPv6), with an optional port.
+fn allowed_host(entry: &str) -> Result<String, ConfigError> {
+    let bad = || {
+        ConfigError::new(format!(
+            "[serve] allowed_hosts entry \"{entry}\" is not a host name with an optional port (like \"sidecar.internal\" or \"sidecar:8731\")"
+        ))
+    };
+    if entry.is_empty() || entry.contains(['@', '/', '?', '#', ' ']) {
+        return Err(bad());
+    }
+    let a: http::uri::Authority = entry.parse().map_err(|_| bad())?;
+    let after = &a.as_str()[a.host().len()..];
+    if !after.is_empty()
+        && after
+            .strip_prefix(':')
+            .and_then(|p| p.parse::<u16>().ok())
+            .is_none()
+    {
+        return Err(bad());
+    }
+    Ok(entry.to_ascii_lowercase())
 }
 
 /// Paths the sidecar serves itself; a route may not shadow them.
@@ -244,7 +359,15 @@ fn route(r: RawRoute, prefixes: &mut BTreeSet<String>) -> Result<Route, ConfigEr
             "[[serve.routes]] prefix \"{prefix}\" must start with /"
         )));
     }
-    if prefix == "/" || RESERVED.iter().any(|p| prefix.starts_with(p)) {
+    // A prefix that would take a reserved path, also at a segment boundary
+    // (`/v1` would match `/v1/token`).
+    let takes = |reserved: &str| {
+        prefix.starts_with(reserved)
+            || reserved.strip_prefix(prefix.as_str()).is_some_and(|rest| {
+                prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/')
+            })
+    };
+    if prefix == "/" || RESERVED.iter().any(|p| takes(p)) {
         return Err(ConfigError::new(format!(
             "[[serve.routes]] prefix \"{prefix}\" would shadow the sidecar's own endpoints \
              (/v1/, /metrics, /healthz, /readyz, /azure/, /computeMetadata/)"
@@ -276,6 +399,17 @@ fn route(r: RawRoute, prefixes: &mut BTreeSet<String>) -> Result<Route, ConfigEr
             r.upstream
         )));
     }
+    if upstream
+        .authority()
+        .is_some_and(|a| a.as_str().contains('@'))
+    {
+        // The message names the host only: the user info is a password.
+        let host = upstream.host().unwrap_or_default();
+        return Err(ConfigError::new(format!(
+            "[[serve.routes]] upstream for prefix {prefix} (host {host}) has user info (user:password@): \
+             credentials in the URL would go upstream in Host, into 502 bodies and logs; remove them"
+        )));
+    }
     if upstream.query().is_some() {
         return Err(ConfigError::new(format!(
             "[[serve.routes]] upstream \"{}\" (prefix {prefix}) may not have a query",
@@ -287,11 +421,39 @@ fn route(r: RawRoute, prefixes: &mut BTreeSet<String>) -> Result<Route, ConfigEr
             "[[serve.routes]] prefix {prefix} has an empty profile"
         )));
     }
+    for origin in &r.allow_browser_origins {
+        if origin != "*" && !is_origin(origin) {
+            return Err(ConfigError::new(format!(
+                "[[serve.routes]] prefix {prefix}: allow_browser_origins entry \"{origin}\" is not an origin \
+                 (scheme://host[:port], no path) or \"*\""
+            )));
+        }
+    }
     Ok(Route {
         prefix,
         upstream,
         profile: r.profile,
+        allow_browser_origins: r
+            .allow_browser_origins
+            .iter()
+            .map(|o| o.to_ascii_lowercase())
+            .collect(),
+        allow_encoded_slashes: r.allow_encoded_slashes,
+        allow_plaintext: r.allow_plaintext,
     })
+}
+
+/// `scheme://host[:port]` with nothing after it, as browsers send `Origin`.
+fn is_origin(text: &str) -> bool {
+    let Ok(uri) = text.parse::<Uri>() else {
+        return false;
+    };
+    uri.scheme().is_some()
+        && uri.authority().is_some_and(|a| !a.as_str().contains('@'))
+        && !text.ends_with('/')
+        && uri
+            .path_and_query()
+            .is_none_or(|pq| pq.as_str().is_empty() || pq.as_str() == "/")
 }
 
 #[cfg(test)]
@@ -348,14 +510,68 @@ mod tests {
                 "shadow",
             ),
             (
+                "[[serve.routes]]\nprefix = \"/v1\"\nupstream = \"http://x\"\nprofile = \"p\"\n",
+                "shadow",
+            ),
+            (
+                "[[serve.routes]]\nprefix = \"/azure\"\nupstream = \"http://x\"\nprofile = \"p\"\n",
+                "shadow",
+            ),
+            (
                 "[[serve.routes]]\nprefix = \"/a/\"\nupstream = \"http://x\"\nprofile = \"p\"\ncolour = 1\n",
                 "unknown field `colour`",
             ),
             ("[serve\n", "not valid TOML"),
+            (
+                "[[serve.routes]]\nprefix = \"/a/\"\nupstream = \"https://user:hunter2@x.example\"\nprofile = \"p\"\n",
+                "has user info",
+            ),
+            (
+                "[serve]\nallowed_hosts = [\"a b\"]\n",
+                "allowed_hosts entry",
+            ),
+            (
+                "[serve]\nallowed_hosts = [\"x:99999\"]\n",
+                "allowed_hosts entry",
+            ),
+            (
+                "[[serve.routes]]\nprefix = \"/a/\"\nupstream = \"http://x\"\nprofile = \"p\"\nallow_browser_origins = [\"https://app.example/path\"]\n",
+                "is not an origin",
+            ),
         ];
         for (text, expected) in cases {
             let e = ServeConfig::parse(text).expect_err(text);
             assert!(e.to_string().contains(expected), "{text}: {e}");
+            assert!(!e.to_string().contains("hunter2"), "{e}");
         }
+    }
+
+    #[test]
+    fn parses_the_request_guard_settings() {
+        let c = ServeConfig::parse(
+            r#"
+            [serve]
+            allowed_hosts = ["Sidecar.Internal", "other:9000", "[::1]:1"]
+            insecure_token_endpoint = true
+            [[serve.routes]]
+            prefix = "/a/"
+            upstream = "http://x.example"
+            profile = "p"
+            allow_browser_origins = ["https://App.example", "*"]
+            allow_encoded_slashes = true
+            allow_plaintext = true
+            "#,
+        )
+        .expect("valid");
+        assert_eq!(
+            c.allowed_hosts,
+            ["sidecar.internal", "other:9000", "[::1]:1"]
+        );
+        assert!(c.insecure_token_endpoint);
+        let r = &c.routes[0];
+        assert_eq!(r.allow_browser_origins, ["https://app.example", "*"]);
+        assert!(r.allow_encoded_slashes && r.allow_plaintext);
+        let d = ServeConfig::default();
+        assert!(d.allowed_hosts.is_empty() && !d.insecure_token_endpoint);
     }
 }

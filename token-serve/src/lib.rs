@@ -11,6 +11,11 @@
 //!   (`/computeMetadata/v1/instance/service-accounts/default/token`), so
 //!   unmodified SDKs get their tokens from the sidecar.
 //! - `/metrics` (Prometheus), `/healthz`, `/readyz`.
+//! - **Request guards** before any token work: `CONNECT` refused, exactly
+//!   one valid `Host` naming the sidecar (DNS rebinding; `[serve]
+//!   allowed_hosts`), no browser cross-site requests unless a route opts in
+//!   (`allow_browser_origins`), loops through the sidecar itself detected
+//!   by `Via` (see the README's "Request guards").
 //!
 //! `tokencache serve --config PATH` runs it. Embed it in your own server
 //! from a profiles file with [`FileSidecar`], which reloads the file on
@@ -60,6 +65,7 @@
 mod config;
 mod endpoints;
 mod gateway;
+mod guard;
 mod metrics;
 mod pool;
 mod reload;

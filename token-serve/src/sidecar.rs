@@ -9,11 +9,13 @@ use arc_swap::ArcSwap;
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use token_cache::{
-    Error, FailureCause, KeepWarm, Secret, Token, TokenCache, TokenHandle, TokenRequest,
+    CredentialError, Error, FailureCause, KeepWarm, Secret, Token, TokenCache, TokenHandle,
+    TokenRequest,
 };
 
 use crate::config::{ConfigError, GoogleAccount, ServeConfig};
 use crate::gateway::{self, BearerCache, GatewayRoute};
+use crate::guard::Guards;
 use crate::metrics::Metrics;
 use crate::response::{self, Body};
 use crate::{endpoints, tls};
@@ -45,6 +47,10 @@ pub(crate) struct Inner {
     ca_file: Option<std::path::PathBuf>,
     /// The TLS client configuration made from them.
     tls: Arc<rustls::ClientConfig>,
+
+    // --- Request guards (issue 18) ---
+    /// Host, CONNECT, loop and browser checks.
+    pub(crate) guards: Guards,
 }
 
 /// The token sidecar and egress gateway as a hyper service: build it from a
@@ -166,8 +172,24 @@ impl SidecarBuilder {
             Some(tls) => tls,
             None => Arc::new(tls::client_config(self.config.ca_file.as_deref())?),
         };
+        let secret = match (self.secret, &self.config.secret_file) {
+            (Some(secret), _) => Some(secret),
+            (None, Some(path)) => Some(read_secret(path)?),
+            (None, None) => None,
+        };
+        self.config
+            .check_token_endpoint_exposure(secret.is_some())?;
+        let guards = Guards::new(&self.config);
         let mut routes = Vec::with_capacity(self.config.routes.len());
         for r in self.config.routes {
+            if !r.allow_plaintext && plaintext_off_loopback(&r.upstream) {
+                tracing::warn!(
+                    route = %r.prefix,
+                    host = r.upstream.host().unwrap_or_default(),
+                    "the upstream is plain http:// off loopback: its token crosses the network in clear; \
+                     use https://, or write allow_plaintext = true on the route to silence this"
+                );
+            }
             let profile = self.profiles.get(&r.profile).cloned().ok_or_else(|| {
                 ConfigError::new(format!(
                     "route {} uses profile `{}`, which was not configured",
@@ -178,11 +200,6 @@ impl SidecarBuilder {
             routes.push(GatewayRoute::new(r, profile, &tls, pool)?);
         }
         routes.sort_by_key(|r| std::cmp::Reverse(r.route.prefix.len()));
-        let secret = match (self.secret, &self.config.secret_file) {
-            (Some(secret), _) => Some(secret),
-            (None, Some(path)) => Some(read_secret(path)?),
-            (None, None) => None,
-        };
         Ok(Inner {
             profiles: self.profiles,
             routes,
@@ -193,6 +210,7 @@ impl SidecarBuilder {
             metrics: self.metrics,
             ca_file: self.config.ca_file,
             tls,
+            guards,
         })
     }
 }
@@ -214,7 +232,25 @@ fn read_secret(path: &std::path::Path) -> Result<Secret, ConfigError> {
             path.display()
         )));
     }
+    if let Some(warning) = token_profile::readable_by_others(path, "sidecar secret") {
+        tracing::warn!("{warning}");
+    }
     Ok(Secret::new(trimmed))
+}
+
+/// Whether `upstream` is a plain `http://` URL to a host off loopback (the
+/// token would cross the network in clear).
+fn plaintext_off_loopback(upstream: &http::Uri) -> bool {
+    if upstream.scheme_str() != Some("http") {
+        return false;
+    }
+    let host = upstream.host().unwrap_or_default();
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    !loopback
 }
 
 impl Profile {
@@ -316,8 +352,29 @@ impl Sidecar {
         let current = self.current();
         let inner = &*current;
         let path = req.uri().path();
+        if path == "/healthz" {
+            return response::text(StatusCode::OK, "text/plain", "ok\n");
+        }
+        // Before any routing or token work: CONNECT, Host, loops.
+        if let Some(refused) = inner.guards.check(&req) {
+            return refused;
+        }
+        // The sidecar's own endpoints are answered before any route, so a
+        // route's browser origins never open them.
+        let own = matches!(path, "/readyz" | "/metrics" | "/v1/token" | "/azure/token")
+            || path == "/computeMetadata"
+            || path.starts_with("/computeMetadata/");
+        let route = if own { None } else { inner.route_for(path) };
+        let origins = route.map_or(&[][..], |r| &r.route.allow_browser_origins[..]);
+        if let Some(refused) = Guards::browser(req.headers(), origins) {
+            if let Some(route) = route {
+                if inner.metrics.is_some() {
+                    route.count(refused.status());
+                }
+            }
+            return refused;
+        }
         match path {
-            "/healthz" => return response::text(StatusCode::OK, "text/plain", "ok\n"),
             "/readyz" => return self.readyz().await,
             "/metrics" => return self.metrics(inner).await,
             "/v1/token" => return endpoints::token(inner, &req).await,
@@ -327,7 +384,7 @@ impl Sidecar {
         if path.starts_with("/computeMetadata/") || path == "/computeMetadata" {
             return endpoints::google(inner, &req).await;
         }
-        if let Some(route) = inner.route_for(path) {
+        if let Some(route) = route {
             let response = gateway::forward(inner, route, req).await;
             if inner.metrics.is_some() {
                 route.count(response.status());
@@ -392,12 +449,13 @@ impl Sidecar {
 }
 
 impl Inner {
+    /// The route for `path`: the longest prefix that `path` starts with at a
+    /// segment boundary (`/pay` matches `/pay` and `/pay/x`, never `/payX`;
+    /// `/orders/` also matches `/orders`).
     fn route_for(&self, path: &str) -> Option<&GatewayRoute> {
-        self.routes.iter().find(|g| {
-            let r = &g.route;
-            path.starts_with(&r.prefix)
-                || (r.prefix.ends_with('/') && path == &r.prefix[..r.prefix.len() - 1])
-        })
+        self.routes
+            .iter()
+            .find(|g| gateway::prefix_matches(&g.route.prefix, path))
     }
 
     /// A usable (unexpired) token of `profile`, or the reason there is none.
@@ -454,7 +512,7 @@ impl Unavailable {
         };
         Self {
             code,
-            cause: e.to_string(),
+            cause: safe_cause(e),
         }
     }
 
@@ -468,12 +526,57 @@ impl Unavailable {
     }
 }
 
+/// `e`'s sentence for 503 bodies, `/readyz` and the sidecar's logs,
+/// rendered from its fields: the IdP's own words appear only when it
+/// answered in OAuth terms (an `error` code, with the `error_description`
+/// that token-http already withholds when it echoes a credential). Any
+/// other body the IdP answered with is not quoted at all: a server that
+/// echoes the request would put the client's credentials in it.
+pub(crate) fn safe_cause(e: &Error) -> String {
+    let Error::Credential(c) = e else {
+        return e.to_string();
+    };
+    let answered = matches!(
+        c.cause(),
+        FailureCause::HttpStatus | FailureCause::InvalidResponse
+    );
+    if !answered || c.code().is_some() {
+        return e.to_string();
+    }
+    let detail = "its body is not quoted";
+    let mut quiet = if c.is_transient() {
+        CredentialError::transient(detail)
+    } else {
+        CredentialError::permanent(detail)
+    }
+    .with_cause(c.cause());
+    if let Some(s) = c.status() {
+        quiet = quiet.with_status(s);
+    }
+    if let Some(s) = c.service() {
+        quiet = quiet.with_service(s);
+    }
+    if let Some(at) = c.endpoint() {
+        quiet = quiet.with_endpoint(at);
+    }
+    if let Some(after) = c.retry_after() {
+        quiet = quiet.with_retry_after(after);
+    }
+    Error::Credential(quiet).to_string()
+}
+
 #[cfg(test)]
 #[path = "sidecar_unavailable_tests.rs"]
 mod unavailable_tests;
 
 async fn peek(p: &Profile) -> Readiness {
     match tokio::time::timeout(PEEK_TIMEOUT, p.handle.token()).await {
+        Ok(Ok(t)) if t.is_live_at(SystemTime::now()) && p.bearer.for_token(&t).is_none() => {
+            Readiness::NotReady {
+                cause: "the token cannot be sent in an HTTP header (it has a byte a header cannot carry)"
+                    .to_owned(),
+            }
+        }
         Ok(Ok(t)) if t.is_live_at(SystemTime::now()) => Readiness::Ready {
             expires_at: t.expires_at(),
         },
@@ -481,7 +584,7 @@ async fn peek(p: &Profile) -> Readiness {
             cause: "the token has expired and no new one could be obtained".to_owned(),
         },
         Ok(Err(e)) => Readiness::NotReady {
-            cause: e.to_string(),
+            cause: safe_cause(&e),
         },
         Err(_) => Readiness::NotReady {
             cause: format!("a token fetch is in flight (no token within {PEEK_TIMEOUT:?})"),

@@ -73,3 +73,26 @@ fn the_description_is_the_errors_sentence_without_space_runs() {
     );
     assert!(!e.cause.contains("  "));
 }
+
+#[test]
+fn an_answer_without_an_oauth_error_is_named_but_its_body_is_not_quoted() {
+    let echo = CredentialError::permanent(
+        "120 bytes of text/plain: \"POST /token Authorization: Basic Y2xpZW50OnMzY3JldA==\"",
+    )
+    .with_cause(FailureCause::HttpStatus)
+    .with_status(400)
+    .with_service("the token endpoint")
+    .with_endpoint("http://idp/token");
+    let e = Unavailable::from_engine(&Error::Credential(echo));
+    assert!(
+        !e.cause.contains("Y2xp") && !e.cause.contains("Basic"),
+        "{}",
+        e.cause
+    );
+    assert!(
+        e.cause.contains("400 Bad Request") && e.cause.contains("http://idp/token"),
+        "{}",
+        e.cause
+    );
+    assert!(e.cause.contains("not quoted"), "{}", e.cause);
+}

@@ -474,3 +474,27 @@ fn every_error_names_the_token_endpoint_in_one_sentence_without_space_runs() {
         assert!(e.cause().endpoint_answered(), "{e:?}");
     }
 }
+
+#[test]
+fn an_error_that_echoes_the_request_s_basic_credentials_is_not_quoted() {
+    // base64("client:hunter2"): no comparison with the secret finds it.
+    let echo = "POST /token HTTP/1.1 Authorization: Basic Y2xpZW50Omh1bnRlcjI= grant_type=client_credentials";
+    let json = format!(r#"{{"error":"invalid_request","error_description":"{echo}"}}"#);
+    for (status, body) in [
+        (StatusCode::BAD_REQUEST, json.as_str()),
+        (StatusCode::BAD_REQUEST, echo),
+        (StatusCode::SERVICE_UNAVAILABLE, echo),
+    ] {
+        let e = parse_redacting(
+            status,
+            &HeaderMap::new(),
+            body.as_bytes(),
+            t0(),
+            &["hunter2"],
+        )
+        .unwrap_err();
+        let text = e.to_string();
+        assert!(!text.contains("Y2xpZW50Omh1bnRlcjI"), "{text}");
+        assert!(!text.contains("Authorization"), "{text}");
+    }
+}
