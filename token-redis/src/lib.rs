@@ -32,6 +32,7 @@
 //! `RedisConfig::with_tls_client_certificate`).
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod background;
 mod breaker;
 mod config;
 mod error;
