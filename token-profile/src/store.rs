@@ -308,13 +308,39 @@ pub fn sled_has_data(dir: &Path) -> bool {
     dir.join("sled").exists()
 }
 
+/// What opening a Redis store does when Redis cannot be reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RedisStartup {
+    /// An error (exit 6 for `tokencache`): for one-shot commands such as
+    /// `get`, `inspect` and `purge`, which cannot wait for Redis.
+    #[default]
+    FailFast,
+    /// The store is returned unconnected and connects in the background
+    /// (token-redis's default): for long-running processes such as
+    /// `tokencache serve`, which serve from memory and the IdP meanwhile. A
+    /// configuration Redis refuses (a wrong password) is an error either
+    /// way.
+    Background,
+}
+
 /// Opens the store `spec` names, loading (or creating) the encryption key
 /// when it needs one. Waits up to [`LOCK_WAIT`] for another tokencache
 /// process that has the sled store open. Also returns the key that binds
-/// cache entries to the client's secret (see `fingerprint.rs`).
+/// cache entries to the client's secret (see `fingerprint.rs`). An
+/// unreachable Redis is an error ([`RedisStartup::FailFast`]; see
+/// [`open_with`]).
 pub async fn open(
     spec: &StoreSpec,
     key_file: Option<&Path>,
+) -> Result<(OpenedStore, FingerprintKey), Error> {
+    open_with(spec, key_file, RedisStartup::FailFast).await
+}
+
+/// [`open`], with what an unreachable Redis does.
+pub async fn open_with(
+    spec: &StoreSpec,
+    key_file: Option<&Path>,
+    startup: RedisStartup,
 ) -> Result<(OpenedStore, FingerprintKey), Error> {
     match spec {
         StoreSpec::Memory => {
@@ -336,7 +362,7 @@ pub async fn open(
         StoreSpec::Redis(url) => {
             let loaded = key::load(key_file, false)?;
             tracing::info!(url = %redacted_url(url), key = %loaded.source, "redis (encrypted)");
-            let store = open_redis(url, None, loaded.keyring).await?;
+            let store = open_redis_with(url, None, loaded.keyring, startup).await?;
             Ok((OpenedStore::Redis(store), loaded.fingerprint))
         }
     }
@@ -350,13 +376,26 @@ fn redacted_url(url: &str) -> String {
     }
 }
 
-/// Opens a Redis store; `prefix` overrides the default key prefix.
+/// Opens a Redis store; `prefix` overrides the default key prefix. An
+/// unreachable Redis is an error ([`RedisStartup::FailFast`]).
 pub async fn open_redis(
     url: &str,
     prefix: Option<&str>,
     keyring: Keyring,
 ) -> Result<RedisStore, Error> {
-    let mut config = RedisConfig::new(url).with_encryption(keyring);
+    open_redis_with(url, prefix, keyring, RedisStartup::FailFast).await
+}
+
+/// [`open_redis`], with what an unreachable Redis does.
+pub async fn open_redis_with(
+    url: &str,
+    prefix: Option<&str>,
+    keyring: Keyring,
+    startup: RedisStartup,
+) -> Result<RedisStore, Error> {
+    let mut config = RedisConfig::new(url)
+        .with_encryption(keyring)
+        .with_connect_at_start(startup == RedisStartup::FailFast);
     if let Some(p) = prefix {
         config = config.with_key_prefix(p);
     }
