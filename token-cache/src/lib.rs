@@ -100,3 +100,17 @@ pub use token_sled::{self as sled, SledStore};
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub use token_http::{self as http, AddTokenLayer, OAuthCredential, TokenMiddleware};
+
+/// The HTTP client of [`OAuthCredential`] and [`TokenMiddleware`],
+/// re-exported: with the `http` feature, depending on `token-cache` alone
+/// is enough to build a client with the middleware.
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+#[doc(no_inline)]
+pub use token_http::{reqwest, reqwest_middleware};
+
+// The README's examples are compiled (and run where they need no network)
+// as doctests, with the features they use.
+#[cfg(all(doctest, feature = "memory", feature = "redis", feature = "http"))]
+#[doc = include_str!("../../README.md")]
+mod readme {}
