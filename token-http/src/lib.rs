@@ -64,6 +64,10 @@
 //! builder. Timeouts, connection failures, 5xx and 429 are transient
 //! errors; the cache retries them with backoff, honouring `Retry-After`.
 
+// The README's examples are compiled as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+mod readme {}
 mod assertion;
 mod auth;
 mod certificate;
