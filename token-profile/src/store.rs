@@ -454,6 +454,31 @@ pub async fn open_sled(
 mod tests {
     use super::*;
 
+    /// A loopback port nothing listens on.
+    fn dead_redis_url() -> String {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+        let port = listener.local_addr().expect("its address").port();
+        drop(listener);
+        format!("redis://127.0.0.1:{port}")
+    }
+
+    fn keyring() -> Keyring {
+        Keyring::new(token_core::EncryptionKey::generate().expect("a random key"))
+    }
+
+    #[tokio::test]
+    async fn a_dead_redis_fails_fast_unless_opened_for_background_connect() {
+        let url = dead_redis_url();
+        // One-shot commands (`get`): an error, which `tokencache` exits 6 on.
+        let err = open_redis(&url, None, keyring()).await.unwrap_err();
+        assert_eq!(err.kind(), crate::ErrorKind::Store, "{err}");
+        // `serve`: a store that connects in the background.
+        let store = open_redis_with(&url, None, keyring(), RedisStartup::Background)
+            .await
+            .expect("opened while Redis is down");
+        assert!(!store.is_connected());
+    }
+
     #[test]
     fn parses_store_specs() {
         assert_eq!(StoreSpec::parse("memory").ok(), Some(StoreSpec::Memory));
