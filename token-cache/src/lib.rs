@@ -69,8 +69,25 @@
 //! | `redis` | no | `RedisStore`, `RedisConfig` and the `redis` module: one token per key for a whole fleet, on a standalone Redis or a Redis Cluster |
 //! | `redis-tls` | no | `redis`, plus `rediss://` URLs (rustls): `RedisConfig::with_tls_root_certificates` for a private CA, `RedisConfig::with_tls_client_certificate` for mutual TLS |
 //! | `sled` | no | `SledStore` and the `sled` module: tokens encrypted at rest (AES-256-GCM) that survive restarts |
-//! | `http` | no | the `http` module (token-http): OAuth 2.0 credentials over HTTP (`OAuthCredential`) and the reqwest/tower middleware that attaches tokens |
+//! | `http` | no | the `http` module (token-http): OAuth 2.0 credentials over HTTP (`OAuthCredential`) and the reqwest/tower middleware that attaches tokens; re-exports `reqwest` and `reqwest_middleware`, so no other dependency is needed for `TokenMiddleware` |
+//! | `metrics` | no | the engine's counters through the `metrics` facade (`token_cache::metrics::export`), for any `metrics` exporter (Prometheus: `tokencache_*` names) |
 //! | `full` | no | all of the above (for CI and docs) |
+//!
+//! # More
+//!
+//! The repository's `README.md` (compiled here as doctests) walks through
+//! the first hour: client credentials and `private_key_jwt`, a Redis store
+//! encrypted with a `Keyring`, the `Authorization` header
+//! ([`AccessToken::authorization_header`], then `.expose()`), the reqwest
+//! middleware and the tower layer, a token per user, a custom credential and
+//! a custom store proved by `token-conformance`. `token-cache/examples/` has
+//! runnable programs: `client_credentials_redis`, `on_behalf_of` and
+//! `hyper_service` (`cargo run -p token-cache --features http,redis
+//! --example NAME`, settings from the environment).
+//!
+//! A `RedisStore` (feature `redis`) that cannot reach Redis at
+//! start-up connects in the background while the cache serves from memory
+//! and the IdP; `RedisConfig::with_connect_at_start(true)` fails instead.
 //!
 //! # Writing a store or a credential
 //!
@@ -100,3 +117,17 @@ pub use token_sled::{self as sled, SledStore};
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub use token_http::{self as http, AddTokenLayer, OAuthCredential, TokenMiddleware};
+
+/// The HTTP client of [`OAuthCredential`] and [`TokenMiddleware`],
+/// re-exported: with the `http` feature, depending on `token-cache` alone
+/// is enough to build a client with the middleware.
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+#[doc(no_inline)]
+pub use token_http::{reqwest, reqwest_middleware};
+
+// The README's examples are compiled (and run where they need no network)
+// as doctests, with the features they use.
+#[cfg(all(doctest, feature = "memory", feature = "redis", feature = "http"))]
+#[doc = include_str!("../../README.md")]
+mod readme {}

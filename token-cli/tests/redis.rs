@@ -151,3 +151,25 @@ fn a_cached_issuer_get_through_redis_makes_no_request() {
         "the endpoint came from Redis too"
     );
 }
+
+#[test]
+fn get_on_a_dead_redis_fails_fast_with_exit_6() {
+    // `get` is a one-shot command: it cannot wait for Redis to come up, so it
+    // opens the store with `connect_at_start` (unlike `serve`, which connects
+    // in the background).
+    let dead = format!("redis://127.0.0.1:{}", token_testkit::free_port());
+    let sb = Sandbox::new();
+    let out = sb
+        .cmd()
+        .env(
+            "TOKENCACHE_KEY",
+            "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
+        )
+        .args(["get", "--token-url", "http://127.0.0.1:9/token"])
+        .args(["--client-id", support::CLIENT_ID])
+        .args(["--client-secret-env", support::SECRET_ENV])
+        .args(["--scope", "dead.redis", "--store", &dead])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(6), "{out:?}");
+}

@@ -64,6 +64,10 @@
 //! builder. Timeouts, connection failures, 5xx and 429 are transient
 //! errors; the cache retries them with backoff, honouring `Retry-After`.
 
+// The README's examples are compiled as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+mod readme {}
 mod assertion;
 mod auth;
 mod certificate;
@@ -111,3 +115,14 @@ pub use refresh_store::{
 pub use response::{parse_token_response, ClockSkew, ExpiresIn, TokenResponse, MAX_BODY_BYTES};
 pub use transport::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_REQUEST_TIMEOUT};
 pub use watched::MAX_SECRET_FILE_BYTES;
+
+/// The HTTP client this crate speaks through (`OAuthCredentialBuilder::http_client`
+/// takes a [`reqwest::Client`]), re-exported so that callers build clients
+/// with the same version.
+#[doc(no_inline)]
+pub use reqwest;
+/// The middleware stack [`TokenMiddleware`] plugs into
+/// (`reqwest_middleware::ClientBuilder::with`), re-exported so that callers
+/// name the same version.
+#[doc(no_inline)]
+pub use reqwest_middleware;

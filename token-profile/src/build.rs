@@ -29,7 +29,7 @@ use crate::fingerprint::{Binding, Bound, FingerprintKey};
 use crate::key;
 use crate::resolve::Resolved;
 use crate::spec::{Alg, AuthMethod, ManagedKind};
-use crate::store::{self, IndexEntry, OpenedStore, StoreSpec};
+use crate::store::{self, IndexEntry, OpenedStore, RedisStartup, StoreSpec};
 use crate::warm;
 
 /// The stores opened in this process, so that profiles naming the same
@@ -38,12 +38,22 @@ use crate::warm;
 #[derive(Debug, Default, Clone)]
 pub struct Stores {
     open: Vec<(StoreSpec, Option<PathBuf>, OpenedStore, FingerprintKey)>,
+    redis_startup: RedisStartup,
 }
 
 impl Stores {
-    /// No store open yet.
+    /// No store open yet; an unreachable Redis is an error
+    /// ([`RedisStartup::FailFast`]).
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// What opening a Redis store does when Redis cannot be reached.
+    /// Defaults to [`RedisStartup::FailFast`]; a long-running process
+    /// (`tokencache serve`) wants [`RedisStartup::Background`].
+    pub fn with_redis_startup(mut self, startup: RedisStartup) -> Self {
+        self.redis_startup = startup;
+        self
     }
 
     /// The store `spec` names with the key from `key_file`, opened now or
@@ -60,7 +70,7 @@ impl Stores {
         if let Some((_, _, store, fingerprints)) = found {
             return Ok((store.clone(), fingerprints.clone()));
         }
-        let (store, fingerprints) = store::open(spec, key_file).await?;
+        let (store, fingerprints) = store::open_with(spec, key_file, self.redis_startup).await?;
         self.open.push((
             spec.clone(),
             key_file.map(Path::to_owned),

@@ -23,7 +23,7 @@ pub use paths::{cache_dir, config_dir};
 pub use resolve::{readable_by_others, Naming, Resolved};
 pub use spec::{Alg, AuthMethod, Format, ManagedKind, ProfileSpec};
 pub use store::{
-    open as open_store, open_redis, open_sled, sled_has_data, IndexEntry, OpenedStore, StoreSpec,
-    REDIS_PASSWORD_ENV,
+    open as open_store, open_redis, open_redis_with, open_sled, open_with as open_store_with,
+    sled_has_data, IndexEntry, OpenedStore, RedisStartup, StoreSpec, REDIS_PASSWORD_ENV,
 };
 pub use warm::{remove_all as remove_warm_files, write as write_warm_file, DIR as WARM_DIR};

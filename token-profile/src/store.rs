@@ -316,13 +316,39 @@ pub fn sled_has_data(dir: &Path) -> bool {
     dir.join("sled").exists()
 }
 
+/// What opening a Redis store does when Redis cannot be reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RedisStartup {
+    /// An error (exit 6 for `tokencache`): for one-shot commands such as
+    /// `get`, `inspect` and `purge`, which cannot wait for Redis.
+    #[default]
+    FailFast,
+    /// The store is returned unconnected and connects in the background
+    /// (token-redis's default): for long-running processes such as
+    /// `tokencache serve`, which serve from memory and the IdP meanwhile. A
+    /// configuration Redis refuses (a wrong password) is an error either
+    /// way.
+    Background,
+}
+
 /// Opens the store `spec` names, loading (or creating) the encryption key
 /// when it needs one. Waits up to [`LOCK_WAIT`] for another tokencache
 /// process that has the sled store open. Also returns the key that binds
-/// cache entries to the client's secret (see `fingerprint.rs`).
+/// cache entries to the client's secret (see `fingerprint.rs`). An
+/// unreachable Redis is an error ([`RedisStartup::FailFast`]; see
+/// [`open_with`]).
 pub async fn open(
     spec: &StoreSpec,
     key_file: Option<&Path>,
+) -> Result<(OpenedStore, FingerprintKey), Error> {
+    open_with(spec, key_file, RedisStartup::FailFast).await
+}
+
+/// [`open`], with what an unreachable Redis does.
+pub async fn open_with(
+    spec: &StoreSpec,
+    key_file: Option<&Path>,
+    startup: RedisStartup,
 ) -> Result<(OpenedStore, FingerprintKey), Error> {
     match spec {
         StoreSpec::Memory => {
@@ -344,7 +370,7 @@ pub async fn open(
         StoreSpec::Redis(url) => {
             let loaded = key::load(key_file, false)?;
             tracing::info!(url = %redacted_url(url), key = %loaded.source, "redis (encrypted)");
-            let store = open_redis(url, None, loaded.keyring).await?;
+            let store = open_redis_with(url, None, loaded.keyring, startup).await?;
             Ok((OpenedStore::Redis(store), loaded.fingerprint))
         }
     }
@@ -358,13 +384,26 @@ fn redacted_url(url: &str) -> String {
     }
 }
 
-/// Opens a Redis store; `prefix` overrides the default key prefix.
+/// Opens a Redis store; `prefix` overrides the default key prefix. An
+/// unreachable Redis is an error ([`RedisStartup::FailFast`]).
 pub async fn open_redis(
     url: &str,
     prefix: Option<&str>,
     keyring: Keyring,
 ) -> Result<RedisStore, Error> {
-    let mut config = RedisConfig::new(url).with_encryption(keyring);
+    open_redis_with(url, prefix, keyring, RedisStartup::FailFast).await
+}
+
+/// [`open_redis`], with what an unreachable Redis does.
+pub async fn open_redis_with(
+    url: &str,
+    prefix: Option<&str>,
+    keyring: Keyring,
+    startup: RedisStartup,
+) -> Result<RedisStore, Error> {
+    let mut config = RedisConfig::new(url)
+        .with_encryption(keyring)
+        .with_connect_at_start(startup == RedisStartup::FailFast);
     if let Some(p) = prefix {
         config = config.with_key_prefix(p);
     }
@@ -422,6 +461,31 @@ pub async fn open_sled(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A loopback port nothing listens on.
+    fn dead_redis_url() -> String {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+        let port = listener.local_addr().expect("its address").port();
+        drop(listener);
+        format!("redis://127.0.0.1:{port}")
+    }
+
+    fn keyring() -> Keyring {
+        Keyring::new(token_core::EncryptionKey::generate().expect("a random key"))
+    }
+
+    #[tokio::test]
+    async fn a_dead_redis_fails_fast_unless_opened_for_background_connect() {
+        let url = dead_redis_url();
+        // One-shot commands (`get`): an error, which `tokencache` exits 6 on.
+        let err = open_redis(&url, None, keyring()).await.unwrap_err();
+        assert_eq!(err.kind(), crate::ErrorKind::Store, "{err}");
+        // `serve`: a store that connects in the background.
+        let store = open_redis_with(&url, None, keyring(), RedisStartup::Background)
+            .await
+            .expect("opened while Redis is down");
+        assert!(!store.is_connected());
+    }
 
     #[test]
     fn parses_store_specs() {

@@ -80,6 +80,7 @@ pub struct RedisConfig {
     pub(crate) breaker_open_for: Duration,
     pub(crate) replace_after_timeouts: u32,
     pub(crate) events: bool,
+    pub(crate) connect_at_start: bool,
     #[cfg(feature = "encryption")]
     pub(crate) keyring: Option<std::sync::Arc<token_core::Keyring>>,
     #[cfg(feature = "tls")]
@@ -117,6 +118,7 @@ impl RedisConfig {
             breaker_open_for: DEFAULT_BREAKER_OPEN_FOR,
             replace_after_timeouts: DEFAULT_REPLACE_AFTER_TIMEOUTS,
             events: true,
+            connect_at_start: false,
             #[cfg(feature = "encryption")]
             keyring: None,
             #[cfg(feature = "tls")]
@@ -181,6 +183,25 @@ impl RedisConfig {
     pub fn with_invalidation_events(mut self, on: bool) -> Self {
         self.events = on;
         self
+    }
+
+    /// Whether [`RedisStore::connect`](crate::RedisStore::connect) fails
+    /// when the server cannot be reached (`true`: fail fast, for one-shot
+    /// commands and for services that must not start without Redis).
+    /// Defaults to `false`: an unreachable server (refused, timed out,
+    /// unresolvable, still loading) is connected to in the background, with
+    /// backoff, and until then every call fails at once, so the engine
+    /// serves from memory and the IdP. A configuration the server refuses
+    /// (a wrong password, an untrusted certificate) is an error either way.
+    pub fn with_connect_at_start(mut self, required: bool) -> Self {
+        self.connect_at_start = required;
+        self
+    }
+
+    /// Whether `connect` fails when the server cannot be reached (see
+    /// [`with_connect_at_start`](Self::with_connect_at_start)).
+    pub fn connect_at_start(&self) -> bool {
+        self.connect_at_start
     }
 
     /// Seal every stored value with `keyring` (AES-256-GCM, bound to its
@@ -365,7 +386,8 @@ impl fmt::Debug for RedisConfig {
             .field("breaker_open_for", &self.breaker_open_for)
             .field("replace_after_timeouts", &self.replace_after_timeouts)
             .field("events", &self.events)
-            .field("plaintext", &self.plaintext);
+            .field("plaintext", &self.plaintext)
+            .field("connect_at_start", &self.connect_at_start);
         #[cfg(feature = "encryption")]
         d.field("keyring", &self.keyring);
         #[cfg(feature = "tls")]

@@ -21,6 +21,14 @@ pub enum RedisStoreError {
         #[source]
         source: redis::RedisError,
     },
+    /// The server could not be reached at start-up and the store is still
+    /// connecting in the background: calls fail at once until it answers
+    /// (see `RedisConfig::with_connect_at_start`).
+    #[error("Redis at {target} is not connected yet (connecting in the background)")]
+    NotConnected {
+        /// Where, with passwords hidden.
+        target: String,
+    },
     /// A command could not be sent or its reply was lost (connection
     /// dropped, I/O error).
     #[error("Redis is unavailable ({what})")]

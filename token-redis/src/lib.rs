@@ -36,6 +36,11 @@
 //! `RedisConfig::with_tls_client_certificate`).
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+// The README's examples are compiled as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+mod readme {}
+mod background;
 mod breaker;
 mod config;
 mod error;

@@ -4,7 +4,7 @@
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
@@ -12,6 +12,7 @@ use redis::cluster::{ClusterClient, ClusterClientBuilder, ClusterConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, ErrorKind, IntoConnectionInfo, Pipeline, RedisError, RedisFuture, Value};
 
+use crate::background::{self, Slot};
 use crate::breaker::{Admit, Breaker};
 use crate::config::{RedisConfig, Target};
 use crate::error::RedisStoreError;
@@ -53,7 +54,7 @@ impl ConnectionLike for Conn {
 }
 
 /// Makes connections.
-enum Factory {
+pub(crate) enum Factory {
     Single {
         client: redis::Client,
         config: ConnectionManagerConfig,
@@ -134,7 +135,7 @@ impl Factory {
     }
 
     /// A connection, connected now.
-    async fn eager(&self) -> Result<Conn, RedisError> {
+    pub(crate) async fn eager(&self) -> Result<Conn, RedisError> {
         match self {
             Self::Single { client, config } => Ok(Conn::Single(
                 ConnectionManager::new_with_config(client.clone(), config.clone()).await?,
@@ -185,8 +186,13 @@ pub(crate) fn pubsub_clients(config: &RedisConfig) -> Result<Vec<redis::Client>,
 
 /// The connection as the store uses it.
 pub(crate) struct Link {
-    factory: Factory,
-    conn: Mutex<Conn>,
+    factory: Arc<Factory>,
+    /// The connection, and whether it was ever established (shared with
+    /// the background connector).
+    slot: Arc<Slot>,
+    /// The background connector, while the server was unreachable at
+    /// start-up; stopped when the link is dropped.
+    connector: Option<tokio::task::JoinHandle<()>>,
     breaker: Breaker,
     timeout: Duration,
     timeouts_in_row: AtomicU32,
@@ -211,39 +217,40 @@ impl Drop for ProbeGuard<'_> {
 }
 
 impl Link {
-    /// Validates `config` and connects now, so a wrong URL or password is an
-    /// error at start-up; the first command (a `PING`) proves the server
-    /// answers and accepts the credentials.
+    /// Validates `config` and connects now, so a wrong URL, password or
+    /// certificate is an error at start-up; the first command (a `PING`)
+    /// proves the server answers and accepts the credentials. A server that
+    /// cannot be reached is an error too with
+    /// [`RedisConfig::with_connect_at_start`]; otherwise the link is
+    /// returned unconnected and connects in the background (its calls fail
+    /// at once until then).
     pub(crate) async fn connect(config: &RedisConfig) -> Result<Self, RedisStoreError> {
         config.validate()?;
-        let factory = Factory::new(config)?;
+        let factory = Arc::new(Factory::new(config)?);
         let target = config.describe_target();
-        let budget = config.connect_timeout * 2 + config.command_timeout;
-        let conn = match tokio::time::timeout(budget, factory.eager()).await {
-            Ok(Ok(conn)) => conn,
-            Ok(Err(source)) => return Err(RedisStoreError::Connect { target, source }),
-            Err(_) => {
-                let source = RedisError::from((
-                    ErrorKind::Io,
-                    "connecting timed out",
-                    format!("no connection within {budget:?}"),
-                ));
-                return Err(RedisStoreError::Connect { target, source });
-            }
+        let source = match background::establish(&factory, background::Timing::of(config)).await {
+            Ok(conn) => return Ok(Self::with_conn(config, factory, conn, target, true)),
+            Err(source) => source,
         };
-        let link = Self::with_conn(config, factory, conn, target);
-        link.call("PING", |mut c| async move {
-            redis::cmd("PING").query_async::<()>(&mut c).await
-        })
-        .await
-        .map_err(|e| match e {
-            RedisStoreError::Unavailable { source, .. }
-            | RedisStoreError::Command { source, .. } => RedisStoreError::Connect {
-                target: link.target.clone(),
-                source,
-            },
-            other => other,
+        if config.connect_at_start || !background::worth_retrying(&source) {
+            return Err(RedisStoreError::Connect { target, source });
+        }
+        tracing::warn!(
+            target_addr = %target,
+            error = %source,
+            "Redis is unreachable at start-up; connecting in the background (tokens are served from memory and the IdP meanwhile)"
+        );
+        let placeholder = factory.lazy().map_err(|source| RedisStoreError::Connect {
+            target: target.clone(),
+            source,
         })?;
+        let mut link = Self::with_conn(config, Arc::clone(&factory), placeholder, target, false);
+        link.connector = Some(background::spawn(
+            factory,
+            Arc::downgrade(&link.slot),
+            config,
+            link.target.clone(),
+        ));
         Ok(link)
     }
 
@@ -256,13 +263,26 @@ impl Link {
             target: target.clone(),
             source,
         })?;
-        Ok(Self::with_conn(config, factory, conn, target))
+        Ok(Self::with_conn(
+            config,
+            Arc::new(factory),
+            conn,
+            target,
+            true,
+        ))
     }
 
-    fn with_conn(config: &RedisConfig, factory: Factory, conn: Conn, target: String) -> Self {
+    fn with_conn(
+        config: &RedisConfig,
+        factory: Arc<Factory>,
+        conn: Conn,
+        target: String,
+        connected: bool,
+    ) -> Self {
         Self {
             factory,
-            conn: Mutex::new(conn),
+            slot: Arc::new(Slot::new(conn, connected)),
+            connector: None,
             breaker: Breaker::new(config.breaker_threshold, config.breaker_open_for),
             timeout: config.command_timeout,
             timeouts_in_row: AtomicU32::new(0),
@@ -282,6 +302,12 @@ impl Link {
         self.replacements.load(Ordering::Relaxed)
     }
 
+    /// False while the server, unreachable at start-up, is being connected
+    /// to in the background.
+    pub(crate) fn connected(&self) -> bool {
+        self.slot.connected()
+    }
+
     /// Whether the circuit is open (or half-open).
     pub(crate) fn circuit_open(&self) -> bool {
         self.breaker.is_open()
@@ -290,10 +316,7 @@ impl Link {
     /// A handle on the current connection (for tests and benchmarks that
     /// compare against raw commands on the same client).
     pub(crate) fn conn(&self) -> Conn {
-        self.conn
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.slot.conn()
     }
 
     /// Runs one command (or script) through the breaker, under the command
@@ -336,6 +359,11 @@ impl Link {
         F: FnOnce(Conn) -> Fut,
         Fut: Future<Output = Result<T, RedisError>>,
     {
+        if !self.slot.connected() {
+            return Err(RedisStoreError::NotConnected {
+                target: self.target.clone(),
+            });
+        }
         let probe = if guarded {
             match self.breaker.admit() {
                 Admit::Go => false,
@@ -395,7 +423,7 @@ impl Link {
     fn replace(&self) {
         match self.factory.lazy() {
             Ok(fresh) => {
-                *self.conn.lock().unwrap_or_else(PoisonError::into_inner) = fresh;
+                self.slot.replace(fresh);
                 self.replacements.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(
                     target_addr = %self.target,
@@ -409,10 +437,18 @@ impl Link {
     }
 }
 
+impl Drop for Link {
+    fn drop(&mut self) {
+        if let Some(connector) = self.connector.take() {
+            connector.abort();
+        }
+    }
+}
+
 /// True when `e` is an answer from a live server (an error reply), as
 /// opposed to a failure to get one. Replies that say the server or cluster
 /// cannot serve right now count as failures.
-fn server_answered(e: &RedisError) -> bool {
+pub(crate) fn server_answered(e: &RedisError) -> bool {
     use redis::ServerErrorKind as S;
     match e.kind() {
         ErrorKind::Server(kind) => !matches!(

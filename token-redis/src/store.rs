@@ -67,7 +67,9 @@ const MAX_PUT_ATTEMPTS: u32 = 8;
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 /// use token_redis::{RedisConfig, RedisStore};
 ///
-/// let store = RedisStore::connect(RedisConfig::new("redis://127.0.0.1:6380")).await?;
+/// let keyring = token_core::Keyring::from_env("TOKEN_CACHE_KEYS")?;
+/// let config = RedisConfig::new("redis://127.0.0.1:6380").with_encryption(keyring);
+/// let store = RedisStore::connect(config).await?;
 /// println!("tokens live under {}", store.key_prefix());
 /// # Ok(()) }
 /// ```
@@ -142,8 +144,19 @@ impl fmt::Display for Unreadable {
 }
 
 impl RedisStore {
-    /// Connects now: a bad URL, an unreachable server or wrong credentials
-    /// are an error here, at start-up.
+    /// Connects now. A bad URL, wrong credentials or an untrusted
+    /// certificate are an error here, at start-up.
+    ///
+    /// A server that cannot be reached (refused, timed out, unresolvable,
+    /// still loading) is not, unless
+    /// [`RedisConfig::with_connect_at_start`] asks for that: after one
+    /// attempt (at most the connect budget) and one warning, the store is
+    /// returned unconnected and connects in the background with backoff.
+    /// Until then every call fails at once
+    /// ([`RedisStoreError::NotConnected`]), so a `TokenCache` on it serves
+    /// from memory and the IdP, counting `store_errors` and
+    /// `store_bypassed`, and uses the store once it answers.
+    /// [`is_connected`](Self::is_connected) says which.
     pub async fn connect(config: RedisConfig) -> Result<Self, RedisStoreError> {
         let link = Link::connect(&config).await?;
         Self::build(config, link)
@@ -184,6 +197,12 @@ impl RedisStore {
                 keyring: config.keyring,
             }),
         })
+    }
+
+    /// False while a server that could not be reached at start-up is being
+    /// connected to in the background (see [`connect`](Self::connect)).
+    pub fn is_connected(&self) -> bool {
+        self.inner.link.connected()
     }
 
     /// The key prefix.

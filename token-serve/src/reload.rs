@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use token_cache::{Error as EngineError, KeepWarm};
-use token_profile::{ProfileSpec, ProfilesFile, Stores};
+use token_profile::{ProfileSpec, ProfilesFile, RedisStartup, Stores};
 
 use crate::config::{ConfigError, ServeConfig};
 use crate::metrics::Metrics;
@@ -163,7 +163,9 @@ impl FileSidecar {
         let file = ProfilesFile::load(path)?;
         let config = serve_config(&file)?;
         let metrics = options.metrics.clone().map(Metrics::new);
-        let mut stores = Stores::new();
+        // A long-running process: an unreachable Redis is connected to in
+        // the background while tokens come from memory and the IdP.
+        let mut stores = Stores::new().with_redis_startup(RedisStartup::Background);
         let mut report = ReloadReport::default();
         let profiles = build_profiles(
             &file,

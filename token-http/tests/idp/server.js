@@ -17,6 +17,8 @@
 // refused; POST /__test/hold and /__test/release {"client_id"}, GET
 // /__test/held?client_id=C: hold that client's next token request until
 // released (a file rotated while a request is in flight).
+// POST /token with grant_type urn:ietf:params:oauth:grant-type:token-exchange
+// (client `exchange-client`): an issued access token exchanged for another.
 // Exits when its standard input closes (the test process went away).
 import { createServer } from 'node:http';
 import { readFileSync } from 'node:fs';
@@ -86,11 +88,24 @@ const common = {
   response_types: [],
   scope: 'orders.read orders.write',
 };
+// --- token exchange (issue 23): the on-behalf-of example of token-cache ---
+// RFC 8693 for `exchange-client`: an access token this provider issued, as
+// `subject_token`, is exchanged for a new client-credentials-style token.
+const TOKEN_EXCHANGE = 'urn:ietf:params:oauth:grant-type:token-exchange';
+const ACCESS_TOKEN_TYPE = 'urn:ietf:params:oauth:token-type:access_token';
+// --- end token exchange ---
 const clients = [
   // The secret has characters that RFC 6749 §2.3.1 form-encoding must carry
   // (secrets are VSCHAR, printable ASCII, per its Appendix A).
   { ...common, client_id: 'basic-client', client_secret: 'basic:secret%+/ ok~&=', token_endpoint_auth_method: 'client_secret_basic' },
   { ...common, client_id: 'post-client', client_secret: 'post-secret-value', token_endpoint_auth_method: 'client_secret_post' },
+  {
+    ...common,
+    client_id: 'exchange-client',
+    client_secret: 'exchange-secret-value',
+    grant_types: ['client_credentials', TOKEN_EXCHANGE],
+    token_endpoint_auth_method: 'client_secret_basic',
+  },
   // --- refresh-token rotation (issue 12, item 6) ---
   // A public client (as a CLI is) whose refresh tokens rotate on every use;
   // redeeming a rotated-away one revokes the whole grant (reuse detection).
@@ -364,6 +379,27 @@ server.listen(0, '127.0.0.1', () => {
     findAccount: (ctx, sub) => ({ accountId: sub, claims: () => ({ sub }) }),
     // --- end refresh-token rotation ---
   });
+  // --- token exchange (issue 23) ---
+  provider.registerGrantType(TOKEN_EXCHANGE, async (ctx) => {
+    const { subject_token: subjectToken, subject_token_type: subjectType, scope } = ctx.oidc.params;
+    if (subjectType !== ACCESS_TOKEN_TYPE) {
+      throw new errors.InvalidRequest('subject_token_type must be an access token');
+    }
+    const subject = (await provider.ClientCredentials.find(subjectToken))
+      ?? (await provider.AccessToken.find(subjectToken));
+    if (!subject) {
+      throw new errors.InvalidGrant('subject_token is invalid or expired');
+    }
+    const token = new provider.ClientCredentials({ client: ctx.oidc.client, scope: scope || undefined });
+    ctx.body = {
+      access_token: await token.save(),
+      issued_token_type: ACCESS_TOKEN_TYPE,
+      token_type: 'Bearer',
+      expires_in: token.expiration,
+      scope: token.scope,
+    };
+  }, ['subject_token', 'subject_token_type', 'scope', 'requested_token_type', 'audience', 'actor_token', 'actor_token_type']);
+  // --- end token exchange ---
   // --- refresh-token rotation (issue 12, item 6) ---
   // Counts, per account (one per minted grant), rotated-away refresh
   // tokens presented again (each one revokes its grant).
