@@ -16,6 +16,7 @@ use token_testkit::RedisServer;
 
 fn config(url: String, prefix: &str) -> RedisConfig {
     RedisConfig::new(url)
+        .with_plaintext()
         .with_key_prefix(prefix)
         .with_command_timeout(Duration::from_millis(200))
         .with_connect_timeout(Duration::from_millis(200))
