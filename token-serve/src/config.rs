@@ -9,10 +9,18 @@
 //! ca_file = "/etc/ssl/private-ca.pem"       # extra roots for upstream TLS (system roots are always used)
 //! retry_body_limit = 65536           # largest request body buffered for the 401 retry
 //!
+//! # Connection limits (each optional; the defaults are the constants below)
+//! header_read_timeout_seconds = 10   # a request head must be complete this long after it starts
+//! idle_timeout_seconds = 60          # an idle keep-alive connection is closed after this long
+//! max_connections = 4096             # open client connections (kept below the fd limit)
+//! health_connections = 8             # extra connections for /healthz and /readyz only
+//! prefetch_concurrency = 8           # first tokens fetched at once (start-up and reload)
+//!
 //! [[serve.routes]]
 //! prefix = "/orders/"
 //! upstream = "https://orders.internal"
 //! profile = "orders"
+//! timeout_seconds = 30               # upstream response head deadline (504 after it)
 //!
 //! [serve.azure]                      # resource -> profile (App Service managed identity)
 //! "https://vault.azure.net" = "vault"
@@ -62,6 +70,9 @@ pub struct Route {
     pub upstream: Uri,
     /// The profile whose token is sent.
     pub profile: String,
+    /// How long the upstream may take to answer (its response head) before
+    /// the caller gets `504` (`timeout_seconds`; [`DEFAULT_UPSTREAM_TIMEOUT`]).
+    pub timeout: Duration,
 }
 
 /// The parsed `[serve]` table.
@@ -84,6 +95,9 @@ pub struct ServeConfig {
     pub azure: BTreeMap<String, String>,
     /// The Google metadata server's default account, if served.
     pub google: Option<GoogleAccount>,
+    /// Client connection limits and start-up concurrency (see
+    /// [`ConnectionSettings`]); take effect at start only.
+    pub connections: ConnectionSettings,
 }
 
 /// The account the Google metadata endpoints describe.
@@ -106,6 +120,7 @@ impl Default for ServeConfig {
             retry_body_limit: DEFAULT_RETRY_BODY_LIMIT,
             azure: BTreeMap::new(),
             google: None,
+            connections: ConnectionSettings::default(),
         }
     }
 }
@@ -129,6 +144,12 @@ struct RawServe {
     #[serde(default)]
     azure: BTreeMap<String, String>,
     google: Option<RawGoogle>,
+    // Connection limits (see `connections`).
+    header_read_timeout_seconds: Option<u64>,
+    idle_timeout_seconds: Option<u64>,
+    max_connections: Option<usize>,
+    health_connections: Option<usize>,
+    prefetch_concurrency: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -137,6 +158,7 @@ struct RawRoute {
     prefix: String,
     upstream: String,
     profile: String,
+    timeout_seconds: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -200,6 +222,13 @@ impl ServeConfig {
             retry_body_limit: raw.retry_body_limit.unwrap_or(DEFAULT_RETRY_BODY_LIMIT),
             azure: raw.azure,
             google,
+            connections: connections(&RawConnections {
+                header_read_timeout_seconds: raw.header_read_timeout_seconds,
+                idle_timeout_seconds: raw.idle_timeout_seconds,
+                max_connections: raw.max_connections,
+                health_connections: raw.health_connections,
+                prefetch_concurrency: raw.prefetch_concurrency,
+            })?,
         })
     }
 
@@ -224,6 +253,11 @@ fn empty_raw() -> RawServe {
         retry_body_limit: None,
         azure: BTreeMap::new(),
         google: None,
+        header_read_timeout_seconds: None,
+        idle_timeout_seconds: None,
+        max_connections: None,
+        health_connections: None,
+        prefetch_concurrency: None,
     }
 }
 
@@ -287,10 +321,163 @@ fn route(r: RawRoute, prefixes: &mut BTreeSet<String>) -> Result<Route, ConfigEr
             "[[serve.routes]] prefix {prefix} has an empty profile"
         )));
     }
+    let timeout = match r.timeout_seconds {
+        None => DEFAULT_UPSTREAM_TIMEOUT,
+        Some(0) => {
+            return Err(ConfigError::new(format!(
+                "[[serve.routes]] prefix {prefix}: timeout_seconds must be at least 1"
+            )))
+        }
+        Some(s) => Duration::from_secs(s),
+    };
     Ok(Route {
         prefix,
         upstream,
         profile: r.profile,
+        timeout,
+    })
+}
+
+// ---- Connection limits (issue 18, item 2 and item 8) ----------------------
+
+/// How long a client has to send a complete request head, counted from the
+/// connection's opening or the head's first byte: long enough for any
+/// client on a loopback or pod network, short enough that a slowloris
+/// client holds a connection for seconds, not forever.
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a keep-alive connection may sit idle between requests before
+/// it is closed: longer than most clients keep idle pooled connections
+/// (so they close first), short enough that idle connections do not pile up.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// The most client connections open at once. Always lowered to fit the
+/// process's open-file limit (each forwarded request may also hold an
+/// upstream connection).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+/// Connections kept in reserve, beyond `max_connections`, for `/healthz`
+/// and `/readyz`: a saturated gateway still answers its probes. Such a
+/// connection serves one request and is closed.
+pub const DEFAULT_HEALTH_CONNECTIONS: usize = 8;
+/// How many profiles' first tokens are fetched at once at start-up and on
+/// a reload: a hanging IdP delays readiness by one fetch timeout, not one
+/// per profile, without a burst of hundreds of IdP calls.
+pub const DEFAULT_PREFETCH_CONCURRENCY: usize = 8;
+/// How long an upstream may take to send its response head before the
+/// caller gets `504 upstream_timeout` (per route: `timeout_seconds`).
+pub const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The `[serve]` settings for client connections and start-up, each with a
+/// documented default. They take effect at start only (a reload that
+/// changes them says so).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConnectionSettings {
+    /// `header_read_timeout_seconds`: [`DEFAULT_HEADER_READ_TIMEOUT`].
+    pub header_read_timeout: Duration,
+    /// `idle_timeout_seconds`: [`DEFAULT_IDLE_TIMEOUT`].
+    pub idle_timeout: Duration,
+    /// `max_connections`: [`DEFAULT_MAX_CONNECTIONS`].
+    pub max_connections: usize,
+    /// `health_connections`: [`DEFAULT_HEALTH_CONNECTIONS`].
+    pub health_connections: usize,
+    /// `prefetch_concurrency`: [`DEFAULT_PREFETCH_CONCURRENCY`].
+    pub prefetch_concurrency: usize,
+}
+
+impl Default for ConnectionSettings {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            health_connections: DEFAULT_HEALTH_CONNECTIONS,
+            prefetch_concurrency: DEFAULT_PREFETCH_CONCURRENCY,
+        }
+    }
+}
+
+/// What [`serve`](crate::serve) enforces on client connections: the
+/// configuration's [`ConnectionSettings`] and its drain time.
+/// `From<Duration>` gives the defaults with that drain time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConnectionLimits {
+    /// The connection settings.
+    pub settings: ConnectionSettings,
+    /// How long shutdown waits for requests in flight.
+    pub drain: Duration,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self::from(DEFAULT_DRAIN)
+    }
+}
+
+impl From<Duration> for ConnectionLimits {
+    fn from(drain: Duration) -> Self {
+        Self {
+            settings: ConnectionSettings::default(),
+            drain,
+        }
+    }
+}
+
+impl ConnectionLimits {
+    /// The defaults with these settings and drain time.
+    pub fn new(settings: ConnectionSettings, drain: Duration) -> Self {
+        Self { settings, drain }
+    }
+}
+
+impl ServeConfig {
+    /// What [`serve`](crate::serve) enforces for this configuration.
+    pub fn limits(&self) -> ConnectionLimits {
+        ConnectionLimits::new(self.connections, self.drain)
+    }
+}
+
+/// The connection settings as written (fields of `[serve]`).
+struct RawConnections {
+    header_read_timeout_seconds: Option<u64>,
+    idle_timeout_seconds: Option<u64>,
+    max_connections: Option<usize>,
+    health_connections: Option<usize>,
+    prefetch_concurrency: Option<usize>,
+}
+
+fn connections(raw: &RawConnections) -> Result<ConnectionSettings, ConfigError> {
+    let at_least_one = |key: &str, v: Option<u64>| match v {
+        Some(0) => Err(ConfigError::new(format!(
+            "[serve] {key} must be at least 1"
+        ))),
+        v => Ok(v),
+    };
+    let d = ConnectionSettings::default();
+    let secs = |key, v, default: Duration| {
+        at_least_one(key, v).map(|v| v.map_or(default, Duration::from_secs))
+    };
+    let count = |key, v: Option<usize>, default: usize| {
+        at_least_one(key, v.map(|n| n as u64)).map(|_| v.unwrap_or(default))
+    };
+    Ok(ConnectionSettings {
+        header_read_timeout: secs(
+            "header_read_timeout_seconds",
+            raw.header_read_timeout_seconds,
+            d.header_read_timeout,
+        )?,
+        idle_timeout: secs(
+            "idle_timeout_seconds",
+            raw.idle_timeout_seconds,
+            d.idle_timeout,
+        )?,
+        max_connections: count("max_connections", raw.max_connections, d.max_connections)?,
+        // Zero is allowed: no reserve for health probes.
+        health_connections: raw.health_connections.unwrap_or(d.health_connections),
+        prefetch_concurrency: count(
+            "prefetch_concurrency",
+            raw.prefetch_concurrency,
+            d.prefetch_concurrency,
+        )?,
     })
 }
 
@@ -316,6 +503,24 @@ mod tests {
         assert_eq!(c.routes[0].upstream.path(), "/api");
         assert_eq!(c.profiles().into_iter().collect::<Vec<_>>(), ["orders"]);
         assert_eq!(c.retry_body_limit, DEFAULT_RETRY_BODY_LIMIT);
+        assert_eq!(c.routes[0].timeout, DEFAULT_UPSTREAM_TIMEOUT);
+        assert_eq!(c.connections, ConnectionSettings::default());
+    }
+
+    #[test]
+    fn connection_limits_are_read_from_serve() {
+        let c = ServeConfig::parse(
+            "[serve]\nheader_read_timeout_seconds = 2\nidle_timeout_seconds = 3\nmax_connections = 5\nhealth_connections = 0\nprefetch_concurrency = 2\n[[serve.routes]]\nprefix = \"/a/\"\nupstream = \"http://x\"\nprofile = \"p\"\ntimeout_seconds = 7\n",
+        )
+        .expect("valid");
+        let s = c.connections;
+        assert_eq!(s.header_read_timeout, Duration::from_secs(2));
+        assert_eq!(s.idle_timeout, Duration::from_secs(3));
+        assert_eq!(s.max_connections, 5);
+        assert_eq!(s.health_connections, 0);
+        assert_eq!(s.prefetch_concurrency, 2);
+        assert_eq!(c.routes[0].timeout, Duration::from_secs(7));
+        assert_eq!(c.limits().drain, DEFAULT_DRAIN);
     }
 
     #[test]
@@ -352,6 +557,11 @@ mod tests {
                 "unknown field `colour`",
             ),
             ("[serve\n", "not valid TOML"),
+            ("[serve]\nmax_connections = 0\n", "max_connections must be at least 1"),
+            (
+                "[[serve.routes]]\nprefix = \"/a/\"\nupstream = \"http://x\"\nprofile = \"p\"\ntimeout_seconds = 0\n",
+                "timeout_seconds must be at least 1",
+            ),
         ];
         for (text, expected) in cases {
             let e = ServeConfig::parse(text).expect_err(text);

@@ -233,8 +233,16 @@ pub(crate) async fn forward(
         let mut out = Request::from_parts(head, body);
         out.headers_mut()
             .insert(header::AUTHORIZATION, bearer.header.clone());
-        let resp = match route.pool.send(out).await {
+        let resp = match route.pool.send_within(out, route.route.timeout).await {
             Ok(r) => r,
+            Err(e) if e.is_timeout() => {
+                tracing::warn!(route = %route.route.prefix, error = %e, "upstream timed out");
+                return response::error(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "upstream_timeout",
+                    &format!("the upstream for {}: {e}", route.route.prefix),
+                );
+            }
             Err(e) => {
                 tracing::warn!(route = %route.route.prefix, error = %e, "upstream request failed");
                 return response::error(

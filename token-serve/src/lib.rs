@@ -72,10 +72,15 @@ pub use config::{
     ConfigError, GoogleAccount, Route, ServeConfig, DEFAULT_DRAIN, DEFAULT_LISTEN,
     DEFAULT_RETRY_BODY_LIMIT,
 };
+pub use config::{
+    ConnectionLimits, ConnectionSettings, DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_HEALTH_CONNECTIONS,
+    DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_PREFETCH_CONCURRENCY,
+    DEFAULT_UPSTREAM_TIMEOUT,
+};
 pub use endpoints::SECRET_HEADER;
 pub use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 pub use pool::{UpstreamBody, CONNECT_TIMEOUT, MAX_IDLE, POOL_IDLE};
 pub use reload::{FileOptions, FileSidecar, LoadError, ReloadReport, DEFAULT_WATCH_INTERVAL};
 pub use response::Body;
-pub use server::{serve, Drained};
+pub use server::{raise_fd_limit, serve, Drained};
 pub use sidecar::{Readiness, Sidecar, SidecarBuilder};
