@@ -4,11 +4,15 @@
 //! it, and served by `/v1/token?profile=NAME`; the `[serve]` table adds the
 //! listening address, the gateway's routes and the vendor-compatible
 //! endpoints. Start-up stops with one sentence and an exit code at the
-//! first bad setting; it then binds, prefetches every token, keeps them
-//! warm, prints `listening on http://ADDR` on stdout, and serves until
-//! SIGTERM or SIGINT, when it drains requests in flight (up to `[serve]
-//! drain_seconds`) and exits 0. SIGHUP, or a change of the file, reloads
-//! it (token-serve's `FileSidecar`); `--check-config` only checks it.
+//! first bad setting; it then raises the open-file limit, binds, prints
+//! `listening on http://ADDR` on stdout and serves at once (`/healthz`
+//! answers, `/readyz` says 503) while every profile's first token is
+//! fetched, `prefetch_concurrency` at a time, and kept warm. A profile the
+//! IdP refuses then stops the sidecar with its exit code, as a bad setting
+//! would. It serves until SIGTERM or SIGINT, when it drains requests in
+//! flight (up to `[serve] drain_seconds`) and exits 0. SIGHUP, or a change
+//! of the file, reloads it (token-serve's `FileSidecar`); `--check-config`
+//! only checks it.
 
 use token_profile::{Naming, ProfilesFile};
 use token_serve::{
@@ -40,11 +44,12 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), CliError> {
     let options = FileOptions::default()
         .key_file(args.locations.key_file.clone())
         .metrics(handle);
-    let (sidecar, report) = FileSidecar::load(&path, options)
+    let sidecar = FileSidecar::open(&path, options)
         .await
         .map_err(load_error)?;
-    for (profile, cause) in &report.pending {
-        tracing::warn!(profile = %profile, cause = %cause, "prefetch failed; keeping on trying in the background");
+    match token_serve::raise_fd_limit() {
+        Ok(limit) => tracing::debug!(?limit, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
     }
     let listen = sidecar.listen().await;
     let listener = tokio::net::TcpListener::bind(listen)
@@ -60,16 +65,65 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), CliError> {
         .watch(DEFAULT_WATCH_INTERVAL)
         .map_err(|e| CliError::internal(format!("cannot handle SIGHUP: {e}")))?;
 
-    let shutdown = shutdown_signal()?;
-    tracing::info!(%addr, profiles = sidecar.sidecar().profiles().len(), routes = report.routes, "serving");
+    let signal = shutdown_signal()?;
+    // First tokens are fetched while the listener serves; a refusal stops
+    // the sidecar with its exit code.
+    tracing::info!(%addr, profiles = sidecar.sidecar().profiles().len(), "serving; fetching first tokens");
+    let (fatal_tx, fatal_rx) = tokio::sync::oneshot::channel::<CliError>();
+    let prefetch = {
+        let sidecar = sidecar.clone();
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            match sidecar.prefetch().await {
+                Ok(report) => {
+                    for (profile, cause) in &report.pending {
+                        tracing::warn!(profile = %profile, cause = %cause, "prefetch failed; keeping on trying in the background");
+                    }
+                    tracing::info!(
+                        profiles = report.kept,
+                        pending = report.pending.len(),
+                        elapsed_ms = started.elapsed().as_millis() as u64,
+                        "start-up prefetch done"
+                    );
+                }
+                Err(e) => {
+                    let _ = fatal_tx.send(load_error(e));
+                }
+            }
+        })
+    };
+    let fatal = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let shutdown = {
+        let fatal = std::sync::Arc::clone(&fatal);
+        async move {
+            tokio::select! {
+                () = signal => {}
+                Ok(e) = fatal_rx => {
+                    if let Ok(mut slot) = fatal.lock() {
+                        *slot = Some(e);
+                    }
+                }
+            }
+        }
+    };
     println!("listening on http://{addr}");
-    let drain = sidecar.drain().await;
-    let drained = token_serve::serve(sidecar.sidecar().clone(), listener, shutdown, drain).await;
+    let drained = token_serve::serve(
+        sidecar.sidecar().clone(),
+        listener,
+        shutdown,
+        sidecar.limits(),
+    )
+    .await;
     watcher.abort();
+    prefetch.abort();
     if drained != Drained::Complete {
         tracing::warn!("some requests were still in flight when the drain time ran out");
     }
-    Ok(())
+    let fatal = fatal.lock().ok().and_then(|mut slot| slot.take());
+    match fatal {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }
 
 /// `--check-config`: the whole file checked (every profile resolved, its
