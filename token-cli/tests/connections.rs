@@ -422,3 +422,151 @@ async fn with_a_hanging_idp_healthz_answers_at_once_and_readyz_is_503_until_the_
     assert!(ready, "/readyz never said ready after the IdP answered");
     drop(serve);
 }
+
+/// `serve --config path` under a hard open-file limit of `nofile` (set by
+/// the shell before it becomes the sidecar), once it listens.
+fn spawn_serve_with_fd_limit(sandbox: &Sandbox, config: &std::path::Path, nofile: u32) -> Serve {
+    use std::io::{BufRead, BufReader};
+    let template = sandbox.cmd();
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(format!("ulimit -n {nofile} && exec \"$0\" \"$@\""))
+        .arg(template.get_program())
+        .args(["serve", "--config"])
+        .arg(config);
+    for (k, v) in template.get_envs() {
+        match v {
+            Some(v) => cmd.env(k, v),
+            None => cmd.env_remove(k),
+        };
+    }
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start tokencache serve");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("read");
+    let base = match line.trim().strip_prefix("listening on ") {
+        Some(b) => b.to_owned(),
+        None => {
+            let _ = child.kill();
+            panic!("serve did not start; it said {line:?}")
+        }
+    };
+    Serve { child, base }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_an_fd_limit_of_256_three_hundred_idle_connections_leave_the_sidecar_serving() {
+    let idp = FakeIdp::start(600).await;
+    let upstream = upstream().await;
+    let sandbox = Sandbox::new();
+    // The default max_connections (4096) does not fit 256 files: it is
+    // lowered, and the connections beyond it are closed, not kept.
+    let config = write_config(
+        &sandbox,
+        &format!(
+            "{}\n[serve]\nlisten = \"{}\"\n{}",
+            fake_profile("orders", &idp, "memory"),
+            free_addr(),
+            route("/orders/", &upstream, "orders"),
+        ),
+    );
+    let serve = spawn_serve_with_fd_limit(&sandbox, &config, 256);
+    assert!(sidecar::wait_ready(&serve.base), "ready");
+    let mut attackers = Vec::new();
+    for _ in 0..300 {
+        match TcpStream::connect(addr(&serve)).await {
+            Ok(s) => attackers.push(s),
+            Err(e) => panic!("connect: {e}"),
+        }
+    }
+    // Probes get through while the idle connections stay (the reserve is
+    // freed from idle holders within seconds).
+    let base = serve.base.clone();
+    let healthy = tokio::task::spawn_blocking(move || {
+        let until = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < until {
+            if get_status(&base, "/healthz") == Some(200) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
+    })
+    .await
+    .expect("task");
+    assert!(
+        healthy,
+        "/healthz did not answer with 300 idle connections open"
+    );
+    drop(attackers);
+    // The attacker gone, the gateway serves again.
+    let base = serve.base.clone();
+    let served = tokio::task::spawn_blocking(move || {
+        let until = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < until {
+            if get_status(&base, "/orders/x") == Some(200) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
+    })
+    .await
+    .expect("task");
+    assert!(
+        served,
+        "the gateway did not recover after the connections closed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_profile_the_idp_refuses_at_start_up_still_stops_serve_with_exit_code_4() {
+    let idp = HttpServer::start(|_req: Request<Incoming>| async move {
+        let mut r = Response::new(Full::new(Bytes::from_static(
+            br#"{"error":"invalid_client","error_description":"unknown client"}"#,
+        )));
+        *r.status_mut() = hyper::StatusCode::UNAUTHORIZED;
+        r.headers_mut()
+            .insert("content-type", "application/json".parse().expect("hv"));
+        r
+    })
+    .await;
+    let sandbox = Sandbox::new();
+    let config = write_config(
+        &sandbox,
+        &format!(
+            "[profiles.orders]\ntoken_url = \"{}/token\"\nclient_id = \"{}\"\nclient_secret_env = \"{}\"\nstore = \"memory\"\n\n[serve]\nlisten = \"{}\"\n",
+            idp.url(),
+            support::CLIENT_ID,
+            support::SECRET_ENV,
+            free_addr()
+        ),
+    );
+    let out = tokio::task::spawn_blocking(move || {
+        let out = sandbox
+            .cmd()
+            .args(["serve", "--config"])
+            .arg(&config)
+            .output()
+            .expect("run");
+        drop(sandbox);
+        out
+    });
+    let out = tokio::time::timeout(Duration::from_secs(30), out)
+        .await
+        .expect("serve stopped within 30 s")
+        .expect("task");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(stderr.contains("invalid_client"), "{stderr}");
+    assert_eq!(
+        stderr.lines().filter(|l| l.starts_with("error:")).count(),
+        1,
+        "{stderr}"
+    );
+}

@@ -82,5 +82,5 @@ pub use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 pub use pool::{UpstreamBody, CONNECT_TIMEOUT, MAX_IDLE, POOL_IDLE};
 pub use reload::{FileOptions, FileSidecar, LoadError, ReloadReport, DEFAULT_WATCH_INTERVAL};
 pub use response::Body;
-pub use server::{raise_fd_limit, serve, Drained};
+pub use server::{raise_fd_limit, serve, Drained, HEALTH_HEADER_READ_TIMEOUT};
 pub use sidecar::{Readiness, Sidecar, SidecarBuilder};

@@ -8,7 +8,9 @@
 //!   ([`raise_fd_limit`] raises that limit to its hard maximum first).
 //!   Beyond the cap, `health_connections` more are accepted for `/healthz`
 //!   and `/readyz` only (anything else gets `503 overloaded`), one request
-//!   each, so probes still answer while the gateway is saturated. Beyond
+//!   each, so probes still answer while the gateway is saturated (a reserve
+//!   connection must send its request within [`HEALTH_HEADER_READ_TIMEOUT`],
+//!   so idle clients cannot hold the reserve for long). Beyond
 //!   both, a connection is accepted and closed at once, and counted in
 //!   `tokencache_connections_refused_total`.
 //! - **Timeouts.** A connection must deliver a complete request head
@@ -46,6 +48,11 @@ use crate::Sidecar;
 /// File descriptors kept free of client connections: stores, the IdP's
 /// connections, idle upstream connections, log files.
 const FD_HEADROOM: u64 = 64;
+
+/// The header-read timeout of a reserve (health-only) connection, when
+/// shorter than `header_read_timeout`: a probe sends its request at once,
+/// and a client that holds a reserve connection without one loses it fast.
+pub const HEALTH_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How a [`serve`] ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -358,6 +365,11 @@ async fn connection(
     _permit: OwnedSemaphorePermit,
     mut phase: watch::Receiver<Phase>,
 ) {
+    let mut limits = limits;
+    if kind == Kind::HealthOnly {
+        let s = &mut limits.settings;
+        s.header_read_timeout = s.header_read_timeout.min(HEALTH_HEADER_READ_TIMEOUT);
+    }
     let peer = stream.peer_addr().ok();
     let activity = Arc::new(Activity::new());
     let io = TokioIo::new(Watched {
