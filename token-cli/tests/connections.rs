@@ -147,12 +147,11 @@ async fn a_head_trickled_past_the_header_read_timeout_is_cut() {
             break;
         }
         let mut buf = [0u8; 256];
-        match tokio::time::timeout(Duration::from_millis(200), s.read(&mut buf)).await {
-            Ok(Ok(0) | Err(_)) => {
-                cut = true;
-                break;
-            }
-            _ => {}
+        if let Ok(Ok(0) | Err(_)) =
+            tokio::time::timeout(Duration::from_millis(200), s.read(&mut buf)).await
+        {
+            cut = true;
+            break;
         }
     }
     assert!(cut, "a trickled head was not cut within {CLOSED_WITHIN:?}");

@@ -11,6 +11,9 @@
 //!   (`/computeMetadata/v1/instance/service-accounts/default/token`), so
 //!   unmodified SDKs get their tokens from the sidecar.
 //! - `/metrics` (Prometheus), `/healthz`, `/readyz`.
+//! - **Limits**: header-read and idle timeouts, a connection cap below the
+//!   open-file limit with a reserve for health probes, per-route upstream
+//!   timeouts, a drain on shutdown ([`serve`], [`ConnectionLimits`]).
 //!
 //! `tokencache serve --config PATH` runs it. Embed it in your own server
 //! from a profiles file with [`FileSidecar`], which reloads the file on
@@ -22,11 +25,12 @@
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! let path = std::path::Path::new("/etc/tokencache/config.toml");
-//! let (sidecar, _report) = FileSidecar::load(path, FileOptions::default()).await?;
+//! let sidecar = FileSidecar::open(path, FileOptions::default()).await?; // built, no token fetched
 //! let _watch = sidecar.watch(DEFAULT_WATCH_INTERVAL)?; // SIGHUP and file changes
 //! let listener = tokio::net::TcpListener::bind(sidecar.listen().await).await?;
-//! let drain = sidecar.drain().await;
-//! serve(sidecar.sidecar().clone(), listener, async { let _ = tokio::signal::ctrl_c().await; }, drain).await;
+//! let first = sidecar.clone();
+//! tokio::spawn(async move { first.prefetch().await }); // /readyz says 503 until done
+//! serve(sidecar.sidecar().clone(), listener, async { let _ = tokio::signal::ctrl_c().await; }, sidecar.limits()).await;
 //! # Ok(()) }
 //! ```
 //!
@@ -53,7 +57,7 @@
 //! sidecar.prefetch().await;
 //! let _warm = sidecar.keep_warm()?;
 //! let listener = tokio::net::TcpListener::bind(config.listen).await?;
-//! serve(sidecar, listener, async { let _ = tokio::signal::ctrl_c().await; }, config.drain).await;
+//! serve(sidecar, listener, async { let _ = tokio::signal::ctrl_c().await; }, config.limits()).await;
 //! # Ok(()) }
 //! ```
 
