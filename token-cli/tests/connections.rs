@@ -569,3 +569,63 @@ async fn a_profile_the_idp_refuses_at_start_up_still_stops_serve_with_exit_code_
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_is_503_when_the_token_cannot_be_sent_in_a_header() {
+    // A token with a byte no HTTP header may hold (DEL).
+    let idp = HttpServer::start(|_req: Request<Incoming>| async move {
+        let mut r = Response::new(Full::new(Bytes::from_static(
+            br#"{"access_token":"tok\u007fbad","token_type":"Bearer","expires_in":600}"#,
+        )));
+        r.headers_mut()
+            .insert("content-type", "application/json".parse().expect("hv"));
+        r
+    })
+    .await;
+    let upstream = upstream().await;
+    let sandbox = Sandbox::new();
+    let config = write_config(
+        &sandbox,
+        &format!(
+            "[profiles.orders]\ntoken_url = \"{}/token\"\nclient_id = \"{}\"\nclient_secret_env = \"{}\"\nstore = \"memory\"\n\n[serve]\nlisten = \"{}\"\n{}",
+            idp.url(),
+            support::CLIENT_ID,
+            support::SECRET_ENV,
+            free_addr(),
+            route("/orders/", &upstream, "orders"),
+        ),
+    );
+    let serve = spawn_serve(&sandbox, &config, Stdio::inherit());
+    let client = reqwest::Client::new();
+    // Once the first token is in, the gateway refuses to send it ...
+    let until = Instant::now() + Duration::from_secs(10);
+    let mut gateway = None;
+    while Instant::now() < until {
+        let r = client
+            .get(format!("{}/orders/x", serve.base))
+            .send()
+            .await
+            .expect("r");
+        let body = r.text().await.expect("t");
+        if body.contains("token_unusable") || body.contains("idp_token_unusable") {
+            gateway = Some(body);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        gateway.is_some(),
+        "the gateway sent or waited for the token"
+    );
+    // ... and readiness says so instead of "ready".
+    let r = client
+        .get(format!("{}/readyz", serve.base))
+        .send()
+        .await
+        .expect("r");
+    assert_eq!(r.status(), 503);
+    let body = r.text().await.expect("t");
+    assert!(body.contains("cannot be sent"), "{body}");
+    assert!(!body.contains("bad"), "the token is in /readyz: {body}");
+    assert!(upstream.seen().is_empty());
+}

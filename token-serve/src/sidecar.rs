@@ -474,6 +474,17 @@ mod unavailable_tests;
 
 async fn peek(p: &Profile) -> Readiness {
     match tokio::time::timeout(PEEK_TIMEOUT, p.handle.token()).await {
+        // A token the gateway could not send (a byte no header may hold)
+        // is not ready: every routed request would get 503.
+        Ok(Ok(t))
+            if t.is_live_at(SystemTime::now())
+                && http::HeaderValue::from_bytes(t.authorization_header().expose().as_bytes())
+                    .is_err() =>
+        {
+            Readiness::NotReady {
+                cause: "the token cannot be sent in an HTTP header".to_owned(),
+            }
+        }
         Ok(Ok(t)) if t.is_live_at(SystemTime::now()) => Readiness::Ready {
             expires_at: t.expires_at(),
         },
