@@ -398,13 +398,19 @@ async fn connection(
         .keep_alive(kind == Kind::Gateway)
         .serve_connection(io, service);
     let mut conn = std::pin::pin!(conn);
+    // One timer for the connection's life, moved to each new deadline.
+    let timer = tokio::time::sleep_until(Instant::now() + settings.header_read_timeout);
+    let mut timer = std::pin::pin!(timer);
     loop {
         if *phase.borrow_and_update() == Phase::Cut {
             return;
         }
         let deadline = activity.deadline(&limits);
-        let sleep_until =
+        let wake_at =
             deadline.map_or_else(|| Instant::now() + Duration::from_secs(3600), |(at, _)| at);
+        if timer.deadline() != wake_at {
+            timer.as_mut().reset(wake_at);
+        }
         tokio::select! {
             ended = conn.as_mut() => {
                 if let Err(e) = ended {
@@ -412,7 +418,7 @@ async fn connection(
                 }
                 return;
             }
-            () = tokio::time::sleep_until(sleep_until) => {
+            () = timer.as_mut() => {
                 if let Some((at, why)) = activity.deadline(&limits) {
                     if Instant::now() >= at {
                         tracing::debug!(?peer, why, "closing the connection");
