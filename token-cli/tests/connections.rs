@@ -629,3 +629,49 @@ async fn readyz_is_503_when_the_token_cannot_be_sent_in_a_header() {
     assert!(!body.contains("bad"), "the token is in /readyz: {body}");
     assert!(upstream.seen().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_larger_than_max_header_bytes_is_refused_and_a_trickled_body_times_out() {
+    let idp = FakeIdp::start(600).await;
+    let upstream = upstream().await;
+    let sandbox = Sandbox::new();
+    let config = write_config(
+        &sandbox,
+        &format!(
+            "{}\n[serve]\nlisten = \"{}\"\nmax_header_bytes = 16384\n[[serve.routes]]\nprefix = \"/orders/\"\nupstream = \"{}\"\nprofile = \"orders\"\ntimeout_seconds = 1\n",
+            fake_profile("orders", &idp, "memory"),
+            free_addr(),
+            upstream.url(),
+        ),
+    );
+    let serve = start_serve(&sandbox, &config);
+    // A 64 KB head: refused (431) or cut, never buffered whole.
+    let mut s = TcpStream::connect(addr(&serve)).await.expect("connect");
+    let big = format!(
+        "GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(64 * 1024)
+    );
+    let _ = s.write_all(big.as_bytes()).await;
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(CLOSED_WITHIN, s.read_to_end(&mut got)).await;
+    let text = String::from_utf8_lossy(&got);
+    assert!(
+        text.is_empty() || text.starts_with("HTTP/1.1 431"),
+        "{text}"
+    );
+    // A body announced but trickled: 408 after the route's timeout, and
+    // nothing forwarded.
+    let mut s = TcpStream::connect(addr(&serve)).await.expect("connect");
+    s.write_all(
+        b"POST /orders/submit HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\nonly ten b",
+    )
+    .await
+    .expect("write");
+    let mut head = [0u8; 12];
+    tokio::time::timeout(CLOSED_WITHIN, s.read_exact(&mut head))
+        .await
+        .expect("an answer within the bound")
+        .expect("read");
+    assert_eq!(&head[9..12], b"408");
+    assert!(upstream.seen().is_empty());
+}

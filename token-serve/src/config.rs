@@ -14,6 +14,7 @@
 //! idle_timeout_seconds = 60          # an idle keep-alive connection is closed after this long
 //! max_connections = 4096             # open client connections (kept below the fd limit)
 //! health_connections = 8             # extra connections for /healthz and /readyz only
+//! max_header_bytes = 65536           # largest request head (431 beyond), at least 8192
 //! prefetch_concurrency = 8           # first tokens fetched at once (start-up and reload)
 //!
 //! [[serve.routes]]
@@ -150,6 +151,7 @@ struct RawServe {
     max_connections: Option<usize>,
     health_connections: Option<usize>,
     prefetch_concurrency: Option<usize>,
+    max_header_bytes: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -228,6 +230,7 @@ impl ServeConfig {
                 max_connections: raw.max_connections,
                 health_connections: raw.health_connections,
                 prefetch_concurrency: raw.prefetch_concurrency,
+                max_header_bytes: raw.max_header_bytes,
             })?,
         })
     }
@@ -258,6 +261,7 @@ fn empty_raw() -> RawServe {
         max_connections: None,
         health_connections: None,
         prefetch_concurrency: None,
+        max_header_bytes: None,
     }
 }
 
@@ -357,6 +361,13 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
 /// and `/readyz`: a saturated gateway still answers its probes. Such a
 /// connection serves one request and is closed.
 pub const DEFAULT_HEALTH_CONNECTIONS: usize = 8;
+/// The largest request head (request line and headers) read from a
+/// client, in bytes: what one connection may make the sidecar hold while
+/// its head arrives. Ample for bearer tokens and cookies; hyper's own
+/// default is ~400 KiB.
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
+/// The smallest `max_header_bytes` (hyper's minimum buffer).
+const MIN_HEADER_BYTES: usize = 8192;
 /// How many profiles' first tokens are fetched at once at start-up and on
 /// a reload: a hanging IdP delays readiness by one fetch timeout, not one
 /// per profile, without a burst of hundreds of IdP calls.
@@ -381,6 +392,8 @@ pub struct ConnectionSettings {
     pub health_connections: usize,
     /// `prefetch_concurrency`: [`DEFAULT_PREFETCH_CONCURRENCY`].
     pub prefetch_concurrency: usize,
+    /// `max_header_bytes`: [`DEFAULT_MAX_HEADER_BYTES`] (at least 8192).
+    pub max_header_bytes: usize,
 }
 
 impl Default for ConnectionSettings {
@@ -391,6 +404,7 @@ impl Default for ConnectionSettings {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             health_connections: DEFAULT_HEALTH_CONNECTIONS,
             prefetch_concurrency: DEFAULT_PREFETCH_CONCURRENCY,
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
         }
     }
 }
@@ -443,6 +457,7 @@ struct RawConnections {
     max_connections: Option<usize>,
     health_connections: Option<usize>,
     prefetch_concurrency: Option<usize>,
+    max_header_bytes: Option<usize>,
 }
 
 fn connections(raw: &RawConnections) -> Result<ConnectionSettings, ConfigError> {
@@ -478,6 +493,15 @@ fn connections(raw: &RawConnections) -> Result<ConnectionSettings, ConfigError> 
             raw.prefetch_concurrency,
             d.prefetch_concurrency,
         )?,
+        max_header_bytes: match raw.max_header_bytes {
+            None => d.max_header_bytes,
+            Some(n) if n < MIN_HEADER_BYTES => {
+                return Err(ConfigError::new(format!(
+                    "[serve] max_header_bytes must be at least {MIN_HEADER_BYTES}"
+                )))
+            }
+            Some(n) => n,
+        },
     })
 }
 
@@ -558,6 +582,7 @@ mod tests {
             ),
             ("[serve\n", "not valid TOML"),
             ("[serve]\nmax_connections = 0\n", "max_connections must be at least 1"),
+            ("[serve]\nmax_header_bytes = 100\n", "max_header_bytes must be at least 8192"),
             (
                 "[[serve.routes]]\nprefix = \"/a/\"\nupstream = \"http://x\"\nprofile = \"p\"\ntimeout_seconds = 0\n",
                 "timeout_seconds must be at least 1",

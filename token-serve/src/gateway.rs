@@ -203,9 +203,21 @@ pub(crate) async fn forward(
     let (buffered, mut streamed): (Option<Bytes>, Option<Incoming>) = if size == Some(0) {
         (Some(Bytes::new()), None)
     } else if small {
-        match Limited::new(body, inner.retry_body_limit).collect().await {
-            Ok(c) => (Some(c.to_bytes()), None),
-            Err(e) => {
+        // A body trickled in slowly is bounded by the route's timeout too.
+        let read = Limited::new(body, inner.retry_body_limit).collect();
+        match tokio::time::timeout(route.route.timeout, read).await {
+            Err(_) => {
+                return response::error(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "request_body_timeout",
+                    &format!(
+                        "the request body did not arrive within {}s (the route's timeout_seconds)",
+                        route.route.timeout.as_secs()
+                    ),
+                )
+            }
+            Ok(Ok(c)) => (Some(c.to_bytes()), None),
+            Ok(Err(e)) => {
                 return response::error(
                     StatusCode::BAD_REQUEST,
                     "bad_request_body",

@@ -17,7 +17,8 @@
 //!   within `header_read_timeout` of its opening, or of the head's first
 //!   byte on a kept-alive connection; a kept-alive connection idle for
 //!   `idle_timeout` between requests is closed. hyper's own header-read
-//!   timer (on a Tokio timer) backs both up.
+//!   timer (on a Tokio timer) backs both up. A head larger than
+//!   `max_header_bytes` is refused (431).
 //! - **Drain.** On shutdown the listener closes, connections that are idle
 //!   or still sending a request head are closed at once (they hold no
 //!   request to finish), and those with a request in flight finish it and
@@ -396,6 +397,8 @@ async fn connection(
         // to the end of the next head: the idle time plus the head's.
         .header_read_timeout(settings.idle_timeout + settings.header_read_timeout)
         .keep_alive(kind == Kind::Gateway)
+        // Bounds a head (431 beyond) and what a connection buffers.
+        .max_buf_size(settings.max_header_bytes.max(8192))
         .serve_connection(io, service);
     let mut conn = std::pin::pin!(conn);
     // One timer for the connection's life, moved to each new deadline.
