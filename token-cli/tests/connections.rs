@@ -119,8 +119,29 @@ async fn slowloris_connections_are_closed_after_the_header_read_timeout() {
             "slow connection {i} still open after {CLOSED_WITHIN:?}"
         );
     }
-    // A client that sends its head keeps being served.
+    // A client that sends its head keeps being served, and the closings
+    // are counted.
     assert_eq!(get_status(&serve.base, "/healthz"), Some(200));
+    let metrics = reqwest::get(format!("{}/metrics", serve.base))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    let timed_out: f64 = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("tokencache_connections_timed_out_total{reason=\"header_read\"} ")
+        })
+        .unwrap_or_else(|| panic!("no header_read timeouts counted:\n{metrics}"))
+        .trim()
+        .parse()
+        .expect("number");
+    assert!(timed_out >= 20.0, "{timed_out}");
+    assert!(
+        metrics.contains("tokencache_connections_open{kind=\"gateway\"}"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

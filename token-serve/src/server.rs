@@ -12,11 +12,13 @@
 //!   connection must send its request within [`HEALTH_HEADER_READ_TIMEOUT`],
 //!   so idle clients cannot hold the reserve for long). Beyond
 //!   both, a connection is accepted and closed at once, and counted in
-//!   `tokencache_connections_refused_total`.
+//!   `tokencache_connections_refused_total`. Open connections are in
+//!   `tokencache_connections_open{kind="gateway"|"health"}`.
 //! - **Timeouts.** A connection must deliver a complete request head
 //!   within `header_read_timeout` of its opening, or of the head's first
 //!   byte on a kept-alive connection; a kept-alive connection idle for
-//!   `idle_timeout` between requests is closed. hyper's own header-read
+//!   `idle_timeout` between requests is closed (each closing counted in
+//!   `tokencache_connections_timed_out_total{reason="header_read"|"idle"}`). hyper's own header-read
 //!   timer (on a Tokio timer) backs both up. A head larger than
 //!   `max_header_bytes` is refused (431).
 //! - **Drain.** On shutdown the listener closes, connections that are idle
@@ -259,11 +261,10 @@ impl Activity {
     fn deadline(&self, limits: &ConnectionLimits) -> Option<(Instant, &'static str)> {
         match *self.lock() {
             State::Busy => None,
-            State::Idle(since) => Some((since + limits.settings.idle_timeout, "idle timeout")),
-            State::Head(since) => Some((
-                since + limits.settings.header_read_timeout,
-                "header-read timeout",
-            )),
+            State::Idle(since) => Some((since + limits.settings.idle_timeout, "idle")),
+            State::Head(since) => {
+                Some((since + limits.settings.header_read_timeout, "header_read"))
+            }
         }
     }
 
@@ -372,6 +373,7 @@ async fn connection(
         s.header_read_timeout = s.header_read_timeout.min(HEALTH_HEADER_READ_TIMEOUT);
     }
     let peer = stream.peer_addr().ok();
+    let _open = OpenGauge::new(kind);
     let activity = Arc::new(Activity::new());
     let io = TokioIo::new(Watched {
         stream,
@@ -424,7 +426,9 @@ async fn connection(
             () = timer.as_mut() => {
                 if let Some((at, why)) = activity.deadline(&limits) {
                     if Instant::now() >= at {
-                        tracing::debug!(?peer, why, "closing the connection");
+                        tracing::debug!(?peer, why, "closing the connection: timeout");
+                        metrics::counter!("tokencache_connections_timed_out_total", "reason" => why)
+                            .increment(1);
                         return;
                     }
                 }
@@ -454,6 +458,28 @@ async fn connection(
                 Ok(_) | Err(_) => return,
             }
         }
+    }
+}
+
+/// Counts a connection in `tokencache_connections_open{kind}` while it
+/// lives.
+struct OpenGauge(metrics::Gauge);
+
+impl OpenGauge {
+    fn new(kind: Kind) -> Self {
+        let kind = match kind {
+            Kind::Gateway => "gateway",
+            Kind::HealthOnly => "health",
+        };
+        let gauge = metrics::gauge!("tokencache_connections_open", "kind" => kind);
+        gauge.increment(1.0);
+        Self(gauge)
+    }
+}
+
+impl Drop for OpenGauge {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
     }
 }
 
