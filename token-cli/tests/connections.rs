@@ -700,3 +700,46 @@ async fn a_head_larger_than_max_header_bytes_is_refused_and_a_trickled_body_time
     assert_eq!(&head[9..12], b"408");
     assert!(upstream.seen().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_reads_nothing_of_a_large_response_is_cut_after_the_idle_timeout() {
+    const SIZE: usize = 32 << 20;
+    let big = Bytes::from(vec![b'x'; SIZE]);
+    let upstream = HttpServer::start(move |_req: Request<Incoming>| {
+        let big = big.clone();
+        async move { Response::new(Full::new(big)) }
+    })
+    .await;
+    let idp = FakeIdp::start(600).await;
+    let sandbox = Sandbox::new();
+    let config = write_config(
+        &sandbox,
+        &format!(
+            "{}\n[serve]\nlisten = \"{}\"\nidle_timeout_seconds = 1\n[[serve.routes]]\nprefix = \"/big/\"\nupstream = \"{}\"\nprofile = \"orders\"\n",
+            fake_profile("orders", &idp, "memory"),
+            free_addr(),
+            upstream.url(),
+        ),
+    );
+    let serve = start_serve(&sandbox, &config);
+    let mut s = TcpStream::connect(addr(&serve)).await.expect("connect");
+    s.write_all(b"GET /big/x HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .expect("write");
+    // Read nothing while the socket buffers fill, then everything there is.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let mut total = 0usize;
+    let mut buf = vec![0u8; 1 << 16];
+    let until = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match tokio::time::timeout_at(until, s.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => break,
+            Ok(Ok(n)) => total += n,
+            Err(_) => panic!("still open after 20 s ({total} bytes read)"),
+        }
+    }
+    assert!(
+        total < SIZE,
+        "the whole response ({total} bytes) was written to a client that did not read"
+    );
+}

@@ -352,6 +352,7 @@ pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a keep-alive connection may sit idle between requests before
 /// it is closed: longer than most clients keep idle pooled connections
 /// (so they close first), short enough that idle connections do not pile up.
+/// A client that reads nothing of a response for this long is cut too.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// The most client connections open at once. Always lowered to fit the
 /// process's open-file limit (each forwarded request may also hold an

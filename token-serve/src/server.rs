@@ -17,8 +17,10 @@
 //! - **Timeouts.** A connection must deliver a complete request head
 //!   within `header_read_timeout` of its opening, or of the head's first
 //!   byte on a kept-alive connection; a kept-alive connection idle for
-//!   `idle_timeout` between requests is closed (each closing counted in
-//!   `tokencache_connections_timed_out_total{reason="header_read"|"idle"}`). hyper's own header-read
+//!   `idle_timeout` between requests is closed, and so is one whose client
+//!   reads nothing of a response for `idle_timeout` (a slow reader: each
+//!   closing counted in `tokencache_connections_timed_out_total{reason=
+//!   "header_read"|"idle"|"write_stalled"}`). hyper's own header-read
 //!   timer (on a Tokio timer) backs both up. A head larger than
 //!   `max_header_bytes` is refused (431).
 //! - **Drain.** On shutdown the listener closes, connections that are idle
@@ -28,7 +30,6 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -216,16 +217,35 @@ enum State {
 /// wake-up for its watchdog when it changes.
 struct Activity {
     state: Mutex<State>,
+    /// Since when a write has been waiting for the client to read (its
+    /// socket buffer full); `None` while writes go through.
+    write_blocked: Mutex<Option<Instant>>,
     changed: Notify,
-    requests: AtomicU64,
 }
 
 impl Activity {
     fn new() -> Self {
         Self {
             state: Mutex::new(State::Head(Instant::now())),
+            write_blocked: Mutex::new(None),
             changed: Notify::new(),
-            requests: AtomicU64::new(0),
+        }
+    }
+
+    /// A write could not proceed (`blocked`) or went through.
+    fn wrote(&self, blocked: bool) {
+        let mut w = self
+            .write_blocked
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match (blocked, w.is_some()) {
+            (true, false) => {
+                *w = Some(Instant::now());
+                drop(w);
+                self.changed.notify_one();
+            }
+            (false, true) => *w = None,
+            _ => {}
         }
     }
 
@@ -249,7 +269,6 @@ impl Activity {
     }
 
     fn request(&self) {
-        self.requests.fetch_add(1, Ordering::Relaxed);
         self.set(State::Busy);
     }
 
@@ -257,14 +276,24 @@ impl Activity {
         self.set(State::Idle(Instant::now()));
     }
 
-    /// When the connection is due to be closed, and why; `None` while busy.
+    /// When the connection is due to be closed, and why; `None` while busy
+    /// and writing freely. A client that reads nothing of a response for
+    /// `idle_timeout` (a slow reader) is closed too.
     fn deadline(&self, limits: &ConnectionLimits) -> Option<(Instant, &'static str)> {
-        match *self.lock() {
+        let s = &limits.settings;
+        let by_state = match *self.lock() {
             State::Busy => None,
-            State::Idle(since) => Some((since + limits.settings.idle_timeout, "idle")),
-            State::Head(since) => {
-                Some((since + limits.settings.header_read_timeout, "header_read"))
-            }
+            State::Idle(since) => Some((since + s.idle_timeout, "idle")),
+            State::Head(since) => Some((since + s.header_read_timeout, "header_read")),
+        };
+        let blocked = *self
+            .write_blocked
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let by_write = blocked.map(|since| (since + s.idle_timeout, "write_stalled"));
+        match (by_state, by_write) {
+            (Some(a), Some(b)) => Some(if b.0 < a.0 { b } else { a }),
+            (a, b) => a.or(b),
         }
     }
 
@@ -300,7 +329,9 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
+        let polled = Pin::new(&mut self.stream).poll_write(cx, buf);
+        self.activity.wrote(polled.is_pending());
+        polled
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -316,7 +347,9 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+        let polled = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        self.activity.wrote(polled.is_pending());
+        polled
     }
 
     fn is_write_vectored(&self) -> bool {
