@@ -218,6 +218,57 @@ async fn twenty_reloads_under_traffic_fail_no_request_and_make_no_idp_call() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_profile_stops_being_kept_warm_and_a_kept_one_keeps_refreshing() {
+    // 2-second tokens: keep-warm refreshes each profile about every second.
+    let idp = FakeIdp::start(2).await;
+    let sandbox = Sandbox::new();
+    let listen = free_addr();
+    let keep = fake_profile("keep", &idp, "memory").replace("orders.read", "keep.read");
+    let gone = fake_profile("gone", &idp, "memory").replace("orders.read", "gone.read");
+    let path = sandbox.path().join("serve.toml");
+    replace(
+        &path,
+        &format!("{keep}\n{gone}\n[serve]\nlisten = \"{listen}\"\n"),
+    );
+    let serve = start_serve_with(&sandbox, &path, &[], Stdio::inherit());
+    eventually("both profiles were refreshed by keep-warm", || {
+        let idp = idp.clone();
+        async move { idp.calls_for("gone.read") >= 2 && idp.calls_for("keep.read") >= 2 }
+    })
+    .await;
+
+    replace(&path, &format!("{keep}\n[serve]\nlisten = \"{listen}\"\n"));
+    hup(&serve);
+    let client = reqwest::Client::new();
+    let gone_url = format!("{}/v1/token?profile=gone", serve.base);
+    eventually("the profile is gone", || {
+        let (client, url) = (client.clone(), gone_url.clone());
+        async move {
+            client
+                .get(&url)
+                .header("metadata", "true")
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 404)
+        }
+    })
+    .await;
+    // A refresh already running at the swap may still land.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (gone_calls, keep_calls) = (idp.calls_for("gone.read"), idp.calls_for("keep.read"));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        idp.calls_for("gone.read"),
+        gone_calls,
+        "the removed profile is still kept warm"
+    );
+    assert!(
+        idp.calls_for("keep.read") > keep_calls,
+        "the kept profile stopped being refreshed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_file_is_refused_in_one_line_and_the_old_configuration_keeps_serving() {
     let idp = FakeIdp::start(600).await;
     let upstream = upstream().await;

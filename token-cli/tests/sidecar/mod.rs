@@ -8,11 +8,11 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{BodyExt as _, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use token_testkit::{free_port, HttpServer, Seen, Upstream};
@@ -20,22 +20,34 @@ use token_testkit::{free_port, HttpServer, Seen, Upstream};
 use crate::support::{self, Sandbox};
 
 /// A token endpoint issuing `tok-N` tokens that live `lifetime` seconds,
-/// answering 503 while `down`.
+/// answering 503 while `down`; it records the `scope` of each call.
 #[derive(Clone)]
 pub(crate) struct FakeIdp {
     pub(crate) server: HttpServer,
     pub(crate) calls: Arc<AtomicUsize>,
     pub(crate) down: Arc<AtomicBool>,
+    pub(crate) scopes: Arc<Mutex<Vec<String>>>,
 }
 
 impl FakeIdp {
     pub(crate) async fn start(lifetime: u64) -> Self {
         let calls = Arc::new(AtomicUsize::new(0));
         let down = Arc::new(AtomicBool::new(false));
-        let (c, d) = (calls.clone(), down.clone());
-        let server = HttpServer::start(move |_req: Request<Incoming>| {
-            let (c, d) = (c.clone(), d.clone());
+        let scopes = Arc::new(Mutex::new(Vec::new()));
+        let (c, d, sc) = (calls.clone(), down.clone(), scopes.clone());
+        let server = HttpServer::start(move |req: Request<Incoming>| {
+            let (c, d, sc) = (c.clone(), d.clone(), sc.clone());
             async move {
+                let body = req.into_body().collect().await.map(|b| b.to_bytes());
+                let scope = body
+                    .ok()
+                    .and_then(|b| {
+                        form_urlencoded::parse(&b)
+                            .find(|(k, _)| k == "scope")
+                            .map(|(_, v)| v.into_owned())
+                    })
+                    .unwrap_or_default();
+                sc.lock().expect("lock").push(scope);
                 let n = c.fetch_add(1, Ordering::SeqCst) + 1;
                 if d.load(Ordering::SeqCst) {
                     let mut r = Response::new(Full::new(Bytes::from_static(
@@ -58,7 +70,18 @@ impl FakeIdp {
             server,
             calls,
             down,
+            scopes,
         }
+    }
+
+    /// How many calls asked for `scope`.
+    pub(crate) fn calls_for(&self, scope: &str) -> usize {
+        self.scopes
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|s| *s == scope)
+            .count()
     }
 
     pub(crate) fn token_url(&self) -> String {
