@@ -527,3 +527,58 @@ async fn health_only(sidecar: &Sidecar, req: Request<Incoming>) -> Response<Body
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ConnectionSettings;
+
+    fn limits() -> ConnectionLimits {
+        let settings = ConnectionSettings {
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            ..ConnectionSettings::default()
+        };
+        ConnectionLimits::new(settings, Duration::from_secs(1))
+    }
+
+    fn why(a: &Activity) -> Option<&'static str> {
+        a.deadline(&limits()).map(|(_, why)| why)
+    }
+
+    #[test]
+    fn a_connection_s_deadline_follows_what_it_is_doing() {
+        let a = Activity::new();
+        // Opened: the first head is due within the header-read timeout.
+        assert_eq!(why(&a), Some("header_read"));
+        a.read();
+        assert_eq!(why(&a), Some("header_read"), "still the same head");
+        a.request();
+        assert_eq!(why(&a), None, "a request being answered has no deadline");
+        a.wrote(true);
+        assert_eq!(why(&a), Some("write_stalled"), "the client reads nothing");
+        a.wrote(false);
+        assert_eq!(why(&a), None);
+        a.response_done();
+        assert_eq!(why(&a), Some("idle"));
+        let (idle_at, _) = a.deadline(&limits()).expect("deadline");
+        a.read();
+        let (head_at, why_now) = a.deadline(&limits()).expect("deadline");
+        assert_eq!(why_now, "header_read");
+        assert!(
+            head_at < idle_at,
+            "a started head is due sooner than idleness"
+        );
+    }
+
+    #[test]
+    fn the_cap_keeps_its_health_reserve() {
+        let settings = ConnectionSettings {
+            max_connections: 5,
+            health_connections: 2,
+            ..ConnectionSettings::default()
+        };
+        let (main, health) = caps(&ConnectionLimits::new(settings, Duration::from_secs(1)));
+        assert_eq!((main, health), (5, 2));
+    }
+}
