@@ -761,3 +761,71 @@ async fn a_client_that_reads_nothing_of_a_large_response_is_cut_after_the_idle_t
         "the whole response ({total} bytes) was written to a client that did not read"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_an_issuer_that_hangs_healthz_answers_while_the_profiles_are_built() {
+    // Discovery and the token endpoint both hold until released.
+    let open = Arc::new(tokio::sync::watch::channel(false).0);
+    let o = Arc::clone(&open);
+    let base = Arc::new(std::sync::OnceLock::<String>::new());
+    let b = Arc::clone(&base);
+    let idp = HttpServer::start(move |req: Request<Incoming>| {
+        let (mut o, b) = (o.subscribe(), Arc::clone(&b));
+        async move {
+            let _ = o.wait_for(|open| *open).await;
+            let issuer = b.get().cloned().unwrap_or_default();
+            let body = if req.uri().path().contains("well-known") {
+                format!(r#"{{"issuer":"{issuer}","token_endpoint":"{issuer}/token"}}"#)
+            } else {
+                r#"{"access_token":"tok-late","token_type":"Bearer","expires_in":600}"#.to_owned()
+            };
+            let mut r = Response::new(Full::new(Bytes::from(body)));
+            r.headers_mut()
+                .insert("content-type", "application/json".parse().expect("hv"));
+            r
+        }
+    })
+    .await;
+    let _ = base.set(idp.url());
+    let sandbox = Sandbox::new();
+    let config = write_config(
+        &sandbox,
+        &format!(
+            "[profiles.orders]\nissuer = \"{}\"\nclient_id = \"{}\"\nclient_secret_env = \"{}\"\nstore = \"memory\"\n\n[serve]\nlisten = \"{}\"\n",
+            idp.url(),
+            support::CLIENT_ID,
+            support::SECRET_ENV,
+            free_addr()
+        ),
+    );
+    let started = Instant::now();
+    let serve = spawn_serve(&sandbox, &config, Stdio::inherit());
+    let b = serve.base.clone();
+    let status = |path: &'static str| {
+        let b = b.clone();
+        async move {
+            tokio::task::spawn_blocking(move || get_status(&b, path))
+                .await
+                .expect("task")
+        }
+    };
+    assert_eq!(status("/healthz").await, Some(200));
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "/healthz took {:?} with the issuer hanging",
+        started.elapsed()
+    );
+    assert_eq!(status("/readyz").await, Some(503));
+    assert_eq!(status("/v1/token?profile=orders").await, Some(503));
+    open.send_replace(true);
+    let until = Instant::now() + Duration::from_secs(20);
+    let mut ready = false;
+    while Instant::now() < until {
+        if status("/readyz").await == Some(200) {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ready, "/readyz never said ready after the issuer answered");
+}

@@ -14,6 +14,8 @@
 //! - **Limits**: header-read and idle timeouts, a connection cap below the
 //!   open-file limit with a reserve for health probes, per-route upstream
 //!   timeouts, a drain on shutdown ([`serve`], [`ConnectionLimits`]).
+//!   [`serve_starting`] serves `/healthz` while the sidecar is still being
+//!   built.
 //!
 //! `tokencache serve --config PATH` runs it. Embed it in your own server
 //! from a profiles file with [`FileSidecar`], which reloads the file on
@@ -86,5 +88,5 @@ pub use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 pub use pool::{UpstreamBody, CONNECT_TIMEOUT, MAX_IDLE, POOL_IDLE};
 pub use reload::{FileOptions, FileSidecar, LoadError, ReloadReport, DEFAULT_WATCH_INTERVAL};
 pub use response::Body;
-pub use server::{raise_fd_limit, serve, Drained, HEALTH_HEADER_READ_TIMEOUT};
+pub use server::{raise_fd_limit, serve, serve_starting, Drained, HEALTH_HEADER_READ_TIMEOUT};
 pub use sidecar::{Readiness, Sidecar, SidecarBuilder};

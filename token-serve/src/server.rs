@@ -30,7 +30,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -130,7 +130,30 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
     limits: impl Into<ConnectionLimits>,
 ) -> Drained {
+    serve_starting(
+        listener,
+        std::future::ready(Some(sidecar)),
+        shutdown,
+        limits,
+    )
+    .await
+}
+
+/// [`serve`] for a sidecar still being built: `listener` serves at once.
+/// Until `sidecar` resolves, `/healthz` answers 200, `/readyz` 503
+/// (`"starting": true`) and everything else `503 starting` (with
+/// `Retry-After: 1`); then the sidecar answers. A `sidecar` that resolves to
+/// `None` (start-up failed) ends serving as `shutdown` would.
+pub async fn serve_starting(
+    listener: TcpListener,
+    sidecar: impl Future<Output = Option<Sidecar>>,
+    shutdown: impl Future<Output = ()>,
+    limits: impl Into<ConnectionLimits>,
+) -> Drained {
     let limits = limits.into();
+    let slot: Arc<OnceLock<Sidecar>> = Arc::new(OnceLock::new());
+    let mut sidecar = std::pin::pin!(sidecar);
+    let mut starting = true;
     let (main, health) = caps(&limits);
     let main = Arc::new(Semaphore::new(main));
     let health = Arc::new(Semaphore::new(health));
@@ -163,12 +186,21 @@ pub async fn serve(
                 let _ = stream.set_nodelay(true);
                 tokio::spawn(connection(
                     stream,
-                    sidecar.clone(),
+                    Arc::clone(&slot),
                     limits,
                     kind,
                     permit,
                     watching.clone(),
                 ));
+            }
+            built = &mut sidecar, if starting => {
+                starting = false;
+                match built {
+                    Some(s) => {
+                        let _ = slot.set(s);
+                    }
+                    None => break,
+                }
             }
             () = &mut shutdown => break,
         }
@@ -394,7 +426,7 @@ impl Drop for Tracked {
 /// drain closes or cuts it. Holds its cap's permit until then.
 async fn connection(
     stream: TcpStream,
-    sidecar: Sidecar,
+    sidecar: Arc<OnceLock<Sidecar>>,
     limits: ConnectionLimits,
     kind: Kind,
     _permit: OwnedSemaphorePermit,
@@ -414,13 +446,14 @@ async fn connection(
     });
     let on_request = Arc::clone(&activity);
     let service = service_fn(move |req: Request<Incoming>| {
-        let sidecar = sidecar.clone();
+        let sidecar = sidecar.get().cloned();
         let activity = Arc::clone(&on_request);
         activity.request();
         async move {
-            let response = match kind {
-                Kind::Gateway => sidecar.handle(req).await,
-                Kind::HealthOnly => health_only(&sidecar, req).await,
+            let response = match (sidecar, kind) {
+                (None, _) => starting(&req),
+                (Some(s), Kind::Gateway) => s.handle(req).await,
+                (Some(s), Kind::HealthOnly) => health_only(&s, req).await,
             };
             Ok::<_, std::convert::Infallible>(response.map(|body| Tracked { body, activity }))
         }
@@ -513,6 +546,29 @@ impl OpenGauge {
 impl Drop for OpenGauge {
     fn drop(&mut self) {
         self.0.decrement(1.0);
+    }
+}
+
+/// The answer while the sidecar is being built.
+fn starting(req: &Request<Incoming>) -> Response<Body> {
+    match req.uri().path() {
+        "/healthz" => response::text(StatusCode::OK, "text/plain", "ok\n"),
+        "/readyz" => response::json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            r#"{"ready":false,"starting":true,"cause":"starting: the profiles are being built"}"#,
+        ),
+        _ => {
+            let mut r = response::error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "starting",
+                "the sidecar is starting: its profiles are being built",
+            );
+            r.headers_mut().insert(
+                http::header::RETRY_AFTER,
+                http::HeaderValue::from_static("1"),
+            );
+            r
+        }
     }
 }
 
