@@ -143,7 +143,11 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), CliError> {
     };
     tracing::info!(%addr, "serving; building profiles");
     println!("listening on http://{addr}");
-    let drained = token_serve::serve_starting(listener, starting, shutdown, config.limits()).await;
+    // Built on its own task: a store that blocks while it opens does not
+    // hold up the accept loop.
+    let starting = tokio::spawn(starting);
+    let built = async move { starting.await.ok().flatten() };
+    let drained = token_serve::serve_starting(listener, built, shutdown, config.limits()).await;
     if let Some(w) = watcher.lock().ok().and_then(|mut slot| slot.take()) {
         w.abort();
     }
