@@ -4,11 +4,19 @@
 //! it, and served by `/v1/token?profile=NAME`; the `[serve]` table adds the
 //! listening address, the gateway's routes and the vendor-compatible
 //! endpoints. Start-up stops with one sentence and an exit code at the
-//! first bad setting; it then binds, prefetches every token, keeps them
-//! warm, prints `listening on http://ADDR` on stdout, and serves until
-//! SIGTERM or SIGINT, when it drains requests in flight (up to `[serve]
-//! drain_seconds`) and exits 0. SIGHUP, or a change of the file, reloads
-//! it (token-serve's `FileSidecar`); `--check-config` only checks it.
+//! first bad setting (every profile resolved and checked, as
+//! `--check-config` does); it then raises the open-file limit, binds,
+//! prints `listening on http://ADDR` on stdout and serves at once:
+//! `/healthz` answers and `/readyz` says 503 while the profiles are built
+//! (stores opened, issuers discovered) and their first tokens fetched,
+//! `prefetch_concurrency` at a time, and kept warm. A store that cannot be
+//! opened or a profile the IdP refuses then stops the sidecar with its exit
+//! code, as a bad setting would. It serves until SIGTERM or SIGINT, when it
+//! drains requests in flight (up to `[serve] drain_seconds`) and exits 0.
+//! SIGHUP, or a change of the file, reloads it (token-serve's
+//! `FileSidecar`); `--check-config` only checks it.
+
+use std::sync::{Arc, Mutex};
 
 use token_profile::{Naming, ProfilesFile};
 use token_serve::{
@@ -25,6 +33,10 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), CliError> {
     if args.check_config {
         return check(&path, &args);
     }
+    // Every setting is checked before anything starts (as --check-config
+    // checks them); what needs the network (stores, discovery, tokens)
+    // comes after the listener serves.
+    let (_, config) = validate(&path, &args)?;
     let handle = PrometheusBuilder::new()
         .install_recorder()
         .map_err(|e| CliError::internal(format!("cannot set up metrics: {e}")))?;
@@ -40,13 +52,11 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), CliError> {
     let options = FileOptions::default()
         .key_file(args.locations.key_file.clone())
         .metrics(handle);
-    let (sidecar, report) = FileSidecar::load(&path, options)
-        .await
-        .map_err(load_error)?;
-    for (profile, cause) in &report.pending {
-        tracing::warn!(profile = %profile, cause = %cause, "prefetch failed; keeping on trying in the background");
+    match token_serve::raise_fd_limit() {
+        Ok(limit) => tracing::debug!(?limit, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
     }
-    let listen = sidecar.listen().await;
+    let listen = config.listen;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| CliError::new(Kind::Listen, format!("cannot listen on {listen}: {e}")))?;
@@ -56,25 +66,120 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), CliError> {
     if !addr.ip().is_loopback() {
         tracing::warn!(%addr, "listening on a non-loopback address, as [serve] listen says");
     }
-    let watcher = sidecar
-        .watch(DEFAULT_WATCH_INTERVAL)
+    // SIGHUP before the watcher is up (start-up) must not end the process.
+    let early_hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(|e| CliError::internal(format!("cannot handle SIGHUP: {e}")))?;
+    let signal = shutdown_signal()?;
 
-    let shutdown = shutdown_signal()?;
-    tracing::info!(%addr, profiles = sidecar.sidecar().profiles().len(), routes = report.routes, "serving");
+    // A start-up failure after the listener serves (a store that cannot be
+    // opened, a profile the IdP refuses) stops the sidecar with its exit
+    // code, as a bad setting would.
+    let fatal: Arc<Mutex<Option<CliError>>> = Arc::new(Mutex::new(None));
+    let set_fatal = {
+        let fatal = Arc::clone(&fatal);
+        move |e: CliError| {
+            if let Ok(mut slot) = fatal.lock() {
+                slot.get_or_insert(e);
+            }
+        }
+    };
+    let (refused_tx, refused_rx) = tokio::sync::oneshot::channel::<CliError>();
+    let watcher: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>> = Arc::default();
+    let starting = {
+        let (set_fatal, watcher) = (set_fatal.clone(), Arc::clone(&watcher));
+        async move {
+            let sidecar = match FileSidecar::open(&path, options).await {
+                Ok(s) => s,
+                Err(e) => {
+                    set_fatal(load_error(e));
+                    return None;
+                }
+            };
+            match sidecar.watch(DEFAULT_WATCH_INTERVAL) {
+                Ok(w) => {
+                    if let Ok(mut slot) = watcher.lock() {
+                        *slot = Some(w);
+                    }
+                }
+                Err(e) => {
+                    set_fatal(CliError::internal(format!("cannot handle SIGHUP: {e}")));
+                    return None;
+                }
+            }
+            drop(early_hup);
+            tracing::info!(
+                profiles = sidecar.sidecar().profiles().len(),
+                "profiles built; fetching first tokens"
+            );
+            // First tokens are fetched while the sidecar serves.
+            let first = sidecar.clone();
+            tokio::spawn(async move {
+                let started = std::time::Instant::now();
+                match first.prefetch().await {
+                    Ok(report) => {
+                        for (profile, cause) in &report.pending {
+                            tracing::warn!(profile = %profile, cause = %cause, "prefetch failed; keeping on trying in the background");
+                        }
+                        tracing::info!(
+                            profiles = report.kept,
+                            pending = report.pending.len(),
+                            elapsed_ms = started.elapsed().as_millis() as u64,
+                            "start-up prefetch done"
+                        );
+                    }
+                    Err(e) => {
+                        let _ = refused_tx.send(load_error(e));
+                    }
+                }
+            });
+            Some(sidecar.sidecar().clone())
+        }
+    };
+    let shutdown = async move {
+        tokio::select! {
+            () = signal => {}
+            Ok(e) = refused_rx => set_fatal(e),
+        }
+    };
+    tracing::info!(%addr, "serving; building profiles");
     println!("listening on http://{addr}");
-    let drain = sidecar.drain().await;
-    let drained = token_serve::serve(sidecar.sidecar().clone(), listener, shutdown, drain).await;
-    watcher.abort();
+    // Built on its own task: a store that blocks while it opens does not
+    // hold up the accept loop.
+    let starting = tokio::spawn(starting);
+    let built = async move { starting.await.ok().flatten() };
+    let drained = token_serve::serve_starting(listener, built, shutdown, config.limits()).await;
+    if let Some(w) = watcher.lock().ok().and_then(|mut slot| slot.take()) {
+        w.abort();
+    }
     if drained != Drained::Complete {
         tracing::warn!("some requests were still in flight when the drain time ran out");
     }
-    Ok(())
+    let fatal = fatal.lock().ok().and_then(|mut slot| slot.take());
+    match fatal {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }
 
 /// `--check-config`: the whole file checked (every profile resolved, its
 /// secrets and key files read; the `[serve]` table), nothing started.
 fn check(path: &std::path::Path, args: &ServeArgs) -> Result<(), CliError> {
+    let (file, config) = validate(path, args)?;
+    println!(
+        "{}: valid ({} profiles, {} routes)",
+        path.display(),
+        file.profiles().len(),
+        config.routes.len()
+    );
+    Ok(())
+}
+
+/// Every profile resolved (its secrets and key files read) and the
+/// `[serve]` table checked, without opening a store or calling anyone.
+fn validate(
+    path: &std::path::Path,
+    args: &ServeArgs,
+) -> Result<(ProfilesFile, ServeConfig), CliError> {
     let file = ProfilesFile::load(path)?;
     let config = ServeConfig::parse(file.text())
         .and_then(|c| {
@@ -92,6 +197,12 @@ fn check(path: &std::path::Path, args: &ServeArgs) -> Result<(), CliError> {
             .map_err(|e| e.in_profile(name))?;
         token_profile::check(&resolved).map_err(|e| e.in_profile(name))?;
     }
+    if file.profiles().is_empty() {
+        return Err(CliError::config(format!(
+            "the profile file {} has no [profiles.NAME]: there is nothing to serve",
+            path.display()
+        )));
+    }
     if let Some(missing) = config
         .profiles()
         .into_iter()
@@ -102,13 +213,7 @@ fn check(path: &std::path::Path, args: &ServeArgs) -> Result<(), CliError> {
             path.display()
         )));
     }
-    println!(
-        "{}: valid ({} profiles, {} routes)",
-        path.display(),
-        file.profiles().len(),
-        config.routes.len()
-    );
-    Ok(())
+    Ok((file, config))
 }
 
 fn load_error(e: LoadError) -> CliError {

@@ -523,6 +523,7 @@ async fn get_and_serve_build_one_profile_to_one_cache_entry_and_inspect_lists_se
             base: line.trim()["listening on ".len()..].to_owned(),
         }
     };
+    assert!(sidecar::wait_ready(&serve.base), "serve became ready");
     assert_eq!(idp.calls(), 1, "serve's prefetch");
 
     // `get --profile orders` finds serve's token: same key, same entry.

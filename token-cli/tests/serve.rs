@@ -651,6 +651,9 @@ async fn two_sidecars_on_one_redis_make_one_idp_call_per_refresh_between_them() 
         .zip(serves)
         .map(|(child, base)| Serve { child, base })
         .collect();
+    for s in &serves {
+        assert!(sidecar::wait_ready(&s.base), "{} became ready", s.base);
+    }
     assert_eq!(idp.calls(), 1, "one IdP call for both sidecars' start-up");
     let client = reqwest::Client::new();
     for s in &serves {

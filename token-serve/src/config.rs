@@ -13,6 +13,14 @@
 //!                                    # loopback and the metadata names; default [] (others: 403)
 //! insecure_token_endpoint = false    # allow a non-loopback listen without secret_file; default false
 //!
+//! # Connection limits (each optional; the defaults are the constants below)
+//! header_read_timeout_seconds = 10   # a request head must be complete this long after it starts
+//! idle_timeout_seconds = 60          # an idle keep-alive connection is closed after this long
+//! max_connections = 4096             # open client connections (kept below the fd limit)
+//! health_connections = 8             # extra connections for /healthz and /readyz only
+//! max_header_bytes = 65536           # largest request head (431 beyond), at least 8192
+//! prefetch_concurrency = 8           # first tokens fetched at once (start-up and reload)
+//!
 //! [[serve.routes]]
 //! prefix = "/orders/"                # matches /orders/... (a prefix without `/` matches whole segments)
 //! upstream = "https://orders.internal"     # no user:password@ (refused)
@@ -20,6 +28,7 @@
 //! allow_browser_origins = []         # origins whose browser requests may use the route; default [] (403)
 //! allow_encoded_slashes = false      # forward %2f, %5c and `\` in paths; default false (400)
 //! allow_plaintext = false            # silence the warning for http:// off loopback; default false
+//! timeout_seconds = 30               # upstream response head deadline (504 after it)
 //!
 //! [serve.azure]                      # resource -> profile (App Service managed identity)
 //! "https://vault.azure.net" = "vault"
@@ -94,6 +103,9 @@ pub struct Route {
     /// crosses the network in clear). `false` by default: such an upstream
     /// is accepted with a warning at load.
     pub allow_plaintext: bool,
+    /// How long the upstream may take to answer (its response head) before
+    /// the caller gets `504` (`timeout_seconds`; [`DEFAULT_UPSTREAM_TIMEOUT`]).
+    pub timeout: Duration,
 }
 
 /// The parsed `[serve]` table.
@@ -128,6 +140,9 @@ pub struct ServeConfig {
     /// host that can connect gets tokens from `/v1/token`. `false` by
     /// default: the sidecar refuses to start so configured.
     pub insecure_token_endpoint: bool,
+    /// Client connection limits and start-up concurrency (see
+    /// [`ConnectionSettings`]); take effect at start only.
+    pub connections: ConnectionSettings,
 }
 
 /// The account the Google metadata endpoints describe.
@@ -152,6 +167,7 @@ impl Default for ServeConfig {
             google: None,
             allowed_hosts: Vec::new(),
             insecure_token_endpoint: false,
+            connections: ConnectionSettings::default(),
         }
     }
 }
@@ -181,6 +197,13 @@ struct RawServe {
     allowed_hosts: Vec<String>,
     #[serde(default)]
     insecure_token_endpoint: bool,
+    // Connection limits (see `connections`).
+    header_read_timeout_seconds: Option<u64>,
+    idle_timeout_seconds: Option<u64>,
+    max_connections: Option<usize>,
+    health_connections: Option<usize>,
+    prefetch_concurrency: Option<usize>,
+    max_header_bytes: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -197,6 +220,7 @@ struct RawRoute {
     allow_encoded_slashes: bool,
     #[serde(default)]
     allow_plaintext: bool,
+    timeout_seconds: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -267,6 +291,14 @@ impl ServeConfig {
             google,
             allowed_hosts,
             insecure_token_endpoint: raw.insecure_token_endpoint,
+            connections: connections(&RawConnections {
+                header_read_timeout_seconds: raw.header_read_timeout_seconds,
+                idle_timeout_seconds: raw.idle_timeout_seconds,
+                max_connections: raw.max_connections,
+                health_connections: raw.health_connections,
+                prefetch_concurrency: raw.prefetch_concurrency,
+                max_header_bytes: raw.max_header_bytes,
+            })?,
         })
     }
 
@@ -315,6 +347,12 @@ fn empty_raw() -> RawServe {
         google: None,
         allowed_hosts: Vec::new(),
         insecure_token_endpoint: false,
+        header_read_timeout_seconds: None,
+        idle_timeout_seconds: None,
+        max_connections: None,
+        health_connections: None,
+        prefetch_concurrency: None,
+        max_header_bytes: None,
     }
 }
 
@@ -429,6 +467,15 @@ fn route(r: RawRoute, prefixes: &mut BTreeSet<String>) -> Result<Route, ConfigEr
             )));
         }
     }
+    let timeout = match r.timeout_seconds {
+        None => DEFAULT_UPSTREAM_TIMEOUT,
+        Some(0) => {
+            return Err(ConfigError::new(format!(
+                "[[serve.routes]] prefix {prefix}: timeout_seconds must be at least 1"
+            )))
+        }
+        Some(s) => Duration::from_secs(s),
+    };
     Ok(Route {
         prefix,
         upstream,
@@ -440,6 +487,171 @@ fn route(r: RawRoute, prefixes: &mut BTreeSet<String>) -> Result<Route, ConfigEr
             .collect(),
         allow_encoded_slashes: r.allow_encoded_slashes,
         allow_plaintext: r.allow_plaintext,
+        timeout,
+    })
+}
+
+// ---- Connection limits (issue 18, item 2 and item 8) ----------------------
+
+/// How long a client has to send a complete request head, counted from the
+/// connection's opening or the head's first byte: long enough for any
+/// client on a loopback or pod network, short enough that a slowloris
+/// client holds a connection for seconds, not forever.
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a keep-alive connection may sit idle between requests before
+/// it is closed: longer than most clients keep idle pooled connections
+/// (so they close first), short enough that idle connections do not pile up.
+/// A client that reads nothing of a response for this long is cut too.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// The most client connections open at once. Always lowered to fit the
+/// process's open-file limit (each forwarded request may also hold an
+/// upstream connection).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+/// Connections kept in reserve, beyond `max_connections`, for `/healthz`
+/// and `/readyz`: a saturated gateway still answers its probes. Such a
+/// connection serves one request and is closed.
+pub const DEFAULT_HEALTH_CONNECTIONS: usize = 8;
+/// The largest request head (request line and headers) read from a
+/// client, in bytes: what one connection may make the sidecar hold while
+/// its head arrives. Ample for bearer tokens and cookies; hyper's own
+/// default is ~400 KiB.
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
+/// The smallest `max_header_bytes` (hyper's minimum buffer).
+const MIN_HEADER_BYTES: usize = 8192;
+/// How many profiles' first tokens are fetched at once at start-up and on
+/// a reload: a hanging IdP delays readiness by one fetch timeout, not one
+/// per profile, without a burst of hundreds of IdP calls.
+pub const DEFAULT_PREFETCH_CONCURRENCY: usize = 8;
+/// How long an upstream may take to send its response head before the
+/// caller gets `504 upstream_timeout` (per route: `timeout_seconds`).
+pub const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The `[serve]` settings for client connections and start-up, each with a
+/// documented default. They take effect at start only (a reload that
+/// changes them says so).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConnectionSettings {
+    /// `header_read_timeout_seconds`: [`DEFAULT_HEADER_READ_TIMEOUT`].
+    pub header_read_timeout: Duration,
+    /// `idle_timeout_seconds`: [`DEFAULT_IDLE_TIMEOUT`].
+    pub idle_timeout: Duration,
+    /// `max_connections`: [`DEFAULT_MAX_CONNECTIONS`].
+    pub max_connections: usize,
+    /// `health_connections`: [`DEFAULT_HEALTH_CONNECTIONS`].
+    pub health_connections: usize,
+    /// `prefetch_concurrency`: [`DEFAULT_PREFETCH_CONCURRENCY`].
+    pub prefetch_concurrency: usize,
+    /// `max_header_bytes`: [`DEFAULT_MAX_HEADER_BYTES`] (at least 8192).
+    pub max_header_bytes: usize,
+}
+
+impl Default for ConnectionSettings {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            health_connections: DEFAULT_HEALTH_CONNECTIONS,
+            prefetch_concurrency: DEFAULT_PREFETCH_CONCURRENCY,
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+        }
+    }
+}
+
+/// What [`serve`](crate::serve) enforces on client connections: the
+/// configuration's [`ConnectionSettings`] and its drain time.
+/// `From<Duration>` gives the defaults with that drain time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConnectionLimits {
+    /// The connection settings.
+    pub settings: ConnectionSettings,
+    /// How long shutdown waits for requests in flight.
+    pub drain: Duration,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self::from(DEFAULT_DRAIN)
+    }
+}
+
+impl From<Duration> for ConnectionLimits {
+    fn from(drain: Duration) -> Self {
+        Self {
+            settings: ConnectionSettings::default(),
+            drain,
+        }
+    }
+}
+
+impl ConnectionLimits {
+    /// The defaults with these settings and drain time.
+    pub fn new(settings: ConnectionSettings, drain: Duration) -> Self {
+        Self { settings, drain }
+    }
+}
+
+impl ServeConfig {
+    /// What [`serve`](crate::serve) enforces for this configuration.
+    pub fn limits(&self) -> ConnectionLimits {
+        ConnectionLimits::new(self.connections, self.drain)
+    }
+}
+
+/// The connection settings as written (fields of `[serve]`).
+struct RawConnections {
+    header_read_timeout_seconds: Option<u64>,
+    idle_timeout_seconds: Option<u64>,
+    max_connections: Option<usize>,
+    health_connections: Option<usize>,
+    prefetch_concurrency: Option<usize>,
+    max_header_bytes: Option<usize>,
+}
+
+fn connections(raw: &RawConnections) -> Result<ConnectionSettings, ConfigError> {
+    let at_least_one = |key: &str, v: Option<u64>| match v {
+        Some(0) => Err(ConfigError::new(format!(
+            "[serve] {key} must be at least 1"
+        ))),
+        v => Ok(v),
+    };
+    let d = ConnectionSettings::default();
+    let secs = |key, v, default: Duration| {
+        at_least_one(key, v).map(|v| v.map_or(default, Duration::from_secs))
+    };
+    let count = |key, v: Option<usize>, default: usize| {
+        at_least_one(key, v.map(|n| n as u64)).map(|_| v.unwrap_or(default))
+    };
+    Ok(ConnectionSettings {
+        header_read_timeout: secs(
+            "header_read_timeout_seconds",
+            raw.header_read_timeout_seconds,
+            d.header_read_timeout,
+        )?,
+        idle_timeout: secs(
+            "idle_timeout_seconds",
+            raw.idle_timeout_seconds,
+            d.idle_timeout,
+        )?,
+        max_connections: count("max_connections", raw.max_connections, d.max_connections)?,
+        // Zero is allowed: no reserve for health probes.
+        health_connections: raw.health_connections.unwrap_or(d.health_connections),
+        prefetch_concurrency: count(
+            "prefetch_concurrency",
+            raw.prefetch_concurrency,
+            d.prefetch_concurrency,
+        )?,
+        max_header_bytes: match raw.max_header_bytes {
+            None => d.max_header_bytes,
+            Some(n) if n < MIN_HEADER_BYTES => {
+                return Err(ConfigError::new(format!(
+                    "[serve] max_header_bytes must be at least {MIN_HEADER_BYTES}"
+                )))
+            }
+            Some(n) => n,
+        },
     })
 }
 
@@ -478,6 +690,24 @@ mod tests {
         assert_eq!(c.routes[0].upstream.path(), "/api");
         assert_eq!(c.profiles().into_iter().collect::<Vec<_>>(), ["orders"]);
         assert_eq!(c.retry_body_limit, DEFAULT_RETRY_BODY_LIMIT);
+        assert_eq!(c.routes[0].timeout, DEFAULT_UPSTREAM_TIMEOUT);
+        assert_eq!(c.connections, ConnectionSettings::default());
+    }
+
+    #[test]
+    fn connection_limits_are_read_from_serve() {
+        let c = ServeConfig::parse(
+            "[serve]\nheader_read_timeout_seconds = 2\nidle_timeout_seconds = 3\nmax_connections = 5\nhealth_connections = 0\nprefetch_concurrency = 2\n[[serve.routes]]\nprefix = \"/a/\"\nupstream = \"http://x\"\nprofile = \"p\"\ntimeout_seconds = 7\n",
+        )
+        .expect("valid");
+        let s = c.connections;
+        assert_eq!(s.header_read_timeout, Duration::from_secs(2));
+        assert_eq!(s.idle_timeout, Duration::from_secs(3));
+        assert_eq!(s.max_connections, 5);
+        assert_eq!(s.health_connections, 0);
+        assert_eq!(s.prefetch_concurrency, 2);
+        assert_eq!(c.routes[0].timeout, Duration::from_secs(7));
+        assert_eq!(c.limits().drain, DEFAULT_DRAIN);
     }
 
     #[test]
@@ -537,6 +767,12 @@ mod tests {
             (
                 "[[serve.routes]]\nprefix = \"/a/\"\nupstream = \"http://x\"\nprofile = \"p\"\nallow_browser_origins = [\"https://app.example/path\"]\n",
                 "is not an origin",
+            ),
+            ("[serve]\nmax_connections = 0\n", "max_connections must be at least 1"),
+            ("[serve]\nmax_header_bytes = 100\n", "max_header_bytes must be at least 8192"),
+            (
+                "[[serve.routes]]\nprefix = \"/a/\"\nupstream = \"http://x\"\nprofile = \"p\"\ntimeout_seconds = 0\n",
+                "timeout_seconds must be at least 1",
             ),
         ];
         for (text, expected) in cases {

@@ -217,9 +217,21 @@ pub(crate) async fn forward(
     let (buffered, mut streamed): (Option<Bytes>, Option<Incoming>) = if size == Some(0) {
         (Some(Bytes::new()), None)
     } else if small {
-        match Limited::new(body, inner.retry_body_limit).collect().await {
-            Ok(c) => (Some(c.to_bytes()), None),
-            Err(e) => {
+        // A body trickled in slowly is bounded by the route's timeout too.
+        let read = Limited::new(body, inner.retry_body_limit).collect();
+        match tokio::time::timeout(route.route.timeout, read).await {
+            Err(_) => {
+                return response::error(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "request_body_timeout",
+                    &format!(
+                        "the request body did not arrive within {}s (the route's timeout_seconds)",
+                        route.route.timeout.as_secs()
+                    ),
+                )
+            }
+            Ok(Ok(c)) => (Some(c.to_bytes()), None),
+            Ok(Err(e)) => {
                 return response::error(
                     StatusCode::BAD_REQUEST,
                     "bad_request_body",
@@ -247,7 +259,7 @@ pub(crate) async fn forward(
         let mut out = Request::from_parts(head, body);
         out.headers_mut()
             .insert(header::AUTHORIZATION, bearer.header.clone());
-        let resp = match route.pool.send(out).await {
+        let resp = match route.pool.send_within(out, route.route.timeout).await {
             Ok(r) => r,
             Err(e) if caller_body_failed(&e) => {
                 // The caller's own framing (a bad chunk, a body shorter than
@@ -258,6 +270,14 @@ pub(crate) async fn forward(
                     StatusCode::BAD_REQUEST,
                     "bad_request_body",
                     "the request body was malformed or ended early",
+                );
+            }
+            Err(e) if e.is_timeout() => {
+                tracing::warn!(route = %route.route.prefix, error = %e, "upstream timed out");
+                return response::error(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "upstream_timeout",
+                    &format!("the upstream for {}: {e}", route.route.prefix),
                 );
             }
             Err(e) => {

@@ -16,6 +16,11 @@
 //!   allowed_hosts`), no browser cross-site requests unless a route opts in
 //!   (`allow_browser_origins`), loops through the sidecar itself detected
 //!   by `Via` (see the README's "Request guards").
+//! - **Limits**: header-read and idle timeouts, a connection cap below the
+//!   open-file limit with a reserve for health probes, per-route upstream
+//!   timeouts, a drain on shutdown ([`serve`], [`ConnectionLimits`]).
+//!   [`serve_starting`] serves `/healthz` while the sidecar is still being
+//!   built.
 //!
 //! `tokencache serve --config PATH` runs it. Embed it in your own server
 //! from a profiles file with [`FileSidecar`], which reloads the file on
@@ -27,11 +32,12 @@
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! let path = std::path::Path::new("/etc/tokencache/config.toml");
-//! let (sidecar, _report) = FileSidecar::load(path, FileOptions::default()).await?;
+//! let sidecar = FileSidecar::open(path, FileOptions::default()).await?; // built, no token fetched
 //! let _watch = sidecar.watch(DEFAULT_WATCH_INTERVAL)?; // SIGHUP and file changes
 //! let listener = tokio::net::TcpListener::bind(sidecar.listen().await).await?;
-//! let drain = sidecar.drain().await;
-//! serve(sidecar.sidecar().clone(), listener, async { let _ = tokio::signal::ctrl_c().await; }, drain).await;
+//! let first = sidecar.clone();
+//! tokio::spawn(async move { first.prefetch().await }); // /readyz says 503 until done
+//! serve(sidecar.sidecar().clone(), listener, async { let _ = tokio::signal::ctrl_c().await; }, sidecar.limits()).await;
 //! # Ok(()) }
 //! ```
 //!
@@ -58,7 +64,7 @@
 //! sidecar.prefetch().await;
 //! let _warm = sidecar.keep_warm()?;
 //! let listener = tokio::net::TcpListener::bind(config.listen).await?;
-//! serve(sidecar, listener, async { let _ = tokio::signal::ctrl_c().await; }, config.drain).await;
+//! serve(sidecar, listener, async { let _ = tokio::signal::ctrl_c().await; }, config.limits()).await;
 //! # Ok(()) }
 //! ```
 
@@ -78,10 +84,15 @@ pub use config::{
     ConfigError, GoogleAccount, Route, ServeConfig, DEFAULT_DRAIN, DEFAULT_LISTEN,
     DEFAULT_RETRY_BODY_LIMIT,
 };
+pub use config::{
+    ConnectionLimits, ConnectionSettings, DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_HEALTH_CONNECTIONS,
+    DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_HEADER_BYTES,
+    DEFAULT_PREFETCH_CONCURRENCY, DEFAULT_UPSTREAM_TIMEOUT,
+};
 pub use endpoints::SECRET_HEADER;
 pub use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 pub use pool::{UpstreamBody, CONNECT_TIMEOUT, MAX_IDLE, POOL_IDLE};
 pub use reload::{FileOptions, FileSidecar, LoadError, ReloadReport, DEFAULT_WATCH_INTERVAL};
 pub use response::Body;
-pub use server::{serve, Drained};
+pub use server::{raise_fd_limit, serve, serve_starting, Drained, HEALTH_HEADER_READ_TIMEOUT};
 pub use sidecar::{Readiness, Sidecar, SidecarBuilder};

@@ -9,6 +9,9 @@
 //! | `tokencache_token_remaining_seconds` | gauge | `profile` |
 //! | `tokencache_gateway_requests_total` | counter | `route`, `status` |
 //! | `tokencache_fetch_duration_seconds` | histogram | `credential`, `outcome` (from token-core's `metrics` feature) |
+//! | `tokencache_connections_open` | gauge | `kind` = `gateway` \| `health` (the reserve for probes) |
+//! | `tokencache_connections_refused_total` | counter | (none): closed at once, both caps in use |
+//! | `tokencache_connections_timed_out_total` | counter | `reason` = `header_read` \| `idle` \| `write_stalled` |
 //!
 //! The per-profile counters are the profile's [`TokenCache`] statistics,
 //! published when `/metrics` is scraped; the gateway counter is counted as

@@ -13,7 +13,9 @@
 //! twice here.
 //!
 //! Idle connections older than [`POOL_IDLE`] are dropped when the pool is
-//! next used; at most [`MAX_IDLE`] are kept per route.
+//! next used; at most [`MAX_IDLE`] are kept per route. A response head that
+//! does not come within the route's timeout abandons the request (its
+//! connection is dropped with it, so it is never reused).
 //!
 //! Why not hyper-util's pooled client: it hashes the origin and clones its
 //! connector on every request and hands each response's connection back
@@ -74,6 +76,15 @@ pub(crate) enum UpstreamError {
     },
     #[error("the request to {origin} failed: {error}")]
     Http { origin: String, error: hyper::Error },
+    #[error("{origin} sent no response within {}s (the route's timeout_seconds)", after.as_secs())]
+    Timeout { origin: String, after: Duration },
+}
+
+impl UpstreamError {
+    /// Whether the upstream did not answer in time (`504`, not `502`).
+    pub(crate) fn is_timeout(&self) -> bool {
+        matches!(self, Self::Timeout { .. })
+    }
 }
 
 /// The pooled connections to one upstream origin.
@@ -145,6 +156,23 @@ impl Pool {
     /// The `Host` header for requests to this upstream.
     pub(crate) fn host_header(&self) -> &HeaderValue {
         &self.host_header
+    }
+
+    /// [`send`](Self::send), waiting at most `timeout` for the response
+    /// head (connecting included). On expiry the request is abandoned and
+    /// its connection closed, never reused.
+    pub(crate) async fn send_within(
+        self: &Arc<Self>,
+        req: Request<RequestBody>,
+        timeout: Duration,
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        match tokio::time::timeout(timeout, self.send(req)).await {
+            Ok(r) => r,
+            Err(_) => Err(UpstreamError::Timeout {
+                origin: self.origin.clone(),
+                after: timeout,
+            }),
+        }
     }
 
     /// Sends `req` (origin-form URI, `Host` set) on a pooled connection, or

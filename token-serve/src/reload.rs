@@ -11,6 +11,14 @@
 //! being kept warm. A file that does not load (bad TOML, an unknown key, a
 //! profile the IdP refuses) is refused whole with one log line naming the
 //! problem, and the configuration in force keeps serving.
+//!
+//! Start-up is in two steps so that the sidecar serves `/healthz` before
+//! any IdP answers: [`FileSidecar::open`] checks the file and builds every
+//! profile without fetching a token (the sidecar can serve from here on;
+//! `/readyz` says 503 until each profile has a token), then
+//! [`FileSidecar::prefetch`] fetches the first tokens, `prefetch_concurrency`
+//! at a time. A reload fetches its new and changed profiles the same way,
+//! concurrently, before its swap. [`FileSidecar::load`] does both steps.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -21,7 +29,9 @@ use std::time::{Duration, Instant};
 use token_cache::{Error as EngineError, KeepWarm};
 use token_profile::{ProfileSpec, ProfilesFile, RedisStartup, Stores};
 
-use crate::config::{ConfigError, ServeConfig};
+use token_profile::Built;
+
+use crate::config::{ConfigError, ConnectionLimits, ServeConfig};
 use crate::metrics::Metrics;
 use crate::sidecar::{Profile, Sidecar};
 
@@ -113,20 +123,23 @@ pub struct ReloadReport {
 }
 
 /// One profile in force: its spec (to tell a change), what serves it, and
-/// the timer keeping its token warm (dropped with it).
+/// the timer keeping its token warm (dropped with it). `first` holds what
+/// was built until the first token was fetched ([`FileSidecar::prefetch`]);
+/// the timer starts then.
 struct Loaded {
     spec: ProfileSpec,
     profile: Profile,
     token_url: String,
-    _warm: Arc<KeepWarm>,
+    _warm: Option<Arc<KeepWarm>>,
+    first: Option<Built>,
 }
 
 struct State {
     text: String,
-    listen: SocketAddr,
-    drain: Duration,
     profiles: BTreeMap<String, Loaded>,
     stores: Stores,
+    /// First tokens fetched at once.
+    prefetch_concurrency: usize,
 }
 
 /// A [`Sidecar`] built from a profiles file, which it reloads on request
@@ -136,6 +149,9 @@ struct State {
 pub struct FileSidecar {
     sidecar: Sidecar,
     path: PathBuf,
+    /// What the file loaded at start said (a reload cannot change them).
+    listen: SocketAddr,
+    limits: ConnectionLimits,
     options: Arc<FileOptions>,
     metrics: Option<Metrics>,
     state: Arc<tokio::sync::Mutex<State>>,
@@ -151,15 +167,24 @@ impl std::fmt::Debug for FileSidecar {
 }
 
 impl FileSidecar {
-    /// Loads the profiles file at `path`: every profile built (stores
-    /// opened once each), its first token fetched, kept warm, and recorded
-    /// in its store's index. A profile the IdP refuses is an error; one the
-    /// IdP cannot serve right now is reported in the report's `pending` and
-    /// kept trying in the background.
+    /// Loads the profiles file at `path`: [`open`](Self::open), then
+    /// [`prefetch`](Self::prefetch). A profile the IdP refuses is an error;
+    /// one the IdP cannot serve right now is reported in the report's
+    /// `pending` and kept trying in the background.
     pub async fn load(
         path: &Path,
         options: FileOptions,
     ) -> Result<(Self, ReloadReport), LoadError> {
+        let this = Self::open(path, options).await?;
+        let report = this.prefetch().await?;
+        Ok((this, report))
+    }
+
+    /// Loads the profiles file at `path` and builds every profile (stores
+    /// opened once each) without fetching any token: the sidecar can serve
+    /// at once, its `/readyz` answering 503 until each profile has a token.
+    /// Then call [`prefetch`](Self::prefetch).
+    pub async fn open(path: &Path, options: FileOptions) -> Result<Self, LoadError> {
         let file = ProfilesFile::load(path)?;
         let config = serve_config(&file)?;
         let metrics = options.metrics.clone().map(Metrics::new);
@@ -181,24 +206,43 @@ impl FileSidecar {
                 error,
             })?;
         let sidecar = Sidecar::from_inner(inner);
-        report.routes = config.routes.len();
         let state = State {
             text: file.text().to_owned(),
-            listen: config.listen,
-            drain: config.drain,
             profiles,
             stores,
+            prefetch_concurrency: config.connections.prefetch_concurrency,
         };
-        Ok((
-            Self {
-                sidecar,
-                path: path.to_owned(),
-                options: Arc::new(options),
-                metrics,
-                state: Arc::new(tokio::sync::Mutex::new(state)),
-            },
-            report,
-        ))
+        Ok(Self {
+            sidecar,
+            path: path.to_owned(),
+            listen: config.listen,
+            limits: config.limits(),
+            options: Arc::new(options),
+            metrics,
+            state: Arc::new(tokio::sync::Mutex::new(state)),
+        })
+    }
+
+    /// Fetches the first token of every profile that has none yet (after
+    /// [`open`](Self::open)), `prefetch_concurrency` at a time, records it in
+    /// its store's index and keeps it warm. A profile the IdP refuses is an
+    /// error (the others are still fetched and kept warm); one the IdP
+    /// cannot serve right now is in the report's `pending` and kept trying
+    /// in the background. A reload waits until it is done.
+    pub async fn prefetch(&self) -> Result<ReloadReport, LoadError> {
+        let mut state = self.state.lock().await;
+        let concurrency = state.prefetch_concurrency;
+        let mut report = ReloadReport {
+            routes: self.sidecar.current().routes.len(),
+            ..ReloadReport::default()
+        };
+        let mut refused = None;
+        first_tokens(&mut state.profiles, concurrency, &mut report, &mut refused).await;
+        report.kept = state.profiles.len();
+        match refused {
+            Some(e) => Err(e),
+            None => Ok(report),
+        }
     }
 
     /// The sidecar, to [`serve`](crate::serve) or to call from your own
@@ -210,12 +254,18 @@ impl FileSidecar {
     /// The address the configuration loaded at start listens on (a reload
     /// cannot move it).
     pub async fn listen(&self) -> SocketAddr {
-        self.state.lock().await.listen
+        self.listen
     }
 
     /// How long a shutdown waits for requests in flight.
     pub async fn drain(&self) -> Duration {
-        self.state.lock().await.drain
+        self.limits.drain
+    }
+
+    /// The connection limits of the configuration loaded at start (a
+    /// reload cannot change them), for [`serve`](crate::serve).
+    pub fn limits(&self) -> ConnectionLimits {
+        self.limits
     }
 
     /// Reads the file again and, when it loads, puts it in force. On an
@@ -232,20 +282,25 @@ impl FileSidecar {
         }
         let config = serve_config(&file)?;
         let mut report = ReloadReport::default();
-        if config.listen != state.listen {
+        if config.listen != self.listen {
             report
                 .needs_restart
-                .push(format!("listen: {} -> {}", state.listen, config.listen));
+                .push(format!("listen: {} -> {}", self.listen, config.listen));
         }
-        if config.drain != state.drain {
+        if config.drain != self.limits.drain {
             report.needs_restart.push(format!(
                 "drain_seconds: {} -> {}",
-                state.drain.as_secs(),
+                self.limits.drain.as_secs(),
                 config.drain.as_secs()
             ));
         }
+        if config.connections != self.limits.settings {
+            report
+                .needs_restart
+                .push("connection limits (max_connections, timeouts, ...)".to_owned());
+        }
         let mut stores = state.stores.clone();
-        let profiles = build_profiles(
+        let mut profiles = build_profiles(
             &file,
             &self.options.overlay,
             &state.profiles,
@@ -253,6 +308,17 @@ impl FileSidecar {
             &mut report,
         )
         .await?;
+        let mut refused = None;
+        first_tokens(
+            &mut profiles,
+            state.prefetch_concurrency,
+            &mut report,
+            &mut refused,
+        )
+        .await;
+        if let Some(e) = refused {
+            return Err(e);
+        }
         let previous = self.sidecar.current();
         let inner =
             inner(&config, &profiles, self.metrics.clone(), Some(&previous)).map_err(|error| {
@@ -383,8 +449,8 @@ fn serve_config(file: &ProfilesFile) -> Result<ServeConfig, LoadError> {
 }
 
 /// Every profile of `file`: those whose spec equals one in `old` are kept
-/// as they are; the others are built, fetched (a refusal is an error) and
-/// kept warm.
+/// as they are; the others are built (no token fetched: see
+/// [`first_tokens`]).
 async fn build_profiles(
     file: &ProfilesFile,
     overlay: &ProfileSpec,
@@ -402,7 +468,8 @@ async fn build_profiles(
                     spec,
                     profile: kept.profile.clone(),
                     token_url: kept.token_url.clone(),
-                    _warm: Arc::clone(&kept._warm),
+                    _warm: kept._warm.clone(),
+                    first: kept.first.clone(),
                 },
             );
             report.kept += 1;
@@ -420,47 +487,105 @@ async fn build_profiles(
         let built = token_profile::build(resolved, stores)
             .await
             .map_err(|e| e.in_profile(name))?;
-        let profile = Profile::new(&built.cache, &built.request);
-        match profile.handle.token().await {
-            Ok(_) => {
-                if let Err(e) = built.record().await {
-                    tracing::warn!(profile = %name, error = %e, "could not record the entry in the store's index (inspect will not list it)");
-                }
-            }
-            Err(e) if e.is_transient() => report.pending.push((name.clone(), e.to_string())),
-            Err(error) => {
-                // A discovered endpoint (from the discovery cache) that
-                // answers like no token endpoint is forgotten, so the next
-                // load discovers afresh.
-                let wrong_endpoint =
-                    matches!(&error, EngineError::Credential(c) if c.endpoint_is_wrong());
-                built.forget_endpoint_if_wrong(wrong_endpoint).await;
-                return Err(LoadError::Refused {
-                    profile: name.clone(),
-                    token_url: built.token_url.clone(),
-                    error,
-                });
-            }
-        }
-        let warm = built
-            .cache
-            .keep_warm(&built.request)
-            .map_err(|error| LoadError::Refused {
-                profile: name.clone(),
-                token_url: built.token_url.clone(),
-                error,
-            })?;
         out.insert(
             name.clone(),
             Loaded {
                 spec,
-                profile,
-                token_url: built.token_url,
-                _warm: Arc::new(warm),
+                profile: Profile::new(&built.cache, &built.request),
+                token_url: built.token_url.clone(),
+                _warm: None,
+                first: Some(built),
             },
         );
     }
     Ok(out)
+}
+
+/// Fetches the first token of every profile in `profiles` that has none
+/// yet, `concurrency` at a time; records each in its store's index and
+/// starts its keep-warm timer. A transient failure is reported in
+/// `pending` (keep-warm keeps trying); the first refusal is put in
+/// `refused`, the other profiles still being fetched.
+async fn first_tokens(
+    profiles: &mut BTreeMap<String, Loaded>,
+    concurrency: usize,
+    report: &mut ReloadReport,
+    refused: &mut Option<LoadError>,
+) {
+    let gate = tokio::sync::Semaphore::new(concurrency.max(1));
+    let fetches = profiles.iter().filter_map(|(name, loaded)| {
+        let built = loaded.first.clone()?;
+        let profile = loaded.profile.clone();
+        let gate = &gate;
+        Some(async move {
+            let outcome = match gate.acquire().await {
+                Ok(_permit) => first_token(name, &built, &profile).await,
+                // Never closed.
+                Err(_) => Ok(None),
+            };
+            (name.clone(), built, outcome)
+        })
+    });
+    let outcomes = futures_util::future::join_all(fetches).await;
+    for (name, built, outcome) in outcomes {
+        match outcome {
+            Ok(pending) => {
+                if let Some(cause) = pending {
+                    report.pending.push((name.clone(), cause));
+                }
+                let warm = match built.cache.keep_warm(&built.request) {
+                    Ok(w) => w,
+                    Err(error) => {
+                        refused.get_or_insert(LoadError::Refused {
+                            profile: name.clone(),
+                            token_url: built.token_url.clone(),
+                            error,
+                        });
+                        continue;
+                    }
+                };
+                if let Some(loaded) = profiles.get_mut(&name) {
+                    loaded._warm = Some(Arc::new(warm));
+                    loaded.first = None;
+                }
+            }
+            Err(e) => {
+                refused.get_or_insert(e);
+            }
+        }
+    }
+}
+
+/// One profile's first token: `Ok(None)` when fetched (and recorded in the
+/// store's index), `Ok(Some(cause))` when the IdP cannot serve it now, an
+/// error when the IdP refuses it.
+async fn first_token(
+    name: &str,
+    built: &Built,
+    profile: &Profile,
+) -> Result<Option<String>, LoadError> {
+    match profile.handle.token().await {
+        Ok(_) => {
+            if let Err(e) = built.record().await {
+                tracing::warn!(profile = %name, error = %e, "could not record the entry in the store's index (inspect will not list it)");
+            }
+            Ok(None)
+        }
+        Err(e) if e.is_transient() => Ok(Some(e.to_string())),
+        Err(error) => {
+            // A discovered endpoint (from the discovery cache) that
+            // answers like no token endpoint is forgotten, so the next
+            // load discovers afresh.
+            let wrong_endpoint =
+                matches!(&error, EngineError::Credential(c) if c.endpoint_is_wrong());
+            built.forget_endpoint_if_wrong(wrong_endpoint).await;
+            Err(LoadError::Refused {
+                profile: name.to_owned(),
+                token_url: built.token_url.clone(),
+                error,
+            })
+        }
+    }
 }
 
 fn inner(

@@ -1,16 +1,62 @@
-//! [`serve`]: the accept loop, HTTP/1.1 connections, and the graceful drain
-//! on shutdown.
+//! [`serve`]: the accept loop, HTTP/1.1 connections, their limits, and the
+//! graceful drain on shutdown.
+//!
+//! The connection layer comes before routing and knows nothing of it:
+//!
+//! - **A cap on connections.** At most `max_connections` client connections
+//!   are open at once, lowered to fit the process's open-file limit
+//!   ([`raise_fd_limit`] raises that limit to its hard maximum first).
+//!   Beyond the cap, `health_connections` more are accepted for `/healthz`
+//!   and `/readyz` only (anything else gets `503 overloaded`), one request
+//!   each, so probes still answer while the gateway is saturated (a reserve
+//!   connection must send its request within [`HEALTH_HEADER_READ_TIMEOUT`],
+//!   so idle clients cannot hold the reserve for long). Beyond
+//!   both, a connection is accepted and closed at once, and counted in
+//!   `tokencache_connections_refused_total`. Open connections are in
+//!   `tokencache_connections_open{kind="gateway"|"health"}`.
+//! - **Timeouts.** A connection must deliver a complete request head
+//!   within `header_read_timeout` of its opening, or of the head's first
+//!   byte on a kept-alive connection; a kept-alive connection idle for
+//!   `idle_timeout` between requests is closed, and so is one whose client
+//!   reads nothing of a response for `idle_timeout` (a slow reader: each
+//!   closing counted in `tokencache_connections_timed_out_total{reason=
+//!   "header_read"|"idle"|"write_stalled"}`). hyper's own header-read
+//!   timer (on a Tokio timer) backs both up. A head larger than
+//!   `max_header_bytes` is refused (431).
+//! - **Drain.** On shutdown the listener closes, connections that are idle
+//!   or still sending a request head are closed at once (they hold no
+//!   request to finish), and those with a request in flight finish it and
+//!   close, for up to `drain`; then the rest are cut.
 
 use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 
+use crate::config::ConnectionLimits;
+use crate::response::{self, Body};
 use crate::Sidecar;
+
+/// File descriptors kept free of client connections: stores, the IdP's
+/// connections, idle upstream connections, log files.
+const FD_HEADROOM: u64 = 64;
+
+/// The header-read timeout of a reserve (health-only) connection, when
+/// shorter than `header_read_timeout`: a probe sends its request at once,
+/// and a client that holds a reserve connection without one loses it fast.
+pub const HEALTH_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How a [`serve`] ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,20 +64,100 @@ use crate::Sidecar;
 pub enum Drained {
     /// Every request in flight completed within the drain time.
     Complete,
-    /// The drain time ran out; this many connections were cut.
+    /// The drain time ran out; the remaining connections were cut.
     TimedOut,
 }
 
+/// Raises this process's soft limit on open files to its hard limit, so
+/// that the connection cap is not lowered needlessly. Returns the limit now
+/// in force (`None`: unlimited). Call it once at start, before serving.
+pub fn raise_fd_limit() -> std::io::Result<Option<u64>> {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        setrlimit(
+            Resource::Nofile,
+            rustix::process::Rlimit {
+                current: limit.maximum,
+                maximum: limit.maximum,
+            },
+        )?;
+    }
+    Ok(getrlimit(Resource::Nofile).current)
+}
+
+/// How many client connections fit the open-file limit: each may hold an
+/// upstream connection too, and [`FD_HEADROOM`] stays free.
+fn fd_capacity() -> usize {
+    match rustix::process::getrlimit(rustix::process::Resource::Nofile).current {
+        None => usize::MAX,
+        Some(n) => usize::try_from(n.saturating_sub(FD_HEADROOM) / 2).unwrap_or(usize::MAX),
+    }
+}
+
+/// The caps in force: (gateway connections, health-only connections).
+fn caps(limits: &ConnectionLimits) -> (usize, usize) {
+    let s = &limits.settings;
+    let fit = fd_capacity().max(2);
+    let health = s.health_connections.min(fit / 2);
+    let main = s.max_connections.min(fit - health).max(1);
+    if main < s.max_connections {
+        tracing::warn!(
+            max_connections = s.max_connections,
+            lowered_to = main,
+            "[serve] max_connections does not fit the open-file limit; lowered"
+        );
+    }
+    (main, health)
+}
+
+/// What the drain tells connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Serving,
+    Draining,
+    Cut,
+}
+
 /// Serves `sidecar` on `listener` until `shutdown` completes, then stops
-/// accepting, lets requests in flight finish (idle keep-alive connections
-/// are closed at once) for up to `drain`, and returns.
+/// accepting, closes connections that hold no request, lets requests in
+/// flight finish for up to the drain time, and returns. `limits` is a
+/// [`ConnectionLimits`] ([`ServeConfig::limits`](crate::ServeConfig::limits)),
+/// or only the drain time (a `Duration`) with the default limits.
 pub async fn serve(
     sidecar: Sidecar,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
-    drain: Duration,
+    limits: impl Into<ConnectionLimits>,
 ) -> Drained {
-    let graceful = GracefulShutdown::new();
+    serve_starting(
+        listener,
+        std::future::ready(Some(sidecar)),
+        shutdown,
+        limits,
+    )
+    .await
+}
+
+/// [`serve`] for a sidecar still being built: `listener` serves at once.
+/// Until `sidecar` resolves, `/healthz` answers 200, `/readyz` 503
+/// (`"starting": true`) and everything else `503 starting` (with
+/// `Retry-After: 1`); then the sidecar answers. A `sidecar` that resolves to
+/// `None` (start-up failed) ends serving as `shutdown` would.
+pub async fn serve_starting(
+    listener: TcpListener,
+    sidecar: impl Future<Output = Option<Sidecar>>,
+    shutdown: impl Future<Output = ()>,
+    limits: impl Into<ConnectionLimits>,
+) -> Drained {
+    let limits = limits.into();
+    let slot: Arc<OnceLock<Sidecar>> = Arc::new(OnceLock::new());
+    let mut sidecar = std::pin::pin!(sidecar);
+    let mut starting = true;
+    let (main, health) = caps(&limits);
+    let main = Arc::new(Semaphore::new(main));
+    let health = Arc::new(Semaphore::new(health));
+    let (phase, watching) = watch::channel(Phase::Serving);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         tokio::select! {
@@ -46,35 +172,469 @@ pub async fn serve(
                         continue;
                     }
                 };
+                let (permit, kind) = if let Ok(p) = Arc::clone(&main).try_acquire_owned() {
+                    (p, Kind::Gateway)
+                } else if let Ok(p) = Arc::clone(&health).try_acquire_owned() {
+                    (p, Kind::HealthOnly)
+                } else {
+                    // Both caps reached: closed at once.
+                    metrics::counter!("tokencache_connections_refused_total").increment(1);
+                    tracing::debug!(%peer, "connection refused: max_connections and health_connections reached");
+                    drop(stream);
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
-                let sidecar = sidecar.clone();
-                let service = service_fn(move |req| {
-                    let sidecar = sidecar.clone();
-                    async move { Ok::<_, std::convert::Infallible>(sidecar.handle(req).await) }
-                });
-                let conn = http1::Builder::new()
-                    .keep_alive(true)
-                    .serve_connection(TokioIo::new(stream), service);
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                tokio::spawn(connection(
+                    stream,
+                    Arc::clone(&slot),
+                    limits,
+                    kind,
+                    permit,
+                    watching.clone(),
+                ));
+            }
+            built = &mut sidecar, if starting => {
+                starting = false;
+                match built {
+                    Some(s) => {
+                        let _ = slot.set(s);
                     }
-                });
+                    None => break,
+                }
             }
             () = &mut shutdown => break,
         }
     }
     drop(listener);
-    tracing::info!(?drain, "shutting down: draining requests in flight");
+    drop(watching);
+    tracing::info!(drain = ?limits.drain, "shutting down: draining requests in flight");
+    let _ = phase.send(Phase::Draining);
     tokio::select! {
-        () = graceful.shutdown() => {
+        // Every connection task holds a receiver until it ends.
+        () = phase.closed() => {
             tracing::info!("drained: every request in flight completed");
             Drained::Complete
         }
-        () = tokio::time::sleep(drain) => {
-            tracing::warn!(?drain, "drain time ran out; cutting the remaining connections");
+        () = tokio::time::sleep(limits.drain) => {
+            tracing::warn!(drain = ?limits.drain, "drain time ran out; cutting the remaining connections");
+            let _ = phase.send(Phase::Cut);
             Drained::TimedOut
         }
+    }
+}
+
+/// What a connection may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Anything, with keep-alive.
+    Gateway,
+    /// One request, to `/healthz` or `/readyz`.
+    HealthOnly,
+}
+
+/// Where a connection stands, for its timeouts: waiting for (or reading) a
+/// request head since a time, or busy with a request.
+#[derive(Debug, Clone, Copy)]
+enum State {
+    /// No byte of the next head yet, since then (idle keep-alive).
+    Idle(Instant),
+    /// Reading a head whose first byte came then (or the connection opened
+    /// then).
+    Head(Instant),
+    /// A request is being answered.
+    Busy,
+}
+
+/// A connection's [`State`], updated by its reads and its service, and a
+/// wake-up for its watchdog when it changes.
+struct Activity {
+    state: Mutex<State>,
+    /// Since when a write has been waiting for the client to read (its
+    /// socket buffer full); `None` while writes go through.
+    write_blocked: Mutex<Option<Instant>>,
+    changed: Notify,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            state: Mutex::new(State::Head(Instant::now())),
+            write_blocked: Mutex::new(None),
+            changed: Notify::new(),
+        }
+    }
+
+    /// A write could not proceed (`blocked`) or went through.
+    fn wrote(&self, blocked: bool) {
+        let mut w = self
+            .write_blocked
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match (blocked, w.is_some()) {
+            (true, false) => {
+                *w = Some(Instant::now());
+                drop(w);
+                self.changed.notify_one();
+            }
+            (false, true) => *w = None,
+            _ => {}
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn set(&self, state: State) {
+        *self.lock() = state;
+        self.changed.notify_one();
+    }
+
+    /// Bytes arrived: an idle connection starts reading a head.
+    fn read(&self) {
+        let mut s = self.lock();
+        if let State::Idle(_) = *s {
+            *s = State::Head(Instant::now());
+            drop(s);
+            self.changed.notify_one();
+        }
+    }
+
+    fn request(&self) {
+        self.set(State::Busy);
+    }
+
+    fn response_done(&self) {
+        self.set(State::Idle(Instant::now()));
+    }
+
+    /// When the connection is due to be closed, and why; `None` while busy
+    /// and writing freely. A client that reads nothing of a response for
+    /// `idle_timeout` (a slow reader) is closed too.
+    fn deadline(&self, limits: &ConnectionLimits) -> Option<(Instant, &'static str)> {
+        let s = &limits.settings;
+        let by_state = match *self.lock() {
+            State::Busy => None,
+            State::Idle(since) => Some((since + s.idle_timeout, "idle")),
+            State::Head(since) => Some((since + s.header_read_timeout, "header_read")),
+        };
+        let blocked = *self
+            .write_blocked
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let by_write = blocked.map(|since| (since + s.idle_timeout, "write_stalled"));
+        match (by_state, by_write) {
+            (Some(a), Some(b)) => Some(if b.0 < a.0 { b } else { a }),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn busy(&self) -> bool {
+        matches!(*self.lock(), State::Busy)
+    }
+}
+
+/// A client connection whose reads are reported to its [`Activity`].
+struct Watched {
+    stream: TcpStream,
+    activity: Arc<Activity>,
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.stream).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.activity.read();
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.stream).poll_write(cx, buf);
+        self.activity.wrote(polled.is_pending());
+        polled
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        self.activity.wrote(polled.is_pending());
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}
+
+/// A response body that tells its connection's [`Activity`] when it is
+/// done with (written to the end, or dropped).
+struct Tracked {
+    body: Body,
+    activity: Arc<Activity>,
+}
+
+impl HttpBody for Tracked {
+    type Data = Bytes;
+    type Error = <Body as HttpBody>::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.activity.response_done();
+    }
+}
+
+/// Serves one connection under its limits until it ends, times out, or the
+/// drain closes or cuts it. Holds its cap's permit until then.
+async fn connection(
+    stream: TcpStream,
+    sidecar: Arc<OnceLock<Sidecar>>,
+    limits: ConnectionLimits,
+    kind: Kind,
+    _permit: OwnedSemaphorePermit,
+    mut phase: watch::Receiver<Phase>,
+) {
+    let mut limits = limits;
+    if kind == Kind::HealthOnly {
+        let s = &mut limits.settings;
+        s.header_read_timeout = s.header_read_timeout.min(HEALTH_HEADER_READ_TIMEOUT);
+    }
+    let peer = stream.peer_addr().ok();
+    let _open = OpenGauge::new(kind);
+    let activity = Arc::new(Activity::new());
+    let io = TokioIo::new(Watched {
+        stream,
+        activity: Arc::clone(&activity),
+    });
+    let on_request = Arc::clone(&activity);
+    let service = service_fn(move |req: Request<Incoming>| {
+        let sidecar = sidecar.get().cloned();
+        let activity = Arc::clone(&on_request);
+        activity.request();
+        async move {
+            let response = match (sidecar, kind) {
+                (None, _) => starting(&req),
+                (Some(s), Kind::Gateway) => s.handle(req).await,
+                (Some(s), Kind::HealthOnly) => health_only(&s, req).await,
+            };
+            Ok::<_, std::convert::Infallible>(response.map(|body| Tracked { body, activity }))
+        }
+    });
+    let settings = &limits.settings;
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        // hyper's timer runs from the end of a response (or the opening)
+        // to the end of the next head: the idle time plus the head's.
+        .header_read_timeout(settings.idle_timeout + settings.header_read_timeout)
+        .keep_alive(kind == Kind::Gateway)
+        // Bounds a head (431 beyond) and what a connection buffers.
+        .max_buf_size(settings.max_header_bytes.max(8192))
+        .serve_connection(io, service);
+    let mut conn = std::pin::pin!(conn);
+    // One timer for the connection's life, moved to each new deadline.
+    let timer = tokio::time::sleep_until(Instant::now() + settings.header_read_timeout);
+    let mut timer = std::pin::pin!(timer);
+    loop {
+        if *phase.borrow_and_update() == Phase::Cut {
+            return;
+        }
+        let deadline = activity.deadline(&limits);
+        let wake_at =
+            deadline.map_or_else(|| Instant::now() + Duration::from_secs(3600), |(at, _)| at);
+        if timer.deadline() != wake_at {
+            timer.as_mut().reset(wake_at);
+        }
+        tokio::select! {
+            ended = conn.as_mut() => {
+                if let Err(e) = ended {
+                    tracing::debug!(?peer, error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            () = timer.as_mut() => {
+                if let Some((at, why)) = activity.deadline(&limits) {
+                    if Instant::now() >= at {
+                        tracing::debug!(?peer, why, "closing the connection: timeout");
+                        metrics::counter!("tokencache_connections_timed_out_total", "reason" => why)
+                            .increment(1);
+                        return;
+                    }
+                }
+            }
+            () = activity.changed.notified() => {}
+            changed = phase.changed() => {
+                let now = *phase.borrow_and_update();
+                if changed.is_err() || now == Phase::Cut {
+                    return;
+                }
+                if now == Phase::Draining {
+                    if !activity.busy() {
+                        // Idle, or a head not finished: nothing to finish.
+                        return;
+                    }
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+        }
+        // A connection that answered its request while draining closes:
+        // hyper does so after graceful_shutdown; one between requests is
+        // closed here.
+        if *phase.borrow() == Phase::Draining && !activity.busy() {
+            // Let hyper flush what it wrote (it ends the connection itself
+            // once idle after graceful_shutdown).
+            match tokio::time::timeout(Duration::from_millis(50), conn.as_mut()).await {
+                Ok(_) | Err(_) => return,
+            }
+        }
+    }
+}
+
+/// Counts a connection in `tokencache_connections_open{kind}` while it
+/// lives.
+struct OpenGauge(metrics::Gauge);
+
+impl OpenGauge {
+    fn new(kind: Kind) -> Self {
+        let kind = match kind {
+            Kind::Gateway => "gateway",
+            Kind::HealthOnly => "health",
+        };
+        let gauge = metrics::gauge!("tokencache_connections_open", "kind" => kind);
+        gauge.increment(1.0);
+        Self(gauge)
+    }
+}
+
+impl Drop for OpenGauge {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
+}
+
+/// The answer while the sidecar is being built.
+fn starting(req: &Request<Incoming>) -> Response<Body> {
+    match req.uri().path() {
+        "/healthz" => response::text(StatusCode::OK, "text/plain", "ok\n"),
+        "/readyz" => response::json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            r#"{"ready":false,"starting":true,"cause":"starting: the profiles are being built"}"#,
+        ),
+        _ => {
+            let mut r = response::error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "starting",
+                "the sidecar is starting: its profiles are being built",
+            );
+            r.headers_mut().insert(
+                http::header::RETRY_AFTER,
+                http::HeaderValue::from_static("1"),
+            );
+            r
+        }
+    }
+}
+
+/// A reserve connection: only `/healthz` and `/readyz` are answered.
+async fn health_only(sidecar: &Sidecar, req: Request<Incoming>) -> Response<Body> {
+    match req.uri().path() {
+        "/healthz" | "/readyz" => sidecar.handle(req).await,
+        _ => response::error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "the sidecar is at [serve] max_connections; only /healthz and /readyz are answered",
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ConnectionSettings;
+
+    fn limits() -> ConnectionLimits {
+        let settings = ConnectionSettings {
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            ..ConnectionSettings::default()
+        };
+        ConnectionLimits::new(settings, Duration::from_secs(1))
+    }
+
+    fn why(a: &Activity) -> Option<&'static str> {
+        a.deadline(&limits()).map(|(_, why)| why)
+    }
+
+    #[test]
+    fn a_connection_s_deadline_follows_what_it_is_doing() {
+        let a = Activity::new();
+        // Opened: the first head is due within the header-read timeout.
+        assert_eq!(why(&a), Some("header_read"));
+        a.read();
+        assert_eq!(why(&a), Some("header_read"), "still the same head");
+        a.request();
+        assert_eq!(why(&a), None, "a request being answered has no deadline");
+        a.wrote(true);
+        assert_eq!(why(&a), Some("write_stalled"), "the client reads nothing");
+        a.wrote(false);
+        assert_eq!(why(&a), None);
+        a.response_done();
+        assert_eq!(why(&a), Some("idle"));
+        let (idle_at, _) = a.deadline(&limits()).expect("deadline");
+        a.read();
+        let (head_at, why_now) = a.deadline(&limits()).expect("deadline");
+        assert_eq!(why_now, "header_read");
+        assert!(
+            head_at < idle_at,
+            "a started head is due sooner than idleness"
+        );
+    }
+
+    #[test]
+    fn the_cap_keeps_its_health_reserve() {
+        let settings = ConnectionSettings {
+            max_connections: 5,
+            health_connections: 2,
+            ..ConnectionSettings::default()
+        };
+        let (main, health) = caps(&ConnectionLimits::new(settings, Duration::from_secs(1)));
+        assert_eq!((main, health), (5, 2));
     }
 }

@@ -174,7 +174,64 @@ pub(crate) fn start_serve_with(
             panic!("serve did not start; it said {line:?}")
         })
         .to_owned();
+    let serve = Serve { child, base };
+    wait_ready(&serve.base);
+    serve
+}
+
+/// Starts `serve --config path` and returns as soon as it listens, its
+/// first tokens perhaps not fetched yet.
+pub(crate) fn spawn_serve(sandbox: &Sandbox, config: &Path, stderr: Stdio) -> Serve {
+    let mut child = sandbox
+        .cmd()
+        .args(["serve", "--config"])
+        .arg(config)
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .expect("start tokencache serve");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).expect("read");
+    let base = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| {
+            let _ = child.kill();
+            panic!("serve did not start; it said {line:?}")
+        })
+        .to_owned();
     Serve { child, base }
+}
+
+/// The status of `GET path` on `base` (`http://ADDR`), over a new
+/// connection; `None` when there is no answer.
+pub(crate) fn get_status(base: &str, path: &str) -> Option<u16> {
+    use std::io::{Read, Write};
+    let addr = base.strip_prefix("http://")?;
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).ok()?;
+    std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
+}
+
+/// Waits (up to 20 s) until the sidecar at `base` says it is ready: the
+/// start-up prefetch runs after it starts listening. Returns whether it did.
+pub(crate) fn wait_ready(base: &str) -> bool {
+    let until = std::time::Instant::now() + Duration::from_secs(20);
+    while std::time::Instant::now() < until {
+        if get_status(base, "/readyz") == Some(200) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
 }
 
 pub(crate) fn free_addr() -> String {
