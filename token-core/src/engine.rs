@@ -39,6 +39,9 @@ pub(crate) struct Inner {
     gate: StoreGate,
     stats: Counters,
     events: Events,
+    /// The store is shared between instances: each installed token's
+    /// refresh starts at a random moment within the policy's refresh spread.
+    spread: bool,
     /// The event listener and the idle sweeper are not started yet (they
     /// start on first use, when a runtime is sure to exist).
     background_pending: AtomicBool,
@@ -214,11 +217,20 @@ impl Inner {
     }
 
     /// Turns a scheduled token's wall-clock deadlines into monotonic ones.
+    ///
+    /// With a shared store, this instance's refresh starts at its own random
+    /// moment within the policy's refresh spread after `refresh_at`, so that
+    /// a fleet neither refreshes nor reads the store all at once: the
+    /// earliest instance refreshes, the others find its token stored.
     pub(crate) fn make_hot(&self, token: AccessToken) -> Arc<Hot> {
         let wall = self.clock.now();
         let mono = self.clock.monotonic();
         let usable = self.policy.usable_until(&token);
-        let refresh = token.refresh_at().unwrap_or(usable).min(usable);
+        let mut refresh = token.refresh_at().unwrap_or(usable).min(usable);
+        if self.spread {
+            let spread = self.policy.refresh_spread(&token);
+            refresh = (refresh + spread.mul_f64(crate::rng::unit_f64())).min(usable);
+        }
         let until = |at: SystemTime| mono + at.duration_since(wall).unwrap_or_default();
         Arc::new(Hot {
             fresh_until: until(refresh),
@@ -602,6 +614,7 @@ impl TokenCacheBuilder {
             stale: AtomicBool::new(false),
         });
         let events = self.store.as_ref().and_then(|s| s.subscribe());
+        let spread = self.store.as_ref().is_some_and(|s| s.capabilities().shared);
         let keys = KeyMap::new(
             self.max_keys,
             self.idle_window,
@@ -627,6 +640,7 @@ impl TokenCacheBuilder {
                 gate,
                 stats: Counters::new(),
                 events: Events::new(events),
+                spread,
                 background_pending: AtomicBool::new(true),
             }),
         }
