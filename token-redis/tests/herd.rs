@@ -1,0 +1,182 @@
+//! A fleet of engines, each with its own `RedisStore`, keeps one key warm on
+//! a private Redis (standalone, then a private 3-master cluster): the store
+//! commands per instance per refresh, counted by the server itself
+//! (`INFO commandstats` after `CONFIG RESETSTAT`), stay at about one, with
+//! one IdP call per refresh for the whole fleet, no failed request and no
+//! expired token served.
+//!
+//! Tokens live 4 s so that a few refreshes fit in a short test; the bound is
+//! on commands, not on time.
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use token_core::test_util::FakeIdp;
+use token_core::{RefreshPolicy, TokenCache, TokenRequest};
+use token_redis::{RedisConfig, RedisStore};
+
+const INSTANCES: usize = 100;
+const LIFETIME: Duration = Duration::from_secs(4);
+const RUN_FOR: Duration = Duration::from_secs(12);
+const REQUEST_EVERY: Duration = Duration::from_millis(20);
+
+/// Commands that are connection set-up or this test's own, not token work.
+const NOT_COUNTED: [&str; 9] = [
+    "info",
+    "config",
+    "hello",
+    "client",
+    "subscribe",
+    "ping",
+    "select",
+    "auth",
+    "cluster",
+];
+
+/// Every counted command the servers on `ports` ran since their last reset.
+fn commands(ports: &[u16]) -> u64 {
+    ports
+        .iter()
+        .map(|&port| {
+            let info = support::command(port, &["INFO", "commandstats"]).expect("INFO");
+            info.lines()
+                .filter_map(|l| l.strip_prefix("cmdstat_"))
+                .filter_map(|l| {
+                    let (name, rest) = l.split_once(':')?;
+                    if NOT_COUNTED.contains(&name.split('|').next().unwrap_or(name)) {
+                        return None;
+                    }
+                    rest.split(',')
+                        .find_map(|kv| kv.strip_prefix("calls="))?
+                        .parse::<u64>()
+                        .ok()
+                })
+                .sum::<u64>()
+        })
+        .sum()
+}
+
+fn reset(ports: &[u16]) {
+    for &port in ports {
+        support::command(port, &["CONFIG", "RESETSTAT"]).expect("CONFIG RESETSTAT");
+    }
+}
+
+/// Runs the fleet on `config`'s servers (`ports`) and checks the bound.
+fn a_fleet_makes_about_one_command_per_instance_per_refresh(config: RedisConfig, ports: &[u16]) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    runtime.block_on(async {
+        let idp = Arc::new(FakeIdp::new().with_lifetime(LIFETIME));
+        let config = config.with_key_prefix(support::fresh_prefix("herd"));
+        let request = TokenRequest::builder().scope("herd").build();
+        let (failed, expired, ready) = (
+            Arc::new(AtomicU64::new(0)),
+            Arc::new(AtomicU64::new(0)),
+            Arc::new(AtomicU64::new(0)),
+        );
+        let stop = Arc::new(AtomicBool::new(false));
+        let (mut guards, mut tasks) = (Vec::new(), Vec::new());
+        for _ in 0..INSTANCES {
+            let store = RedisStore::connect(config.clone()).await.expect("Redis is up");
+            let cache = TokenCache::builder_arc(idp.clone())
+                .store(store)
+                .policy(RefreshPolicy::default())
+                .build();
+            guards.push(cache.keep_warm(&request).expect("a runtime"));
+            let handle = cache.handle(&request);
+            let (failed, expired, ready, stop) =
+                (failed.clone(), expired.clone(), ready.clone(), stop.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut first = true;
+                while !stop.load(Ordering::Relaxed) {
+                    match handle.token().await {
+                        Ok(t) if !t.is_live_at(SystemTime::now()) => {
+                            expired.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(_) if first => {
+                            first = false;
+                            ready.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                            eprintln!("request failed: {e}");
+                        }
+                    }
+                    tokio::time::sleep(REQUEST_EVERY).await;
+                }
+            }));
+        }
+        while ready.load(Ordering::Relaxed) < INSTANCES as u64 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(idp.calls(), 1, "the cold start: one IdP call for the fleet");
+
+        reset(ports);
+        let idp_before = idp.calls();
+        tokio::time::sleep(RUN_FOR).await;
+        let total = commands(ports);
+        let refreshes = (idp.calls() - idp_before) as u64;
+        stop.store(true, Ordering::Relaxed);
+        for t in tasks {
+            t.await.expect("a request task");
+        }
+        drop(guards);
+
+        let per_instance = total as f64 / (INSTANCES as u64 * refreshes.max(1)) as f64;
+        println!(
+            "{INSTANCES} instances, {:?} tokens, {:?}: {refreshes} IdP calls, {total} Redis commands, \
+             {per_instance:.2} per instance per refresh, {} failed, {} expired",
+            LIFETIME,
+            RUN_FOR,
+            failed.load(Ordering::Relaxed),
+            expired.load(Ordering::Relaxed)
+        );
+        assert_eq!(failed.load(Ordering::Relaxed), 0, "failed requests");
+        assert_eq!(expired.load(Ordering::Relaxed), 0, "expired tokens served");
+        // 4 s tokens refresh every 2-2.6 s (half-life less jitter, plus the
+        // spread): 4 to 6 refreshes in 12 s, one IdP call each.
+        assert!((3..=7).contains(&refreshes), "{refreshes} IdP calls in {RUN_FOR:?}");
+        assert!(
+            per_instance <= 1.5,
+            "{per_instance:.2} Redis commands per instance per refresh"
+        );
+    });
+}
+
+#[test]
+fn a_fleet_on_one_redis_makes_about_one_command_per_instance_per_refresh() {
+    let Some(server) = support::own_server("the herd test") else {
+        return;
+    };
+    a_fleet_makes_about_one_command_per_instance_per_refresh(
+        RedisConfig::new(server.url()),
+        &[server.port],
+    );
+}
+
+#[test]
+fn a_fleet_on_a_redis_cluster_makes_about_one_command_per_instance_per_refresh() {
+    let cluster = match support::RedisCluster::start() {
+        Ok(cluster) => cluster,
+        Err(e) => {
+            return support::unavailable::<()>(
+                "the herd test on a cluster",
+                &format!("no private cluster could be started: {e}"),
+            )
+            .unwrap_or_default();
+        }
+    };
+    let ports: Vec<u16> = cluster.nodes.iter().map(|n| n.port).collect();
+    a_fleet_makes_about_one_command_per_instance_per_refresh(
+        RedisConfig::cluster(cluster.urls()),
+        &ports,
+    );
+}
