@@ -336,7 +336,18 @@ impl Drop for KeyPin {
 /// Across processes sharing a store, the fetching task first re-reads the
 /// store, then takes the key's lease; an instance that finds the lease taken
 /// waits (at most the policy's lease wait) for the holder's token to appear
-/// in the store, and fetches itself only if it does not.
+/// in the store, and fetches itself only if it does not. The store's
+/// [`StoreEvent::Updated`](crate::backend::StoreEvent::Updated) wakes the wait, which
+/// then reads the store once; a slow poll
+/// ([`lease_poll`](RefreshPolicy::lease_poll)) covers a lost event.
+///
+/// With a shared store, each instance starts its refresh at its own random
+/// moment within the policy's
+/// [`refresh_spread`](RefreshPolicy::refresh_spread) after `refresh_at`
+/// (still in the refresh window, so callers are served meanwhile): the
+/// earliest instance refreshes, and the others find its token in the store,
+/// so a fleet reads a refreshed key about once per instance, spread over
+/// that span rather than all at once.
 ///
 /// # Example
 ///
