@@ -44,7 +44,7 @@ async fn listen(weak: Weak<Inner>, mut rx: broadcast::Receiver<StoreEvent>) {
         let event = match rx.recv().await {
             Ok(event) => event,
             Err(RecvError::Lagged(missed)) => {
-                tracing::warn!(missed, "missed store events; affected tokens are dropped at expiry or on their next 401");
+                tracing::warn!(missed, "missed store events; invalidated tokens are dropped at expiry or on their next 401, and waits for other instances end at their next poll");
                 continue;
             }
             Err(RecvError::Closed) => return,

@@ -196,9 +196,11 @@ pub trait CacheStore: Send + Sync + fmt::Debug {
     /// Events from other instances sharing this store, for the engine to act
     /// on: it drops invalidated tokens from its hot slots, and a flight
     /// waiting for another instance's refresh re-reads the store when that
-    /// instance's token is stored ([`StoreEvent::Updated`], sent after a
-    /// [`put`](Self::put) that stored). `None` for a store that is not shared
-    /// or cannot notify; the engine then relies on expiry and slow polling.
+    /// instance's token is stored. A shared store should send
+    /// [`StoreEvent::Updated`] after every [`put`](Self::put) that stored;
+    /// without it such waits end at the engine's slow lease poll. `None` for
+    /// a store that is not shared or cannot notify; the engine then relies on
+    /// expiry and slow polling.
     fn subscribe(&self) -> Option<broadcast::Receiver<StoreEvent>> {
         None
     }
