@@ -7,6 +7,9 @@
 //!
 //! Tokens live 4 s so that a few refreshes fit in a short test; the bound is
 //! on commands, not on time.
+//!
+//! And a waiter whose lease holder died (no token, no message) is not
+//! stranded: it takes over when the lease expires, with one IdP call.
 
 mod support;
 
@@ -179,4 +182,43 @@ fn a_fleet_on_a_redis_cluster_makes_about_one_command_per_instance_per_refresh()
         RedisConfig::cluster(cluster.urls()),
         &ports,
     );
+}
+
+#[test]
+fn a_waiter_takes_over_when_the_lease_holder_died_without_a_message() {
+    let Some(server) = support::own_server("the dead lease holder test") else {
+        return;
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    runtime.block_on(async {
+        let config = RedisConfig::new(server.url()).with_key_prefix(support::fresh_prefix("dead"));
+        let idp = Arc::new(FakeIdp::new().with_lifetime(Duration::from_secs(60)));
+        let ttl = Duration::from_secs(2);
+        let cache = TokenCache::builder_arc(idp.clone())
+            .store(
+                RedisStore::connect(config.clone())
+                    .await
+                    .expect("Redis is up"),
+            )
+            .policy(RefreshPolicy::default().with_lease_ttl(ttl))
+            .build();
+        let request = TokenRequest::builder().scope("dead").build();
+        // Another instance took the lease and died: no token, no message.
+        let other = RedisStore::connect(config).await.expect("Redis is up");
+        let held =
+            token_core::CacheStore::try_acquire_lease(&other, &cache.cache_key(&request), ttl)
+                .await
+                .expect("lease");
+        assert!(held.is_some());
+        let token = tokio::time::timeout(10 * ttl, cache.get_token(&request))
+            .await
+            .expect("the waiter is not stranded")
+            .expect("a token");
+        assert!(token.is_live_at(SystemTime::now()));
+        assert_eq!(idp.calls(), 1, "one IdP call: the waiter's");
+        assert_eq!(cache.stats().lease_waits, 1);
+    });
 }
