@@ -15,7 +15,11 @@
 //!
 //! ```text
 //! cargo run --release -p token-redis --example fleet_commands -- --secs 60 10 100 300
+//! cargo run --release -p token-redis --example fleet_commands -- --cluster --secs 40 300
 //! ```
+//!
+//! `--cluster`: on a private 3-master Redis Cluster instead, the commands
+//! summed over its nodes.
 //!
 //! Uses only the public API, so the same file measures an older checkout too
 //! (docs/BENCHMARKS.md: before and after in one run).
@@ -77,8 +81,19 @@ impl Credential for SlowIdp {
     }
 }
 
-/// Sum of `calls=` over `INFO commandstats`, minus [`NOT_COUNTED`].
-fn commands(port: u16) -> u64 {
+/// Sum of `calls=` over `INFO commandstats` of every server, minus
+/// [`NOT_COUNTED`].
+fn commands(ports: &[u16]) -> u64 {
+    ports.iter().map(|&port| commands_of(port)).sum()
+}
+
+fn reset(ports: &[u16]) {
+    for &port in ports {
+        let _ = support::command(port, &["CONFIG", "RESETSTAT"]);
+    }
+}
+
+fn commands_of(port: u16) -> u64 {
     let Ok(info) = support::command(port, &["INFO", "commandstats"]) else {
         return 0;
     };
@@ -107,7 +122,7 @@ struct Outcome {
     expired: u64,
 }
 
-async fn measure(url: &str, port: u16, n: usize, secs: u64) -> Outcome {
+async fn measure(base: &RedisConfig, ports: Vec<u16>, n: usize, secs: u64) -> Outcome {
     let calls = Arc::new(AtomicU64::new(0));
     let prefix = support::fresh_prefix("fleet-commands");
     let request = TokenRequest::builder().scope("fleet").build();
@@ -116,12 +131,12 @@ async fn measure(url: &str, port: u16, n: usize, secs: u64) -> Outcome {
     let ready = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
 
-    let _ = support::command(port, &["CONFIG", "RESETSTAT"]);
+    reset(&ports);
     let mut caches = Vec::new();
     let mut guards = Vec::new();
     let mut tasks = Vec::new();
     for _ in 0..n {
-        let config = RedisConfig::new(url).with_key_prefix(prefix.clone());
+        let config = base.clone().with_key_prefix(prefix.clone());
         let store = RedisStore::connect(config).await.expect("Redis is up");
         let cache = TokenCache::builder(SlowIdp {
             calls: calls.clone(),
@@ -160,14 +175,14 @@ async fn measure(url: &str, port: u16, n: usize, secs: u64) -> Outcome {
     }
     // Let the cold start's last commands land before counting it.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let cold_commands = commands(port);
+    let cold_commands = commands(&ports);
 
     let before = |c: &TokenCache| {
         let s = c.stats();
         (s.lease_waits, s.waits)
     };
     let start: Vec<_> = caches.iter().map(before).collect();
-    let _ = support::command(port, &["CONFIG", "RESETSTAT"]);
+    reset(&ports);
     let idp_start = calls.load(Ordering::SeqCst);
     let sampler = std::thread::spawn(move || {
         let end = Instant::now() + Duration::from_secs(secs);
@@ -176,7 +191,7 @@ async fn measure(url: &str, port: u16, n: usize, secs: u64) -> Outcome {
         while Instant::now() < end {
             std::thread::sleep(next.saturating_duration_since(Instant::now()));
             next += SAMPLE_EVERY;
-            let now = commands(port);
+            let now = commands(&ports);
             peak = peak.max(now.saturating_sub(last));
             last = now;
         }
@@ -212,9 +227,12 @@ async fn measure(url: &str, port: u16, n: usize, secs: u64) -> Outcome {
 fn main() {
     let mut secs = 60;
     let mut sizes = Vec::new();
+    let mut on_cluster = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
-        if a == "--secs" {
+        if a == "--cluster" {
+            on_cluster = true;
+        } else if a == "--secs" {
             secs = args.next().and_then(|s| s.parse().ok()).unwrap_or(secs);
         } else if let Ok(n) = a.parse::<usize>() {
             sizes.push(n);
@@ -223,8 +241,24 @@ fn main() {
     if sizes.is_empty() {
         sizes = vec![10, 100, 300];
     }
-    let Some(server) = support::own_server("fleet_commands") else {
-        return;
+    // Kept alive until the end of main.
+    let (_server, _cluster, config, ports) = if on_cluster {
+        let cluster = match support::RedisCluster::start() {
+            Ok(cluster) => cluster,
+            Err(e) => {
+                eprintln!("no private Redis Cluster could be started: {e}");
+                return;
+            }
+        };
+        let ports: Vec<u16> = cluster.nodes.iter().map(|n| n.port).collect();
+        let config = RedisConfig::cluster(cluster.urls());
+        (None, Some(cluster), config, ports)
+    } else {
+        let Some(server) = support::own_server("fleet_commands") else {
+            return;
+        };
+        let (config, ports) = (RedisConfig::new(server.url()), vec![server.port]);
+        (Some(server), None, config, ports)
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -232,12 +266,17 @@ fn main() {
         .build()
         .expect("a runtime");
     println!(
-        "{secs} s per row, 20 s tokens, IdP latency 100 ms, a request every 10 ms per instance"
+        "{}: {secs} s per row, 20 s tokens, IdP latency 100 ms, a request every 10 ms per instance",
+        if on_cluster {
+            "3-master Redis Cluster"
+        } else {
+            "standalone Redis"
+        }
     );
     println!("| instances | cold-start commands per instance | IdP calls | Redis commands | per instance per refresh | peak per 100 ms | lease waits | callers that waited | failed | expired |");
     println!("|---|---|---|---|---|---|---|---|---|---|");
     for n in sizes {
-        let o = runtime.block_on(measure(&server.url(), server.port, n, secs));
+        let o = runtime.block_on(measure(&config, ports.clone(), n, secs));
         let per = o.commands as f64 / (n as f64 * o.idp_calls.max(1) as f64);
         println!(
             "| {n} | {:.1} | {} | {} | {per:.2} | {} | {} | {} | {} | {} |",
