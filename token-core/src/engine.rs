@@ -229,7 +229,8 @@ impl Inner {
         let mut refresh = token.refresh_at().unwrap_or(usable).min(usable);
         if self.spread {
             let spread = self.policy.refresh_spread(&token);
-            refresh = (refresh + spread.mul_f64(crate::rng::unit_f64())).min(usable);
+            let offset = spread.mul_f64(crate::rng::unit_f64());
+            refresh = refresh.checked_add(offset).unwrap_or(usable).min(usable);
         }
         let until = |at: SystemTime| mono + at.duration_since(wall).unwrap_or_default();
         Arc::new(Hot {
