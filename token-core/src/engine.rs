@@ -42,6 +42,10 @@ pub(crate) struct Inner {
     /// The store is shared between instances: each installed token's
     /// refresh starts at a random moment within the policy's refresh spread.
     spread: bool,
+    /// The store sends events: a wait for another instance's refresh is
+    /// woken by them and polls slowly; without them it polls as it always
+    /// did (20 ms, doubling).
+    store_events: bool,
     /// The event listener and the idle sweeper are not started yet (they
     /// start on first use, when a runtime is sure to exist).
     background_pending: AtomicBool,
@@ -70,6 +74,11 @@ impl Inner {
 
     pub(crate) fn keys(&self) -> &KeyMap {
         &self.keys
+    }
+
+    /// Whether the store sends events (see [`StoreEvent`](crate::backend::StoreEvent)).
+    pub(crate) fn store_events(&self) -> bool {
+        self.store_events
     }
 
     pub(crate) fn nanos(&self, at: std::time::Instant) -> u64 {
@@ -627,6 +636,7 @@ impl TokenCacheBuilder {
         });
         let events = self.store.as_ref().and_then(|s| s.subscribe());
         let spread = self.store.as_ref().is_some_and(|s| s.capabilities().shared);
+        let store_events = events.is_some();
         let keys = KeyMap::new(
             self.max_keys,
             self.idle_window,
@@ -653,6 +663,7 @@ impl TokenCacheBuilder {
                 stats: Counters::new(),
                 events: Events::new(events),
                 spread,
+                store_events,
                 background_pending: AtomicBool::new(true),
             }),
         }

@@ -11,6 +11,7 @@ use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tokio::sync::{watch, Notify};
 
@@ -266,7 +267,8 @@ impl Flight {
     /// re-reads the store and retries the lease every lease poll (jittered,
     /// long): a lost event costs one poll interval, and a holder that failed
     /// or died is taken over when its lease is free, or fetched around when
-    /// the lease wait runs out.
+    /// the lease wait runs out. A store without events is polled as before
+    /// events existed: after 20 ms, doubling up to the lease poll.
     async fn wait_for_other(
         &self,
         store: &Arc<dyn CacheStore>,
@@ -279,15 +281,22 @@ impl Flight {
         bump(&stats.lease_waits);
         tracing::debug!(key = %slot.key, "another instance holds the refresh lease; waiting for its token");
         let deadline = clock.monotonic() + policy.lease_wait();
+        let mut quick = Duration::from_millis(20);
         loop {
             let now = clock.monotonic();
             if now >= deadline {
                 tracing::warn!(key = %slot.key, "gave up waiting for another instance's refresh; fetching");
                 return Waited::GaveUp;
             }
-            let poll = policy
-                .lease_poll()
-                .mul_f64(0.5 + crate::rng::unit_f64() / 2.0);
+            let poll = if inner.store_events() {
+                policy
+                    .lease_poll()
+                    .mul_f64(0.5 + crate::rng::unit_f64() / 2.0)
+            } else {
+                let poll = quick.min(policy.lease_poll());
+                quick = quick.saturating_mul(2);
+                poll
+            };
             let woken = tokio::select! {
                 biased;
                 () = waiter.notify.notified() => true,

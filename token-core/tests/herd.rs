@@ -139,6 +139,31 @@ async fn a_lost_update_event_costs_the_waiter_one_slow_poll() {
 }
 
 #[tokio::test(flavor = "current_thread")]
+async fn without_store_events_a_waiter_polls_quickly_as_before() {
+    let clock = ManualClock::new();
+    let idp = fake_idp(&clock, LIFETIME);
+    let gate = idp.gate();
+    let store = Arc::new(SharedStore::silent_on_clock(&clock));
+    let (a, b) = (
+        instance(&idp, &clock, &store),
+        instance(&idp, &clock, &store),
+    );
+    let req = request("silent");
+    let ta = ask(&a, &req).await;
+    let tb = ask(&b, &req).await;
+    gate.add_permits(1);
+    settle_until(|| ta.is_finished()).await;
+    let started = clock.monotonic();
+    let step = Duration::from_millis(10);
+    advance_until(&clock, step, 100, || tb.is_finished()).await;
+    // Polls after 20, 40, 80 ms...: well before the slow poll's earliest.
+    let took = clock.monotonic() - started;
+    assert!(took < a.policy().lease_poll() / 2, "{took:?}");
+    assert!(ta.await.unwrap().same_secret(&tb.await.unwrap()));
+    assert_eq!(idp.calls(), 1);
+}
+
+#[tokio::test(flavor = "current_thread")]
 async fn a_follower_takes_over_within_the_lease_ttl_when_the_holder_dies() {
     let clock = ManualClock::new();
     let idp = fake_idp(&clock, LIFETIME);

@@ -5,9 +5,11 @@
 //! "updated" message the same way. Every store runs one listener task
 //! with its own pub/sub connection (to the server, or to any cluster node:
 //! classic `PUBLISH` reaches every node of a cluster), which turns messages
-//! from *other* instances into [`StoreEvent`]s for the engine. The listener
-//! reconnects with backoff; messages published while it is disconnected are
-//! lost, and those tokens are then dropped at their next refresh or 401.
+//! into [`StoreEvent`]s for the engine: invalidations from *other* instances,
+//! and updates from anyone (another cache sharing this store in the process
+//! may be waiting for the key). The listener reconnects with backoff;
+//! messages published while it is disconnected are lost: those tokens are
+//! then dropped at their next refresh or 401, and waits end at their poll.
 //!
 //! Messages: `tcr1|<sender id>|<fingerprint, 64 hex>|<cache key>` for an
 //! invalidation (the fingerprint is a SHA-256 of the token, never the token)
@@ -189,7 +191,10 @@ async fn listen(
                 let mut messages = pubsub.into_on_message();
                 while let Some(msg) = messages.next().await {
                     match decode(msg.get_payload_bytes()) {
-                        Some((sender, _)) if sender == own => {}
+                        // Our own invalidations were applied where they were
+                        // made; our own updates are passed on, for another
+                        // cache on this store waiting for the same key.
+                        Some((sender, StoreEvent::Invalidated { .. })) if sender == own => {}
                         Some((_, event)) => {
                             // No receiver yet is fine: nobody holds a token.
                             let _ = tx.send(event);

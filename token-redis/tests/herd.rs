@@ -222,3 +222,61 @@ fn a_waiter_takes_over_when_the_lease_holder_died_without_a_message() {
         assert_eq!(cache.stats().lease_waits, 1);
     });
 }
+
+#[test]
+fn two_caches_on_one_store_wake_each_other_with_the_stores_own_message() {
+    let Some(server) = support::own_server("two caches on one store") else {
+        return;
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    runtime.block_on(async {
+        let config = RedisConfig::new(server.url()).with_key_prefix(support::fresh_prefix("one"));
+        let store = RedisStore::connect(config).await.expect("Redis is up");
+        let idp = Arc::new(FakeIdp::new().with_lifetime(Duration::from_secs(60)));
+        // A poll so slow that only the message can end the wait in time.
+        let policy = RefreshPolicy::default().with_lease_poll(Duration::from_secs(600));
+        let make = || {
+            TokenCache::builder_arc(idp.clone())
+                .store(store.clone())
+                .policy(policy.clone())
+                .build()
+        };
+        let (a, b) = (make(), make());
+        let request = TokenRequest::builder().scope("one").build();
+        // Let the listener subscribe before the message is sent.
+        a.get_token(&TokenRequest::builder().scope("warm-up").build())
+            .await
+            .expect("a warm-up token");
+        let gate = idp.gate();
+        let ta = tokio::spawn({
+            let (a, request) = (a.clone(), request.clone());
+            async move { a.get_token(&request).await.map(|t| t.to_access_token()) }
+        });
+        while a.stats().waits < 2 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let tb = tokio::spawn({
+            let (b, request) = (b.clone(), request.clone());
+            async move { b.get_token(&request).await.map(|t| t.to_access_token()) }
+        });
+        while b.stats().lease_waits < 1 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        idp.ungate();
+        drop(gate);
+        // Well inside the lease wait (17 s), after which b would fetch itself.
+        let tb = tokio::time::timeout(Duration::from_secs(10), tb)
+            .await
+            .expect("b was woken by the store's own message")
+            .expect("task")
+            .expect("a token");
+        let ta = ta.await.expect("task").expect("a token");
+        assert!(ta.same_secret(&tb));
+        assert_eq!(idp.calls(), 2, "the warm-up and one fetch for both caches");
+    });
+}

@@ -43,6 +43,8 @@ pub struct SharedStore {
     pub mute_updates: AtomicBool,
     /// Lease expiry on this clock (the real one when `None`).
     clock: Option<ManualClock>,
+    /// `subscribe` answers `None`, as a store that cannot notify.
+    silent: bool,
     events: tokio::sync::broadcast::Sender<StoreEvent>,
 }
 
@@ -57,6 +59,7 @@ impl Default for SharedStore {
             releases: AtomicUsize::new(0),
             mute_updates: AtomicBool::new(false),
             clock: None,
+            silent: false,
             events: tokio::sync::broadcast::channel(1024).0,
         }
     }
@@ -68,6 +71,14 @@ impl SharedStore {
         Self {
             clock: Some(clock.clone()),
             ..Self::default()
+        }
+    }
+
+    /// A store on `clock` that offers no events at all.
+    pub fn silent_on_clock(clock: &ManualClock) -> Self {
+        Self {
+            silent: true,
+            ..Self::on_clock(clock)
         }
     }
 
@@ -154,7 +165,7 @@ impl CacheStore for SharedStore {
         Ok(removed)
     }
     fn subscribe(&self) -> Option<tokio::sync::broadcast::Receiver<StoreEvent>> {
-        Some(self.events.subscribe())
+        (!self.silent).then(|| self.events.subscribe())
     }
 }
 
