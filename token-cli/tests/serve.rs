@@ -608,7 +608,8 @@ async fn two_sidecars_on_one_redis_make_one_idp_call_per_refresh_between_them() 
     let Some((url, _redis)) = redis_standalone() else {
         return;
     };
-    // 20 s tokens: both sidecars' keep-warm timers come due at ~9-10 s.
+    // 20 s tokens: refresh_at is ~9-10 s, and each sidecar starts at its own
+    // moment in the refresh spread after it (at most half the 5 s window).
     let idp = FakeIdp::start(20).await;
     let upstream = upstream().await;
     let sandbox = Sandbox::new();
@@ -664,8 +665,9 @@ async fn two_sidecars_on_one_redis_make_one_idp_call_per_refresh_between_them() 
             .expect("r");
         assert_eq!(r.status(), 200);
     }
-    // Through the refresh window: both keep their token warm, one calls.
-    while started.elapsed() < Duration::from_secs(13) {
+    // Through the refresh window: both keep their token warm, one calls (by
+    // 13.5 s at the latest; the old token is usable until ~15 s).
+    while started.elapsed() < Duration::from_millis(14_500) {
         for s in &serves {
             let r = client
                 .get(format!("{}/orders/x", s.base))

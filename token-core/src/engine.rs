@@ -39,6 +39,13 @@ pub(crate) struct Inner {
     gate: StoreGate,
     stats: Counters,
     events: Events,
+    /// The store is shared between instances: each installed token's
+    /// refresh starts at a random moment within the policy's refresh spread.
+    spread: bool,
+    /// The store sends events: a wait for another instance's refresh is
+    /// woken by them and polls slowly; without them it polls as it always
+    /// did (20 ms, doubling).
+    store_events: bool,
     /// The event listener and the idle sweeper are not started yet (they
     /// start on first use, when a runtime is sure to exist).
     background_pending: AtomicBool,
@@ -67,6 +74,11 @@ impl Inner {
 
     pub(crate) fn keys(&self) -> &KeyMap {
         &self.keys
+    }
+
+    /// Whether the store sends events (see [`StoreEvent`](crate::backend::StoreEvent)).
+    pub(crate) fn store_events(&self) -> bool {
+        self.store_events
     }
 
     pub(crate) fn nanos(&self, at: std::time::Instant) -> u64 {
@@ -214,11 +226,21 @@ impl Inner {
     }
 
     /// Turns a scheduled token's wall-clock deadlines into monotonic ones.
+    ///
+    /// With a shared store, this instance's refresh starts at its own random
+    /// moment within the policy's refresh spread after `refresh_at`, so that
+    /// a fleet neither refreshes nor reads the store all at once: the
+    /// earliest instance refreshes, the others find its token stored.
     pub(crate) fn make_hot(&self, token: AccessToken) -> Arc<Hot> {
         let wall = self.clock.now();
         let mono = self.clock.monotonic();
         let usable = self.policy.usable_until(&token);
-        let refresh = token.refresh_at().unwrap_or(usable).min(usable);
+        let mut refresh = token.refresh_at().unwrap_or(usable).min(usable);
+        if self.spread {
+            let spread = self.policy.refresh_spread(&token);
+            let offset = spread.mul_f64(crate::rng::unit_f64());
+            refresh = refresh.checked_add(offset).unwrap_or(usable).min(usable);
+        }
         let until = |at: SystemTime| mono + at.duration_since(wall).unwrap_or_default();
         Arc::new(Hot {
             fresh_until: until(refresh),
@@ -336,7 +358,18 @@ impl Drop for KeyPin {
 /// Across processes sharing a store, the fetching task first re-reads the
 /// store, then takes the key's lease; an instance that finds the lease taken
 /// waits (at most the policy's lease wait) for the holder's token to appear
-/// in the store, and fetches itself only if it does not.
+/// in the store, and fetches itself only if it does not. The store's
+/// [`StoreEvent::Updated`](crate::backend::StoreEvent::Updated) wakes the wait, which
+/// then reads the store once; a slow poll
+/// ([`lease_poll`](RefreshPolicy::lease_poll)) covers a lost event.
+///
+/// With a shared store, each instance starts its refresh at its own random
+/// moment within the policy's
+/// [`refresh_spread`](RefreshPolicy::refresh_spread) after `refresh_at`
+/// (still in the refresh window, so callers are served meanwhile): the
+/// earliest instance refreshes, and the others find its token in the store,
+/// so a fleet reads a refreshed key about once per instance, spread over
+/// that span rather than all at once.
 ///
 /// # Example
 ///
@@ -627,6 +660,8 @@ impl TokenCacheBuilder {
             stale: AtomicBool::new(false),
         });
         let events = self.store.as_ref().and_then(|s| s.subscribe());
+        let spread = self.store.as_ref().is_some_and(|s| s.capabilities().shared);
+        let store_events = events.is_some();
         let keys = KeyMap::new(
             self.max_keys,
             self.idle_window,
@@ -652,6 +687,8 @@ impl TokenCacheBuilder {
                 gate,
                 stats: Counters::new(),
                 events: Events::new(events),
+                spread,
+                store_events,
                 background_pending: AtomicBool::new(true),
             }),
         }

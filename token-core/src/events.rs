@@ -1,5 +1,9 @@
-//! Store events: invalidations made by other instances sharing the store,
-//! applied to this process's slots by key.
+//! Store events: what other instances sharing the store did, applied to this
+//! process's slots by key. An invalidation retires the token from the hot
+//! slot; a new token stored wakes this process's flight if it is waiting for
+//! that instance's refresh (it then reads the store once, instead of polling).
+//! Nothing else reads the store on an event: the other instances read the new
+//! token at their own moments in the refresh window.
 
 use std::sync::{Mutex, PoisonError, Weak};
 
@@ -40,7 +44,7 @@ async fn listen(weak: Weak<Inner>, mut rx: broadcast::Receiver<StoreEvent>) {
         let event = match rx.recv().await {
             Ok(event) => event,
             Err(RecvError::Lagged(missed)) => {
-                tracing::warn!(missed, "missed store events; affected tokens are dropped at expiry or on their next 401");
+                tracing::warn!(missed, "missed store events; invalidated tokens are dropped at expiry or on their next 401, and waits for other instances end at their next poll");
                 continue;
             }
             Err(RecvError::Closed) => return,
@@ -64,6 +68,13 @@ fn apply(inner: &Inner, event: StoreEvent) {
                 inner.retire(&slot, &current);
                 bump(&inner.stats().invalidations);
                 tracing::info!(key = %slot.key, "token invalidated by another instance");
+            }
+        }
+        StoreEvent::Updated { key } => {
+            if let Some(slot) = inner.keys().by_key(&key) {
+                if slot.wake_waiter() {
+                    tracing::debug!(key = %slot.key, "another instance stored the token this one waits for");
+                }
             }
         }
     }

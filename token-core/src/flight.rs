@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 
 use crate::engine::Inner;
 use crate::error::Error;
@@ -90,6 +90,27 @@ impl Drop for FlightGuard<'_> {
         if self.tx.is_some() {
             self.finish(Err(Error::FetchCancelled));
         }
+    }
+}
+
+/// The flight's wake-up for another instance's token, registered in the
+/// slot while it lives (see [`Slot::wake_waiter`]).
+struct Waiter<'a> {
+    slot: &'a Slot,
+    notify: Arc<Notify>,
+}
+
+impl<'a> Waiter<'a> {
+    fn register(slot: &'a Slot) -> Self {
+        let notify = Arc::new(Notify::new());
+        slot.set_waiter(Some(Arc::clone(&notify)));
+        Self { slot, notify }
+    }
+}
+
+impl Drop for Waiter<'_> {
+    fn drop(&mut self) {
+        self.slot.set_waiter(None);
     }
 }
 
@@ -183,6 +204,9 @@ impl Flight {
         }
         if let Some(store) = gate.up(stats) {
             let ttl = inner.policy().lease_ttl();
+            // Registered before the lease try, so that a token the holder
+            // stores between our try and our wait still wakes us.
+            let waiter = Waiter::register(slot);
             match gate
                 .call(stats, store.try_acquire_lease(&slot.key, ttl))
                 .await
@@ -201,13 +225,14 @@ impl Flight {
                     }
                     lease = Some(l);
                 }
-                Ok(None) => match self.wait_for_other(store, rejected.as_ref()).await {
+                Ok(None) => match self.wait_for_other(store, rejected.as_ref(), &waiter).await {
                     Waited::Adopted(hot) => return Ok(hot),
                     Waited::Acquired(l) => lease = Some(l),
                     Waited::GaveUp => {}
                 },
                 Err(()) => {}
             }
+            drop(waiter);
         }
 
         let result =
@@ -236,25 +261,47 @@ impl Flight {
 
     /// Waits, bounded by the policy's lease wait, for the instance holding
     /// the lease to put a newer token; takes the lease over if it is freed.
+    ///
+    /// The store's event for the new token wakes the wait at once, and one
+    /// read adopts it. Events may be lost (pub/sub is), so the wait also
+    /// re-reads the store and retries the lease every lease poll (jittered,
+    /// long): a lost event costs one poll interval, and a holder that failed
+    /// or died is taken over when its lease is free, or fetched around when
+    /// the lease wait runs out. A store without events is polled as before
+    /// events existed: after 20 ms, doubling up to the lease poll.
     async fn wait_for_other(
         &self,
         store: &Arc<dyn CacheStore>,
         rejected: Option<&AccessToken>,
+        waiter: &Waiter<'_>,
     ) -> Waited {
         let (inner, slot) = (&self.inner, &self.slot);
         let (gate, stats, clock) = (inner.gate(), inner.stats(), inner.clock());
+        let policy = inner.policy();
         bump(&stats.lease_waits);
         tracing::debug!(key = %slot.key, "another instance holds the refresh lease; waiting for its token");
-        let deadline = clock.monotonic() + inner.policy().lease_wait();
-        let mut delay = Duration::from_millis(20);
+        let deadline = clock.monotonic() + policy.lease_wait();
+        let mut quick = Duration::from_millis(20);
         loop {
             let now = clock.monotonic();
             if now >= deadline {
                 tracing::warn!(key = %slot.key, "gave up waiting for another instance's refresh; fetching");
                 return Waited::GaveUp;
             }
-            clock.sleep(delay.min(deadline - now)).await;
-            delay = (delay * 2).min(Duration::from_secs(1));
+            let poll = if inner.store_events() {
+                policy
+                    .lease_poll()
+                    .mul_f64(0.5 + crate::rng::unit_f64() / 2.0)
+            } else {
+                let poll = quick.min(policy.lease_poll());
+                quick = quick.saturating_mul(2);
+                poll
+            };
+            let woken = tokio::select! {
+                biased;
+                () = waiter.notify.notified() => true,
+                () = clock.sleep(poll.min(deadline - now)) => false,
+            };
             match gate.call(stats, store.get(&slot.key)).await {
                 Ok(Some(t)) => {
                     if let Adopt::Yes(hot) = self.adoptable(t, rejected) {
@@ -264,7 +311,12 @@ impl Flight {
                 Ok(None) => {}
                 Err(()) => return Waited::GaveUp,
             }
-            let ttl = inner.policy().lease_ttl();
+            if woken {
+                // A token was stored, but not one we can use: the holder
+                // still has the lease until it releases it.
+                continue;
+            }
+            let ttl = policy.lease_ttl();
             match gate
                 .call(stats, store.try_acquire_lease(&slot.key, ttl))
                 .await

@@ -72,6 +72,28 @@ pub const DEFAULT_FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 /// newer-wins put still fences an older token out.)
 pub const DEFAULT_LEASE_MARGIN: Duration = Duration::from_secs(7);
 
+/// With a shared store, each instance starts its refresh at its own random
+/// moment in the first part of the refresh window, this fraction of it (the
+/// window runs from `refresh_at` to `expires_at` less the skew). The earliest
+/// instance refreshes; the others find the new token already stored when
+/// their moment comes and read it once, so a fleet's reads of a key are
+/// spread over this span instead of arriving in one burst. Half the window
+/// keeps the other half for retries before the token stops being usable.
+pub const DEFAULT_REFRESH_SPREAD_FRACTION: f64 = 0.5;
+
+/// Upper bound on the refresh spread: for an hour-long token the window is
+/// about 14 minutes, and spreading a fleet's reads over 5 of them is already
+/// a few reads a second at 10,000 instances; longer would only delay the
+/// fleet's switch to the new token.
+pub const DEFAULT_MAX_REFRESH_SPREAD: Duration = Duration::from_secs(5 * 60);
+
+/// An instance waiting for another instance's refresh is woken by the
+/// store's event when the new token is stored; it also re-reads the store
+/// (and retries the lease) this often, in case the event was lost or the
+/// holder failed. Long, since it only covers what events miss; a holder that
+/// died is in any case waited for at most the lease wait.
+pub const DEFAULT_LEASE_POLL: Duration = Duration::from_secs(1);
+
 /// Each store call is abandoned after this long: a hung store must not hold
 /// a request longer than a fetch would.
 pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -127,6 +149,9 @@ pub struct RefreshPolicy {
     fetch_timeout: Duration,
     lease_ttl: Option<Duration>,
     lease_wait: Option<Duration>,
+    lease_poll: Duration,
+    refresh_spread_fraction: f64,
+    max_refresh_spread: Duration,
     store_timeout: Duration,
     store_cooldown: Duration,
     invalidate_floor: Duration,
@@ -148,6 +173,9 @@ impl Default for RefreshPolicy {
             fetch_timeout: DEFAULT_FETCH_TIMEOUT,
             lease_ttl: None,
             lease_wait: None,
+            lease_poll: DEFAULT_LEASE_POLL,
+            refresh_spread_fraction: DEFAULT_REFRESH_SPREAD_FRACTION,
+            max_refresh_spread: DEFAULT_MAX_REFRESH_SPREAD,
             store_timeout: DEFAULT_STORE_TIMEOUT,
             store_cooldown: DEFAULT_STORE_COOLDOWN,
             invalidate_floor: DEFAULT_INVALIDATE_FLOOR,
@@ -267,6 +295,31 @@ impl RefreshPolicy {
         self
     }
 
+    /// How often an instance waiting for another instance's refresh
+    /// re-reads the store and retries the lease besides being woken by the
+    /// store's event (at least 1 ms; each wait is jittered between half and
+    /// all of it). Defaults to [`DEFAULT_LEASE_POLL`].
+    pub fn with_lease_poll(mut self, d: Duration) -> Self {
+        self.lease_poll = d.max(Duration::from_millis(1));
+        self
+    }
+
+    /// With a shared store, the fraction of the refresh window (clamped to
+    /// `0..=1`) over which instances pick their own moment to refresh; `0.0`
+    /// makes every instance refresh at `refresh_at`. Defaults to
+    /// [`DEFAULT_REFRESH_SPREAD_FRACTION`].
+    pub fn with_refresh_spread_fraction(mut self, fraction: f64) -> Self {
+        self.refresh_spread_fraction = clamp_fraction(fraction);
+        self
+    }
+
+    /// Upper bound on the refresh spread. Defaults to
+    /// [`DEFAULT_MAX_REFRESH_SPREAD`].
+    pub fn with_max_refresh_spread(mut self, d: Duration) -> Self {
+        self.max_refresh_spread = d;
+        self
+    }
+
     /// Each store call's timeout. Defaults to [`DEFAULT_STORE_TIMEOUT`].
     pub fn with_store_timeout(mut self, d: Duration) -> Self {
         self.store_timeout = d;
@@ -309,6 +362,36 @@ impl RefreshPolicy {
     /// The effective bound on waiting for another instance.
     pub fn lease_wait(&self) -> Duration {
         self.lease_wait.unwrap_or_else(|| self.lease_ttl())
+    }
+
+    /// The lease poll interval.
+    pub fn lease_poll(&self) -> Duration {
+        self.lease_poll
+    }
+
+    /// The refresh spread fraction.
+    pub fn refresh_spread_fraction(&self) -> f64 {
+        self.refresh_spread_fraction
+    }
+
+    /// The upper bound on the refresh spread.
+    pub fn max_refresh_spread(&self) -> Duration {
+        self.max_refresh_spread
+    }
+
+    /// How long after `refresh_at` an instance sharing a store may start
+    /// refreshing: the spread fraction of the refresh window (from
+    /// `refresh_at` to [`usable_until`](Self::usable_until)), capped. Zero
+    /// for a token that is not scheduled.
+    pub fn refresh_spread(&self, token: &AccessToken) -> Duration {
+        let Some(refresh_at) = token.refresh_at() else {
+            return Duration::ZERO;
+        };
+        self.usable_until(token)
+            .duration_since(refresh_at)
+            .unwrap_or_default()
+            .mul_f64(self.refresh_spread_fraction)
+            .min(self.max_refresh_spread)
     }
 
     /// The store call timeout.
@@ -498,6 +581,26 @@ mod tests {
                 .unwrap(),
             Duration::from_secs(120)
         );
+    }
+
+    #[test]
+    fn the_refresh_spread_is_half_the_window_capped_and_ends_before_expiry() {
+        let p = RefreshPolicy::default().with_jitter_fraction(0.0);
+        let t = p
+            .schedule(token(Some(Duration::from_secs(20))), 0.0)
+            .unwrap();
+        // 20 s: refresh at 10 s, usable until 15 s (skew 5 s): half of 5 s.
+        assert_eq!(p.refresh_spread(&t), Duration::from_millis(2500));
+        let long = p.schedule(token(Some(hour())), 0.0).unwrap();
+        assert_eq!(p.refresh_spread(&long), DEFAULT_MAX_REFRESH_SPREAD);
+        assert!(long.refresh_at().unwrap() + p.refresh_spread(&long) < p.usable_until(&long));
+        let off = p.clone().with_refresh_spread_fraction(0.0);
+        assert_eq!(off.refresh_spread(&long), Duration::ZERO);
+        assert_eq!(p.refresh_spread(&token(Some(hour()))), Duration::ZERO);
+    }
+
+    fn hour() -> Duration {
+        Duration::from_secs(3600)
     }
 
     #[test]

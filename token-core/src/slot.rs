@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use arc_swap::{ArcSwap, Guard};
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 
 use crate::engine::Inner;
 use crate::error::Error;
@@ -91,6 +91,10 @@ pub(crate) struct SlotState {
     /// engine's monotonic epoch, plus one; 0 = never): the floor on forced
     /// refreshes.
     pub(crate) invalidated_nanos: u64,
+    /// Rung when another instance stores a token for this key, while the
+    /// running flight waits for that instance's refresh (set by the flight
+    /// just before it tries the lease, cleared when it stops waiting).
+    waiter: Option<Arc<Notify>>,
 }
 
 /// What [`SlotState::record`] made of a fetch's result.
@@ -246,6 +250,25 @@ impl Slot {
     pub(crate) fn unpin(&self) {
         let mut st = self.lock();
         st.pins = st.pins.saturating_sub(1);
+    }
+
+    /// Registers (or, with `None`, clears) the running flight's wake-up for
+    /// [`wake_waiter`](Self::wake_waiter).
+    pub(crate) fn set_waiter(&self, waiter: Option<Arc<Notify>>) {
+        self.lock().waiter = waiter;
+    }
+
+    /// Wakes the flight waiting for another instance's token, if one is
+    /// registered (a wake-up that comes before the flight sleeps is kept for
+    /// it). Says whether one was.
+    pub(crate) fn wake_waiter(&self) -> bool {
+        match &self.lock().waiter {
+            Some(waiter) => {
+                waiter.notify_one();
+                true
+            }
+            None => false,
+        }
     }
 
     /// Marks the slot evicted and drops its token and last error, unless

@@ -194,8 +194,13 @@ pub trait CacheStore: Send + Sync + fmt::Debug {
     }
 
     /// Events from other instances sharing this store, for the engine to act
-    /// on (it drops invalidated tokens from its hot slots). `None` for a store
-    /// that is not shared or cannot notify; the engine then relies on expiry.
+    /// on: it drops invalidated tokens from its hot slots, and a flight
+    /// waiting for another instance's refresh re-reads the store when that
+    /// instance's token is stored. A shared store should send
+    /// [`StoreEvent::Updated`] after every [`put`](Self::put) that stored;
+    /// without it such waits end at the engine's slow lease poll. `None` for
+    /// a store that is not shared or cannot notify; the engine then relies on
+    /// expiry and slow polling.
     fn subscribe(&self) -> Option<broadcast::Receiver<StoreEvent>> {
         None
     }
@@ -249,6 +254,16 @@ pub enum StoreEvent {
         key: CacheKey,
         /// Which token.
         fingerprint: TokenFingerprint,
+    },
+    /// Another instance stored a new token under `key`. An instance waiting
+    /// for that instance's refresh re-reads the store now instead of at its
+    /// next poll; nobody else acts on it (each instance reads the new token
+    /// at its own moment in the refresh window, so a fleet's reads do not
+    /// come in one burst). Like every event it may be lost: waiters still
+    /// poll, slowly.
+    Updated {
+        /// The key.
+        key: CacheKey,
     },
 }
 

@@ -178,8 +178,11 @@ impl RedisConfig {
         self
     }
 
-    /// Whether to publish invalidations and listen for other instances'
-    /// (one extra pub/sub connection per store). Defaults to on.
+    /// Whether to listen for other instances' events (one extra pub/sub
+    /// connection per store): their invalidations, and their new tokens,
+    /// which end a wait for their refresh at once. Without it this instance
+    /// still publishes its own, drops invalidated tokens only at expiry, and
+    /// ends such waits by the engine's slow lease poll. Defaults to on.
     pub fn with_invalidation_events(mut self, on: bool) -> Self {
         self.events = on;
         self

@@ -1,15 +1,21 @@
-//! Invalidations between instances, over Redis pub/sub.
+//! Invalidations and updates between instances, over Redis pub/sub.
 //!
 //! `invalidate` deletes a rejected token and publishes a message on the
-//! prefix's channel in the same script. Every store runs one listener task
+//! prefix's channel in the same script; a `put` that stores publishes an
+//! "updated" message the same way. Every store runs one listener task
 //! with its own pub/sub connection (to the server, or to any cluster node:
 //! classic `PUBLISH` reaches every node of a cluster), which turns messages
-//! from *other* instances into [`StoreEvent`]s for the engine. The listener
-//! reconnects with backoff; messages published while it is disconnected are
-//! lost, and those tokens are then dropped at their next refresh or 401.
+//! into [`StoreEvent`]s for the engine: invalidations from *other* instances,
+//! and updates from anyone (another cache sharing this store in the process
+//! may be waiting for the key). The listener reconnects with backoff;
+//! messages published while it is disconnected are lost: those tokens are
+//! then dropped at their next refresh or 401, and waits end at their poll.
 //!
-//! Message: `tcr1|<sender id>|<fingerprint, 64 hex>|<cache key>`. The
-//! fingerprint is a SHA-256 of the token, never the token.
+//! Messages: `tcr1|<sender id>|<fingerprint, 64 hex>|<cache key>` for an
+//! invalidation (the fingerprint is a SHA-256 of the token, never the token)
+//! and `tcu1|<sender id>|<cache key>` for an update. Older listeners ignore
+//! `tcu1` messages as malformed, so a fleet can be upgraded one instance at a
+//! time.
 
 use std::fmt::Write as _;
 use std::sync::{Mutex, PoisonError};
@@ -26,6 +32,8 @@ const CHANNEL_CAPACITY: usize = 1024;
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 const VERSION: &str = "tcr1";
+/// The "updated" message's tag.
+const UPDATED: &str = "tcu1";
 
 /// The message for an invalidation by `sender`.
 pub(crate) fn encode(sender: &str, fingerprint: &TokenFingerprint, key: &CacheKey) -> String {
@@ -42,9 +50,32 @@ pub(crate) fn encode(sender: &str, fingerprint: &TokenFingerprint, key: &CacheKe
     out
 }
 
+/// The message for a token `sender` stored under `key`.
+pub(crate) fn encode_updated(sender: &str, key: &CacheKey) -> String {
+    let mut out = String::with_capacity(4 + sender.len() + key.as_str().len() + 2);
+    out.push_str(UPDATED);
+    out.push('|');
+    out.push_str(sender);
+    out.push('|');
+    out.push_str(key.as_str());
+    out
+}
+
 /// Parses a message into its sender and event; `None` for anything else.
 pub(crate) fn decode(payload: &[u8]) -> Option<(&str, StoreEvent)> {
     let text = std::str::from_utf8(payload).ok()?;
+    if let Some(rest) = text.strip_prefix(UPDATED).and_then(|r| r.strip_prefix('|')) {
+        let (sender, key) = rest.split_once('|')?;
+        if sender.is_empty() || key.is_empty() {
+            return None;
+        }
+        return Some((
+            sender,
+            StoreEvent::Updated {
+                key: CacheKey::from_raw(key),
+            },
+        ));
+    }
     let mut parts = text.splitn(4, '|');
     if parts.next()? != VERSION {
         return None;
@@ -160,12 +191,15 @@ async fn listen(
                 let mut messages = pubsub.into_on_message();
                 while let Some(msg) = messages.next().await {
                     match decode(msg.get_payload_bytes()) {
-                        Some((sender, _)) if sender == own => {}
+                        // Our own invalidations were applied where they were
+                        // made; our own updates are passed on, for another
+                        // cache on this store waiting for the same key.
+                        Some((sender, StoreEvent::Invalidated { .. })) if sender == own => {}
                         Some((_, event)) => {
                             // No receiver yet is fine: nobody holds a token.
                             let _ = tx.send(event);
                         }
-                        None => tracing::debug!("ignored a malformed invalidation message"),
+                        None => tracing::debug!("ignored a malformed event message"),
                     }
                 }
                 tracing::warn!("lost the Redis pub/sub connection; reconnecting");
@@ -192,11 +226,24 @@ mod tests {
         assert_eq!(
             event,
             StoreEvent::Invalidated {
-                key,
+                key: key.clone(),
                 fingerprint: fp
             }
         );
-        for junk in ["", "tcr1|a|zz|k", "tcr2|a|00|k", "tcr1|a"] {
+        let msg = encode_updated("abc", &key);
+        let (sender, event) = decode(msg.as_bytes()).unwrap();
+        assert_eq!(sender, "abc");
+        assert_eq!(event, StoreEvent::Updated { key });
+        for junk in [
+            "",
+            "tcr1|a|zz|k",
+            "tcr2|a|00|k",
+            "tcr1|a",
+            "tcu1|a",
+            "tcu1||k",
+            "tcu1|a|",
+            "tcu2|a|k",
+        ] {
             assert!(decode(junk.as_bytes()).is_none(), "{junk}");
         }
     }

@@ -9,12 +9,13 @@ use std::sync::LazyLock;
 
 use redis::Script;
 
-/// Newer-wins put.
+/// Newer-wins put, announced.
 ///
 /// KEYS[1] token key. ARGV[1] the new value, ARGV[2] its expiry (ms since
-/// the epoch, also the key's `PXAT`).
+/// the epoch, also the key's `PXAT`), ARGV[3] the events channel, ARGV[4]
+/// the "updated" message published on it when stored.
 ///
-/// Returns 1 when stored. When the stored value's header says it expires
+/// Returns 1 when stored (and published). When the stored value's header says it expires
 /// later, stores nothing and returns the stored value, so the caller can
 /// check that it really is a newer token and not a corrupt value with a
 /// plausible header. A value without a readable header, or a key of another
@@ -33,6 +34,7 @@ if type(cur) == 'string' then
   end
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PXAT', ARGV[2])
+redis.call('PUBLISH', ARGV[3], ARGV[4])
 return 1
 ",
     )
@@ -40,11 +42,12 @@ return 1
 
 /// Compare-and-set: replaces the value only if it is still exactly the one
 /// the caller read (used to overwrite a corrupt value that claimed to be
-/// newer).
+/// newer), announced like [`PUT`].
 ///
 /// KEYS[1] token key. ARGV[1] the value read, ARGV[2] the new value,
-/// ARGV[3] its expiry in ms. Returns 1 when replaced, 0 when the value
-/// changed meanwhile.
+/// ARGV[3] its expiry in ms, ARGV[4] the events channel, ARGV[5] the
+/// "updated" message. Returns 1 when replaced, 0 when the value changed
+/// meanwhile.
 pub(crate) static REPLACE_IF: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -53,6 +56,7 @@ if type(cur) ~= 'string' or cur ~= ARGV[1] then
   return 0
 end
 redis.call('SET', KEYS[1], ARGV[2], 'PXAT', ARGV[3])
+redis.call('PUBLISH', ARGV[4], ARGV[5])
 return 1
 ",
     )

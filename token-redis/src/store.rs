@@ -40,6 +40,9 @@ const MAX_PUT_ATTEMPTS: u32 = 8;
 /// - **Invalidation** deletes the rejected token only if it is still the
 ///   stored one, and publishes it on pub/sub in the same script; every other
 ///   store on the prefix turns that into a [`StoreEvent`] for its engine.
+/// - **Updates**: a put that stores publishes "updated" (the cache key, no
+///   token) in the same script, so an instance waiting for another's
+///   refresh reads the new token once instead of polling for it.
 /// - **Faults**: every command has a timeout; a circuit breaker fails calls
 ///   at once after repeated failures; a connection that keeps timing out
 ///   (half-open, or a frozen server) is replaced; a dropped connection is
@@ -59,7 +62,7 @@ const MAX_PUT_ATTEMPTS: u32 = 8;
 /// `k`'s text in lowercase hex (the braces are the cluster hash tag). The
 /// token's value is `<expires_at as decimal ms since the epoch>:<payload>`,
 /// the payload being `token_core::backend::encode_token`'s output, sealed when
-/// encryption is on. Invalidations are published on `p` + `events`.
+/// encryption is on. Invalidations and updates are published on `p` + `events`.
 ///
 /// Needs Redis 6.2 or later (`SET ... PXAT`).
 ///
@@ -375,6 +378,8 @@ impl CacheStore for RedisStore {
         let keys = Keys::new(&self.inner.prefix, key);
         let value = self.encode(key, token, expires_ms)?;
         let token_key = keys.token.as_str();
+        let updated = events::encode_updated(&self.inner.instance, key);
+        let (channel, updated) = (self.inner.channel.as_str(), updated.as_str());
         for _ in 0..MAX_PUT_ATTEMPTS {
             let new = &value[..];
             let reply = self
@@ -385,6 +390,8 @@ impl CacheStore for RedisStore {
                         .key(token_key)
                         .arg(new)
                         .arg(expires_ms)
+                        .arg(channel)
+                        .arg(updated)
                         .invoke_async::<Value>(&mut c)
                         .await
                 })
@@ -416,6 +423,8 @@ impl CacheStore for RedisStore {
                                 .arg(seen)
                                 .arg(new)
                                 .arg(expires_ms)
+                                .arg(channel)
+                                .arg(updated)
                                 .invoke_async::<i64>(&mut c)
                                 .await
                         })

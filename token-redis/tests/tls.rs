@@ -273,8 +273,13 @@ async fn invalidations_travel_over_tls_pubsub() {
         a.put(&key, &t).await.unwrap();
         assert!(a.invalidate(&key, &t).await.unwrap());
         tokio::time::sleep(Duration::from_millis(50)).await;
-        if let Ok(event) = events.try_recv() {
-            heard = Some(event);
+        // The put's "updated" event comes first: look past it.
+        while let Ok(event) = events.try_recv() {
+            if matches!(event, StoreEvent::Invalidated { .. }) {
+                heard = Some(event);
+            }
+        }
+        if heard.is_some() {
             break;
         }
     }

@@ -366,6 +366,11 @@ impl RedisCluster {
     pub fn urls(&self) -> Vec<String> {
         self.nodes.iter().map(RedisServer::url).collect()
     }
+
+    /// The nodes' ports (to ask each for its `INFO`).
+    pub fn ports(&self) -> Vec<u16> {
+        self.nodes.iter().map(RedisServer::port).collect()
+    }
 }
 
 /// A standalone server's URL: xtask's (`TOKEN_CACHE_REDIS_URL`), or a private

@@ -3,7 +3,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -28,11 +28,23 @@ pub fn fake_idp(clock: &ManualClock, lifetime: Duration) -> Arc<FakeIdp> {
 
 /// A minimal shared in-memory store honouring the CacheStore contract, so
 /// that two engines can share it like two processes share Redis.
+/// Like Redis, it sends `Updated` after a put that stored (unless
+/// `mute_updates` says the message is lost) and `Invalidated` after an
+/// invalidation; it counts every call.
 #[derive(Debug)]
 pub struct SharedStore {
     tokens: Mutex<HashMap<CacheKey, AccessToken>>,
     leases: Mutex<HashMap<CacheKey, (Lease, std::time::Instant)>>,
     pub gets: AtomicUsize,
+    pub puts: AtomicUsize,
+    pub lease_tries: AtomicUsize,
+    pub releases: AtomicUsize,
+    /// `Updated` messages are lost.
+    pub mute_updates: AtomicBool,
+    /// Lease expiry on this clock (the real one when `None`).
+    clock: Option<ManualClock>,
+    /// `subscribe` answers `None`, as a store that cannot notify.
+    silent: bool,
     events: tokio::sync::broadcast::Sender<StoreEvent>,
 }
 
@@ -42,8 +54,47 @@ impl Default for SharedStore {
             tokens: Mutex::default(),
             leases: Mutex::default(),
             gets: AtomicUsize::new(0),
-            events: tokio::sync::broadcast::channel(16).0,
+            puts: AtomicUsize::new(0),
+            lease_tries: AtomicUsize::new(0),
+            releases: AtomicUsize::new(0),
+            mute_updates: AtomicBool::new(false),
+            clock: None,
+            silent: false,
+            events: tokio::sync::broadcast::channel(1024).0,
         }
+    }
+}
+
+impl SharedStore {
+    /// A store whose leases expire on `clock`.
+    pub fn on_clock(clock: &ManualClock) -> Self {
+        Self {
+            clock: Some(clock.clone()),
+            ..Self::default()
+        }
+    }
+
+    /// A store on `clock` that offers no events at all.
+    pub fn silent_on_clock(clock: &ManualClock) -> Self {
+        Self {
+            silent: true,
+            ..Self::on_clock(clock)
+        }
+    }
+
+    fn now(&self) -> std::time::Instant {
+        match &self.clock {
+            Some(c) => c.monotonic(),
+            None => std::time::Instant::now(),
+        }
+    }
+
+    /// Every call made so far.
+    pub fn calls(&self) -> usize {
+        [&self.gets, &self.puts, &self.lease_tries, &self.releases]
+            .iter()
+            .map(|c| c.load(Ordering::SeqCst))
+            .sum()
     }
 }
 
@@ -57,6 +108,7 @@ impl CacheStore for SharedStore {
         Ok(self.tokens.lock().unwrap().get(key).cloned())
     }
     async fn put(&self, key: &CacheKey, token: &AccessToken) -> Result<PutOutcome, StoreError> {
+        self.puts.fetch_add(1, Ordering::SeqCst);
         let exp = storable_expiry(token)?;
         let mut map = self.tokens.lock().unwrap();
         if let Some(old) = map.get(key) {
@@ -65,6 +117,9 @@ impl CacheStore for SharedStore {
             }
         }
         map.insert(key.clone(), token.clone());
+        if !self.mute_updates.load(Ordering::SeqCst) {
+            let _ = self.events.send(StoreEvent::Updated { key: key.clone() });
+        }
         Ok(PutOutcome::Stored)
     }
     async fn remove(&self, key: &CacheKey) -> Result<(), StoreError> {
@@ -76,8 +131,9 @@ impl CacheStore for SharedStore {
         key: &CacheKey,
         ttl: Duration,
     ) -> Result<Option<Lease>, StoreError> {
+        self.lease_tries.fetch_add(1, Ordering::SeqCst);
         let mut leases = self.leases.lock().unwrap();
-        let now = std::time::Instant::now();
+        let now = self.now();
         if let Some((_, until)) = leases.get(key) {
             if *until > now {
                 return Ok(None);
@@ -88,6 +144,7 @@ impl CacheStore for SharedStore {
         Ok(Some(lease))
     }
     async fn release_lease(&self, key: &CacheKey, lease: &Lease) -> Result<bool, StoreError> {
+        self.releases.fetch_add(1, Ordering::SeqCst);
         let mut leases = self.leases.lock().unwrap();
         if leases.get(key).is_some_and(|(l, _)| l == lease) {
             leases.remove(key);
@@ -108,7 +165,7 @@ impl CacheStore for SharedStore {
         Ok(removed)
     }
     fn subscribe(&self) -> Option<tokio::sync::broadcast::Receiver<StoreEvent>> {
-        Some(self.events.subscribe())
+        (!self.silent).then(|| self.events.subscribe())
     }
 }
 
