@@ -332,7 +332,7 @@ pub enum RedisStartup {
 }
 
 /// Opens the store `spec` names, loading (or creating) the encryption key
-/// when it needs one. Waits up to [`LOCK_WAIT`] for another tokencache
+/// when it needs one. Waits up to 10 s (`LOCK_WAIT`) for another tokencache
 /// process that has the sled store open. Also returns the key that binds
 /// cache entries to the client's secret (see `fingerprint.rs`). An
 /// unreachable Redis is an error ([`RedisStartup::FailFast`]; see
