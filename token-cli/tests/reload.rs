@@ -359,6 +359,50 @@ async fn a_broken_file_is_refused_in_one_line_and_the_old_configuration_keeps_se
     assert_eq!(idp.calls(), 1, "reloads made IdP calls");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_shared_secret_file_is_picked_up_without_a_restart() {
+    let idp = FakeIdp::start(600).await;
+    let sandbox = Sandbox::new();
+    let secret = sandbox.path().join("shared-secret");
+    std::fs::write(&secret, "first-shared-secret\n").expect("write");
+    let path = sandbox.path().join("serve.toml");
+    replace(
+        &path,
+        &format!(
+            "{}\n[serve]\nlisten = \"{}\"\nsecret_file = \"{}\"\n",
+            fake_profile("orders", &idp, "memory"),
+            free_addr(),
+            secret.display()
+        ),
+    );
+    let serve = start_serve_with(&sandbox, &path, &[], Stdio::inherit());
+    let client = reqwest::Client::new();
+    let url = format!("{}/v1/token?profile=orders", serve.base);
+    let with = |secret: &'static str| {
+        let (client, url) = (client.clone(), url.clone());
+        async move {
+            client
+                .get(&url)
+                .header("metadata", "true")
+                .header("x-identity-header", secret)
+                .send()
+                .await
+                .map_or(0, |r| r.status().as_u16())
+        }
+    };
+    assert_eq!(with("first-shared-secret").await, 200);
+
+    // Rotated in place; the file watcher notices it (the profiles file is
+    // unchanged).
+    replace(&secret, "second-shared-secret\n");
+    eventually("the new shared secret is accepted", || async {
+        with("second-shared-secret").await == 200
+    })
+    .await;
+    assert_eq!(with("first-shared-secret").await, 401);
+    assert_eq!(idp.calls(), 1, "the rotation made an IdP call");
+}
+
 #[test]
 fn check_config_exits_0_for_a_valid_file_and_3_naming_the_problem() {
     let sandbox = Sandbox::new();

@@ -136,6 +136,10 @@ struct Loaded {
 
 struct State {
     text: String,
+    /// `[serve] secret_file` and a digest of what it held when last read:
+    /// a rotated shared secret is a change too (SIGHUP or the watcher).
+    secret_file: Option<PathBuf>,
+    secret_stamp: Option<u64>,
     profiles: BTreeMap<String, Loaded>,
     stores: Stores,
     /// First tokens fetched at once.
@@ -208,6 +212,8 @@ impl FileSidecar {
         let sidecar = Sidecar::from_inner(inner);
         let state = State {
             text: file.text().to_owned(),
+            secret_stamp: stamp(config.secret_file.as_deref()),
+            secret_file: config.secret_file.clone(),
             profiles,
             stores,
             prefetch_concurrency: config.connections.prefetch_concurrency,
@@ -273,7 +279,7 @@ impl FileSidecar {
     pub async fn reload(&self) -> Result<ReloadReport, LoadError> {
         let mut state = self.state.lock().await;
         let file = ProfilesFile::load(&self.path)?;
-        if file.text() == state.text {
+        if file.text() == state.text && stamp(state.secret_file.as_deref()) == state.secret_stamp {
             return Ok(ReloadReport {
                 unchanged: true,
                 kept: state.profiles.len(),
@@ -340,6 +346,8 @@ impl FileSidecar {
         state.profiles = profiles;
         state.stores = stores;
         state.text = file.text().to_owned();
+        state.secret_stamp = stamp(config.secret_file.as_deref());
+        state.secret_file = config.secret_file;
         Ok(report)
     }
 
@@ -359,8 +367,13 @@ impl FileSidecar {
                 let trigger = tokio::select! {
                     _ = hup.recv() => "SIGHUP",
                     _ = every.tick() => {
-                        match tokio::fs::read_to_string(&this.path).await {
-                            Ok(text) if text != this.state.lock().await.text => "file change",
+                        let text = tokio::fs::read_to_string(&this.path).await;
+                        let state = this.state.lock().await;
+                        match text {
+                            Ok(text) if text != state.text => "file change",
+                            _ if stamp(state.secret_file.as_deref()) != state.secret_stamp => {
+                                "secret_file change"
+                            }
                             // Unreadable now (mid-replace): the next look
                             // tells, or a reload on SIGHUP says why.
                             _ => continue,
@@ -420,6 +433,17 @@ impl FileSidecar {
             }
         }
     }
+}
+
+/// A digest of what the file at `path` holds now (not a secret's hash kept
+/// anywhere but in memory, and only to notice a change); `None` without a
+/// file or when it cannot be read.
+fn stamp(path: Option<&Path>) -> Option<u64> {
+    use std::hash::{Hash as _, Hasher as _};
+    let bytes = zeroize::Zeroizing::new(std::fs::read(path?).ok()?);
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut h);
+    Some(h.finish())
 }
 
 fn serve_config(file: &ProfilesFile) -> Result<ServeConfig, LoadError> {
