@@ -59,9 +59,18 @@ pub(crate) fn warm(s: &Resolved) -> Result<bool, CliError> {
 /// Runs `get` the full way (after [`warm`] did not apply).
 pub(crate) async fn run(s: Resolved) -> Result<(), CliError> {
     let format = s.format();
+    // Two client authentications (or none) on the command line alone are a
+    // usage error; in a named profile, its configuration.
+    let on_command_line = s.naming() == Naming::Flags;
     let built = token_profile::build(s, &mut token_profile::Stores::new())
         .await
-        .map_err(|e| incomplete(e, None))?;
+        .map_err(|e| {
+            if on_command_line {
+                incomplete(e, None)
+            } else {
+                e.into()
+            }
+        })?;
     let (cache, request, key, token_url) =
         (&built.cache, &built.request, &built.key, &built.token_url);
 

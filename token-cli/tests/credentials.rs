@@ -309,6 +309,35 @@ fn a_warm_cached_assertion_file_token_needs_the_file_readable_and_survives_its_r
 }
 
 #[test]
+fn two_client_authentications_in_a_profile_are_its_configuration_error_naming_both() {
+    let sb = Sandbox::new();
+    let assertion = sb.path().join("token");
+    std::fs::write(&assertion, "eyJ.assertion.value\n").unwrap();
+    let config = sb.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[profiles.p]\ntoken_url = \"http://127.0.0.1:1/token\"\nclient_id = \"c\"\nclient_secret_env = \"{}\"\nclient_assertion_file = \"{}\"\nstore = \"memory\"\n",
+            support::SECRET_ENV,
+            assertion.display()
+        ),
+    )
+    .unwrap();
+    let out = sb
+        .cmd()
+        .args(["get", "--profile", "p", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let text = stderr(&out);
+    assert!(
+        text.contains("client_assertion_file") && text.contains("choose one with auth"),
+        "{text}"
+    );
+}
+
+#[test]
 fn two_client_authentications_at_once_are_a_usage_error_naming_both() {
     let sb = Sandbox::new();
     let out = sb

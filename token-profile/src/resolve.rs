@@ -65,6 +65,11 @@ impl std::fmt::Debug for Resolved {
 }
 
 impl Resolved {
+    /// How its errors name settings (flags when no profile was named).
+    pub fn naming(&self) -> Naming {
+        self.naming
+    }
+
     /// The spec it was resolved from.
     pub fn spec(&self) -> &ProfileSpec {
         &self.spec
