@@ -15,7 +15,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use sidecar::{fake_profile, free_addr, route, start_serve_with, upstream, FakeIdp, Serve};
+use sidecar::{
+    fake_profile, free_addr, route, spawn_serve_cmd, start_serve_with, upstream, wait_ready,
+    FakeIdp, Serve,
+};
 use support::{stderr, Sandbox};
 use token_testkit::{redis_standalone, Idp};
 
@@ -549,25 +552,8 @@ async fn get_and_serve_build_one_profile_to_one_cache_entry_and_inspect_lists_se
     );
     let mut cmd = sandbox.cmd();
     cmd.env("RELOAD_TEST_REFRESH_TOKEN", &refresh_token);
-    let serve = {
-        let mut child = cmd
-            .args(["serve", "--config"])
-            .arg(&path)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("serve");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("read");
-        assert!(line.starts_with("listening on "), "{line:?}");
-        Serve {
-            child,
-            base: line.trim()["listening on ".len()..].to_owned(),
-        }
-    };
-    assert!(sidecar::wait_ready(&serve.base), "serve became ready");
+    let serve = spawn_serve_cmd(cmd, &path, &[], Stdio::inherit());
+    wait_ready(&serve.base);
     assert_eq!(idp.calls(), 1, "serve's prefetch");
 
     // `get --profile orders` finds serve's token: same key, same entry.

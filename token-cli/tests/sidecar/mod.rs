@@ -148,33 +148,15 @@ pub(crate) fn start_serve(sandbox: &Sandbox, config: &Path) -> Serve {
     start_serve_with(sandbox, config, &[], Stdio::inherit())
 }
 
+/// Starts `serve --config path` (with `extra` arguments) and waits until
+/// it listens and every profile has its first token (`/readyz` 200).
 pub(crate) fn start_serve_with(
     sandbox: &Sandbox,
     config: &Path,
     extra: &[&str],
     stderr: Stdio,
 ) -> Serve {
-    let mut child = sandbox
-        .cmd()
-        .args(["serve", "--config"])
-        .arg(config)
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(stderr)
-        .spawn()
-        .expect("start tokencache serve");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).expect("read");
-    let base = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| {
-            let _ = child.kill();
-            panic!("serve did not start; it said {line:?}")
-        })
-        .to_owned();
-    let serve = Serve { child, base };
+    let serve = spawn_serve_cmd(sandbox.cmd(), config, extra, stderr);
     wait_ready(&serve.base);
     serve
 }
@@ -182,10 +164,21 @@ pub(crate) fn start_serve_with(
 /// Starts `serve --config path` and returns as soon as it listens, its
 /// first tokens perhaps not fetched yet.
 pub(crate) fn spawn_serve(sandbox: &Sandbox, config: &Path, stderr: Stdio) -> Serve {
-    let mut child = sandbox
-        .cmd()
+    spawn_serve_cmd(sandbox.cmd(), config, &[], stderr)
+}
+
+/// Runs `cmd serve --config path extra...` (a sandbox's command, perhaps
+/// with environment of its own) and returns once it prints `listening on`.
+pub(crate) fn spawn_serve_cmd(
+    mut cmd: std::process::Command,
+    config: &Path,
+    extra: &[&str],
+    stderr: Stdio,
+) -> Serve {
+    let mut child = cmd
         .args(["serve", "--config"])
         .arg(config)
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(stderr)
         .spawn()
