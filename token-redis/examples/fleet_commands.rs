@@ -42,19 +42,6 @@ const IDP_LATENCY: Duration = Duration::from_millis(100);
 const REQUEST_EVERY: Duration = Duration::from_millis(10);
 const SAMPLE_EVERY: Duration = Duration::from_millis(100);
 
-/// Commands that are the sampler's own or connection set-up, not token work.
-const NOT_COUNTED: [&str; 9] = [
-    "info",
-    "config",
-    "hello",
-    "client",
-    "subscribe",
-    "ping",
-    "select",
-    "auth",
-    "cluster",
-];
-
 /// An IdP that answers in 100 ms with numbered 20 s tokens, counting calls.
 #[derive(Debug)]
 struct SlowIdp {
@@ -81,36 +68,6 @@ impl Credential for SlowIdp {
     }
 }
 
-/// Sum of `calls=` over `INFO commandstats` of every server, minus
-/// [`NOT_COUNTED`].
-fn commands(ports: &[u16]) -> u64 {
-    ports.iter().map(|&port| commands_of(port)).sum()
-}
-
-fn reset(ports: &[u16]) {
-    for &port in ports {
-        let _ = token_testkit::redis_command(port, &["CONFIG", "RESETSTAT"]);
-    }
-}
-
-fn commands_of(port: u16) -> u64 {
-    let Ok(info) = token_testkit::redis_command(port, &["INFO", "commandstats"]) else {
-        return 0;
-    };
-    info.lines()
-        .filter_map(|l| l.strip_prefix("cmdstat_"))
-        .filter_map(|l| {
-            let (name, rest) = l.split_once(':')?;
-            let base = name.split('|').next().unwrap_or(name);
-            if NOT_COUNTED.contains(&base) {
-                return None;
-            }
-            let calls = rest.split(',').find_map(|kv| kv.strip_prefix("calls="))?;
-            calls.parse::<u64>().ok()
-        })
-        .sum()
-}
-
 struct Outcome {
     cold_commands: u64,
     idp_calls: u64,
@@ -131,7 +88,7 @@ async fn measure(base: &RedisConfig, ports: Vec<u16>, n: usize, secs: u64) -> Ou
     let ready = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
 
-    reset(&ports);
+    support::reset_commands(&ports);
     let mut caches = Vec::new();
     let mut guards = Vec::new();
     let mut tasks = Vec::new();
@@ -175,14 +132,14 @@ async fn measure(base: &RedisConfig, ports: Vec<u16>, n: usize, secs: u64) -> Ou
     }
     // Let the cold start's last commands land before counting it.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let cold_commands = commands(&ports);
+    let cold_commands = support::commands(&ports);
 
     let before = |c: &TokenCache| {
         let s = c.stats();
         (s.lease_waits, s.waits)
     };
     let start: Vec<_> = caches.iter().map(before).collect();
-    reset(&ports);
+    support::reset_commands(&ports);
     let idp_start = calls.load(Ordering::SeqCst);
     let sampler = std::thread::spawn(move || {
         let end = Instant::now() + Duration::from_secs(secs);
@@ -191,7 +148,7 @@ async fn measure(base: &RedisConfig, ports: Vec<u16>, n: usize, secs: u64) -> Ou
         while Instant::now() < end {
             std::thread::sleep(next.saturating_duration_since(Instant::now()));
             next += SAMPLE_EVERY;
-            let now = commands(&ports);
+            let now = support::commands(&ports);
             peak = peak.max(now.saturating_sub(last));
             last = now;
         }

@@ -26,48 +26,6 @@ const LIFETIME: Duration = Duration::from_secs(4);
 const RUN_FOR: Duration = Duration::from_secs(12);
 const REQUEST_EVERY: Duration = Duration::from_millis(20);
 
-/// Commands that are connection set-up or this test's own, not token work.
-const NOT_COUNTED: [&str; 9] = [
-    "info",
-    "config",
-    "hello",
-    "client",
-    "subscribe",
-    "ping",
-    "select",
-    "auth",
-    "cluster",
-];
-
-/// Every counted command the servers on `ports` ran since their last reset.
-fn commands(ports: &[u16]) -> u64 {
-    ports
-        .iter()
-        .map(|&port| {
-            let info = token_testkit::redis_command(port, &["INFO", "commandstats"]).expect("INFO");
-            info.lines()
-                .filter_map(|l| l.strip_prefix("cmdstat_"))
-                .filter_map(|l| {
-                    let (name, rest) = l.split_once(':')?;
-                    if NOT_COUNTED.contains(&name.split('|').next().unwrap_or(name)) {
-                        return None;
-                    }
-                    rest.split(',')
-                        .find_map(|kv| kv.strip_prefix("calls="))?
-                        .parse::<u64>()
-                        .ok()
-                })
-                .sum::<u64>()
-        })
-        .sum()
-}
-
-fn reset(ports: &[u16]) {
-    for &port in ports {
-        token_testkit::redis_command(port, &["CONFIG", "RESETSTAT"]).expect("CONFIG RESETSTAT");
-    }
-}
-
 /// Runs the fleet on `config`'s servers (`ports`) and checks the bound.
 fn a_fleet_makes_about_one_command_per_instance_per_refresh(config: RedisConfig, ports: &[u16]) {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -122,10 +80,10 @@ fn a_fleet_makes_about_one_command_per_instance_per_refresh(config: RedisConfig,
         }
         assert_eq!(idp.calls(), 1, "the cold start: one IdP call for the fleet");
 
-        reset(ports);
+        support::reset_commands(ports);
         let idp_before = idp.calls();
         tokio::time::sleep(RUN_FOR).await;
-        let total = commands(ports);
+        let total = support::commands(ports);
         let refreshes = (idp.calls() - idp_before) as u64;
         stop.store(true, Ordering::Relaxed);
         for t in tasks {

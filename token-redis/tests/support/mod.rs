@@ -74,3 +74,56 @@ impl token_conformance::RawAccess for Raw {
             .map(|v| split(&v).map_or(v.clone(), |(_, payload)| payload.to_vec())))
     }
 }
+
+/// Commands that are connection set-up or a measurement's own (`INFO`,
+/// `CONFIG`), not token work.
+const NOT_COUNTED: [&str; 9] = [
+    "info",
+    "config",
+    "hello",
+    "client",
+    "subscribe",
+    "ping",
+    "select",
+    "auth",
+    "cluster",
+];
+
+/// Every counted command the servers on `ports` ran since their last
+/// `CONFIG RESETSTAT` (scripts' own `GET`/`SET`/`PUBLISH` included), less
+/// [`NOT_COUNTED`].
+///
+/// # Panics
+///
+/// When a server does not answer: a count of 0 would pass any bound.
+pub(crate) fn commands(ports: &[u16]) -> u64 {
+    ports.iter().map(|&port| commands_of(port)).sum()
+}
+
+/// `CONFIG RESETSTAT` on each server.
+///
+/// # Panics
+///
+/// When a server does not answer.
+pub(crate) fn reset_commands(ports: &[u16]) {
+    for &port in ports {
+        token_testkit::redis_command(port, &["CONFIG", "RESETSTAT"]).expect("CONFIG RESETSTAT");
+    }
+}
+
+fn commands_of(port: u16) -> u64 {
+    let info =
+        token_testkit::redis_command(port, &["INFO", "commandstats"]).expect("INFO commandstats");
+    info.lines()
+        .filter_map(|l| l.strip_prefix("cmdstat_"))
+        .filter_map(|l| {
+            let (name, rest) = l.split_once(':')?;
+            let base = name.split('|').next().unwrap_or(name);
+            if NOT_COUNTED.contains(&base) {
+                return None;
+            }
+            let calls = rest.split(',').find_map(|kv| kv.strip_prefix("calls="))?;
+            calls.parse::<u64>().ok()
+        })
+        .sum()
+}
