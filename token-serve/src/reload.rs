@@ -363,24 +363,38 @@ impl FileSidecar {
             let mut every = tokio::time::interval(interval);
             every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             every.tick().await;
+            // What the watcher last saw refused: not tried (nor logged)
+            // again until it changes; SIGHUP always tries.
+            let mut refused: Option<(String, Option<u64>)> = None;
             loop {
                 let trigger = tokio::select! {
                     _ = hup.recv() => "SIGHUP",
                     _ = every.tick() => {
-                        let text = tokio::fs::read_to_string(&this.path).await;
-                        let state = this.state.lock().await;
-                        match text {
-                            Ok(text) if text != state.text => "file change",
-                            _ if stamp(state.secret_file.as_deref()) != state.secret_stamp => {
-                                "secret_file change"
-                            }
+                        let Ok(text) = tokio::fs::read_to_string(&this.path).await else {
                             // Unreadable now (mid-replace): the next look
                             // tells, or a reload on SIGHUP says why.
+                            continue;
+                        };
+                        let state = this.state.lock().await;
+                        let seen = (text, stamp(state.secret_file.as_deref()));
+                        if refused.as_ref() == Some(&seen) {
+                            continue;
+                        }
+                        match seen {
+                            (text, _) if text != state.text => "file change",
+                            (_, secret) if secret != state.secret_stamp => "secret_file change",
                             _ => continue,
                         }
                     }
                 };
-                let _ = this.reload_and_log(trigger).await;
+                let seen = match tokio::fs::read_to_string(&this.path).await {
+                    Ok(text) => Some((text, stamp(this.state.lock().await.secret_file.as_deref()))),
+                    Err(_) => None,
+                };
+                refused = match this.reload_and_log(trigger).await {
+                    Some(_) => None,
+                    None => seen,
+                };
             }
         }))
     }
