@@ -6,6 +6,8 @@
 mod bench;
 mod ci;
 mod conformance;
+mod deploy;
+mod dockerfile;
 mod idp;
 mod redis;
 mod test;
@@ -81,6 +83,8 @@ COMMANDS:
         Every test: `cargo test --workspace` (unit, integration and doc tests, and each
         backend's conformance suite, with the Redis servers it needs started on free
         loopback ports), then compiles the benchmarks. This is what .ci/run runs.
+        First installs what the tests run, when missing: oidc-provider (npm ci), the
+        Python venvs, and prometheus/promtool unpacked from Debian's package.
 
     conformance [--backend <NAME>] [-- <TEST ARGS>]
         Runs the conformance suite against one backend, or all, and prints which
@@ -95,8 +99,9 @@ COMMANDS:
     tidy
         Checks no compiler makes, each failing with a sentence naming the problem:
         the README's Rust version is the workspace rust-version, every conformance
-        check is in its theme's list, token-core depends on no backend, and the
-        docs use plain words.
+        check is in its theme's list, token-core depends on no backend, the docs use
+        plain words, and deploy/Dockerfile builds and runs a binary the workspace has
+        (package, bin name, path) with a Rust at least the workspace rust-version.
 
     bench [ARGS...]
         `cargo bench -p benches -- ARGS`: ARGS go to criterion (a name filter,

@@ -30,6 +30,10 @@ pub(crate) fn run() -> Result {
         "install the vendor client libraries for token-cli's serve tests (Python venv, if needed)",
         crate::venv::prepare,
     )?;
+    util::step(
+        "install the deploy/ checkers: kubernetes-validate (Python venv), prometheus and promtool (Debian package, unpacked), if needed",
+        crate::deploy::prepare,
+    )?;
 
     let started = Instant::now();
     let mut stderr = String::new();
