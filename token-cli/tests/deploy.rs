@@ -130,34 +130,34 @@ for d in docs:
 
 def check_tokencache(c, pod, where):
     probes = {p: c[p]["httpGet"] for p in ("startupProbe", "livenessProbe", "readinessProbe")}
-    assert probes["livenessProbe"]["path"] == "/healthz", where
-    assert probes["readinessProbe"]["path"] == "/readyz", where
-    assert probes["startupProbe"]["path"] in ("/healthz", "/readyz"), where
+    assert probes["livenessProbe"]["path"] == "/healthz", f"{where}: the livenessProbe must GET /healthz"
+    assert probes["readinessProbe"]["path"] == "/readyz", f"{where}: the readinessProbe must GET /readyz"
+    assert probes["startupProbe"]["path"] in ("/healthz", "/readyz"), f"{where}: the startupProbe must GET /healthz or /readyz"
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     for p in probes.values():
-        assert ports[p["port"]] == 8732, (where, "probes go to the admin port", p)
+        assert ports[p["port"]] == 8732, f"{where}: probes go to the admin port 8732, not {p}"
     sc = c["securityContext"]
     psc = pod.get("securityContext", {})
-    assert sc["readOnlyRootFilesystem"] is True, where
-    assert sc["allowPrivilegeEscalation"] is False, where
-    assert sc["capabilities"]["drop"] == ["ALL"], where
-    assert sc.get("runAsNonRoot", psc.get("runAsNonRoot")) is True, where
+    assert sc["readOnlyRootFilesystem"] is True, f"{where}: readOnlyRootFilesystem"
+    assert sc["allowPrivilegeEscalation"] is False, f"{where}: allowPrivilegeEscalation"
+    assert sc["capabilities"]["drop"] == ["ALL"], f"{where}: drop ALL capabilities"
+    assert sc.get("runAsNonRoot", psc.get("runAsNonRoot")) is True, f"{where}: runAsNonRoot"
     seccomp = sc.get("seccompProfile", psc.get("seccompProfile"))
-    assert seccomp["type"] == "RuntimeDefault", where
+    assert seccomp["type"] == "RuntimeDefault", f"{where}: seccomp RuntimeDefault"
     req = c["resources"]["requests"]
-    assert req["cpu"] and req["memory"] and c["resources"]["limits"]["memory"], where
-    assert c["args"][:3] == ["serve", "--config", "/etc/tokencache/config.toml"], where
+    assert req["cpu"] and req["memory"] and c["resources"]["limits"]["memory"], f"{where}: CPU and memory requests, a memory limit"
+    assert c["args"][:3] == ["serve", "--config", "/etc/tokencache/config.toml"], f"{where}: args {c['args']}"
     env = {e["name"]: e["value"] for e in c.get("env", [])}
-    assert env["TOKENCACHE_STATE_DIR"] == "/var/lib/tokencache", where
+    assert env.get("TOKENCACHE_STATE_DIR") == "/var/lib/tokencache", f"{where}: TOKENCACHE_STATE_DIR"
     mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
     volumes = {v["name"]: v for v in pod["volumes"]}
     for path, kind in (("/etc/tokencache", "configMap"), ("/run/secrets/tokencache", "secret"),
                        ("/var/lib/tokencache", "emptyDir")):
         m = mounts[path]
         # A subPath mount never sees an update: no reload, no secret rotation.
-        assert "subPath" not in m, (where, path)
-        assert kind in volumes[m["name"]], (where, path, kind)
-    assert pod["automountServiceAccountToken"] is False, where
+        assert "subPath" not in m, f"{where}: {path} is a subPath mount, which never sees an update"
+        assert kind in volumes[m["name"]], f"{where}: {path} must be a {kind} volume"
+    assert pod["automountServiceAccountToken"] is False, f"{where}: automountServiceAccountToken: false"
 
 [deployment] = by_kind["Deployment"]
 pod = deployment["spec"]["template"]["spec"]
