@@ -99,7 +99,11 @@ fn kubernetes_manifests_pass_the_schemas_strictly() {
     let good = std::fs::read_to_string(deploy("kubernetes/deployment.yaml")).expect("read");
     std::fs::write(
         &bad,
-        good.replacen("readOnlyRootFilesystem: true", "readOnlyRootFileSystem: true", 1),
+        good.replacen(
+            "readOnlyRootFilesystem: true",
+            "readOnlyRootFileSystem: true",
+            1,
+        ),
     )
     .expect("write");
     let out = Command::new(&validate)
@@ -336,11 +340,7 @@ fn the_systemd_unit_verifies_and_is_hardened() {
         .arg(&path)
         .output()
         .expect("systemd-analyze security");
-    assert!(
-        out.status.success(),
-        "exposure above 2.0:\n{}",
-        text(&out)
-    );
+    assert!(out.status.success(), "exposure above 2.0:\n{}", text(&out));
 }
 
 #[test]

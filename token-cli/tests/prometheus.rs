@@ -234,9 +234,10 @@ async fn prometheus_scrapes_serve_and_the_alert_rules_fire_on_its_metrics() {
             let data = prometheus.api(&client, "rules").await?;
             let groups = data["groups"].as_array()?.clone();
             let evaluated = groups.iter().all(|g| {
-                g["rules"]
-                    .as_array()
-                    .is_some_and(|r| r.iter().all(|r| r["lastEvaluation"] != "0001-01-01T00:00:00Z"))
+                g["rules"].as_array().is_some_and(|r| {
+                    r.iter()
+                        .all(|r| r["lastEvaluation"] != "0001-01-01T00:00:00Z")
+                })
             });
             (!groups.is_empty() && evaluated).then_some(groups)
         })
@@ -249,8 +250,14 @@ async fn prometheus_scrapes_serve_and_the_alert_rules_fire_on_its_metrics() {
     for rule in &rules {
         assert_eq!(rule["health"], "ok", "{rule}");
     }
-    assert!(prometheus.firing(&client, "TokencacheIdpErrorRatioHigh").await.is_empty());
-    assert!(prometheus.firing(&client, "TokencacheConfigReloadFailed").await.is_empty());
+    assert!(prometheus
+        .firing(&client, "TokencacheIdpErrorRatioHigh")
+        .await
+        .is_empty());
+    assert!(prometheus
+        .firing(&client, "TokencacheConfigReloadFailed")
+        .await
+        .is_empty());
 
     // The IdP fails: token requests make serve call it and fail, and the
     // IdP error ratio alert fires for the profile.
@@ -263,7 +270,9 @@ async fn prometheus_scrapes_serve_and_the_alert_rules_fire_on_its_metrics() {
                 .header("metadata", "true")
                 .send()
                 .await;
-            let firing = prometheus.firing(&client, "TokencacheIdpErrorRatioHigh").await;
+            let firing = prometheus
+                .firing(&client, "TokencacheIdpErrorRatioHigh")
+                .await;
             (!firing.is_empty()).then_some(firing)
         })
         .await;
@@ -282,11 +291,16 @@ async fn prometheus_scrapes_serve_and_the_alert_rules_fire_on_its_metrics() {
     assert!(hup.success());
     let firing = prometheus
         .eventually("TokencacheConfigReloadFailed firing", || async {
-            let firing = prometheus.firing(&client, "TokencacheConfigReloadFailed").await;
+            let firing = prometheus
+                .firing(&client, "TokencacheConfigReloadFailed")
+                .await;
             (!firing.is_empty()).then_some(firing)
         })
         .await;
     assert_eq!(firing[0]["labels"]["result"], "error", "{firing:?}");
     // serve itself was never down.
-    assert!(prometheus.firing(&client, "TokencacheDown").await.is_empty());
+    assert!(prometheus
+        .firing(&client, "TokencacheDown")
+        .await
+        .is_empty());
 }
