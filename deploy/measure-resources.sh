@@ -43,8 +43,8 @@ idp="http://127.0.0.1:$(cat "$work/idp.port")/token"
   done
 } > "$work/gateway.toml"
 export BENCH_SECRET=bench-secret HOME="$work/home" XDG_CACHE_HOME="$work/cache" XDG_CONFIG_HOME="$work/config"
-"$bin" serve --config "$work/upstream.toml" 2> "$work/upstream.log" & pids+=($!)
-"$bin" serve --config "$work/gateway.toml" 2> "$work/gateway.log" & pid=$!; pids+=($pid)
+"$bin" serve --config "$work/upstream.toml" > /dev/null 2> "$work/upstream.log" & pids+=($!)
+"$bin" serve --config "$work/gateway.toml" > /dev/null 2> "$work/gateway.log" & pid=$!; pids+=($pid)
 for port in "$up" "$gw"; do
   for _ in $(seq 200); do curl -fs "http://127.0.0.1:$port/readyz" >/dev/null && break; sleep 0.05; done
 done
