@@ -50,7 +50,12 @@ const JARGON: &[(&str, &str)] = &[
 
 /// The docs [`JARGON`] is checked in, relative to the root, besides every
 /// crate's README.md.
-const DOCS: &[&str] = &["README.md", "ARCHITECTURE.md", "docs/BENCHMARKS.md"];
+const DOCS: &[&str] = &[
+    "README.md",
+    "ARCHITECTURE.md",
+    "docs/BENCHMARKS.md",
+    "docs/DEPLOY.md",
+];
 
 pub(crate) fn run() -> Result {
     let root = project_root();
