@@ -2,7 +2,7 @@
 //! the project's alert rules (`deploy/prometheus/alerts.yml`) on what it
 //! scraped: the exposition parses, the names and labels the rules use are
 //! the ones serve exports, and a rule fires when its condition happens
-//! (IdP errors, a refused reload).
+//! (IdP errors, a token expired and not replaced, a refused reload).
 //!
 //! Prometheus is Debian's, unpacked into `target/prometheus` by `cargo
 //! xtask test` (xtask/src/deploy.rs), run here on a free loopback port with
@@ -280,6 +280,16 @@ async fn prometheus_scrapes_serve_and_the_alert_rules_fire_on_its_metrics() {
     assert_eq!(firing[0]["labels"]["profile"], "orders", "{firing:?}");
     assert_eq!(firing[0]["labels"]["job"], "tokencache", "{firing:?}");
     assert_eq!(firing[0]["labels"]["severity"], "warning", "{firing:?}");
+
+    // The 2-second token runs out and none replaces it.
+    let firing = prometheus
+        .eventually("TokencacheTokenExpired firing", || async {
+            let firing = prometheus.firing(&client, "TokencacheTokenExpired").await;
+            (!firing.is_empty()).then_some(firing)
+        })
+        .await;
+    assert_eq!(firing[0]["labels"]["profile"], "orders", "{firing:?}");
+    assert_eq!(firing[0]["labels"]["severity"], "critical", "{firing:?}");
 
     // A refused reload fires the reload alert (the error counter is born at
     // 1 with the first refusal).
