@@ -2,7 +2,8 @@
 //! the project's alert rules (`deploy/prometheus/alerts.yml`) on what it
 //! scraped: the exposition parses, the names and labels the rules use are
 //! the ones serve exports, and a rule fires when its condition happens
-//! (IdP errors, a token expired and not replaced, a refused reload).
+//! (IdP errors, stale tokens served, a token expired and not replaced, a
+//! refused reload).
 //!
 //! Prometheus is Debian's, unpacked into `target/prometheus` by `cargo
 //! xtask test` (xtask/src/deploy.rs), run here on a free loopback port with
@@ -280,6 +281,17 @@ async fn prometheus_scrapes_serve_and_the_alert_rules_fire_on_its_metrics() {
     assert_eq!(firing[0]["labels"]["profile"], "orders", "{firing:?}");
     assert_eq!(firing[0]["labels"]["job"], "tokencache", "{firing:?}");
     assert_eq!(firing[0]["labels"]["severity"], "warning", "{firing:?}");
+
+    // Past its refresh time the token was still handed out (stale-if-error).
+    let firing = prometheus
+        .eventually("TokencacheServingStaleTokens firing", || async {
+            let firing = prometheus
+                .firing(&client, "TokencacheServingStaleTokens")
+                .await;
+            (!firing.is_empty()).then_some(firing)
+        })
+        .await;
+    assert_eq!(firing[0]["labels"]["profile"], "orders", "{firing:?}");
 
     // The 2-second token runs out and none replaces it.
     let firing = prometheus
