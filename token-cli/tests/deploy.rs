@@ -5,16 +5,20 @@
 //! (`tokencache serve --check-config`), the systemd unit with
 //! `systemd-analyze verify` and `security`, the Prometheus rules with
 //! `promtool check rules` and `promtool test rules`, and the Grafana
-//! dashboard's queries with promtool's PromQL parser.
+//! dashboard's queries with promtool's PromQL parser. And the Secret
+//! volume the manifests rely on for rotation: a client secret swapped the
+//! way the kubelet updates a mounted Secret is picked up by a running serve.
 //!
 //! The tools come from `cargo xtask test` (xtask/src/deploy.rs):
 //! `target/deploy-venv` and `target/prometheus`. Without them a test skips
 //! saying how to install them; under CI it fails.
 
+mod sidecar;
 mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::Duration;
 
 use token_testkit::skip_or_fail;
 
@@ -482,4 +486,138 @@ fn every_metric_the_rules_and_dashboard_use_is_in_the_deploy_docs() {
             "neither the rules nor the dashboard use {needed}"
         );
     }
+}
+
+/// A Secret volume as the kubelet writes it: the file is a symlink through
+/// `..data`, itself a symlink to a timestamped directory; an update writes
+/// a new directory and renames a new `..data` over the old one (one atomic
+/// step), then removes the old directory.
+struct SecretVolume {
+    dir: PathBuf,
+    generation: u32,
+}
+
+impl SecretVolume {
+    fn create(dir: &Path, key: &str, value: &str) -> Self {
+        std::fs::create_dir_all(dir).expect("mkdir");
+        let mut volume = Self {
+            dir: dir.to_owned(),
+            generation: 0,
+        };
+        volume.write(key, value);
+        std::os::unix::fs::symlink(format!("..data/{key}"), dir.join(key)).expect("symlink");
+        volume
+    }
+
+    fn write(&mut self, key: &str, value: &str) {
+        let old = (self.generation > 0).then(|| self.generation_dir());
+        self.generation += 1;
+        let new = self.generation_dir();
+        std::fs::create_dir(self.dir.join(&new)).expect("mkdir");
+        let file = self.dir.join(&new).join(key);
+        std::fs::write(&file, value).expect("write");
+        // The kubelet's defaultMode; 0600 here, as no fsGroup applies.
+        let mode = <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o600);
+        std::fs::set_permissions(&file, mode).expect("chmod");
+        let tmp = self.dir.join("..data_tmp");
+        std::os::unix::fs::symlink(&new, &tmp).expect("symlink");
+        std::fs::rename(&tmp, self.dir.join("..data")).expect("rename");
+        if let Some(old) = old {
+            std::fs::remove_dir_all(self.dir.join(old)).expect("remove old generation");
+        }
+    }
+
+    fn generation_dir(&self) -> String {
+        format!("..2026_12_04_00_00_0{}.000000000", self.generation)
+    }
+}
+
+/// The oidc-provider test endpoint that sets a rotating client's accepted
+/// secrets.
+async fn set_secrets(idp: &token_testkit::Idp, client: &str, secrets: &[&str]) {
+    let r = reqwest::Client::new()
+        .post(format!("{}/__test/client-secrets", idp.issuer()))
+        .header("content-type", "application/json")
+        .body(serde_json::json!({ "client_id": client, "secrets": secrets }).to_string())
+        .send()
+        .await
+        .expect("set secrets");
+    assert!(r.status().is_success(), "{}", r.status());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_rotated_the_way_the_kubelet_rotates_a_secret_volume_is_picked_up() {
+    let Some(idp) = token_testkit::Idp::shared() else {
+        return;
+    };
+    // 6-second tokens (server.js), so serve refreshes several times.
+    let client_id = "rotating-short-deploy-volume";
+    set_secrets(idp, client_id, &["old-secret-1"]).await;
+    let sandbox = support::Sandbox::new();
+    let secrets = sandbox.path().join("secrets");
+    let mut volume = SecretVolume::create(&secrets, "client-secret", "old-secret-1\n");
+    let config = sandbox.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[profiles.orders]\ntoken_url = \"{}\"\nclient_id = \"{client_id}\"\nclient_secret_file = \"{}\"\nscopes = [\"orders.read\"]\nstore = \"memory\"\n\n[serve]\nlisten = \"{}\"\n",
+            idp.token_url(),
+            secrets.join("client-secret").display(),
+            sidecar::free_addr()
+        ),
+    )
+    .expect("write");
+    let serve = sidecar::start_serve_with(&sandbox, &config, &[], std::process::Stdio::inherit());
+    let client = reqwest::Client::new();
+    let token = || async {
+        client
+            .get(format!("{}/v1/token?profile=orders", serve.base))
+            .header("metadata", "true")
+            .send()
+            .await
+            .expect("token request")
+            .status()
+    };
+    assert_eq!(token().await, 200);
+
+    // The rotation: the IdP accepts both, the Secret is updated (the
+    // kubelet's swap), then the IdP drops the old secret.
+    set_secrets(idp, client_id, &["old-secret-1", "new-secret-2"]).await;
+    volume.write("client-secret", "new-secret-2\n");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    set_secrets(idp, client_id, &["new-secret-2"]).await;
+    // Past the lifetime of any token obtained with the old secret, asking
+    // for a token every half second.
+    let until = std::time::Instant::now() + Duration::from_secs(13);
+    let mut asked = 0;
+    while std::time::Instant::now() < until {
+        assert_eq!(
+            token().await,
+            200,
+            "a token request failed after the rotation"
+        );
+        asked += 1;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let uses: serde_json::Value = serde_json::from_str(
+        &reqwest::get(format!(
+            "{}/__test/secret-uses?client_id={client_id}",
+            idp.issuer()
+        ))
+        .await
+        .expect("uses")
+        .text()
+        .await
+        .expect("text"),
+    )
+    .expect("json");
+    assert!(
+        uses["uses"]["new-secret-2"].as_u64().unwrap_or(0) >= 1,
+        "serve never used the rotated secret: {uses}"
+    );
+    assert_eq!(
+        uses["refused"], 0,
+        "a fetch used the revoked secret: {uses}"
+    );
+    assert!(asked > 10);
 }
