@@ -621,3 +621,53 @@ async fn a_secret_rotated_the_way_the_kubelet_rotates_a_secret_volume_is_picked_
     );
     assert!(asked > 10);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configmap_updated_the_way_the_kubelet_updates_it_is_reloaded() {
+    let idp = sidecar::FakeIdp::start(600).await;
+    let upstream = sidecar::upstream().await;
+    let sandbox = support::Sandbox::new();
+    let profiles = sidecar::fake_profile("orders", &idp, "memory");
+    let serve_table = format!("[serve]\nlisten = \"{}\"\n", sidecar::free_addr());
+    let before = format!(
+        "{profiles}\n{serve_table}{}",
+        sidecar::route("/orders/", &upstream, "orders")
+    );
+    let dir = sandbox.path().join("configmap");
+    let mut volume = SecretVolume::create(&dir, "config.toml", &before);
+    let serve = sidecar::start_serve_with(
+        &sandbox,
+        &dir.join("config.toml"),
+        &[],
+        std::process::Stdio::inherit(),
+    );
+    let get = |path: &'static str| {
+        let base = serve.base.clone();
+        async move {
+            reqwest::get(format!("{base}{path}"))
+                .await
+                .expect("request")
+                .status()
+        }
+    };
+    assert_eq!(get("/orders/a").await, 200);
+    assert_eq!(get("/billing/a").await, 404);
+
+    // The ConfigMap gains a route.
+    volume.write(
+        "config.toml",
+        &format!(
+            "{before}{}",
+            sidecar::route("/billing/", &upstream, "orders")
+        ),
+    );
+    let until = std::time::Instant::now() + Duration::from_secs(20);
+    while get("/billing/a").await != 200 {
+        assert!(
+            std::time::Instant::now() < until,
+            "serve did not reload the ConfigMap's new file within 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(get("/orders/a").await, 200);
+}
