@@ -475,6 +475,18 @@ mod tests {
             .contains("depends on moka"));
     }
 
+    /// The real tree, so that `cargo xtask test` (what .ci/run runs)
+    /// enforces the Dockerfile check too, not only `cargo xtask tidy`.
+    #[test]
+    fn the_projects_dockerfile_matches_the_workspace() {
+        let root = project_root();
+        let cargo_toml = read(&root, "Cargo.toml").unwrap();
+        assert_eq!(
+            dockerfile_matches_workspace(&root, &cargo_toml).unwrap(),
+            Vec::<String>::new()
+        );
+    }
+
     #[test]
     fn jargon_in_a_doc_is_named_with_its_line() {
         assert!(no_jargon("README.md", "## Quick start\n\nRun the demo.\n").is_empty());
