@@ -11,6 +11,7 @@
 //!   defines that binary.
 //! - The Dockerfile copies `target/release/<bin>` out of the build, and the
 //!   runtime stage's `ENTRYPOINT` is the path it copied the binary to.
+//! - The runtime stage runs as a user other than root.
 
 use std::path::Path;
 
@@ -186,6 +187,21 @@ pub(crate) fn check(
             };
             first.map(|f| f.trim().trim_matches('"').to_owned())
         });
+    let user = lines[last_stage..]
+        .iter()
+        .rev()
+        .find_map(|l| l.strip_prefix("USER "))
+        .map(|u| u.trim().split(':').next().unwrap_or_default().to_owned());
+    match user.as_deref() {
+        Some("0" | "root") => problems.push(format!(
+            "{path}'s runtime stage runs as root (USER {}): run as a non-root user, e.g. USER 65532:65532",
+            user.as_deref().unwrap_or_default()
+        )),
+        None if !lines[last_stage].contains(":nonroot") => problems.push(format!(
+            "{path}'s runtime stage sets no USER, so it runs as root: add e.g. USER 65532:65532"
+        )),
+        _ => {}
+    }
     match entrypoint {
         None => problems.push(format!(
             "{path}'s runtime stage has no ENTRYPOINT: it must run the {bin} binary"
@@ -345,6 +361,21 @@ mod tests {
         assert!(problems(&unnamed, "1.88")[0].contains("must name the package (-p)"));
         let none = GOOD.replace("cargo build", "cargo install");
         assert!(problems(&none, "1.88")[0].contains("runs no `cargo build`"));
+    }
+
+    #[test]
+    fn a_runtime_stage_running_as_root_fails() {
+        let root = GOOD.replace("ENTRYPOINT", "USER root\nENTRYPOINT");
+        assert_eq!(
+            problems(&root, "1.88"),
+            ["deploy/Dockerfile's runtime stage runs as root (USER root): run as a non-root user, e.g. USER 65532:65532"]
+        );
+        let zero = GOOD.replace("ENTRYPOINT", "USER 0:0\nENTRYPOINT");
+        assert!(problems(&zero, "1.88")[0].contains("runs as root (USER 0)"));
+        let unset = GOOD.replace("cc-debian12:nonroot", "cc-debian12");
+        assert!(problems(&unset, "1.88")[0].contains("sets no USER"));
+        let set = unset.replace("ENTRYPOINT", "USER 65532:65532\nENTRYPOINT");
+        assert_eq!(problems(&set, "1.88"), Vec::<String>::new());
     }
 
     #[test]

@@ -106,7 +106,7 @@ COMMANDS:
         the README's Rust version is the workspace rust-version, every conformance
         check is in its theme's list, token-core depends on no backend, the docs use
         plain words, and deploy/Dockerfile builds and runs a binary the workspace has
-        (package, bin name, path) with a Rust at least the workspace rust-version.
+        (package, bin name, path) with a Rust at least the workspace rust-version, as non-root.
 
     bench [ARGS...]
         `cargo bench -p benches -- ARGS`: ARGS go to criterion (a name filter,
