@@ -20,8 +20,7 @@ use std::sync::{Arc, Mutex};
 
 use token_profile::{Naming, ProfilesFile};
 use token_serve::{
-    Drained, FileOptions, FileSidecar, LoadError, PrometheusBuilder, ServeConfig,
-    DEFAULT_WATCH_INTERVAL,
+    Drained, FileOptions, FileSidecar, LoadError, ServeConfig, DEFAULT_WATCH_INTERVAL,
 };
 
 use crate::cli::ServeArgs;
@@ -37,8 +36,8 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), CliError> {
     // checks them); what needs the network (stores, discovery, tokens)
     // comes after the listener serves.
     let (_, config) = validate(&path, &args)?;
-    let handle = PrometheusBuilder::new()
-        .install_recorder()
+    let handle = token_serve::prometheus_builder()
+        .and_then(|b| b.install_recorder())
         .map_err(|e| CliError::internal(format!("cannot set up metrics: {e}")))?;
     // The recorder's histograms need upkeep even when nobody scrapes.
     let upkeep = handle.clone();
@@ -53,7 +52,8 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), CliError> {
         .key_file(args.locations.key_file.clone())
         .metrics(handle);
     match token_serve::raise_fd_limit() {
-        Ok(limit) => tracing::debug!(?limit, "open-file limit"),
+        Ok(Some(limit)) => tracing::debug!(limit, "open-file limit"),
+        Ok(None) => tracing::debug!("open-file limit: unlimited"),
         Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
     }
     let listen = config.listen;
@@ -142,7 +142,7 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), CliError> {
         }
     };
     tracing::info!(%addr, "serving; building profiles");
-    println!("listening on http://{addr}");
+    crate::log::listening(addr);
     // Built on its own task: a store that blocks while it opens does not
     // hold up the accept loop.
     let starting = tokio::spawn(starting);

@@ -236,8 +236,7 @@ impl Flight {
         }
 
         let result =
-            crate::metrics::timed_fetch(inner.credential().id(), self.fetch(previous.as_ref()))
-                .await;
+            crate::metrics::timed_fetch(inner.metrics_name(), self.fetch(previous.as_ref())).await;
         if let Ok(token) = &result {
             if let Some(store) = gate.up(stats) {
                 let _ = gate.call(stats, store.put(&slot.key, token)).await;
