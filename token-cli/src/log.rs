@@ -10,7 +10,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use tracing_subscriber::filter::{LevelFilter, Targets};
-use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::layer::{Layer as _, SubscriberExt as _};
 use tracing_subscriber::util::SubscriberInitExt as _;
 
 use crate::error::CliError;
@@ -80,11 +80,21 @@ pub(crate) fn init(verbose: u8, style: Style) -> Result<(), CliError> {
     let layer = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_target(true);
-    let registry = tracing_subscriber::registry().with(filter);
-    let result = if style == Style::ServerJson {
-        registry.with(layer.json()).try_init()
+    // Traces (serve only, when OTEL_EXPORTER_OTLP_*ENDPOINT says where):
+    // this workspace's spans at info, whatever the log filter says.
+    let otel = if style != Style::Quiet && crate::telemetry::configured() {
+        let spans = Targets::new()
+            .with_default(LevelFilter::OFF)
+            .with_targets(OURS.iter().map(|t| (*t, LevelFilter::INFO)));
+        Some(crate::telemetry::layer()?.with_filter(spans))
     } else {
-        registry.with(layer).try_init()
+        None
+    };
+    let registry = tracing_subscriber::registry().with(otel);
+    let result = if style == Style::ServerJson {
+        registry.with(layer.json().with_filter(filter)).try_init()
+    } else {
+        registry.with(layer.with_filter(filter)).try_init()
     };
     result.map_err(|e| CliError::internal(format!("cannot start logging: {e}")))
 }

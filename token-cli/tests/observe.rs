@@ -484,3 +484,176 @@ async fn metrics_have_help_and_type_on_every_family_histograms_in_otel_buckets_a
         .is_some_and(|t| t == "counter"));
     let _ = idp;
 }
+
+/// The venv `cargo xtask test` creates (xtask/src/venv.rs) with
+/// opentelemetry-proto, or `None` after saying why (a failure under CI).
+fn otlp_python() -> Option<std::path::PathBuf> {
+    let python = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/vendor-venv/bin/python");
+    let ok = python.exists()
+        && Command::new(&python)
+            .args([
+                "-c",
+                "import opentelemetry.proto.collector.trace.v1.trace_service_pb2",
+            ])
+            .status()
+            .is_ok_and(|s| s.success());
+    if ok {
+        return Some(python);
+    }
+    token_testkit::skip_or_fail(format!(
+        "opentelemetry-proto is not installed in {}: run `cargo xtask test` (or `python3 -m venv \
+         target/vendor-venv && target/vendor-venv/bin/pip install -r \
+         token-cli/tests/vendor/requirements.txt`)",
+        python.display()
+    ))
+}
+
+/// `otlp_receiver.py`, killed when dropped.
+struct Receiver(std::process::Child);
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spans(path: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a span line"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traces_reach_an_otlp_receiver_and_continue_the_callers_traceparent_to_the_upstream() {
+    let Some(python) = otlp_python() else { return };
+    let sandbox = Sandbox::new();
+    let out = sandbox.path().join("spans.jsonl");
+    let script =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/vendor/otlp_receiver.py");
+    let mut child = Command::new(python)
+        .arg(script)
+        .arg(&out)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the OTLP receiver");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("read");
+    let _receiver = Receiver(child);
+    let port: u16 = line
+        .trim()
+        .strip_prefix("listening ")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("the receiver said {line:?}"));
+
+    // Tokens of 4 s: keep-warm refreshes one while the test runs.
+    let idp = FakeIdp::start(4).await;
+    let upstream = upstream().await;
+    let config = write_config(
+        &sandbox,
+        &format!(
+            "{}\n[serve]\nlisten = \"{}\"\n{}",
+            fake_profile("orders", &idp, "memory"),
+            free_addr(),
+            route("/orders/", &upstream, "orders")
+        ),
+    );
+    let mut cmd = sandbox.cmd();
+    cmd.env(
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        format!("http://127.0.0.1:{port}"),
+    )
+    .env("OTEL_SERVICE_NAME", "tokencache-under-test")
+    .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+    .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    .env_remove("OTEL_SDK_DISABLED");
+    let mut serve = sidecar::spawn_serve_cmd(cmd, &config, &[], Stdio::inherit());
+    assert!(sidecar::wait_ready(&serve.base));
+
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let caller_span = "00f067aa0ba902b7";
+    let r = reqwest::Client::new()
+        .get(format!("{}/orders/items?page=2", serve.base))
+        .header("traceparent", format!("00-{trace_id}-{caller_span}-01"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status(), 200);
+    let seen = upstream.seen();
+    let sent = seen
+        .last()
+        .and_then(|s| s.header("traceparent"))
+        .expect("the upstream got a traceparent")
+        .to_owned();
+    let parts: Vec<&str> = sent.split('-').collect();
+    assert_eq!(parts.len(), 4, "{sent}");
+    assert_eq!(
+        parts[1], trace_id,
+        "the upstream continues the caller's trace"
+    );
+    assert_ne!(
+        parts[2], caller_span,
+        "the sidecar's span is the upstream's parent"
+    );
+
+    // A refresh within the token's lifetime; then shutdown flushes.
+    let mut refreshed = false;
+    for _ in 0..200 {
+        if spans(&out)
+            .iter()
+            .any(|s| s["name"] == "tokencache.refresh")
+        {
+            refreshed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    signal(serve.child.id(), "-TERM");
+    let status = serve.child.wait().expect("wait");
+    assert_eq!(status.code(), Some(0));
+    let all = spans(&out);
+    let text = std::fs::read_to_string(&out).unwrap_or_default();
+    assert!(refreshed, "no tokencache.refresh span in:\n{text}");
+
+    let forward = all
+        .iter()
+        .find(|s| s["name"] == "tokencache.forward")
+        .unwrap_or_else(|| panic!("no forward span in:\n{text}"));
+    assert_eq!(forward["service"], "tokencache-under-test");
+    assert_eq!(forward["trace_id"], trace_id);
+    assert_eq!(forward["parent_span_id"], caller_span);
+    assert_eq!(
+        forward["span_id"], parts[2],
+        "the upstream's parent is the forward span"
+    );
+    assert_eq!(forward["kind"], 2, "SPAN_KIND_SERVER");
+    let attrs = &forward["attributes"];
+    assert_eq!(attrs["http.route"], "/orders/");
+    assert_eq!(attrs["http.request.method"], "GET");
+    assert_eq!(attrs["http.response.status_code"], "200");
+    assert_eq!(attrs["server.address"], upstream.addr().to_string());
+    let fetch = all
+        .iter()
+        .find(|s| s["name"] == "tokencache.fetch")
+        .unwrap_or_else(|| panic!("no fetch span in:\n{text}"));
+    assert_eq!(fetch["attributes"]["profile"], "orders");
+    // The fetch of a refresh is a child of its refresh span.
+    let refresh = all
+        .iter()
+        .find(|s| s["name"] == "tokencache.refresh")
+        .expect("refresh");
+    assert!(
+        all.iter().any(|s| s["name"] == "tokencache.fetch"
+            && s["parent_span_id"] == refresh["span_id"]
+            && s["trace_id"] == refresh["trace_id"]),
+        "{text}"
+    );
+    for secret in ["tok-", support::SECRET, "page=2", "Bearer"] {
+        assert!(!text.contains(secret), "{secret} in the spans:\n{text}");
+    }
+}

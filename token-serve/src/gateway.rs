@@ -130,6 +130,11 @@ impl GatewayRoute {
         );
     }
 
+    /// The upstream's host and port.
+    pub(crate) fn upstream_host(&self) -> &str {
+        &self.upstream_host
+    }
+
     /// Counts one request answered with `status`.
     pub(crate) fn count(&self, status: StatusCode) {
         let code = status.as_u16();
@@ -259,6 +264,8 @@ pub(crate) async fn forward(
         .headers
         .insert(header::HOST, route.pool.host_header().clone());
     parts.headers.append(header::VIA, crate::guard::via_value());
+    // The request's span as the upstream's parent, when traces are exported.
+    crate::trace::inject(&mut parts.headers);
     parts.uri = Uri::from(pq);
     parts.version = Version::HTTP_11;
 

@@ -79,6 +79,7 @@ mod response;
 mod server;
 mod sidecar;
 mod tls;
+mod trace;
 
 pub use config::{
     ConfigError, GoogleAccount, Route, ServeConfig, DEFAULT_DRAIN, DEFAULT_LISTEN,

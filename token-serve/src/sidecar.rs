@@ -391,7 +391,16 @@ impl Sidecar {
         }
         if let Some(route) = route {
             let method = req.method().clone();
-            let response = gateway::forward(inner, route, req).await;
+            let span = crate::trace::forward_span(
+                &route.route.prefix,
+                &method,
+                route.upstream_host(),
+                req.headers(),
+            );
+            let response =
+                tracing::Instrument::instrument(gateway::forward(inner, route, req), span.clone())
+                    .await;
+            crate::trace::record_status(&span, response.status());
             route.done(inner, &method, &response, started);
             return response;
         }
