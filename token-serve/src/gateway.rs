@@ -226,11 +226,12 @@ async fn bearer(inner: &Inner, route: &GatewayRoute) -> Result<Arc<Bearer>, Resp
 }
 
 fn unusable() -> Response<Body> {
-    response::error(
+    // The IdP's token is not one HTTP can carry: its answer is unusable.
+    Cause::IDP_REFUSED.mark(response::error(
         StatusCode::SERVICE_UNAVAILABLE,
         "token_unusable",
         "the token cannot be sent in an HTTP header",
-    )
+    ))
 }
 
 /// Forwards `req` along `route`.
