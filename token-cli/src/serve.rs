@@ -6,7 +6,8 @@
 //! endpoints. Start-up stops with one sentence and an exit code at the
 //! first bad setting (every profile resolved and checked, as
 //! `--check-config` does); it then raises the open-file limit, binds,
-//! prints `listening on http://ADDR` on stdout and serves at once:
+//! prints `listening on http://ADDR` on stdout (under `--log-format json` a
+//! JSON line with the address in `fields.address`) and serves at once:
 //! `/healthz` answers and `/readyz` says 503 while the profiles are built
 //! (stores opened, issuers discovered) and their first tokens fetched,
 //! `prefetch_concurrency` at a time, and kept warm. A store that cannot be

@@ -657,3 +657,36 @@ async fn traces_reach_an_otlp_receiver_and_continue_the_callers_traceparent_to_t
         assert!(!text.contains(secret), "{secret} in the spans:\n{text}");
     }
 }
+
+#[test]
+fn a_refused_start_under_json_log_format_says_why_in_one_json_line() {
+    let sandbox = Sandbox::new();
+    let config = write_config(
+        &sandbox,
+        "[profiles.orders]\ntoken_url = \"http://127.0.0.1:1/token\"\nclient_id = \"c\"\n\
+         client_secret_env = \"NOT_SET_ANYWHERE\"\n\n[serve]\nlisten = \"127.0.0.1:0\"\n",
+    );
+    let out = sandbox
+        .cmd()
+        .env_remove("NOT_SET_ANYWHERE")
+        .args(["serve", "--log-format", "json", "--config"])
+        .arg(&config)
+        .output()
+        .expect("run serve");
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert!(!lines.is_empty(), "nothing on stderr");
+    for line in &lines {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert_eq!(v["level"], "ERROR", "{line}");
+        assert!(
+            v["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("NOT_SET_ANYWHERE")),
+            "{line}"
+        );
+    }
+    assert!(out.stdout.is_empty(), "{out:?}");
+}

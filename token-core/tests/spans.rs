@@ -109,7 +109,10 @@ async fn fetch_refresh_and_lease_wait_are_spans_named_by_profile() {
     settle().await;
 
     let obtain = spans.named("tokencache.obtain");
-    assert!(obtain.iter().any(|(_, f)| f == "profile=\"orders\";"), "{obtain:?}");
+    assert!(
+        obtain.iter().any(|(_, f)| f == "profile=\"orders\";"),
+        "{obtain:?}"
+    );
     let waits = spans.named("tokencache.lease_wait");
     assert_eq!(waits.len(), 1, "{waits:?}");
     assert_eq!(waits[0].0.as_deref(), Some("tokencache.obtain"));

@@ -116,7 +116,7 @@ impl GatewayRoute {
         if inner.metrics.is_some() {
             self.count(status);
             self.durations.record(method, status, elapsed);
-            crate::metrics::unavailable(&self.label, resp);
+            crate::metrics::unavailable(Arc::clone(&self.label), resp);
         }
         tracing::info!(
             target: "tokencache::access",

@@ -153,10 +153,9 @@ pub(crate) fn endpoint(endpoint: &'static str, status: StatusCode) {
 
 /// Counts `resp` in `tokencache_unavailable_total{source}` when it carries
 /// a [`Cause`].
-pub(crate) fn unavailable<B>(source: &Arc<str>, resp: &Response<B>) {
+pub(crate) fn unavailable<B>(source: impl Into<metrics::SharedString>, resp: &Response<B>) {
     if let Some(Cause(cause)) = resp.extensions().get::<Cause>() {
-        metrics::counter!(UNAVAILABLE, "source" => Arc::clone(source), "cause" => *cause)
-            .increment(1);
+        metrics::counter!(UNAVAILABLE, "source" => source.into(), "cause" => *cause).increment(1);
     }
 }
 

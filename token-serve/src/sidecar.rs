@@ -612,7 +612,7 @@ mod unavailable_tests;
 fn counted(inner: &Inner, endpoint: &'static str, resp: Response<Body>) -> Response<Body> {
     if inner.metrics.is_some() {
         crate::metrics::endpoint(endpoint, resp.status());
-        crate::metrics::unavailable(&Arc::from(endpoint), &resp);
+        crate::metrics::unavailable(endpoint, &resp);
     }
     resp
 }
