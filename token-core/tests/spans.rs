@@ -15,9 +15,12 @@ use tracing::span::{Attributes, Id};
 use tracing_subscriber::layer::{Context, SubscriberExt as _};
 use tracing_subscriber::registry::LookupSpan;
 
-/// Every span opened: its name, its parent's name and its fields as text.
+/// One span opened: its name, its parent's name and its fields as text.
+type Opened = (String, Option<String>, String);
+
+/// Every span opened.
 #[derive(Clone, Default)]
-struct Spans(Arc<Mutex<Vec<(String, Option<String>, String)>>>);
+struct Spans(Arc<Mutex<Vec<Opened>>>);
 
 struct Fields(String);
 
