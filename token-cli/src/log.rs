@@ -128,6 +128,16 @@ pub(crate) fn listening(addr: std::net::SocketAddr) {
     }
 }
 
+/// Prints `message` on stdout: as it is, or under `--log-format json` as
+/// a JSON line like the log's (what `serve --check-config` answers).
+pub(crate) fn result(message: &str) {
+    if JSON.load(Ordering::Relaxed) {
+        println!("{}", json_line("INFO", message, None));
+    } else {
+        println!("{message}");
+    }
+}
+
 /// One line shaped as tracing-subscriber's JSON lines are
 /// (`timestamp`, `level`, `fields.message`, `target`).
 fn json_line(level: &str, message: &str, field: Option<(&str, &str)>) -> String {

@@ -166,12 +166,12 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), CliError> {
 /// secrets and key files read; the `[serve]` table), nothing started.
 fn check(path: &std::path::Path, args: &ServeArgs) -> Result<(), CliError> {
     let (file, config) = validate(path, args)?;
-    println!(
+    crate::log::result(&format!(
         "{}: valid ({} profiles, {} routes)",
         path.display(),
         file.profiles().len(),
         config.routes.len()
-    );
+    ));
     Ok(())
 }
 

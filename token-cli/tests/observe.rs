@@ -690,3 +690,34 @@ fn a_refused_start_under_json_log_format_says_why_in_one_json_line() {
     }
     assert!(out.stdout.is_empty(), "{out:?}");
 }
+
+#[test]
+fn check_config_under_json_log_format_answers_in_a_json_line() {
+    let sandbox = Sandbox::new();
+    let config = write_config(
+        &sandbox,
+        "[profiles.orders]\ntoken_url = \"http://127.0.0.1:1/token\"\nclient_id = \"c\"\n\
+         client_secret_env = \"CLI_TEST_SECRET\"\n\n[serve]\nlisten = \"127.0.0.1:0\"\n",
+    );
+    let out = sandbox
+        .cmd()
+        .args([
+            "serve",
+            "--log-format",
+            "json",
+            "--check-config",
+            "--config",
+        ])
+        .arg(&config)
+        .output()
+        .expect("run serve");
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON line");
+    assert!(
+        v["fields"]["message"]
+            .as_str()
+            .is_some_and(|m| m.ends_with("valid (1 profiles, 0 routes)")),
+        "{stdout}"
+    );
+}
