@@ -15,6 +15,7 @@ mod get;
 mod inspect;
 mod log;
 mod serve;
+mod telemetry;
 mod time;
 
 use std::process::ExitCode;
@@ -73,6 +74,8 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(run(cli.command, get_settings));
+    // Spans still batched are sent before the process ends.
+    telemetry::shutdown();
     // Background refreshes are not waited for: `get` already waited for the
     // ones it needed.
     runtime.shutdown_timeout(std::time::Duration::from_millis(100));

@@ -6,7 +6,8 @@
 //! endpoints. Start-up stops with one sentence and an exit code at the
 //! first bad setting (every profile resolved and checked, as
 //! `--check-config` does); it then raises the open-file limit, binds,
-//! prints `listening on http://ADDR` on stdout and serves at once:
+//! prints `listening on http://ADDR` on stdout (under `--log-format json` a
+//! JSON line with the address in `fields.address`) and serves at once:
 //! `/healthz` answers and `/readyz` says 503 while the profiles are built
 //! (stores opened, issuers discovered) and their first tokens fetched,
 //! `prefetch_concurrency` at a time, and kept warm. A store that cannot be
@@ -20,8 +21,7 @@ use std::sync::{Arc, Mutex};
 
 use token_profile::{Naming, ProfilesFile};
 use token_serve::{
-    Drained, FileOptions, FileSidecar, LoadError, PrometheusBuilder, ServeConfig,
-    DEFAULT_WATCH_INTERVAL,
+    Drained, FileOptions, FileSidecar, LoadError, ServeConfig, DEFAULT_WATCH_INTERVAL,
 };
 
 use crate::cli::ServeArgs;
@@ -37,8 +37,8 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), CliError> {
     // checks them); what needs the network (stores, discovery, tokens)
     // comes after the listener serves.
     let (_, config) = validate(&path, &args)?;
-    let handle = PrometheusBuilder::new()
-        .install_recorder()
+    let handle = token_serve::prometheus_builder()
+        .and_then(|b| b.install_recorder())
         .map_err(|e| CliError::internal(format!("cannot set up metrics: {e}")))?;
     // The recorder's histograms need upkeep even when nobody scrapes.
     let upkeep = handle.clone();
@@ -53,7 +53,8 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), CliError> {
         .key_file(args.locations.key_file.clone())
         .metrics(handle);
     match token_serve::raise_fd_limit() {
-        Ok(limit) => tracing::debug!(?limit, "open-file limit"),
+        Ok(Some(limit)) => tracing::debug!(limit, "open-file limit"),
+        Ok(None) => tracing::debug!("open-file limit: unlimited"),
         Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
     }
     let listen = config.listen;
@@ -142,7 +143,7 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), CliError> {
         }
     };
     tracing::info!(%addr, "serving; building profiles");
-    println!("listening on http://{addr}");
+    crate::log::listening(addr);
     // Built on its own task: a store that blocks while it opens does not
     // hold up the accept loop.
     let starting = tokio::spawn(starting);
@@ -165,12 +166,12 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), CliError> {
 /// secrets and key files read; the `[serve]` table), nothing started.
 fn check(path: &std::path::Path, args: &ServeArgs) -> Result<(), CliError> {
     let (file, config) = validate(path, args)?;
-    println!(
+    crate::log::result(&format!(
         "{}: valid ({} profiles, {} routes)",
         path.display(),
         file.profiles().len(),
         config.routes.len()
-    );
+    ));
     Ok(())
 }
 

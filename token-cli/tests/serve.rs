@@ -202,7 +202,7 @@ async fn token_requests_without_metadata_or_through_a_proxy_are_refused() {
         "tokencache_token_lookups_total{profile=\"orders\",result=\"hit\"}",
         "tokencache_idp_calls_total{profile=\"orders\",outcome=\"ok\"} 1",
         "tokencache_token_remaining_seconds{profile=\"orders\"}",
-        "tokencache_fetch_duration_seconds",
+        "tokencache_idp_request_duration_seconds_bucket{profile=\"orders\",outcome=\"ok\",le=\"0.005\"}",
         "tokencache_store_errors_total{profile=\"orders\"} 0",
     ] {
         assert!(m.contains(needle), "{needle} missing from:\n{m}");

@@ -157,9 +157,20 @@ impl Flight {
             slot: Arc::clone(slot),
             refresh,
         };
-        runtime.spawn(async move {
+        // The flight's span continues the caller's (a gateway request's
+        // trace shows the fetch it waited for).
+        let span = if refresh {
+            tracing::info_span!("tokencache.refresh", profile = inner.metrics_name())
+        } else {
+            tracing::info_span!("tokencache.obtain", profile = inner.metrics_name())
+        };
+        let task = async move {
             let (inner, slot) = (&flight.inner, &flight.slot);
-            let mut guard = FlightGuard { inner, slot, tx: Some(tx) };
+            let mut guard = FlightGuard {
+                inner,
+                slot,
+                tx: Some(tx),
+            };
             let result = match CatchUnwind(Box::pin(flight.obtain())).await {
                 Ok(result) => result,
                 Err(()) => {
@@ -172,7 +183,8 @@ impl Flight {
                 bump(&inner.stats().refreshes);
             }
             guard.finish(result);
-        });
+        };
+        runtime.spawn(tracing::Instrument::instrument(task, span));
         rx
     }
 
@@ -225,7 +237,12 @@ impl Flight {
                     }
                     lease = Some(l);
                 }
-                Ok(None) => match self.wait_for_other(store, rejected.as_ref(), &waiter).await {
+                Ok(None) => match tracing::Instrument::instrument(
+                    self.wait_for_other(store, rejected.as_ref(), &waiter),
+                    tracing::info_span!("tokencache.lease_wait", profile = inner.metrics_name()),
+                )
+                .await
+                {
                     Waited::Adopted(hot) => return Ok(hot),
                     Waited::Acquired(l) => lease = Some(l),
                     Waited::GaveUp => {}
@@ -235,9 +252,19 @@ impl Flight {
             drop(waiter);
         }
 
-        let result =
-            crate::metrics::timed_fetch(inner.credential().id(), self.fetch(previous.as_ref()))
-                .await;
+        let span = tracing::info_span!(
+            "tokencache.fetch",
+            profile = inner.metrics_name(),
+            otel.status_code = tracing::field::Empty,
+        );
+        let result = tracing::Instrument::instrument(
+            crate::metrics::timed_fetch(inner.metrics_name(), self.fetch(previous.as_ref())),
+            span.clone(),
+        )
+        .await;
+        if result.is_err() {
+            span.record("otel.status_code", "ERROR");
+        }
         if let Ok(token) = &result {
             if let Some(store) = gate.up(stats) {
                 let _ = gate.call(stats, store.put(&slot.key, token)).await;

@@ -187,10 +187,10 @@ pub(crate) async fn azure(inner: &Inner, req: &Request<Incoming>) -> Response<Bo
     let token = match inner.token(profile).await {
         Ok(t) => t,
         Err(u) => {
-            return azure_error(
+            return u.metric_cause().mark(azure_error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 &format!("no valid token for profile `{name}`: {}", u.cause),
-            )
+            ))
         }
     };
     let Some(expires_at) = token.expires_at() else {

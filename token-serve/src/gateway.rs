@@ -44,6 +44,7 @@ use token_cache::AccessToken;
 use zeroize::Zeroize as _;
 
 use crate::config::Route;
+use crate::metrics::{Cause, RouteDurations};
 use crate::pool::{Pool, RequestBody, UpstreamError};
 use crate::response::{self, Body};
 use crate::sidecar::{Inner, Profile};
@@ -61,6 +62,14 @@ pub(crate) struct GatewayRoute {
     /// `tokencache_gateway_requests_total{route, status}` handles, by
     /// status code (100..=599), registered on first use.
     counters: Box<[OnceLock<metrics::Counter>]>,
+    /// `tokencache_gateway_request_duration_seconds` handles.
+    durations: RouteDurations,
+    /// The upstream's host (and port), for the access log.
+    upstream_host: Arc<str>,
+    /// The short id of the profile's cache key (as `tokencache inspect`
+    /// prints it), for the access log: it names the token without holding
+    /// any of it.
+    key_id: Arc<str>,
 }
 
 impl GatewayRoute {
@@ -76,14 +85,54 @@ impl GatewayRoute {
             Some(pool) => pool,
             None => Arc::new(Pool::new(&route.upstream, tls)?),
         };
+        let label: Arc<str> = Arc::from(route.prefix.as_str());
         Ok(Self {
-            label: Arc::from(route.prefix.as_str()),
+            durations: RouteDurations::new(Arc::clone(&label)),
+            upstream_host: Arc::from(route.upstream.authority().map_or("", |a| a.as_str())),
+            key_id: Arc::from(key_id(profile.handle.cache_key().as_str())),
+            label,
             base: route.upstream.path().trim_end_matches('/').to_owned(),
             route,
             profile,
             pool,
             counters: (100..600).map(|_| OnceLock::new()).collect(),
         })
+    }
+
+    /// One request of `method`, started at `started`, answered with
+    /// `resp`: its metrics (when the sidecar has them) and its access-log
+    /// line (target `tokencache::access`, at info: route, method, status,
+    /// duration, upstream host and the token's key id; never a query
+    /// string, a header or a token).
+    pub(crate) fn done(
+        &self,
+        inner: &Inner,
+        method: &http::Method,
+        resp: &Response<Body>,
+        started: std::time::Instant,
+    ) {
+        let elapsed = started.elapsed();
+        let status = resp.status();
+        if inner.metrics.is_some() {
+            self.count(status);
+            self.durations.record(method, status, elapsed);
+            crate::metrics::unavailable(Arc::clone(&self.label), resp);
+        }
+        tracing::info!(
+            target: "tokencache::access",
+            route = &*self.label,
+            method = method.as_str(),
+            status = status.as_u16(),
+            duration_seconds = elapsed.as_secs_f64(),
+            upstream = &*self.upstream_host,
+            key_id = &*self.key_id,
+            "request"
+        );
+    }
+
+    /// The upstream's host and port.
+    pub(crate) fn upstream_host(&self) -> &str {
+        &self.upstream_host
     }
 
     /// Counts one request answered with `status`.
@@ -101,6 +150,16 @@ impl GatewayRoute {
         })
         .increment(1);
     }
+}
+
+/// The short id of a cache key: the first 12 hex digits of its SHA-256,
+/// as `tokencache inspect` prints it and `purge` accepts it.
+pub(crate) fn key_id(key: &str) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, key.as_bytes());
+    digest.as_ref()[..6]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// A token and the `Authorization` value that sends it.
@@ -167,11 +226,12 @@ async fn bearer(inner: &Inner, route: &GatewayRoute) -> Result<Arc<Bearer>, Resp
 }
 
 fn unusable() -> Response<Body> {
-    response::error(
+    // The IdP's token is not one HTTP can carry: its answer is unusable.
+    Cause::IDP_REFUSED.mark(response::error(
         StatusCode::SERVICE_UNAVAILABLE,
         "token_unusable",
         "the token cannot be sent in an HTTP header",
-    )
+    ))
 }
 
 /// Forwards `req` along `route`.
@@ -205,6 +265,8 @@ pub(crate) async fn forward(
         .headers
         .insert(header::HOST, route.pool.host_header().clone());
     parts.headers.append(header::VIA, crate::guard::via_value());
+    // The request's span as the upstream's parent, when traces are exported.
+    crate::trace::inject(&mut parts.headers);
     parts.uri = Uri::from(pq);
     parts.version = Version::HTTP_11;
 
@@ -274,22 +336,22 @@ pub(crate) async fn forward(
             }
             Err(e) if e.is_timeout() => {
                 tracing::warn!(route = %route.route.prefix, error = %e, "upstream timed out");
-                return response::error(
+                return Cause::UPSTREAM_TIMEOUT.mark(response::error(
                     StatusCode::GATEWAY_TIMEOUT,
                     "upstream_timeout",
                     &format!("the upstream for {}: {e}", route.route.prefix),
-                );
+                ));
             }
             Err(e) => {
                 tracing::warn!(route = %route.route.prefix, error = %e, "upstream request failed");
-                return response::error(
+                return Cause::UPSTREAM_UNREACHABLE.mark(response::error(
                     StatusCode::BAD_GATEWAY,
                     "upstream_unreachable",
                     &format!(
                         "the upstream for {} could not be reached: {e}",
                         route.route.prefix
                     ),
-                );
+                ));
             }
         };
         // Only the first answer may invalidate: the retry's own 401 is

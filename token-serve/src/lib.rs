@@ -79,6 +79,7 @@ mod response;
 mod server;
 mod sidecar;
 mod tls;
+mod trace;
 
 pub use config::{
     ConfigError, GoogleAccount, Route, ServeConfig, DEFAULT_DRAIN, DEFAULT_LISTEN,
@@ -90,6 +91,7 @@ pub use config::{
     DEFAULT_PREFETCH_CONCURRENCY, DEFAULT_UPSTREAM_TIMEOUT,
 };
 pub use endpoints::SECRET_HEADER;
+pub use metrics::{prometheus_builder, HTTP_BUCKETS};
 pub use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 pub use pool::{UpstreamBody, CONNECT_TIMEOUT, MAX_IDLE, POOL_IDLE};
 pub use reload::{FileOptions, FileSidecar, LoadError, ReloadReport, DEFAULT_WATCH_INTERVAL};

@@ -420,9 +420,9 @@ impl FileSidecar {
                 };
                 tracing::info!(
                     trigger,
-                    added = ?r.added,
-                    changed = ?r.changed,
-                    removed = ?r.removed,
+                    added = %r.added.join(","),
+                    changed = %r.changed.join(","),
+                    removed = %r.removed.join(","),
                     kept = r.kept,
                     routes = r.routes,
                     elapsed_ms = started.elapsed().as_millis() as u64,
@@ -525,6 +525,8 @@ async fn build_profiles(
         let built = token_profile::build(resolved, stores)
             .await
             .map_err(|e| e.in_profile(name))?;
+        // The IdP call histogram's `profile` label.
+        built.cache.set_metrics_name(name);
         out.insert(
             name.clone(),
             Loaded {

@@ -207,7 +207,10 @@ pub async fn serve_starting(
     }
     drop(listener);
     drop(watching);
-    tracing::info!(drain = ?limits.drain, "shutting down: draining requests in flight");
+    tracing::info!(
+        drain_seconds = limits.drain.as_secs_f64(),
+        "shutting down: draining requests in flight"
+    );
     let _ = phase.send(Phase::Draining);
     tokio::select! {
         // Every connection task holds a receiver until it ends.
@@ -216,7 +219,7 @@ pub async fn serve_starting(
             Drained::Complete
         }
         () = tokio::time::sleep(limits.drain) => {
-            tracing::warn!(drain = ?limits.drain, "drain time ran out; cutting the remaining connections");
+            tracing::warn!(drain_seconds = limits.drain.as_secs_f64(), "drain time ran out; cutting the remaining connections");
             let _ = phase.send(Phase::Cut);
             Drained::TimedOut
         }
@@ -557,6 +560,7 @@ fn starting(req: &Request<Incoming>) -> Response<Body> {
             r#"{"ready":false,"starting":true,"cause":"starting: the profiles are being built"}"#,
         ),
         _ => {
+            crate::metrics::starting();
             let mut r = response::error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "starting",

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use http::{Method, Request, Response, StatusCode};
@@ -106,8 +106,10 @@ impl SidecarBuilder {
         cache: &TokenCache,
         request: &TokenRequest,
     ) -> Self {
-        self.profiles
-            .insert(name.into(), Profile::new(cache, request));
+        let name = name.into();
+        // The profile names the cache's IdP metrics, unless it has a name.
+        cache.set_metrics_name(&name);
+        self.profiles.insert(name, Profile::new(cache, request));
         self
     }
 
@@ -347,6 +349,7 @@ impl Sidecar {
     /// Answers one request. Never fails: every problem is a response with a
     /// status and a JSON body naming the cause.
     pub async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+        let started = Instant::now();
         // The configuration this request runs on to its end, even when a
         // reload puts another in force meanwhile.
         let current = self.current();
@@ -368,27 +371,37 @@ impl Sidecar {
         let origins = route.map_or(&[][..], |r| &r.route.allow_browser_origins[..]);
         if let Some(refused) = Guards::browser(req.headers(), origins) {
             if let Some(route) = route {
-                if inner.metrics.is_some() {
-                    route.count(refused.status());
-                }
+                route.done(inner, req.method(), &refused, started);
             }
             return refused;
         }
         match path {
-            "/readyz" => return self.readyz().await,
+            "/readyz" => return self.readyz(inner).await,
             "/metrics" => return self.metrics(inner).await,
-            "/v1/token" => return endpoints::token(inner, &req).await,
-            "/azure/token" => return endpoints::azure(inner, &req).await,
+            "/v1/token" => {
+                return counted(inner, "token", endpoints::token(inner, &req).await);
+            }
+            "/azure/token" => {
+                return counted(inner, "azure", endpoints::azure(inner, &req).await);
+            }
             _ => {}
         }
         if path.starts_with("/computeMetadata/") || path == "/computeMetadata" {
-            return endpoints::google(inner, &req).await;
+            return counted(inner, "google", endpoints::google(inner, &req).await);
         }
         if let Some(route) = route {
-            let response = gateway::forward(inner, route, req).await;
-            if inner.metrics.is_some() {
-                route.count(response.status());
-            }
+            let method = req.method().clone();
+            let span = crate::trace::forward_span(
+                &route.route.prefix,
+                &method,
+                route.upstream_host(),
+                req.headers(),
+            );
+            let response =
+                tracing::Instrument::instrument(gateway::forward(inner, route, req), span.clone())
+                    .await;
+            crate::trace::record_status(&span, response.status());
+            route.done(inner, &method, &response, started);
             return response;
         }
         if req.method() == Method::GET || req.method() == Method::HEAD {
@@ -402,7 +415,7 @@ impl Sidecar {
         }
     }
 
-    async fn readyz(&self) -> Response<Body> {
+    async fn readyz(&self, inner: &Inner) -> Response<Body> {
         let mut ready = true;
         let mut profiles = serde_json::Map::new();
         for (name, r) in self.readiness().await {
@@ -417,6 +430,9 @@ impl Sidecar {
                 }
             };
             profiles.insert(name, v);
+        }
+        if let Some(m) = &inner.metrics {
+            m.ready(ready);
         }
         let status = if ready {
             StatusCode::OK
@@ -435,15 +451,23 @@ impl Sidecar {
                 "metrics are not enabled in this sidecar",
             );
         };
+        let mut ready = true;
         for (name, p) in &inner.profiles {
-            let remaining = match peek(p).await {
-                Readiness::Ready { expires_at } => expires_at
-                    .and_then(|at| at.duration_since(SystemTime::now()).ok())
-                    .map_or(0.0, |d| d.as_secs_f64()),
-                Readiness::NotReady { .. } => 0.0,
+            let (remaining, margin) = match peek(p).await {
+                Readiness::Ready { expires_at } => (
+                    expires_at
+                        .and_then(|at| at.duration_since(SystemTime::now()).ok())
+                        .map_or(0.0, |d| d.as_secs_f64()),
+                    refresh_margin(p).await,
+                ),
+                Readiness::NotReady { .. } => {
+                    ready = false;
+                    (0.0, None)
+                }
             };
-            m.profile(name, &p.cache.stats(), remaining);
+            m.profile(name, &p.cache.stats(), remaining, margin);
         }
+        m.ready(ready);
         response::text(StatusCode::OK, "text/plain; version=0.0.4", m.render())
     }
 }
@@ -522,7 +546,21 @@ impl Unavailable {
             "error_description": format!("no valid token for profile `{profile}`: {}", self.cause),
             "profile": profile,
         });
-        response::json(StatusCode::SERVICE_UNAVAILABLE, body.to_string())
+        self.metric_cause().mark(response::json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            body.to_string(),
+        ))
+    }
+
+    /// The `cause` label of `tokencache_unavailable_total`: the IdP said
+    /// no (or answered with something unusable), or could not be had.
+    pub(crate) fn metric_cause(&self) -> crate::metrics::Cause {
+        use crate::metrics::Cause;
+        match self.code {
+            "idp_rejected" | "idp_invalid_response" | "idp_token_unusable" => Cause::IDP_REFUSED,
+            "store_unavailable" => Cause::STORE_UNAVAILABLE,
+            _ => Cause::IDP_UNREACHABLE,
+        }
     }
 }
 
@@ -568,6 +606,27 @@ pub(crate) fn safe_cause(e: &Error) -> String {
 #[cfg(test)]
 #[path = "sidecar_unavailable_tests.rs"]
 mod unavailable_tests;
+
+/// Counts a token endpoint's answer (and its 503's cause) when metrics
+/// are on.
+fn counted(inner: &Inner, endpoint: &'static str, resp: Response<Body>) -> Response<Body> {
+    if inner.metrics.is_some() {
+        crate::metrics::endpoint(endpoint, resp.status());
+        crate::metrics::unavailable(endpoint, &resp);
+    }
+    resp
+}
+
+/// The remaining lifetime at which `p`'s current token is refreshed: its
+/// expiry less the refresh time the engine gave it, when both are known.
+async fn refresh_margin(p: &Profile) -> Option<f64> {
+    let t = tokio::time::timeout(PEEK_TIMEOUT, p.handle.token())
+        .await
+        .ok()?
+        .ok()?;
+    let (exp, at) = (t.expires_at()?, t.refresh_at()?);
+    Some(exp.duration_since(at).ok()?.as_secs_f64())
+}
 
 async fn peek(p: &Profile) -> Readiness {
     match tokio::time::timeout(PEEK_TIMEOUT, p.handle.token()).await {

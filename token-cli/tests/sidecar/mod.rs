@@ -186,15 +186,25 @@ pub(crate) fn spawn_serve_cmd(
     let stdout = child.stdout.take().expect("stdout");
     let mut line = String::new();
     BufReader::new(stdout).read_line(&mut line).expect("read");
-    let base = line
-        .trim()
-        .strip_prefix("listening on ")
+    let base = listening_address(&line)
         .unwrap_or_else(|| {
             let _ = child.kill();
             panic!("serve did not start; it said {line:?}")
         })
         .to_owned();
     Serve { child, base }
+}
+
+/// The `http://ADDR` of serve's first stdout line: `listening on
+/// http://ADDR`, or under `--log-format json` a JSON line with it in
+/// `fields.address`.
+pub(crate) fn listening_address(line: &str) -> Option<String> {
+    let line = line.trim();
+    if line.starts_with('{') {
+        let v: serde_json::Value = serde_json::from_str(line).ok()?;
+        return v["fields"]["address"].as_str().map(str::to_owned);
+    }
+    line.strip_prefix("listening on ").map(str::to_owned)
 }
 
 /// The status of `GET path` on `base` (`http://ADDR`), over a new
