@@ -76,8 +76,13 @@ impl GatewayRoute {
             Some(pool) => pool,
             None => Arc::new(Pool::new(&route.upstream, tls)?),
         };
+        let label = match (&route.host, route.prefix.as_str()) {
+            (Some(host), "/") => Arc::from(host.as_str()),
+            (Some(host), prefix) => Arc::from(format!("{host}{prefix}")),
+            (None, prefix) => Arc::from(prefix),
+        };
         Ok(Self {
-            label: Arc::from(route.prefix.as_str()),
+            label,
             base: route.upstream.path().trim_end_matches('/').to_owned(),
             route,
             profile,
@@ -180,8 +185,14 @@ pub(crate) async fn forward(
     route: &GatewayRoute,
     req: Request<Incoming>,
 ) -> Response<Body> {
+    // A host route forwards the path as the program sent it.
+    let strip = if route.route.host.is_some() {
+        ""
+    } else {
+        &route.route.prefix
+    };
     let pq = match upstream_path(
-        &route.route.prefix,
+        strip,
         &route.base,
         req.uri(),
         route.route.allow_encoded_slashes,

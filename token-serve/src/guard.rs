@@ -40,7 +40,7 @@ use crate::response::{self, Body};
 /// The names vendor SDKs use for the metadata server: Google's client
 /// libraries (`metadata.google.internal`, the short `metadata`, and the
 /// link-local IP for their probes) and Azure's IMDS (the same IP).
-const METADATA_HOSTS: [&str; 3] = ["metadata.google.internal", "metadata", "169.254.169.254"];
+pub(crate) const METADATA_HOSTS: [&str; 3] = ["metadata.google.internal", "metadata", "169.254.169.254"];
 
 /// This process's name in `Via` (`tokencache-<16 hex digits>`): a request
 /// that arrives carrying it went through this very sidecar before.
@@ -101,7 +101,7 @@ impl Guards {
             let mut r = response::error(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "connect_refused",
-                "the sidecar does not tunnel: CONNECT is refused",
+                "the sidecar does not tunnel: CONNECT is refused (configure [serve.proxy] for HTTPS to routed hosts)",
             );
             r.headers_mut().insert(
                 header::ALLOW,
@@ -114,6 +114,11 @@ impl Guards {
             Err(why) => return Some(response::error(StatusCode::BAD_REQUEST, "bad_host", why)),
         };
         if !self.host_allowed(&authority) {
+            if req.uri().authority().is_some() {
+                // An absolute-form request (HTTP_PROXY) for a host no route
+                // names: the sidecar is not an open proxy.
+                return Some(crate::proxy::not_routed(authority.as_str()));
+            }
             tracing::info!(host = %authority, "request refused: Host not allowed (DNS rebinding guard)");
             return Some(response::error(
                 StatusCode::FORBIDDEN,
@@ -122,14 +127,7 @@ impl Guards {
                  and the names in [serve] allowed_hosts",
             ));
         }
-        if looped(req.headers()) {
-            return Some(response::error(
-                StatusCode::LOOP_DETECTED,
-                "loop_detected",
-                "the request already went through this sidecar (Via): a route's upstream is the sidecar itself",
-            ));
-        }
-        None
+        loop_refusal(req.headers())
     }
 
     fn host_allowed(&self, a: &Authority) -> bool {
@@ -203,7 +201,7 @@ impl Guards {
 
 /// The request's host: the target's authority in absolute form, else the
 /// one `Host` header, which must be a valid `host[:port]`.
-fn host<B>(req: &Request<B>) -> Result<Authority, &'static str> {
+pub(crate) fn host<B>(req: &Request<B>) -> Result<Authority, &'static str> {
     let mut hosts = req.headers().get_all(header::HOST).iter();
     let Some(value) = hosts.next() else {
         return Err("the request has no Host header (RFC 9112 §3.2)");
@@ -239,6 +237,17 @@ fn parse_authority(bytes: &[u8]) -> Option<Authority> {
         return None;
     }
     Some(a)
+}
+
+/// Step 3 of the module docs: `508` when a `Via` names this sidecar.
+pub(crate) fn loop_refusal(headers: &HeaderMap) -> Option<http::Response<Body>> {
+    looped(headers).then(|| {
+        response::error(
+            StatusCode::LOOP_DETECTED,
+            "loop_detected",
+            "the request already went through this sidecar (Via): a route's upstream is the sidecar itself",
+        )
+    })
 }
 
 /// Whether a `Via` header names this process's sidecar.

@@ -74,6 +74,7 @@ mod gateway;
 mod guard;
 mod metrics;
 mod pool;
+mod proxy;
 mod reload;
 mod response;
 mod server;
@@ -84,6 +85,7 @@ pub use config::{
     ConfigError, GoogleAccount, Route, ServeConfig, DEFAULT_DRAIN, DEFAULT_LISTEN,
     DEFAULT_RETRY_BODY_LIMIT,
 };
+pub use config::{ProxyConfig, DEFAULT_TLS_HANDSHAKE_TIMEOUT};
 pub use config::{
     ConnectionLimits, ConnectionSettings, DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_HEALTH_CONNECTIONS,
     DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_HEADER_BYTES,
