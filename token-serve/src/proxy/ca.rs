@@ -155,12 +155,6 @@ impl LocalCa {
         })
     }
 
-    /// The CA certificate (DER).
-    #[cfg(test)]
-    pub(crate) fn certificate(&self) -> &CertificateDer<'static> {
-        &self.ca_der
-    }
-
     /// The TLS server configuration for `host` (a route's host name or IP,
     /// normalised): its leaf, made now or reused, and ALPN `h2` and
     /// `http/1.1`.
