@@ -23,12 +23,19 @@
 //!
 //! [[serve.routes]]
 //! prefix = "/orders/"                # matches /orders/... (a prefix without `/` matches whole segments)
+//! # host = "orders.internal"         # forward proxy: requests for this host (see crate::proxy); with
+//! #                                  # host, prefix is optional and not stripped
 //! upstream = "https://orders.internal"     # no user:password@ (refused)
 //! profile = "orders"
 //! allow_browser_origins = []         # origins whose browser requests may use the route; default [] (403)
 //! allow_encoded_slashes = false      # forward %2f, %5c and `\` in paths; default false (400)
 //! allow_plaintext = false            # silence the warning for http:// off loopback; default false
 //! timeout_seconds = 30               # upstream response head deadline (504 after it)
+//!
+//! [serve.proxy]                      # CONNECT to routed hosts, TLS by a local CA (created if both absent)
+//! ca_cert_file = "/var/lib/tokencache/proxy-ca.pem"
+//! ca_key_file = "/var/lib/tokencache/proxy-ca.key"
+//! tls_handshake_timeout_seconds = 10
 //!
 //! [serve.azure]                      # resource -> profile (App Service managed identity)
 //! "https://vault.azure.net" = "vault"
@@ -41,7 +48,10 @@
 //! Refused at load, each with one sentence: an upstream with user info
 //! (its password would reach `Host`, 502 bodies and logs), an
 //! `allowed_hosts` entry that is no `host[:port]`, an
-//! `allow_browser_origins` entry that is no origin. Refused when the
+//! `allow_browser_origins` entry that is no origin, a route with neither
+//! `prefix` nor `host`, a route `host` that is no DNS name or IP literal
+//! or that names the sidecar itself (loopback, the listen address, the
+//! metadata names, `allowed_hosts`). Refused when the
 //! sidecar is built: a non-loopback `listen` without a secret, unless
 //! `insecure_token_endpoint = true`. Warned about: a plain `http://`
 //! upstream off loopback (unless `allow_plaintext = true`), a
@@ -533,9 +543,9 @@ fn finish_route(
         Some("http" | "https") => {}
         _ => {
             return Err(ConfigError::new(format!(
-            "[[serve.routes]] upstream \"{}\" ({what}) must be an http:// or https:// URL",
-            r.upstream
-        )))
+                "[[serve.routes]] upstream \"{}\" ({what}) must be an http:// or https:// URL",
+                r.upstream
+            )))
         }
     }
     if upstream.authority().is_none_or(|a| a.host().is_empty()) {
@@ -812,7 +822,8 @@ pub(crate) fn route_host(entry: &str) -> Result<String, ConfigError> {
         ))
     };
     let lower = entry.to_ascii_lowercase();
-    let (name, port) = split_host_port(&lower).ok_or_else(|| bad("is not a host with an optional port"))?;
+    let (name, port) =
+        split_host_port(&lower).ok_or_else(|| bad("is not a host with an optional port"))?;
     if let Some(p) = port {
         if p.parse::<u16>().map_or(true, |p| p == 0) {
             return Err(bad("has a port that is not a number from 1 to 65535"));

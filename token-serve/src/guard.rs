@@ -1,13 +1,18 @@
 //! Request guards: the checks every request passes before any routing or
-//! token work, in this order (see [`Guards::check`]):
+//! token work, in this order (see [`Guards::check`]). Requests for a host
+//! that a route names, and `CONNECT` with `[serve.proxy]`, are the forward
+//! proxy's (crate::proxy) and get only steps 3 and 4: such a host is never
+//! one the sidecar answers to itself (refused at load).
 //!
-//! 1. `CONNECT` is refused (`405`): the sidecar is not a tunnel, and a
-//!    `CONNECT` in origin form must never be forwarded with a token.
+//! 1. `CONNECT` is refused (`405`) unless `[serve.proxy]` is configured:
+//!    the sidecar is then no tunnel, and a `CONNECT` in origin form must
+//!    never be forwarded with a token.
 //! 2. `Host` (RFC 9112 §3.2): exactly one, and a valid `host[:port]`, else
 //!    `400`. The host (the request target's authority when the request is in
 //!    absolute form) must be one the sidecar answers to, else `403` (DNS
 //!    rebinding: a web page whose name was rebound to 127.0.0.1 sends its
-//!    own name as `Host`). Answered to: the listen address's IP, loopback
+//!    own name as `Host`); an absolute-form request (`HTTP_PROXY`) for such
+//!    a host gets `403 host_not_routed` instead. Answered to: the listen address's IP, loopback
 //!    (`localhost`, `127.0.0.1`, `[::1]`, any loopback IP); on a wildcard
 //!    listen (`0.0.0.0`, `[::]`) any IP literal; the metadata names vendor
 //!    SDKs send (`metadata.google.internal`, `metadata`, `169.254.169.254`);
@@ -40,7 +45,8 @@ use crate::response::{self, Body};
 /// The names vendor SDKs use for the metadata server: Google's client
 /// libraries (`metadata.google.internal`, the short `metadata`, and the
 /// link-local IP for their probes) and Azure's IMDS (the same IP).
-pub(crate) const METADATA_HOSTS: [&str; 3] = ["metadata.google.internal", "metadata", "169.254.169.254"];
+pub(crate) const METADATA_HOSTS: [&str; 3] =
+    ["metadata.google.internal", "metadata", "169.254.169.254"];
 
 /// This process's name in `Via` (`tokencache-<16 hex digits>`): a request
 /// that arrives carrying it went through this very sidecar before.

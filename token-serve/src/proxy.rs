@@ -172,7 +172,10 @@ impl HostTable {
 
 /// `403 host_not_routed` for `target`.
 pub(crate) fn not_routed(target: &str) -> Response<Body> {
-    tracing::info!(target, "request refused: no route names this host (not an open proxy)");
+    tracing::info!(
+        target,
+        "request refused: no route names this host (not an open proxy)"
+    );
     response::error(
         StatusCode::FORBIDDEN,
         "host_not_routed",
@@ -219,9 +222,7 @@ pub(crate) fn lookup<'a>(inner: &'a Inner, req: &Request<Incoming>) -> Lookup<'a
         return Lookup::NotRouted;
     }
     let https = req.uri().scheme_str() == Some("https");
-    let port = authority
-        .port_u16()
-        .unwrap_or(if https { 443 } else { 80 });
+    let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
     inner
         .hosts
         .find(&inner.routes, &name, port, req.uri().path())

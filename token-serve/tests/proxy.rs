@@ -18,11 +18,11 @@ use hyper::{Request, Response};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::TcpStream;
 use token_cache::{TokenCache, TokenRequest};
 use token_serve::{ServeConfig, Sidecar};
 use token_testkit::{skip_or_fail, HttpServer, Upstream};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
 
 #[allow(dead_code)]
 mod support;
@@ -226,7 +226,10 @@ async fn curl_with_http_proxy_reaches_a_routed_host_with_only_the_sidecar_s_toke
     assert_eq!(auths.len(), 1, "{auths:?}");
     assert_eq!(seen[0].bearer(), Some(TOKEN));
     // curl's own Host and Proxy-Connection do not reach the upstream.
-    assert_eq!(seen[0].header("host"), Some(upstream.addr().to_string().as_str()));
+    assert_eq!(
+        seen[0].header("host"),
+        Some(upstream.addr().to_string().as_str())
+    );
     assert!(!seen[0].headers.contains_key("proxy-connection"));
 }
 
@@ -294,17 +297,32 @@ async fn a_host_route_takes_every_request_for_its_host_and_never_the_token_endpo
     };
     // For the routed host: the longest prefix among its routes, the path
     // unchanged; the prefix-only route never applies.
-    assert_eq!(get("orders.internal", "/orders/x").await, (200, "ok /orders/x".to_owned()));
-    assert_eq!(get("ORDERS.internal:80", "/v2/x").await, (200, "ok /v2/x".to_owned()));
+    assert_eq!(
+        get("orders.internal", "/orders/x").await,
+        (200, "ok /orders/x".to_owned())
+    );
+    assert_eq!(
+        get("ORDERS.internal:80", "/v2/x").await,
+        (200, "ok /v2/x".to_owned())
+    );
     // Its /v1/token and /healthz are the upstream's, not the sidecar's.
     let (status, body) = get("orders.internal", "/v1/token?profile=orders").await;
-    assert_eq!((status, body.as_str()), (200, "ok /v1/token?profile=orders"));
-    assert_eq!(get("orders.internal", "/healthz").await, (200, "ok /healthz".to_owned()));
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "ok /v1/token?profile=orders")
+    );
+    assert_eq!(
+        get("orders.internal", "/healthz").await,
+        (200, "ok /healthz".to_owned())
+    );
     assert_eq!(by_host.seen().len(), 3);
     assert_eq!(by_host_v2.seen().len(), 1);
     assert!(by_prefix.seen().is_empty());
     // For the sidecar's own name: prefix routes and its own endpoints only.
-    assert_eq!(get("localhost", "/orders/x").await, (200, "ok /x".to_owned()));
+    assert_eq!(
+        get("localhost", "/orders/x").await,
+        (200, "ok /x".to_owned())
+    );
     assert_eq!(get("localhost", "/v2/x").await.0, 404);
     let (status, body) = get("127.0.0.1", "/v1/token?profile=orders").await;
     assert_eq!(status, 200, "{body}");
@@ -312,7 +330,10 @@ async fn a_host_route_takes_every_request_for_its_host_and_never_the_token_endpo
     // DNS rebinding: any other name still gets nothing from /v1/token.
     let (status, body) = get("rebound.example", "/v1/token?profile=orders").await;
     assert_eq!(status, 403, "{body}");
-    assert!(body.contains("host_not_allowed") && !body.contains(TOKEN), "{body}");
+    assert!(
+        body.contains("host_not_allowed") && !body.contains(TOKEN),
+        "{body}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -335,10 +356,19 @@ async fn a_host_route_with_a_port_serves_that_port_only() {
         return;
     };
     assert_eq!(body, "ok /a 200");
-    let (_, body, _) = curl(&["-x", &format!("http://{addr}"), "-w", " %{http_code}", "http://orders.internal/a"])
-        .await
-        .unwrap();
-    assert!(body.ends_with(" 403") && body.contains("host_not_routed"), "{body}");
+    let (_, body, _) = curl(&[
+        "-x",
+        &format!("http://{addr}"),
+        "-w",
+        " %{http_code}",
+        "http://orders.internal/a",
+    ])
+    .await
+    .unwrap();
+    assert!(
+        body.ends_with(" 403") && body.contains("host_not_routed"),
+        "{body}"
+    );
     assert_eq!(upstream.seen().len(), 1);
 }
 
@@ -389,7 +419,10 @@ async fn curl_through_connect_trusts_only_the_sidecar_ca_and_the_upstream_gets_o
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt as _;
-        let mode = std::fs::metadata(dir.path().join("ca.key")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(dir.path().join("ca.key"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600, "{mode:o}");
     }
     for (http, want) in [("--http1.1", "1.1"), ("--http2", "2")] {
@@ -458,7 +491,10 @@ async fn an_upstream_the_sidecar_cannot_verify_is_a_502_inside_the_tunnel() {
         return;
     };
     assert_eq!(code, 0, "{err}");
-    assert!(body.ends_with("\n502") && body.contains("upstream_unreachable"), "{body}");
+    assert!(
+        body.ends_with("\n502") && body.contains("upstream_unreachable"),
+        "{body}"
+    );
     assert!(!body.contains(TOKEN));
     assert!(got.lock().unwrap().is_empty());
 }
@@ -487,7 +523,11 @@ async fn python_requests_with_https_proxy_and_requests_ca_bundle() {
         .await
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(stdout, format!("200\nauth=Bearer {TOKEN} path=/py/x\n"));
     assert_eq!(got.lock().unwrap().len(), 1);
 }
@@ -548,7 +588,10 @@ async fn tunnels_count_against_max_connections() {
         let _ = s.read_to_end(&mut answer).await;
         answer.starts_with(b"HTTP/1.1 200")
     };
-    assert!(!answered(addr.clone()).await, "a third connection was served");
+    assert!(
+        !answered(addr.clone()).await,
+        "a third connection was served"
+    );
     // Closing a tunnel frees its place.
     drop(tunnels.pop());
     let mut freed = false;
@@ -572,7 +615,10 @@ fn the_ca_files_must_be_both_there_or_both_absent_and_match() {
             key.display()
         ))
         .unwrap();
-        Sidecar::builder(config).build().map(|_| ()).map_err(|e| e.to_string())
+        Sidecar::builder(config)
+            .build()
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     };
     let (cert, key) = (dir.path().join("ca.pem"), dir.path().join("ca.key"));
     build(&cert, &key).expect("created");
@@ -608,7 +654,10 @@ fn route_hosts_are_checked_at_load() {
         ("host = \"*.example\"", "not a valid DNS name"),
         ("host = \"localhost\"", "names the sidecar itself"),
         ("host = \"127.0.0.2\"", "names the sidecar itself"),
-        ("host = \"metadata.google.internal\"", "names the sidecar itself"),
+        (
+            "host = \"metadata.google.internal\"",
+            "names the sidecar itself",
+        ),
         ("host = \"[::1]:443\"", "names the sidecar itself"),
         ("", "neither prefix nor host"),
     ];
@@ -638,8 +687,7 @@ fn route_hosts_are_checked_at_load() {
 /// The venv `cargo xtask test` creates (xtask/src/venv.rs), or `None` after
 /// saying why (a failure under CI).
 fn vendor_python() -> Option<PathBuf> {
-    let python =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/vendor-venv/bin/python");
+    let python = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/vendor-venv/bin/python");
     let ok = python.exists()
         && std::process::Command::new(&python)
             .args(["-c", "import requests"])

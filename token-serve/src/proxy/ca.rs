@@ -58,7 +58,9 @@ pub(crate) struct LocalCa {
 
 impl std::fmt::Debug for LocalCa {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LocalCa").field("key", &"***").finish_non_exhaustive()
+        f.debug_struct("LocalCa")
+            .field("key", &"***")
+            .finish_non_exhaustive()
     }
 }
 
@@ -113,8 +115,7 @@ impl LocalCa {
                 key_file.display()
             ))
         })?;
-        if let Some(warning) = token_profile::readable_by_others(key_file, "forward proxy CA key")
-        {
+        if let Some(warning) = token_profile::readable_by_others(key_file, "forward proxy CA key") {
             tracing::warn!("{warning}");
         }
         let cert_pem = std::fs::read(cert_file).map_err(|e| {

@@ -93,7 +93,14 @@ pub(crate) async fn run(
             .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX))
             .max_concurrent_streams(MAX_STREAMS)
             .serve_connection(io, service);
-        drive(conn, |c| c.graceful_shutdown(), &activity, &settings, phase.as_mut()).await;
+        drive(
+            conn,
+            |c| c.graceful_shutdown(),
+            &activity,
+            &settings,
+            phase.as_mut(),
+        )
+        .await;
     } else {
         let conn = http1::Builder::new()
             .timer(TokioTimer::new())
@@ -101,7 +108,14 @@ pub(crate) async fn run(
             .keep_alive(true)
             .max_buf_size(settings.max_header_bytes.max(8192))
             .serve_connection(io, service);
-        drive(conn, |c| c.graceful_shutdown(), &activity, &settings, phase.as_mut()).await;
+        drive(
+            conn,
+            |c| c.graceful_shutdown(),
+            &activity,
+            &settings,
+            phase.as_mut(),
+        )
+        .await;
     }
     drop(scope);
 }
