@@ -189,6 +189,15 @@ pub struct ProxyConfig {
     pub tls_handshake_timeout: Duration,
 }
 
+impl ProxyConfig {
+    /// Checks the CA files without creating them: both absent (the sidecar
+    /// creates them when it is built), or both there, PEM, and the key the
+    /// certificate's. `tokencache serve --check-config` runs it.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        crate::proxy::LocalCa::check(self)
+    }
+}
+
 /// How long a client has to complete the TLS handshake inside a `CONNECT`
 /// tunnel: ample on loopback or a pod network, short enough that a client
 /// that stalls holds its connection for seconds.

@@ -621,7 +621,22 @@ fn the_ca_files_must_be_both_there_or_both_absent_and_match() {
             .map_err(|e| e.to_string())
     };
     let (cert, key) = (dir.path().join("ca.pem"), dir.path().join("ca.key"));
+    let check = |cert: &Path, key: &Path| {
+        ServeConfig::parse(&format!(
+            "[serve.proxy]\nca_cert_file = \"{}\"\nca_key_file = \"{}\"\n",
+            cert.display(),
+            key.display()
+        ))
+        .unwrap()
+        .proxy
+        .unwrap()
+        .check()
+        .map_err(|e| e.to_string())
+    };
+    check(&cert, &key).expect("absent: to be created");
+    assert!(!cert.exists() && !key.exists(), "checking creates nothing");
     build(&cert, &key).expect("created");
+    check(&cert, &key).expect("created and matching");
     assert!(cert.exists() && key.exists());
     build(&cert, &key).expect("read back");
     // Only one of them.
@@ -635,6 +650,7 @@ fn the_ca_files_must_be_both_there_or_both_absent_and_match() {
     std::fs::write(&other_key, KeyPair::generate().unwrap().serialize_pem()).unwrap();
     let e = build(&cert, &other_key).unwrap_err();
     assert!(e.contains("do not match"), "{e}");
+    assert_eq!(check(&cert, &other_key).unwrap_err(), e);
     assert!(!e.contains("PRIVATE KEY"), "{e}");
     // A key file that is no key.
     std::fs::write(&other_key, "hello\n").unwrap();

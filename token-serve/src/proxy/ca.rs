@@ -77,27 +77,19 @@ impl LocalCa {
     /// The CA of `config`: read, or created when both files are absent.
     pub(crate) fn open(config: &ProxyConfig) -> Result<Self, ConfigError> {
         let (cert, key) = (&config.ca_cert_file, &config.ca_key_file);
-        match (cert.exists(), key.exists()) {
-            (false, false) => create(cert, key)?,
-            (true, false) => {
-                return Err(ConfigError::new(format!(
-                    "[serve.proxy] ca_cert_file {} exists but ca_key_file {} does not: give both, \
-                     or remove the certificate too to have the sidecar create a new CA",
-                    cert.display(),
-                    key.display()
-                )))
-            }
-            (false, true) => {
-                return Err(ConfigError::new(format!(
-                    "[serve.proxy] ca_key_file {} exists but ca_cert_file {} does not: give both, \
-                     or remove the key too to have the sidecar create a new CA",
-                    key.display(),
-                    cert.display()
-                )))
-            }
-            (true, true) => {}
+        if !present(config)? {
+            create(cert, key)?;
         }
         Self::load(cert, key)
+    }
+
+    /// Checks `config`'s CA files without creating them: both absent (to
+    /// be created), or both there, readable and matching.
+    pub(crate) fn check(config: &ProxyConfig) -> Result<(), ConfigError> {
+        if present(config)? {
+            Self::load(&config.ca_cert_file, &config.ca_key_file)?;
+        }
+        Ok(())
     }
 
     fn load(cert_file: &Path, key_file: &Path) -> Result<Self, ConfigError> {
@@ -222,6 +214,28 @@ impl LocalCa {
             .map_err(|e| format!("the certificate for {host} is unusable: {e}"))?;
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok((Arc::new(config), expires))
+    }
+}
+
+/// Whether both CA files are there (`false`: both absent); one without
+/// the other is an error.
+fn present(config: &ProxyConfig) -> Result<bool, ConfigError> {
+    let (cert, key) = (&config.ca_cert_file, &config.ca_key_file);
+    match (cert.exists(), key.exists()) {
+        (false, false) => Ok(false),
+        (true, false) => Err(ConfigError::new(format!(
+            "[serve.proxy] ca_cert_file {} exists but ca_key_file {} does not: give both, \
+                     or remove the certificate too to have the sidecar create a new CA",
+            cert.display(),
+            key.display()
+        ))),
+        (false, true) => Err(ConfigError::new(format!(
+            "[serve.proxy] ca_key_file {} exists but ca_cert_file {} does not: give both, \
+                     or remove the key too to have the sidecar create a new CA",
+            key.display(),
+            cert.display()
+        ))),
+        (true, true) => Ok(true),
     }
 }
 
