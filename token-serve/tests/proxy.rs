@@ -605,6 +605,50 @@ async fn tunnels_count_against_max_connections() {
     assert!(freed, "the closed tunnel's place was never freed");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tunnel_without_a_tls_handshake_or_left_idle_is_closed() {
+    let (port, upstream_ca, _) = tls_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = https_config(
+        dir.path(),
+        port,
+        &upstream_ca,
+        "idle_timeout_seconds = 1\nheader_read_timeout_seconds = 1",
+    );
+    let addr = sidecar(&format!("{config}tls_handshake_timeout_seconds = 1\n")).await;
+    // The bound only keeps a broken sidecar from hanging the test; the
+    // sidecar closes after about a second.
+    let closed = |mut s: tokio_rustls::client::TlsStream<TcpStream>| async move {
+        // The server's HTTP/2 SETTINGS come first; then the end.
+        let mut buf = [0u8; 256];
+        let until_end = async {
+            while let Ok(n) = s.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(30), until_end)
+            .await
+            .is_ok()
+    };
+    // No handshake at all.
+    let (status, mut tcp) = connect(&addr, "orders.internal:443").await;
+    assert_eq!(status, 200);
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(30), tcp.read(&mut buf)).await;
+    assert!(matches!(read, Ok(Ok(0) | Err(_))), "{read:?}");
+    // A handshake, then nothing.
+    let (_, tcp) = connect(&addr, "orders.internal:443").await;
+    let connector = tls_client(&dir.path().join("ca.pem"), &[b"h2"]);
+    let tls = connector
+        .connect(ServerName::try_from("orders.internal").unwrap(), tcp)
+        .await
+        .unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    assert!(closed(tls).await, "the idle tunnel was not closed");
+}
+
 #[test]
 fn the_ca_files_must_be_both_there_or_both_absent_and_match() {
     let dir = tempfile::tempdir().unwrap();
