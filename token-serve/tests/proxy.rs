@@ -315,6 +315,16 @@ async fn a_host_route_takes_every_request_for_its_host_and_never_the_token_endpo
         get("orders.internal", "/healthz").await,
         (200, "ok /healthz".to_owned())
     );
+    // The browser guard applies to host routes too.
+    let r = client
+        .get(format!("http://{addr}/x"))
+        .header("host", "orders.internal")
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert!(r.text().await.unwrap().contains("browser_request_refused"));
     assert_eq!(by_host.seen().len(), 3);
     assert_eq!(by_host_v2.seen().len(), 1);
     assert!(by_prefix.seen().is_empty());
@@ -728,6 +738,12 @@ fn route_hosts_are_checked_at_load() {
         let e = ServeConfig::parse(&text).expect_err(&text).to_string();
         assert!(e.contains(expected), "{text}: {e}");
     }
+    let e = ServeConfig::parse(
+        "[[serve.routes]]\nhost = \"a.example\"\nupstream = \"http://x\"\nprofile = \"p\"\n\
+         [[serve.routes]]\nhost = \"A.example\"\nupstream = \"http://y\"\nprofile = \"p\"\n",
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("given twice"), "{e}");
     // allowed_hosts names are the sidecar's too.
     let e = ServeConfig::parse(
         "[serve]\nallowed_hosts = [\"sidecar.internal\"]\n[[serve.routes]]\nhost = \"sidecar.internal:8443\"\nupstream = \"http://x\"\nprofile = \"p\"\n",
