@@ -659,6 +659,50 @@ async fn a_tunnel_without_a_tls_handshake_or_left_idle_is_closed() {
     assert!(closed(tls).await, "the idle tunnel was not closed");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_an_idle_tunnel_and_the_drain_completes() {
+    let (port, upstream_ca, _) = tls_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = ServeConfig::parse(&https_config(dir.path(), port, &upstream_ca, "")).unwrap();
+    let cache = TokenCache::builder(StaticIdp(TOKEN)).build();
+    let request = TokenRequest::builder().scope("s").build();
+    let sidecar = Sidecar::builder(config)
+        .profile("orders", &cache, &request)
+        .build()
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let served = tokio::spawn(token_serve::serve(
+        sidecar,
+        listener,
+        async move {
+            let _ = stopped.await;
+        },
+        Duration::from_secs(20),
+    ));
+    let (_, tcp) = connect(&addr, "orders.internal:443").await;
+    let connector = tls_client(&dir.path().join("ca.pem"), &[b"http/1.1"]);
+    let mut tls = connector
+        .connect(ServerName::try_from("orders.internal").unwrap(), tcp)
+        .await
+        .unwrap();
+    // One request, so the tunnel is serving; then it sits idle.
+    tls.write_all(b"GET /a HTTP/1.1\r\nHost: orders.internal\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = [0u8; 12];
+    tls.read_exact(&mut head).await.unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+    stop.send(()).unwrap();
+    // The drain (20 s) is not waited out: the idle tunnel closes at once.
+    let drained = tokio::time::timeout(Duration::from_secs(15), served)
+        .await
+        .expect("serve returned before its drain time")
+        .unwrap();
+    assert_eq!(drained, token_serve::Drained::Complete);
+}
+
 #[test]
 fn the_ca_files_must_be_both_there_or_both_absent_and_match() {
     let dir = tempfile::tempdir().unwrap();
