@@ -173,7 +173,7 @@ impl HostTable {
 /// `403 host_not_routed` for `target`.
 pub(crate) fn not_routed(target: &str) -> Response<Body> {
     tracing::info!(
-        target,
+        host = target,
         "request refused: no route names this host (not an open proxy)"
     );
     response::error(
