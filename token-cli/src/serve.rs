@@ -187,6 +187,9 @@ fn validate(
             c.check_token_endpoint_exposure(c.secret_file.is_some())
                 .map(|()| c)
         })
+        // The forward proxy's CA files: both there and matching, or both
+        // absent (created at start).
+        .and_then(|c| c.proxy.as_ref().map_or(Ok(()), |p| p.check()).map(|()| c))
         .map_err(|e| CliError::config(format!("the profile file {}: {e}", path.display())))?;
     let mut overlay = token_profile::ProfileSpec::default();
     overlay.key_file.clone_from(&args.locations.key_file);

@@ -23,12 +23,19 @@
 //!
 //! [[serve.routes]]
 //! prefix = "/orders/"                # matches /orders/... (a prefix without `/` matches whole segments)
+//! # host = "orders.internal"         # forward proxy: requests for this host (see crate::proxy); with
+//! #                                  # host, prefix is optional and not stripped
 //! upstream = "https://orders.internal"     # no user:password@ (refused)
 //! profile = "orders"
 //! allow_browser_origins = []         # origins whose browser requests may use the route; default [] (403)
 //! allow_encoded_slashes = false      # forward %2f, %5c and `\` in paths; default false (400)
 //! allow_plaintext = false            # silence the warning for http:// off loopback; default false
 //! timeout_seconds = 30               # upstream response head deadline (504 after it)
+//!
+//! [serve.proxy]                      # CONNECT to routed hosts, TLS by a local CA (created if both absent)
+//! ca_cert_file = "/var/lib/tokencache/proxy-ca.pem"
+//! ca_key_file = "/var/lib/tokencache/proxy-ca.key"
+//! tls_handshake_timeout_seconds = 10
 //!
 //! [serve.azure]                      # resource -> profile (App Service managed identity)
 //! "https://vault.azure.net" = "vault"
@@ -41,7 +48,10 @@
 //! Refused at load, each with one sentence: an upstream with user info
 //! (its password would reach `Host`, 502 bodies and logs), an
 //! `allowed_hosts` entry that is no `host[:port]`, an
-//! `allow_browser_origins` entry that is no origin. Refused when the
+//! `allow_browser_origins` entry that is no origin, a route with neither
+//! `prefix` nor `host`, a route `host` that is no DNS name or IP literal
+//! or that names the sidecar itself (loopback, the listen address, the
+//! metadata names, `allowed_hosts`). Refused when the
 //! sidecar is built: a non-loopback `listen` without a secret, unless
 //! `insecure_token_endpoint = true`. Warned about: a plain `http://`
 //! upstream off loopback (unless `allow_plaintext = true`), a
@@ -77,11 +87,15 @@ impl ConfigError {
     }
 }
 
-/// One egress route: requests whose path starts with `prefix` go to
-/// `upstream` with a token of `profile`.
+/// One egress route: requests whose path starts with `prefix` (and, with
+/// `host`, that are for that host) go to `upstream` with a token of
+/// `profile`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
-    /// The path prefix, starting with `/`, stripped before forwarding.
+    /// The path prefix, starting with `/`. On a route without `host` it is
+    /// stripped before forwarding; on a route with `host` the path is
+    /// forwarded as sent and the prefix only selects the route (`/` when
+    /// the route has a `host` and no `prefix`).
     pub prefix: String,
     /// Scheme and authority (and optional base path) of the upstream.
     pub upstream: Uri,
@@ -106,6 +120,14 @@ pub struct Route {
     /// How long the upstream may take to answer (its response head) before
     /// the caller gets `504` (`timeout_seconds`; [`DEFAULT_UPSTREAM_TIMEOUT`]).
     pub timeout: Duration,
+
+    // --- Forward proxy (issue 19) ---
+    /// The host this route serves (`host`): a lower-cased DNS name or IP
+    /// literal, with `:port` when the route names one (then only that port
+    /// matches). Such a route matches requests whose `Host` (`:authority`,
+    /// absolute-form target, CONNECT target) names it, and only those.
+    /// `None`: the route matches requests addressed to the sidecar itself.
+    pub host: Option<String>,
 }
 
 /// The parsed `[serve]` table.
@@ -143,7 +165,43 @@ pub struct ServeConfig {
     /// Client connection limits and start-up concurrency (see
     /// [`ConnectionSettings`]); take effect at start only.
     pub connections: ConnectionSettings,
+
+    // --- Forward proxy (issue 19) ---
+    /// `[serve.proxy]`: HTTPS through `CONNECT` to the hosts routes name,
+    /// with TLS terminated by a local CA. `None`: `CONNECT` is refused.
+    pub proxy: Option<ProxyConfig>,
 }
+
+/// `[serve.proxy]`: the local CA that signs the certificates the sidecar
+/// shows inside `CONNECT` tunnels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ProxyConfig {
+    /// The CA certificate (PEM), which programs trust
+    /// (`SSL_CERT_FILE`, `REQUESTS_CA_BUNDLE`, `NODE_EXTRA_CA_CERTS`).
+    pub ca_cert_file: PathBuf,
+    /// The CA's private key (PEM, mode 0600). With `ca_cert_file`, both
+    /// created on first start when both are absent.
+    pub ca_key_file: PathBuf,
+    /// How long a client has, after the `CONNECT` is accepted, to finish
+    /// the TLS handshake (`tls_handshake_timeout_seconds`;
+    /// [`DEFAULT_TLS_HANDSHAKE_TIMEOUT`]).
+    pub tls_handshake_timeout: Duration,
+}
+
+impl ProxyConfig {
+    /// Checks the CA files without creating them: both absent (the sidecar
+    /// creates them when it is built), or both there, PEM, and the key the
+    /// certificate's. `tokencache serve --check-config` runs it.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        crate::proxy::LocalCa::check(self)
+    }
+}
+
+/// How long a client has to complete the TLS handshake inside a `CONNECT`
+/// tunnel: ample on loopback or a pod network, short enough that a client
+/// that stalls holds its connection for seconds.
+pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The account the Google metadata endpoints describe.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -168,6 +226,7 @@ impl Default for ServeConfig {
             allowed_hosts: Vec::new(),
             insecure_token_endpoint: false,
             connections: ConnectionSettings::default(),
+            proxy: None,
         }
     }
 }
@@ -204,12 +263,25 @@ struct RawServe {
     health_connections: Option<usize>,
     prefetch_concurrency: Option<usize>,
     max_header_bytes: Option<usize>,
+
+    // --- Forward proxy (issue 19) ---
+    proxy: Option<RawProxy>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProxy {
+    ca_cert_file: PathBuf,
+    ca_key_file: PathBuf,
+    tls_handshake_timeout_seconds: Option<u64>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRoute {
-    prefix: String,
+    prefix: Option<String>,
+    // --- Forward proxy (issue 19) ---
+    host: Option<String>,
     upstream: String,
     profile: String,
 
@@ -280,6 +352,12 @@ impl ServeConfig {
             .iter()
             .map(|h| allowed_host(h))
             .collect::<Result<Vec<_>, _>>()?;
+        for r in &routes {
+            if let Some(host) = &r.host {
+                check_not_own_name(host, listen, &allowed_hosts)?;
+            }
+        }
+        let proxy = raw.proxy.map(proxy_config).transpose()?;
         Ok(Self {
             listen,
             routes,
@@ -299,6 +377,7 @@ impl ServeConfig {
                 prefetch_concurrency: raw.prefetch_concurrency,
                 max_header_bytes: raw.max_header_bytes,
             })?,
+            proxy,
         })
     }
 
@@ -353,6 +432,7 @@ fn empty_raw() -> RawServe {
         health_connections: None,
         prefetch_concurrency: None,
         max_header_bytes: None,
+        proxy: None,
     }
 }
 
@@ -391,7 +471,42 @@ const RESERVED: &[&str] = &[
 ];
 
 fn route(r: RawRoute, prefixes: &mut BTreeSet<String>) -> Result<Route, ConfigError> {
-    let prefix = r.prefix;
+    let Some(host) = r.host.as_deref() else {
+        let Some(prefix) = r.prefix.clone() else {
+            return Err(ConfigError::new(format!(
+                "[[serve.routes]] with upstream \"{}\" has neither prefix nor host: a route needs at least one",
+                r.upstream
+            )));
+        };
+        return prefix_route(r, prefix, prefixes);
+    };
+    // --- Forward proxy (issue 19): a route for a host ---
+    let host = route_host(host)?;
+    let prefix = r.prefix.clone().unwrap_or_else(|| "/".to_owned());
+    if !prefix.starts_with('/') {
+        return Err(ConfigError::new(format!(
+            "[[serve.routes]] host {host}: prefix \"{prefix}\" must start with /"
+        )));
+    }
+    if !prefixes.insert(format!("{host} {prefix}")) {
+        return Err(ConfigError::new(format!(
+            "[[serve.routes]] host {host} with prefix {prefix} is given twice"
+        )));
+    }
+    let what = if r.prefix.is_some() {
+        format!("host {host} prefix {prefix}")
+    } else {
+        format!("host {host}")
+    };
+    finish_route(r, prefix, what, Some(host))
+}
+
+/// A route without `host`: its prefix may not take the sidecar's own paths.
+fn prefix_route(
+    r: RawRoute,
+    prefix: String,
+    prefixes: &mut BTreeSet<String>,
+) -> Result<Route, ConfigError> {
     if !prefix.starts_with('/') {
         return Err(ConfigError::new(format!(
             "[[serve.routes]] prefix \"{prefix}\" must start with /"
@@ -416,9 +531,20 @@ fn route(r: RawRoute, prefixes: &mut BTreeSet<String>) -> Result<Route, ConfigEr
             "[[serve.routes]] prefix \"{prefix}\" is given twice"
         )));
     }
+    let what = format!("prefix {prefix}");
+    finish_route(r, prefix, what, None)
+}
+
+/// The checks every route gets; `what` names the route in messages.
+fn finish_route(
+    r: RawRoute,
+    prefix: String,
+    what: String,
+    host: Option<String>,
+) -> Result<Route, ConfigError> {
     let upstream: Uri = r.upstream.parse().map_err(|e| {
         ConfigError::new(format!(
-            "[[serve.routes]] upstream \"{}\" (prefix {prefix}) is not a URL: {e}",
+            "[[serve.routes]] upstream \"{}\" ({what}) is not a URL: {e}",
             r.upstream
         ))
     })?;
@@ -426,14 +552,14 @@ fn route(r: RawRoute, prefixes: &mut BTreeSet<String>) -> Result<Route, ConfigEr
         Some("http" | "https") => {}
         _ => {
             return Err(ConfigError::new(format!(
-            "[[serve.routes]] upstream \"{}\" (prefix {prefix}) must be an http:// or https:// URL",
-            r.upstream
-        )))
+                "[[serve.routes]] upstream \"{}\" ({what}) must be an http:// or https:// URL",
+                r.upstream
+            )))
         }
     }
     if upstream.authority().is_none_or(|a| a.host().is_empty()) {
         return Err(ConfigError::new(format!(
-            "[[serve.routes]] upstream \"{}\" (prefix {prefix}) has no host",
+            "[[serve.routes]] upstream \"{}\" ({what}) has no host",
             r.upstream
         )));
     }
@@ -444,25 +570,25 @@ fn route(r: RawRoute, prefixes: &mut BTreeSet<String>) -> Result<Route, ConfigEr
         // The message names the host only: the user info is a password.
         let host = upstream.host().unwrap_or_default();
         return Err(ConfigError::new(format!(
-            "[[serve.routes]] upstream for prefix {prefix} (host {host}) has user info (user:password@): \
+            "[[serve.routes]] upstream for {what} (upstream host {host}) has user info (user:password@): \
              credentials in the URL would go upstream in Host, into 502 bodies and logs; remove them"
         )));
     }
     if upstream.query().is_some() {
         return Err(ConfigError::new(format!(
-            "[[serve.routes]] upstream \"{}\" (prefix {prefix}) may not have a query",
+            "[[serve.routes]] upstream \"{}\" ({what}) may not have a query",
             r.upstream
         )));
     }
     if r.profile.is_empty() {
         return Err(ConfigError::new(format!(
-            "[[serve.routes]] prefix {prefix} has an empty profile"
+            "[[serve.routes]] {what} has an empty profile"
         )));
     }
     for origin in &r.allow_browser_origins {
         if origin != "*" && !is_origin(origin) {
             return Err(ConfigError::new(format!(
-                "[[serve.routes]] prefix {prefix}: allow_browser_origins entry \"{origin}\" is not an origin \
+                "[[serve.routes]] {what}: allow_browser_origins entry \"{origin}\" is not an origin \
                  (scheme://host[:port], no path) or \"*\""
             )));
         }
@@ -471,7 +597,7 @@ fn route(r: RawRoute, prefixes: &mut BTreeSet<String>) -> Result<Route, ConfigEr
         None => DEFAULT_UPSTREAM_TIMEOUT,
         Some(0) => {
             return Err(ConfigError::new(format!(
-                "[[serve.routes]] prefix {prefix}: timeout_seconds must be at least 1"
+                "[[serve.routes]] {what}: timeout_seconds must be at least 1"
             )))
         }
         Some(s) => Duration::from_secs(s),
@@ -488,6 +614,7 @@ fn route(r: RawRoute, prefixes: &mut BTreeSet<String>) -> Result<Route, ConfigEr
         allow_encoded_slashes: r.allow_encoded_slashes,
         allow_plaintext: r.allow_plaintext,
         timeout,
+        host,
     })
 }
 
@@ -666,6 +793,125 @@ fn is_origin(text: &str) -> bool {
         && uri
             .path_and_query()
             .is_none_or(|pq| pq.as_str().is_empty() || pq.as_str() == "/")
+}
+
+// ---- Forward proxy (issue 19): route hosts and [serve.proxy] -------------
+
+/// `[serve.proxy]`, checked.
+fn proxy_config(raw: RawProxy) -> Result<ProxyConfig, ConfigError> {
+    if raw.ca_cert_file == raw.ca_key_file {
+        return Err(ConfigError::new(
+            "[serve.proxy] ca_cert_file and ca_key_file must be two different files",
+        ));
+    }
+    let tls_handshake_timeout = match raw.tls_handshake_timeout_seconds {
+        None => DEFAULT_TLS_HANDSHAKE_TIMEOUT,
+        Some(0) => {
+            return Err(ConfigError::new(
+                "[serve.proxy] tls_handshake_timeout_seconds must be at least 1",
+            ))
+        }
+        Some(s) => Duration::from_secs(s),
+    };
+    Ok(ProxyConfig {
+        ca_cert_file: raw.ca_cert_file,
+        ca_key_file: raw.ca_key_file,
+        tls_handshake_timeout,
+    })
+}
+
+/// A route's `host`, checked and normalised: a DNS name (letters, digits
+/// and `-` in labels of 1 to 63 characters, at most 253 in all; a trailing
+/// `.` dropped) or an IP literal (`[::1]` for IPv6), lower-cased, with an
+/// optional `:port`.
+pub(crate) fn route_host(entry: &str) -> Result<String, ConfigError> {
+    let bad = |why: &str| {
+        ConfigError::new(format!(
+            "[[serve.routes]] host \"{entry}\" {why} (like \"orders.internal\" or \"orders.internal:8443\")"
+        ))
+    };
+    let lower = entry.to_ascii_lowercase();
+    let (name, port) =
+        split_host_port(&lower).ok_or_else(|| bad("is not a host with an optional port"))?;
+    if let Some(p) = port {
+        if p.parse::<u16>().map_or(true, |p| p == 0) {
+            return Err(bad("has a port that is not a number from 1 to 65535"));
+        }
+    }
+    let name = if let Some(v6) = name.strip_prefix('[').and_then(|n| n.strip_suffix(']')) {
+        let ip: std::net::Ipv6Addr = v6.parse().map_err(|_| bad("is not a valid IPv6 literal"))?;
+        format!("[{ip}]")
+    } else if let Ok(ip) = name.parse::<std::net::Ipv4Addr>() {
+        ip.to_string()
+    } else {
+        let name = name.strip_suffix('.').unwrap_or(name);
+        if !is_dns_name(name) {
+            return Err(bad("is not a valid DNS name or IP address"));
+        }
+        name.to_owned()
+    };
+    Ok(match port {
+        Some(p) => format!("{name}:{p}"),
+        None => name,
+    })
+}
+
+/// `host[:port]` split; `None` when the shape is wrong.
+pub(crate) fn split_host_port(text: &str) -> Option<(&str, Option<&str>)> {
+    if text.starts_with('[') {
+        let end = text.find(']')?;
+        let (name, rest) = text.split_at(end + 1);
+        return match rest {
+            "" => Some((name, None)),
+            r => r.strip_prefix(':').map(|p| (name, Some(p))),
+        };
+    }
+    match text.rsplit_once(':') {
+        Some((name, port)) if !name.contains(':') => Some((name, Some(port))),
+        Some(_) => None,
+        None => Some((text, None)),
+    }
+}
+
+fn is_dns_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+        // Not all digits (`10.1`): that is no name, nor an IP literal.
+        && !name.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+}
+
+/// Refuses a route `host` that names the sidecar itself: its requests go
+/// to the token endpoints, never to a route (see guard.rs).
+fn check_not_own_name(
+    host: &str,
+    listen: SocketAddr,
+    allowed_hosts: &[String],
+) -> Result<(), ConfigError> {
+    let (name, _) = split_host_port(host).unwrap_or((host, None));
+    let bare = name.trim_start_matches('[').trim_end_matches(']');
+    let ip = bare.parse::<std::net::IpAddr>().ok();
+    let own = name == "localhost"
+        || name.ends_with(".localhost")
+        || crate::guard::METADATA_HOSTS.contains(&name)
+        || ip.is_some_and(|ip| ip.is_loopback() || ip.is_unspecified() || ip == listen.ip())
+        || allowed_hosts
+            .iter()
+            .any(|a| split_host_port(a).is_some_and(|(n, _)| n.trim_end_matches('.') == name));
+    if own {
+        return Err(ConfigError::new(format!(
+            "[[serve.routes]] host \"{host}\" names the sidecar itself (loopback, its listen address, \
+             the metadata server's names or [serve] allowed_hosts): requests for it go to the sidecar's \
+             own endpoints, so no route may take it"
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -85,7 +85,11 @@ impl GatewayRoute {
             Some(pool) => pool,
             None => Arc::new(Pool::new(&route.upstream, tls)?),
         };
-        let label: Arc<str> = Arc::from(route.prefix.as_str());
+        let label: Arc<str> = match (&route.host, route.prefix.as_str()) {
+            (Some(host), "/") => Arc::from(host.as_str()),
+            (Some(host), prefix) => Arc::from(format!("{host}{prefix}")),
+            (None, prefix) => Arc::from(prefix),
+        };
         Ok(Self {
             durations: RouteDurations::new(Arc::clone(&label)),
             upstream_host: Arc::from(route.upstream.authority().map_or("", |a| a.as_str())),
@@ -240,8 +244,14 @@ pub(crate) async fn forward(
     route: &GatewayRoute,
     req: Request<Incoming>,
 ) -> Response<Body> {
+    // A host route forwards the path as the program sent it.
+    let strip = if route.route.host.is_some() {
+        ""
+    } else {
+        &route.route.prefix
+    };
     let pq = match upstream_path(
-        &route.route.prefix,
+        strip,
         &route.base,
         req.uri(),
         route.route.allow_encoded_slashes,

@@ -11,7 +11,12 @@
 //!   (`/computeMetadata/v1/instance/service-accounts/default/token`), so
 //!   unmodified SDKs get their tokens from the sidecar.
 //! - `/metrics` (Prometheus), `/healthz`, `/readyz`.
-//! - **Request guards** before any token work: `CONNECT` refused, exactly
+//! - **Forward proxy**: routes by `host` (the `Host` header, absolute-form
+//!   requests from `HTTP_PROXY` clients) and, with `[serve.proxy]`,
+//!   `CONNECT` tunnels to routed hosts with TLS terminated by a local CA
+//!   (`HTTPS_PROXY`); any other host is refused (`403 host_not_routed`).
+//! - **Request guards** before any token work: `CONNECT` refused (without
+//!   `[serve.proxy]`), exactly
 //!   one valid `Host` naming the sidecar (DNS rebinding; `[serve]
 //!   allowed_hosts`), no browser cross-site requests unless a route opts in
 //!   (`allow_browser_origins`), loops through the sidecar itself detected
@@ -74,6 +79,7 @@ mod gateway;
 mod guard;
 mod metrics;
 mod pool;
+mod proxy;
 mod reload;
 mod response;
 mod server;
@@ -90,6 +96,7 @@ pub use config::{
     DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_HEADER_BYTES,
     DEFAULT_PREFETCH_CONCURRENCY, DEFAULT_UPSTREAM_TIMEOUT,
 };
+pub use config::{ProxyConfig, DEFAULT_TLS_HANDSHAKE_TIMEOUT};
 pub use endpoints::SECRET_HEADER;
 pub use metrics::{prometheus_builder, HTTP_BUCKETS};
 pub use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};

@@ -113,7 +113,7 @@ fn caps(limits: &ConnectionLimits) -> (usize, usize) {
 
 /// What the drain tells connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
+pub(crate) enum Phase {
     Serving,
     Draining,
     Cut,
@@ -423,9 +423,16 @@ async fn connection(
     sidecar: Arc<OnceLock<Sidecar>>,
     limits: ConnectionLimits,
     kind: Kind,
-    _permit: OwnedSemaphorePermit,
+    permit: OwnedSemaphorePermit,
     mut phase: watch::Receiver<Phase>,
 ) {
+    // A CONNECT tunnel (the forward proxy) keeps the permit, the drain and
+    // these limits after the connection is handed over to it.
+    let tunnel = crate::proxy::TunnelScope {
+        _permit: Arc::new(permit),
+        phase: phase.clone(),
+        settings: limits.settings,
+    };
     let mut limits = limits;
     if kind == Kind::HealthOnly {
         let s = &mut limits.settings;
@@ -439,7 +446,10 @@ async fn connection(
         activity: Arc::clone(&activity),
     });
     let on_request = Arc::clone(&activity);
-    let service = service_fn(move |req: Request<Incoming>| {
+    let service = service_fn(move |mut req: Request<Incoming>| {
+        if req.method() == http::Method::CONNECT && kind == Kind::Gateway {
+            req.extensions_mut().insert(tunnel.clone());
+        }
         let sidecar = sidecar.get().cloned();
         let activity = Arc::clone(&on_request);
         activity.request();
@@ -461,7 +471,8 @@ async fn connection(
         .keep_alive(kind == Kind::Gateway)
         // Bounds a head (431 beyond) and what a connection buffers.
         .max_buf_size(settings.max_header_bytes.max(8192))
-        .serve_connection(io, service);
+        .serve_connection(io, service)
+        .with_upgrades();
     let mut conn = std::pin::pin!(conn);
     // One timer for the connection's life. Nothing wakes it when the
     // connection's state changes (a wake-up from inside the connection's own

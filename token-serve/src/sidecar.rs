@@ -51,6 +51,12 @@ pub(crate) struct Inner {
     // --- Request guards (issue 18) ---
     /// Host, CONNECT, loop and browser checks.
     pub(crate) guards: Guards,
+
+    // --- Forward proxy (issue 19) ---
+    /// The routes with `host`, by host.
+    pub(crate) hosts: crate::proxy::HostTable,
+    /// `[serve.proxy]`: CONNECT tunnels and their CA.
+    pub(crate) proxy: Option<crate::proxy::ProxyState>,
 }
 
 /// The token sidecar and egress gateway as a hyper service: build it from a
@@ -87,6 +93,8 @@ pub struct SidecarBuilder {
     pools: BTreeMap<String, Arc<crate::pool::Pool>>,
     /// The TLS client configuration to keep (a reload's, same roots).
     tls: Option<Arc<rustls::ClientConfig>>,
+    /// The forward proxy's CA to keep (a reload's, same `[serve.proxy]`).
+    proxy: Option<crate::proxy::ProxyState>,
 }
 
 impl std::fmt::Debug for SidecarBuilder {
@@ -144,6 +152,11 @@ impl SidecarBuilder {
     /// are the same: a reload neither reloads the system roots nor drops
     /// warm connections.
     pub(crate) fn reuse_pools(mut self, previous: &Inner) -> Self {
+        // The proxy CA and its leaves too, when [serve.proxy] is unchanged.
+        self.proxy = previous
+            .proxy
+            .clone()
+            .filter(|p| self.config.proxy.as_ref() == Some(&p.config));
         if previous.ca_file == self.config.ca_file {
             self.tls = Some(Arc::clone(&previous.tls));
             for r in &previous.routes {
@@ -202,6 +215,15 @@ impl SidecarBuilder {
             routes.push(GatewayRoute::new(r, profile, &tls, pool)?);
         }
         routes.sort_by_key(|r| std::cmp::Reverse(r.route.prefix.len()));
+        let hosts = crate::proxy::HostTable::new(&routes);
+        let proxy = match (self.proxy, self.config.proxy) {
+            (Some(kept), _) => Some(kept),
+            (None, Some(config)) => Some(crate::proxy::ProxyState {
+                ca: Arc::new(crate::proxy::LocalCa::open(&config)?),
+                config,
+            }),
+            (None, None) => None,
+        };
         Ok(Inner {
             profiles: self.profiles,
             routes,
@@ -213,6 +235,8 @@ impl SidecarBuilder {
             ca_file: self.config.ca_file,
             tls,
             guards,
+            hosts,
+            proxy,
         })
     }
 }
@@ -291,6 +315,7 @@ impl Sidecar {
             metrics: None,
             pools: BTreeMap::new(),
             tls: None,
+            proxy: None,
         }
     }
 
@@ -354,6 +379,21 @@ impl Sidecar {
         // reload puts another in force meanwhile.
         let current = self.current();
         let inner = &*current;
+        // The forward proxy first: CONNECT tunnels, and requests for a host
+        // that a route names (those never reach the sidecar's own endpoints).
+        if req.method() == Method::CONNECT {
+            if let Some(proxy) = &inner.proxy {
+                return crate::proxy::connect(self, inner, proxy, req);
+            }
+        } else if !inner.hosts.is_empty() {
+            match crate::proxy::lookup(inner, &req) {
+                crate::proxy::Lookup::NotRouted => {}
+                crate::proxy::Lookup::Route(route) => {
+                    return crate::proxy::forward(inner, route, req).await
+                }
+                crate::proxy::Lookup::Refused(r) => return r,
+            }
+        }
         let path = req.uri().path();
         if path == "/healthz" {
             return response::text(StatusCode::OK, "text/plain", "ok\n");
@@ -479,6 +519,7 @@ impl Inner {
     fn route_for(&self, path: &str) -> Option<&GatewayRoute> {
         self.routes
             .iter()
+            .filter(|g| g.route.host.is_none())
             .find(|g| gateway::prefix_matches(&g.route.prefix, path))
     }
 
