@@ -66,6 +66,12 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), CliError> {
     if !addr.ip().is_loopback() {
         tracing::warn!(%addr, "listening on a non-loopback address, as [serve] listen says");
     }
+    // The admin listener (health, readiness, metrics, admin API), bound
+    // before anything is announced: a port in use is a start-up error.
+    let admin = token_serve::AdminListener::bind(&token_serve::AdminSettings::of(&config))
+        .await
+        .map_err(|e| CliError::new(Kind::Listen, e.to_string()))?;
+    let admin_addr = admin.as_ref().and_then(|a| a.local_addr().ok());
     // SIGHUP before the watcher is up (start-up) must not end the process.
     let early_hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(|e| CliError::internal(format!("cannot handle SIGHUP: {e}")))?;
@@ -143,11 +149,16 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), CliError> {
     };
     tracing::info!(%addr, "serving; building profiles");
     println!("listening on http://{addr}");
+    if let Some(a) = admin_addr {
+        // Not on stdout: scripts read its first line only.
+        tracing::info!(addr = %a, "admin listener: /healthz, /readyz, /metrics, /admin/keys");
+    }
     // Built on its own task: a store that blocks while it opens does not
     // hold up the accept loop.
     let starting = tokio::spawn(starting);
     let built = async move { starting.await.ok().flatten() };
-    let drained = token_serve::serve_starting(listener, built, shutdown, config.limits()).await;
+    let drained =
+        token_serve::serve_with_admin(listener, admin, built, shutdown, config.limits()).await;
     if let Some(w) = watcher.lock().ok().and_then(|mut slot| slot.take()) {
         w.abort();
     }

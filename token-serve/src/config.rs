@@ -21,6 +21,12 @@
 //! max_header_bytes = 65536           # largest request head (431 beyond), at least 8192
 //! prefetch_concurrency = 8           # first tokens fetched at once (start-up and reload)
 //!
+//! # Admin listener (optional; restart-only, like listen)
+//! admin_listen = "0.0.0.0:8732"      # /healthz, /readyz, /metrics and the admin API (/admin/...)
+//! admin_secret_file = "/run/secrets/tokencache-admin"  # required by the admin API from any client
+//!                                    # once set; without it the admin API answers loopback only
+//! admin_max_connections = 16         # open admin connections (same timeouts as listen)
+//!
 //! [[serve.routes]]
 //! prefix = "/orders/"                # matches /orders/... (a prefix without `/` matches whole segments)
 //! upstream = "https://orders.internal"     # no user:password@ (refused)
@@ -143,7 +149,26 @@ pub struct ServeConfig {
     /// Client connection limits and start-up concurrency (see
     /// [`ConnectionSettings`]); take effect at start only.
     pub connections: ConnectionSettings,
+
+    // --- Admin listener (issue 24) ---
+    /// `admin_listen`: a second address serving `/healthz`, `/readyz`,
+    /// `/metrics` and the admin API (never the gateway or token
+    /// endpoints). `None` (default): no admin listener.
+    pub admin_listen: Option<SocketAddr>,
+    /// `admin_secret_file`: the secret admin API calls must present
+    /// (`Authorization: Bearer ...`); without it, only loopback clients may
+    /// call the admin API.
+    pub admin_secret_file: Option<PathBuf>,
+    /// `admin_max_connections`: open admin connections
+    /// ([`DEFAULT_ADMIN_CONNECTIONS`]).
+    pub admin_max_connections: usize,
 }
+
+/// Open connections the admin listener accepts unless
+/// `admin_max_connections` says otherwise: probes, a scraper and an
+/// operator need a handful, and the cap keeps the admin port from taking
+/// the gateway's file descriptors.
+pub const DEFAULT_ADMIN_CONNECTIONS: usize = 16;
 
 /// The account the Google metadata endpoints describe.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -168,6 +193,9 @@ impl Default for ServeConfig {
             allowed_hosts: Vec::new(),
             insecure_token_endpoint: false,
             connections: ConnectionSettings::default(),
+            admin_listen: None,
+            admin_secret_file: None,
+            admin_max_connections: DEFAULT_ADMIN_CONNECTIONS,
         }
     }
 }
@@ -204,6 +232,11 @@ struct RawServe {
     health_connections: Option<usize>,
     prefetch_concurrency: Option<usize>,
     max_header_bytes: Option<usize>,
+
+    // --- Admin listener (issue 24) ---
+    admin_listen: Option<String>,
+    admin_secret_file: Option<PathBuf>,
+    admin_max_connections: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -280,7 +313,32 @@ impl ServeConfig {
             .iter()
             .map(|h| allowed_host(h))
             .collect::<Result<Vec<_>, _>>()?;
+        let admin_listen = match raw.admin_listen.as_deref() {
+            None => None,
+            Some(a) => Some(a.parse::<SocketAddr>().map_err(|_| {
+                ConfigError::new(format!(
+                    "[serve] admin_listen = \"{a}\" is not an IP address and port (like 0.0.0.0:8732)"
+                ))
+            })?),
+        };
+        if admin_listen.is_some_and(|a| a == listen && a.port() != 0) {
+            return Err(ConfigError::new(format!(
+                "[serve] admin_listen = \"{listen}\" is the same address as listen: give the admin listener its own port"
+            )));
+        }
+        let admin_max_connections = match raw.admin_max_connections {
+            Some(0) => {
+                return Err(ConfigError::new(
+                    "[serve] admin_max_connections must be at least 1",
+                ))
+            }
+            Some(n) => n,
+            None => DEFAULT_ADMIN_CONNECTIONS,
+        };
         Ok(Self {
+            admin_listen,
+            admin_secret_file: raw.admin_secret_file,
+            admin_max_connections,
             listen,
             routes,
             secret_file: raw.secret_file,
@@ -353,6 +411,9 @@ fn empty_raw() -> RawServe {
         health_connections: None,
         prefetch_concurrency: None,
         max_header_bytes: None,
+        admin_listen: None,
+        admin_secret_file: None,
+        admin_max_connections: None,
     }
 }
 
@@ -809,5 +870,37 @@ mod tests {
         assert!(r.allow_encoded_slashes && r.allow_plaintext);
         let d = ServeConfig::default();
         assert!(d.allowed_hosts.is_empty() && !d.insecure_token_endpoint);
+    }
+
+    // --- Admin listener (issue 24) ---
+    #[test]
+    fn admin_listen_is_optional_and_checked() {
+        let d = ServeConfig::parse("").expect("default");
+        assert_eq!(d.admin_listen, None);
+        assert_eq!(d.admin_max_connections, DEFAULT_ADMIN_CONNECTIONS);
+        let c = ServeConfig::parse(
+            "[serve]\nadmin_listen = \"0.0.0.0:8732\"\nadmin_secret_file = \"/s\"\nadmin_max_connections = 4\n",
+        )
+        .expect("parses");
+        assert_eq!(c.admin_listen, Some("0.0.0.0:8732".parse().expect("addr")));
+        assert_eq!(
+            c.admin_secret_file.as_deref(),
+            Some(std::path::Path::new("/s"))
+        );
+        assert_eq!(c.admin_max_connections, 4);
+        for (text, says) in [
+            (
+                "[serve]\nadmin_listen = \"8732\"\n",
+                "not an IP address and port",
+            ),
+            (
+                "[serve]\nlisten = \"127.0.0.1:9000\"\nadmin_listen = \"127.0.0.1:9000\"\n",
+                "same address as listen",
+            ),
+            ("[serve]\nadmin_max_connections = 0\n", "at least 1"),
+        ] {
+            let e = ServeConfig::parse(text).expect_err(text).to_string();
+            assert!(e.contains(says), "{text}: {e}");
+        }
     }
 }

@@ -10,7 +10,9 @@
 //!   (`/azure/token`) and the Google metadata server
 //!   (`/computeMetadata/v1/instance/service-accounts/default/token`), so
 //!   unmodified SDKs get their tokens from the sidecar.
-//! - `/metrics` (Prometheus), `/healthz`, `/readyz`.
+//! - `/metrics` (Prometheus), `/healthz`, `/readyz`; with `[serve]
+//!   admin_listen`, also on an admin listener of their own, with the admin
+//!   API (list keys, purge, refresh): see [`AdminListener`].
 //! - **Request guards** before any token work: `CONNECT` refused, exactly
 //!   one valid `Host` naming the sidecar (DNS rebinding; `[serve]
 //!   allowed_hosts`), no browser cross-site requests unless a route opts in
@@ -68,6 +70,7 @@
 //! # Ok(()) }
 //! ```
 
+mod admin;
 mod config;
 mod endpoints;
 mod gateway;
@@ -80,9 +83,10 @@ mod server;
 mod sidecar;
 mod tls;
 
+pub use admin::{AdminListener, AdminSettings};
 pub use config::{
-    ConfigError, GoogleAccount, Route, ServeConfig, DEFAULT_DRAIN, DEFAULT_LISTEN,
-    DEFAULT_RETRY_BODY_LIMIT,
+    ConfigError, GoogleAccount, Route, ServeConfig, DEFAULT_ADMIN_CONNECTIONS, DEFAULT_DRAIN,
+    DEFAULT_LISTEN, DEFAULT_RETRY_BODY_LIMIT,
 };
 pub use config::{
     ConnectionLimits, ConnectionSettings, DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_HEALTH_CONNECTIONS,
@@ -94,5 +98,7 @@ pub use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 pub use pool::{UpstreamBody, CONNECT_TIMEOUT, MAX_IDLE, POOL_IDLE};
 pub use reload::{FileOptions, FileSidecar, LoadError, ReloadReport, DEFAULT_WATCH_INTERVAL};
 pub use response::Body;
-pub use server::{raise_fd_limit, serve, serve_starting, Drained, HEALTH_HEADER_READ_TIMEOUT};
+pub use server::{
+    raise_fd_limit, serve, serve_starting, serve_with_admin, Drained, HEALTH_HEADER_READ_TIMEOUT,
+};
 pub use sidecar::{Readiness, Sidecar, SidecarBuilder};

@@ -217,18 +217,19 @@ impl SidecarBuilder {
 
 /// The shared secret in `path` (a trailing newline is not part of it).
 fn read_secret(path: &std::path::Path) -> Result<Secret, ConfigError> {
+    read_secret_named(path, "[serve] secret_file")
+}
+
+/// The secret in `path`, the setting `what` names (a trailing newline is
+/// not part of it).
+pub(crate) fn read_secret_named(path: &std::path::Path, what: &str) -> Result<Secret, ConfigError> {
     let text = std::fs::read_to_string(path)
         .map(zeroize::Zeroizing::new)
-        .map_err(|e| {
-            ConfigError::new(format!(
-                "cannot read [serve] secret_file {}: {e}",
-                path.display()
-            ))
-        })?;
+        .map_err(|e| ConfigError::new(format!("cannot read {what} {}: {e}", path.display())))?;
     let trimmed = text.trim_end_matches(['\r', '\n']);
     if trimmed.is_empty() {
         return Err(ConfigError::new(format!(
-            "[serve] secret_file {} is empty",
+            "{what} {} is empty",
             path.display()
         )));
     }
@@ -402,7 +403,7 @@ impl Sidecar {
         }
     }
 
-    async fn readyz(&self) -> Response<Body> {
+    pub(crate) async fn readyz(&self) -> Response<Body> {
         let mut ready = true;
         let mut profiles = serde_json::Map::new();
         for (name, r) in self.readiness().await {
@@ -427,7 +428,7 @@ impl Sidecar {
         response::json(status, body.to_string())
     }
 
-    async fn metrics(&self, inner: &Inner) -> Response<Body> {
+    pub(crate) async fn metrics(&self, inner: &Inner) -> Response<Body> {
         let Some(m) = &inner.metrics else {
             return response::error(
                 StatusCode::NOT_FOUND,
