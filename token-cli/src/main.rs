@@ -26,6 +26,9 @@ use crate::error::CliError;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(dir) = cli.command.state_dir() {
+        token_profile::set_state_dir(dir.to_owned());
+    }
     let style = match &cli.command {
         Command::Serve(args) if args.log_format == cli::LogFormat::Json => log::Style::ServerJson,
         Command::Serve(_) => log::Style::Server,

@@ -384,6 +384,57 @@ fn redacted_url(url: &str) -> String {
     }
 }
 
+/// Why the default sled store (no state directory) cannot be used, if it
+/// cannot: no home directory, or its directory or the default key file's
+/// cannot be created and written (an unwritable HOME). `None`: usable.
+pub(crate) fn default_sled_unusable(key_file: Option<&Path>) -> Option<String> {
+    let dir = match paths::cache_dir() {
+        Ok(dir) => dir,
+        Err(e) => return Some(e.to_string()),
+    };
+    if let Err(e) = writable_dir(&dir) {
+        return Some(format!("{}: {e}", dir.display()));
+    }
+    let key_given = key_file.is_some()
+        || std::env::var_os(key::KEY_ENV).is_some()
+        || std::env::var_os(key::KEY_FILE_ENV).is_some_and(|v| !v.is_empty());
+    if !key_given {
+        match key::key_file_path(None) {
+            Ok(path) if path.exists() => {}
+            Ok(path) => {
+                let parent = path.parent().unwrap_or(Path::new("/"));
+                if let Err(e) = writable_dir(parent) {
+                    return Some(format!(
+                        "the key file's directory {}: {e}",
+                        parent.display()
+                    ));
+                }
+            }
+            Err(e) => return Some(e.to_string()),
+        }
+    }
+    None
+}
+
+/// Creates `dir` (0700) if need be and checks that a file can be made in it.
+fn writable_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let probe = dir.join(format!(
+        ".tokencache-probe-{:016x}",
+        token_core::backend::random_u128() as u64
+    ));
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&probe)?;
+    std::fs::remove_file(&probe)
+}
+
 /// Opens a Redis store; `prefix` overrides the default key prefix. An
 /// unreachable Redis is an error ([`RedisStartup::FailFast`]).
 pub async fn open_redis(
@@ -430,7 +481,30 @@ pub async fn open_sled(
     let store = loop {
         match SledStore::open(dir, Arc::clone(&keyring)).await {
             Ok(store) => break store,
-            Err(SledError::Locked { .. }) if started.elapsed() < LOCK_WAIT => {
+            Err(SledError::Locked { .. }) => {
+                // A running serve holds the store for as long as it runs:
+                // no use waiting for it.
+                if let Some(owner) = crate::owner::read(dir).filter(crate::owner::Owner::is_serve) {
+                    return Err(Error::store(format!(
+                        "the token store {} is in use by `tokencache serve` (pid {}), which \
+                         holds it while it runs (sled allows one process at a time); ask that \
+                         sidecar instead (its admin listener's GET /admin/keys, POST \
+                         /admin/keys/PROFILE/purge, when [serve] admin_listen is set), stop it, \
+                         or give this command another store (--store, --state-dir)",
+                        dir.display(),
+                        owner.pid
+                    )));
+                }
+                if started.elapsed() >= LOCK_WAIT {
+                    let by = crate::owner::read(dir)
+                        .map(|o| format!(" by `tokencache {}` (pid {})", o.command, o.pid))
+                        .unwrap_or_default();
+                    return Err(Error::store(format!(
+                        "the token store {} is in use{by}: still locked after {} s",
+                        dir.display(),
+                        LOCK_WAIT.as_secs()
+                    )));
+                }
                 tokio::time::sleep(Duration::from_millis(25)).await;
             }
             Err(SledError::WrongKey { sealed_with, .. }) => {
@@ -452,6 +526,7 @@ pub async fn open_sled(
             Err(e) => return Err(Error::store(format!("cannot open the token store: {e}"))),
         }
     };
+    crate::owner::write(dir);
     if let Some(q) = store.quarantine() {
         crate::error::notices().warning(q);
     }

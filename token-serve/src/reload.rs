@@ -196,7 +196,12 @@ impl FileSidecar {
         let metrics = options.metrics.clone().map(Metrics::new);
         // A long-running process: an unreachable Redis is connected to in
         // the background while tokens come from memory and the IdP.
-        let mut stores = Stores::new().with_redis_startup(RedisStartup::Background);
+        // And the default sled store, when HOME cannot hold it and no state
+        // directory is given, becomes memory with a warning (degraded, not
+        // dead).
+        let mut stores = Stores::new()
+            .with_redis_startup(RedisStartup::Background)
+            .with_memory_fallback(true);
         let mut report = ReloadReport::default();
         let profiles = build_profiles(
             &file,

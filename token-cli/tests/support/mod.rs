@@ -262,6 +262,7 @@ impl Sandbox {
             "TOKENCACHE_KEY_FILE",
             "TOKENCACHE_CONFIG",
             "TOKENCACHE_REDIS_PASSWORD",
+            "TOKENCACHE_STATE_DIR",
             "XDG_CACHE_HOME",
             "XDG_CONFIG_HOME",
         ] {
