@@ -83,3 +83,84 @@ fn config_for_second(
     std::fs::write(&path, text).expect("write config");
     path
 }
+
+/// The body of `GET path` on `base`, with its status.
+async fn get_json(base: &str, path: &str) -> (u16, serde_json::Value) {
+    let r = reqwest::get(format!("{base}{path}")).await.expect("answer");
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap_or_default();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_starts_with_the_idp_down_is_unready_with_the_cause_and_ready_once_it_is_up() {
+    // Nothing listens on the IdP's port at start: connections are refused.
+    let port = token_testkit::free_port();
+    let upstream = upstream().await;
+    let sandbox = Sandbox::new();
+    let profile = format!(
+        "[profiles.orders]\ntoken_url = \"http://127.0.0.1:{port}/token\"\nclient_id = \"{}\"\nclient_secret_env = \"{}\"\nscopes = [\"orders.read\"]\nstore = \"memory\"\n",
+        support::CLIENT_ID,
+        support::SECRET_ENV
+    );
+    let admin = token_testkit::free_port();
+    let config = write_config(
+        &sandbox,
+        &format!(
+            "{profile}\n[serve]\nlisten = \"{}\"\nadmin_listen = \"127.0.0.1:{admin}\"\n{}",
+            free_addr(),
+            route("/orders/", &upstream, "orders")
+        ),
+    );
+    let serve = sidecar::spawn_serve(&sandbox, &config, std::process::Stdio::inherit());
+    let admin = format!("http://127.0.0.1:{admin}");
+
+    // Alive, not ready, saying why; the gateway fails closed with 503.
+    let mut unready = None;
+    for _ in 0..100 {
+        let (status, body) = get_json(&admin, "/readyz").await;
+        if status == 503 && body["profiles"]["orders"]["cause"].is_string() {
+            unready = Some(body);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let unready = unready.expect("/readyz said 503 with a cause while the IdP is down");
+    assert_eq!(unready["ready"], false, "{unready}");
+    assert_eq!(
+        reqwest::get(format!("{admin}/healthz"))
+            .await
+            .expect("r")
+            .status(),
+        200
+    );
+    let r = reqwest::get(format!("{}/orders/x", serve.base))
+        .await
+        .expect("r");
+    assert_eq!(r.status(), 503);
+    assert!(
+        upstream.seen().is_empty(),
+        "nothing forwarded without a token"
+    );
+
+    // The IdP comes up on its port: ready without a restart (the
+    // background retries with backoff reach it).
+    let idp = support::Idp::start_on(3600, port);
+    let mut ready = false;
+    for _ in 0..300 {
+        if get_json(&admin, "/readyz").await.0 == 200 {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ready, "ready once the IdP answers");
+    assert!(idp.calls() >= 1);
+    let r = reqwest::get(format!("{}/orders/x", serve.base))
+        .await
+        .expect("r");
+    assert_eq!(r.status(), 200);
+}
