@@ -36,14 +36,33 @@ async fn serve_starts_while_redis_is_down_and_shares_tokens_through_it_once_up()
     let get = |base: &str| client.get(format!("{base}/orders/x")).send();
     assert_eq!(get(&first.base).await.expect("r").status(), 200);
     assert_eq!(idp.calls(), 1, "one IdP call while Redis is down");
+    // Degraded, not unready: /readyz says 200 and why it is degraded;
+    // /readyz?strict counts the store.
+    let (status, body) = get_json(&first.base, "/readyz").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["degraded"], true, "{body}");
+    assert!(
+        body["profiles"]["orders"]["store"]
+            .as_str()
+            .is_some_and(|c| c.contains("Redis store is unreachable")),
+        "{body}"
+    );
+    let (status, body) = get_json(&first.base, "/readyz?strict").await;
+    assert_eq!(status, 503, "{body}");
 
     // Redis comes up: the sidecar's next refresh reaches it.
     redis.restart().expect("restart redis");
     let mut stored = false;
     for _ in 0..300 {
+        // The token itself (not only the index): a second sidecar adopts it.
         if redis
-            .command(&["DBSIZE"])
-            .is_ok_and(|n| n.parse::<u64>().is_ok_and(|n| n > 0))
+            .command(&[
+                "EVAL",
+                "return #redis.call('KEYS', ARGV[1])",
+                "0",
+                "*:token",
+            ])
+            .is_ok_and(|n| n.trim().parse::<u64>().is_ok_and(|n| n > 0))
         {
             stored = true;
             break;
@@ -51,6 +70,9 @@ async fn serve_starts_while_redis_is_down_and_shares_tokens_through_it_once_up()
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(stored, "the sidecar writes to Redis once it is up");
+    let (status, body) = get_json(&first.base, "/readyz?strict").await;
+    assert_eq!(status, 200, "no longer degraded: {body}");
+    assert!(body.get("degraded").is_none(), "{body}");
 
     // A second sidecar (same key file, same Redis) adopts that token.
     let calls = idp.calls();

@@ -123,6 +123,21 @@ impl OpenedStore {
         }
     }
 
+    /// Why the store cannot be used right now, if it cannot: a Redis store
+    /// that has not reached its server yet (down at start-up; connecting
+    /// in the background). The engine then serves from memory and the
+    /// IdP: degraded, not down.
+    pub fn unavailable(&self) -> Option<String> {
+        match self {
+            Self::Redis(s) if !s.is_connected() => Some(
+                "the Redis store is unreachable; connecting in the background (tokens come from \
+                 memory and the IdP meanwhile)"
+                    .to_owned(),
+            ),
+            _ => None,
+        }
+    }
+
     /// Reads the index. A damaged index file reads as empty (it is only a
     /// list of keys, the tokens are untouched), with a note.
     pub async fn index(&self) -> Result<BTreeMap<String, IndexEntry>, Error> {
@@ -452,9 +467,13 @@ pub async fn open_redis_with(
     keyring: Keyring,
     startup: RedisStartup,
 ) -> Result<RedisStore, Error> {
+    // A one-shot command (FailFast) ends before another instance's event
+    // could matter to it: no pub/sub connection, no SUBSCRIBE.
+    let one_shot = startup == RedisStartup::FailFast;
     let mut config = RedisConfig::new(url)
         .with_encryption(keyring)
-        .with_connect_at_start(startup == RedisStartup::FailFast);
+        .with_connect_at_start(one_shot)
+        .with_invalidation_events(!one_shot);
     if let Some(p) = prefix {
         config = config.with_key_prefix(p);
     }

@@ -9,7 +9,7 @@
 //! | request | answer |
 //! |---|---|
 //! | `GET /healthz` | `200 ok` while the process runs |
-//! | `GET /readyz` | as on the main listener: `200`, or `503` with each profile's cause |
+//! | `GET /readyz` | as on the main listener: `200`, or `503` with each profile's cause (`?strict`: a degraded store counts) |
 //! | `GET /metrics` | as on the main listener (Prometheus text) |
 //! | `GET /admin/keys` | every profile's cache key, routes, state and expiry (never a token) |
 //! | `POST /admin/keys/PROFILE/purge` | drops the profile's cached token (hot slot and store) |
@@ -161,7 +161,7 @@ pub(crate) async fn handle<B>(
     let path = req.uri().path().to_owned();
     match path.as_str() {
         "/healthz" => return response::text(StatusCode::OK, "text/plain", "ok\n"),
-        "/readyz" => return sidecar.readyz().await,
+        "/readyz" => return sidecar.readyz_with(crate::sidecar::strict(&req)).await,
         "/metrics" => return sidecar.metrics(&sidecar.current()).await,
         _ => {}
     }

@@ -549,7 +549,7 @@ async fn build_profiles(
             name.clone(),
             Loaded {
                 spec,
-                profile: Profile::new(&built.cache, &built.request),
+                profile: Profile::new(&built.cache, &built.request).with_store(built.store.clone()),
                 token_url: built.token_url.clone(),
                 _warm: None,
                 first: Some(built),

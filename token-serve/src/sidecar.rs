@@ -32,6 +32,9 @@ pub(crate) struct Profile {
     pub(crate) handle: TokenHandle,
     /// The gateway's `Authorization` value for the current token.
     pub(crate) bearer: Arc<BearerCache>,
+    /// The profile's store, when built from a profiles file: `/readyz`
+    /// reports it degraded while it is unreachable.
+    pub(crate) store: Option<token_profile::OpenedStore>,
 }
 
 pub(crate) struct Inner {
@@ -260,7 +263,14 @@ impl Profile {
             cache: cache.clone(),
             handle: cache.handle(request),
             bearer: Arc::default(),
+            store: None,
         }
+    }
+
+    /// With its store, whose reachability `/readyz` reports.
+    pub(crate) fn with_store(mut self, store: token_profile::OpenedStore) -> Self {
+        self.store = Some(store);
+        self
     }
 }
 
@@ -376,7 +386,7 @@ impl Sidecar {
             return refused;
         }
         match path {
-            "/readyz" => return self.readyz().await,
+            "/readyz" => return self.readyz_with(strict(&req)).await,
             "/metrics" => return self.metrics(inner).await,
             "/v1/token" => return endpoints::token(inner, &req).await,
             "/azure/token" => return endpoints::azure(inner, &req).await,
@@ -403,7 +413,12 @@ impl Sidecar {
         }
     }
 
-    pub(crate) async fn readyz(&self) -> Response<Body> {
+    /// `/readyz`: 503 while a profile has no usable token. A profile
+    /// whose store is unreachable (Redis down: tokens come from memory and
+    /// the IdP meanwhile) is degraded, not unready: `"degraded": true` and
+    /// its `"store"` cause, still 200, unless `strict` (`/readyz?strict`),
+    /// which counts it as unready.
+    pub(crate) async fn readyz_with(&self, strict: bool) -> Response<Body> {
         let mut ready = true;
         let mut profiles = serde_json::Map::new();
         for (name, r) in self.readiness().await {
@@ -419,12 +434,36 @@ impl Sidecar {
             };
             profiles.insert(name, v);
         }
+        // --- Degraded stores (issue 24) ---
+        let mut degraded = false;
+        for (name, p) in &self.current().profiles {
+            let Some(cause) = p
+                .store
+                .as_ref()
+                .and_then(token_profile::OpenedStore::unavailable)
+            else {
+                continue;
+            };
+            degraded = true;
+            if let Some(v) = profiles.get_mut(name).and_then(|v| v.as_object_mut()) {
+                v.insert("store".into(), cause.into());
+                if strict {
+                    v.insert("ready".into(), false.into());
+                }
+            }
+        }
+        if strict && degraded {
+            ready = false;
+        }
         let status = if ready {
             StatusCode::OK
         } else {
             StatusCode::SERVICE_UNAVAILABLE
         };
-        let body = serde_json::json!({ "ready": ready, "profiles": profiles });
+        let mut body = serde_json::json!({ "ready": ready, "profiles": profiles });
+        if degraded {
+            body["degraded"] = true.into();
+        }
         response::json(status, body.to_string())
     }
 
@@ -569,6 +608,14 @@ pub(crate) fn safe_cause(e: &Error) -> String {
 #[cfg(test)]
 #[path = "sidecar_unavailable_tests.rs"]
 mod unavailable_tests;
+
+/// Whether a `/readyz` request asks for `?strict`.
+pub(crate) fn strict<B>(req: &Request<B>) -> bool {
+    req.uri().query().is_some_and(|q| {
+        q.split('&')
+            .any(|p| p == "strict" || p == "strict=1" || p == "strict=true")
+    })
+}
 
 async fn peek(p: &Profile) -> Readiness {
     match tokio::time::timeout(PEEK_TIMEOUT, p.handle.token()).await {
