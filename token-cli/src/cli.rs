@@ -107,7 +107,8 @@ pub(crate) struct Locations {
     #[arg(long, value_name = "PATH")]
     pub(crate) config: Option<PathBuf>,
     /// The store's encryption key file (default: $TOKENCACHE_KEY_FILE, else
-    /// $XDG_CONFIG_HOME/tokencache/key); TOKENCACHE_KEY takes precedence.
+    /// STATE_DIR/key, else $XDG_CONFIG_HOME/tokencache/key); TOKENCACHE_KEY
+    /// takes precedence.
     #[arg(long, value_name = "PATH")]
     pub(crate) key_file: Option<PathBuf>,
     /// Where tokencache keeps its state instead of HOME: the default sled

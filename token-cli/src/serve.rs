@@ -15,6 +15,15 @@
 //! drains requests in flight (up to `[serve] drain_seconds`) and exits 0.
 //! SIGHUP, or a change of the file, reloads it (token-serve's
 //! `FileSidecar`); `--check-config` only checks it.
+//!
+//! With `[serve] admin_listen`, a second listener (bound with the first,
+//! before `listening on` is printed) serves `/healthz`, `/readyz`,
+//! `/metrics` and the admin API (token-serve's `AdminListener`). An IdP or
+//! a Redis store that is down at start does not stop the sidecar: it is
+//! unready (IdP) or degraded (Redis) until they answer. `--state-dir` /
+//! `TOKENCACHE_STATE_DIR` hold the default sled store and key; without
+//! them and without a writable HOME, that store is kept in memory with a
+//! warning.
 
 use std::sync::{Arc, Mutex};
 

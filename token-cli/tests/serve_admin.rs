@@ -195,7 +195,6 @@ async fn with_admin_secret_file_every_admin_call_must_present_it() {
     let sandbox = Sandbox::new();
     let secret_path = sandbox.path().join("admin-secret");
     std::fs::write(&secret_path, "admin-S3cret-value\n").expect("write secret");
-    #[allow(clippy::permissions_set_readonly_false)]
     {
         use std::os::unix::fs::PermissionsExt as _;
         std::fs::set_permissions(&secret_path, std::fs::Permissions::from_mode(0o600))
