@@ -89,10 +89,12 @@ async fn serve_with_home_unset_keeps_its_store_in_the_state_dir_and_inspect_name
 
     // The one-shot commands on the store serve holds: at once, naming it
     // (not the 10 s wait for a lock, whose message differs).
+    let config_arg = config.to_str().expect("utf-8 path");
     for args in [
         &["inspect"][..],
         &["purge", "--all"][..],
         &["purge", "--all", "--force"][..],
+        &["get", "--config", config_arg, "--profile", "orders"][..],
     ] {
         let out = homeless(&sandbox)
             .arg(args[0])
