@@ -204,3 +204,52 @@ fn rustix_is_root() -> bool {
         })
         .unwrap_or(false)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_with_an_unwritable_home_uses_the_state_dir_it_is_given() {
+    let idp = FakeIdp::start(3600).await;
+    let upstream = upstream().await;
+    let sandbox = Sandbox::new();
+    let config = config(&sandbox, &idp, &upstream);
+    let home = sandbox.path().join("home");
+    let state = sandbox.path().join("state");
+    std::fs::create_dir_all(&home).expect("home");
+    std::fs::create_dir_all(&state).expect("state");
+    let mut cmd = homeless(&sandbox);
+    cmd.env("HOME", &home).env("TOKENCACHE_STATE_DIR", &state);
+    if rustix_is_root() {
+        for p in [sandbox.path(), &home, &config] {
+            readable_by_all(p);
+        }
+        std::os::unix::fs::chown(&state, Some(65534), Some(65534)).expect("chown");
+        cmd.uid(65534).gid(65534);
+    } else {
+        std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o555)).expect("chmod");
+    }
+    let mut serve = spawn_serve_cmd(cmd, &config, &[], Stdio::piped());
+    assert!(wait_ready(&serve.base), "serve became ready");
+    let r = reqwest::get(format!("{}/orders/x", serve.base))
+        .await
+        .expect("gateway");
+    assert_eq!(r.status(), 200);
+    let _ = serve.child.kill();
+    let _ = serve.child.wait();
+    let mut err = String::new();
+    serve
+        .child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut err)
+        .expect("read stderr");
+    assert!(!err.contains("keeping tokens in memory"), "{err}");
+    assert!(
+        state.join("store").join("tokencache-owner").is_file(),
+        "{err}"
+    );
+    assert!(state.join("key").is_file(), "{err}");
+    assert!(
+        std::fs::read_dir(&home).expect("home").next().is_none(),
+        "nothing written to HOME"
+    );
+}
