@@ -253,3 +253,33 @@ async fn serve_with_an_unwritable_home_uses_the_state_dir_it_is_given() {
         "nothing written to HOME"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_with_home_unset_and_no_state_dir_keeps_tokens_in_memory_and_says_so() {
+    let idp = FakeIdp::start(3600).await;
+    let upstream = upstream().await;
+    let sandbox = Sandbox::new();
+    let config = config(&sandbox, &idp, &upstream);
+    let mut serve = spawn_serve_cmd(homeless(&sandbox), &config, &[], Stdio::piped());
+    assert!(wait_ready(&serve.base), "serve became ready without HOME");
+    let r = reqwest::get(format!("{}/orders/x", serve.base))
+        .await
+        .expect("gateway");
+    assert_eq!(r.status(), 200);
+    let _ = serve.child.kill();
+    let _ = serve.child.wait();
+    let mut err = String::new();
+    serve
+        .child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut err)
+        .expect("read stderr");
+    assert!(
+        err.contains("keeping tokens in memory")
+            && err.contains("cannot find a home directory")
+            && err.contains("--state-dir"),
+        "{err}"
+    );
+}
