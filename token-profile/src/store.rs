@@ -125,13 +125,19 @@ impl OpenedStore {
 
     /// Why the store cannot be used right now, if it cannot: a Redis store
     /// that has not reached its server yet (down at start-up; connecting
-    /// in the background). The engine then serves from memory and the
-    /// IdP: degraded, not down.
+    /// in the background), or whose circuit breaker is open after repeated
+    /// failures. The engine then serves from memory and the IdP: degraded,
+    /// not down.
     pub fn unavailable(&self) -> Option<String> {
         match self {
             Self::Redis(s) if !s.is_connected() => Some(
                 "the Redis store is unreachable; connecting in the background (tokens come from \
                  memory and the IdP meanwhile)"
+                    .to_owned(),
+            ),
+            Self::Redis(s) if s.circuit_open() => Some(
+                "the Redis store is failing (its circuit breaker is open after repeated errors or \
+                 timeouts); tokens come from memory and the IdP until it answers again"
                     .to_owned(),
             ),
             _ => None,
