@@ -27,6 +27,9 @@ use crate::error::CliError;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(dir) = cli.command.state_dir() {
+        token_profile::set_state_dir(dir.to_owned());
+    }
     let style = match &cli.command {
         Command::Serve(args) if args.log_format == cli::LogFormat::Json => log::Style::ServerJson,
         Command::Serve(_) => log::Style::Server,
@@ -62,9 +65,24 @@ fn main() -> ExitCode {
     // Multi-thread: token-sled runs its blocking calls in place on one
     // (`block_in_place`), where a current-thread runtime hands each to a
     // blocking-pool thread, which measured slower (docs/BENCHMARKS.md).
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build();
+    // A `get` on Redis or memory does only async I/O: a current-thread
+    // runtime starts no worker threads, so the engine's concurrent map
+    // (papaya, through seize) registers its memory barrier while the
+    // process has one thread: 7 us, against about 10 ms with worker threads
+    // running (the kernel waits for them), two thirds of a warm Redis get
+    // (docs/BENCHMARKS.md).
+    let one_thread = get_settings
+        .as_ref()
+        .is_some_and(|s| !matches!(s.store(), token_profile::StoreSpec::Sled(_)));
+    let runtime = if one_thread {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+    };
     let runtime = match runtime {
         Ok(rt) => rt,
         Err(e) => {

@@ -16,6 +16,15 @@
 //! drains requests in flight (up to `[serve] drain_seconds`) and exits 0.
 //! SIGHUP, or a change of the file, reloads it (token-serve's
 //! `FileSidecar`); `--check-config` only checks it.
+//!
+//! With `[serve] admin_listen`, a second listener (bound with the first,
+//! before `listening on` is printed) serves `/healthz`, `/readyz`,
+//! `/metrics` and the admin API (token-serve's `AdminListener`). An IdP or
+//! a Redis store that is down at start does not stop the sidecar: it is
+//! unready (IdP) or degraded (Redis) until they answer. `--state-dir` /
+//! `TOKENCACHE_STATE_DIR` hold the default sled store and key; without
+//! them and without a writable HOME, that store is kept in memory with a
+//! warning.
 
 use std::sync::{Arc, Mutex};
 
@@ -67,6 +76,12 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), CliError> {
     if !addr.ip().is_loopback() {
         tracing::warn!(%addr, "listening on a non-loopback address, as [serve] listen says");
     }
+    // The admin listener (health, readiness, metrics, admin API), bound
+    // before anything is announced: a port in use is a start-up error.
+    let admin = token_serve::AdminListener::bind(&token_serve::AdminSettings::of(&config))
+        .await
+        .map_err(|e| CliError::new(Kind::Listen, e.to_string()))?;
+    let admin_addr = admin.as_ref().and_then(|a| a.local_addr().ok());
     // SIGHUP before the watcher is up (start-up) must not end the process.
     let early_hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(|e| CliError::internal(format!("cannot handle SIGHUP: {e}")))?;
@@ -144,11 +159,16 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), CliError> {
     };
     tracing::info!(%addr, "serving; building profiles");
     crate::log::listening(addr);
+    if let Some(a) = admin_addr {
+        // Not on stdout: scripts read its first line only.
+        tracing::info!(addr = %a, "admin listener: /healthz, /readyz, /metrics, /admin/keys");
+    }
     // Built on its own task: a store that blocks while it opens does not
     // hold up the accept loop.
     let starting = tokio::spawn(starting);
     let built = async move { starting.await.ok().flatten() };
-    let drained = token_serve::serve_starting(listener, built, shutdown, config.limits()).await;
+    let drained =
+        token_serve::serve_with_admin(listener, admin, built, shutdown, config.limits()).await;
     if let Some(w) = watcher.lock().ok().and_then(|mut slot| slot.take()) {
         w.abort();
     }

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use sidecar::{
-    fake_profile, free_addr, route, spawn_serve_cmd, start_serve_with, upstream, wait_ready,
-    FakeIdp, Serve,
+    fake_profile, free_addr, get_status, route, spawn_serve_cmd, start_serve_with, upstream,
+    wait_ready, FakeIdp, Serve,
 };
 use support::{stderr, Sandbox};
 use token_testkit::{redis_standalone, Idp};
@@ -338,12 +338,16 @@ async fn a_broken_file_is_refused_in_one_line_and_the_old_configuration_keeps_se
         "{refused:?}"
     );
 
-    // A fixed file that also moves the listen address: applied, and the
-    // log line says the address needs a restart.
+    // A fixed file that also moves the listen address and adds an admin
+    // listener: applied, and the log line says both need a restart.
+    let admin = free_addr();
     replace(
         &path,
         &good
-            .replace(&listen, &free_addr())
+            .replace(
+                &listen,
+                &format!("{}\"\nadmin_listen = \"{admin}", free_addr()),
+            )
             .replace("/orders/", "/fixed/"),
     );
     hup(&serve);
@@ -359,6 +363,17 @@ async fn a_broken_file_is_refused_in_one_line_and_the_old_configuration_keeps_se
         .iter()
         .any(|l| l.contains("configuration reloaded") && l.contains("until a restart: listen"));
     assert!(restart, "{:?}", log.lock().expect("lock"));
+    let admin_restart = log
+        .lock()
+        .expect("lock")
+        .iter()
+        .any(|l| l.contains("configuration reloaded") && l.contains("the admin listener"));
+    assert!(admin_restart, "{:?}", log.lock().expect("lock"));
+    assert_eq!(
+        get_status(&format!("http://{admin}"), "/healthz"),
+        None,
+        "admin_listen takes effect at a restart only"
+    );
     assert_eq!(idp.calls(), 1, "reloads made IdP calls");
 }
 

@@ -21,6 +21,12 @@
 //! max_header_bytes = 65536           # largest request head (431 beyond), at least 8192
 //! prefetch_concurrency = 8           # first tokens fetched at once (start-up and reload)
 //!
+//! # Admin listener (optional; restart-only, like listen)
+//! admin_listen = "0.0.0.0:8732"      # /healthz, /readyz, /metrics and the admin API (/admin/...)
+//! admin_secret_file = "/run/secrets/tokencache-admin"  # required by the admin API from any client
+//!                                    # once set; without it the admin API answers loopback only
+//! admin_max_connections = 16         # open admin connections (same timeouts as listen)
+//!
 //! [[serve.routes]]
 //! prefix = "/orders/"                # matches /orders/... (a prefix without `/` matches whole segments)
 //! # host = "orders.internal"         # forward proxy: requests for this host (see crate::proxy); with
@@ -170,6 +176,19 @@ pub struct ServeConfig {
     /// `[serve.proxy]`: HTTPS through `CONNECT` to the hosts routes name,
     /// with TLS terminated by a local CA. `None`: `CONNECT` is refused.
     pub proxy: Option<ProxyConfig>,
+
+    // --- Admin listener (issue 24) ---
+    /// `admin_listen`: a second address serving `/healthz`, `/readyz`,
+    /// `/metrics` and the admin API (never the gateway or token
+    /// endpoints). `None` (default): no admin listener.
+    pub admin_listen: Option<SocketAddr>,
+    /// `admin_secret_file`: the secret admin API calls must present
+    /// (`Authorization: Bearer ...`); without it, only loopback clients may
+    /// call the admin API.
+    pub admin_secret_file: Option<PathBuf>,
+    /// `admin_max_connections`: open admin connections
+    /// ([`DEFAULT_ADMIN_CONNECTIONS`]).
+    pub admin_max_connections: usize,
 }
 
 /// `[serve.proxy]`: the local CA that signs the certificates the sidecar
@@ -203,6 +222,12 @@ impl ProxyConfig {
 /// that stalls holds its connection for seconds.
 pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Open connections the admin listener accepts unless
+/// `admin_max_connections` says otherwise: probes, a scraper and an
+/// operator need a handful, and the cap keeps the admin port from taking
+/// the gateway's file descriptors.
+pub const DEFAULT_ADMIN_CONNECTIONS: usize = 16;
+
 /// The account the Google metadata endpoints describe.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GoogleAccount {
@@ -227,6 +252,9 @@ impl Default for ServeConfig {
             insecure_token_endpoint: false,
             connections: ConnectionSettings::default(),
             proxy: None,
+            admin_listen: None,
+            admin_secret_file: None,
+            admin_max_connections: DEFAULT_ADMIN_CONNECTIONS,
         }
     }
 }
@@ -264,6 +292,10 @@ struct RawServe {
     prefetch_concurrency: Option<usize>,
     max_header_bytes: Option<usize>,
 
+    // --- Admin listener (issue 24) ---
+    admin_listen: Option<String>,
+    admin_secret_file: Option<PathBuf>,
+    admin_max_connections: Option<usize>,
     // --- Forward proxy (issue 19) ---
     proxy: Option<RawProxy>,
 }
@@ -358,7 +390,32 @@ impl ServeConfig {
             }
         }
         let proxy = raw.proxy.map(proxy_config).transpose()?;
+        let admin_listen = match raw.admin_listen.as_deref() {
+            None => None,
+            Some(a) => Some(a.parse::<SocketAddr>().map_err(|_| {
+                ConfigError::new(format!(
+                    "[serve] admin_listen = \"{a}\" is not an IP address and port (like 0.0.0.0:8732)"
+                ))
+            })?),
+        };
+        if admin_listen.is_some_and(|a| a == listen && a.port() != 0) {
+            return Err(ConfigError::new(format!(
+                "[serve] admin_listen = \"{listen}\" is the same address as listen: give the admin listener its own port"
+            )));
+        }
+        let admin_max_connections = match raw.admin_max_connections {
+            Some(0) => {
+                return Err(ConfigError::new(
+                    "[serve] admin_max_connections must be at least 1",
+                ))
+            }
+            Some(n) => n,
+            None => DEFAULT_ADMIN_CONNECTIONS,
+        };
         Ok(Self {
+            admin_listen,
+            admin_secret_file: raw.admin_secret_file,
+            admin_max_connections,
             listen,
             routes,
             secret_file: raw.secret_file,
@@ -433,6 +490,9 @@ fn empty_raw() -> RawServe {
         prefetch_concurrency: None,
         max_header_bytes: None,
         proxy: None,
+        admin_listen: None,
+        admin_secret_file: None,
+        admin_max_connections: None,
     }
 }
 
@@ -1055,5 +1115,37 @@ mod tests {
         assert!(r.allow_encoded_slashes && r.allow_plaintext);
         let d = ServeConfig::default();
         assert!(d.allowed_hosts.is_empty() && !d.insecure_token_endpoint);
+    }
+
+    // --- Admin listener (issue 24) ---
+    #[test]
+    fn admin_listen_is_optional_and_checked() {
+        let d = ServeConfig::parse("").expect("default");
+        assert_eq!(d.admin_listen, None);
+        assert_eq!(d.admin_max_connections, DEFAULT_ADMIN_CONNECTIONS);
+        let c = ServeConfig::parse(
+            "[serve]\nadmin_listen = \"0.0.0.0:8732\"\nadmin_secret_file = \"/s\"\nadmin_max_connections = 4\n",
+        )
+        .expect("parses");
+        assert_eq!(c.admin_listen, Some("0.0.0.0:8732".parse().expect("addr")));
+        assert_eq!(
+            c.admin_secret_file.as_deref(),
+            Some(std::path::Path::new("/s"))
+        );
+        assert_eq!(c.admin_max_connections, 4);
+        for (text, says) in [
+            (
+                "[serve]\nadmin_listen = \"8732\"\n",
+                "not an IP address and port",
+            ),
+            (
+                "[serve]\nlisten = \"127.0.0.1:9000\"\nadmin_listen = \"127.0.0.1:9000\"\n",
+                "same address as listen",
+            ),
+            ("[serve]\nadmin_max_connections = 0\n", "at least 1"),
+        ] {
+            let e = ServeConfig::parse(text).expect_err(text).to_string();
+            assert!(e.contains(says), "{text}: {e}");
+        }
     }
 }

@@ -10,7 +10,9 @@
 //!   (`/azure/token`) and the Google metadata server
 //!   (`/computeMetadata/v1/instance/service-accounts/default/token`), so
 //!   unmodified SDKs get their tokens from the sidecar.
-//! - `/metrics` (Prometheus), `/healthz`, `/readyz`.
+//! - `/metrics` (Prometheus), `/healthz`, `/readyz`; with `[serve]
+//!   admin_listen`, also on an admin listener of their own, with the admin
+//!   API (list keys, purge, refresh): see [`AdminListener`].
 //! - **Forward proxy**: routes by `host` (the `Host` header, absolute-form
 //!   requests from `HTTP_PROXY` clients) and, with `[serve.proxy]`,
 //!   `CONNECT` tunnels to routed hosts with TLS terminated by a local CA
@@ -73,6 +75,7 @@
 //! # Ok(()) }
 //! ```
 
+mod admin;
 mod config;
 mod endpoints;
 mod gateway;
@@ -87,9 +90,10 @@ mod sidecar;
 mod tls;
 mod trace;
 
+pub use admin::{AdminListener, AdminSettings};
 pub use config::{
-    ConfigError, GoogleAccount, Route, ServeConfig, DEFAULT_DRAIN, DEFAULT_LISTEN,
-    DEFAULT_RETRY_BODY_LIMIT,
+    ConfigError, GoogleAccount, Route, ServeConfig, DEFAULT_ADMIN_CONNECTIONS, DEFAULT_DRAIN,
+    DEFAULT_LISTEN, DEFAULT_RETRY_BODY_LIMIT,
 };
 pub use config::{
     ConnectionLimits, ConnectionSettings, DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_HEALTH_CONNECTIONS,
@@ -103,5 +107,7 @@ pub use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 pub use pool::{UpstreamBody, CONNECT_TIMEOUT, MAX_IDLE, POOL_IDLE};
 pub use reload::{FileOptions, FileSidecar, LoadError, ReloadReport, DEFAULT_WATCH_INTERVAL};
 pub use response::Body;
-pub use server::{raise_fd_limit, serve, serve_starting, Drained, HEALTH_HEADER_READ_TIMEOUT};
+pub use server::{
+    raise_fd_limit, serve, serve_starting, serve_with_admin, Drained, HEALTH_HEADER_READ_TIMEOUT,
+};
 pub use sidecar::{Readiness, Sidecar, SidecarBuilder};

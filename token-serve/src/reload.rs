@@ -156,6 +156,8 @@ pub struct FileSidecar {
     /// What the file loaded at start said (a reload cannot change them).
     listen: SocketAddr,
     limits: ConnectionLimits,
+    /// The admin listener's settings at start (restart-only).
+    admin: crate::admin::AdminSettings,
     options: Arc<FileOptions>,
     metrics: Option<Metrics>,
     state: Arc<tokio::sync::Mutex<State>>,
@@ -194,7 +196,12 @@ impl FileSidecar {
         let metrics = options.metrics.clone().map(Metrics::new);
         // A long-running process: an unreachable Redis is connected to in
         // the background while tokens come from memory and the IdP.
-        let mut stores = Stores::new().with_redis_startup(RedisStartup::Background);
+        // And the default sled store, when HOME cannot hold it and no state
+        // directory is given, becomes memory with a warning (degraded, not
+        // dead).
+        let mut stores = Stores::new()
+            .with_redis_startup(RedisStartup::Background)
+            .with_memory_fallback(true);
         let mut report = ReloadReport::default();
         let profiles = build_profiles(
             &file,
@@ -223,6 +230,7 @@ impl FileSidecar {
             path: path.to_owned(),
             listen: config.listen,
             limits: config.limits(),
+            admin: crate::admin::AdminSettings::of(&config),
             options: Arc::new(options),
             metrics,
             state: Arc::new(tokio::sync::Mutex::new(state)),
@@ -263,6 +271,12 @@ impl FileSidecar {
         self.listen
     }
 
+    /// The admin listener's settings of the configuration loaded at start
+    /// (a reload cannot change them), for [`serve_with_admin`](crate::serve_with_admin).
+    pub fn admin_settings(&self) -> crate::admin::AdminSettings {
+        self.admin.clone()
+    }
+
     /// How long a shutdown waits for requests in flight.
     pub async fn drain(&self) -> Duration {
         self.limits.drain
@@ -299,6 +313,12 @@ impl FileSidecar {
                 self.limits.drain.as_secs(),
                 config.drain.as_secs()
             ));
+        }
+        if crate::admin::AdminSettings::of(&config) != self.admin {
+            report.needs_restart.push(
+                "the admin listener (admin_listen, admin_secret_file, admin_max_connections)"
+                    .to_owned(),
+            );
         }
         if config.connections != self.limits.settings {
             report
@@ -531,7 +551,7 @@ async fn build_profiles(
             name.clone(),
             Loaded {
                 spec,
-                profile: Profile::new(&built.cache, &built.request),
+                profile: Profile::new(&built.cache, &built.request).with_store(built.store.clone()),
                 token_url: built.token_url.clone(),
                 _warm: None,
                 first: Some(built),

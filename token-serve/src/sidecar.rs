@@ -32,6 +32,9 @@ pub(crate) struct Profile {
     pub(crate) handle: TokenHandle,
     /// The gateway's `Authorization` value for the current token.
     pub(crate) bearer: Arc<BearerCache>,
+    /// The profile's store, when built from a profiles file: `/readyz`
+    /// reports it degraded while it is unreachable.
+    pub(crate) store: Option<token_profile::OpenedStore>,
 }
 
 pub(crate) struct Inner {
@@ -243,18 +246,19 @@ impl SidecarBuilder {
 
 /// The shared secret in `path` (a trailing newline is not part of it).
 fn read_secret(path: &std::path::Path) -> Result<Secret, ConfigError> {
+    read_secret_named(path, "[serve] secret_file")
+}
+
+/// The secret in `path`, the setting `what` names (a trailing newline is
+/// not part of it).
+pub(crate) fn read_secret_named(path: &std::path::Path, what: &str) -> Result<Secret, ConfigError> {
     let text = std::fs::read_to_string(path)
         .map(zeroize::Zeroizing::new)
-        .map_err(|e| {
-            ConfigError::new(format!(
-                "cannot read [serve] secret_file {}: {e}",
-                path.display()
-            ))
-        })?;
+        .map_err(|e| ConfigError::new(format!("cannot read {what} {}: {e}", path.display())))?;
     let trimmed = text.trim_end_matches(['\r', '\n']);
     if trimmed.is_empty() {
         return Err(ConfigError::new(format!(
-            "[serve] secret_file {} is empty",
+            "{what} {} is empty",
             path.display()
         )));
     }
@@ -285,7 +289,14 @@ impl Profile {
             cache: cache.clone(),
             handle: cache.handle(request),
             bearer: Arc::default(),
+            store: None,
         }
+    }
+
+    /// With its store, whose reachability `/readyz` reports.
+    pub(crate) fn with_store(mut self, store: token_profile::OpenedStore) -> Self {
+        self.store = Some(store);
+        self
     }
 }
 
@@ -416,7 +427,7 @@ impl Sidecar {
             return refused;
         }
         match path {
-            "/readyz" => return self.readyz(inner).await,
+            "/readyz" => return self.readyz_with(strict(&req)).await,
             "/metrics" => return self.metrics(inner).await,
             "/v1/token" => {
                 return counted(inner, "token", endpoints::token(inner, &req).await);
@@ -455,7 +466,12 @@ impl Sidecar {
         }
     }
 
-    async fn readyz(&self, inner: &Inner) -> Response<Body> {
+    /// `/readyz`: 503 while a profile has no usable token. A profile
+    /// whose store is unreachable (Redis down: tokens come from memory and
+    /// the IdP meanwhile) is degraded, not unready: `"degraded": true` and
+    /// its `"store"` cause, still 200, unless `strict` (`/readyz?strict`),
+    /// which counts it as unready.
+    pub(crate) async fn readyz_with(&self, strict: bool) -> Response<Body> {
         let mut ready = true;
         let mut profiles = serde_json::Map::new();
         for (name, r) in self.readiness().await {
@@ -471,7 +487,28 @@ impl Sidecar {
             };
             profiles.insert(name, v);
         }
-        if let Some(m) = &inner.metrics {
+        // --- Degraded stores (issue 24) ---
+        let mut degraded = false;
+        for (name, p) in &self.current().profiles {
+            let Some(cause) = p
+                .store
+                .as_ref()
+                .and_then(token_profile::OpenedStore::unavailable)
+            else {
+                continue;
+            };
+            degraded = true;
+            if let Some(v) = profiles.get_mut(name).and_then(|v| v.as_object_mut()) {
+                v.insert("store".into(), cause.into());
+                if strict {
+                    v.insert("ready".into(), false.into());
+                }
+            }
+        }
+        if strict && degraded {
+            ready = false;
+        }
+        if let Some(m) = &self.current().metrics {
             m.ready(ready);
         }
         let status = if ready {
@@ -479,11 +516,14 @@ impl Sidecar {
         } else {
             StatusCode::SERVICE_UNAVAILABLE
         };
-        let body = serde_json::json!({ "ready": ready, "profiles": profiles });
+        let mut body = serde_json::json!({ "ready": ready, "profiles": profiles });
+        if degraded {
+            body["degraded"] = true.into();
+        }
         response::json(status, body.to_string())
     }
 
-    async fn metrics(&self, inner: &Inner) -> Response<Body> {
+    pub(crate) async fn metrics(&self, inner: &Inner) -> Response<Body> {
         let Some(m) = &inner.metrics else {
             return response::error(
                 StatusCode::NOT_FOUND,
@@ -667,6 +707,14 @@ async fn refresh_margin(p: &Profile) -> Option<f64> {
         .ok()?;
     let (exp, at) = (t.expires_at()?, t.refresh_at()?);
     Some(exp.duration_since(at).ok()?.as_secs_f64())
+}
+
+/// Whether a `/readyz` request asks for `?strict`.
+pub(crate) fn strict<B>(req: &Request<B>) -> bool {
+    req.uri().query().is_some_and(|q| {
+        q.split('&')
+            .any(|p| p == "strict" || p == "strict=1" || p == "strict=true")
+    })
 }
 
 async fn peek(p: &Profile) -> Readiness {
