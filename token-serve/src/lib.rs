@@ -79,6 +79,7 @@ mod response;
 mod server;
 mod sidecar;
 mod tls;
+mod variants;
 
 pub use config::{
     ConfigError, GoogleAccount, Route, ServeConfig, DEFAULT_DRAIN, DEFAULT_LISTEN,
@@ -89,6 +90,7 @@ pub use config::{
     DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_HEADER_BYTES,
     DEFAULT_PREFETCH_CONCURRENCY, DEFAULT_UPSTREAM_TIMEOUT,
 };
+pub use config::{DEFAULT_MAX_SCOPE_SETS, DEFAULT_UNIVERSE_DOMAIN};
 pub use endpoints::SECRET_HEADER;
 pub use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 pub use pool::{UpstreamBody, CONNECT_TIMEOUT, MAX_IDLE, POOL_IDLE};
