@@ -940,6 +940,34 @@ mod tests {
                 "[[serve.routes]]\nprefix = \"/a/\"\nupstream = \"http://x\"\nprofile = \"p\"\ntimeout_seconds = 0\n",
                 "timeout_seconds must be at least 1",
             ),
+            (
+                "[[serve.routes]]\nprefix = \"/a/\"\nupstream = \"http://x\"\nprofile = \"p\"\nscopes = [\"a b\"]\n",
+                "scopes entry \"a b\" is not one scope",
+            ),
+            (
+                "[[serve.routes]]\nprefix = \"/a/\"\nupstream = \"http://x\"\nprofile = \"p\"\nscopes = \"a\"\n",
+                "invalid type",
+            ),
+            (
+                "[[serve.routes]]\nprefix = \"/a/\"\nupstream = \"http://x\"\nprofile = \"p\"\naudience = \"\"\n",
+                "audience = \"\" is empty",
+            ),
+            (
+                "[[serve.routes]]\nprefix = \"/a/\"\nupstream = \"http://x\"\nprofile = \"p\"\nresource = \"orders\"\n",
+                "is not an absolute URI",
+            ),
+            (
+                "[serve.google]\nprofile = \"p\"\nmax_scope_sets = 0\n",
+                "max_scope_sets must be at least 1",
+            ),
+            (
+                "[serve.google]\nprofile = \"p\"\nnumeric_project_id = \"12a\"\n",
+                "must be digits only",
+            ),
+            (
+                "[serve.google]\nprofile = \"p\"\nproject_id = \"my project\"\n",
+                "project_id = \"my project\" must be one word",
+            ),
         ];
         for (text, expected) in cases {
             let e = ServeConfig::parse(text).expect_err(text);
@@ -975,5 +1003,68 @@ mod tests {
         assert!(r.allow_encoded_slashes && r.allow_plaintext);
         let d = ServeConfig::default();
         assert!(d.allowed_hosts.is_empty() && !d.insecure_token_endpoint);
+    }
+
+    #[test]
+    fn route_token_parameters_replace_the_profiles() {
+        let c = ServeConfig::parse(
+            r#"
+            [[serve.routes]]
+            prefix = "/a/"
+            upstream = "http://x"
+            profile = "p"
+            scopes = ["b.read", "a.read"]
+            audience = "https://a.example"
+            resource = "https://a.example/"
+            [[serve.routes]]
+            prefix = "/b/"
+            upstream = "http://x"
+            profile = "p"
+            "#,
+        )
+        .expect("valid");
+        let base = token_cache::TokenRequest::builder()
+            .scope("p.read")
+            .tenant("t")
+            .audience("https://p.example")
+            .resource("https://p.example/")
+            .build();
+        let (a, b) = (&c.routes[0], &c.routes[1]);
+        assert!(a.has_token_parameters() && !b.has_token_parameters());
+        let r = a.token_request(&base);
+        assert_eq!(r.scopes(), ["a.read", "b.read"]);
+        assert_eq!(r.audience(), Some("https://a.example"));
+        assert_eq!(r.resources(), ["https://a.example/"]);
+        assert_eq!(r.tenant(), Some("t"), "what the route does not set stays");
+        assert_ne!(r, base);
+        assert_eq!(b.token_request(&base), base);
+        // Only scopes: audience and resource stay the profile's.
+        let only = Route {
+            audience: None,
+            resource: None,
+            ..a.clone()
+        };
+        let r = only.token_request(&base);
+        assert_eq!(r.audience(), Some("https://p.example"));
+        assert_eq!(r.resources(), ["https://p.example/"]);
+    }
+
+    #[test]
+    fn google_settings_have_defaults() {
+        let c = ServeConfig::parse("[serve.google]\nprofile = \"p\"\n").expect("valid");
+        let g = c.google.expect("google");
+        assert_eq!(g.email, "default");
+        assert_eq!(g.universe_domain, DEFAULT_UNIVERSE_DOMAIN);
+        assert_eq!(g.max_scope_sets, DEFAULT_MAX_SCOPE_SETS);
+        assert_eq!(g.project_id, None);
+        let c = ServeConfig::parse(
+            "[serve.google]\nprofile = \"p\"\nproject_id = \"proj\"\nnumeric_project_id = \"42\"\nuniverse_domain = \"example.goog\"\nmax_scope_sets = 2\n",
+        )
+        .expect("valid");
+        let g = c.google.expect("google");
+        assert_eq!(g.project_id.as_deref(), Some("proj"));
+        assert_eq!(g.numeric_project_id.as_deref(), Some("42"));
+        assert_eq!(g.universe_domain, "example.goog");
+        assert_eq!(g.max_scope_sets, 2);
     }
 }

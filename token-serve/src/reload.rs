@@ -448,6 +448,7 @@ impl FileSidecar {
                     removed = ?r.removed,
                     kept = r.kept,
                     routes = r.routes,
+                    route_tokens_fetched = ?r.route_tokens,
                     elapsed_ms = started.elapsed().as_millis() as u64,
                     "configuration reloaded{restart}"
                 );

@@ -11,6 +11,7 @@ mod redis;
 mod test;
 mod tidy;
 mod util;
+mod vendor_node;
 mod venv;
 
 use std::process::ExitCode;

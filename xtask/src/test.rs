@@ -30,6 +30,10 @@ pub(crate) fn run() -> Result {
         "install the vendor client libraries for token-cli's serve tests (Python venv, if needed)",
         crate::venv::prepare,
     )?;
+    util::step(
+        "install the Node.js vendor client library for token-cli's serve tests (npm ci, if needed)",
+        crate::vendor_node::prepare,
+    )?;
 
     let started = Instant::now();
     let mut stderr = String::new();
