@@ -64,8 +64,7 @@ fn access_token(body: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_path_the_sdks_probe_is_served_and_scope_sets_are_bounded() {
-    let (idp, _sandbox, serve) =
-        start("project_id = \"proj-1\"\nmax_scope_sets = 2\n").await;
+    let (idp, _sandbox, serve) = start("project_id = \"proj-1\"\nmax_scope_sets = 2\n").await;
     assert_eq!(idp.calls(), 1);
 
     // Detection: Python pings `/`, Node asks for `instance`; both check
@@ -81,7 +80,10 @@ async fn every_path_the_sdks_probe_is_served_and_scope_sets_are_bounded() {
         assert_eq!((status, flavor.as_deref()), (200, Some("Google")), "{path}");
     }
     let (status, flavor, body) = get(&serve, "/computeMetadata/v1/project/project-id").await;
-    assert_eq!((status, flavor.as_deref(), body.as_str()), (200, Some("Google"), "proj-1"));
+    assert_eq!(
+        (status, flavor.as_deref(), body.as_str()),
+        (200, Some("Google"), "proj-1")
+    );
     let (status, _, body) = get(&serve, "/computeMetadata/v1/project/numeric-project-id").await;
     assert_eq!(status, 404);
     assert!(body.contains("numeric_project_id"), "{body}");
@@ -96,7 +98,11 @@ async fn every_path_the_sdks_probe_is_served_and_scope_sets_are_bounded() {
     let info: serde_json::Value = serde_json::from_str(&body).expect("json");
     assert_eq!(info["email"], EMAIL);
     assert_eq!(info["scopes"], serde_json::json!(["orders.read"]));
-    let (_, _, body) = get(&serve, "/computeMetadata/v1/instance/service-accounts/default/email").await;
+    let (_, _, body) = get(
+        &serve,
+        "/computeMetadata/v1/instance/service-accounts/default/email",
+    )
+    .await;
     assert_eq!(body, EMAIL);
 
     // Identity tokens: a 404 that says so.
@@ -120,7 +126,11 @@ async fn every_path_the_sdks_probe_is_served_and_scope_sets_are_bounded() {
     let (_, _, body) = get(&serve, token).await;
     let own = access_token(&body);
     let (_, _, body) = get(&serve, &format!("{token}?scopes=orders.read")).await;
-    assert_eq!(access_token(&body), own, "the profile's own scopes: its own token");
+    assert_eq!(
+        access_token(&body),
+        own,
+        "the profile's own scopes: its own token"
+    );
     let distinct: std::collections::HashSet<_> = [&s12, &s3, &own].into_iter().collect();
     assert_eq!(distinct.len(), 3);
     assert_eq!(idp.calls_for("s1 s2"), 1);
@@ -184,7 +194,9 @@ async fn python_google_auth_default_credentials_get_a_token_for_their_own_scopes
 /// `None` after saying why (a failure under CI).
 fn vendor_node() -> Option<(PathBuf, PathBuf)> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/vendor/node");
-    let installed = dir.join("node_modules/google-auth-library/package.json").exists();
+    let installed = dir
+        .join("node_modules/google-auth-library/package.json")
+        .exists();
     let node = Command::new("node")
         .arg("--version")
         .output()
@@ -200,7 +212,13 @@ fn vendor_node() -> Option<(PathBuf, PathBuf)> {
     ))
 }
 
-fn node_client(node: &PathBuf, script: &PathBuf, sandbox: &Sandbox, host: &str, scopes: &[&str]) -> Vec<String> {
+fn node_client(
+    node: &PathBuf,
+    script: &PathBuf,
+    sandbox: &Sandbox,
+    host: &str,
+    scopes: &[&str],
+) -> Vec<String> {
     let mut cmd = Command::new(node);
     cmd.arg(script).args(scopes);
     for var in [

@@ -12,7 +12,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use sidecar::{fake_profile, free_addr, route, start_serve, upstream, write_config, FakeIdp, Serve};
+use sidecar::{
+    fake_profile, free_addr, route, start_serve, upstream, write_config, FakeIdp, Serve,
+};
 use support::Sandbox;
 use token_testkit::Upstream;
 
@@ -37,7 +39,12 @@ async fn through(client: &reqwest::Client, serve: &Serve, prefix: &str, via: &st
             .send()
             .await
             .expect("request");
-        assert_eq!(r.status(), 200, "{prefix}: {}", r.text().await.unwrap_or_default());
+        assert_eq!(
+            r.status(),
+            200,
+            "{prefix}: {}",
+            r.text().await.unwrap_or_default()
+        );
     }
 }
 
@@ -48,7 +55,10 @@ async fn readyz(client: &reqwest::Client, serve: &Serve) -> (u16, Value) {
         .await
         .expect("readyz");
     let status = r.status().as_u16();
-    (status, serde_json::from_str(&r.text().await.expect("body")).expect("json"))
+    (
+        status,
+        serde_json::from_str(&r.text().await.expect("body")).expect("json"),
+    )
 }
 
 fn config(idp: &FakeIdp, upstream: &Upstream, listen: &str, routes: &[(&str, &str)]) -> String {
@@ -90,7 +100,11 @@ async fn route_scopes_and_audience_get_their_own_tokens_with_one_idp_call_per_pa
     );
     // Started = every token fetched (/readyz 200), the routes' too.
     let serve = start_serve(&sandbox, &path);
-    assert_eq!(idp.calls(), 4, "the profile's and three route parameter sets");
+    assert_eq!(
+        idp.calls(),
+        4,
+        "the profile's and three route parameter sets"
+    );
     assert_eq!(idp.calls_for("inventory.read"), 1);
     assert_eq!(idp.calls_with("audience", "https://c.example"), 1);
     assert_eq!(idp.calls_for("orders.read"), 2, "the profile's and /c/'s");
@@ -98,7 +112,13 @@ async fn route_scopes_and_audience_get_their_own_tokens_with_one_idp_call_per_pa
     assert_eq!(idp.calls_with("resource", "https://billing.example/"), 1);
 
     let client = reqwest::Client::new();
-    for (prefix, via) in [("/a/", "a"), ("/b/", "b"), ("/c/", "c"), ("/r/", "r"), ("/d/", "d")] {
+    for (prefix, via) in [
+        ("/a/", "a"),
+        ("/b/", "b"),
+        ("/c/", "c"),
+        ("/r/", "r"),
+        ("/d/", "d"),
+    ] {
         through(&client, &serve, prefix, via, 10).await;
     }
     let token = |via: &str| {
@@ -125,7 +145,10 @@ async fn route_scopes_and_audience_get_their_own_tokens_with_one_idp_call_per_pa
         .await
         .expect("body");
     let v: Value = serde_json::from_str(&text).expect("json");
-    assert_eq!(format!("Bearer {}", v["access_token"].as_str().expect("s")), d);
+    assert_eq!(
+        format!("Bearer {}", v["access_token"].as_str().expect("s")),
+        d
+    );
 
     // /readyz lists each route with a token of its own.
     let (status, body) = readyz(&client, &serve).await;
@@ -251,7 +274,10 @@ async fn a_reload_fetches_changed_route_tokens_keeps_unchanged_ones_and_readyz_n
     assert_eq!(body["profiles"]["orders"]["ready"], true, "{body}");
     assert_eq!(body["routes"]["/a/"]["ready"], true, "{body}");
     let cause = body["routes"]["/e/"]["cause"].as_str().expect("cause");
-    assert!(cause.contains("503") || cause.contains("temporarily_unavailable"), "{cause}");
+    assert!(
+        cause.contains("503") || cause.contains("temporarily_unavailable"),
+        "{cause}"
+    );
     let r = client
         .get(format!("{}/e/x", serve.base))
         .send()

@@ -350,7 +350,13 @@ pub(crate) async fn google(inner: &Inner, req: &Request<Incoming>) -> Response<B
                 None => profile.clone(),
                 Some(asked) => match scoped(inner, &account.profile, profile, &asked) {
                     Ok(p) => p,
-                    Err(refused) => return google_response(refused),
+                    Err(why) => {
+                        return google_response(response::text(
+                            StatusCode::BAD_REQUEST,
+                            "text/plain",
+                            why,
+                        ))
+                    }
                 },
             };
             let token = match inner.token(&profile).await {
@@ -372,23 +378,20 @@ pub(crate) async fn google(inner: &Inner, req: &Request<Incoming>) -> Response<B
 
 /// The profile serving `asked` (`?scopes=a,b`, commas or spaces): the
 /// account profile itself when they are its scopes, a route's token with
-/// those scopes, or a scope set of its own (made on first use, bounded).
+/// those scopes, or a scope set of its own (made on first use, bounded);
+/// else the `400` sentence saying why not.
 fn scoped(
     inner: &Inner,
     name: &str,
     base: &crate::sidecar::Profile,
     asked: &str,
-) -> Result<crate::sidecar::Profile, Response<Body>> {
+) -> Result<crate::sidecar::Profile, String> {
     let asked: Vec<&str> = asked.split([',', ' ']).filter(|s| !s.is_empty()).collect();
     if asked.is_empty() {
         return Ok(base.clone());
     }
     if let Some(bad) = asked.iter().find(|s| s.chars().any(char::is_control)) {
-        return Err(response::text(
-            StatusCode::BAD_REQUEST,
-            "text/plain",
-            format!("the scope {:?} has a control character\n", bad),
-        ));
+        return Err(format!("the scope {bad:?} has a control character\n"));
     }
     let request = base
         .handle
@@ -411,15 +414,11 @@ fn scoped(
         return Ok(base.clone());
     };
     sets.get(base, &request).map_err(|full| {
-        response::text(
-            StatusCode::BAD_REQUEST,
-            "text/plain",
-            format!(
-                "this sidecar serves at most {} distinct scope sets for profile `{name}` \
-                 ([serve.google] max_scope_sets) and all are taken; ask for one of the scope \
-                 sets already in use or raise max_scope_sets\n",
-                full.0
-            ),
+        format!(
+            "this sidecar serves at most {} distinct scope sets for profile `{name}` \
+             ([serve.google] max_scope_sets) and all are taken; ask for one of the scope \
+             sets already in use or raise max_scope_sets\n",
+            full.0
         )
     })
 }

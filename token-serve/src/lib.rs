@@ -7,9 +7,11 @@
 //! - **Token endpoint** `GET /v1/token?profile=NAME`, guarded against SSRF
 //!   (`Metadata: true`, no forwarded requests, optional shared secret).
 //! - **Vendor-compatible endpoints**: Azure App Service managed identity
-//!   (`/azure/token`) and the Google metadata server
-//!   (`/computeMetadata/v1/instance/service-accounts/default/token`), so
+//!   (`/azure/token`) and the Google metadata server (`/computeMetadata/v1/`:
+//!   every path Google's SDKs probe, `?scopes=` served per scope set), so
 //!   unmodified SDKs get their tokens from the sidecar.
+//! - **Token parameters per route**: `scopes`, `audience`, `resource` on a
+//!   route get it its own token from the profile's credential and store.
 //! - `/metrics` (Prometheus), `/healthz`, `/readyz`.
 //! - **Request guards** before any token work: `CONNECT` refused, exactly
 //!   one valid `Host` naming the sidecar (DNS rebinding; `[serve]

@@ -662,12 +662,10 @@ async fn route_tokens(
     refused: &mut Option<LoadError>,
 ) {
     let gate = tokio::sync::Semaphore::new(concurrency.max(1));
-    let fresh = inner.variants.iter().filter(|v| {
-        v.warm
-            .lock()
-            .map(|w| w.is_none())
-            .unwrap_or(false)
-    });
+    let fresh = inner
+        .variants
+        .iter()
+        .filter(|v| v.warm.lock().map(|w| w.is_none()).unwrap_or(false));
     let fetches = fresh.map(|v| {
         let gate = &gate;
         async move {

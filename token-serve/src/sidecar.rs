@@ -216,7 +216,8 @@ impl SidecarBuilder {
             })?;
             with_profiles.push((r, profile));
         }
-        let (variants, route_profiles) = variants::for_routes(&with_profiles, &self.previous_variants);
+        let (variants, route_profiles) =
+            variants::for_routes(&with_profiles, &self.previous_variants);
         let mut routes = Vec::with_capacity(with_profiles.len());
         for ((r, _), profile) in with_profiles.into_iter().zip(route_profiles) {
             let pool = self.pools.get(&r.upstream.to_string()).cloned();
@@ -425,9 +426,8 @@ impl Sidecar {
         // route's browser origins never open them.
         // `/` with `Metadata-Flavor` is the metadata server's root (Python
         // google-auth's probe); no route may take `/`.
-        let metadata_root = path == "/"
-            && inner.google.is_some()
-            && req.headers().contains_key("metadata-flavor");
+        let metadata_root =
+            path == "/" && inner.google.is_some() && req.headers().contains_key("metadata-flavor");
         let own = matches!(path, "/readyz" | "/metrics" | "/v1/token" | "/azure/token")
             || path == "/computeMetadata"
             || path.starts_with("/computeMetadata/")

@@ -45,7 +45,9 @@ pub(crate) fn prepare() -> Result {
             .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
             .current_dir(&dir),
     )
-    .map_err(|e| format!("installing the Node.js vendor clients (google-auth-library) failed: {e}"))?;
+    .map_err(|e| {
+        format!("installing the Node.js vendor clients (google-auth-library) failed: {e}")
+    })?;
     fs::write(dir.join(STAMP), lock).map_err(|e| format!("writing {DIR}/{STAMP}: {e}"))?;
     Ok(())
 }

@@ -19,6 +19,9 @@ use token_testkit::{free_port, skip_or_fail, HttpServer, Seen, Upstream};
 
 use crate::support::{self, Sandbox};
 
+/// One token request's form parameters.
+pub(crate) type Form = Vec<(String, String)>;
+
 /// A token endpoint issuing `tok-N` tokens that live `lifetime` seconds,
 /// answering 503 while `down`; it records the `scope` of each call, and its
 /// form parameters other than client credentials (`calls_with`).
@@ -29,7 +32,7 @@ pub(crate) struct FakeIdp {
     pub(crate) down: Arc<AtomicBool>,
     pub(crate) scopes: Arc<Mutex<Vec<String>>>,
     /// Each call's form, without `client_secret` and `client_assertion`.
-    pub(crate) forms: Arc<Mutex<Vec<Vec<(String, String)>>>>,
+    pub(crate) forms: Arc<Mutex<Vec<Form>>>,
 }
 
 impl FakeIdp {
