@@ -16,7 +16,7 @@ use sidecar::{
     fake_profile, free_addr, route, start_serve, upstream, write_config, FakeIdp, Serve,
 };
 use support::Sandbox;
-use token_testkit::Upstream;
+use token_testkit::{Idp, Upstream};
 
 /// The `Authorization` the upstream saw for each request made with
 /// `?via=NAME`, by NAME.
@@ -289,4 +289,96 @@ async fn a_reload_fetches_changed_route_tokens_keeps_unchanged_ones_and_readyz_n
         .seen()
         .iter()
         .all(|s| !s.path_and_query.starts_with("/base/x?via=e")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oidc_provider_issues_a_token_per_route_scope_set_to_the_one_client() {
+    let Some(idp) = Idp::shared() else { return };
+    let upstream = upstream().await;
+    let sandbox = Sandbox::new();
+    let secret_file = sandbox.path().join("client-secret");
+    std::fs::write(&secret_file, "basic:secret%+/ ok~&=\n").expect("write");
+    let profile = format!(
+        "[profiles.orders]\ntoken_url = \"{}\"\nclient_id = \"basic-client\"\nclient_secret_file = \"{}\"\nscopes = [\"orders.read\"]\nstore = \"memory\"\n",
+        idp.token_url(),
+        secret_file.display()
+    );
+    let serve_table = |routes: &[(&str, &str)]| {
+        let mut text = format!("{profile}\n[serve]\nlisten = \"{}\"\n", free_addr());
+        for (prefix, params) in routes {
+            text.push_str(&route(prefix, &upstream, "orders"));
+            text.push_str(params);
+            text.push('\n');
+        }
+        text
+    };
+    let before = idp.token_requests();
+    let path = write_config(
+        &sandbox,
+        &serve_table(&[
+            ("/r/", ""),
+            ("/w/", "scopes = [\"orders.write\"]"),
+            ("/rw/", "scopes = [\"orders.write\", \"orders.read\"]"),
+        ]),
+    );
+    let serve = start_serve(&sandbox, &path);
+    assert_eq!(idp.token_requests() - before, 3, "one per scope set");
+    let client = reqwest::Client::new();
+    for (prefix, via) in [("/r/", "r"), ("/w/", "w"), ("/rw/", "rw")] {
+        through(&client, &serve, prefix, via, 5).await;
+    }
+    let mut tokens = std::collections::HashSet::new();
+    for via in ["r", "w", "rw"] {
+        let seen = seen_by(&upstream, via);
+        assert!(seen.iter().all(|s| *s == seen[0]), "{via}: {seen:?}");
+        let token = seen[0].strip_prefix("Bearer ").expect("bearer").to_owned();
+        let record = idp.introspect(&token).await;
+        assert_eq!(record["active"], true, "{via}: {record}");
+        assert_eq!(record["client_id"], "basic-client");
+        tokens.insert(token);
+    }
+    assert_eq!(tokens.len(), 3, "a token per scope set");
+    assert_eq!(idp.token_requests() - before, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_scope_the_idp_refuses_stops_start_up_with_exit_4_naming_the_route() {
+    let idp = FakeIdp::start(3600).await;
+    let upstream = upstream().await;
+    let sandbox = Sandbox::new();
+    let path = write_config(
+        &sandbox,
+        &config(
+            &idp,
+            &upstream,
+            &free_addr(),
+            &[("/x/", "scopes = [\"refused.read\"]")],
+        ),
+    );
+    let mut child = sandbox
+        .cmd()
+        .args(["serve", "--config"])
+        .arg(&path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start serve");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("serve did not stop on a refused route token");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr)
+        .expect("read");
+    assert_eq!(status.code(), Some(4), "{stderr}");
+    assert!(stderr.contains("route /x/"), "{stderr}");
+    assert!(stderr.contains("invalid_scope"), "{stderr}");
+    assert_eq!(idp.calls_for("refused.read"), 1, "a refusal is not retried");
 }

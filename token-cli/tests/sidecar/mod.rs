@@ -23,7 +23,8 @@ use crate::support::{self, Sandbox};
 pub(crate) type Form = Vec<(String, String)>;
 
 /// A token endpoint issuing `tok-N` tokens that live `lifetime` seconds,
-/// answering 503 while `down`; it records the `scope` of each call, and its
+/// answering 503 while `down` and `400 invalid_scope` to a scope named
+/// `refused.*`; it records the `scope` of each call, and its
 /// form parameters other than client credentials (`calls_with`).
 #[derive(Clone)]
 pub(crate) struct FakeIdp {
@@ -61,8 +62,19 @@ impl FakeIdp {
                             .map(|(_, v)| v.into_owned())
                     })
                     .unwrap_or_default();
-                sc.lock().expect("lock").push(scope);
+                sc.lock().expect("lock").push(scope.clone());
                 let n = c.fetch_add(1, Ordering::SeqCst) + 1;
+                // A scope named `refused.*` is refused as an IdP refuses
+                // a scope the client may not have.
+                if scope.split(' ').any(|s| s.starts_with("refused.")) {
+                    let mut r = Response::new(Full::new(Bytes::from_static(
+                        br#"{"error":"invalid_scope","error_description":"the client may not have this scope"}"#,
+                    )));
+                    *r.status_mut() = StatusCode::BAD_REQUEST;
+                    r.headers_mut()
+                        .insert("content-type", "application/json".parse().expect("hv"));
+                    return r;
+                }
                 if d.load(Ordering::SeqCst) {
                     let mut r = Response::new(Full::new(Bytes::from_static(
                         br#"{"error":"temporarily_unavailable"}"#,
