@@ -8,7 +8,10 @@
 //! the new one. A profile whose settings did not change keeps its cache,
 //! handle and keep-warm timer (a reload makes no IdP call for it); a new or
 //! changed profile is fetched before the swap; a removed profile stops
-//! being kept warm. A file that does not load (bad TOML, an unknown key, a
+//! being kept warm. A route's own token (`scopes`, `audience`, `resource`)
+//! is treated the same way: kept with its timer when its profile and
+//! parameters are unchanged, fetched before the swap when new or changed
+//! ([`ReloadReport::route_tokens`]). A file that does not load (bad TOML, an unknown key, a
 //! profile the IdP refuses) is refused whole with one log line naming the
 //! problem, and the configuration in force keeps serving.
 //!
