@@ -37,6 +37,10 @@
 //! allow_encoded_slashes = false      # forward %2f, %5c and `\` in paths; default false (400)
 //! allow_plaintext = false            # silence the warning for http:// off loopback; default false
 //! timeout_seconds = 30               # upstream response head deadline (504 after it)
+//! # Token parameters (each optional; omitted = the profile's own request):
+//! scopes = ["orders.read"]           # replaces the profile's scopes for this route
+//! audience = "https://orders.internal"     # replaces the profile's audience
+//! resource = "https://orders.internal/"    # replaces the profile's resource indicators
 //!
 //! [serve.proxy]                      # CONNECT to routed hosts, TLS by a local CA (created if both absent)
 //! ca_cert_file = "/var/lib/tokencache/proxy-ca.pem"
@@ -49,7 +53,17 @@
 //! [serve.google]                     # the metadata server's default service account
 //! profile = "gcp"
 //! email = "sidecar@example.iam.gserviceaccount.com"
+//! project_id = "my-project"          # project/project-id (404 when not set)
+//! numeric_project_id = "123456789"   # project/numeric-project-id (404 when not set)
+//! universe_domain = "googleapis.com" # universe/universe-domain; default googleapis.com
+//! max_scope_sets = 64                # distinct ?scopes= sets served (each its own token)
 //! ```
+//!
+//! A route with `scopes`, `audience` or `resource` gets its own token from
+//! the profile's credential and store: the profile's request with those
+//! parts replaced, under its own cache key. It is fetched at start (and on
+//! a reload that changes it), kept warm, and `/readyz` names the route when
+//! it has none.
 //!
 //! Refused at load, each with one sentence: an upstream with user info
 //! (its password would reach `Host`, 502 bodies and logs), an
@@ -134,6 +148,43 @@ pub struct Route {
     /// absolute-form target, CONNECT target) names it, and only those.
     /// `None`: the route matches requests addressed to the sidecar itself.
     pub host: Option<String>,
+    // --- Token parameters (issue 19, item 4) ---
+    /// Scopes that replace the profile's for this route's token; empty = the
+    /// profile's own.
+    pub scopes: Vec<String>,
+    /// The `audience` that replaces the profile's; `None` = the profile's.
+    pub audience: Option<String>,
+    /// The `resource` indicator (RFC 8707) that replaces the profile's;
+    /// `None` = the profile's.
+    pub resource: Option<String>,
+}
+
+impl Route {
+    /// Whether the route asks for a token other than its profile's own
+    /// request (`scopes`, `audience` or `resource` set).
+    pub fn has_token_parameters(&self) -> bool {
+        !self.scopes.is_empty() || self.audience.is_some() || self.resource.is_some()
+    }
+
+    /// The request for this route's token: `base` (the profile's request)
+    /// with the route's `scopes`, `audience` and `resource` put in place of
+    /// its own; `base` itself when the route sets none of them.
+    pub fn token_request(&self, base: &token_cache::TokenRequest) -> token_cache::TokenRequest {
+        if !self.has_token_parameters() {
+            return base.clone();
+        }
+        let mut b = base.to_builder();
+        if !self.scopes.is_empty() {
+            b = b.clear_scopes().scopes(&self.scopes);
+        }
+        if let Some(a) = &self.audience {
+            b = b.audience(a);
+        }
+        if let Some(r) = &self.resource {
+            b = b.clear_resources().resource(r);
+        }
+        b.build()
+    }
 }
 
 /// The parsed `[serve]` table.
@@ -230,12 +281,32 @@ pub const DEFAULT_ADMIN_CONNECTIONS: usize = 16;
 
 /// The account the Google metadata endpoints describe.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct GoogleAccount {
     /// The profile whose token is served.
     pub profile: String,
     /// The e-mail reported for the account.
     pub email: String,
+    /// `project/project-id`; 404 when `None`.
+    pub project_id: Option<String>,
+    /// `project/numeric-project-id`; 404 when `None`.
+    pub numeric_project_id: Option<String>,
+    /// `universe/universe-domain` ([`DEFAULT_UNIVERSE_DOMAIN`] unless set).
+    pub universe_domain: String,
+    /// How many distinct `?scopes=` sets (other than the profile's own and
+    /// its routes') get a token of their own; more are refused with `400`
+    /// ([`DEFAULT_MAX_SCOPE_SETS`] unless set).
+    pub max_scope_sets: usize,
 }
+
+/// The universe domain the metadata server reports unless configured:
+/// Google's public cloud.
+pub const DEFAULT_UNIVERSE_DOMAIN: &str = "googleapis.com";
+/// How many distinct scope sets the metadata endpoint serves per profile
+/// unless configured: each is a token (and a cache entry, kept in memory
+/// for the sidecar's life), so a caller cycling through scope lists cannot
+/// make it hold (or fetch) an unbounded number; SDKs use a handful.
+pub const DEFAULT_MAX_SCOPE_SETS: usize = 64;
 
 impl Default for ServeConfig {
     fn default() -> Self {
@@ -325,6 +396,12 @@ struct RawRoute {
     #[serde(default)]
     allow_plaintext: bool,
     timeout_seconds: Option<u64>,
+
+    // --- Token parameters (issue 19, item 4) ---
+    #[serde(default)]
+    scopes: Vec<String>,
+    audience: Option<String>,
+    resource: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -332,6 +409,10 @@ struct RawRoute {
 struct RawGoogle {
     profile: String,
     email: Option<String>,
+    project_id: Option<String>,
+    numeric_project_id: Option<String>,
+    universe_domain: Option<String>,
+    max_scope_sets: Option<usize>,
 }
 
 impl ServeConfig {
@@ -375,10 +456,7 @@ impl ServeConfig {
                 ));
             }
         }
-        let google = raw.google.map(|g| GoogleAccount {
-            email: g.email.unwrap_or_else(|| "default".to_owned()),
-            profile: g.profile,
-        });
+        let google = raw.google.map(google_account).transpose()?;
         let allowed_hosts = raw
             .allowed_hosts
             .iter()
@@ -469,6 +547,89 @@ impl ServeConfig {
             .chain(self.google.iter().map(|g| g.profile.clone()))
             .collect()
     }
+}
+
+/// `[serve.google]`, checked: the values it reports are single plain
+/// tokens (they are answered as text bodies).
+fn google_account(g: RawGoogle) -> Result<GoogleAccount, ConfigError> {
+    let plain = |key: &str, v: &Option<String>| match v {
+        Some(v) if v.is_empty() || v.contains(|c: char| c.is_whitespace() || c.is_control()) => {
+            Err(ConfigError::new(format!(
+                "[serve.google] {key} = \"{}\" must be one word, not empty",
+                v.escape_debug()
+            )))
+        }
+        _ => Ok(()),
+    };
+    plain("email", &g.email)?;
+    plain("project_id", &g.project_id)?;
+    plain("universe_domain", &g.universe_domain)?;
+    if let Some(n) = &g.numeric_project_id {
+        if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(ConfigError::new(format!(
+                "[serve.google] numeric_project_id = \"{}\" must be digits only",
+                n.escape_debug()
+            )));
+        }
+    }
+    if g.max_scope_sets == Some(0) {
+        return Err(ConfigError::new(
+            "[serve.google] max_scope_sets must be at least 1",
+        ));
+    }
+    Ok(GoogleAccount {
+        email: g.email.unwrap_or_else(|| "default".to_owned()),
+        profile: g.profile,
+        project_id: g.project_id,
+        numeric_project_id: g.numeric_project_id,
+        universe_domain: g
+            .universe_domain
+            .unwrap_or_else(|| DEFAULT_UNIVERSE_DOMAIN.to_owned()),
+        max_scope_sets: g.max_scope_sets.unwrap_or(DEFAULT_MAX_SCOPE_SETS),
+    })
+}
+
+/// A route's `scopes`, `audience` and `resource`, checked: no empty value,
+/// no whitespace or control characters (a scope with a space would be two
+/// scopes; a header-breaking byte never reaches the IdP's form).
+fn token_parameters(
+    prefix: &str,
+    scopes: &[String],
+    audience: &Option<String>,
+    resource: &Option<String>,
+) -> Result<(), ConfigError> {
+    let bad = |v: &str| v.is_empty() || v.contains(|c: char| c.is_whitespace() || c.is_control());
+    for s in scopes {
+        if bad(s) {
+            return Err(ConfigError::new(format!(
+                "[[serve.routes]] prefix {prefix}: scopes entry \"{}\" is not one scope \
+                 (empty, or has whitespace: write each scope as its own entry)",
+                s.escape_debug()
+            )));
+        }
+    }
+    for (key, v) in [("audience", audience), ("resource", resource)] {
+        if let Some(v) = v {
+            if bad(v) {
+                return Err(ConfigError::new(format!(
+                    "[[serve.routes]] prefix {prefix}: {key} = \"{}\" is empty or has whitespace",
+                    v.escape_debug()
+                )));
+            }
+        }
+    }
+    if let Some(res) = resource {
+        // RFC 8707: an absolute URI without a fragment.
+        let absolute = res.parse::<Uri>().is_ok_and(|u| u.scheme().is_some());
+        if !absolute || res.contains('#') {
+            return Err(ConfigError::new(format!(
+                "[[serve.routes]] prefix {prefix}: resource = \"{}\" is not an absolute URI \
+                 without a fragment (RFC 8707), like \"https://api.example/\"",
+                res.escape_debug()
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn empty_raw() -> RawServe {
@@ -653,6 +814,7 @@ fn finish_route(
             )));
         }
     }
+    token_parameters(&prefix, &r.scopes, &r.audience, &r.resource)?;
     let timeout = match r.timeout_seconds {
         None => DEFAULT_UPSTREAM_TIMEOUT,
         Some(0) => {
@@ -675,6 +837,9 @@ fn finish_route(
         allow_plaintext: r.allow_plaintext,
         timeout,
         host,
+        scopes: r.scopes,
+        audience: r.audience,
+        resource: r.resource,
     })
 }
 
@@ -1080,6 +1245,34 @@ mod tests {
                 "[[serve.routes]]\nprefix = \"/a/\"\nupstream = \"http://x\"\nprofile = \"p\"\ntimeout_seconds = 0\n",
                 "timeout_seconds must be at least 1",
             ),
+            (
+                "[[serve.routes]]\nprefix = \"/a/\"\nupstream = \"http://x\"\nprofile = \"p\"\nscopes = [\"a b\"]\n",
+                "scopes entry \"a b\" is not one scope",
+            ),
+            (
+                "[[serve.routes]]\nprefix = \"/a/\"\nupstream = \"http://x\"\nprofile = \"p\"\nscopes = \"a\"\n",
+                "invalid type",
+            ),
+            (
+                "[[serve.routes]]\nprefix = \"/a/\"\nupstream = \"http://x\"\nprofile = \"p\"\naudience = \"\"\n",
+                "audience = \"\" is empty",
+            ),
+            (
+                "[[serve.routes]]\nprefix = \"/a/\"\nupstream = \"http://x\"\nprofile = \"p\"\nresource = \"orders\"\n",
+                "is not an absolute URI",
+            ),
+            (
+                "[serve.google]\nprofile = \"p\"\nmax_scope_sets = 0\n",
+                "max_scope_sets must be at least 1",
+            ),
+            (
+                "[serve.google]\nprofile = \"p\"\nnumeric_project_id = \"12a\"\n",
+                "must be digits only",
+            ),
+            (
+                "[serve.google]\nprofile = \"p\"\nproject_id = \"my project\"\n",
+                "project_id = \"my project\" must be one word",
+            ),
         ];
         for (text, expected) in cases {
             let e = ServeConfig::parse(text).expect_err(text);
@@ -1147,5 +1340,68 @@ mod tests {
             let e = ServeConfig::parse(text).expect_err(text).to_string();
             assert!(e.contains(says), "{text}: {e}");
         }
+    }
+
+    #[test]
+    fn route_token_parameters_replace_the_profiles() {
+        let c = ServeConfig::parse(
+            r#"
+            [[serve.routes]]
+            prefix = "/a/"
+            upstream = "http://x"
+            profile = "p"
+            scopes = ["b.read", "a.read"]
+            audience = "https://a.example"
+            resource = "https://a.example/"
+            [[serve.routes]]
+            prefix = "/b/"
+            upstream = "http://x"
+            profile = "p"
+            "#,
+        )
+        .expect("valid");
+        let base = token_cache::TokenRequest::builder()
+            .scope("p.read")
+            .tenant("t")
+            .audience("https://p.example")
+            .resource("https://p.example/")
+            .build();
+        let (a, b) = (&c.routes[0], &c.routes[1]);
+        assert!(a.has_token_parameters() && !b.has_token_parameters());
+        let r = a.token_request(&base);
+        assert_eq!(r.scopes(), ["a.read", "b.read"]);
+        assert_eq!(r.audience(), Some("https://a.example"));
+        assert_eq!(r.resources(), ["https://a.example/"]);
+        assert_eq!(r.tenant(), Some("t"), "what the route does not set stays");
+        assert_ne!(r, base);
+        assert_eq!(b.token_request(&base), base);
+        // Only scopes: audience and resource stay the profile's.
+        let only = Route {
+            audience: None,
+            resource: None,
+            ..a.clone()
+        };
+        let r = only.token_request(&base);
+        assert_eq!(r.audience(), Some("https://p.example"));
+        assert_eq!(r.resources(), ["https://p.example/"]);
+    }
+
+    #[test]
+    fn google_settings_have_defaults() {
+        let c = ServeConfig::parse("[serve.google]\nprofile = \"p\"\n").expect("valid");
+        let g = c.google.expect("google");
+        assert_eq!(g.email, "default");
+        assert_eq!(g.universe_domain, DEFAULT_UNIVERSE_DOMAIN);
+        assert_eq!(g.max_scope_sets, DEFAULT_MAX_SCOPE_SETS);
+        assert_eq!(g.project_id, None);
+        let c = ServeConfig::parse(
+            "[serve.google]\nprofile = \"p\"\nproject_id = \"proj\"\nnumeric_project_id = \"42\"\nuniverse_domain = \"example.goog\"\nmax_scope_sets = 2\n",
+        )
+        .expect("valid");
+        let g = c.google.expect("google");
+        assert_eq!(g.project_id.as_deref(), Some("proj"));
+        assert_eq!(g.numeric_project_id.as_deref(), Some("42"));
+        assert_eq!(g.universe_domain, "example.goog");
+        assert_eq!(g.max_scope_sets, 2);
     }
 }

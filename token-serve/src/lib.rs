@@ -7,9 +7,11 @@
 //! - **Token endpoint** `GET /v1/token?profile=NAME`, guarded against SSRF
 //!   (`Metadata: true`, no forwarded requests, optional shared secret).
 //! - **Vendor-compatible endpoints**: Azure App Service managed identity
-//!   (`/azure/token`) and the Google metadata server
-//!   (`/computeMetadata/v1/instance/service-accounts/default/token`), so
+//!   (`/azure/token`) and the Google metadata server (`/computeMetadata/v1/`:
+//!   every path Google's SDKs probe, `?scopes=` served per scope set), so
 //!   unmodified SDKs get their tokens from the sidecar.
+//! - **Token parameters per route**: `scopes`, `audience`, `resource` on a
+//!   route get it its own token from the profile's credential and store.
 //! - `/metrics` (Prometheus), `/healthz`, `/readyz`; with `[serve]
 //!   admin_listen`, also on an admin listener of their own, with the admin
 //!   API (list keys, purge, refresh): see [`AdminListener`].
@@ -89,6 +91,7 @@ mod server;
 mod sidecar;
 mod tls;
 mod trace;
+mod variants;
 
 pub use admin::{AdminListener, AdminSettings};
 pub use config::{
@@ -101,6 +104,7 @@ pub use config::{
     DEFAULT_PREFETCH_CONCURRENCY, DEFAULT_UPSTREAM_TIMEOUT,
 };
 pub use config::{ProxyConfig, DEFAULT_TLS_HANDSHAKE_TIMEOUT};
+pub use config::{DEFAULT_MAX_SCOPE_SETS, DEFAULT_UNIVERSE_DOMAIN};
 pub use endpoints::SECRET_HEADER;
 pub use metrics::{prometheus_builder, HTTP_BUCKETS};
 pub use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};

@@ -8,7 +8,10 @@
 //! the new one. A profile whose settings did not change keeps its cache,
 //! handle and keep-warm timer (a reload makes no IdP call for it); a new or
 //! changed profile is fetched before the swap; a removed profile stops
-//! being kept warm. A file that does not load (bad TOML, an unknown key, a
+//! being kept warm. A route's own token (`scopes`, `audience`, `resource`)
+//! is treated the same way: kept with its timer when its profile and
+//! parameters are unchanged, fetched before the swap when new or changed
+//! ([`ReloadReport::route_tokens`]). A file that does not load (bad TOML, an unknown key, a
 //! profile the IdP refuses) is refused whole with one log line naming the
 //! problem, and the configuration in force keeps serving.
 //!
@@ -120,6 +123,10 @@ pub struct ReloadReport {
     pub pending: Vec<(String, String)>,
     /// Whether the file's text was unchanged (nothing was rebuilt).
     pub unchanged: bool,
+    /// Routes whose own token (`scopes`, `audience` or `resource`) was
+    /// fetched: new, or changed in its parameters or its profile. Routes
+    /// whose token was kept are not listed.
+    pub route_tokens: Vec<String>,
 }
 
 /// One profile in force: its spec (to tell a change), what serves it, and
@@ -252,6 +259,14 @@ impl FileSidecar {
         };
         let mut refused = None;
         first_tokens(&mut state.profiles, concurrency, &mut report, &mut refused).await;
+        route_tokens(
+            &self.sidecar.current(),
+            &state.profiles,
+            concurrency,
+            &mut report,
+            &mut refused,
+        )
+        .await;
         report.kept = state.profiles.len();
         match refused {
             Some(e) => Err(e),
@@ -353,6 +368,17 @@ impl FileSidecar {
                     error,
                 }
             })?;
+        route_tokens(
+            &inner,
+            &profiles,
+            state.prefetch_concurrency,
+            &mut report,
+            &mut refused,
+        )
+        .await;
+        if let Some(e) = refused {
+            return Err(e);
+        }
         report.removed = state
             .profiles
             .keys()
@@ -445,6 +471,7 @@ impl FileSidecar {
                     removed = %r.removed.join(","),
                     kept = r.kept,
                     routes = r.routes,
+                    route_tokens_fetched = ?r.route_tokens,
                     elapsed_ms = started.elapsed().as_millis() as u64,
                     "configuration reloaded{restart}"
                 );
@@ -648,6 +675,67 @@ async fn first_token(
     }
 }
 
+/// Fetches the first token of every route token of `inner` that has none
+/// yet (a route's `scopes`/`audience`/`resource`: new, or changed), like
+/// [`first_tokens`] for profiles, and starts its keep-warm timer. A route
+/// token kept by a reload already has its timer and is not fetched.
+async fn route_tokens(
+    inner: &crate::sidecar::Inner,
+    profiles: &BTreeMap<String, Loaded>,
+    concurrency: usize,
+    report: &mut ReloadReport,
+    refused: &mut Option<LoadError>,
+) {
+    let gate = tokio::sync::Semaphore::new(concurrency.max(1));
+    let fresh = inner
+        .variants
+        .iter()
+        .filter(|v| v.warm.lock().map(|w| w.is_none()).unwrap_or(false));
+    let fetches = fresh.map(|v| {
+        let gate = &gate;
+        async move {
+            let outcome = match gate.acquire().await {
+                Ok(_permit) => Some(v.profile.handle.token().await),
+                Err(_) => None,
+            };
+            (v, outcome)
+        }
+    });
+    for (v, outcome) in futures_util::future::join_all(fetches).await {
+        let token_url = profiles
+            .get(&v.profile_name)
+            .map(|l| l.token_url.clone())
+            .unwrap_or_default();
+        match outcome {
+            Some(Err(e)) if !e.is_transient() => {
+                refused.get_or_insert(LoadError::Refused {
+                    profile: v.label(),
+                    token_url,
+                    error: e,
+                });
+                continue;
+            }
+            Some(Err(e)) => report.pending.push((v.label(), e.to_string())),
+            _ => {}
+        }
+        report.route_tokens.extend(v.routes.iter().cloned());
+        match v.profile.cache.keep_warm(&v.request) {
+            Ok(w) => {
+                if let Ok(mut slot) = v.warm.lock() {
+                    *slot = Some(w);
+                }
+            }
+            Err(error) => {
+                refused.get_or_insert(LoadError::Refused {
+                    profile: v.label(),
+                    token_url,
+                    error,
+                });
+            }
+        }
+    }
+}
+
 fn inner(
     config: &ServeConfig,
     profiles: &BTreeMap<String, Loaded>,
@@ -656,7 +744,7 @@ fn inner(
 ) -> Result<crate::sidecar::Inner, ConfigError> {
     let mut builder = Sidecar::builder(config.clone()).metrics_of(metrics);
     if let Some(previous) = previous {
-        builder = builder.reuse_pools(previous);
+        builder = builder.reuse_pools(previous).reuse_tokens(previous);
     }
     for (name, loaded) in profiles {
         builder = builder.profile_shared(name.clone(), loaded.profile.clone());

@@ -18,6 +18,7 @@ use crate::gateway::{self, BearerCache, GatewayRoute};
 use crate::guard::Guards;
 use crate::metrics::Metrics;
 use crate::response::{self, Body};
+use crate::variants::{self, ScopeSets, Variant};
 use crate::{endpoints, tls};
 
 /// How long `/readyz` and `/metrics` wait for a profile's token before
@@ -46,6 +47,11 @@ pub(crate) struct Inner {
     pub(crate) google: Option<GoogleAccount>,
     pub(crate) retry_body_limit: usize,
     pub(crate) metrics: Option<Metrics>,
+    /// The routes' own tokens (`scopes`/`audience`/`resource`), each
+    /// distinct (profile, request) once.
+    pub(crate) variants: Vec<Arc<Variant>>,
+    /// The Google account profile's `?scopes=` sets.
+    pub(crate) scope_sets: Option<Arc<ScopeSets>>,
     /// The extra TLS roots the upstream pools were made with.
     ca_file: Option<std::path::PathBuf>,
     /// The TLS client configuration made from them.
@@ -98,6 +104,9 @@ pub struct SidecarBuilder {
     tls: Option<Arc<rustls::ClientConfig>>,
     /// The forward proxy's CA to keep (a reload's, same `[serve.proxy]`).
     proxy: Option<crate::proxy::ProxyState>,
+    /// Route tokens and scope sets to keep (a reload's).
+    previous_variants: Vec<Arc<Variant>>,
+    previous_scope_sets: Option<Arc<ScopeSets>>,
 }
 
 impl std::fmt::Debug for SidecarBuilder {
@@ -170,6 +179,15 @@ impl SidecarBuilder {
         self
     }
 
+    /// Keeps the route tokens and Google scope sets of `previous` whose
+    /// profile is kept as it was and whose parameters are the same: a
+    /// reload makes no IdP call for them and keeps their keep-warm timers.
+    pub(crate) fn reuse_tokens(mut self, previous: &Inner) -> Self {
+        self.previous_variants = previous.variants.clone();
+        self.previous_scope_sets = previous.scope_sets.clone();
+        self
+    }
+
     /// Checks that every profile the configuration names was given, reads
     /// the configuration's `secret_file` (unless [`secret`](Self::secret)
     /// gave one), and sets up the upstream client (TLS roots).
@@ -198,7 +216,7 @@ impl SidecarBuilder {
         self.config
             .check_token_endpoint_exposure(secret.is_some())?;
         let guards = Guards::new(&self.config);
-        let mut routes = Vec::with_capacity(self.config.routes.len());
+        let mut with_profiles = Vec::with_capacity(self.config.routes.len());
         for r in self.config.routes {
             if !r.allow_plaintext && plaintext_off_loopback(&r.upstream) {
                 tracing::warn!(
@@ -214,9 +232,23 @@ impl SidecarBuilder {
                     r.prefix, r.profile
                 ))
             })?;
+            with_profiles.push((r, profile));
+        }
+        let (variants, route_profiles) =
+            variants::for_routes(&with_profiles, &self.previous_variants);
+        let mut routes = Vec::with_capacity(with_profiles.len());
+        for ((r, _), profile) in with_profiles.into_iter().zip(route_profiles) {
             let pool = self.pools.get(&r.upstream.to_string()).cloned();
             routes.push(GatewayRoute::new(r, profile, &tls, pool)?);
         }
+        let scope_sets = self.config.google.as_ref().and_then(|g| {
+            let base = self.profiles.get(&g.profile)?;
+            Some(ScopeSets::new(
+                base,
+                g.max_scope_sets,
+                self.previous_scope_sets.as_ref(),
+            ))
+        });
         routes.sort_by_key(|r| std::cmp::Reverse(r.route.prefix.len()));
         let hosts = crate::proxy::HostTable::new(&routes);
         let proxy = match (self.proxy, self.config.proxy) {
@@ -235,6 +267,8 @@ impl SidecarBuilder {
             google: self.config.google,
             retry_body_limit: self.config.retry_body_limit,
             metrics: self.metrics,
+            variants,
+            scope_sets,
             ca_file: self.config.ca_file,
             tls,
             guards,
@@ -327,6 +361,8 @@ impl Sidecar {
             pools: BTreeMap::new(),
             tls: None,
             proxy: None,
+            previous_variants: Vec::new(),
+            previous_scope_sets: None,
         }
     }
 
@@ -351,24 +387,37 @@ impl Sidecar {
         self.state.load().profiles.keys().cloned().collect()
     }
 
-    /// Fetches every profile's token now (start-up prefetch), so that no
-    /// first request waits for the IdP. Returns each profile's outcome.
+    /// Fetches every profile's token now (start-up prefetch), and every
+    /// route's own token (a route with `scopes`, `audience` or `resource`,
+    /// named `profile (route /prefix/)`), so that no first request waits for
+    /// the IdP. Returns each one's outcome.
     pub async fn prefetch(&self) -> Vec<(String, Result<(), Error>)> {
         let inner = self.current();
-        let mut out = Vec::with_capacity(inner.profiles.len());
+        let mut out = Vec::with_capacity(inner.profiles.len() + inner.variants.len());
         for (name, p) in &inner.profiles {
             out.push((name.clone(), p.handle.token().await.map(|_| ())));
+        }
+        for v in &inner.variants {
+            out.push((v.label(), v.profile.handle.token().await.map(|_| ())));
         }
         out
     }
 
-    /// Keeps every profile's token refreshed on a timer, even with no
-    /// traffic, until the guards are dropped. Needs a Tokio runtime.
+    /// Keeps every profile's token, and every route's own token, refreshed
+    /// on a timer, even with no traffic, until the guards are dropped.
+    /// Needs a Tokio runtime.
     pub fn keep_warm(&self) -> Result<Vec<KeepWarm>, Error> {
-        self.current()
+        let inner = self.current();
+        inner
             .profiles
             .values()
             .map(|p| p.cache.keep_warm(p.handle.request()))
+            .chain(
+                inner
+                    .variants
+                    .iter()
+                    .map(|v| v.profile.cache.keep_warm(&v.request)),
+            )
             .collect()
     }
 
@@ -378,6 +427,20 @@ impl Sidecar {
         let mut out = Vec::with_capacity(inner.profiles.len());
         for (name, p) in &inner.profiles {
             out.push((name.clone(), peek(p).await));
+        }
+        out
+    }
+
+    /// The readiness of each route that has a token of its own (`scopes`,
+    /// `audience` or `resource`), by route prefix (`/readyz`'s `routes`).
+    pub async fn route_readiness(&self) -> Vec<(String, Readiness)> {
+        let inner = self.current();
+        let mut out = Vec::new();
+        for v in &inner.variants {
+            let r = peek(&v.profile).await;
+            for prefix in &v.routes {
+                out.push((prefix.clone(), r.clone()));
+            }
         }
         out
     }
@@ -415,9 +478,14 @@ impl Sidecar {
         }
         // The sidecar's own endpoints are answered before any route, so a
         // route's browser origins never open them.
+        // `/` with `Metadata-Flavor` is the metadata server's root (Python
+        // google-auth's probe); no route may take `/`.
+        let metadata_root =
+            path == "/" && inner.google.is_some() && req.headers().contains_key("metadata-flavor");
         let own = matches!(path, "/readyz" | "/metrics" | "/v1/token" | "/azure/token")
             || path == "/computeMetadata"
-            || path.starts_with("/computeMetadata/");
+            || path.starts_with("/computeMetadata/")
+            || metadata_root;
         let route = if own { None } else { inner.route_for(path) };
         let origins = route.map_or(&[][..], |r| &r.route.allow_browser_origins[..]);
         if let Some(refused) = Guards::browser(req.headers(), origins) {
@@ -437,7 +505,7 @@ impl Sidecar {
             }
             _ => {}
         }
-        if path.starts_with("/computeMetadata/") || path == "/computeMetadata" {
+        if path.starts_with("/computeMetadata/") || path == "/computeMetadata" || metadata_root {
             return counted(inner, "google", endpoints::google(inner, &req).await);
         }
         if let Some(route) = route {
@@ -473,19 +541,23 @@ impl Sidecar {
     /// which counts it as unready.
     pub(crate) async fn readyz_with(&self, strict: bool) -> Response<Body> {
         let mut ready = true;
+        let mut json = |r: Readiness| match r {
+            Readiness::Ready { expires_at } => serde_json::json!({
+                "ready": true,
+                "expires_at": expires_at.map(response::rfc3339),
+            }),
+            Readiness::NotReady { cause } => {
+                ready = false;
+                serde_json::json!({ "ready": false, "cause": cause })
+            }
+        };
         let mut profiles = serde_json::Map::new();
         for (name, r) in self.readiness().await {
-            let v = match r {
-                Readiness::Ready { expires_at } => serde_json::json!({
-                    "ready": true,
-                    "expires_at": expires_at.map(response::rfc3339),
-                }),
-                Readiness::NotReady { cause } => {
-                    ready = false;
-                    serde_json::json!({ "ready": false, "cause": cause })
-                }
-            };
-            profiles.insert(name, v);
+            profiles.insert(name, json(r));
+        }
+        let mut routes = serde_json::Map::new();
+        for (prefix, r) in self.route_readiness().await {
+            routes.insert(prefix, json(r));
         }
         // --- Degraded stores (issue 24) ---
         let mut degraded = false;
@@ -519,6 +591,9 @@ impl Sidecar {
         let mut body = serde_json::json!({ "ready": ready, "profiles": profiles });
         if degraded {
             body["degraded"] = true.into();
+        }
+        if !routes.is_empty() {
+            body["routes"] = serde_json::Value::Object(routes);
         }
         response::json(status, body.to_string())
     }

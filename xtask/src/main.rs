@@ -13,6 +13,7 @@ mod redis;
 mod test;
 mod tidy;
 mod util;
+mod vendor_node;
 mod venv;
 
 use std::process::ExitCode;

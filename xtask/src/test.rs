@@ -105,6 +105,10 @@ pub(crate) fn prepare() -> Result {
         crate::venv::prepare,
     )?;
     util::step(
+        "install the Node.js vendor client library for token-cli's serve tests (npm ci, if needed)",
+        crate::vendor_node::prepare,
+    )?;
+    util::step(
         "install the deploy/ checkers: kubernetes-validate (Python venv), prometheus and promtool (Debian package, unpacked), if needed",
         crate::deploy::prepare,
     )
