@@ -317,6 +317,19 @@ async fn a_broken_file_is_refused_in_one_line_and_the_old_configuration_keeps_se
         .await;
         assert_eq!(status(&client, &url).await, 200, "the old config stopped");
     }
+    // Each refusal is counted before its line is logged: wait for the lines.
+    eventually("the refusals' log lines", || {
+        let log = Arc::clone(&log);
+        async move {
+            log.lock()
+                .expect("lock")
+                .iter()
+                .filter(|l| l.contains("configuration reload refused"))
+                .count()
+                >= 3
+        }
+    })
+    .await;
     let refused: Vec<String> = log
         .lock()
         .expect("lock")
@@ -355,6 +368,17 @@ async fn a_broken_file_is_refused_in_one_line_and_the_old_configuration_keeps_se
     eventually("the fixed file is in force", || {
         let (client, fixed) = (client.clone(), fixed.clone());
         async move { status(&client, &fixed).await == 200 }
+    })
+    .await;
+    // The swap comes before its log line: wait for the line too.
+    eventually("the reload's log line", || {
+        let log = Arc::clone(&log);
+        async move {
+            log.lock()
+                .expect("lock")
+                .iter()
+                .any(|l| l.contains("configuration reloaded"))
+        }
     })
     .await;
     let restart = log
