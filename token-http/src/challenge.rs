@@ -72,6 +72,7 @@ pub fn rejects_token(status: http::StatusCode, headers: &HeaderMap) -> bool {
 /// auth-param of a `Bearer` challenge. A name not followed by `=` starts a
 /// new challenge (its auth-scheme); quoted strings are honoured (a
 /// description may contain `error=`, commas or a scheme's name).
+#[cfg(test)]
 fn bearer_error_param(value: &str) -> Option<String> {
     error_param(value, "Bearer")
 }

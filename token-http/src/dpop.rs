@@ -478,6 +478,51 @@ impl DpopKey {
     }
 }
 
+/// Why a DPoP-bound resource request could not be prepared. Never holds a
+/// token or key material.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DpopRequestError {
+    /// The token is a DPoP token but no key was given to sign proofs.
+    #[error("the access token is DPoP-bound but no DPoP key was given to sign its proofs (set one on the middleware)")]
+    NoKey,
+    /// A key was given but the token is not a DPoP token.
+    #[error("a DPoP key is set but the access token is a `{0}` token, not DPoP; refusing to send it (the token endpoint downgraded it)")]
+    NotDpop(String),
+    /// The proof could not be made (an unusable URL, no randomness).
+    #[error("could not make a DPoP proof: {0}")]
+    Proof(String),
+}
+
+/// The `DPoP` header value (marked sensitive) for a resource request with
+/// `token`: a fresh proof with `ath` and the resource server's last nonce.
+/// Checks that the token and the key agree: a DPoP token needs a key, a key
+/// needs a DPoP token. `None` for a Bearer token without a key.
+pub(crate) fn resource_proof(
+    key: Option<&DpopKey>,
+    token: &token_core::AccessToken,
+    method: &str,
+    url: &str,
+) -> Result<Option<HeaderValue>, DpopRequestError> {
+    let is_dpop = *token.token_type() == token_core::TokenType::DPoP;
+    match (key, is_dpop) {
+        (None, false) => Ok(None),
+        (None, true) => Err(DpopRequestError::NoKey),
+        (Some(_), false) => Err(DpopRequestError::NotDpop(
+            token.token_type().as_str().to_owned(),
+        )),
+        (Some(key), true) => key
+            .proof_header(
+                DpopRole::ResourceServer,
+                method,
+                url,
+                Some(token.secret().expose()),
+            )
+            .map(Some)
+            .map_err(|e| DpopRequestError::Proof(e.to_string())),
+    }
+}
+
 /// Counts one retry because a server asked for a (new) nonce.
 pub(crate) fn count_nonce_retry(role: DpopRole) {
     metrics::counter!("tokencache_dpop_nonce_retries_total", "role" => role.as_str()).increment(1);
