@@ -693,7 +693,10 @@ mod tests {
                 .as_deref(),
             Some("as-nonce")
         );
-        assert_eq!(key.nonce(DpopRole::ResourceServer, "https://a.example/"), None);
+        assert_eq!(
+            key.nonce(DpopRole::ResourceServer, "https://a.example/"),
+            None
+        );
         assert_eq!(
             key.nonce(DpopRole::AuthorizationServer, "https://a.example:8443/"),
             None

@@ -98,7 +98,10 @@ pub use chain::{ChainCredential, ChainCredentialBuilder, CREDENTIAL_SELECTOR_VAR
 pub use client_auth::{ClientAuth, JWT_BEARER_ASSERTION_TYPE};
 pub use credential::{OAuthCredential, OAuthCredentialBuilder, DEFAULT_SKEW_WARNING};
 pub use discovery::ServerMetadata;
-pub use dpop::{ath, DpopAlgorithm, DpopKey, DpopRequestError, DpopRole, MAX_DPOP_KEY_FILE_BYTES, MAX_NONCE_ORIGINS};
+pub use dpop::{
+    ath, DpopAlgorithm, DpopKey, DpopRequestError, DpopRole, MAX_DPOP_KEY_FILE_BYTES,
+    MAX_NONCE_ORIGINS,
+};
 pub use error::ConfigError;
 pub use file_auth::PrivateKeyFile;
 pub use grant::{Grant, ACCESS_TOKEN_TYPE};

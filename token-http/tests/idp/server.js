@@ -547,7 +547,7 @@ server.listen(0, '127.0.0.1', () => {
   // --- end rotating client secrets ---
   // --- DPoP (issue 21) ---
   provider.on('grant.error', (ctx, err) => {
-    if (/Replay detected/.test(err.error_description ?? '')) dpopReplays += 1;
+    if (/Replay detected/.test(`${err.error_detail} ${err.error_description}`)) dpopReplays += 1;
   });
   // --- end DPoP ---
   const handle = provider.callback();
