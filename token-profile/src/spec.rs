@@ -84,6 +84,10 @@ pub struct ProfileSpec {
     pub format: Option<Format>,
     /// The store's encryption key file.
     pub key_file: Option<PathBuf>,
+    /// DPoP (RFC 9449): the proof-of-possession key (ES256 or Ed25519, PEM
+    /// or JWK) tokens are bound to. Its thumbprint is part of the cache
+    /// key; the key itself is never stored.
+    pub dpop_key_file: Option<PathBuf>,
 }
 
 impl ProfileSpec {
@@ -144,6 +148,7 @@ impl ProfileSpec {
             store: flags.store.or(self.store),
             format: flags.format.or(self.format),
             key_file: flags.key_file.or(self.key_file),
+            dpop_key_file: flags.dpop_key_file.or(self.dpop_key_file),
         }
     }
 
@@ -170,6 +175,7 @@ impl ProfileSpec {
                 self.client_certificate_file.is_some(),
             ),
             ("from_env", self.from_env),
+            ("dpop_key_file", self.dpop_key_file.is_some()),
         ]
         .into_iter()
         .find_map(|(name, set)| set.then_some(name))
@@ -283,6 +289,9 @@ setting_enum! {
         /// A JSON object: access_token, token_type, expires_at, expires_in,
         /// from_cache.
         Json = "json",
+        /// The `Authorization` and `DPoP` header lines for one request
+        /// (`tokencache get --format dpop-headers --method GET --url URL`).
+        DpopHeaders = "dpop-headers",
     }
 }
 

@@ -1,0 +1,128 @@
+//! `tokencache get --dpop-key-file` against oidc-provider with DPoP
+//! (`dpop-client` of `token-http/tests/idp/server.js`): the bound token,
+//! `--format json` with `token_type`, `--format dpop-headers` for scripts,
+//! a `dpop_key_file` in a profile, and key file errors that name the file.
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::Output;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use support::{json, ok, stderr, stdout, Sandbox};
+use token_testkit::Idp;
+
+const CLIENT: &str = "dpop-client";
+const SECRET: &str = "dpop-secret-value";
+
+fn key_file(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../token-http/tests/keys")
+        .join(name)
+}
+
+fn get(sb: &Sandbox, idp: &Idp, key: &std::path::Path, extra: &[&str]) -> Output {
+    sb.cmd()
+        .env("DPOP_SECRET", SECRET)
+        .arg("get")
+        .args(["--token-url", &idp.token_url()])
+        .args(["--client-id", CLIENT, "--client-secret-env", "DPOP_SECRET"])
+        .args(["--scope", "orders.read", "--store", "memory"])
+        .arg("--dpop-key-file")
+        .arg(key)
+        .args(extra)
+        .output()
+        .expect("run tokencache")
+}
+
+fn b64json(part: &str) -> serde_json::Value {
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(part).expect("base64url")).expect("JSON")
+}
+
+#[test]
+fn get_prints_a_dpop_bound_token_and_its_headers() {
+    let Some(idp) = Idp::private() else { return };
+    let sb = Sandbox::new();
+    let key = key_file("dpop-ec-test-only.jwk");
+    let out = get(&sb, &idp, &key, &["--format", "json"]);
+    ok(&out);
+    assert_eq!(json(&out)["token_type"], "DPoP");
+    // First call of the key: use_dpop_nonce, then the retry.
+    assert_eq!(idp.token_requests(), 2);
+
+    let url = "https://api.example/v1/orders?page=2";
+    let out = get(
+        &sb,
+        &idp,
+        &key,
+        &["--format", "dpop-headers", "--method", "post", "--url", url],
+    );
+    ok(&out);
+    let text = stdout(&out);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    let token = lines[0]
+        .strip_prefix("Authorization: DPoP ")
+        .expect("an Authorization line");
+    let proof = lines[1].strip_prefix("DPoP: ").expect("a DPoP line");
+    let parts: Vec<&str> = proof.split('.').collect();
+    assert_eq!(parts.len(), 3);
+    let (header, claims) = (b64json(parts[0]), b64json(parts[1]));
+    assert_eq!(header["typ"], "dpop+jwt");
+    assert_eq!(header["alg"], "ES256");
+    assert_eq!(claims["htm"], "POST");
+    assert_eq!(claims["htu"], "https://api.example/v1/orders");
+    assert_eq!(claims["ath"], token_http::ath(token));
+    assert!(!stderr(&out).contains(token) && !stderr(&out).contains(proof));
+}
+
+#[test]
+fn a_profile_binds_with_dpop_key_file_and_bad_key_files_are_named() {
+    let Some(idp) = Idp::shared() else { return };
+    let sb = Sandbox::new();
+    let key = key_file("dpop-ed25519-test-only.pem");
+    std::fs::create_dir_all(sb.config_file().parent().unwrap()).unwrap();
+    std::fs::write(
+        sb.config_file(),
+        format!(
+            "[profiles.orders]\ntoken_url = \"{}\"\nclient_id = \"{CLIENT}\"\nclient_secret_env = \"DPOP_SECRET\"\nscopes = [\"orders.read\"]\nstore = \"memory\"\nformat = \"json\"\ndpop_key_file = \"{}\"\n",
+            idp.token_url(),
+            key.display()
+        ),
+    )
+    .unwrap();
+    let out = sb
+        .cmd()
+        .env("DPOP_SECRET", SECRET)
+        .args(["get", "--profile", "orders"])
+        .output()
+        .unwrap();
+    ok(&out);
+    assert_eq!(json(&out)["token_type"], "DPoP");
+
+    // A key file that is not a key: a configuration error naming it.
+    let bad = sb.path().join("not-a-key.pem");
+    std::fs::write(&bad, "hello\n").unwrap();
+    let out = get(&sb, idp, &bad, &[]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&bad.display().to_string()),
+        "{}",
+        stderr(&out)
+    );
+    let missing = sb.path().join("missing.jwk");
+    let out = get(&sb, idp, &missing, &[]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains(&missing.display().to_string()));
+
+    // dpop-headers needs a URL.
+    let out = get(
+        &sb,
+        idp,
+        &key_file("dpop-ec-test-only.jwk"),
+        &["--format", "dpop-headers"],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--url"), "{}", stderr(&out));
+}
