@@ -433,6 +433,38 @@ impl DpopKey {
         Ok(value)
     }
 
+    /// The `DPoP` header (marked sensitive) of one resource request with
+    /// `token` (`ath`, the resource server's last nonce for `url`). Refuses
+    /// a token that is not a DPoP token rather than send it with a proof.
+    pub fn resource_header(
+        &self,
+        token: &token_core::AccessToken,
+        method: &str,
+        url: &str,
+    ) -> Result<HeaderValue, DpopRequestError> {
+        resource_proof(Some(self), token, method, url)?
+            .ok_or_else(|| DpopRequestError::Proof("no proof made".into()))
+    }
+
+    /// Learns the resource server's nonce from an answer to a request to
+    /// `url` and says whether to send the request once more with it: a
+    /// `401` with `WWW-Authenticate: DPoP error="use_dpop_nonce"` bringing a
+    /// nonce not used yet. Counts the retry it advises
+    /// (`tokencache_dpop_nonce_retries_total{role="resource_server"}`).
+    pub fn resource_wants_retry(
+        &self,
+        url: &str,
+        status: http::StatusCode,
+        headers: &http::HeaderMap,
+    ) -> bool {
+        let new = self.learn_nonce(DpopRole::ResourceServer, url, headers);
+        let retry = new && crate::challenge::asks_for_dpop_nonce(status, headers);
+        if retry {
+            count_nonce_retry(DpopRole::ResourceServer);
+        }
+        retry
+    }
+
     /// The nonce last learned from `url`'s origin in `role`.
     pub fn nonce(&self, role: DpopRole, url: &str) -> Option<String> {
         let origin = origin(url)?;

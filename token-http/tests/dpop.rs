@@ -2,14 +2,12 @@
 //! `features.dPoP` (nonces required, replays refused) and the client
 //! `dpop-client` registered with `dpop_bound_access_tokens: true`; see
 //! `tests/idp/server.js`. A resource server written here after the RFC
-//! (signature, `htm`, `htu`, `ath`, `jti`, `iat`, its own nonces, the
-//! token's `cnf.jkt` from the authorization server) is reached through the
-//! reqwest middleware. Servers that misbehave on purpose (a Bearer answer,
+//! (token-testkit's `DpopResourceServer`: signature, `htm`, `htu`, `ath`,
+//! `jti`, `iat`, its own nonces, the token's `cnf.jkt` from the
+//! authorization server) is reached through the reqwest middleware. Servers that misbehave on purpose (a Bearer answer,
 //! a nonce demanded forever) are wiremock.
 
 use std::collections::HashSet;
-use std::io::{Read as _, Write as _};
-use std::net::TcpStream;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -17,15 +15,13 @@ use std::time::{Duration, SystemTime};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use ring::digest::{digest, SHA256};
-use ring::signature::{UnparsedPublicKey, ECDSA_P256_SHA256_FIXED, ED25519};
 use serde_json::{json, Value};
 use token_core::{Credential, TokenCache, TokenRequest, TokenType};
 use token_http::{DpopAlgorithm, DpopKey, OAuthCredential, TokenMiddleware};
 use token_redis::{RedisConfig, RedisStore};
-use token_testkit::{Idp, RedisServer};
+use token_testkit::{DpopResourceServer, Idp, RedisServer};
 use wiremock::matchers::method;
-use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
+use wiremock::{Mock, MockServer, Request, ResponseTemplate};
 
 const CLIENT: &str = "dpop-client";
 const SECRET: &str = "dpop-secret-value";
@@ -412,225 +408,39 @@ fn proof_parts(proof: &str) -> (Value, Value) {
     )
 }
 
-fn jwk_thumbprint(jwk: &Value) -> String {
-    let canonical = match jwk["kty"].as_str() {
-        Some("EC") => format!(
-            r#"{{"crv":"{}","kty":"EC","x":"{}","y":"{}"}}"#,
-            jwk["crv"].as_str().unwrap(),
-            jwk["x"].as_str().unwrap(),
-            jwk["y"].as_str().unwrap()
-        ),
-        _ => format!(
-            r#"{{"crv":"{}","kty":"OKP","x":"{}"}}"#,
-            jwk["crv"].as_str().unwrap(),
-            jwk["x"].as_str().unwrap()
-        ),
-    };
-    URL_SAFE_NO_PAD.encode(digest(&SHA256, canonical.as_bytes()))
-}
-
-/// A resource server after RFC 9449 §7 and §9: it checks the proof's
-/// signature against its `jwk`, `typ`, `htm`, `htu`, `iat`, a `jti` it has
-/// not seen, `ath`, demands its own nonce (rotated on demand), and asks the
-/// authorization server whether the token is active and bound (`cnf.jkt`)
-/// to the proof's key.
-struct ResourceServer {
-    issuer: String,
-    /// Its own origin (wiremock's request URL names `localhost`).
-    origin: String,
-    nonce: Mutex<String>,
-    jtis: Mutex<HashSet<String>>,
-    served: AtomicUsize,
-    nonce_challenges: AtomicUsize,
-    refusals: Mutex<Vec<String>>,
-}
-
-impl ResourceServer {
-    fn new(issuer: &str, origin: &str) -> Arc<Self> {
-        Arc::new(Self {
-            issuer: issuer.to_owned(),
-            origin: origin.to_owned(),
-            nonce: Mutex::new("rs-nonce-1".into()),
-            jtis: Mutex::new(HashSet::new()),
-            served: AtomicUsize::new(0),
-            nonce_challenges: AtomicUsize::new(0),
-            refusals: Mutex::new(Vec::new()),
-        })
-    }
-
-    fn rotate_nonce(&self, to: &str) {
-        *self.nonce.lock().unwrap() = to.to_owned();
-    }
-
-    fn check(&self, request: &Request) -> Result<(), (&'static str, String)> {
-        let invalid = |why: &str| ("invalid_dpop_proof", why.to_owned());
-        let auth = request.headers["authorization"].to_str().unwrap();
-        let token = auth
-            .strip_prefix("DPoP ")
-            .ok_or(("invalid_token", "not a DPoP authorization".into()))?;
-        let proofs: Vec<_> = request.headers.get_all("dpop").iter().collect();
-        if proofs.len() != 1 {
-            return Err(invalid("exactly one DPoP header"));
-        }
-        let proof = proofs[0].to_str().unwrap();
-        let parts: Vec<&str> = proof.split('.').collect();
-        let (header, claims) = proof_parts(proof);
-        if header["typ"] != "dpop+jwt" || header["jwk"].get("d").is_some() {
-            return Err(invalid("typ/jwk"));
-        }
-        let jwk = &header["jwk"];
-        let x = URL_SAFE_NO_PAD.decode(jwk["x"].as_str().unwrap()).unwrap();
-        let signed = format!("{}.{}", parts[0], parts[1]);
-        let sig = URL_SAFE_NO_PAD.decode(parts[2]).unwrap();
-        let verified = match header["alg"].as_str() {
-            Some("ES256") => {
-                let mut point = vec![4];
-                point.extend(x);
-                point.extend(URL_SAFE_NO_PAD.decode(jwk["y"].as_str().unwrap()).unwrap());
-                UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, point)
-                    .verify(signed.as_bytes(), &sig)
-            }
-            Some("EdDSA") => UnparsedPublicKey::new(&ED25519, x).verify(signed.as_bytes(), &sig),
-            _ => return Err(invalid("alg")),
-        };
-        verified.map_err(|_| invalid("signature"))?;
-        if claims["htm"] != request.method.as_str() {
-            return Err(invalid("htm"));
-        }
-        let url = format!("{}{}", self.origin, request.url.path());
-        if claims["htu"] != url.as_str() {
-            return Err(invalid(&format!("htu {} for {url}", claims["htu"])));
-        }
-        let now = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap()
-            .as_secs();
-        if claims["iat"].as_u64().unwrap_or(0).abs_diff(now) > 60 {
-            return Err(invalid("iat"));
-        }
-        if claims["ath"] != token_http::ath(token) {
-            return Err(invalid("ath"));
-        }
-        let jti = claims["jti"].as_str().unwrap_or_default().to_owned();
-        if jti.len() < 16 || !self.jtis.lock().unwrap().insert(jti) {
-            return Err(invalid("jti replayed"));
-        }
-        if claims["nonce"] != *self.nonce.lock().unwrap() {
-            return Err(("use_dpop_nonce", "nonce".into()));
-        }
-        let record = blocking_introspect(&self.issuer, token);
-        if record["active"] != true || record["cnf"]["jkt"] != jwk_thumbprint(jwk) {
-            return Err(("invalid_token", "not bound to the proof's key".into()));
-        }
-        Ok(())
-    }
-}
-
-/// The wiremock responder of a [`ResourceServer`].
-struct Rs(Arc<ResourceServer>);
-
-impl Respond for Rs {
-    fn respond(&self, request: &Request) -> ResponseTemplate {
-        let this = &self.0;
-        this.answer(request)
-    }
-}
-
-impl ResourceServer {
-    fn answer(&self, request: &Request) -> ResponseTemplate {
-        let nonce = self.nonce.lock().unwrap().clone();
-        match self.check(request) {
-            Ok(()) => {
-                self.served.fetch_add(1, Ordering::SeqCst);
-                ResponseTemplate::new(200).set_body_string("orders")
-            }
-            Err((error, why)) => {
-                if error == "use_dpop_nonce" {
-                    self.nonce_challenges.fetch_add(1, Ordering::SeqCst);
-                } else {
-                    self.refusals.lock().unwrap().push(why);
-                }
-                ResponseTemplate::new(401)
-                    .insert_header(
-                        "www-authenticate",
-                        format!(r#"DPoP error="{error}", algs="ES256 EdDSA""#).as_str(),
-                    )
-                    .insert_header("dpop-nonce", nonce.as_str())
-            }
-        }
-    }
-}
-
-/// The authorization server's record of `token` (blocking: called from the
-/// resource server's responder).
-fn blocking_introspect(issuer: &str, token: &str) -> Value {
-    let host = issuer.trim_start_matches("http://");
-    let body = format!("token={token}");
-    let mut stream = TcpStream::connect(host).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    write!(
-        stream,
-        "POST /__test/dpop-introspect HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut text = String::new();
-    stream.read_to_string(&mut text).unwrap();
-    let line = text
-        .split_once("\r\n\r\n")
-        .unwrap()
-        .1
-        .lines()
-        .find(|l| l.starts_with('{'))
-        .unwrap()
-        .to_owned();
-    serde_json::from_str(&line).unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_middleware_satisfies_a_resource_server_that_demands_its_own_nonces() {
     let Some(idp) = Idp::shared() else { return };
-    let server = MockServer::start().await;
-    let rs = ResourceServer::new(idp.issuer(), &server.uri());
-    Mock::given(method("GET"))
-        .respond_with(Rs(Arc::clone(&rs)))
-        .mount(&server)
-        .await;
-    Mock::given(method("POST"))
-        .respond_with(Rs(Arc::clone(&rs)))
-        .mount(&server)
-        .await;
+    let rs = DpopResourceServer::start(format!("{}/__test/dpop-introspect", idp.issuer())).await;
     let key = DpopKey::generate(DpopAlgorithm::Es256).unwrap();
-    let cache = TokenCache::builder(credential(&idp, &key)).build();
+    let cache = TokenCache::builder(credential(idp, &key)).build();
     let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
         .with(TokenMiddleware::new(&cache, &bound(&key)).dpop(key.clone()))
         .build();
     // The first call: use_dpop_nonce from the resource server, one retry.
-    let url = format!("{}/v1/orders?page=2#top", server.uri());
+    let url = format!("{}/v1/orders?page=2#top", rs.url());
     let r = client.get(&url).send().await.unwrap();
-    assert_eq!(r.status(), 200, "{:?}", rs.refusals.lock().unwrap());
-    assert_eq!(rs.nonce_challenges.load(Ordering::SeqCst), 1);
+    assert_eq!(r.status(), 200, "{:?}", rs.refusals());
+    assert_eq!(rs.nonce_challenges(), 1);
     // Then one request per call, each with its own proof.
     for i in 0..5 {
         let r = client
-            .post(format!("{}/v1/orders/{i}", server.uri()))
+            .post(format!("{}/v1/orders/{i}", rs.url()))
             .body("{}")
             .send()
             .await
             .unwrap();
-        assert_eq!(r.status(), 200);
+        assert_eq!(r.status(), 200, "{:?}", rs.refusals());
     }
-    assert_eq!(rs.nonce_challenges.load(Ordering::SeqCst), 1);
+    assert_eq!(rs.nonce_challenges(), 1);
     // The resource server rotates its nonce: one more retry.
     rs.rotate_nonce("rs-nonce-2");
     assert_eq!(client.get(&url).send().await.unwrap().status(), 200);
-    assert_eq!(rs.nonce_challenges.load(Ordering::SeqCst), 2);
-    assert_eq!(rs.served.load(Ordering::SeqCst), 7);
-    assert!(rs.refusals.lock().unwrap().is_empty());
-    // The authorization server's nonce and the resource server's are kept
-    // apart even though they are different origins here; both known.
+    assert_eq!(rs.nonce_challenges(), 2);
+    assert_eq!(rs.served(), 7);
+    assert!(rs.refusals().is_empty(), "{:?}", rs.refusals());
+    // Nonces are kept per role: the resource server's is not offered to
+    // the authorization server, and vice versa.
     assert_eq!(
         key.nonce(token_http::DpopRole::ResourceServer, &url)
             .as_deref(),
@@ -638,6 +448,9 @@ async fn the_middleware_satisfies_a_resource_server_that_demands_its_own_nonces(
     );
     assert!(key
         .nonce(token_http::DpopRole::ResourceServer, &idp.token_url())
+        .is_none());
+    assert!(key
+        .nonce(token_http::DpopRole::AuthorizationServer, &url)
         .is_none());
 }
 

@@ -529,7 +529,8 @@ async fn build_profiles(
             name.clone(),
             Loaded {
                 spec,
-                profile: Profile::new(&built.cache, &built.request),
+                profile: Profile::new(&built.cache, &built.request)
+                    .with_dpop(built.resolved.dpop_key().cloned()),
                 token_url: built.token_url.clone(),
                 _warm: None,
                 first: Some(built),

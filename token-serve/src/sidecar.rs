@@ -32,6 +32,8 @@ pub(crate) struct Profile {
     pub(crate) handle: TokenHandle,
     /// The gateway's `Authorization` value for the current token.
     pub(crate) bearer: Arc<BearerCache>,
+    /// DPoP (issue 21): the key that signs a proof per forwarded request.
+    pub(crate) dpop: Option<token_http::DpopKey>,
 }
 
 pub(crate) struct Inner {
@@ -108,6 +110,24 @@ impl SidecarBuilder {
     ) -> Self {
         self.profiles
             .insert(name.into(), Profile::new(cache, request));
+        self
+    }
+
+    /// As [`profile`](Self::profile) for tokens bound to a DPoP key (RFC
+    /// 9449; `request` carries its thumbprint): the gateway sends
+    /// `Authorization: DPoP <token>` and a fresh proof signed by `key` with
+    /// every forwarded request.
+    pub fn dpop_profile(
+        mut self,
+        name: impl Into<String>,
+        cache: &TokenCache,
+        request: &TokenRequest,
+        key: token_http::DpopKey,
+    ) -> Self {
+        self.profiles.insert(
+            name.into(),
+            Profile::new(cache, request).with_dpop(Some(key)),
+        );
         self
     }
 
@@ -259,7 +279,14 @@ impl Profile {
             cache: cache.clone(),
             handle: cache.handle(request),
             bearer: Arc::default(),
+            dpop: None,
         }
+    }
+
+    /// DPoP (issue 21): forwarded requests carry a proof signed by `key`.
+    pub(crate) fn with_dpop(mut self, key: Option<token_http::DpopKey>) -> Self {
+        self.dpop = key;
+        self
     }
 }
 
