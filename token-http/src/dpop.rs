@@ -305,6 +305,7 @@ impl DpopKey {
     }
 
     fn from_signer(signer: Signer) -> Self {
+        describe_metrics();
         let b64 = |b: &[u8]| URL_SAFE_NO_PAD.encode(b);
         let (alg, public_jwk, canonical) = match &signer {
             Signer::Es256(pair) => {
@@ -449,16 +450,18 @@ impl DpopKey {
     /// Learns the resource server's nonce from an answer to a request to
     /// `url` and says whether to send the request once more with it: a
     /// `401` with `WWW-Authenticate: DPoP error="use_dpop_nonce"` bringing a
-    /// nonce not used yet. Counts the retry it advises
+    /// nonce not used yet, when the caller `can_retry` (its body is still
+    /// at hand). Counts the retry it advises
     /// (`tokencache_dpop_nonce_retries_total{role="resource_server"}`).
     pub fn resource_wants_retry(
         &self,
         url: &str,
         status: http::StatusCode,
         headers: &http::HeaderMap,
+        can_retry: bool,
     ) -> bool {
         let new = self.learn_nonce(DpopRole::ResourceServer, url, headers);
-        let retry = new && crate::challenge::asks_for_dpop_nonce(status, headers);
+        let retry = can_retry && new && crate::challenge::asks_for_dpop_nonce(status, headers);
         if retry {
             count_nonce_retry(DpopRole::ResourceServer);
         }
@@ -553,6 +556,22 @@ pub(crate) fn resource_proof(
             .map(Some)
             .map_err(|e| DpopRequestError::Proof(e.to_string())),
     }
+}
+
+/// `# HELP` for the DPoP counters, once per process (a recorder installed
+/// later still gets the counts, without the help text).
+fn describe_metrics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        metrics::describe_counter!(
+            "tokencache_dpop_proofs_signed_total",
+            "DPoP proofs signed (token and resource requests), by algorithm."
+        );
+        metrics::describe_counter!(
+            "tokencache_dpop_nonce_retries_total",
+            "Requests sent again because a server asked for a DPoP nonce (use_dpop_nonce), by role: authorization_server or resource_server."
+        );
+    });
 }
 
 /// Counts one retry because a server asked for a (new) nonce.

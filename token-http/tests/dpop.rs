@@ -587,3 +587,44 @@ async fn no_key_proof_or_token_reaches_debug_errors_or_logs() {
         assert!(!all.contains(t.as_str()), "a token leaked");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tower_layer_sends_proofs_and_learns_the_resource_server_s_nonce() {
+    use tower::{Layer as _, ServiceExt as _};
+    let Some(idp) = Idp::shared() else { return };
+    let rs = DpopResourceServer::start(format!("{}/__test/dpop-introspect", idp.issuer())).await;
+    let key = DpopKey::generate(DpopAlgorithm::EdDsa).unwrap();
+    let cache = TokenCache::builder(credential(idp, &key)).build();
+    // A tower client over reqwest, standing in for hyper or tonic.
+    let http = reqwest::Client::new();
+    let client = tower::service_fn(move |req: http::Request<String>| {
+        let http = http.clone();
+        async move {
+            let req = reqwest::Request::try_from(req.map(reqwest::Body::from))?;
+            let resp = http.execute(req).await?;
+            let mut out = http::Response::builder().status(resp.status());
+            for (k, v) in resp.headers() {
+                out = out.header(k, v);
+            }
+            Ok::<_, reqwest::Error>(out.body(()).unwrap())
+        }
+    });
+    let layer = token_http::AddTokenLayer::new(&cache, &bound(&key)).dpop(key.clone());
+    let call = |path: &str| {
+        let req = http::Request::get(format!("{}{path}", rs.url()))
+            .body(String::new())
+            .unwrap();
+        layer.layer(client.clone()).oneshot(req)
+    };
+    // No resend by the layer itself: the first answer is the nonce
+    // challenge, whose nonce the next request carries.
+    let first = call("/a").await.unwrap();
+    assert_eq!(first.status(), 401);
+    assert_eq!(rs.nonce_challenges(), 1);
+    for path in ["/b", "/c?x=1"] {
+        let r = call(path).await.unwrap();
+        assert_eq!(r.status(), 200, "{:?}", rs.refusals());
+    }
+    assert_eq!(rs.served(), 2);
+    assert!(rs.refusals().is_empty(), "{:?}", rs.refusals());
+}

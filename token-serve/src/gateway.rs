@@ -319,10 +319,8 @@ pub(crate) async fn forward(
         };
         // --- DPoP (issue 21) ---
         if let (Some(key), Some(url)) = (dpop, &dpop_url) {
-            if key.resource_wants_retry(url, resp.status(), resp.headers())
-                && !nonce_retried
-                && buffered.is_some()
-            {
+            let can_retry = !nonce_retried && buffered.is_some();
+            if key.resource_wants_retry(url, resp.status(), resp.headers(), can_retry) {
                 nonce_retried = true;
                 tracing::debug!(route = %route.route.prefix, "the upstream asked for a DPoP nonce; retrying once with it");
                 continue;

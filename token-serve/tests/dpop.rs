@@ -13,6 +13,20 @@ use token_http::{DpopAlgorithm, DpopKey, OAuthCredential};
 use token_serve::{ServeConfig, Sidecar};
 use token_testkit::{DpopResourceServer, Idp};
 
+/// The process's Prometheus recorder (installed once, before any key is
+/// made, so the counters' `# HELP` is recorded too).
+fn recorder() -> metrics_exporter_prometheus::PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
+        std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            metrics_exporter_prometheus::PrometheusBuilder::new()
+                .install_recorder()
+                .expect("the test binary's only recorder")
+        })
+        .clone()
+}
+
 async fn gateway(idp: &Idp, rs: &DpopResourceServer, key: &DpopKey) -> String {
     let config = ServeConfig::parse(&format!(
         "[serve]\nretry_body_limit = 1024\n[[serve.routes]]\nprefix = \"/api/\"\nupstream = \"{}/base\"\nprofile = \"p\"\n",
@@ -31,6 +45,7 @@ async fn gateway(idp: &Idp, rs: &DpopResourceServer, key: &DpopKey) -> String {
         .build();
     let sidecar = Sidecar::builder(config)
         .dpop_profile("p", &cache, &request, key.clone())
+        .metrics(recorder())
         .build()
         .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -48,6 +63,7 @@ async fn gateway(idp: &Idp, rs: &DpopResourceServer, key: &DpopKey) -> String {
 async fn the_gateway_forwards_with_a_fresh_proof_and_the_upstream_s_nonce() {
     let Some(idp) = Idp::shared() else { return };
     let rs = DpopResourceServer::start(format!("{}/__test/dpop-introspect", idp.issuer())).await;
+    let _ = recorder();
     let key = DpopKey::generate(DpopAlgorithm::EdDsa).unwrap();
     let base = gateway(idp, &rs, &key).await;
     let client = reqwest::Client::new();
@@ -98,4 +114,35 @@ async fn the_gateway_forwards_with_a_fresh_proof_and_the_upstream_s_nonce() {
     assert_eq!(r.status(), 200, "{:?}", rs.refusals());
     assert_eq!(rs.nonce_challenges(), 2);
     assert!(rs.refusals().is_empty(), "{:?}", rs.refusals());
+
+    // Metrics: proofs signed (2 token requests; 9 forwarded attempts: the
+    // first GET twice, 5 POSTs, 2 uploads), nonce retries by role (the token endpoint's first-call
+    // nonce; the gateway's one buffered retry; the streamed 401 is none).
+    let text = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |series: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{series} not in:\n{text}"))
+    };
+    assert_eq!(
+        value("tokencache_dpop_proofs_signed_total{alg=\"EdDSA\"}"),
+        11.0
+    );
+    assert_eq!(
+        value("tokencache_dpop_nonce_retries_total{role=\"authorization_server\"}"),
+        1.0
+    );
+    assert_eq!(
+        value("tokencache_dpop_nonce_retries_total{role=\"resource_server\"}"),
+        1.0
+    );
+    assert!(text.contains("# HELP tokencache_dpop_proofs_signed_total"));
 }
