@@ -25,6 +25,11 @@
 //!   refresh token lives in the cache's store, redeemed under its lease.
 //! - [`parse_token_response`]: the pure parser of token endpoint answers,
 //!   usable on its own.
+//! - DPoP (RFC 9449): [`DpopKey`] (ES256/Ed25519 from PEM, JWK or
+//!   generated), bound to a credential with
+//!   [`OAuthCredentialBuilder::dpop_key`] and to the middleware with
+//!   [`TokenMiddleware::dpop`] / [`AddTokenLayer::dpop`]: a fresh proof per
+//!   request, server nonces learned and retried once; see the README.
 //! - [`TokenMiddleware`] for `reqwest-middleware`, and [`AddTokenLayer`] /
 //!   [`AddToken`] for tower (hyper, tonic): `Authorization: <type> <token>`
 //!   from a [`TokenCache`](token_core::TokenCache), with a rejected token

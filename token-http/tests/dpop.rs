@@ -628,3 +628,59 @@ async fn the_tower_layer_sends_proofs_and_learns_the_resource_server_s_nonce() {
     assert_eq!(rs.served(), 2);
     assert!(rs.refusals().is_empty(), "{:?}", rs.refusals());
 }
+
+#[tokio::test]
+async fn refresh_token_and_token_exchange_grants_carry_a_proof_too() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(|r: &Request| {
+            let body = String::from_utf8_lossy(&r.body).into_owned();
+            let proof = r.headers.get("dpop").and_then(|v| v.to_str().ok());
+            let ok = proof.is_some_and(|p| {
+                let (header, claims) = proof_parts(p);
+                header["typ"] == "dpop+jwt"
+                    && claims["htm"] == "POST"
+                    && claims.get("ath").is_none()
+            });
+            if !ok {
+                return ResponseTemplate::new(400)
+                    .set_body_json(json!({"error": "invalid_dpop_proof"}));
+            }
+            ResponseTemplate::new(200).set_body_json(json!({
+                "access_token": format!("at-for-{}", body.len()),
+                "token_type": "DPoP",
+                "expires_in": 600,
+            }))
+        })
+        .mount(&server)
+        .await;
+    let key = DpopKey::generate(DpopAlgorithm::Es256).unwrap();
+    let url = format!("{}/token", server.uri());
+    let refresh = OAuthCredential::refresh_token(&url, "public-client", "rt-value")
+        .dpop_key(key.clone())
+        .build()
+        .unwrap();
+    let token = refresh.fetch(&bound(&key), None).await.unwrap();
+    assert_eq!(*token.token_type(), TokenType::DPoP);
+    let exchange = OAuthCredential::token_exchange(&url, "exchange-client")
+        .client_secret("s")
+        .dpop_key(key.clone())
+        .build()
+        .unwrap();
+    let request = TokenRequest::builder()
+        .scope("orders.read")
+        .actor(token_core::Actor::Assertion(token_core::Secret::new(
+            "subject-token",
+        )))
+        .dpop_thumbprint(key.thumbprint())
+        .build();
+    let token = exchange.fetch(&request, None).await.unwrap();
+    assert_eq!(*token.token_type(), TokenType::DPoP);
+    let requests = server.received_requests().await.unwrap();
+    assert_eq!(requests.len(), 2);
+    let htus: Vec<Value> = requests
+        .iter()
+        .map(|r| proof_parts(r.headers["dpop"].to_str().unwrap()).1["htu"].clone())
+        .collect();
+    assert!(htus.iter().all(|h| *h == url.as_str()), "{htus:?}");
+}
