@@ -231,11 +231,11 @@ async fn a_rotated_key_is_a_new_partition_with_a_new_token() {
     let b = cache.get_token(&bound(&new)).await.unwrap();
     assert!(!a.to_access_token().same_secret(&b.to_access_token()));
     assert_eq!(
-        introspect(&idp, a.secret().expose()).await["cnf"]["jkt"],
+        introspect(idp, a.secret().expose()).await["cnf"]["jkt"],
         old.thumbprint()
     );
     assert_eq!(
-        introspect(&idp, b.secret().expose()).await["cnf"]["jkt"],
+        introspect(idp, b.secret().expose()).await["cnf"]["jkt"],
         new.thumbprint()
     );
     // A DPoP credential refuses an unbound request rather than cache a
@@ -458,7 +458,7 @@ async fn the_middleware_satisfies_a_resource_server_that_demands_its_own_nonces(
 async fn the_middleware_refuses_a_dpop_token_without_a_key() {
     let Some(idp) = Idp::shared() else { return };
     let key = DpopKey::generate(DpopAlgorithm::Es256).unwrap();
-    let cache = TokenCache::builder(credential(&idp, &key)).build();
+    let cache = TokenCache::builder(credential(idp, &key)).build();
     let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
         .with(TokenMiddleware::new(&cache, &bound(&key)))
         .build();
