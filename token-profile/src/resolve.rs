@@ -213,18 +213,34 @@ impl ProfileSpec {
                 "from_env builds a client credentials credential: it does not take a refresh token",
             ));
         }
-        if self.from_env && self.dpop_key_file.is_some() {
+        if self.from_env && (self.dpop_key_file.is_some() || self.dpop_generate_key.is_some()) {
             return Err(Error::config(format!(
-                "{} is not supported with from_env; name the endpoint and client instead",
+                "DPoP ({}) is not supported with from_env; name the endpoint and client instead",
                 key("dpop_key_file")
             )));
         }
-        let dpop = match &self.dpop_key_file {
-            Some(path) => Some(
+        let dpop = match (&self.dpop_key_file, &self.dpop_generate_key) {
+            (Some(_), Some(_)) => {
+                return Err(Error::config(format!(
+                    "{} and {} are two sources of one DPoP key: give one",
+                    key("dpop_key_file"),
+                    key("dpop_generate_key")
+                )))
+            }
+            (Some(path), None) => Some(
                 token_http::DpopKey::from_file(path)
                     .map_err(|e| Error::config(format!("{e} (from {})", key("dpop_key_file"))))?,
             ),
-            None => None,
+            (None, Some(alg)) => {
+                let alg = token_http::DpopAlgorithm::parse(alg).ok_or_else(|| {
+                    Error::config(format!(
+                        "{} `{alg}` is not one of: ES256, Ed25519",
+                        key("dpop_generate_key")
+                    ))
+                })?;
+                Some(token_http::DpopKey::generate(alg).map_err(|e| Error::config(e.to_string()))?)
+            }
+            (None, None) => None,
         };
         Ok(Resolved {
             token_url: self.token_url.clone(),

@@ -88,6 +88,10 @@ pub struct ProfileSpec {
     /// or JWK) tokens are bound to. Its thumbprint is part of the cache
     /// key; the key itself is never stored.
     pub dpop_key_file: Option<PathBuf>,
+    /// DPoP with a key generated when the profile is loaded (`ES256` or
+    /// `Ed25519`), for this process only: for a sidecar on a memory store.
+    /// Instead of `dpop_key_file`.
+    pub dpop_generate_key: Option<String>,
 }
 
 impl ProfileSpec {
@@ -149,6 +153,7 @@ impl ProfileSpec {
             format: flags.format.or(self.format),
             key_file: flags.key_file.or(self.key_file),
             dpop_key_file: flags.dpop_key_file.or(self.dpop_key_file),
+            dpop_generate_key: flags.dpop_generate_key.or(self.dpop_generate_key),
         }
     }
 
@@ -176,6 +181,7 @@ impl ProfileSpec {
             ),
             ("from_env", self.from_env),
             ("dpop_key_file", self.dpop_key_file.is_some()),
+            ("dpop_generate_key", self.dpop_generate_key.is_some()),
         ]
         .into_iter()
         .find_map(|(name, set)| set.then_some(name))
