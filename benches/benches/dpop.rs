@@ -1,7 +1,8 @@
 //! DPoP (RFC 9449) costs, in one run:
 //!
 //! - `dpop/sign`: one proof (`DpopKey::proof`, header precomputed, claims
-//!   serialized, signed, base64url) with ES256 and with Ed25519;
+//!   serialized, signed, base64url) with ES256 and with Ed25519, and ring's
+//!   signature alone for each (the floor);
 //! - `dpop_gateway/throughput`: the token-serve gateway forwarding to a
 //!   loopback upstream, 64 requests in flight, with a Bearer profile and
 //!   with a DPoP profile (a fresh proof with `ath` per request), on the same
@@ -124,7 +125,7 @@ fn cpu_part_wanted() -> bool {
         if VALUED.contains(&arg.as_str()) {
             args.next();
         } else if !arg.starts_with('-') {
-            return arg.contains("dpop") || "dpop_gateway/cpu".contains(arg.as_str());
+            return arg.contains("dpop_gateway") || "dpop_gateway/cpu".contains(arg.as_str());
         }
     }
     true
@@ -171,6 +172,26 @@ fn bench(c: &mut Criterion) {
             })
         });
     }
+    // The floor: ring's signature alone, over a message of a proof's size.
+    let rng = ring::rand::SystemRandom::new();
+    let message = vec![b'a'; 400];
+    let es = ring::signature::EcdsaKeyPair::generate_pkcs8(
+        &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+        &rng,
+    )
+    .expect("pkcs8");
+    let es = ring::signature::EcdsaKeyPair::from_pkcs8(
+        &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+        es.as_ref(),
+        &rng,
+    )
+    .expect("key");
+    g.bench_function("es256_ring_floor", |b| {
+        b.iter(|| es.sign(&rng, &message).expect("signature"))
+    });
+    let ed = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng).expect("pkcs8");
+    let ed = ring::signature::Ed25519KeyPair::from_pkcs8(ed.as_ref()).expect("key");
+    g.bench_function("ed25519_ring_floor", |b| b.iter(|| ed.sign(&message)));
     g.finish();
 
     let upstream_rt = runtime("bench-upstream");
