@@ -684,3 +684,21 @@ async fn refresh_token_and_token_exchange_grants_carry_a_proof_too() {
         .collect();
     assert!(htus.iter().all(|h| *h == url.as_str()), "{htus:?}");
 }
+
+#[tokio::test]
+async fn a_refresh_token_grant_gets_a_token_bound_to_our_key() {
+    // oidc-provider's public `refresh-client`, its refresh token minted by
+    // the test route; the redemption carries a proof (and its nonce).
+    let Some(idp) = Idp::shared() else { return };
+    let (refresh_token, _account) = idp.refresh_token();
+    let key = DpopKey::generate(DpopAlgorithm::Es256).unwrap();
+    let credential =
+        OAuthCredential::refresh_token(idp.token_url(), "refresh-client", refresh_token)
+            .dpop_key(key.clone())
+            .build()
+            .unwrap();
+    let token = credential.fetch(&bound(&key), None).await.unwrap();
+    assert_eq!(*token.token_type(), TokenType::DPoP);
+    let record = introspect(idp, token.secret().expose()).await;
+    assert_eq!(record["cnf"]["jkt"], key.thumbprint(), "{record}");
+}

@@ -366,8 +366,8 @@ const holdIfAsked = async (req) => {
 // computed from) can be moved forward by POST /__test/dpop-clock
 // {"advance": seconds}, so a test spans nonce rotations without waiting
 // minutes; use it only with a private server. POST /__test/dpop-introspect
-// (form `token=`): the server's record of an access token and its DPoP
-// binding (`cnf.jkt`). GET /__test/dpop-replays: how many token requests
+// (form `token=`): the server's record of an access token (client
+// credentials or refresh-token grant) and its DPoP binding (`cnf.jkt`). GET /__test/dpop-replays: how many token requests
 // were refused as a replayed proof.
 const dpopFeatures = {
   dPoP: {
@@ -401,7 +401,8 @@ const dpopRoutes = async (provider, req, res) => {
     let body = '';
     for await (const chunk of req) body += chunk;
     const token = new URLSearchParams(body).get('token');
-    const found = await provider.ClientCredentials.find(token);
+    const found = (await provider.ClientCredentials.find(token))
+      ?? (await provider.AccessToken.find(token));
     return reply(200, found
       ? { active: true, client_id: found.clientId, token_type: found.tokenType, cnf: found.jkt ? { jkt: found.jkt } : undefined }
       : { active: false });
