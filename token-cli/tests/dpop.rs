@@ -1,8 +1,11 @@
 //! `tokencache get --dpop-key-file` against oidc-provider with DPoP
 //! (`dpop-client` of `token-http/tests/idp/server.js`): the bound token,
 //! `--format json` with `token_type`, `--format dpop-headers` for scripts,
-//! a `dpop_key_file` in a profile, and key file errors that name the file.
+//! a `dpop_key_file` in a profile, and key file errors that name the file;
+//! `tokencache serve` forwarding for a DPoP profile to a resource server
+//! that accepts only DPoP-bound tokens.
 
+mod sidecar;
 mod support;
 
 use std::path::PathBuf;
@@ -11,7 +14,7 @@ use std::process::Output;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use support::{json, ok, stderr, stdout, Sandbox};
-use token_testkit::Idp;
+use token_testkit::{DpopResourceServer, Idp};
 
 const CLIENT: &str = "dpop-client";
 const SECRET: &str = "dpop-secret-value";
@@ -125,4 +128,47 @@ fn a_profile_binds_with_dpop_key_file_and_bad_key_files_are_named() {
     );
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("--url"), "{}", stderr(&out));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_forwards_a_dpop_profile_s_requests_with_proofs() {
+    let Some(idp) = Idp::shared() else { return };
+    let rs = DpopResourceServer::start(format!("{}/__test/dpop-introspect", idp.issuer())).await;
+    let sb = Sandbox::new();
+    let secret = sb.path().join("client-secret");
+    std::fs::write(&secret, format!("{SECRET}\n")).unwrap();
+    let listen = sidecar::free_addr();
+    let config = sidecar::write_config(
+        &sb,
+        &format!(
+            "[profiles.orders]\ntoken_url = \"{}\"\nclient_id = \"{CLIENT}\"\nclient_secret_file = \"{}\"\nscopes = [\"orders.read\"]\nstore = \"memory\"\ndpop_key_file = \"{}\"\n\n[serve]\nlisten = \"{listen}\"\n[[serve.routes]]\nprefix = \"/api/\"\nupstream = \"{}\"\nprofile = \"orders\"\n",
+            idp.token_url(),
+            secret.display(),
+            key_file("dpop-ec-sec1-test-only.pem").display(),
+            rs.url()
+        ),
+    );
+    let serve = sidecar::start_serve(&sb, &config);
+    let client = reqwest::Client::new();
+    for i in 0..3 {
+        let r = client
+            .get(format!("{}/api/orders/{i}?x=1", serve.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{:?}", rs.refusals());
+        assert_eq!(r.text().await.unwrap(), format!("ok /orders/{i}?x=1"));
+    }
+    // The first forward met the upstream's nonce demand and was retried.
+    assert_eq!(rs.nonce_challenges(), 1);
+    assert_eq!(rs.served(), 3);
+    // The token endpoint says what the token is.
+    let r = client
+        .get(format!("{}/v1/token?profile=orders", serve.base))
+        .header("metadata", "true")
+        .send()
+        .await
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+    assert_eq!(v["token_type"], "DPoP", "{v}");
 }

@@ -227,10 +227,14 @@ impl ProfileSpec {
                     key("dpop_generate_key")
                 )))
             }
-            (Some(path), None) => Some(
-                token_http::DpopKey::from_file(path)
-                    .map_err(|e| Error::config(format!("{e} (from {})", key("dpop_key_file"))))?,
-            ),
+            (Some(path), None) => {
+                let dpop = token_http::DpopKey::from_file(path)
+                    .map_err(|e| Error::config(format!("{e} (from {})", key("dpop_key_file"))))?;
+                if let Some(warning) = readable_by_others(path, "DPoP key") {
+                    crate::error::notices().warning(warning);
+                }
+                Some(dpop)
+            }
             (None, Some(alg)) => {
                 let alg = token_http::DpopAlgorithm::parse(alg).ok_or_else(|| {
                     Error::config(format!(
