@@ -227,6 +227,10 @@ pub(crate) struct GetArgs {
     /// fragment are left out of the proof's htu).
     #[arg(long, value_name = "URL")]
     pub(crate) url: Option<String>,
+    /// With --format dpop-headers: the resource server's nonce (its last
+    /// `DPoP-Nonce` answer) to put in the proof.
+    #[arg(long, value_name = "NONCE", requires = "url")]
+    pub(crate) dpop_nonce: Option<String>,
     /// Take settings from this profile of the profile file.
     #[arg(long, value_name = "NAME")]
     pub(crate) profile: Option<String>,

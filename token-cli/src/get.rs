@@ -61,7 +61,15 @@ pub(crate) fn warm(s: &Resolved, args: &GetArgs) -> Result<bool, CliError> {
 /// and the request the proof is for.
 struct Output {
     format: Format,
-    dpop: Option<(token_http::DpopKey, String, String)>,
+    dpop: Option<DpopTarget>,
+}
+
+/// What a `dpop-headers` proof is for.
+struct DpopTarget {
+    key: token_http::DpopKey,
+    method: String,
+    url: String,
+    nonce: Option<String>,
 }
 
 impl Output {
@@ -95,7 +103,12 @@ impl Output {
         match reqwest_url_ok(&url) {
             true => Ok(Self {
                 format,
-                dpop: Some((key, method, url)),
+                dpop: Some(DpopTarget {
+                    key,
+                    method,
+                    url,
+                    nonce: args.dpop_nonce.clone(),
+                }),
             }),
             false => Err(CliError::usage(format!(
                 "--url {url}: not an absolute http(s) URL"
@@ -204,15 +217,19 @@ fn print(
     token: &AccessToken,
     format: Format,
     from_cache: bool,
-    dpop: Option<&(token_http::DpopKey, String, String)>,
+    dpop: Option<&DpopTarget>,
 ) -> Result<(), CliError> {
     let mut out: Zeroizing<String> = Zeroizing::new(String::new());
     match format {
         Format::Token => out.push_str(token.secret().expose()),
         Format::Header => out.push_str(token.authorization_header().expose()),
         Format::DpopHeaders => {
-            let (key, method, url) =
-                dpop.ok_or_else(|| CliError::internal("dpop-headers without a key"))?;
+            let DpopTarget {
+                key,
+                method,
+                url,
+                nonce,
+            } = dpop.ok_or_else(|| CliError::internal("dpop-headers without a key"))?;
             if *token.token_type() != token_core::TokenType::DPoP {
                 return Err(CliError::config(format!(
                     "the token is a {} token, not DPoP: the token endpoint did not bind it",
@@ -224,7 +241,7 @@ fn print(
                     method,
                     url,
                     SystemTime::now(),
-                    None,
+                    nonce.as_deref(),
                     Some(token.secret().expose()),
                 )
                 .map_err(|e| CliError::usage(format!("--url {url}: {e}")))?;

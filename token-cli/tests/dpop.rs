@@ -59,7 +59,16 @@ fn get_prints_a_dpop_bound_token_and_its_headers() {
         &sb,
         &idp,
         &key,
-        &["--format", "dpop-headers", "--method", "post", "--url", url],
+        &[
+            "--format",
+            "dpop-headers",
+            "--method",
+            "post",
+            "--url",
+            url,
+            "--dpop-nonce",
+            "rs-nonce-7",
+        ],
     );
     ok(&out);
     let text = stdout(&out);
@@ -77,6 +86,7 @@ fn get_prints_a_dpop_bound_token_and_its_headers() {
     assert_eq!(claims["htm"], "POST");
     assert_eq!(claims["htu"], "https://api.example/v1/orders");
     assert_eq!(claims["ath"], token_http::ath(token));
+    assert_eq!(claims["nonce"], "rs-nonce-7");
     assert!(!stderr(&out).contains(token) && !stderr(&out).contains(proof));
 }
 
