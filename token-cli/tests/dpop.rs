@@ -147,6 +147,9 @@ async fn serve_forwards_a_dpop_profile_s_requests_with_proofs() {
     let sb = Sandbox::new();
     let secret = sb.path().join("client-secret");
     std::fs::write(&secret, format!("{SECRET}\n")).unwrap();
+    // The key file the profile names, rotated below.
+    let dpop_key = sb.path().join("dpop.pem");
+    std::fs::copy(key_file("dpop-ec-sec1-test-only.pem"), &dpop_key).unwrap();
     let listen = sidecar::free_addr();
     let config = sidecar::write_config(
         &sb,
@@ -154,7 +157,7 @@ async fn serve_forwards_a_dpop_profile_s_requests_with_proofs() {
             "[profiles.orders]\ntoken_url = \"{}\"\nclient_id = \"{CLIENT}\"\nclient_secret_file = \"{}\"\nscopes = [\"orders.read\"]\nstore = \"memory\"\ndpop_key_file = \"{}\"\n\n[serve]\nlisten = \"{listen}\"\n[[serve.routes]]\nprefix = \"/api/\"\nupstream = \"{}\"\nprofile = \"orders\"\n",
             idp.token_url(),
             secret.display(),
-            key_file("dpop-ec-sec1-test-only.pem").display(),
+            dpop_key.display(),
             rs.url()
         ),
     );
@@ -181,4 +184,42 @@ async fn serve_forwards_a_dpop_profile_s_requests_with_proofs() {
         .unwrap();
     let v: serde_json::Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
     assert_eq!(v["token_type"], "DPoP", "{v}");
+
+    // The key file is rotated (to the Ed25519 key) and the sidecar told
+    // (SIGHUP): a new partition, a new token bound to the new key, and the
+    // gateway signs with it (the resource server checks both).
+    let tmp = sb.path().join("dpop.pem.tmp");
+    std::fs::copy(key_file("dpop-ed25519-test-only.pem"), &tmp).unwrap();
+    std::fs::rename(&tmp, &dpop_key).unwrap();
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &serve.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let old = v["access_token"].as_str().unwrap().to_owned();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let r = client
+            .get(format!("{}/v1/token?profile=orders", serve.base))
+            .header("metadata", "true")
+            .send()
+            .await
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+        if v["access_token"].as_str().is_some_and(|t| t != old) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the rotated key was not picked up: {v}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let r = client
+        .get(format!("{}/api/after-rotation", serve.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{:?}", rs.refusals());
+    assert!(rs.refusals().is_empty(), "{:?}", rs.refusals());
 }
