@@ -154,8 +154,39 @@ struct Inner {
     nonces: Mutex<HashMap<(DpopRole, String), String>>,
 }
 
-/// A DPoP proof-of-possession key: ES256 or EdDSA; cheap to clone (clones
-/// share the key and its learned nonces). See the [module docs](self).
+/// A DPoP (RFC 9449) proof-of-possession key: ES256 (P-256) or EdDSA
+/// (Ed25519), from a PEM (PKCS#8, or SEC1 `EC PRIVATE KEY`) or JWK file, or
+/// generated for the process. Cheap to clone: clones share the key and the
+/// nonces it learned.
+///
+/// Its RFC 7638 [`thumbprint`](Self::thumbprint) goes into the
+/// [`TokenRequest`](token_core::TokenRequest) (`dpop_thumbprint`, the cache
+/// key's `jkt`), so a token bound to one key is never served for another,
+/// DPoP and Bearer tokens never share a key, and a rotated key starts a new
+/// partition. Each [`proof`](Self::proof) is fresh (`typ: dpop+jwt`, the
+/// public `jwk`, `htm`, `htu` without query and fragment, `iat`, a random
+/// `jti`, the server's `nonce`, `ath` towards a resource server). Nonces
+/// (`DPoP-Nonce`) are kept per origin and per [`DpopRole`].
+///
+/// ```
+/// use token_core::TokenRequest;
+/// use token_http::{DpopAlgorithm, DpopKey};
+///
+/// let key = DpopKey::generate(DpopAlgorithm::Es256)?;
+/// let request = TokenRequest::builder()
+///     .scope("orders.read")
+///     .dpop_thumbprint(key.thumbprint())
+///     .build();
+/// assert_eq!(request.dpop_thumbprint(), Some(key.thumbprint()));
+/// // Bind an OAuthCredential with `.dpop_key(key.clone())`, and the
+/// // middleware with `TokenMiddleware::new(&cache, &request).dpop(key)`.
+/// # Ok::<(), token_http::ConfigError>(())
+/// ```
+///
+/// The private key never leaves this type: not serialized, not in `Debug`
+/// (the algorithm and thumbprint only), not in any error. The parsed key
+/// pair is kept for the key's lifetime (a proof is signed per request);
+/// `ring` does not wipe it on drop. Proofs are [`Secret`]s.
 #[derive(Clone)]
 pub struct DpopKey {
     inner: Arc<Inner>,
