@@ -232,9 +232,27 @@ pub(crate) struct GetArgs {
     /// [default: sled in the user's cache dir].
     #[arg(long, value_name = "STORE")]
     pub(crate) store: Option<String>,
-    /// How to print the token [default: token].
+    /// How to print the token [default: token]. `json` includes
+    /// `token_type`; `dpop-headers` prints the `Authorization: DPoP` and
+    /// `DPoP` proof header lines for one request (--method, --url).
     #[arg(long, value_enum)]
     pub(crate) format: Option<Format>,
+    /// Bind tokens to this DPoP key (RFC 9449; ES256 or Ed25519, PEM or
+    /// JWK): tokens are asked for with a DPoP proof and cached under the
+    /// key's thumbprint. The key is never stored.
+    #[arg(long, value_name = "PATH")]
+    pub(crate) dpop_key_file: Option<PathBuf>,
+    /// With --format dpop-headers: the request's method [default: GET].
+    #[arg(long, value_name = "METHOD", requires = "url")]
+    pub(crate) method: Option<String>,
+    /// With --format dpop-headers: the request's URL (its query and
+    /// fragment are left out of the proof's htu).
+    #[arg(long, value_name = "URL")]
+    pub(crate) url: Option<String>,
+    /// With --format dpop-headers: the resource server's nonce (its last
+    /// `DPoP-Nonce` answer) to put in the proof.
+    #[arg(long, value_name = "NONCE", requires = "url")]
+    pub(crate) dpop_nonce: Option<String>,
     /// Take settings from this profile of the profile file.
     #[arg(long, value_name = "NAME")]
     pub(crate) profile: Option<String>,
@@ -275,6 +293,7 @@ impl GetArgs {
         spec.store.clone_from(&self.store);
         spec.format = self.format;
         spec.key_file.clone_from(&self.locations.key_file);
+        spec.dpop_key_file.clone_from(&self.dpop_key_file);
         spec
     }
 }

@@ -52,7 +52,7 @@ fn main() -> ExitCode {
     // rest of a warm `get`.
     let mut get_settings = None;
     if let Command::Get(args) = &cli.command {
-        let warm = get::settings(args).and_then(|s| get::warm(&s).map(|w| (w, s)));
+        let warm = get::settings(args).and_then(|s| get::warm(&s, args).map(|w| (w, s)));
         match warm {
             Ok((true, _)) => return ExitCode::SUCCESS,
             Ok((false, s)) => get_settings = Some(s),
@@ -111,8 +111,8 @@ async fn run(
     get_settings: Option<token_profile::Resolved>,
 ) -> Result<(), CliError> {
     match command {
-        Command::Get(_) => match get_settings {
-            Some(s) => get::run(s).await,
+        Command::Get(args) => match get_settings {
+            Some(s) => get::run(s, &args).await,
             None => Err(CliError::internal("get's settings were read before")),
         },
         Command::Inspect(args) => inspect::inspect(args).await,

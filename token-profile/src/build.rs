@@ -268,6 +268,12 @@ pub fn token_request(profile: &Resolved) -> TokenRequest {
     if let Some(r) = &profile.spec.resource {
         request = request.resource(r.clone());
     }
+    // DPoP: the key's thumbprint is part of the cache key (`jkt`), so a
+    // rotated key file starts a new partition and a Bearer token is never
+    // served for it.
+    if let Some(key) = &profile.dpop {
+        request = request.dpop_thumbprint(key.thumbprint());
+    }
     request.build()
 }
 
@@ -424,6 +430,7 @@ fn credential(
         // bind to: the refresh token itself is never fingerprinted.
         None if profile.refresh_token.is_some() && given.is_empty() => {
             let builder = with_ca(builder, spec.ca_file.as_deref())?;
+            let builder = with_dpop(builder, profile);
             return Ok((builder.build().map_err(invalid)?, Binding::None));
         }
         None => client_auth::infer(&given, naming)?,
@@ -538,7 +545,19 @@ fn credential(
         }
     };
     let builder = with_ca(builder, spec.ca_file.as_deref())?;
+    let builder = with_dpop(builder, profile);
     Ok((builder.build().map_err(invalid)?, binding))
+}
+
+/// Binds the credential to the profile's DPoP key, when it has one.
+fn with_dpop(
+    builder: token_http::OAuthCredentialBuilder,
+    profile: &Resolved,
+) -> token_http::OAuthCredentialBuilder {
+    match &profile.dpop {
+        Some(key) => builder.dpop_key(key.clone()),
+        None => builder,
+    }
 }
 
 fn with_ca(

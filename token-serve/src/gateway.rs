@@ -48,7 +48,7 @@ use crate::metrics::{Cause, RouteDurations};
 use crate::pool::{Pool, RequestBody, UpstreamError};
 use crate::response::{self, Body};
 use crate::sidecar::{Inner, Profile};
-use token_http::challenge::rejects_token;
+use token_http::challenge::{rejects_dpop_token, rejects_token};
 
 /// A route as the gateway uses it: resolved once at start-up.
 pub(crate) struct GatewayRoute {
@@ -316,6 +316,14 @@ pub(crate) async fn forward(
     };
 
     let mut retried = false;
+    // --- DPoP (issue 21) ---
+    // A DPoP profile signs a proof per attempt for the URL the upstream
+    // sees, and sends a buffered request once more when the upstream asks
+    // for its nonce (`use_dpop_nonce`).
+    let dpop = route.profile.dpop.as_ref();
+    let dpop_url = dpop.map(|_| upstream_url(&route.route.upstream, &parts.uri));
+    let mut nonce_retried = false;
+    // --- end DPoP ---
     loop {
         let body: RequestBody = match (&buffered, streamed.take()) {
             (Some(b), _) => Either::Left(Full::new(b.clone())),
@@ -323,7 +331,7 @@ pub(crate) async fn forward(
             (None, None) => Either::Left(Full::new(Bytes::new())),
         };
         // The head is kept only while a retry can still happen.
-        let head = if buffered.is_some() && !retried {
+        let head = if buffered.is_some() && (!retried || (dpop.is_some() && !nonce_retried)) {
             parts.clone()
         } else {
             std::mem::replace(&mut parts, Request::new(()).into_parts().0)
@@ -331,6 +339,23 @@ pub(crate) async fn forward(
         let mut out = Request::from_parts(head, body);
         out.headers_mut()
             .insert(header::AUTHORIZATION, bearer.header.clone());
+        // --- DPoP (issue 21) ---
+        if let (Some(key), Some(url)) = (dpop, &dpop_url) {
+            match key.resource_header(&bearer.token, out.method().as_str(), url) {
+                Ok(proof) => {
+                    out.headers_mut().insert("dpop", proof);
+                }
+                Err(e) => {
+                    tracing::warn!(route = %route.route.prefix, error = %e, "no DPoP proof; answering 503, nothing forwarded");
+                    return response::error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "dpop_proof_failed",
+                        &e.to_string(),
+                    );
+                }
+            }
+        }
+        // --- end DPoP ---
         let resp = match route.pool.send_within(out, route.route.timeout).await {
             Ok(r) => r,
             Err(e) if caller_body_failed(&e) => {
@@ -364,10 +389,25 @@ pub(crate) async fn forward(
                 ));
             }
         };
+        // --- DPoP (issue 21) ---
+        if let (Some(key), Some(url)) = (dpop, &dpop_url) {
+            let can_retry = !nonce_retried && buffered.is_some();
+            if key.resource_wants_retry(url, resp.status(), resp.headers(), can_retry) {
+                nonce_retried = true;
+                tracing::debug!(route = %route.route.prefix, "the upstream asked for a DPoP nonce; retrying once with it");
+                continue;
+            }
+        }
+        // --- end DPoP ---
         // Only the first answer may invalidate: the retry's own 401 is
         // passed on as it is (the new token was obtained moments ago, and
         // forcing it out would cost an IdP call per request).
-        if !retried && rejects_token(resp.status(), resp.headers()) {
+        let rejected = if dpop.is_some() {
+            rejects_dpop_token(resp.status(), resp.headers())
+        } else {
+            rejects_token(resp.status(), resp.headers())
+        };
+        if !retried && rejected {
             let profile = &route.profile;
             let dropped = profile.handle.invalidate(&bearer.token).await;
             if dropped {
@@ -431,6 +471,15 @@ fn authorization(token: &AccessToken) -> Option<HeaderValue> {
     let mut v = HeaderValue::from_maybe_shared(Bytes::from_owner(owned)).ok()?;
     v.set_sensitive(true);
     Some(v)
+}
+
+/// DPoP (issue 21): the URL a forwarded request goes to, for the proof's
+/// `htu` (token-http leaves the query out).
+fn upstream_url(upstream: &Uri, path_and_query: &Uri) -> String {
+    let scheme = upstream.scheme_str().unwrap_or("http");
+    let authority = upstream.authority().map_or("", |a| a.as_str());
+    let path = path_and_query.path();
+    format!("{scheme}://{authority}{path}")
 }
 
 /// The request body's size when it is known: `Content-Length`, or zero

@@ -308,7 +308,10 @@ impl FileSidecar {
     pub async fn reload(&self) -> Result<ReloadReport, LoadError> {
         let mut state = self.state.lock().await;
         let file = ProfilesFile::load(&self.path)?;
-        if file.text() == state.text && stamp(state.secret_file.as_deref()) == state.secret_stamp {
+        if file.text() == state.text
+            && stamp(state.secret_file.as_deref()) == state.secret_stamp
+            && state.profiles.values().all(same_dpop_key)
+        {
             return Ok(ReloadReport {
                 unchanged: true,
                 kept: state.profiles.len(),
@@ -499,6 +502,22 @@ impl FileSidecar {
 /// A digest of what the file at `path` holds now (not a secret's hash kept
 /// anywhere but in memory, and only to notice a change); `None` without a
 /// file or when it cannot be read.
+/// DPoP (issue 21): whether a loaded profile's `dpop_key_file` still holds
+/// the key it was built with. A rotated key is a change: the profile is
+/// rebuilt, its requests carry the new thumbprint (a new cache partition)
+/// and the gateway signs with the new key. A file that cannot be read now
+/// counts as a change too, so the reload reports it.
+fn same_dpop_key(loaded: &Loaded) -> bool {
+    let Some(path) = &loaded.spec.dpop_key_file else {
+        return true;
+    };
+    let now = token_http::DpopKey::from_file(path).ok();
+    match (now, &loaded.profile.dpop) {
+        (Some(now), Some(was)) => now.thumbprint() == was.thumbprint(),
+        _ => false,
+    }
+}
+
 fn stamp(path: Option<&Path>) -> Option<u64> {
     use std::hash::{Hash as _, Hasher as _};
     let bytes = zeroize::Zeroizing::new(std::fs::read(path?).ok()?);
@@ -546,7 +565,7 @@ async fn build_profiles(
     let mut out = BTreeMap::new();
     for (name, spec) in file.profiles() {
         let spec = spec.clone().overlay(overlay.clone());
-        if let Some(kept) = old.get(name).filter(|l| l.spec == spec) {
+        if let Some(kept) = old.get(name).filter(|l| l.spec == spec && same_dpop_key(l)) {
             out.insert(
                 name.clone(),
                 Loaded {
@@ -578,7 +597,9 @@ async fn build_profiles(
             name.clone(),
             Loaded {
                 spec,
-                profile: Profile::new(&built.cache, &built.request).with_store(built.store.clone()),
+                profile: Profile::new(&built.cache, &built.request)
+                    .with_store(built.store.clone())
+                    .with_dpop(built.resolved.dpop_key().cloned()),
                 token_url: built.token_url.clone(),
                 _warm: None,
                 first: Some(built),

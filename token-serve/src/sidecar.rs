@@ -36,6 +36,8 @@ pub(crate) struct Profile {
     /// The profile's store, when built from a profiles file: `/readyz`
     /// reports it degraded while it is unreachable.
     pub(crate) store: Option<token_profile::OpenedStore>,
+    /// DPoP (issue 21): the key that signs a proof per forwarded request.
+    pub(crate) dpop: Option<token_http::DpopKey>,
 }
 
 pub(crate) struct Inner {
@@ -130,6 +132,24 @@ impl SidecarBuilder {
         // The profile names the cache's IdP metrics, unless it has a name.
         cache.set_metrics_name(&name);
         self.profiles.insert(name, Profile::new(cache, request));
+        self
+    }
+
+    /// As [`profile`](Self::profile) for tokens bound to a DPoP key (RFC
+    /// 9449; `request` carries its thumbprint): the gateway sends
+    /// `Authorization: DPoP <token>` and a fresh proof signed by `key` with
+    /// every forwarded request.
+    pub fn dpop_profile(
+        mut self,
+        name: impl Into<String>,
+        cache: &TokenCache,
+        request: &TokenRequest,
+        key: token_http::DpopKey,
+    ) -> Self {
+        self.profiles.insert(
+            name.into(),
+            Profile::new(cache, request).with_dpop(Some(key)),
+        );
         self
     }
 
@@ -324,12 +344,19 @@ impl Profile {
             handle: cache.handle(request),
             bearer: Arc::default(),
             store: None,
+            dpop: None,
         }
     }
 
     /// With its store, whose reachability `/readyz` reports.
     pub(crate) fn with_store(mut self, store: token_profile::OpenedStore) -> Self {
         self.store = Some(store);
+        self
+    }
+
+    /// DPoP (issue 21): forwarded requests carry a proof signed by `key`.
+    pub(crate) fn with_dpop(mut self, key: Option<token_http::DpopKey>) -> Self {
+        self.dpop = key;
         self
     }
 }
