@@ -354,6 +354,14 @@ impl Profile {
         self
     }
 
+    /// A token of `base`'s credential for another request (a route's
+    /// parameters, a metadata scope set): the same DPoP key and store.
+    pub(crate) fn with_variant_of(mut self, base: &Profile) -> Self {
+        self.store = base.store.clone();
+        self.dpop = base.dpop.clone();
+        self
+    }
+
     /// DPoP (issue 21): forwarded requests carry a proof signed by `key`.
     pub(crate) fn with_dpop(mut self, key: Option<token_http::DpopKey>) -> Self {
         self.dpop = key;

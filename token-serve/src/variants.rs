@@ -80,7 +80,12 @@ pub(crate) fn for_routes(
         });
         let (profile, warm) = match kept {
             Some(v) => (v.profile.clone(), Arc::clone(&v.warm)),
-            None => (Profile::new(&base.cache, &request), Arc::default()),
+            None => (
+                // The route's token is its profile's credential: bound to the
+                // same DPoP key, reported with the same store.
+                Profile::new(&base.cache, &request).with_variant_of(base),
+                Arc::default(),
+            ),
         };
         per_route.push(profile.clone());
         out.push(Variant {
@@ -134,7 +139,7 @@ impl ScopeSets {
         if sets.len() >= self.max {
             return Err(TooManyScopeSets(self.max));
         }
-        let p = Profile::new(&base.cache, request);
+        let p = Profile::new(&base.cache, request).with_variant_of(base);
         sets.insert(request.clone(), p.clone());
         Ok(p)
     }
