@@ -29,6 +29,9 @@
 //! allow_encoded_slashes = false      # forward %2f, %5c and `\` in paths; default false (400)
 //! allow_plaintext = false            # silence the warning for http:// off loopback; default false
 //! timeout_seconds = 30               # upstream response head deadline (504 after it)
+//! protocol = "http1"                 # to an http:// upstream: "http1" (default) or "h2c" (HTTP/2
+//!                                    # prior knowledge, for gRPC); https:// negotiates h2 or
+//!                                    # HTTP/1.1 by ALPN
 //!
 //! [serve.azure]                      # resource -> profile (App Service managed identity)
 //! "https://vault.azure.net" = "vault"
@@ -106,6 +109,23 @@ pub struct Route {
     /// How long the upstream may take to answer (its response head) before
     /// the caller gets `504` (`timeout_seconds`; [`DEFAULT_UPSTREAM_TIMEOUT`]).
     pub timeout: Duration,
+
+    // --- HTTP/2 (issue 19) ---
+    /// How the gateway speaks to an `http://` upstream (`protocol`):
+    /// HTTP/1.1 by default, or HTTP/2 with prior knowledge (`"h2c"`). An
+    /// `https://` upstream is always asked for `h2` and `http/1.1` by ALPN.
+    pub protocol: Protocol,
+}
+
+/// The protocol a route speaks to its plaintext upstream.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum Protocol {
+    /// HTTP/1.1 (`"http1"`), the default.
+    #[default]
+    Http1,
+    /// HTTP/2 with prior knowledge (`"h2c"`): one connection, multiplexed.
+    H2c,
 }
 
 /// The parsed `[serve]` table.
@@ -221,6 +241,9 @@ struct RawRoute {
     #[serde(default)]
     allow_plaintext: bool,
     timeout_seconds: Option<u64>,
+
+    // --- HTTP/2 (issue 19) ---
+    protocol: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -476,6 +499,21 @@ fn route(r: RawRoute, prefixes: &mut BTreeSet<String>) -> Result<Route, ConfigEr
         }
         Some(s) => Duration::from_secs(s),
     };
+    let protocol = match r.protocol.as_deref() {
+        None | Some("http1") => Protocol::Http1,
+        Some("h2c") if upstream.scheme_str() == Some("https") => {
+            return Err(ConfigError::new(format!(
+                "[[serve.routes]] prefix {prefix}: protocol = \"h2c\" is for http:// upstreams; \
+                 an https:// upstream negotiates h2 or HTTP/1.1 by ALPN (remove protocol)"
+            )))
+        }
+        Some("h2c") => Protocol::H2c,
+        Some(other) => {
+            return Err(ConfigError::new(format!(
+                "[[serve.routes]] prefix {prefix}: protocol \"{other}\" is not \"http1\" or \"h2c\""
+            )))
+        }
+    };
     Ok(Route {
         prefix,
         upstream,
@@ -488,6 +526,7 @@ fn route(r: RawRoute, prefixes: &mut BTreeSet<String>) -> Result<Route, ConfigEr
         allow_encoded_slashes: r.allow_encoded_slashes,
         allow_plaintext: r.allow_plaintext,
         timeout,
+        protocol,
     })
 }
 
@@ -774,12 +813,32 @@ mod tests {
                 "[[serve.routes]]\nprefix = \"/a/\"\nupstream = \"http://x\"\nprofile = \"p\"\ntimeout_seconds = 0\n",
                 "timeout_seconds must be at least 1",
             ),
+            (
+                "[[serve.routes]]\nprefix = \"/a/\"\nupstream = \"https://x\"\nprofile = \"p\"\nprotocol = \"h2c\"\n",
+                "is for http:// upstreams",
+            ),
+            (
+                "[[serve.routes]]\nprefix = \"/a/\"\nupstream = \"http://x\"\nprofile = \"p\"\nprotocol = \"h3\"\n",
+                "protocol \"h3\" is not \"http1\" or \"h2c\"",
+            ),
         ];
         for (text, expected) in cases {
             let e = ServeConfig::parse(text).expect_err(text);
             assert!(e.to_string().contains(expected), "{text}: {e}");
             assert!(!e.to_string().contains("hunter2"), "{e}");
         }
+    }
+
+    #[test]
+    fn a_route_s_protocol_is_http1_unless_h2c_is_asked() {
+        let c = ServeConfig::parse(
+            "[[serve.routes]]\nprefix = \"/a/\"\nupstream = \"http://x\"\nprofile = \"p\"\n\
+             [[serve.routes]]\nprefix = \"/b/\"\nupstream = \"http://x\"\nprofile = \"p\"\nprotocol = \"h2c\"\n\
+             [[serve.routes]]\nprefix = \"/c/\"\nupstream = \"https://x\"\nprofile = \"p\"\nprotocol = \"http1\"\n",
+        )
+        .expect("valid");
+        let p: Vec<Protocol> = c.routes.iter().map(|r| r.protocol).collect();
+        assert_eq!(p, [Protocol::Http1, Protocol::H2c, Protocol::Http1]);
     }
 
     #[test]

@@ -81,7 +81,7 @@ mod sidecar;
 mod tls;
 
 pub use config::{
-    ConfigError, GoogleAccount, Route, ServeConfig, DEFAULT_DRAIN, DEFAULT_LISTEN,
+    ConfigError, GoogleAccount, Protocol, Route, ServeConfig, DEFAULT_DRAIN, DEFAULT_LISTEN,
     DEFAULT_RETRY_BODY_LIMIT,
 };
 pub use config::{
@@ -91,8 +91,13 @@ pub use config::{
 };
 pub use endpoints::SECRET_HEADER;
 pub use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-pub use pool::{UpstreamBody, CONNECT_TIMEOUT, MAX_IDLE, POOL_IDLE};
+pub use pool::{
+    UpstreamBody, CONNECT_TIMEOUT, H2_KEEPALIVE, H2_KEEPALIVE_TIMEOUT, MAX_IDLE, POOL_IDLE,
+};
 pub use reload::{FileOptions, FileSidecar, LoadError, ReloadReport, DEFAULT_WATCH_INTERVAL};
 pub use response::Body;
-pub use server::{raise_fd_limit, serve, serve_starting, Drained, HEALTH_HEADER_READ_TIMEOUT};
+pub use server::{
+    raise_fd_limit, serve, serve_starting, Drained, H2_MAX_CONCURRENT_STREAMS, H2_PING_TIMEOUT,
+    HEALTH_HEADER_READ_TIMEOUT,
+};
 pub use sidecar::{Readiness, Sidecar, SidecarBuilder};
