@@ -298,7 +298,7 @@ async fn grpc_unauthenticated_in_the_head_or_the_trailers_gets_a_fresh_token() {
         &format!(
             "{}\n{}\n[serve]\nlisten = \"{}\"\n{}\n{}",
             fake_profile("head", &idp, "memory"),
-            fake_profile("trail", &idp, "memory"),
+            fake_profile("trail", &idp, "memory").replace("orders.read", "trail.read"),
             free_addr(),
             grpc_route("test.Head", &upstream, "head", "protocol = \"h2c\"\n"),
             grpc_route("test.Trail", &upstream, "trail", "protocol = \"h2c\"\n"),
