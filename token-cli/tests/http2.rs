@@ -90,7 +90,10 @@ impl GrpcUpstream {
         if tls {
             cmd.arg("--tls").arg(dir);
         }
-        let mut child = cmd.stdin(Stdio::null()).spawn().expect("start grpc upstream");
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start grpc upstream");
         for _ in 0..400 {
             if let Ok(text) = std::fs::read_to_string(&port_file) {
                 let port = text.trim().parse().expect("port");
@@ -184,17 +187,25 @@ async fn grpc_unary_server_streaming_and_bidi_calls_pass_an_h2c_route_with_the_t
         ),
     );
     let serve = start_serve(&sandbox, &config);
-    let calls = grpc_calls(
+    let mut calls = grpc_calls(
         &python,
         target(&serve.base),
         "test.Echo",
-        &["Unary", "ServerStream", "Bidi"],
+        &["Unary", "ServerStream", "Bidi", "Concurrent"],
     );
+    // 16 calls at once reached the upstream on one connection: multiplexed.
+    let concurrent = calls.pop().expect("Concurrent");
+    assert_eq!(concurrent.code, "OK", "{concurrent:?}");
+    assert_eq!(concurrent.answers.len(), 16);
+    let peers: std::collections::HashSet<_> = concurrent.answers.iter().collect();
+    assert_eq!(peers.len(), 1, "{peers:?}");
     for c in &calls {
         assert_eq!(c.code, "OK", "{c:?}");
         // The upstream saw exactly one authorization, the sidecar's token.
         assert!(
-            c.answers.iter().all(|a| a.starts_with("auth=Bearer tok-1 ")),
+            c.answers
+                .iter()
+                .all(|a| a.starts_with("auth=Bearer tok-1 ")),
             "{c:?}"
         );
         // Response trailers came through.
@@ -237,16 +248,22 @@ async fn grpc_through_an_https_route_to_an_h2_only_tls_upstream() {
         ),
     );
     let serve = start_serve(&sandbox, &config);
-    let calls = grpc_calls(
+    let mut calls = grpc_calls(
         &python,
         target(&serve.base),
         "test.Echo",
-        &["Unary", "Bidi", "Unary"],
+        &["Unary", "Bidi", "Unary", "Concurrent"],
     );
+    let concurrent = calls.pop().expect("Concurrent");
+    assert_eq!(concurrent.code, "OK", "{concurrent:?}");
+    let peers: std::collections::HashSet<_> = concurrent.answers.iter().collect();
+    assert_eq!(peers.len(), 1, "one TLS connection, multiplexed: {peers:?}");
     for c in &calls {
         assert_eq!(c.code, "OK", "{c:?}");
         assert!(
-            c.answers.iter().all(|a| a.starts_with("auth=Bearer tok-1 ")),
+            c.answers
+                .iter()
+                .all(|a| a.starts_with("auth=Bearer tok-1 ")),
             "{c:?}"
         );
     }

@@ -238,21 +238,39 @@ impl Pool {
         mut req: Request<RequestBody>,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
         if self.speaks_h2.load(Ordering::Relaxed) {
-            if let Some(sender) = self.shared() {
+            // Twice at most: a connection that went away before taking the
+            // request is replaced once.
+            for _ in 0..2 {
+                let sender = match self.shared() {
+                    Some(s) => s,
+                    None => {
+                        // One connection at a time: the first to open it
+                        // shares it (the lock is let go before the request
+                        // is sent).
+                        let opening = self.opening.lock().await;
+                        match self.shared() {
+                            Some(s) => s,
+                            None => match self.connect().await? {
+                                Opened::H2(s) => {
+                                    self.share(&s);
+                                    s
+                                }
+                                Opened::H1(sender) => {
+                                    drop(opening);
+                                    return self.send_h1(sender, req).await;
+                                }
+                            },
+                        }
+                    }
+                };
                 match self.send_h2(sender, req).await? {
                     Ok(resp) => return Ok(resp),
                     Err(unsent) => req = unsent,
                 }
             }
-            // One connection at a time: the first to open it shares it.
-            let _opening = self.opening.lock().await;
-            if let Some(sender) = self.shared() {
-                match self.send_h2(sender, req).await? {
-                    Ok(resp) => return Ok(resp),
-                    Err(unsent) => req = unsent,
-                }
-            }
-            return self.send_new(req).await;
+            return Err(self.http_error_msg(
+                "the HTTP/2 connection went away twice before the request was sent",
+            ));
         }
         while let Some(mut sender) = self.checkout() {
             // Resolves at once for an idle connection; fails for one that
@@ -279,24 +297,36 @@ impl Pool {
         req: Request<RequestBody>,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
         match self.connect().await? {
-            Opened::H1(mut sender) => {
-                let req = self.as_h1(req);
-                match sender.try_send_request(req).await {
-                    Ok(resp) => Ok(self.wrap(resp, Some(sender))),
-                    Err(e) => Err(self.http_error(e.into_error())),
-                }
-            }
+            Opened::H1(sender) => self.send_h1(sender, req).await,
             Opened::H2(sender) => {
-                *self.h2_slot() = Some(Shared {
-                    sender: sender.clone(),
-                    used: Instant::now(),
-                });
+                self.share(&sender);
                 match self.send_h2(sender, req).await? {
                     Ok(resp) => Ok(resp),
                     Err(_) => Err(self.http_error_msg("the new HTTP/2 connection closed at once")),
                 }
             }
         }
+    }
+
+    /// Sends `req` on a new HTTP/1.1 connection.
+    async fn send_h1(
+        self: &Arc<Self>,
+        mut sender: SendRequest<RequestBody>,
+        req: Request<RequestBody>,
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        let req = self.as_h1(req);
+        match sender.try_send_request(req).await {
+            Ok(resp) => Ok(self.wrap(resp, Some(sender))),
+            Err(e) => Err(self.http_error(e.into_error())),
+        }
+    }
+
+    /// Makes `sender`'s connection the one every request shares.
+    fn share(&self, sender: &http2::SendRequest<RequestBody>) {
+        *self.h2_slot() = Some(Shared {
+            sender: sender.clone(),
+            used: Instant::now(),
+        });
     }
 
     /// Sends `req` on an HTTP/2 connection. `Ok(Err(req))`: the connection
@@ -308,14 +338,14 @@ impl Pool {
     ) -> Result<Result<Response<UpstreamBody>, Request<RequestBody>>, UpstreamError> {
         let req = self.as_h2(req);
         if sender.ready().await.is_err() {
-            self.forget(&sender);
+            self.forget_closed();
             return Ok(Err(req));
         }
         match sender.try_send_request(req).await {
             Ok(resp) => Ok(Ok(self.wrap(resp, None))),
             Err(mut e) => match e.take_message() {
                 Some(unsent) => {
-                    self.forget(&sender);
+                    self.forget_closed();
                     Ok(Err(unsent))
                 }
                 None => Err(self.http_error(e.into_error())),
@@ -375,8 +405,8 @@ impl Pool {
         }
     }
 
-    /// Drops the shared connection when it is `sender`'s (closed).
-    fn forget(&self, _sender: &http2::SendRequest<RequestBody>) {
+    /// Drops the shared connection if it closed.
+    fn forget_closed(&self) {
         let mut slot = self.h2_slot();
         if slot.as_ref().is_some_and(|s| s.sender.is_closed()) {
             *slot = None;

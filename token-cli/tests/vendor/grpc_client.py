@@ -4,7 +4,9 @@ stubs (bytes in, bytes out: no codegen).
 
     python grpc_client.py TARGET SERVICE CALL...
 
-Each CALL is one of Unary, ServerStream, Bidi, UnauthHead, UnauthTrailer.
+Each CALL is one of Unary, ServerStream, Bidi, UnauthHead, UnauthTrailer,
+or Concurrent: 16 Peer calls at once, their answers (the connections the
+upstream saw them on).
 Every call sends its own `authorization: Bearer client-token-must-not-pass`,
 which the sidecar must replace. Prints one JSON line per call:
 {"call", "code", "details", "answers", "trailers"}; a failed call is a line
@@ -30,6 +32,11 @@ def run(channel, service, call):
             c = channel.unary_stream(path)(b"hello", metadata=CLIENT_METADATA, timeout=20)
             for answer in c:
                 answers.append(answer)
+        elif call == "Concurrent":
+            stub = channel.unary_unary("/%s/Peer" % service)
+            calls = [stub.future(b"", metadata=CLIENT_METADATA, timeout=20) for _ in range(16)]
+            answers = [f.result() for f in calls]
+            c = calls[0]
         elif call == "Bidi":
             c = channel.stream_stream(path)(
                 iter([b"one", b"two", b"three"]), metadata=CLIENT_METADATA, timeout=20

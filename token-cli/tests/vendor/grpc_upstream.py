@@ -22,10 +22,13 @@ answers carry the token seen (`auth=<value>`), and trailing metadata
                      sees, OK for any other
     UnauthTrailer    one answer, then UNAUTHENTICATED in the trailers for the
                      first token it sees; OK for any other
+    Peer             after 0.2 s, the caller's address (`ipv4:127.0.0.1:PORT`):
+                     which connection the call came on
 """
 import datetime
 import os
 import sys
+import time
 from concurrent import futures
 
 import grpc
@@ -87,6 +90,12 @@ def unauth_trailer(request, context):
         context.abort(grpc.StatusCode.UNAUTHENTICATED, "token rejected")
 
 
+def peer(request, context):
+    _auth(context)
+    time.sleep(0.2)
+    return context.peer().encode()
+
+
 class Handler(grpc.GenericRpcHandler):
     METHODS = {
         "Unary": grpc.unary_unary_rpc_method_handler(unary),
@@ -94,6 +103,7 @@ class Handler(grpc.GenericRpcHandler):
         "Bidi": grpc.stream_stream_rpc_method_handler(bidi),
         "UnauthHead": grpc.unary_unary_rpc_method_handler(unauth_head),
         "UnauthTrailer": grpc.unary_stream_rpc_method_handler(unauth_trailer),
+        "Peer": grpc.unary_unary_rpc_method_handler(peer),
     }
 
     def service(self, handler_call_details):
@@ -161,7 +171,7 @@ def tls_credentials(directory):
 def main():
     port_file = sys.argv[1]
     tls_dir = sys.argv[3] if len(sys.argv) > 3 and sys.argv[2] == "--tls" else None
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
     server.add_generic_rpc_handlers((Handler(),))
     if tls_dir:
         port = server.add_secure_port("127.0.0.1:0", tls_credentials(tls_dir))
