@@ -4,6 +4,11 @@
 //! - **Egress gateway**: requests under a route's prefix go to its upstream
 //!   with `Authorization: Bearer <token>`; one retry after `401
 //!   invalid_token`; `503` with the cause when no valid token can be had.
+//!   HTTP/1.1 and HTTP/2 (h2c with prior knowledge) on one listener; h2 to
+//!   upstreams by ALPN or a route's `protocol = "h2c"`, one multiplexed
+//!   connection per route; gRPC streams and trailers pass through, the
+//!   sidecar's refusals to gRPC calls are `grpc-status` answers, and
+//!   `grpc-status: 16` invalidates the token as a 401 does.
 //! - **Token endpoint** `GET /v1/token?profile=NAME`, guarded against SSRF
 //!   (`Metadata: true`, no forwarded requests, optional shared secret).
 //! - **Vendor-compatible endpoints**: Azure App Service managed identity
