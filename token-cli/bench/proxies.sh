@@ -107,7 +107,7 @@ nginx -p "$work/nginx" -c "$work/nginx.conf" -g 'daemon off;' & ng_pid=$!; pids+
 cat > "$work/haproxy.cfg" <<HAPROXY
 global
   nbthread 2
-  maxconn 20000
+  maxconn 4096
 defaults
   mode http
   timeout connect 5s
