@@ -34,6 +34,8 @@
 # loopback ports of its own, with configurations in a temporary directory,
 # and stops them (and only them) on exit.
 #
+# BASELINE=path/to/another/tokencache adds a gateway from that binary (e.g. a
+# build of an earlier commit), its rows alternated with the others.
 # DURATION (default 5s) and CONNECTIONS (64) tune wrk, STREAMS (10) h2load,
 # ROUNDS (2) the rounds. About 60 s with the defaults.
 set -euo pipefail
@@ -58,7 +60,7 @@ trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev
 python3 "$(dirname "$0")/idp.py" > "$work/idp.port" & pids+=($!)
 while [ ! -s "$work/idp.port" ]; do sleep 0.05; done
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-up=$(free_port); gw=$(free_port); ng=$(free_port); ng2=$(free_port); hp=$(free_port); hp2=$(free_port)
+up=$(free_port); gw=$(free_port); bl=$(free_port); ng=$(free_port); ng2=$(free_port); hp=$(free_port); hp2=$(free_port)
 profile() {
   cat <<TOML
 [profiles.bench]
@@ -74,6 +76,11 @@ TOML
 export BENCH_SECRET=bench-secret HOME="$work/home" XDG_CACHE_HOME="$work/cache" XDG_CONFIG_HOME="$work/config"
 "$bin" serve --config "$work/upstream.toml" 2> "$work/upstream.log" & up_pid=$!; pids+=($up_pid)
 "$bin" serve --config "$work/gateway.toml" 2> "$work/gateway.log" & gw_pid=$!; pids+=($gw_pid)
+if [ -n "${BASELINE:-}" ]; then
+  sed "s/127.0.0.1:$gw/127.0.0.1:$bl/" "$work/gateway.toml" > "$work/baseline.toml"
+  "$BASELINE" serve --config "$work/baseline.toml" 2> "$work/baseline.log" & bl_pid=$!; pids+=($bl_pid)
+  for _ in $(seq 200); do curl -fs "http://127.0.0.1:$bl/readyz" >/dev/null && break; sleep 0.05; done
+fi
 
 mkdir -p "$work/nginx/logs"
 cat > "$work/nginx.conf" <<NGINX
@@ -173,6 +180,7 @@ for _ in $(seq "$ROUNDS"); do
   run nginx "$ng_pid" "http://127.0.0.1:$ng/up/healthz"
   run haproxy "$hp_pid" "http://127.0.0.1:$hp/up/healthz"
   run gateway "$gw_pid" "http://127.0.0.1:$gw/up/healthz"
+  if [ -n "${BASELINE:-}" ]; then run "baseline gateway" "$bl_pid" "http://127.0.0.1:$bl/up/healthz"; fi
 done
 one direct "http://127.0.0.1:$up/healthz"
 one nginx "http://127.0.0.1:$ng/up/healthz"
