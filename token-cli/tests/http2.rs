@@ -473,6 +473,26 @@ fn frame_types(mut bytes: &[u8]) -> Vec<u8> {
     types
 }
 
+/// The parameters of the first SETTINGS frame in `bytes` (whole frames).
+fn server_settings(mut bytes: &[u8]) -> std::collections::HashMap<u16, u32> {
+    let mut out = std::collections::HashMap::new();
+    while bytes.len() >= 9 {
+        let len = usize::from(bytes[0]) << 16 | usize::from(bytes[1]) << 8 | usize::from(bytes[2]);
+        let payload = &bytes[9..(9 + len).min(bytes.len())];
+        if bytes[3] == 4 && bytes[4] & 1 == 0 {
+            for p in payload.chunks_exact(6) {
+                out.insert(
+                    u16::from_be_bytes([p[0], p[1]]),
+                    u32::from_be_bytes([p[2], p[3], p[4], p[5]]),
+                );
+            }
+            return out;
+        }
+        bytes = &bytes[(9 + len).min(bytes.len())..];
+    }
+    out
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_h2_client_that_sends_no_request_or_then_idles_with_pings_is_closed() {
     let idp = FakeIdp::start(600).await;
@@ -495,8 +515,20 @@ async fn an_h2_client_that_sends_no_request_or_then_idles_with_pings_is_closed()
     let mut s = TcpStream::connect(&addr).await.expect("connect");
     s.write_all(PREFACE).await.expect("write");
     s.write_all(&SETTINGS).await.expect("write");
-    let (closed, _) = read_until_closed(&mut s, within).await;
+    let (closed, got) = read_until_closed(&mut s, within).await;
     assert!(closed, "an h2 connection without a request stayed open");
+    // The server's SETTINGS bound streams and header lists.
+    let settings = server_settings(&got);
+    assert_eq!(
+        settings.get(&3),
+        Some(&256),
+        "MAX_CONCURRENT_STREAMS: {settings:?}"
+    );
+    assert_eq!(
+        settings.get(&6),
+        Some(&65536),
+        "MAX_HEADER_LIST_SIZE: {settings:?}"
+    );
 
     // A request answered, then PINGs only: PINGs are no request, and the
     // connection is cut when idle.
