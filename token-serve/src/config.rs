@@ -37,6 +37,9 @@
 //! allow_encoded_slashes = false      # forward %2f, %5c and `\` in paths; default false (400)
 //! allow_plaintext = false            # silence the warning for http:// off loopback; default false
 //! timeout_seconds = 30               # upstream response head deadline (504 after it)
+//! protocol = "http1"                 # to an http:// upstream: "http1" (default) or "h2c" (HTTP/2
+//!                                    # prior knowledge, for gRPC); https:// negotiates h2 or
+//!                                    # HTTP/1.1 by ALPN
 //! # Token parameters (each optional; omitted = the profile's own request):
 //! scopes = ["orders.read"]           # replaces the profile's scopes for this route
 //! audience = "https://orders.internal"     # replaces the profile's audience
@@ -157,6 +160,11 @@ pub struct Route {
     /// The `resource` indicator (RFC 8707) that replaces the profile's;
     /// `None` = the profile's.
     pub resource: Option<String>,
+    // --- HTTP/2 (issue 19) ---
+    /// How the gateway speaks to an `http://` upstream (`protocol`):
+    /// HTTP/1.1 by default, or HTTP/2 with prior knowledge (`"h2c"`). An
+    /// `https://` upstream is always asked for `h2` and `http/1.1` by ALPN.
+    pub protocol: Protocol,
 }
 
 impl Route {
@@ -185,6 +193,17 @@ impl Route {
         }
         b.build()
     }
+}
+
+/// The protocol a route speaks to its plaintext upstream.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum Protocol {
+    /// HTTP/1.1 (`"http1"`), the default.
+    #[default]
+    Http1,
+    /// HTTP/2 with prior knowledge (`"h2c"`): one connection, multiplexed.
+    H2c,
 }
 
 /// The parsed `[serve]` table.
@@ -402,6 +421,8 @@ struct RawRoute {
     scopes: Vec<String>,
     audience: Option<String>,
     resource: Option<String>,
+    // --- HTTP/2 (issue 19) ---
+    protocol: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -824,6 +845,21 @@ fn finish_route(
         }
         Some(s) => Duration::from_secs(s),
     };
+    let protocol = match r.protocol.as_deref() {
+        None | Some("http1") => Protocol::Http1,
+        Some("h2c") if upstream.scheme_str() == Some("https") => {
+            return Err(ConfigError::new(format!(
+                "[[serve.routes]] prefix {prefix}: protocol = \"h2c\" is for http:// upstreams; \
+                 an https:// upstream negotiates h2 or HTTP/1.1 by ALPN (remove protocol)"
+            )))
+        }
+        Some("h2c") => Protocol::H2c,
+        Some(other) => {
+            return Err(ConfigError::new(format!(
+                "[[serve.routes]] prefix {prefix}: protocol \"{other}\" is not \"http1\" or \"h2c\""
+            )))
+        }
+    };
     Ok(Route {
         prefix,
         upstream,
@@ -840,6 +876,7 @@ fn finish_route(
         scopes: r.scopes,
         audience: r.audience,
         resource: r.resource,
+        protocol,
     })
 }
 
@@ -1273,12 +1310,32 @@ mod tests {
                 "[serve.google]\nprofile = \"p\"\nproject_id = \"my project\"\n",
                 "project_id = \"my project\" must be one word",
             ),
+            (
+                "[[serve.routes]]\nprefix = \"/a/\"\nupstream = \"https://x\"\nprofile = \"p\"\nprotocol = \"h2c\"\n",
+                "is for http:// upstreams",
+            ),
+            (
+                "[[serve.routes]]\nprefix = \"/a/\"\nupstream = \"http://x\"\nprofile = \"p\"\nprotocol = \"h3\"\n",
+                "protocol \"h3\" is not \"http1\" or \"h2c\"",
+            ),
         ];
         for (text, expected) in cases {
             let e = ServeConfig::parse(text).expect_err(text);
             assert!(e.to_string().contains(expected), "{text}: {e}");
             assert!(!e.to_string().contains("hunter2"), "{e}");
         }
+    }
+
+    #[test]
+    fn a_route_s_protocol_is_http1_unless_h2c_is_asked() {
+        let c = ServeConfig::parse(
+            "[[serve.routes]]\nprefix = \"/a/\"\nupstream = \"http://x\"\nprofile = \"p\"\n\
+             [[serve.routes]]\nprefix = \"/b/\"\nupstream = \"http://x\"\nprofile = \"p\"\nprotocol = \"h2c\"\n\
+             [[serve.routes]]\nprefix = \"/c/\"\nupstream = \"https://x\"\nprofile = \"p\"\nprotocol = \"http1\"\n",
+        )
+        .expect("valid");
+        let p: Vec<Protocol> = c.routes.iter().map(|r| r.protocol).collect();
+        assert_eq!(p, [Protocol::Http1, Protocol::H2c, Protocol::Http1]);
     }
 
     #[test]

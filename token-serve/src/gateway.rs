@@ -22,9 +22,21 @@
 //!   per 30 s, not two per request.
 //! - No valid token: `503` with a JSON body naming the cause, and nothing is
 //!   forwarded. An expired token is never sent.
-//! - Connections to upstreams are pooled per route (HTTP/1.1 keep-alive,
-//!   see [`crate::pool`]); TLS uses the system roots plus the configured CA
-//!   file.
+//! - Connections to upstreams are pooled per route (HTTP/1.1 keep-alive or
+//!   one multiplexed HTTP/2 connection, see [`crate::pool`]); TLS uses the
+//!   system roots plus the configured CA file.
+//! - **gRPC** (`content-type: application/grpc*`), over HTTP/2 both ways:
+//!   `TE: trailers` is forwarded (the only `TE` value that is), request and
+//!   response trailers pass through, streams flow both ways as they come.
+//!   `grpc-status: 16` (UNAUTHENTICATED) from the upstream, in the response
+//!   head (a trailers-only response) or in its trailers, invalidates the
+//!   token as a `401 invalid_token` does (same floor); the retry happens
+//!   only where the request body was buffered (a head-only answer to a
+//!   small request of known size). The sidecar's own refusals to a gRPC
+//!   request are gRPC errors ([`grpc_error`]): HTTP 200 with `grpc-status`
+//!   (14 UNAVAILABLE for no token, an unreachable or timed-out upstream)
+//!   and `grpc-message` naming the cause, never an HTTP 503 body a gRPC
+//!   client cannot read.
 //!
 //! The per-request work is kept to what forwarding needs: the route, its
 //! profile, pool and metric handles are resolved at start-up
@@ -83,7 +95,7 @@ impl GatewayRoute {
     ) -> Result<Self, crate::ConfigError> {
         let pool = match pool {
             Some(pool) => pool,
-            None => Arc::new(Pool::new(&route.upstream, tls)?),
+            None => Arc::new(Pool::new(&route.upstream, route.protocol, tls)?),
         };
         let label: Arc<str> = match (&route.host, route.prefix.as_str()) {
             (Some(host), "/") => Arc::from(host.as_str()),
@@ -265,7 +277,14 @@ pub(crate) async fn forward(
     };
 
     let (mut parts, body) = req.into_parts();
-    let size = body_size(&parts.headers);
+    // HTTP/2 frames a body by END_STREAM: no Content-Length means unknown
+    // (hyper's size hint has the Content-Length when there is one).
+    let size = if parts.version == Version::HTTP_2 {
+        hyper::body::Body::size_hint(&body).exact()
+    } else {
+        body_size(&parts.headers)
+    };
+    let grpc = is_grpc(&parts.headers);
     strip_hop_by_hop(&mut parts.headers);
     // The sidecar's own guard headers are for the sidecar, not upstreams
     // (`X-Identity-Header` holds its secret).
@@ -407,7 +426,7 @@ pub(crate) async fn forward(
         } else {
             rejects_token(resp.status(), resp.headers())
         };
-        if !retried && rejected {
+        if !retried && (rejected || (grpc && grpc_unauthenticated(resp.headers()))) {
             let profile = &route.profile;
             let dropped = profile.handle.invalidate(&bearer.token).await;
             if dropped {
@@ -443,8 +462,23 @@ pub(crate) async fn forward(
                 ),
             );
         }
-        let (mut rparts, rbody) = resp.into_parts();
+        let (mut rparts, mut rbody) = resp.into_parts();
         strip_hop_by_hop(&mut rparts.headers);
+        if grpc && !retried {
+            // UNAUTHENTICATED in the trailers, after the messages.
+            let handle = route.profile.handle.clone();
+            let token = bearer.token.clone();
+            let prefix = route.route.prefix.clone();
+            rbody.on_trailers(Box::new(move |trailers| {
+                if grpc_unauthenticated(trailers) {
+                    tokio::spawn(async move {
+                        if handle.invalidate(&token).await {
+                            tracing::info!(route = %prefix, "upstream rejected the token (grpc-status 16 in trailers); invalidated");
+                        }
+                    });
+                }
+            }));
+        }
         return Response::from_parts(rparts, Either::Right(rbody));
     }
 }
@@ -461,6 +495,102 @@ async fn bearer_after_rejection(
 ) -> Result<Option<Arc<Bearer>>, Response<Body>> {
     let next = bearer(inner, route).await?;
     Ok((!next.token.same_secret(&rejected.token)).then_some(next))
+}
+
+/// Whether a request is gRPC's (`application/grpc`, `application/grpc+proto`,
+/// ...).
+pub(crate) fn is_grpc(headers: &HeaderMap) -> bool {
+    headers.get(header::CONTENT_TYPE).is_some_and(|v| {
+        let v = v.as_bytes();
+        v.len() >= 16
+            && v[..16].eq_ignore_ascii_case(b"application/grpc")
+            && matches!(v.get(16), None | Some(b'+' | b';'))
+    })
+}
+
+/// `grpc-status: 16` (UNAUTHENTICATED) in a response head or trailers.
+fn grpc_unauthenticated(headers: &HeaderMap) -> bool {
+    headers
+        .get("grpc-status")
+        .is_some_and(|v| v.as_bytes().trim_ascii() == b"16")
+}
+
+/// The gRPC status for one of the sidecar's own HTTP error statuses (gRPC's
+/// "HTTP to gRPC status code mapping").
+fn grpc_status_for(status: StatusCode) -> u8 {
+    match status.as_u16() {
+        400 => 13,                   // INTERNAL
+        401 => 16,                   // UNAUTHENTICATED
+        403 => 7,                    // PERMISSION_DENIED
+        404 => 12,                   // UNIMPLEMENTED
+        429 | 502 | 503 | 504 => 14, // UNAVAILABLE
+        _ => 2,                      // UNKNOWN
+    }
+}
+
+/// `text` percent-encoded as `grpc-message` wants: bytes outside printable
+/// ASCII, and `%`, as `%XX`.
+fn grpc_percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if (0x20..=0x7e).contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The sidecar's own error answer (`resp`, a JSON error body of
+/// [`response::error`]) to a gRPC request, as gRPC says it: a
+/// trailers-only response, HTTP 200 with `content-type: application/grpc`,
+/// `grpc-status` and `grpc-message` (the error's description, or its
+/// code). Any other response is returned as it is.
+pub(crate) async fn grpc_error(resp: Response<Body>) -> Response<Body> {
+    if resp.status().is_success() || !matches!(resp.body(), Either::Left(_)) {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let bytes = match body {
+        Either::Left(full) => full
+            .collect()
+            .await
+            .map(|c| c.to_bytes())
+            .unwrap_or_default(),
+        Either::Right(_) => Bytes::new(),
+    };
+    let message = serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()
+        .and_then(|v| {
+            let code = v.get("error").and_then(|e| e.as_str()).map(str::to_owned);
+            let text = v
+                .get("error_description")
+                .and_then(|e| e.as_str())
+                .map(str::to_owned);
+            match (code, text) {
+                (Some(c), Some(t)) => Some(format!("{c}: {t}")),
+                (c, t) => t.or(c),
+            }
+        })
+        .unwrap_or_else(|| format!("the sidecar answered {}", parts.status));
+    let mut r = Response::new(Either::Left(Full::new(Bytes::new())));
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    h.insert(
+        HeaderName::from_static("grpc-status"),
+        HeaderValue::from(u16::from(grpc_status_for(parts.status))),
+    );
+    if let Ok(v) = HeaderValue::from_str(&grpc_percent_encode(&message)) {
+        h.insert(HeaderName::from_static("grpc-message"), v);
+    }
+    if let Some(v) = parts.headers.get(header::RETRY_AFTER) {
+        h.insert(header::RETRY_AFTER, v.clone());
+    }
+    r
 }
 
 /// The `Authorization` value for `token`, its bytes owned by a buffer that
@@ -560,6 +690,18 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
         return;
     }
     let codings = codings_besides_chunked(headers);
+    // `TE: trailers` (the only TE that HTTP/2 allows) says the caller
+    // takes trailers: gRPC needs it forwarded.
+    let trailers = headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| {
+            t.split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        });
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -576,6 +718,9 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove(header::UPGRADE);
     if let Some(codings) = codings {
         headers.insert(header::TRANSFER_ENCODING, codings);
+    }
+    if trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
 }
 
@@ -795,6 +940,61 @@ mod tests {
     }
 
     #[test]
+    fn te_trailers_is_forwarded_and_nothing_else_of_te() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::TE,
+            HeaderValue::from_static("deflate, Trailers;q=1"),
+        );
+        strip_hop_by_hop(&mut h);
+        assert_eq!(
+            h.get(header::TE).map(|v| v.as_bytes()),
+            Some(&b"trailers"[..])
+        );
+        let mut h = HeaderMap::new();
+        h.insert(header::TE, HeaderValue::from_static("gzip"));
+        strip_hop_by_hop(&mut h);
+        assert!(h.is_empty());
+    }
+
+    #[test]
+    fn grpc_requests_are_told_apart_and_messages_percent_encoded() {
+        let grpc = |ct: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
+            is_grpc(&h)
+        };
+        assert!(grpc("application/grpc"));
+        assert!(grpc("application/grpc+proto"));
+        assert!(grpc("Application/GRPC;charset=x"));
+        assert!(!grpc("application/grpc-web"));
+        assert!(!grpc("application/json"));
+        assert_eq!(
+            grpc_percent_encode("no token: 100% dead \u{e9}\n"),
+            "no token: 100%25 dead %C3%A9%0A"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_sidecar_error_to_a_grpc_call_is_a_trailers_only_grpc_status() {
+        let r = response::error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "token_unavailable",
+            "the IdP is down",
+        );
+        let g = grpc_error(r).await;
+        assert_eq!(g.status(), StatusCode::OK);
+        assert_eq!(g.headers()["content-type"], "application/grpc");
+        assert_eq!(g.headers()["grpc-status"], "14");
+        assert_eq!(
+            g.headers()["grpc-message"],
+            "token_unavailable: the IdP is down"
+        );
+        let bytes = g.into_body().collect().await.expect("body").to_bytes();
+        assert!(bytes.is_empty());
+    }
+
+    #[test]
     fn a_transfer_coding_besides_chunked_is_kept() {
         let mut h = HeaderMap::new();
         h.insert(
@@ -824,7 +1024,7 @@ mod tests {
         );
         h.insert("x-secret-hop", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert(header::TE, HeaderValue::from_static("deflate"));
         h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         h.insert(
             header::PROXY_AUTHORIZATION,

@@ -210,6 +210,13 @@ impl Guards {
 pub(crate) fn host<B>(req: &Request<B>) -> Result<Authority, &'static str> {
     let mut hosts = req.headers().get_all(header::HOST).iter();
     let Some(value) = hosts.next() else {
+        // HTTP/2 carries the host in `:authority` (RFC 9113 §8.3.1).
+        if req.version() == http::Version::HTTP_2 {
+            if let Some(target) = req.uri().authority() {
+                return parse_authority(target.as_str().as_bytes())
+                    .ok_or("the request's :authority is not a valid host[:port]");
+            }
+        }
         return Err("the request has no Host header (RFC 9112 §3.2)");
     };
     if hosts.next().is_some() {

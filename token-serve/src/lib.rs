@@ -4,6 +4,11 @@
 //! - **Egress gateway**: requests under a route's prefix go to its upstream
 //!   with `Authorization: Bearer <token>`; one retry after `401
 //!   invalid_token`; `503` with the cause when no valid token can be had.
+//!   HTTP/1.1 and HTTP/2 (h2c with prior knowledge) on one listener; h2 to
+//!   upstreams by ALPN or a route's `protocol = "h2c"`, one multiplexed
+//!   connection per route; gRPC streams and trailers pass through, the
+//!   sidecar's refusals to gRPC calls are `grpc-status` answers, and
+//!   `grpc-status: 16` invalidates the token as a 401 does.
 //! - **Token endpoint** `GET /v1/token?profile=NAME`, guarded against SSRF
 //!   (`Metadata: true`, no forwarded requests, optional shared secret).
 //! - **Vendor-compatible endpoints**: Azure App Service managed identity
@@ -95,8 +100,8 @@ mod variants;
 
 pub use admin::{AdminListener, AdminSettings};
 pub use config::{
-    ConfigError, GoogleAccount, Route, ServeConfig, DEFAULT_ADMIN_CONNECTIONS, DEFAULT_DRAIN,
-    DEFAULT_LISTEN, DEFAULT_RETRY_BODY_LIMIT,
+    ConfigError, GoogleAccount, Protocol, Route, ServeConfig, DEFAULT_ADMIN_CONNECTIONS,
+    DEFAULT_DRAIN, DEFAULT_LISTEN, DEFAULT_RETRY_BODY_LIMIT,
 };
 pub use config::{
     ConnectionLimits, ConnectionSettings, DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_HEALTH_CONNECTIONS,
@@ -108,10 +113,13 @@ pub use config::{DEFAULT_MAX_SCOPE_SETS, DEFAULT_UNIVERSE_DOMAIN};
 pub use endpoints::SECRET_HEADER;
 pub use metrics::{prometheus_builder, HTTP_BUCKETS};
 pub use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-pub use pool::{UpstreamBody, CONNECT_TIMEOUT, MAX_IDLE, POOL_IDLE};
+pub use pool::{
+    UpstreamBody, CONNECT_TIMEOUT, H2_KEEPALIVE, H2_KEEPALIVE_TIMEOUT, MAX_IDLE, POOL_IDLE,
+};
 pub use reload::{FileOptions, FileSidecar, LoadError, ReloadReport, DEFAULT_WATCH_INTERVAL};
 pub use response::Body;
 pub use server::{
-    raise_fd_limit, serve, serve_starting, serve_with_admin, Drained, HEALTH_HEADER_READ_TIMEOUT,
+    raise_fd_limit, serve, serve_starting, serve_with_admin, Drained, H2_MAX_CONCURRENT_STREAMS,
+    H2_PING_TIMEOUT, HEALTH_HEADER_READ_TIMEOUT,
 };
 pub use sidecar::{Readiness, Sidecar, SidecarBuilder};

@@ -1,9 +1,23 @@
-//! Keep-alive HTTP/1.1 connections to one route's upstream, on hyper's
-//! connection API.
+//! Connections to one route's upstream, on hyper's connection API:
+//! keep-alive HTTP/1.1 connections, or one multiplexed HTTP/2 connection.
 //!
-//! Each route has its own [`Pool`]. A request takes the most recently used
+//! Each route has its own [`Pool`]. Which protocol: an `https` upstream is
+//! offered ALPN `h2` and `http/1.1` and the TLS handshake decides; an
+//! `http` upstream speaks HTTP/1.1, or HTTP/2 with prior knowledge when the
+//! route says `protocol = "h2c"`.
+//!
+//! **HTTP/2.** One connection per upstream carries every request at once
+//! (as many streams as the upstream allows; beyond that requests wait for
+//! a stream). While the upstream is known to speak h2, opening a connection
+//! is serialised, so a burst of first requests opens one connection, not
+//! one each. A connection that went away (GOAWAY, closed) is replaced on
+//! the next request; a request it refused before sending is sent on the
+//! new one. Unused for [`POOL_IDLE`], it is let go. HTTP/2 PINGs every
+//! [`H2_KEEPALIVE`] find a dead upstream.
+//!
+//! **HTTP/1.1.** A request takes the most recently used
 //! idle connection (or opens one: DNS, TCP with `TCP_NODELAY`, TLS with SNI
-//! and ALPN `http/1.1` for `https` upstreams, all within
+//! and ALPN for `https` upstreams, all within
 //! [`CONNECT_TIMEOUT`]); the connection goes back to the pool when the
 //! response body has been read to its end ([`UpstreamBody`]). A response
 //! body dropped before its end, or a connection the upstream closed, is
@@ -23,23 +37,26 @@
 //! costs were a fifth of the CPU per forwarded request (docs/BENCHMARKS.md).
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::uri::{Authority, Scheme, Uri};
-use http::{HeaderValue, Request, Response};
+use http::{header, HeaderMap, HeaderValue, Request, Response, Version};
 use http_body_util::{Either, Full};
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
+use hyper::client::conn::http2;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use crate::config::ConfigError;
+use crate::config::{ConfigError, Protocol};
 
 /// How long opening a connection to an upstream may take: DNS, TCP and TLS.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -47,6 +64,11 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const POOL_IDLE: Duration = Duration::from_secs(90);
 /// The most idle connections kept per route.
 pub const MAX_IDLE: usize = 512;
+/// How often an HTTP/2 upstream connection is PINGed; one that does not
+/// answer within [`H2_KEEPALIVE_TIMEOUT`] is closed.
+pub const H2_KEEPALIVE: Duration = Duration::from_secs(30);
+/// How long an HTTP/2 upstream has to answer a PING.
+pub const H2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// A request body sent upstream: buffered (so it can be sent again) or the
 /// caller's, streamed.
@@ -76,6 +98,8 @@ pub(crate) enum UpstreamError {
     },
     #[error("the request to {origin} failed: {error}")]
     Http { origin: String, error: hyper::Error },
+    #[error("the request to {origin} failed: {what}")]
+    Protocol { origin: String, what: &'static str },
     #[error("{origin} sent no response within {}s (the route's timeout_seconds)", after.as_secs())]
     Timeout { origin: String, after: Duration },
 }
@@ -95,8 +119,31 @@ pub(crate) struct Pool {
     origin: String,
     /// The `Host` header every request carries.
     host_header: HeaderValue,
+    /// `scheme://authority`, the front of an HTTP/2 request's URI.
+    scheme: Scheme,
+    authority: Authority,
     tls: Option<(TlsConnector, ServerName<'static>)>,
+    /// Plaintext HTTP/2 with prior knowledge (`protocol = "h2c"`).
+    h2c: bool,
     idle: Mutex<VecDeque<Idle>>,
+    /// The HTTP/2 connection all requests share, once there is one.
+    h2: Mutex<Option<Shared>>,
+    /// The upstream spoke HTTP/2 last time (or is h2c): connections are
+    /// opened one at a time, under `opening`.
+    speaks_h2: AtomicBool,
+    opening: tokio::sync::Mutex<()>,
+}
+
+/// The shared HTTP/2 connection and when it was last used.
+struct Shared {
+    sender: http2::SendRequest<RequestBody>,
+    used: Instant,
+}
+
+/// A new connection.
+enum Opened {
+    H1(SendRequest<RequestBody>),
+    H2(http2::SendRequest<RequestBody>),
 }
 
 struct Idle {
@@ -114,9 +161,11 @@ impl std::fmt::Debug for Pool {
 
 impl Pool {
     /// A pool for `upstream` (scheme and authority are used; a path is the
-    /// route's business). `tls` must already offer ALPN `http/1.1`.
+    /// route's business), speaking `protocol` to an `http` upstream. `tls`
+    /// must already offer ALPN `h2` and `http/1.1`.
     pub(crate) fn new(
         upstream: &Uri,
+        protocol: Protocol,
         tls: &Arc<rustls::ClientConfig>,
     ) -> Result<Self, ConfigError> {
         let bad = |why: &str| ConfigError::new(format!("upstream {upstream} {why}"));
@@ -142,14 +191,21 @@ impl Pool {
         } else {
             None
         };
-        let scheme = if https { "https" } else { "http" };
+        let scheme = if https { Scheme::HTTPS } else { Scheme::HTTP };
+        let h2c = !https && protocol == Protocol::H2c;
         Ok(Self {
             origin: format!("{scheme}://{authority}"),
             host,
             port,
             host_header,
+            scheme,
+            authority: authority.clone(),
             tls,
+            h2c,
             idle: Mutex::new(VecDeque::new()),
+            h2: Mutex::new(None),
+            speaks_h2: AtomicBool::new(h2c),
+            opening: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -175,12 +231,47 @@ impl Pool {
         }
     }
 
-    /// Sends `req` (origin-form URI, `Host` set) on a pooled connection, or
-    /// on a new one when none is idle.
+    /// Sends `req` (origin-form URI, `Host` set) on the shared HTTP/2
+    /// connection, a pooled HTTP/1.1 one, or a new one when none is there.
     pub(crate) async fn send(
         self: &Arc<Self>,
         mut req: Request<RequestBody>,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        if self.speaks_h2.load(Ordering::Relaxed) {
+            // Twice at most: a connection that went away before taking the
+            // request is replaced once.
+            for _ in 0..2 {
+                let sender = match self.shared() {
+                    Some(s) => s,
+                    None => {
+                        // One connection at a time: the first to open it
+                        // shares it (the lock is let go before the request
+                        // is sent).
+                        let opening = self.opening.lock().await;
+                        match self.shared() {
+                            Some(s) => s,
+                            None => match self.connect().await? {
+                                Opened::H2(s) => {
+                                    self.share(&s);
+                                    s
+                                }
+                                Opened::H1(sender) => {
+                                    drop(opening);
+                                    return self.send_h1(sender, req).await;
+                                }
+                            },
+                        }
+                    }
+                };
+                match self.send_h2(sender, req).await? {
+                    Ok(resp) => return Ok(resp),
+                    Err(unsent) => req = unsent,
+                }
+            }
+            return Err(self.http_error_msg(
+                "the HTTP/2 connection went away twice before the request was sent",
+            ));
+        }
         while let Some(mut sender) = self.checkout() {
             // Resolves at once for an idle connection; fails for one that
             // closed since.
@@ -188,7 +279,7 @@ impl Pool {
                 continue;
             }
             match sender.try_send_request(req).await {
-                Ok(resp) => return Ok(self.wrap(resp, sender)),
+                Ok(resp) => return Ok(self.wrap(resp, Some(sender))),
                 Err(mut e) => match e.take_message() {
                     // Not sent: the connection closed under us. Try the
                     // next one.
@@ -197,10 +288,135 @@ impl Pool {
                 },
             }
         }
-        let mut sender = self.connect().await?;
+        self.send_new(req).await
+    }
+
+    /// Sends `req` on a new connection.
+    async fn send_new(
+        self: &Arc<Self>,
+        req: Request<RequestBody>,
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        match self.connect().await? {
+            Opened::H1(sender) => self.send_h1(sender, req).await,
+            Opened::H2(sender) => {
+                self.share(&sender);
+                match self.send_h2(sender, req).await? {
+                    Ok(resp) => Ok(resp),
+                    Err(_) => Err(self.http_error_msg("the new HTTP/2 connection closed at once")),
+                }
+            }
+        }
+    }
+
+    /// Sends `req` on a new HTTP/1.1 connection.
+    async fn send_h1(
+        self: &Arc<Self>,
+        mut sender: SendRequest<RequestBody>,
+        req: Request<RequestBody>,
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        let req = self.as_h1(req);
         match sender.try_send_request(req).await {
-            Ok(resp) => Ok(self.wrap(resp, sender)),
+            Ok(resp) => Ok(self.wrap(resp, Some(sender))),
             Err(e) => Err(self.http_error(e.into_error())),
+        }
+    }
+
+    /// Makes `sender`'s connection the one every request shares.
+    fn share(&self, sender: &http2::SendRequest<RequestBody>) {
+        *self.h2_slot() = Some(Shared {
+            sender: sender.clone(),
+            used: Instant::now(),
+        });
+    }
+
+    /// Sends `req` on an HTTP/2 connection. `Ok(Err(req))`: the connection
+    /// had closed and the request was not sent.
+    async fn send_h2(
+        self: &Arc<Self>,
+        mut sender: http2::SendRequest<RequestBody>,
+        req: Request<RequestBody>,
+    ) -> Result<Result<Response<UpstreamBody>, Request<RequestBody>>, UpstreamError> {
+        let req = self.as_h2(req);
+        if sender.ready().await.is_err() {
+            self.forget_closed();
+            return Ok(Err(req));
+        }
+        match sender.try_send_request(req).await {
+            Ok(resp) => Ok(Ok(self.wrap(resp, None))),
+            Err(mut e) => match e.take_message() {
+                Some(unsent) => {
+                    self.forget_closed();
+                    Ok(Err(unsent))
+                }
+                None => Err(self.http_error(e.into_error())),
+            },
+        }
+    }
+
+    /// `req` as HTTP/2 sends it: the URI absolute (`:scheme`,
+    /// `:authority`), no `Host`.
+    fn as_h2(&self, mut req: Request<RequestBody>) -> Request<RequestBody> {
+        if req.version() != Version::HTTP_2 {
+            let mut parts = http::uri::Parts::default();
+            parts.scheme = Some(self.scheme.clone());
+            parts.authority = Some(self.authority.clone());
+            parts.path_and_query = req.uri().path_and_query().cloned();
+            if let Ok(uri) = Uri::from_parts(parts) {
+                *req.uri_mut() = uri;
+            }
+            req.headers_mut().remove(header::HOST);
+            *req.version_mut() = Version::HTTP_2;
+        }
+        req
+    }
+
+    /// `req` as HTTP/1.1 sends it: origin-form, with `Host`.
+    fn as_h1(&self, mut req: Request<RequestBody>) -> Request<RequestBody> {
+        if req.version() == Version::HTTP_2 {
+            if let Some(pq) = req.uri().path_and_query().cloned() {
+                *req.uri_mut() = Uri::from(pq);
+            }
+            req.headers_mut()
+                .insert(header::HOST, self.host_header.clone());
+            *req.version_mut() = Version::HTTP_11;
+        }
+        req
+    }
+
+    fn h2_slot(&self) -> std::sync::MutexGuard<'_, Option<Shared>> {
+        self.h2.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The shared HTTP/2 connection, if it is open and was used within
+    /// [`POOL_IDLE`].
+    fn shared(&self) -> Option<http2::SendRequest<RequestBody>> {
+        let mut slot = self.h2_slot();
+        let now = Instant::now();
+        match &mut *slot {
+            Some(s) if !s.sender.is_closed() && now.duration_since(s.used) <= POOL_IDLE => {
+                s.used = now;
+                Some(s.sender.clone())
+            }
+            Some(_) => {
+                *slot = None;
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Drops the shared connection if it closed.
+    fn forget_closed(&self) {
+        let mut slot = self.h2_slot();
+        if slot.as_ref().is_some_and(|s| s.sender.is_closed()) {
+            *slot = None;
+        }
+    }
+
+    fn http_error_msg(&self, what: &'static str) -> UpstreamError {
+        UpstreamError::Protocol {
+            origin: self.origin.clone(),
+            what,
         }
     }
 
@@ -214,11 +430,12 @@ impl Pool {
     fn wrap(
         self: &Arc<Self>,
         resp: Response<Incoming>,
-        sender: SendRequest<RequestBody>,
+        sender: Option<SendRequest<RequestBody>>,
     ) -> Response<UpstreamBody> {
         resp.map(|body| UpstreamBody {
             body,
-            home: Some((Arc::clone(self), sender)),
+            home: sender.map(|s| (Arc::clone(self), s)),
+            on_trailers: None,
         })
     }
 
@@ -263,7 +480,7 @@ impl Pool {
         idle.push_back(Idle { sender, since: now });
     }
 
-    async fn connect(&self) -> Result<SendRequest<RequestBody>, UpstreamError> {
+    async fn connect(&self) -> Result<Opened, UpstreamError> {
         match tokio::time::timeout(CONNECT_TIMEOUT, self.open()).await {
             Ok(r) => r,
             Err(_) => Err(UpstreamError::ConnectTimeout {
@@ -272,7 +489,7 @@ impl Pool {
         }
     }
 
-    async fn open(&self) -> Result<SendRequest<RequestBody>, UpstreamError> {
+    async fn open(&self) -> Result<Opened, UpstreamError> {
         let origin = || self.origin.clone();
         let addrs = tokio::net::lookup_host((self.host.as_str(), self.port))
             .await
@@ -307,10 +524,18 @@ impl Pool {
             error,
         };
         match &self.tls {
+            None if self.h2c => {
+                let (sender, conn) = h2_builder()
+                    .handshake(TokioIo::new(tcp))
+                    .await
+                    .map_err(http)?;
+                self.spawn(conn);
+                Ok(Opened::H2(sender))
+            }
             None => {
                 let (sender, conn) = http1::handshake(TokioIo::new(tcp)).await.map_err(http)?;
                 self.spawn(conn);
-                Ok(sender)
+                Ok(Opened::H1(sender))
             }
             Some((connector, name)) => {
                 let tls = connector
@@ -320,16 +545,26 @@ impl Pool {
                         origin: origin(),
                         error,
                     })?;
+                let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                self.speaks_h2.store(h2, Ordering::Relaxed);
+                if h2 {
+                    let (sender, conn) = h2_builder()
+                        .handshake(TokioIo::new(tls))
+                        .await
+                        .map_err(http)?;
+                    self.spawn(conn);
+                    return Ok(Opened::H2(sender));
+                }
                 let (sender, conn) = http1::handshake(TokioIo::new(tls)).await.map_err(http)?;
                 self.spawn(conn);
-                Ok(sender)
+                Ok(Opened::H1(sender))
             }
         }
     }
 
-    fn spawn<T>(&self, conn: http1::Connection<T, RequestBody>)
+    fn spawn<C>(&self, conn: C)
     where
-        T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+        C: Future<Output = Result<(), hyper::Error>> + Send + 'static,
     {
         let origin = self.origin.clone();
         tokio::spawn(async move {
@@ -340,11 +575,26 @@ impl Pool {
     }
 }
 
+/// The HTTP/2 client settings for upstream connections.
+fn h2_builder() -> http2::Builder<TokioExecutor> {
+    let mut b = http2::Builder::new(TokioExecutor::new());
+    b.timer(TokioTimer::new())
+        .adaptive_window(true)
+        .keep_alive_interval(H2_KEEPALIVE)
+        .keep_alive_timeout(H2_KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(false);
+    b
+}
+
+/// What is told a response's trailers (gRPC's status is there).
+pub(crate) type TrailersHook = Box<dyn FnOnce(&HeaderMap) + Send + Sync>;
+
 /// An upstream response's body, streamed to the caller. When it has been
-/// read to its end, its connection goes back to the route's pool.
+/// read to its end, its HTTP/1.1 connection goes back to the route's pool.
 pub struct UpstreamBody {
     body: Incoming,
     home: Option<(Arc<Pool>, SendRequest<RequestBody>)>,
+    on_trailers: Option<TrailersHook>,
 }
 
 impl std::fmt::Debug for UpstreamBody {
@@ -354,6 +604,11 @@ impl std::fmt::Debug for UpstreamBody {
 }
 
 impl UpstreamBody {
+    /// Calls `hook` with the response's trailers, if it has any.
+    pub(crate) fn on_trailers(&mut self, hook: TrailersHook) {
+        self.on_trailers = Some(hook);
+    }
+
     fn release(&mut self) {
         if let Some((pool, sender)) = self.home.take() {
             pool.checkin(sender);
@@ -370,6 +625,13 @@ impl HttpBody for UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let polled = Pin::new(&mut self.body).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(trailers) = frame.trailers_ref() {
+                if let Some(hook) = self.on_trailers.take() {
+                    hook(trailers);
+                }
+            }
+        }
         match &polled {
             Poll::Ready(None) => self.release(),
             Poll::Ready(Some(Ok(_))) if self.body.is_end_stream() => self.release(),

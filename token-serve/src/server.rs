@@ -1,5 +1,11 @@
-//! [`serve`]: the accept loop, HTTP/1.1 connections, their limits, and the
-//! graceful drain on shutdown.
+//! [`serve`]: the accept loop, HTTP/1.1 and HTTP/2 connections, their
+//! limits, and the graceful drain on shutdown.
+//!
+//! One listener speaks both: a connection that opens with the HTTP/2
+//! preface (`PRI * HTTP/2.0`, "prior knowledge", what gRPC clients send on
+//! a plain channel and `curl --http2-prior-knowledge`) is served as h2c,
+//! anything else as HTTP/1.1 (hyper-util's `auto` builder, with upgrades
+//! kept working for HTTP/1.1).
 //!
 //! The connection layer comes before routing and knows nothing of it:
 //!
@@ -23,10 +29,21 @@
 //!   "header_read"|"idle"|"write_stalled"}`). hyper's own header-read
 //!   timer (on a Tokio timer) backs both up. A head larger than
 //!   `max_header_bytes` is refused (431).
+//! - **HTTP/2.** The same cap, reserve and timeouts hold per connection: a
+//!   new h2 connection must deliver its first request within
+//!   `header_read_timeout`; one with no stream open for `idle_timeout` is
+//!   closed (PINGs and other frames do not keep it open); a stalled write
+//!   is cut as for HTTP/1.1. At most [`H2_MAX_CONCURRENT_STREAMS`] streams
+//!   at once per connection, a header list of at most `max_header_bytes`,
+//!   and keep-alive PINGs every `idle_timeout` (a peer that does not answer
+//!   within [`H2_PING_TIMEOUT`] is cut). A reserve connection answers one
+//!   request, then goes away (GOAWAY). hyper's defaults against reset
+//!   floods (rapid reset) stay on.
 //! - **Drain.** On shutdown the listener closes, connections that are idle
 //!   or still sending a request head are closed at once (they hold no
 //!   request to finish), and those with a request in flight finish it and
-//!   close, for up to `drain`; then the rest are cut.
+//!   close, for up to `drain`; then the rest are cut. An h2 connection
+//!   with streams open gets a GOAWAY and finishes them.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -37,9 +54,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
@@ -58,6 +75,15 @@ const FD_HEADROOM: u64 = 64;
 /// shorter than `header_read_timeout`: a probe sends its request at once,
 /// and a client that holds a reserve connection without one loses it fast.
 pub const HEALTH_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The most streams one HTTP/2 client connection may have open at once
+/// (`SETTINGS_MAX_CONCURRENT_STREAMS`): what the connection cap means for
+/// h2 clients, that carry many requests on one connection.
+pub const H2_MAX_CONCURRENT_STREAMS: u32 = 256;
+
+/// How long an HTTP/2 client has to answer a keep-alive PING before its
+/// connection is cut.
+pub const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// How a [`serve`] ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -303,22 +329,28 @@ impl Kind {
 }
 
 /// Where a connection stands, for its timeouts: waiting for (or reading) a
-/// request head since a time, or busy with a request.
+/// request head since a time, or busy with requests.
 #[derive(Debug, Clone, Copy)]
 enum State {
-    /// No byte of the next head yet, since then (idle keep-alive).
+    /// No byte of the next head yet, since then (idle keep-alive). For
+    /// HTTP/2: no stream open since then.
     Idle(Instant),
     /// Reading a head whose first byte came then (or the connection opened
     /// then).
     Head(Instant),
-    /// A request is being answered.
-    Busy,
+    /// This many requests are being answered (more than one on HTTP/2).
+    Busy(usize),
 }
 
 /// A connection's [`State`], updated by its reads and its service, and a
 /// wake-up for its watchdog when it changes.
 struct Activity {
     state: Mutex<State>,
+    /// The connection speaks HTTP/2: bytes between requests (PINGs, window
+    /// updates) do not start a head.
+    h2: std::sync::atomic::AtomicBool,
+    /// Requests answered (or being answered) so far.
+    requests: std::sync::atomic::AtomicUsize,
     /// Since when a write has been waiting for the client to read (its
     /// socket buffer full); `None` while writes go through.
     write_blocked: Mutex<Option<Instant>>,
@@ -328,6 +360,8 @@ impl Activity {
     fn new() -> Self {
         Self {
             state: Mutex::new(State::Head(Instant::now())),
+            h2: std::sync::atomic::AtomicBool::new(false),
+            requests: std::sync::atomic::AtomicUsize::new(0),
             write_blocked: Mutex::new(None),
         }
     }
@@ -349,24 +383,40 @@ impl Activity {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn set(&self, state: State) {
-        *self.lock() = state;
-    }
-
-    /// Bytes arrived: an idle connection starts reading a head.
+    /// Bytes arrived: an idle HTTP/1.1 connection starts reading a head.
     fn read(&self) {
+        if self.h2.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
         let mut s = self.lock();
         if let State::Idle(_) = *s {
             *s = State::Head(Instant::now());
         }
     }
 
-    fn request(&self) {
-        self.set(State::Busy);
+    /// A request's head is complete: it is being answered until its
+    /// [`InFlight`] is dropped.
+    fn request(self: &Arc<Self>) -> InFlight {
+        self.requests
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut s = self.lock();
+        *s = match *s {
+            State::Busy(n) => State::Busy(n + 1),
+            State::Idle(_) | State::Head(_) => State::Busy(1),
+        };
+        InFlight(Arc::clone(self))
     }
 
     fn response_done(&self) {
-        self.set(State::Idle(Instant::now()));
+        let mut s = self.lock();
+        *s = match *s {
+            State::Busy(n) if n > 1 => State::Busy(n - 1),
+            _ => State::Idle(Instant::now()),
+        };
+    }
+
+    fn requests(&self) -> usize {
+        self.requests.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// When the connection is due to be closed, and why; `None` while busy
@@ -375,7 +425,7 @@ impl Activity {
     fn deadline(&self, limits: &ConnectionLimits) -> Option<(Instant, &'static str)> {
         let s = &limits.settings;
         let by_state = match *self.lock() {
-            State::Busy => None,
+            State::Busy(_) => None,
             State::Idle(since) => Some((since + s.idle_timeout, "idle")),
             State::Head(since) => Some((since + s.header_read_timeout, "header_read")),
         };
@@ -391,14 +441,30 @@ impl Activity {
     }
 
     fn busy(&self) -> bool {
-        matches!(*self.lock(), State::Busy)
+        matches!(*self.lock(), State::Busy(_))
     }
 }
+
+/// One request being answered: the connection is busy until it is dropped
+/// (its response written to the end or dropped, or the request cancelled
+/// before an answer, as an HTTP/2 client's `RST_STREAM` does).
+struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.response_done();
+    }
+}
+
+/// The HTTP/2 connection preface's first bytes.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
 
 /// A client connection whose reads are reported to its [`Activity`].
 struct Watched {
     stream: TcpStream,
     activity: Arc<Activity>,
+    /// No byte read yet: the first read tells HTTP/2 (its preface) apart.
+    first: bool,
 }
 
 impl AsyncRead for Watched {
@@ -410,6 +476,16 @@ impl AsyncRead for Watched {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.stream).poll_read(cx, buf);
         if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            if self.first {
+                self.first = false;
+                let got = &buf.filled()[before..];
+                let n = got.len().min(H2_PREFACE.len());
+                if got.len() >= 3 && got[..n] == H2_PREFACE[..n] {
+                    self.activity
+                        .h2
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
             self.activity.read();
         }
         polled
@@ -454,7 +530,7 @@ impl AsyncWrite for Watched {
 /// done with (written to the end, or dropped).
 struct Tracked {
     body: Body,
-    activity: Arc<Activity>,
+    _in_flight: InFlight,
 }
 
 impl HttpBody for Tracked {
@@ -474,12 +550,6 @@ impl HttpBody for Tracked {
 
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
-    }
-}
-
-impl Drop for Tracked {
-    fn drop(&mut self) {
-        self.activity.response_done();
     }
 }
 
@@ -511,18 +581,19 @@ async fn connection(
     let io = TokioIo::new(Watched {
         stream,
         activity: Arc::clone(&activity),
+        first: true,
     });
     let on_request = Arc::clone(&activity);
     let keep_alive = !kind.is(&Kind::HealthOnly);
     let connect_allowed = kind.is(&Kind::Gateway);
+    let service_kind = kind.clone();
     let service = service_fn(move |mut req: Request<Incoming>| {
         if connect_allowed && req.method() == http::Method::CONNECT {
             req.extensions_mut().insert(tunnel.clone());
         }
         let sidecar = sidecar.get().cloned();
-        let activity = Arc::clone(&on_request);
-        activity.request();
-        let kind = kind.clone();
+        let in_flight = on_request.request();
+        let kind = service_kind.clone();
         async move {
             let response = match (sidecar, kind) {
                 (None, _) => starting(&req),
@@ -530,21 +601,39 @@ async fn connection(
                 (Some(s), Kind::HealthOnly) => health_only(&s, req).await,
                 (Some(s), Kind::Admin(access)) => admin::handle(&s, req, peer, &access).await,
             };
-            Ok::<_, std::convert::Infallible>(response.map(|body| Tracked { body, activity }))
+            Ok::<_, std::convert::Infallible>(response.map(|body| Tracked {
+                body,
+                _in_flight: in_flight,
+            }))
         }
     });
     let settings = &limits.settings;
-    let conn = http1::Builder::new()
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
         .timer(TokioTimer::new())
         // hyper's timer runs from the end of a response (or the opening)
         // to the end of the next head: the idle time plus the head's.
         .header_read_timeout(settings.idle_timeout + settings.header_read_timeout)
         .keep_alive(keep_alive)
         // Bounds a head (431 beyond) and what a connection buffers.
-        .max_buf_size(settings.max_header_bytes.max(8192))
-        .serve_connection(io, service)
-        .with_upgrades();
+        .max_buf_size(settings.max_header_bytes.max(8192));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(if kind.is(&Kind::Gateway) {
+            H2_MAX_CONCURRENT_STREAMS
+        } else {
+            1
+        })
+        .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX))
+        .keep_alive_interval(settings.idle_timeout)
+        .keep_alive_timeout(H2_PING_TIMEOUT);
+    let conn = builder.serve_connection_with_upgrades(io, service);
     let mut conn = std::pin::pin!(conn);
+    // A reserve connection over HTTP/2 is told to go away after its one
+    // request (HTTP/1.1 closes by itself: no keep-alive).
+    let mut goaway_sent = false;
     // One timer for the connection's life. Nothing wakes it when the
     // connection's state changes (a wake-up from inside the connection's own
     // poll makes tokio unpark another worker: two more context switches per
@@ -597,6 +686,11 @@ async fn connection(
                     conn.as_mut().graceful_shutdown();
                 }
             }
+        }
+        if kind.is(&Kind::HealthOnly) && !goaway_sent && activity.requests() > 0 && !activity.busy()
+        {
+            goaway_sent = true;
+            conn.as_mut().graceful_shutdown();
         }
         // A connection that answered its request while draining closes:
         // hyper does so after graceful_shutdown; one between requests is
@@ -690,18 +784,18 @@ mod tests {
 
     #[test]
     fn a_connection_s_deadline_follows_what_it_is_doing() {
-        let a = Activity::new();
+        let a = Arc::new(Activity::new());
         // Opened: the first head is due within the header-read timeout.
         assert_eq!(why(&a), Some("header_read"));
         a.read();
         assert_eq!(why(&a), Some("header_read"), "still the same head");
-        a.request();
+        let in_flight = a.request();
         assert_eq!(why(&a), None, "a request being answered has no deadline");
         a.wrote(true);
         assert_eq!(why(&a), Some("write_stalled"), "the client reads nothing");
         a.wrote(false);
         assert_eq!(why(&a), None);
-        a.response_done();
+        drop(in_flight);
         assert_eq!(why(&a), Some("idle"));
         let (idle_at, _) = a.deadline(&limits()).expect("deadline");
         a.read();
@@ -711,6 +805,22 @@ mod tests {
             head_at < idle_at,
             "a started head is due sooner than idleness"
         );
+    }
+
+    #[test]
+    fn an_h2_connection_is_busy_while_any_stream_is_and_frames_do_not_start_a_head() {
+        let a = Arc::new(Activity::new());
+        a.h2.store(true, std::sync::atomic::Ordering::Relaxed);
+        let one = a.request();
+        let two = a.request();
+        drop(one);
+        assert_eq!(why(&a), None, "a stream is still open");
+        drop(two);
+        assert_eq!(why(&a), Some("idle"));
+        // A PING or WINDOW_UPDATE between streams is no request head.
+        a.read();
+        assert_eq!(why(&a), Some("idle"));
+        assert_eq!(a.requests(), 2);
     }
 
     #[test]

@@ -192,8 +192,7 @@ impl SidecarBuilder {
         if previous.ca_file == self.config.ca_file {
             self.tls = Some(Arc::clone(&previous.tls));
             for r in &previous.routes {
-                self.pools
-                    .insert(r.route.upstream.to_string(), Arc::clone(&r.pool));
+                self.pools.insert(pool_key(&r.route), Arc::clone(&r.pool));
             }
         }
         self
@@ -258,7 +257,7 @@ impl SidecarBuilder {
             variants::for_routes(&with_profiles, &self.previous_variants);
         let mut routes = Vec::with_capacity(with_profiles.len());
         for ((r, _), profile) in with_profiles.into_iter().zip(route_profiles) {
-            let pool = self.pools.get(&r.upstream.to_string()).cloned();
+            let pool = self.pools.get(&pool_key(&r)).cloned();
             routes.push(GatewayRoute::new(r, profile, &tls, pool)?);
         }
         let scope_sets = self.config.google.as_ref().and_then(|g| {
@@ -483,6 +482,15 @@ impl Sidecar {
     /// Answers one request. Never fails: every problem is a response with a
     /// status and a JSON body naming the cause.
     pub async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+        if gateway::is_grpc(req.headers()) {
+            // A gRPC client reads only grpc-status: the sidecar's own
+            // refusals are said that way (gateway.rs).
+            return gateway::grpc_error(self.answer(req).await).await;
+        }
+        self.answer(req).await
+    }
+
+    async fn answer(&self, req: Request<Incoming>) -> Response<Body> {
         let started = Instant::now();
         // The configuration this request runs on to its end, even when a
         // reload puts another in force meanwhile.
@@ -848,4 +856,10 @@ async fn peek(p: &Profile) -> Readiness {
             cause: format!("a token fetch is in flight (no token within {PEEK_TIMEOUT:?})"),
         },
     }
+}
+
+/// Routes with the same key share a pool across a reload: the upstream and
+/// the protocol spoken to it.
+fn pool_key(route: &crate::config::Route) -> String {
+    format!("{} {:?}", route.upstream, route.protocol)
 }

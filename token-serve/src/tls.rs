@@ -10,8 +10,8 @@ use rustls::{ClientConfig, RootCertStore};
 use crate::config::ConfigError;
 
 /// A client configuration trusting the system roots and every certificate
-/// in `ca_file`, offering ALPN `http/1.1` (the only protocol the gateway
-/// speaks upstream). A CA file that cannot be read or holds no certificate is
+/// in `ca_file`, offering ALPN `h2` and `http/1.1` (the upstream picks;
+/// see [`crate::pool`]). A CA file that cannot be read or holds no certificate is
 /// an error; system roots that fail to load are logged (a private CA may be
 /// all that is needed).
 pub(crate) fn client_config(ca_file: Option<&Path>) -> Result<ClientConfig, ConfigError> {
@@ -57,7 +57,7 @@ pub(crate) fn client_config(ca_file: Option<&Path>) -> Result<ClientConfig, Conf
         .with_safe_default_protocol_versions()
         .map(|b| b.with_root_certificates(roots).with_no_client_auth())
         .map(|mut c| {
-            c.alpn_protocols = vec![b"http/1.1".to_vec()];
+            c.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
             c
         })
         .map_err(|e| ConfigError::new(format!("cannot set up TLS: {e}")))
