@@ -125,8 +125,14 @@ struct Call {
 /// Runs grpc_client.py against `target` (`host:port`, a plain channel: h2c
 /// with prior knowledge) for `service` and `calls`.
 fn grpc_calls(python: &Path, target: &str, service: &str, calls: &[&str]) -> Vec<Call> {
-    let out = python_cmd(python)
-        .arg(vendor("grpc_client.py"))
+    let mut cmd = python_cmd(python);
+    cmd.arg(vendor("grpc_client.py"));
+    grpc_calls_with(cmd, target, service, calls)
+}
+
+/// Runs grpc_client.py as `cmd` (its script and options already given).
+fn grpc_calls_with(mut cmd: Command, target: &str, service: &str, calls: &[&str]) -> Vec<Call> {
+    let out = cmd
         .args([target, service])
         .args(calls)
         .output()
@@ -268,6 +274,89 @@ async fn grpc_through_an_https_route_to_an_h2_only_tls_upstream() {
         );
     }
     assert_eq!(calls[1].answers.len(), 3);
+}
+
+/// `https_proxy` pointed at the sidecar: grpcio opens a CONNECT tunnel to
+/// the routed host, the sidecar terminates TLS there with a leaf of its own
+/// CA (h2 by ALPN), and forwards over verified TLS (h2) to the real server
+/// with the token, for unary, server-streaming and bidi calls. A host no
+/// route names is refused before any TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_through_https_proxy_connect_reaches_a_tls_server_with_the_token() {
+    let Some(python) = grpc_python() else { return };
+    let idp = FakeIdp::start(600).await;
+    let sandbox = Sandbox::new();
+    let up = GrpcUpstream::start(&python, sandbox.path(), true);
+    let upstream_ca = up.ca.clone().expect("ca");
+    let proxy_ca = sandbox.path().join("proxy-ca.pem");
+    let proxy_key = sandbox.path().join("proxy-ca.key");
+    let config = write_config(
+        &sandbox,
+        &format!(
+            "{}\n[serve]\nlisten = \"{}\"\nca_file = \"{}\"\n\
+             [[serve.routes]]\nhost = \"grpc.internal\"\nupstream = \"https://127.0.0.1:{}\"\nprofile = \"orders\"\n\
+             [serve.proxy]\nca_cert_file = \"{}\"\nca_key_file = \"{}\"\n",
+            fake_profile("orders", &idp, "memory"),
+            free_addr(),
+            upstream_ca.display(),
+            up.port,
+            proxy_ca.display(),
+            proxy_key.display(),
+        ),
+    );
+    let serve = start_serve(&sandbox, &config);
+    assert!(proxy_ca.exists(), "the sidecar created its CA");
+    let through_proxy = || {
+        let mut cmd = Command::new(&python);
+        for var in [
+            "HTTP_PROXY",
+            "HTTPS_PROXY",
+            "http_proxy",
+            "grpc_proxy",
+            "ALL_PROXY",
+            "all_proxy",
+            "NO_PROXY",
+            "no_proxy",
+        ] {
+            cmd.env_remove(var);
+        }
+        cmd.env("https_proxy", &serve.base)
+            .arg(vendor("grpc_client.py"))
+            .arg("--tls")
+            .arg(&proxy_ca);
+        cmd
+    };
+    let calls = grpc_calls_with(
+        through_proxy(),
+        "grpc.internal:443",
+        "test.Echo",
+        &["Unary", "ServerStream", "Bidi"],
+    );
+    for c in &calls {
+        assert_eq!(c.code, "OK", "{c:?}");
+        // Exactly the sidecar's token reached the server, never the client's.
+        assert!(
+            c.answers
+                .iter()
+                .all(|a| a.starts_with("auth=Bearer tok-1 ")),
+            "{c:?}"
+        );
+    }
+    assert_eq!(calls[0].answers, ["auth=Bearer tok-1 msg=hello"]);
+    assert_eq!(calls[1].answers.len(), 3, "{:?}", calls[1]);
+    assert_eq!(calls[2].answers.len(), 3, "{:?}", calls[2]);
+    assert_eq!(idp.calls(), 1);
+
+    // CONNECT to a host no route names: refused (403), so the call fails
+    // without reaching anything.
+    let calls = grpc_calls_with(
+        through_proxy(),
+        "elsewhere.internal:443",
+        "test.Echo",
+        &["Unary"],
+    );
+    assert_eq!(calls[0].code, "UNAVAILABLE", "{:?}", calls[0]);
+    assert!(calls[0].answers.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

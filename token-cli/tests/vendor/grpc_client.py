@@ -2,7 +2,11 @@
 grpcio on a plain channel (h2c with prior knowledge) to the sidecar, generic
 stubs (bytes in, bytes out: no codegen).
 
-    python grpc_client.py TARGET SERVICE CALL...
+    python grpc_client.py [--tls CA_FILE] TARGET SERVICE CALL...
+
+With `--tls CA_FILE` the channel is a TLS one that trusts only CA_FILE (the
+sidecar's forward-proxy CA, when the environment's `https_proxy` sends the
+channel through the sidecar with CONNECT).
 
 Each CALL is one of Unary, ServerStream, Bidi, UnauthHead, UnauthTrailer,
 or Concurrent: 16 Peer calls at once, their answers (the connections the
@@ -58,8 +62,18 @@ def run(channel, service, call):
 
 
 def main():
-    target, service, calls = sys.argv[1], sys.argv[2], sys.argv[3:]
-    with grpc.insecure_channel(target) as channel:
+    args = sys.argv[1:]
+    ca = None
+    if args[:1] == ["--tls"]:
+        ca, args = args[1], args[2:]
+    target, service, calls = args[0], args[1], args[2:]
+    if ca is None:
+        channel = grpc.insecure_channel(target)
+    else:
+        with open(ca, "rb") as f:
+            roots = f.read()
+        channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates=roots))
+    with channel:
         for call in calls:
             print(json.dumps(run(channel, service, call)), flush=True)
 
