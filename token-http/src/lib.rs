@@ -97,7 +97,9 @@ mod transport;
 mod watched;
 
 pub use assertion::{AssertionFile, AssertionFn, AssertionSource, MAX_ASSERTION_BYTES};
-pub use auth::{AddToken, AddTokenLayer, BoxError};
+pub use auth::{
+    AddToken, AddTokenLayer, BoxError, CloneBodies, CloneBody, EmptyBodies, NeverResend,
+};
 pub use certificate::{Certificate, ClientCertificate};
 pub use chain::{ChainCredential, ChainCredentialBuilder, CREDENTIAL_SELECTOR_VAR};
 pub use client_auth::{ClientAuth, JWT_BEARER_ASSERTION_TYPE};
