@@ -29,7 +29,8 @@
 //!   generated), bound to a credential with
 //!   [`OAuthCredentialBuilder::dpop_key`] and to the middleware with
 //!   [`TokenMiddleware::dpop`] / [`AddTokenLayer::dpop`]: a fresh proof per
-//!   request, server nonces learned and retried once; see the README.
+//!   request, server nonces learned and retried once (the tower layer when
+//!   its [`CloneBody`] policy has the body again); see the README.
 //! - [`TokenMiddleware`] for `reqwest-middleware`, and [`AddTokenLayer`] /
 //!   [`AddToken`] for tower (hyper, tonic): `Authorization: <type> <token>`
 //!   from a [`TokenCache`](token_core::TokenCache), with a rejected token

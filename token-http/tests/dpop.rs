@@ -4,8 +4,9 @@
 //! `tests/idp/server.js`. A resource server written here after the RFC
 //! (token-testkit's `DpopResourceServer`: signature, `htm`, `htu`, `ath`,
 //! `jti`, `iat`, its own nonces, the token's `cnf.jkt` from the
-//! authorization server) is reached through the reqwest middleware. Servers that misbehave on purpose (a Bearer answer,
-//! a nonce demanded forever) are wiremock.
+//! authorization server) is reached through the reqwest middleware and
+//! through the tower layer over a hyper client. Servers that misbehave on
+//! purpose (a Bearer answer, a nonce demanded forever) are wiremock.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
