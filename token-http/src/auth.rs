@@ -394,3 +394,45 @@ impl<S: fmt::Debug, R> fmt::Debug for AddToken<S, R> {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{Empty, Full};
+
+    #[test]
+    fn empty_bodies_are_had_again_and_others_only_when_cloned() {
+        assert_eq!(EmptyBodies.clone_body(&String::new()).as_deref(), Some(""));
+        assert_eq!(EmptyBodies.clone_body(&"{}".to_owned()), None);
+        let empty: Full<bytes::Bytes> = Full::default();
+        assert!(EmptyBodies.clone_body(&empty).is_some());
+        assert!(EmptyBodies
+            .clone_body(&Empty::<bytes::Bytes>::new())
+            .is_some());
+        assert!(EmptyBodies
+            .clone_body(&Full::new(bytes::Bytes::from_static(b"{}")))
+            .is_none());
+        assert_eq!(
+            CloneBodies.clone_body(&"{}".to_owned()).as_deref(),
+            Some("{}")
+        );
+        assert_eq!(NeverResend.clone_body(&String::new()), None);
+    }
+
+    #[test]
+    fn a_copied_request_keeps_method_uri_version_headers_and_extensions() {
+        let mut request = Request::post("https://api.example/v1/orders?x=1")
+            .version(http::Version::HTTP_2)
+            .header("content-type", "application/json")
+            .body("{}".to_owned())
+            .unwrap();
+        request.extensions_mut().insert(7_u32);
+        let copy = copy_request(&request, "{}".to_owned());
+        assert_eq!(copy.method(), request.method());
+        assert_eq!(copy.uri(), request.uri());
+        assert_eq!(copy.version(), http::Version::HTTP_2);
+        assert_eq!(copy.headers(), request.headers());
+        assert_eq!(copy.extensions().get::<u32>(), Some(&7));
+        assert_eq!(copy.body(), "{}");
+    }
+}

@@ -892,3 +892,67 @@ async fn a_refresh_token_grant_gets_a_token_bound_to_our_key() {
     let record = introspect(idp, token.secret().expose()).await;
     assert_eq!(record["cnf"]["jkt"], key.thumbprint(), "{record}");
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn the_tower_layer_s_resend_puts_no_key_proof_or_token_in_logs_or_debug() {
+    use tower::{Layer as _, ServiceExt as _};
+    let Some(idp) = Idp::shared() else { return };
+    let logs = Captured::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let jwk_text = include_str!("keys/dpop-ec-test-only.jwk");
+    let d = serde_json::from_str::<Value>(jwk_text).unwrap()["d"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let key = DpopKey::from_jwk(jwk_text).unwrap();
+    // Asks for a nonce once, then accepts.
+    let server = MockServer::start().await;
+    let answered = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&answered);
+    Mock::given(method("POST"))
+        .respond_with(move |_: &Request| {
+            if counter.fetch_add(1, Ordering::SeqCst) == 0 {
+                ResponseTemplate::new(401)
+                    .insert_header("www-authenticate", r#"DPoP error="use_dpop_nonce""#)
+                    .insert_header("dpop-nonce", "resend-nonce")
+            } else {
+                ResponseTemplate::new(200)
+            }
+        })
+        .mount(&server)
+        .await;
+    let cache = TokenCache::builder(credential(idp, &key)).build();
+    let layer = token_http::AddTokenLayer::new(&cache, &bound(&key))
+        .dpop(key.clone())
+        .resend(token_http::CloneBodies);
+    let service = layer.layer(hyper_client());
+    let mut seen = vec![format!("{layer:?} {service:?}")];
+    let post = http::Request::post(format!("{}/v1/orders", server.uri()))
+        .body(full("{}"))
+        .unwrap();
+    let r = service.oneshot(post).await.unwrap();
+    assert_eq!(r.status(), 200);
+    seen.push(format!("{r:?}"));
+    let requests = server.received_requests().await.unwrap();
+    assert_eq!(requests.len(), 2);
+    seen.push(String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned());
+    let all = seen.join("\n");
+    assert!(
+        all.contains("resending once"),
+        "the resend is logged: {all}"
+    );
+    assert!(!all.contains(&d), "the private key leaked");
+    for r in &requests {
+        let proof = r.headers["dpop"].to_str().unwrap();
+        let token = &r.headers["authorization"].to_str().unwrap()["DPoP ".len()..];
+        assert!(!all.contains(proof), "a proof leaked");
+        assert!(!all.contains(token), "a token leaked");
+    }
+}
