@@ -29,7 +29,8 @@
 //!   generated), bound to a credential with
 //!   [`OAuthCredentialBuilder::dpop_key`] and to the middleware with
 //!   [`TokenMiddleware::dpop`] / [`AddTokenLayer::dpop`]: a fresh proof per
-//!   request, server nonces learned and retried once; see the README.
+//!   request, server nonces learned and retried once (the tower layer when
+//!   its [`CloneBody`] policy has the body again); see the README.
 //! - [`TokenMiddleware`] for `reqwest-middleware`, and [`AddTokenLayer`] /
 //!   [`AddToken`] for tower (hyper, tonic): `Authorization: <type> <token>`
 //!   from a [`TokenCache`](token_core::TokenCache), with a rejected token
@@ -97,7 +98,9 @@ mod transport;
 mod watched;
 
 pub use assertion::{AssertionFile, AssertionFn, AssertionSource, MAX_ASSERTION_BYTES};
-pub use auth::{AddToken, AddTokenLayer, BoxError};
+pub use auth::{
+    AddToken, AddTokenLayer, BoxError, CloneBodies, CloneBody, EmptyBodies, NeverResend,
+};
 pub use certificate::{Certificate, ClientCertificate};
 pub use chain::{ChainCredential, ChainCredentialBuilder, CREDENTIAL_SELECTOR_VAR};
 pub use client_auth::{ClientAuth, JWT_BEARER_ASSERTION_TYPE};

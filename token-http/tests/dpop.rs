@@ -4,8 +4,9 @@
 //! `tests/idp/server.js`. A resource server written here after the RFC
 //! (token-testkit's `DpopResourceServer`: signature, `htm`, `htu`, `ath`,
 //! `jti`, `iat`, its own nonces, the token's `cnf.jkt` from the
-//! authorization server) is reached through the reqwest middleware. Servers that misbehave on purpose (a Bearer answer,
-//! a nonce demanded forever) are wiremock.
+//! authorization server) is reached through the reqwest middleware and
+//! through the tower layer over a hyper client. Servers that misbehave on
+//! purpose (a Bearer answer, a nonce demanded forever) are wiremock.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -595,7 +596,8 @@ async fn the_tower_layer_sends_proofs_and_learns_the_resource_server_s_nonce() {
     let rs = DpopResourceServer::start(format!("{}/__test/dpop-introspect", idp.issuer())).await;
     let key = DpopKey::generate(DpopAlgorithm::EdDsa).unwrap();
     let cache = TokenCache::builder(credential(idp, &key)).build();
-    // A tower client over reqwest, standing in for hyper or tonic.
+    // A tower client over reqwest, standing in for any `Request<String>`
+    // service.
     let http = reqwest::Client::new();
     let client = tower::service_fn(move |req: http::Request<String>| {
         let http = http.clone();
@@ -610,23 +612,211 @@ async fn the_tower_layer_sends_proofs_and_learns_the_resource_server_s_nonce() {
         }
     });
     let layer = token_http::AddTokenLayer::new(&cache, &bound(&key)).dpop(key.clone());
-    let call = |path: &str| {
-        let req = http::Request::get(format!("{}{path}", rs.url()))
-            .body(String::new())
+    let call = |path: &str, body: &str| {
+        let req = http::Request::post(format!("{}{path}", rs.url()))
+            .body(body.to_owned())
             .unwrap();
         layer.layer(client.clone()).oneshot(req)
     };
-    // No resend by the layer itself: the first answer is the nonce
-    // challenge, whose nonce the next request carries.
-    let first = call("/a").await.unwrap();
+    // A body that is not known to be empty is not resent by the default
+    // policy: the first answer is the nonce challenge, whose nonce the
+    // next request carries.
+    let first = call("/a", "{}").await.unwrap();
     assert_eq!(first.status(), 401);
     assert_eq!(rs.nonce_challenges(), 1);
     for path in ["/b", "/c?x=1"] {
-        let r = call(path).await.unwrap();
+        let r = call(path, "{}").await.unwrap();
         assert_eq!(r.status(), 200, "{:?}", rs.refusals());
     }
     assert_eq!(rs.served(), 2);
+    // An empty `String` is resent (as `String::default()`).
+    rs.rotate_nonce("rs-nonce-2");
+    let r = call("/d", "").await.unwrap();
+    assert_eq!(r.status(), 200, "{:?}", rs.refusals());
+    assert_eq!((rs.nonce_challenges(), rs.served()), (2, 3));
     assert!(rs.refusals().is_empty(), "{:?}", rs.refusals());
+}
+
+type HyperClient<B> =
+    hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, B>;
+
+fn hyper_client<B>() -> HyperClient<B>
+where
+    B: http_body::Body + Send + 'static + Unpin,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http()
+}
+
+async fn text(response: http::Response<hyper::body::Incoming>) -> String {
+    use http_body_util::BodyExt as _;
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// `Full` bodies: empty and buffered.
+fn full(body: &'static str) -> http_body_util::Full<bytes::Bytes> {
+    http_body_util::Full::new(bytes::Bytes::from_static(body.as_bytes()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tower_layer_over_hyper_resends_once_when_the_resource_server_asks_for_a_nonce() {
+    use tower::{Layer as _, ServiceExt as _};
+    let Some(idp) = Idp::shared() else { return };
+    let rs = DpopResourceServer::start(format!("{}/__test/dpop-introspect", idp.issuer())).await;
+    let key = DpopKey::generate(DpopAlgorithm::Es256).unwrap();
+    let cache = TokenCache::builder(credential(idp, &key)).build();
+    let layer = token_http::AddTokenLayer::new(&cache, &bound(&key)).dpop(key.clone());
+    let hyper = hyper_client();
+
+    // A GET with an empty body, under the default policy: the resource
+    // server's use_dpop_nonce, then one more request with its nonce.
+    let get = http::Request::get(format!("{}/v1/orders?page=2", rs.url()))
+        .body(http_body_util::Full::default())
+        .unwrap();
+    let r = layer.layer(hyper.clone()).oneshot(get).await.unwrap();
+    assert_eq!(r.status(), 200, "{:?}", rs.refusals());
+    assert_eq!(text(r).await, "ok /v1/orders?page=2");
+    assert_eq!((rs.nonce_challenges(), rs.served()), (1, 1));
+
+    // A POST with a buffered body, with `CloneBodies`: the same.
+    rs.rotate_nonce("rs-nonce-2");
+    let cloning = layer.clone().resend(token_http::CloneBodies);
+    let post = || {
+        http::Request::post(format!("{}/v1/orders", rs.url()))
+            .header("content-type", "application/json")
+            .body(full(r#"{"item":"tea"}"#))
+            .unwrap()
+    };
+    let r = cloning.layer(hyper.clone()).oneshot(post()).await.unwrap();
+    assert_eq!(r.status(), 200, "{:?}", rs.refusals());
+    assert_eq!((rs.nonce_challenges(), rs.served()), (2, 2));
+
+    // The nonce is kept: the next request is one request.
+    let r = cloning.layer(hyper.clone()).oneshot(post()).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!((rs.nonce_challenges(), rs.served()), (2, 3));
+
+    // The same POST under the default policy: a body not known to be
+    // empty is not resent; the 401 comes back, its nonce learned.
+    rs.rotate_nonce("rs-nonce-3");
+    let r = layer.layer(hyper.clone()).oneshot(post()).await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!((rs.nonce_challenges(), rs.served()), (3, 3));
+    let r = layer.layer(hyper.clone()).oneshot(post()).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!((rs.nonce_challenges(), rs.served()), (3, 4));
+
+    // A streaming body cannot be resent: the 401 is returned as is.
+    rs.rotate_nonce("rs-nonce-4");
+    let streaming = || {
+        let chunks = futures_util::stream::iter(["{\"item\":", "\"tea\"}"].map(|c| {
+            Ok::<_, std::convert::Infallible>(http_body::Frame::data(bytes::Bytes::from_static(
+                c.as_bytes(),
+            )))
+        }));
+        let body = http_body_util::BodyExt::boxed(http_body_util::StreamBody::new(chunks));
+        http::Request::post(format!("{}/v1/orders", rs.url()))
+            .body(body)
+            .unwrap()
+    };
+    let r = layer
+        .layer(hyper_client())
+        .oneshot(streaming())
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!((rs.nonce_challenges(), rs.served()), (4, 4));
+    let r = layer
+        .layer(hyper_client())
+        .oneshot(streaming())
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!((rs.nonce_challenges(), rs.served()), (4, 5));
+    assert!(rs.refusals().is_empty(), "{:?}", rs.refusals());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tower_layer_sends_two_requests_to_a_resource_server_that_keeps_asking() {
+    use tower::{Layer as _, ServiceExt as _};
+    let Some(idp) = Idp::shared() else { return };
+    let server = MockServer::start().await;
+    let asked = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&asked);
+    Mock::given(method("GET"))
+        .respond_with(move |_: &Request| {
+            let n = counter.fetch_add(1, Ordering::SeqCst);
+            ResponseTemplate::new(401)
+                .insert_header("www-authenticate", r#"DPoP error="use_dpop_nonce""#)
+                .insert_header("dpop-nonce", format!("forever-{n}").as_str())
+        })
+        .mount(&server)
+        .await;
+    let key = DpopKey::generate(DpopAlgorithm::Es256).unwrap();
+    let cache = TokenCache::builder(credential(idp, &key)).build();
+    let service = token_http::AddTokenLayer::new(&cache, &bound(&key))
+        .dpop(key.clone())
+        .layer(hyper_client::<http_body_util::Full<bytes::Bytes>>());
+    let get = http::Request::get(format!("{}/v1/orders", server.uri()))
+        .body(http_body_util::Full::default())
+        .unwrap();
+    let r = service.oneshot(get).await.unwrap();
+    assert_eq!(r.status(), 401);
+    let requests = server.received_requests().await.unwrap();
+    assert_eq!(requests.len(), 2);
+    let nonces: Vec<Value> = requests
+        .iter()
+        .map(|r| proof_parts(r.headers["dpop"].to_str().unwrap()).1["nonce"].clone())
+        .collect();
+    assert_eq!(nonces, [Value::Null, json!("forever-0")]);
+    // The last nonce is kept for the next request.
+    assert_eq!(
+        key.nonce(token_http::DpopRole::ResourceServer, &server.uri())
+            .as_deref(),
+        Some("forever-1")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tower_layer_never_resends_a_bearer_request() {
+    use tower::{Layer as _, ServiceExt as _};
+    let Some(idp) = Idp::shared() else { return };
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(
+            ResponseTemplate::new(401)
+                .insert_header(
+                    "www-authenticate",
+                    r#"Bearer error="invalid_token", DPoP error="use_dpop_nonce""#,
+                )
+                .insert_header("dpop-nonce", "n-1"),
+        )
+        .mount(&server)
+        .await;
+    let credential = OAuthCredential::client_credentials(idp.token_url(), "post-client")
+        .client_secret_post("post-secret-value")
+        .build()
+        .unwrap();
+    let cache = TokenCache::builder(credential).build();
+    let request = TokenRequest::builder().scope("orders.read").build();
+    // Even with bodies that could be resent.
+    let service = token_http::AddTokenLayer::new(&cache, &request)
+        .resend(token_http::CloneBodies)
+        .layer(hyper_client());
+    let post = http::Request::post(format!("{}/v1/orders", server.uri()))
+        .body(full("{}"))
+        .unwrap();
+    let r = service.oneshot(post).await.unwrap();
+    assert_eq!(r.status(), 401);
+    let requests = server.received_requests().await.unwrap();
+    assert_eq!(requests.len(), 1);
+    let auth = requests[0].headers["authorization"].to_str().unwrap();
+    assert!(auth.starts_with("Bearer "), "{auth}");
+    assert!(requests[0].headers.get("dpop").is_none());
+    // The rejected token was dropped: the next request gets a fresh one.
+    assert_eq!(cache.stats().invalidations, 1);
 }
 
 #[tokio::test]
@@ -701,4 +891,68 @@ async fn a_refresh_token_grant_gets_a_token_bound_to_our_key() {
     assert_eq!(*token.token_type(), TokenType::DPoP);
     let record = introspect(idp, token.secret().expose()).await;
     assert_eq!(record["cnf"]["jkt"], key.thumbprint(), "{record}");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn the_tower_layer_s_resend_puts_no_key_proof_or_token_in_logs_or_debug() {
+    use tower::{Layer as _, ServiceExt as _};
+    let Some(idp) = Idp::shared() else { return };
+    let logs = Captured::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let jwk_text = include_str!("keys/dpop-ec-test-only.jwk");
+    let d = serde_json::from_str::<Value>(jwk_text).unwrap()["d"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let key = DpopKey::from_jwk(jwk_text).unwrap();
+    // Asks for a nonce once, then accepts.
+    let server = MockServer::start().await;
+    let answered = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&answered);
+    Mock::given(method("POST"))
+        .respond_with(move |_: &Request| {
+            if counter.fetch_add(1, Ordering::SeqCst) == 0 {
+                ResponseTemplate::new(401)
+                    .insert_header("www-authenticate", r#"DPoP error="use_dpop_nonce""#)
+                    .insert_header("dpop-nonce", "resend-nonce")
+            } else {
+                ResponseTemplate::new(200)
+            }
+        })
+        .mount(&server)
+        .await;
+    let cache = TokenCache::builder(credential(idp, &key)).build();
+    let layer = token_http::AddTokenLayer::new(&cache, &bound(&key))
+        .dpop(key.clone())
+        .resend(token_http::CloneBodies);
+    let service = layer.layer(hyper_client());
+    let mut seen = vec![format!("{layer:?} {service:?}")];
+    let post = http::Request::post(format!("{}/v1/orders", server.uri()))
+        .body(full("{}"))
+        .unwrap();
+    let r = service.oneshot(post).await.unwrap();
+    assert_eq!(r.status(), 200);
+    seen.push(format!("{r:?}"));
+    let requests = server.received_requests().await.unwrap();
+    assert_eq!(requests.len(), 2);
+    seen.push(String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned());
+    let all = seen.join("\n");
+    assert!(
+        all.contains("resending once"),
+        "the resend is logged: {all}"
+    );
+    assert!(!all.contains(&d), "the private key leaked");
+    for r in &requests {
+        let proof = r.headers["dpop"].to_str().unwrap();
+        let token = &r.headers["authorization"].to_str().unwrap()["DPoP ".len()..];
+        assert!(!all.contains(proof), "a proof leaked");
+        assert!(!all.contains(token), "a token leaked");
+    }
 }
