@@ -33,6 +33,7 @@ use std::future::Future;
 pub const UNNAMED: &str = "unnamed";
 
 /// The name of the IdP call histogram, for a recorder's bucket settings.
+#[cfg_attr(not(feature = "metrics"), allow(dead_code))]
 pub const IDP_REQUEST_DURATION: &str = "tokencache_idp_request_duration_seconds";
 
 #[cfg(feature = "metrics")]
