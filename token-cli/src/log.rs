@@ -28,6 +28,9 @@ const OURS: [&str; 9] = [
     "token_cli",
 ];
 
+/// The module whose spans only traces want (token-serve's `trace.rs`).
+const SPANS_ONLY: &str = "token_serve::trace";
+
 /// Every line is JSON (`serve --log-format json`): set by [`init`].
 static JSON: AtomicBool = AtomicBool::new(false);
 
@@ -75,10 +78,27 @@ pub(crate) fn init(verbose: u8, style: Style) -> Result<(), CliError> {
             Targets::new()
                 .with_default(base)
                 .with_targets(OURS.iter().map(|t| (*t, level)))
+                // The gateway's per-request `tokencache.forward` span is for
+                // exported traces: the text log's access line says the same,
+                // and a span the log layer keeps costs every request its
+                // allocation and formatted fields.
+                .with_target(SPANS_ONLY, LevelFilter::OFF)
         }
     };
+    // serve's lines (an access line per request) go through a buffer;
+    // the one-shot commands' few lines straight to stderr.
+    if style != Style::Quiet {
+        crate::log_buffer::start()
+            .map_err(|e| CliError::internal(format!("cannot start the log writer: {e}")))?;
+        // A panic's message comes after the lines logged before it.
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            crate::log_buffer::flush();
+            previous(info);
+        }));
+    }
     let layer = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
+        .with_writer(crate::log_buffer::Writer)
         .with_target(true);
     // Traces (serve only, when OTEL_EXPORTER_OTLP_*ENDPOINT says where):
     // this workspace's spans at info, whatever the log filter says.
@@ -103,10 +123,15 @@ pub(crate) fn init(verbose: u8, style: Style) -> Result<(), CliError> {
 /// `--log-format json`).
 pub(crate) fn error(e: &CliError) {
     if JSON.load(Ordering::Relaxed) {
-        eprintln!("{}", json_line("ERROR", &e.to_string(), None));
+        crate::log_buffer::line(&format!("{}\n", json_line("ERROR", &e.to_string(), None)));
     } else {
-        eprintln!("error: {e}");
+        crate::log_buffer::line(&format!("error: {e}\n"));
     }
+}
+
+/// Writes out the log lines still buffered (before the process exits).
+pub(crate) fn flush() {
+    crate::log_buffer::flush();
 }
 
 /// Prints `listening on http://ADDR` on stdout: the line scripts and tests
@@ -168,23 +193,23 @@ fn json_panics() {
             .location()
             .map(|l| format!("{}:{}", l.file(), l.line()))
             .unwrap_or_default();
-        eprintln!(
-            "{}",
+        crate::log_buffer::line(&format!(
+            "{}\n",
             json_line(
                 "ERROR",
                 &format!("panic: {payload}"),
                 Some(("location", &at))
             )
-        );
+        ));
     }));
 }
 
 /// Prints `warning: <message>` on stderr.
 pub(crate) fn warning(message: impl std::fmt::Display) {
-    eprintln!("warning: {message}");
+    crate::log_buffer::line(&format!("warning: {message}\n"));
 }
 
 /// Prints `note: <message>` on stderr.
 pub(crate) fn note(message: impl std::fmt::Display) {
-    eprintln!("note: {message}");
+    crate::log_buffer::line(&format!("note: {message}\n"));
 }

@@ -14,6 +14,7 @@ mod error;
 mod get;
 mod inspect;
 mod log;
+mod log_buffer;
 mod serve;
 mod telemetry;
 mod time;
@@ -97,13 +98,15 @@ fn main() -> ExitCode {
     // Background refreshes are not waited for: `get` already waited for the
     // ones it needed.
     runtime.shutdown_timeout(std::time::Duration::from_millis(100));
-    match result {
+    let code = match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log::error(&e);
             e.exit_code()
         }
-    }
+    };
+    log::flush();
+    code
 }
 
 async fn run(

@@ -428,7 +428,7 @@ pub(crate) async fn forward(
         };
         if !retried && (rejected || (grpc && grpc_unauthenticated(resp.headers()))) {
             let profile = &route.profile;
-            let dropped = profile.handle.invalidate(&bearer.token).await;
+            let dropped = Box::pin(profile.handle.invalidate(&bearer.token)).await;
             if dropped {
                 tracing::info!(route = %route.route.prefix, "upstream rejected the token (invalid_token); invalidated");
             } else {
@@ -438,7 +438,7 @@ pub(crate) async fn forward(
             }
             retried = true;
             if buffered.is_some() {
-                match bearer_after_rejection(inner, route, &bearer).await {
+                match Box::pin(bearer_after_rejection(inner, route, &bearer)).await {
                     Ok(Some(next)) => {
                         bearer = next;
                         continue;

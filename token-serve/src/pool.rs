@@ -250,7 +250,7 @@ impl Pool {
                         let opening = self.opening.lock().await;
                         match self.shared() {
                             Some(s) => s,
-                            None => match self.connect().await? {
+                            None => match Box::pin(self.connect()).await? {
                                 Opened::H2(s) => {
                                     self.share(&s);
                                     s
@@ -288,7 +288,10 @@ impl Pool {
                 },
             }
         }
-        self.send_new(req).await
+        // Opening a connection (TCP, TLS, a handshake) is a large future:
+        // boxed, so that a pooled request's future stays small (futures are
+        // moved by copying their whole size).
+        Box::pin(self.send_new(req)).await
     }
 
     /// Sends `req` on a new connection.
@@ -296,7 +299,7 @@ impl Pool {
         self: &Arc<Self>,
         req: Request<RequestBody>,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
-        match self.connect().await? {
+        match Box::pin(self.connect()).await? {
             Opened::H1(sender) => self.send_h1(sender, req).await,
             Opened::H2(sender) => {
                 self.share(&sender);

@@ -506,7 +506,8 @@ impl Sidecar {
             match crate::proxy::lookup(inner, &req) {
                 crate::proxy::Lookup::NotRouted => {}
                 crate::proxy::Lookup::Route(route) => {
-                    return crate::proxy::forward(inner, route, req).await
+                    // Boxed: see the endpoints below.
+                    return Box::pin(crate::proxy::forward(inner, route, req)).await;
                 }
                 crate::proxy::Lookup::Refused(r) => return r,
             }
@@ -537,19 +538,25 @@ impl Sidecar {
             }
             return refused;
         }
+        // The endpoints' futures are boxed: this function's future is as
+        // large as its largest branch, and the gateway's requests (the hot
+        // path) pay a copy of that size each time hyper moves it.
         match path {
-            "/readyz" => return self.readyz_with(strict(&req)).await,
-            "/metrics" => return self.metrics(inner).await,
+            "/readyz" => return Box::pin(self.readyz_with(strict(&req))).await,
+            "/metrics" => return Box::pin(self.metrics(inner)).await,
             "/v1/token" => {
-                return counted(inner, "token", endpoints::token(inner, &req).await);
+                let answer = Box::pin(endpoints::token(inner, &req)).await;
+                return counted(inner, "token", answer);
             }
             "/azure/token" => {
-                return counted(inner, "azure", endpoints::azure(inner, &req).await);
+                let answer = Box::pin(endpoints::azure(inner, &req)).await;
+                return counted(inner, "azure", answer);
             }
             _ => {}
         }
         if path.starts_with("/computeMetadata/") || path == "/computeMetadata" || metadata_root {
-            return counted(inner, "google", endpoints::google(inner, &req).await);
+            let answer = Box::pin(endpoints::google(inner, &req)).await;
+            return counted(inner, "google", answer);
         }
         if let Some(route) = route {
             let method = req.method().clone();
