@@ -427,6 +427,33 @@ impl TokenCache {
         inner.token(request, slot).await
     }
 
+    /// The token for `request` if one is cached in this process and fresh
+    /// (before its refresh time), without fetching or waiting; a token found
+    /// counts as a hit, none counts nothing. For callers that must decide before a possible IdP call (a
+    /// rate limit on cold keys, as `token_http::ExchangeCache` has).
+    pub fn peek(&self, request: &TokenRequest) -> Option<Token> {
+        let inner = &self.inner;
+        inner
+            .keys
+            .with(request, |slot| slot.and_then(|slot| inner.hit(slot)))
+    }
+
+    /// A builder for another cache that shares this one's credential,
+    /// store, policy and clock, with its own keys and limits: a per-caller
+    /// cache next to a profile's own (the gateway's `exchange` routes).
+    pub fn derive(&self) -> TokenCacheBuilder {
+        let inner = &self.inner;
+        TokenCacheBuilder {
+            credential: Arc::clone(&inner.credential),
+            store: inner.gate.store().cloned(),
+            policy: inner.policy.clone(),
+            clock: Arc::clone(&inner.clock),
+            system_clock: inner.system_clock,
+            max_keys: DEFAULT_MAX_KEYS,
+            idle_window: DEFAULT_IDLE_WINDOW,
+        }
+    }
+
     /// A handle pre-bound to `request`: the fastest way to get tokens for a
     /// fixed request.
     ///

@@ -78,6 +78,7 @@ mod credential;
 mod discovery;
 pub mod env;
 mod error;
+mod exchange;
 mod file_auth;
 mod grant;
 mod header;
@@ -98,8 +99,14 @@ pub use client_auth::{ClientAuth, JWT_BEARER_ASSERTION_TYPE};
 pub use credential::{OAuthCredential, OAuthCredentialBuilder, DEFAULT_SKEW_WARNING};
 pub use discovery::ServerMetadata;
 pub use error::ConfigError;
+pub use exchange::{
+    bearer_of, inspect_subject, Exchange, ExchangeCache, ExchangeCacheBuilder, ExchangeError,
+    ExchangeLayer, ExchangeStats, SubjectClaims, SubjectKey, SubjectProblem, DEFAULT_EXCHANGE_RATE,
+    DEFAULT_MAX_NEGATIVE, DEFAULT_MAX_SUBJECTS, DEFAULT_NEGATIVE_TTL, DEFAULT_SUBJECT_IDLE,
+    MAX_SUBJECT_BYTES,
+};
 pub use file_auth::PrivateKeyFile;
-pub use grant::{Grant, ACCESS_TOKEN_TYPE};
+pub use grant::{Grant, ACCESS_TOKEN_TYPE, JWT_BEARER_GRANT, JWT_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT};
 pub use jwt::{PrivateKey, SigningAlgorithm, DEFAULT_ASSERTION_LIFETIME};
 pub use managed::{
     AppServiceCredential, AppServiceCredentialBuilder, AzureImdsCredential,
