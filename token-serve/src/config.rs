@@ -106,7 +106,23 @@ pub struct Route {
     /// How long the upstream may take to answer (its response head) before
     /// the caller gets `504` (`timeout_seconds`; [`DEFAULT_UPSTREAM_TIMEOUT`]).
     pub timeout: Duration,
+
+    // --- Per-caller token exchange (issue 20) ---
+    /// `inject` (default: the profile's own token) or `exchange` (the
+    /// caller's bearer token exchanged per caller; see [`crate::exchange`]).
+    pub mode: RouteMode,
+    /// Scopes asked for (exchange routes).
+    pub scopes: Vec<String>,
+    /// The `audience` asked for (exchange routes).
+    pub audience: Option<String>,
+    /// The `resource` asked for (exchange routes).
+    pub resource: Option<String>,
+    /// The exchange settings of an `exchange` route: `[serve.exchange]`
+    /// overridden by the route's `exchange_*` keys.
+    pub exchange: ExchangeSettings,
 }
+
+pub(crate) use crate::exchange::{ExchangeSettings, RouteMode};
 
 /// The parsed `[serve]` table.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -143,6 +159,15 @@ pub struct ServeConfig {
     /// Client connection limits and start-up concurrency (see
     /// [`ConnectionSettings`]); take effect at start only.
     pub connections: ConnectionSettings,
+
+    // --- Per-caller token exchange (issue 20) ---
+    /// `[serve.exchange]`: the settings of `POST /v1/token/exchange` and the
+    /// defaults of `exchange` routes.
+    pub exchange: ExchangeSettings,
+    /// `[serve.exchange] key_file`: key material (at least 32 bytes) of the
+    /// subject digests, shared by a fleet so its sidecars share exchanged
+    /// tokens through a shared store. Without it, a random per-process key.
+    pub exchange_key_file: Option<PathBuf>,
 }
 
 /// The account the Google metadata endpoints describe.
@@ -168,6 +193,8 @@ impl Default for ServeConfig {
             allowed_hosts: Vec::new(),
             insecure_token_endpoint: false,
             connections: ConnectionSettings::default(),
+            exchange: ExchangeSettings::default(),
+            exchange_key_file: None,
         }
     }
 }
@@ -197,6 +224,8 @@ struct RawServe {
     allowed_hosts: Vec<String>,
     #[serde(default)]
     insecure_token_endpoint: bool,
+    // Per-caller token exchange (issue 20).
+    exchange: Option<crate::exchange::RawExchange>,
     // Connection limits (see `connections`).
     header_read_timeout_seconds: Option<u64>,
     idle_timeout_seconds: Option<u64>,
@@ -221,6 +250,19 @@ struct RawRoute {
     #[serde(default)]
     allow_plaintext: bool,
     timeout_seconds: Option<u64>,
+
+    // --- Per-caller token exchange (issue 20) ---
+    mode: Option<String>,
+    #[serde(default)]
+    scopes: Vec<String>,
+    audience: Option<String>,
+    resource: Option<String>,
+    exchange_grant: Option<String>,
+    subject_token_type: Option<String>,
+    exchange_max_subjects: Option<usize>,
+    exchange_idle_seconds: Option<u64>,
+    exchange_negative_seconds: Option<u64>,
+    exchange_rate_per_second: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -258,10 +300,11 @@ impl ServeConfig {
                 "[serve] listen = \"{listen}\" is not an IP address and port (like {DEFAULT_LISTEN})"
             ))
         })?;
+        let (exchange, exchange_key_file) = crate::exchange::serve_settings(raw.exchange)?;
         let mut routes = Vec::with_capacity(raw.routes.len());
         let mut prefixes = BTreeSet::new();
         for r in raw.routes {
-            routes.push(route(r, &mut prefixes)?);
+            routes.push(route(r, &mut prefixes, &exchange)?);
         }
         let drain = Duration::from_secs(raw.drain_seconds.unwrap_or(DEFAULT_DRAIN.as_secs()));
         for (resource, profile) in &raw.azure {
@@ -299,6 +342,8 @@ impl ServeConfig {
                 prefetch_concurrency: raw.prefetch_concurrency,
                 max_header_bytes: raw.max_header_bytes,
             })?,
+            exchange,
+            exchange_key_file,
         })
     }
 
@@ -347,6 +392,7 @@ fn empty_raw() -> RawServe {
         google: None,
         allowed_hosts: Vec::new(),
         insecure_token_endpoint: false,
+        exchange: None,
         header_read_timeout_seconds: None,
         idle_timeout_seconds: None,
         max_connections: None,
@@ -390,7 +436,11 @@ const RESERVED: &[&str] = &[
     "/computeMetadata/",
 ];
 
-fn route(r: RawRoute, prefixes: &mut BTreeSet<String>) -> Result<Route, ConfigError> {
+fn route(
+    r: RawRoute,
+    prefixes: &mut BTreeSet<String>,
+    exchange_defaults: &ExchangeSettings,
+) -> Result<Route, ConfigError> {
     let prefix = r.prefix;
     if !prefix.starts_with('/') {
         return Err(ConfigError::new(format!(
@@ -476,7 +526,26 @@ fn route(r: RawRoute, prefixes: &mut BTreeSet<String>) -> Result<Route, ConfigEr
         }
         Some(s) => Duration::from_secs(s),
     };
+    let (mode, exchange) = crate::exchange::route_settings(
+        &prefix,
+        exchange_defaults,
+        crate::exchange::RawRouteExchange {
+            mode: r.mode,
+            params: r.scopes.is_empty() && r.audience.is_none() && r.resource.is_none(),
+            exchange_grant: r.exchange_grant,
+            subject_token_type: r.subject_token_type,
+            exchange_max_subjects: r.exchange_max_subjects,
+            exchange_idle_seconds: r.exchange_idle_seconds,
+            exchange_negative_seconds: r.exchange_negative_seconds,
+            exchange_rate_per_second: r.exchange_rate_per_second,
+        },
+    )?;
     Ok(Route {
+        mode,
+        exchange,
+        scopes: r.scopes,
+        audience: r.audience,
+        resource: r.resource,
         prefix,
         upstream,
         profile: r.profile,

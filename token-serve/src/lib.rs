@@ -70,6 +70,7 @@
 
 mod config;
 mod endpoints;
+mod exchange;
 mod gateway;
 mod guard;
 mod metrics;
@@ -90,6 +91,7 @@ pub use config::{
     DEFAULT_PREFETCH_CONCURRENCY, DEFAULT_UPSTREAM_TIMEOUT,
 };
 pub use endpoints::SECRET_HEADER;
+pub use exchange::{ExchangeSettings, RouteMode, MAX_EXCHANGE_BODY};
 pub use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 pub use pool::{UpstreamBody, CONNECT_TIMEOUT, MAX_IDLE, POOL_IDLE};
 pub use reload::{FileOptions, FileSidecar, LoadError, ReloadReport, DEFAULT_WATCH_INTERVAL};

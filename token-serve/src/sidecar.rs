@@ -51,6 +51,10 @@ pub(crate) struct Inner {
     // --- Request guards (issue 18) ---
     /// Host, CONNECT, loop and browser checks.
     pub(crate) guards: Guards,
+
+    // --- Per-caller token exchange (issue 20) ---
+    /// `/v1/token/exchange`'s caches, one per profile.
+    pub(crate) exchanges: crate::exchange::EndpointExchanges,
 }
 
 /// The token sidecar and egress gateway as a hyper service: build it from a
@@ -179,6 +183,7 @@ impl SidecarBuilder {
         };
         self.config
             .check_token_endpoint_exposure(secret.is_some())?;
+        let subject_key = crate::exchange::subject_key(self.config.exchange_key_file.as_deref())?;
         let guards = Guards::new(&self.config);
         let mut routes = Vec::with_capacity(self.config.routes.len());
         for r in self.config.routes {
@@ -197,10 +202,21 @@ impl SidecarBuilder {
                 ))
             })?;
             let pool = self.pools.get(&r.upstream.to_string()).cloned();
-            routes.push(GatewayRoute::new(r, profile, &tls, pool)?);
+            // Per-caller token exchange (issue 20).
+            let exchange = (r.mode == crate::config::RouteMode::Exchange)
+                .then(|| crate::exchange::RouteExchange::new(&r, &profile, &subject_key));
+            let mut route = GatewayRoute::new(r, profile, &tls, pool)?;
+            route.exchange = exchange;
+            routes.push(route);
         }
         routes.sort_by_key(|r| std::cmp::Reverse(r.route.prefix.len()));
+        let exchanges = crate::exchange::EndpointExchanges::new(
+            self.config.exchange.clone(),
+            subject_key,
+            self.profiles.keys(),
+        );
         Ok(Inner {
+            exchanges,
             profiles: self.profiles,
             routes,
             secret,
@@ -361,8 +377,10 @@ impl Sidecar {
         }
         // The sidecar's own endpoints are answered before any route, so a
         // route's browser origins never open them.
-        let own = matches!(path, "/readyz" | "/metrics" | "/v1/token" | "/azure/token")
-            || path == "/computeMetadata"
+        let own = matches!(
+            path,
+            "/readyz" | "/metrics" | "/v1/token" | "/v1/token/exchange" | "/azure/token"
+        ) || path == "/computeMetadata"
             || path.starts_with("/computeMetadata/");
         let route = if own { None } else { inner.route_for(path) };
         let origins = route.map_or(&[][..], |r| &r.route.allow_browser_origins[..]);
@@ -378,6 +396,7 @@ impl Sidecar {
             "/readyz" => return self.readyz().await,
             "/metrics" => return self.metrics(inner).await,
             "/v1/token" => return endpoints::token(inner, &req).await,
+            "/v1/token/exchange" => return endpoints::token_exchange(inner, req).await,
             "/azure/token" => return endpoints::azure(inner, &req).await,
             _ => {}
         }
