@@ -29,6 +29,9 @@
 //! allow_encoded_slashes = false      # forward %2f, %5c and `\` in paths; default false (400)
 //! allow_plaintext = false            # silence the warning for http:// off loopback; default false
 //! timeout_seconds = 30               # upstream response head deadline (504 after it)
+//! mode = "inject"                    # or "exchange": per-caller token exchange, with
+//!                                    # audience/resource/scopes and exchange_* (see crate::exchange;
+//!                                    # [serve.exchange] holds their defaults and key_file)
 //!
 //! [serve.azure]                      # resource -> profile (App Service managed identity)
 //! "https://vault.azure.net" = "vault"
