@@ -96,7 +96,10 @@ fn table1() {
     println!("1. bytes per cached subject, {BYTES_SUBJECTS} subjects ({SUBJECT_LEN}-byte subject tokens, {SECRET_LEN}-byte exchanged tokens)");
     println!("       total per subject          {per:>8.0} B");
     println!("       of which the token's own   {token_own:>8.0} B");
-    println!("       the rest (engine + key + subject copy) {:>8.0} B", per - token_own);
+    println!(
+        "       the rest (engine + key + subject copy) {:>8.0} B",
+        per - token_own
+    );
     assert_eq!(cache.cache().stats().keys, BYTES_SUBJECTS as u64);
 }
 
@@ -133,7 +136,14 @@ fn fill_exchange(rt: &tokio::runtime::Runtime, n: usize, fills: usize) -> f64 {
         let start = Instant::now();
         rt.block_on(async {
             for s in &subjects {
-                std::hint::black_box(cache.exchange(s, &request).await.expect("token").secret().len());
+                std::hint::black_box(
+                    cache
+                        .exchange(s, &request)
+                        .await
+                        .expect("token")
+                        .secret()
+                        .len(),
+                );
             }
         });
         per.push(start.elapsed().as_nanos() as f64 / n as f64 / 1000.0);

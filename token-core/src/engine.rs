@@ -136,6 +136,7 @@ impl Inner {
             Err(e) => Some(Err(e)),
             Ok(Joined::Hit(token)) => Some(Ok(token)),
             Ok(Joined::Wait(rx)) => Some(self.wait(rx).await),
+            Ok(Joined::Drive(rx, flight)) => Some(self.drive(rx, flight).await),
             Ok(Joined::Evicted | Joined::Nothing) => None,
         }
     }
@@ -167,14 +168,32 @@ impl Inner {
             match slot.join_or_start(self, Want::Refresh, attempt >= EVICTED_RETRIES)? {
                 Joined::Hit(token) => return Ok(token),
                 Joined::Wait(rx) => return self.wait(rx).await,
+                Joined::Drive(rx, flight) => return self.drive(rx, flight).await,
                 Joined::Evicted | Joined::Nothing => attempt += 1,
             }
         }
     }
 
-    /// Waits for a flight's result.
-    async fn wait(&self, mut rx: watch::Receiver<FlightResult>) -> Result<Token, Error> {
+    /// Runs a flight this caller started, then takes its result. Counted
+    /// as a wait, before the flight runs, as for the callers that join it.
+    async fn drive(
+        &self,
+        rx: watch::Receiver<FlightResult>,
+        flight: crate::flight::Driven,
+    ) -> Result<Token, Error> {
         bump(&self.stats.waits);
+        flight.await;
+        Self::result(rx).await
+    }
+
+    /// Waits for a flight's result.
+    async fn wait(&self, rx: watch::Receiver<FlightResult>) -> Result<Token, Error> {
+        bump(&self.stats.waits);
+        Self::result(rx).await
+    }
+
+    /// A flight's result, once it is published.
+    async fn result(mut rx: watch::Receiver<FlightResult>) -> Result<Token, Error> {
         // Bound to a local so the watch borrow ends before `rx` is dropped.
         let result = match rx.wait_for(Option::is_some).await {
             Ok(v) => match &*v {

@@ -128,9 +128,44 @@ enum Waited {
     GaveUp,
 }
 
+/// A flight run by the caller that started it, on the caller's own task,
+/// instead of a spawned task: a cold key then costs no cross-thread
+/// wake-ups (spawning onto another worker, and that worker waking the
+/// caller when the token is there), which on a multi-thread runtime were
+/// most of a new key's cost. If the caller is dropped before the flight
+/// ends (it gave up, timed out), the rest of the flight is spawned, so it
+/// is never cancelled for the other callers waiting on it.
+pub(crate) struct Driven {
+    flight: Option<Pin<Box<dyn Future<Output = ()> + Send + 'static>>>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl Future for Driven {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if let Some(flight) = self.flight.as_mut() {
+            if flight.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            self.flight = None;
+        }
+        Poll::Ready(())
+    }
+}
+
+impl Drop for Driven {
+    fn drop(&mut self) {
+        if let Some(rest) = self.flight.take() {
+            self.runtime.spawn(rest);
+        }
+    }
+}
+
 /// One fetch for one key: re-read the store, take the lease (or wait for
 /// the instance holding it), call the IdP, store the result. Runs as a
-/// spawned task started by [`Slot::join_or_start`].
+/// spawned task started by [`Slot::join_or_start`], or on the task of the
+/// caller that started it ([`Driven`]).
 pub(crate) struct Flight {
     inner: Arc<Inner>,
     slot: Arc<Slot>,
@@ -141,14 +176,16 @@ pub(crate) struct Flight {
 
 impl Flight {
     /// Starts a flight for `slot`; the caller holds the slot's lock (`st`)
-    /// and has checked that none is running.
+    /// and has checked that none is running. With `driven`, the flight is
+    /// returned for the caller to run ([`Driven`]) instead of spawned.
     pub(crate) fn start(
         inner: &Arc<Inner>,
         slot: &Arc<Slot>,
         st: &mut SlotState,
         runtime: &tokio::runtime::Handle,
         refresh: bool,
-    ) -> watch::Receiver<FlightResult> {
+        driven: bool,
+    ) -> (watch::Receiver<FlightResult>, Option<Driven>) {
         let (tx, rx) = watch::channel(None);
         st.flight = Some(rx.clone());
         slot.flying.store(true, Ordering::Release);
@@ -157,9 +194,13 @@ impl Flight {
             slot: Arc::clone(slot),
             refresh,
         };
-        runtime.spawn(async move {
+        let task = async move {
             let (inner, slot) = (&flight.inner, &flight.slot);
-            let mut guard = FlightGuard { inner, slot, tx: Some(tx) };
+            let mut guard = FlightGuard {
+                inner,
+                slot,
+                tx: Some(tx),
+            };
             let result = match CatchUnwind(Box::pin(flight.obtain())).await {
                 Ok(result) => result,
                 Err(()) => {
@@ -172,8 +213,16 @@ impl Flight {
                 bump(&inner.stats().refreshes);
             }
             guard.finish(result);
-        });
-        rx
+        };
+        if driven {
+            let driven = Driven {
+                flight: Some(Box::pin(task)),
+                runtime: runtime.clone(),
+            };
+            return (rx, Some(driven));
+        }
+        runtime.spawn(task);
+        (rx, None)
     }
 
     /// Gets a token: from the store if another instance already put a good
