@@ -79,6 +79,7 @@ mod discovery;
 pub mod env;
 mod error;
 mod exchange;
+mod exchange_layer;
 mod file_auth;
 mod grant;
 mod header;
@@ -100,11 +101,11 @@ pub use credential::{OAuthCredential, OAuthCredentialBuilder, DEFAULT_SKEW_WARNI
 pub use discovery::ServerMetadata;
 pub use error::ConfigError;
 pub use exchange::{
-    bearer_of, inspect_subject, Exchange, ExchangeCache, ExchangeCacheBuilder, ExchangeError,
-    ExchangeLayer, ExchangeStats, SubjectClaims, SubjectKey, SubjectProblem, DEFAULT_EXCHANGE_RATE,
-    DEFAULT_MAX_NEGATIVE, DEFAULT_MAX_SUBJECTS, DEFAULT_NEGATIVE_TTL, DEFAULT_SUBJECT_IDLE,
-    MAX_SUBJECT_BYTES,
+    inspect_subject, ExchangeCache, ExchangeCacheBuilder, ExchangeError, ExchangeStats,
+    SubjectClaims, SubjectKey, SubjectProblem, DEFAULT_EXCHANGE_RATE, DEFAULT_MAX_NEGATIVE,
+    DEFAULT_MAX_SUBJECTS, DEFAULT_NEGATIVE_TTL, DEFAULT_SUBJECT_IDLE, MAX_SUBJECT_BYTES,
 };
+pub use exchange_layer::{bearer_of, Exchange, ExchangeLayer};
 pub use file_auth::PrivateKeyFile;
 pub use grant::{Grant, ACCESS_TOKEN_TYPE, JWT_BEARER_GRANT, JWT_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT};
 pub use jwt::{PrivateKey, SigningAlgorithm, DEFAULT_ASSERTION_LIFETIME};
