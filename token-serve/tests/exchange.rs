@@ -83,10 +83,24 @@ fn credential(idp: &Idp) -> OAuthCredential {
         .unwrap()
 }
 
+/// The process's Prometheus recorder (one per test process), which every
+/// sidecar of these tests serves on `/metrics`.
+fn metrics() -> token_serve::PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<token_serve::PrometheusHandle> = std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            token_serve::PrometheusBuilder::new()
+                .install_recorder()
+                .expect("the test process's recorder")
+        })
+        .clone()
+}
+
 /// Serves `config` with profile `gw` on `cache`; returns the base URL.
 async fn serve(config: &str, cache: &TokenCache) -> String {
     let config = ServeConfig::parse(config).unwrap();
     let sidecar = Sidecar::builder(config)
+        .metrics(metrics())
         .profile(
             "gw",
             cache,
@@ -256,6 +270,32 @@ async fn bad_subjects_get_401_and_a_garbage_storm_gets_429_with_bounded_idp_call
         .unwrap();
     assert_eq!(r.status(), 401);
     assert_eq!(idp.token_requests(), calls);
+
+    // Outcomes are counted, with bounded labels and no subject material.
+    let text = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for outcome in [
+        "invalid_subject",
+        "rejected",
+        "rate_limited",
+        "negative_cached",
+    ] {
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("tokencache_exchanges_total{")
+                    && l.contains("route=\"/orders/\"")
+                    && l.contains(&format!("outcome=\"{outcome}\""))),
+            "{outcome}: {text}"
+        );
+    }
+    assert!(!text.contains("garbage-"), "subject material in metrics");
+    assert!(!text.contains(&expired[0]), "subject material in metrics");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
