@@ -83,6 +83,35 @@ fn credential(idp: &Idp) -> OAuthCredential {
         .unwrap()
 }
 
+/// Every log event of this test process, at TRACE (installed once, by the
+/// first test that asks: the sidecars log on their runtimes' threads).
+fn logs() -> Arc<Mutex<Vec<u8>>> {
+    #[derive(Clone)]
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Sink {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    static LOGS: std::sync::OnceLock<Arc<Mutex<Vec<u8>>>> = std::sync::OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let sink = Sink(Arc::clone(&buf));
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_ansi(false)
+            .with_writer(move || sink.clone())
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).expect("one global subscriber");
+        buf
+    })
+    .clone()
+}
+
 /// The process's Prometheus recorder (one per test process), which every
 /// sidecar of these tests serves on `/metrics`.
 fn metrics() -> token_serve::PrometheusHandle {
@@ -144,6 +173,7 @@ async fn two_sidecars_on_one_redis_send_each_caller_their_own_token_exchanged_on
         return;
     };
     const N: usize = 300;
+    let logs = logs();
     let tokens = subjects(idp, "gw-fleet", N, 3600).await;
     let dir = tempfile::tempdir().unwrap();
     let key_file = dir.path().join("exchange-key");
@@ -190,6 +220,18 @@ async fn two_sidecars_on_one_redis_send_each_caller_their_own_token_exchanged_on
     assert_eq!(exchanges(idp, "gw-fleet-").await.2, 1);
     for s in upstream.seen() {
         assert!(!tokens.contains(&s.bearer().unwrap_or_default().to_owned()));
+    }
+    // No subject token in any log event (the audit events included).
+    let text = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
+    assert!(
+        text.contains("token exchange"),
+        "the audit events were captured"
+    );
+    for t in &tokens {
+        assert!(
+            !text.contains(t.rsplit('.').next().unwrap()),
+            "a subject token was logged"
+        );
     }
 }
 
