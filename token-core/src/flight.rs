@@ -1,9 +1,12 @@
 //! Obtaining a token for a key: the single flight that store reads, the
 //! lease and the IdP fetch happen in, and that publishes its result.
 //!
-//! One flight runs per key in a process at a time, as a spawned task, so a
-//! caller that gives up (is dropped) never cancels it for the others. Every
-//! caller that needs the result subscribes to the flight's watch channel.
+//! One flight runs per key in a process at a time. A caller that needs the
+//! token runs the flight it started on its own task ([`Driven`]: no spawn,
+//! no cross-thread wake-up); if it gives up (is dropped) first, the rest of
+//! the flight is spawned, so it is never cancelled for the others.
+//! Background refreshes are spawned. Every other caller that needs the
+//! result subscribes to the flight's watch channel.
 
 use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
