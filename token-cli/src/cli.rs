@@ -52,6 +52,20 @@ pub(crate) enum Command {
     DemoWorker(WorkerArgs),
 }
 
+impl Command {
+    /// `--state-dir`, for the commands that take it.
+    pub(crate) fn state_dir(&self) -> Option<&std::path::Path> {
+        let locations = match self {
+            Self::Get(a) => &a.locations,
+            Self::Inspect(a) => &a.locations,
+            Self::Purge(a) => &a.locations,
+            Self::Serve(a) => &a.locations,
+            _ => return None,
+        };
+        locations.state_dir.as_deref()
+    }
+}
+
 const GET_HELP: &str = concat!(
     "\
 Secrets are never taken as arguments (they would show in `ps`): the client secret comes from \
@@ -72,7 +86,9 @@ that rejects reuse never sees an old one twice.
 The store's encryption key comes from TOKENCACHE_KEY (base64, 32 bytes), else the key file \
 (--key-file, TOKENCACHE_KEY_FILE, else $XDG_CONFIG_HOME/tokencache/key); a key file is created \
 (mode 0600) the first time. The default store is encrypted sled in $XDG_CACHE_HOME/tokencache \
-(~/.cache/tokencache). A Redis password comes from TOKENCACHE_REDIS_PASSWORD.
+(~/.cache/tokencache). With a state directory (--state-dir DIR or TOKENCACHE_STATE_DIR), no \
+writable HOME is needed: the default store is DIR/store and the default key file DIR/key. A \
+Redis password comes from TOKENCACHE_REDIS_PASSWORD.
 
 Profiles live in $XDG_CONFIG_HOME/tokencache/config.toml (~/.config/tokencache/config.toml), or \
 --config PATH / TOKENCACHE_CONFIG, as [profiles.NAME] tables whose keys are the long flag names \
@@ -91,9 +107,15 @@ pub(crate) struct Locations {
     #[arg(long, value_name = "PATH")]
     pub(crate) config: Option<PathBuf>,
     /// The store's encryption key file (default: $TOKENCACHE_KEY_FILE, else
-    /// $XDG_CONFIG_HOME/tokencache/key); TOKENCACHE_KEY takes precedence.
+    /// STATE_DIR/key, else $XDG_CONFIG_HOME/tokencache/key); TOKENCACHE_KEY
+    /// takes precedence.
     #[arg(long, value_name = "PATH")]
     pub(crate) key_file: Option<PathBuf>,
+    /// Where tokencache keeps its state instead of HOME: the default sled
+    /// store (DIR/store) and the default key file (DIR/key) (default:
+    /// $TOKENCACHE_STATE_DIR, else the XDG directories).
+    #[arg(long, value_name = "DIR")]
+    pub(crate) state_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -210,9 +232,27 @@ pub(crate) struct GetArgs {
     /// [default: sled in the user's cache dir].
     #[arg(long, value_name = "STORE")]
     pub(crate) store: Option<String>,
-    /// How to print the token [default: token].
+    /// How to print the token [default: token]. `json` includes
+    /// `token_type`; `dpop-headers` prints the `Authorization: DPoP` and
+    /// `DPoP` proof header lines for one request (--method, --url).
     #[arg(long, value_enum)]
     pub(crate) format: Option<Format>,
+    /// Bind tokens to this DPoP key (RFC 9449; ES256 or Ed25519, PEM or
+    /// JWK): tokens are asked for with a DPoP proof and cached under the
+    /// key's thumbprint. The key is never stored.
+    #[arg(long, value_name = "PATH")]
+    pub(crate) dpop_key_file: Option<PathBuf>,
+    /// With --format dpop-headers: the request's method [default: GET].
+    #[arg(long, value_name = "METHOD", requires = "url")]
+    pub(crate) method: Option<String>,
+    /// With --format dpop-headers: the request's URL (its query and
+    /// fragment are left out of the proof's htu).
+    #[arg(long, value_name = "URL")]
+    pub(crate) url: Option<String>,
+    /// With --format dpop-headers: the resource server's nonce (its last
+    /// `DPoP-Nonce` answer) to put in the proof.
+    #[arg(long, value_name = "NONCE", requires = "url")]
+    pub(crate) dpop_nonce: Option<String>,
     /// Take settings from this profile of the profile file.
     #[arg(long, value_name = "NAME")]
     pub(crate) profile: Option<String>,
@@ -253,6 +293,7 @@ impl GetArgs {
         spec.store.clone_from(&self.store);
         spec.format = self.format;
         spec.key_file.clone_from(&self.locations.key_file);
+        spec.dpop_key_file.clone_from(&self.dpop_key_file);
         spec
     }
 }

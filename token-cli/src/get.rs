@@ -47,18 +47,88 @@ fn incomplete(e: token_profile::Error, profile: Option<&str>) -> CliError {
 /// sled store printed without opening sled. `Ok(false)` when it does not
 /// apply; then the full path runs. Needs no async runtime: `main` tries it
 /// before starting one.
-pub(crate) fn warm(s: &Resolved) -> Result<bool, CliError> {
+pub(crate) fn warm(s: &Resolved, args: &GetArgs) -> Result<bool, CliError> {
+    let output = Output::new(s, args)?;
     let Some((key, token)) = token_profile::warm_token(s) else {
         return Ok(false);
     };
     tracing::info!(key = %key, from_cache = true, "served from the cache (warm file)");
-    print(&token, s.format(), true)?;
+    output.print(&token, true)?;
     Ok(true)
 }
 
+/// How the token is printed: the format and, for `dpop-headers`, the key
+/// and the request the proof is for.
+struct Output {
+    format: Format,
+    dpop: Option<DpopTarget>,
+}
+
+/// What a `dpop-headers` proof is for.
+struct DpopTarget {
+    key: token_http::DpopKey,
+    method: String,
+    url: String,
+    nonce: Option<String>,
+}
+
+impl Output {
+    /// Checks that the format has what it needs.
+    fn new(s: &Resolved, args: &GetArgs) -> Result<Self, CliError> {
+        let format = s.format();
+        if format != Format::DpopHeaders {
+            if args.url.is_some() {
+                return Err(CliError::usage(
+                    "--url and --method are for --format dpop-headers",
+                ));
+            }
+            return Ok(Self { format, dpop: None });
+        }
+        let key = s.dpop_key().cloned().ok_or_else(|| {
+            CliError::usage("--format dpop-headers needs a DPoP key: give --dpop-key-file PATH")
+        })?;
+        let url = args.url.clone().ok_or_else(|| {
+            CliError::usage("--format dpop-headers needs the request's --url URL (and --method, GET by default)")
+        })?;
+        let method = args
+            .method
+            .clone()
+            .unwrap_or_else(|| "GET".to_owned())
+            .to_ascii_uppercase();
+        if method.is_empty() || !method.bytes().all(|b| b.is_ascii_alphabetic()) {
+            return Err(CliError::usage(format!(
+                "--method {method}: not an HTTP method"
+            )));
+        }
+        match reqwest_url_ok(&url) {
+            true => Ok(Self {
+                format,
+                dpop: Some(DpopTarget {
+                    key,
+                    method,
+                    url,
+                    nonce: args.dpop_nonce.clone(),
+                }),
+            }),
+            false => Err(CliError::usage(format!(
+                "--url {url}: not an absolute http(s) URL"
+            ))),
+        }
+    }
+
+    fn print(&self, token: &AccessToken, from_cache: bool) -> Result<(), CliError> {
+        print(token, self.format, from_cache, self.dpop.as_ref())
+    }
+}
+
+fn reqwest_url_ok(url: &str) -> bool {
+    token_http::reqwest::Url::parse(url)
+        .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.has_host())
+}
+
 /// Runs `get` the full way (after [`warm`] did not apply).
-pub(crate) async fn run(s: Resolved) -> Result<(), CliError> {
-    let format = s.format();
+pub(crate) async fn run(s: Resolved, args: &GetArgs) -> Result<(), CliError> {
+    let output = Output::new(&s, args)?;
     // Two client authentications (or none) on the command line alone are a
     // usage error; in a named profile, its configuration.
     let on_command_line = s.naming() == Naming::Flags;
@@ -140,14 +210,46 @@ pub(crate) async fn run(s: Resolved) -> Result<(), CliError> {
             }
         }
     }
-    print(&token.to_access_token(), format, from_cache)
+    output.print(&token.to_access_token(), from_cache)
 }
 
-fn print(token: &AccessToken, format: Format, from_cache: bool) -> Result<(), CliError> {
+fn print(
+    token: &AccessToken,
+    format: Format,
+    from_cache: bool,
+    dpop: Option<&DpopTarget>,
+) -> Result<(), CliError> {
     let mut out: Zeroizing<String> = Zeroizing::new(String::new());
     match format {
         Format::Token => out.push_str(token.secret().expose()),
         Format::Header => out.push_str(token.authorization_header().expose()),
+        Format::DpopHeaders => {
+            let DpopTarget {
+                key,
+                method,
+                url,
+                nonce,
+            } = dpop.ok_or_else(|| CliError::internal("dpop-headers without a key"))?;
+            if *token.token_type() != token_core::TokenType::DPoP {
+                return Err(CliError::config(format!(
+                    "the token is a {} token, not DPoP: the token endpoint did not bind it",
+                    token.token_type().as_str()
+                )));
+            }
+            let proof = key
+                .proof(
+                    method,
+                    url,
+                    SystemTime::now(),
+                    nonce.as_deref(),
+                    Some(token.secret().expose()),
+                )
+                .map_err(|e| CliError::usage(format!("--url {url}: {e}")))?;
+            out.push_str("Authorization: ");
+            out.push_str(token.authorization_header().expose());
+            out.push_str("\nDPoP: ");
+            out.push_str(proof.expose());
+        }
         Format::Json => {
             let now = SystemTime::now();
             let expires_at = token.expires_at();

@@ -248,6 +248,14 @@ fn remove_sled_dir(dir: &Path) -> Result<(), CliError> {
         println!("removed nothing ({} does not exist)", dir.display());
         return Ok(());
     }
+    if let Some(pid) = token_profile::held_by_serve(dir) {
+        return Err(CliError::store(format!(
+            "the token store {} is in use by `tokencache serve` (pid {pid}); refusing to delete \
+             it under a running sidecar: stop it first, or purge through its admin API (POST \
+             /admin/keys/PROFILE/purge on [serve] admin_listen)",
+            dir.display()
+        )));
+    }
     // Only ever delete a directory that is a token-sled store.
     if !dir.join("token-sled.format").exists() && !token_profile::sled_has_data(dir) {
         return Err(CliError::config(format!(

@@ -15,6 +15,7 @@ mod get;
 mod inspect;
 mod log;
 mod serve;
+mod telemetry;
 mod time;
 
 use std::process::ExitCode;
@@ -26,6 +27,9 @@ use crate::error::CliError;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(dir) = cli.command.state_dir() {
+        token_profile::set_state_dir(dir.to_owned());
+    }
     let style = match &cli.command {
         Command::Serve(args) if args.log_format == cli::LogFormat::Json => log::Style::ServerJson,
         Command::Serve(_) => log::Style::Server,
@@ -48,7 +52,7 @@ fn main() -> ExitCode {
     // rest of a warm `get`.
     let mut get_settings = None;
     if let Command::Get(args) = &cli.command {
-        let warm = get::settings(args).and_then(|s| get::warm(&s).map(|w| (w, s)));
+        let warm = get::settings(args).and_then(|s| get::warm(&s, args).map(|w| (w, s)));
         match warm {
             Ok((true, _)) => return ExitCode::SUCCESS,
             Ok((false, s)) => get_settings = Some(s),
@@ -61,9 +65,24 @@ fn main() -> ExitCode {
     // Multi-thread: token-sled runs its blocking calls in place on one
     // (`block_in_place`), where a current-thread runtime hands each to a
     // blocking-pool thread, which measured slower (docs/BENCHMARKS.md).
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build();
+    // A `get` on Redis or memory does only async I/O: a current-thread
+    // runtime starts no worker threads, so the engine's concurrent map
+    // (papaya, through seize) registers its memory barrier while the
+    // process has one thread: 7 us, against about 10 ms with worker threads
+    // running (the kernel waits for them), two thirds of a warm Redis get
+    // (docs/BENCHMARKS.md).
+    let one_thread = get_settings
+        .as_ref()
+        .is_some_and(|s| !matches!(s.store(), token_profile::StoreSpec::Sled(_)));
+    let runtime = if one_thread {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+    };
     let runtime = match runtime {
         Ok(rt) => rt,
         Err(e) => {
@@ -73,6 +92,8 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(run(cli.command, get_settings));
+    // Spans still batched are sent before the process ends.
+    telemetry::shutdown();
     // Background refreshes are not waited for: `get` already waited for the
     // ones it needed.
     runtime.shutdown_timeout(std::time::Duration::from_millis(100));
@@ -90,8 +111,8 @@ async fn run(
     get_settings: Option<token_profile::Resolved>,
 ) -> Result<(), CliError> {
     match command {
-        Command::Get(_) => match get_settings {
-            Some(s) => get::run(s).await,
+        Command::Get(args) => match get_settings {
+            Some(s) => get::run(s, &args).await,
             None => Err(CliError::internal("get's settings were read before")),
         },
         Command::Inspect(args) => inspect::inspect(args).await,

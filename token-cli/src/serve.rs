@@ -6,7 +6,8 @@
 //! endpoints. Start-up stops with one sentence and an exit code at the
 //! first bad setting (every profile resolved and checked, as
 //! `--check-config` does); it then raises the open-file limit, binds,
-//! prints `listening on http://ADDR` on stdout and serves at once:
+//! prints `listening on http://ADDR` on stdout (under `--log-format json` a
+//! JSON line with the address in `fields.address`) and serves at once:
 //! `/healthz` answers and `/readyz` says 503 while the profiles are built
 //! (stores opened, issuers discovered) and their first tokens fetched,
 //! `prefetch_concurrency` at a time, and kept warm. A store that cannot be
@@ -15,13 +16,21 @@
 //! drains requests in flight (up to `[serve] drain_seconds`) and exits 0.
 //! SIGHUP, or a change of the file, reloads it (token-serve's
 //! `FileSidecar`); `--check-config` only checks it.
+//!
+//! With `[serve] admin_listen`, a second listener (bound with the first,
+//! before `listening on` is printed) serves `/healthz`, `/readyz`,
+//! `/metrics` and the admin API (token-serve's `AdminListener`). An IdP or
+//! a Redis store that is down at start does not stop the sidecar: it is
+//! unready (IdP) or degraded (Redis) until they answer. `--state-dir` /
+//! `TOKENCACHE_STATE_DIR` hold the default sled store and key; without
+//! them and without a writable HOME, that store is kept in memory with a
+//! warning.
 
 use std::sync::{Arc, Mutex};
 
 use token_profile::{Naming, ProfilesFile};
 use token_serve::{
-    Drained, FileOptions, FileSidecar, LoadError, PrometheusBuilder, ServeConfig,
-    DEFAULT_WATCH_INTERVAL,
+    Drained, FileOptions, FileSidecar, LoadError, ServeConfig, DEFAULT_WATCH_INTERVAL,
 };
 
 use crate::cli::ServeArgs;
@@ -37,8 +46,8 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), CliError> {
     // checks them); what needs the network (stores, discovery, tokens)
     // comes after the listener serves.
     let (_, config) = validate(&path, &args)?;
-    let handle = PrometheusBuilder::new()
-        .install_recorder()
+    let handle = token_serve::prometheus_builder()
+        .and_then(|b| b.install_recorder())
         .map_err(|e| CliError::internal(format!("cannot set up metrics: {e}")))?;
     // The recorder's histograms need upkeep even when nobody scrapes.
     let upkeep = handle.clone();
@@ -53,7 +62,8 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), CliError> {
         .key_file(args.locations.key_file.clone())
         .metrics(handle);
     match token_serve::raise_fd_limit() {
-        Ok(limit) => tracing::debug!(?limit, "open-file limit"),
+        Ok(Some(limit)) => tracing::debug!(limit, "open-file limit"),
+        Ok(None) => tracing::debug!("open-file limit: unlimited"),
         Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
     }
     let listen = config.listen;
@@ -66,6 +76,12 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), CliError> {
     if !addr.ip().is_loopback() {
         tracing::warn!(%addr, "listening on a non-loopback address, as [serve] listen says");
     }
+    // The admin listener (health, readiness, metrics, admin API), bound
+    // before anything is announced: a port in use is a start-up error.
+    let admin = token_serve::AdminListener::bind(&token_serve::AdminSettings::of(&config))
+        .await
+        .map_err(|e| CliError::new(Kind::Listen, e.to_string()))?;
+    let admin_addr = admin.as_ref().and_then(|a| a.local_addr().ok());
     // SIGHUP before the watcher is up (start-up) must not end the process.
     let early_hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(|e| CliError::internal(format!("cannot handle SIGHUP: {e}")))?;
@@ -142,12 +158,17 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), CliError> {
         }
     };
     tracing::info!(%addr, "serving; building profiles");
-    println!("listening on http://{addr}");
+    crate::log::listening(addr);
+    if let Some(a) = admin_addr {
+        // Not on stdout: scripts read its first line only.
+        tracing::info!(addr = %a, "admin listener: /healthz, /readyz, /metrics, /admin/keys");
+    }
     // Built on its own task: a store that blocks while it opens does not
     // hold up the accept loop.
     let starting = tokio::spawn(starting);
     let built = async move { starting.await.ok().flatten() };
-    let drained = token_serve::serve_starting(listener, built, shutdown, config.limits()).await;
+    let drained =
+        token_serve::serve_with_admin(listener, admin, built, shutdown, config.limits()).await;
     if let Some(w) = watcher.lock().ok().and_then(|mut slot| slot.take()) {
         w.abort();
     }
@@ -165,12 +186,12 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), CliError> {
 /// secrets and key files read; the `[serve]` table), nothing started.
 fn check(path: &std::path::Path, args: &ServeArgs) -> Result<(), CliError> {
     let (file, config) = validate(path, args)?;
-    println!(
+    crate::log::result(&format!(
         "{}: valid ({} profiles, {} routes)",
         path.display(),
         file.profiles().len(),
         config.routes.len()
-    );
+    ));
     Ok(())
 }
 
@@ -186,6 +207,9 @@ fn validate(
             c.check_token_endpoint_exposure(c.secret_file.is_some())
                 .map(|()| c)
         })
+        // The forward proxy's CA files: both there and matching, or both
+        // absent (created at start).
+        .and_then(|c| c.proxy.as_ref().map_or(Ok(()), |p| p.check()).map(|()| c))
         .map_err(|e| CliError::config(format!("the profile file {}: {e}", path.display())))?;
     let mut overlay = token_profile::ProfileSpec::default();
     overlay.key_file.clone_from(&args.locations.key_file);

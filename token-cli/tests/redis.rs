@@ -173,3 +173,51 @@ fn get_on_a_dead_redis_fails_fast_with_exit_6() {
         .expect("run");
     assert_eq!(out.status.code(), Some(6), "{out:?}");
 }
+
+/// `total_connections_received` from `INFO stats` (the query's own
+/// connection counted).
+fn connections_received(server: &token_testkit::RedisServer) -> u64 {
+    let info = server.command(&["INFO", "stats"]).expect("INFO");
+    info.lines()
+        .find_map(|l| l.strip_prefix("total_connections_received:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("total_connections_received")
+}
+
+#[test]
+fn a_warm_get_on_redis_opens_one_connection_and_subscribes_to_nothing() {
+    let Some(server) = token_testkit::RedisServer::private() else {
+        return;
+    };
+    let idp = Idp::start(3600);
+    let sb = Sandbox::new();
+    let url_t = idp.token_url();
+    let store = server.url();
+    let get = [
+        "get",
+        "--token-url",
+        &url_t,
+        "--client-id",
+        support::CLIENT_ID,
+        "--client-secret-env",
+        support::SECRET_ENV,
+        "--store",
+        &store,
+        "--format",
+        "json",
+    ];
+    ok(&sb.cmd().args(get).output().expect("run"));
+    let before = connections_received(&server);
+    let warm = sb.cmd().args(get).output().expect("run");
+    ok(&warm);
+    assert_eq!(json(&warm)["from_cache"], true);
+    let after = connections_received(&server);
+    // One for the get, one for this query: no pub/sub connection (a
+    // one-shot command has no use for other instances' events).
+    assert_eq!(after - before, 2, "connections opened by one warm get + 1");
+    let stats = server
+        .command(&["INFO", "commandstats"])
+        .expect("INFO commandstats");
+    assert!(!stats.contains("cmdstat_subscribe"), "{stats}");
+    assert_eq!(idp.calls(), 1);
+}

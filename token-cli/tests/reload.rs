@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use sidecar::{
-    fake_profile, free_addr, route, spawn_serve_cmd, start_serve_with, upstream, wait_ready,
-    FakeIdp, Serve,
+    fake_profile, free_addr, get_status, route, spawn_serve_cmd, start_serve_with, upstream,
+    wait_ready, FakeIdp, Serve,
 };
 use support::{stderr, Sandbox};
 use token_testkit::{redis_standalone, Idp};
@@ -317,6 +317,19 @@ async fn a_broken_file_is_refused_in_one_line_and_the_old_configuration_keeps_se
         .await;
         assert_eq!(status(&client, &url).await, 200, "the old config stopped");
     }
+    // Each refusal is counted before its line is logged: wait for the lines.
+    eventually("the refusals' log lines", || {
+        let log = Arc::clone(&log);
+        async move {
+            log.lock()
+                .expect("lock")
+                .iter()
+                .filter(|l| l.contains("configuration reload refused"))
+                .count()
+                >= 3
+        }
+    })
+    .await;
     let refused: Vec<String> = log
         .lock()
         .expect("lock")
@@ -338,12 +351,16 @@ async fn a_broken_file_is_refused_in_one_line_and_the_old_configuration_keeps_se
         "{refused:?}"
     );
 
-    // A fixed file that also moves the listen address: applied, and the
-    // log line says the address needs a restart.
+    // A fixed file that also moves the listen address and adds an admin
+    // listener: applied, and the log line says both need a restart.
+    let admin = free_addr();
     replace(
         &path,
         &good
-            .replace(&listen, &free_addr())
+            .replace(
+                &listen,
+                &format!("{}\"\nadmin_listen = \"{admin}", free_addr()),
+            )
             .replace("/orders/", "/fixed/"),
     );
     hup(&serve);
@@ -353,12 +370,34 @@ async fn a_broken_file_is_refused_in_one_line_and_the_old_configuration_keeps_se
         async move { status(&client, &fixed).await == 200 }
     })
     .await;
+    // The swap comes before its log line: wait for the line too.
+    eventually("the reload's log line", || {
+        let log = Arc::clone(&log);
+        async move {
+            log.lock()
+                .expect("lock")
+                .iter()
+                .any(|l| l.contains("configuration reloaded"))
+        }
+    })
+    .await;
     let restart = log
         .lock()
         .expect("lock")
         .iter()
         .any(|l| l.contains("configuration reloaded") && l.contains("until a restart: listen"));
     assert!(restart, "{:?}", log.lock().expect("lock"));
+    let admin_restart = log
+        .lock()
+        .expect("lock")
+        .iter()
+        .any(|l| l.contains("configuration reloaded") && l.contains("the admin listener"));
+    assert!(admin_restart, "{:?}", log.lock().expect("lock"));
+    assert_eq!(
+        get_status(&format!("http://{admin}"), "/healthz"),
+        None,
+        "admin_listen takes effect at a restart only"
+    );
     assert_eq!(idp.calls(), 1, "reloads made IdP calls");
 }
 

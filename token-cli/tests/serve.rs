@@ -10,17 +10,17 @@ mod support;
 
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use sidecar::{
-    fake_profile, free_addr, hop, route, start_serve, start_serve_with, upstream, write_config,
-    FakeIdp, Serve,
+    fake_profile, free_addr, hop, route, start_serve, start_serve_with, upstream, vendor_client,
+    vendor_python, write_config, FakeIdp, Serve,
 };
 use support::Sandbox;
-use token_testkit::{free_port, in_ci, redis_standalone, skip_or_fail, Idp};
+use token_testkit::{free_port, in_ci, redis_standalone, Idp};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_requests_through_a_route_make_one_idp_call_and_all_carry_the_token() {
@@ -202,7 +202,7 @@ async fn token_requests_without_metadata_or_through_a_proxy_are_refused() {
         "tokencache_token_lookups_total{profile=\"orders\",result=\"hit\"}",
         "tokencache_idp_calls_total{profile=\"orders\",outcome=\"ok\"} 1",
         "tokencache_token_remaining_seconds{profile=\"orders\"}",
-        "tokencache_fetch_duration_seconds",
+        "tokencache_idp_request_duration_seconds_bucket{profile=\"orders\",outcome=\"ok\",le=\"0.005\"}",
         "tokencache_store_errors_total{profile=\"orders\"} 0",
     ] {
         assert!(m.contains(needle), "{needle} missing from:\n{m}");
@@ -482,62 +482,6 @@ fn bad_configs_stop_start_up_with_one_sentence_and_their_exit_codes() {
         );
     }
     drop(taken);
-}
-
-/// The venv `cargo xtask test` creates (xtask/src/venv.rs), or `None` after
-/// saying why (a failure under CI).
-fn vendor_python() -> Option<PathBuf> {
-    let python = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/vendor-venv/bin/python");
-    let ok = python.exists()
-        && Command::new(&python)
-            .args(["-c", "import azure.identity, google.auth, requests"])
-            .status()
-            .is_ok_and(|s| s.success());
-    if ok {
-        return Some(python);
-    }
-    let why = format!(
-        "the vendor client libraries are not installed in {}: run `cargo xtask test` (or \
-         `python3 -m venv target/vendor-venv && target/vendor-venv/bin/pip install -r \
-         token-cli/tests/vendor/requirements.txt`)",
-        python.display()
-    );
-    skip_or_fail(why)
-}
-
-fn vendor_client(python: &Path, envs: &[(&str, String)], args: &[&str]) -> Vec<String> {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/vendor/clients.py");
-    let mut cmd = Command::new(python);
-    cmd.arg(script).args(args);
-    for var in [
-        "IDENTITY_ENDPOINT",
-        "IDENTITY_HEADER",
-        "IDENTITY_SERVER_THUMBPRINT",
-        "MSI_ENDPOINT",
-        "MSI_SECRET",
-        "IMDS_ENDPOINT",
-        "GCE_METADATA_HOST",
-        "GCE_METADATA_ROOT",
-        "GCE_METADATA_IP",
-        "HTTP_PROXY",
-        "HTTPS_PROXY",
-        "http_proxy",
-        "https_proxy",
-    ] {
-        cmd.env_remove(var);
-    }
-    cmd.env("NO_PROXY", "127.0.0.1")
-        .envs(envs.iter().map(|(k, v)| (*k, v)));
-    let out = cmd.output().expect("run python");
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_owned)
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

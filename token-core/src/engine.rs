@@ -49,11 +49,22 @@ pub(crate) struct Inner {
     /// The event listener and the idle sweeper are not started yet (they
     /// start on first use, when a runtime is sure to exist).
     background_pending: AtomicBool,
+    /// The name metrics label this cache's IdP calls with (`profile`):
+    /// set by [`TokenCacheBuilder::metrics_name`] or
+    /// [`TokenCache::set_metrics_name`], else [`UNNAMED`](crate::metrics::UNNAMED).
+    metrics_name: std::sync::OnceLock<Arc<str>>,
 }
 
 impl Inner {
     pub(crate) fn credential(&self) -> &Arc<dyn Credential> {
         &self.credential
+    }
+
+    /// The `profile` label of this cache's IdP call metrics.
+    pub(crate) fn metrics_name(&self) -> &str {
+        self.metrics_name
+            .get()
+            .map_or(crate::metrics::UNNAMED, |n| n)
     }
 
     pub(crate) fn policy(&self) -> &RefreshPolicy {
@@ -332,7 +343,7 @@ impl Inner {
         }
         if dropped {
             bump(&self.stats.invalidations);
-            tracing::info!(request = ?request, "rejected token invalidated");
+            tracing::info!(request = request.canonical(), "rejected token invalidated");
         }
         dropped
     }
@@ -429,6 +440,21 @@ impl TokenCache {
         TokenCacheBuilder::new(credential)
     }
 
+    /// Names this cache for its metrics (the `profile` label of
+    /// `tokencache_idp_request_duration_seconds`), when it was built
+    /// without [`TokenCacheBuilder::metrics_name`]: for a cache built by
+    /// code that does not know the name (token-profile builds a profile's
+    /// cache; the sidecar names it). The first name given stays; returns
+    /// whether this one was taken.
+    pub fn set_metrics_name(&self, name: &str) -> bool {
+        self.inner.metrics_name.set(Arc::from(name)).is_ok()
+    }
+
+    /// The name this cache's metrics carry (`unnamed` until named).
+    pub fn metrics_name(&self) -> &str {
+        self.inner.metrics_name()
+    }
+
     /// A token for `request`. See the type's docs for what happens when.
     #[inline]
     pub async fn get_token(&self, request: &TokenRequest) -> Result<Token, Error> {
@@ -460,6 +486,8 @@ impl TokenCache {
     /// A builder for another cache that shares this one's credential,
     /// store, policy and clock, with its own keys and limits: a per-caller
     /// cache next to a profile's own (the gateway's `exchange` routes).
+    /// The new cache has no [metrics name](TokenCacheBuilder::metrics_name)
+    /// unless given one.
     pub fn derive(&self) -> TokenCacheBuilder {
         let inner = &self.inner;
         TokenCacheBuilder {
@@ -470,6 +498,10 @@ impl TokenCache {
             system_clock: inner.system_clock,
             max_keys: DEFAULT_MAX_KEYS,
             idle_window: DEFAULT_IDLE_WINDOW,
+            // Not this cache's name: the engine's counters are published as
+            // absolute values per name, and two caches under one name would
+            // overwrite each other's.
+            metrics_name: None,
         }
     }
 
@@ -625,6 +657,7 @@ pub struct TokenCacheBuilder {
     system_clock: bool,
     max_keys: usize,
     idle_window: Duration,
+    metrics_name: Option<String>,
 }
 
 impl fmt::Debug for TokenCacheBuilder {
@@ -649,6 +682,7 @@ impl TokenCacheBuilder {
             system_clock: true,
             max_keys: DEFAULT_MAX_KEYS,
             idle_window: DEFAULT_IDLE_WINDOW,
+            metrics_name: None,
         }
     }
 
@@ -661,6 +695,14 @@ impl TokenCacheBuilder {
     /// [`store`](Self::store) for a store shared with other caches.
     pub fn store_arc(mut self, store: Arc<dyn CacheStore>) -> Self {
         self.store = Some(store);
+        self
+    }
+
+    /// The name this cache's metrics carry as their `profile` label (a
+    /// profile or service name: bounded, and never derived from a secret).
+    /// Defaults to `unnamed`. See [`TokenCache::set_metrics_name`].
+    pub fn metrics_name(mut self, name: impl Into<String>) -> Self {
+        self.metrics_name = Some(name.into());
         self
     }
 
@@ -736,6 +778,10 @@ impl TokenCacheBuilder {
                 spread,
                 store_events,
                 background_pending: AtomicBool::new(true),
+                metrics_name: match self.metrics_name {
+                    Some(n) => std::sync::OnceLock::from(Arc::from(n)),
+                    None => std::sync::OnceLock::new(),
+                },
             }),
         }
     }

@@ -197,6 +197,13 @@ impl Flight {
             slot: Arc::clone(slot),
             refresh,
         };
+        // The flight's span continues the caller's (a gateway request's
+        // trace shows the fetch it waited for).
+        let span = if refresh {
+            tracing::info_span!("tokencache.refresh", profile = inner.metrics_name())
+        } else {
+            tracing::info_span!("tokencache.obtain", profile = inner.metrics_name())
+        };
         let task = async move {
             let (inner, slot) = (&flight.inner, &flight.slot);
             let mut guard = FlightGuard {
@@ -219,12 +226,12 @@ impl Flight {
         };
         if driven {
             let driven = Driven {
-                flight: Some(Box::pin(task)),
+                flight: Some(Box::pin(tracing::Instrument::instrument(task, span))),
                 runtime: runtime.clone(),
             };
             return (rx, Some(driven));
         }
-        runtime.spawn(task);
+        runtime.spawn(tracing::Instrument::instrument(task, span));
         (rx, None)
     }
 
@@ -277,7 +284,12 @@ impl Flight {
                     }
                     lease = Some(l);
                 }
-                Ok(None) => match self.wait_for_other(store, rejected.as_ref(), &waiter).await {
+                Ok(None) => match tracing::Instrument::instrument(
+                    self.wait_for_other(store, rejected.as_ref(), &waiter),
+                    tracing::info_span!("tokencache.lease_wait", profile = inner.metrics_name()),
+                )
+                .await
+                {
                     Waited::Adopted(hot) => return Ok(hot),
                     Waited::Acquired(l) => lease = Some(l),
                     Waited::GaveUp => {}
@@ -287,9 +299,19 @@ impl Flight {
             drop(waiter);
         }
 
-        let result =
-            crate::metrics::timed_fetch(inner.credential().id(), self.fetch(previous.as_ref()))
-                .await;
+        let span = tracing::info_span!(
+            "tokencache.fetch",
+            profile = inner.metrics_name(),
+            otel.status_code = tracing::field::Empty,
+        );
+        let result = tracing::Instrument::instrument(
+            crate::metrics::timed_fetch(inner.metrics_name(), self.fetch(previous.as_ref())),
+            span.clone(),
+        )
+        .await;
+        if result.is_err() {
+            span.record("otel.status_code", "ERROR");
+        }
         if let Ok(token) = &result {
             if let Some(store) = gate.up(stats) {
                 let _ = gate.call(stats, store.put(&slot.key, token)).await;

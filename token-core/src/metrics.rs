@@ -5,7 +5,7 @@
 //!
 //! | metric | type | labels | from |
 //! |---|---|---|---|
-//! | `tokencache_fetch_duration_seconds` | histogram | `credential`, `outcome` = `ok` \| `error` | every IdP call, as it finishes |
+//! | `tokencache_idp_request_duration_seconds` | histogram (seconds) | `profile`, `outcome` = `ok` \| `error` | every IdP call, as it finishes |
 //! | `tokencache_token_lookups_total` | counter | `profile`, `result` = `hit` \| `miss` \| `stale` | [`export`] |
 //! | `tokencache_idp_calls_total` | counter | `profile`, `outcome` = `ok` \| `error` | [`export`] |
 //! | `tokencache_store_errors_total` | counter | `profile` | [`export`] |
@@ -13,10 +13,27 @@
 //! The hit path stays free of locks and allocation: lookups are counted by
 //! the engine's own sharded counters ([`CacheStats`]) and published by
 //! [`export`], which a program calls when its metrics are scraped (or on a
-//! timer). `credential` is [`Credential::id`](crate::Credential::id), which
-//! holds no secret.
+//! timer).
+//!
+//! `profile` is the name the cache was given
+//! ([`TokenCacheBuilder::metrics_name`](crate::TokenCacheBuilder::metrics_name),
+//! [`TokenCache::set_metrics_name`](crate::TokenCache::set_metrics_name)),
+//! [`UNNAMED`] until it has one: never the credential's id or its secret's
+//! fingerprint, so the label's values stay few and say nothing about a
+//! secret. The histogram is recorded as the recorder is configured: give
+//! it buckets (metrics-exporter-prometheus's `set_buckets_for_metric`; the
+//! sidecar uses the OpenTelemetry HTTP buckets) or it is exported as a
+//! summary.
+
+#![cfg_attr(not(feature = "metrics"), allow(unreachable_pub))]
 
 use std::future::Future;
+
+/// The `profile` label of a cache that was given no name.
+pub const UNNAMED: &str = "unnamed";
+
+/// The name of the IdP call histogram, for a recorder's bucket settings.
+pub const IDP_REQUEST_DURATION: &str = "tokencache_idp_request_duration_seconds";
 
 #[cfg(feature = "metrics")]
 use crate::CacheStats;
@@ -46,7 +63,7 @@ pub fn export(name: &str, stats: &CacheStats) {
 /// Awaits one IdP call, recording its duration and outcome.
 #[inline]
 pub(crate) async fn timed_fetch<T, E>(
-    credential: &str,
+    profile: &str,
     fetch: impl Future<Output = Result<T, E>>,
 ) -> Result<T, E> {
     #[cfg(feature = "metrics")]
@@ -55,8 +72,8 @@ pub(crate) async fn timed_fetch<T, E>(
         let result = fetch.await;
         let outcome = if result.is_ok() { "ok" } else { "error" };
         metrics::histogram!(
-            "tokencache_fetch_duration_seconds",
-            "credential" => credential.to_owned(),
+            IDP_REQUEST_DURATION,
+            "profile" => profile.to_owned(),
             "outcome" => outcome
         )
         .record(started.elapsed().as_secs_f64());
@@ -64,7 +81,7 @@ pub(crate) async fn timed_fetch<T, E>(
     }
     #[cfg(not(feature = "metrics"))]
     {
-        let _ = credential;
+        let _ = profile;
         fetch.await
     }
 }

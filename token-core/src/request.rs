@@ -274,6 +274,30 @@ impl TokenRequest {
     pub fn canonical(&self) -> &str {
         &self.inner.canonical
     }
+
+    /// A builder holding everything this request holds, to derive another
+    /// request from it (another scope set or audience for the same client).
+    ///
+    /// ```
+    /// use token_core::TokenRequest;
+    ///
+    /// let base = TokenRequest::builder().scope("read").tenant("t").build();
+    /// let other = base.to_builder().clear_scopes().scope("write").build();
+    /// assert_eq!(other.scopes(), ["write"]);
+    /// assert_eq!(other.tenant(), Some("t"));
+    /// ```
+    pub fn to_builder(&self) -> TokenRequestBuilder {
+        let i = &self.inner;
+        TokenRequestBuilder {
+            scopes: i.scopes.clone(),
+            tenant: i.tenant.clone(),
+            audience: i.audience.clone(),
+            resources: i.resources.clone(),
+            actor: i.actor.clone(),
+            dpop_thumbprint: i.dpop_thumbprint.clone(),
+            params: i.params.clone(),
+        }
+    }
 }
 
 impl Default for TokenRequest {
@@ -346,6 +370,18 @@ impl TokenRequestBuilder {
         for s in scopes {
             self = self.scope(s);
         }
+        self
+    }
+
+    /// Removes every scope added so far.
+    pub fn clear_scopes(mut self) -> Self {
+        self.scopes.clear();
+        self
+    }
+
+    /// Removes every `resource` indicator added so far.
+    pub fn clear_resources(mut self) -> Self {
+        self.resources.clear();
         self
     }
 

@@ -12,7 +12,8 @@ use token_core::{TokenCache, TokenHandle, TokenRequest};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::challenge::rejects_token;
+use crate::challenge::{rejects_dpop_token, rejects_token};
+use crate::dpop::{resource_proof, DpopKey, DpopRole, DPOP};
 use crate::header::authorization_value;
 
 /// The error type of [`AddToken`]: the inner service's error, or the cache's
@@ -73,9 +74,20 @@ pub use token_core::BoxError;
 /// and picks up the fresh token. (The reqwest middleware,
 /// [`TokenMiddleware`](crate::TokenMiddleware), does retry, since reqwest
 /// can tell when a request is clonable.)
+///
+/// # DPoP
+///
+/// With a key ([`dpop`](Self::dpop)) each request carries
+/// `Authorization: DPoP <token>` and a fresh `DPoP` proof with `ath` and the
+/// resource server's last nonce (the request URI must then be absolute, as
+/// a hyper or tonic client's is). The server's `DPoP-Nonce` is learned from
+/// every answer, so after a `401` `use_dpop_nonce` the next attempt (a
+/// `tower::retry` around this layer, as above) carries the new nonce; for
+/// the same body reasons this layer does not resend by itself.
 #[derive(Clone)]
 pub struct AddTokenLayer {
     handle: TokenHandle,
+    dpop: Option<DpopKey>,
 }
 
 impl AddTokenLayer {
@@ -86,7 +98,13 @@ impl AddTokenLayer {
 
     /// Tokens from a pre-bound handle.
     pub fn from_handle(handle: TokenHandle) -> Self {
-        Self { handle }
+        Self { handle, dpop: None }
+    }
+
+    /// Signs a DPoP proof with `key` for every request (see "DPoP" above).
+    pub fn dpop(mut self, key: DpopKey) -> Self {
+        self.dpop = Some(key);
+        self
     }
 }
 
@@ -97,6 +115,7 @@ impl<S> Layer<S> for AddTokenLayer {
         AddToken {
             inner,
             handle: self.handle.clone(),
+            dpop: self.dpop.clone(),
         }
     }
 }
@@ -105,6 +124,7 @@ impl fmt::Debug for AddTokenLayer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AddTokenLayer")
             .field("key", self.handle.cache_key())
+            .field("dpop", &self.dpop)
             .finish()
     }
 }
@@ -116,12 +136,23 @@ impl fmt::Debug for AddTokenLayer {
 pub struct AddToken<S> {
     inner: S,
     handle: TokenHandle,
+    dpop: Option<DpopKey>,
 }
 
 impl<S> AddToken<S> {
     /// Wraps `inner`, with tokens from `handle`.
     pub fn new(inner: S, handle: TokenHandle) -> Self {
-        Self { inner, handle }
+        Self {
+            inner,
+            handle,
+            dpop: None,
+        }
+    }
+
+    /// Signs a DPoP proof with `key` for every request.
+    pub fn with_dpop(mut self, key: DpopKey) -> Self {
+        self.dpop = Some(key);
+        self
     }
 
     /// The wrapped service.
@@ -157,12 +188,26 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let handle = self.handle.clone();
+        let dpop = self.dpop.clone();
         Box::pin(async move {
             let sent = handle.token().await?.to_access_token();
             let value = authorization_value(&sent)?;
+            let url = request.uri().to_string();
+            let proof = resource_proof(dpop.as_ref(), &sent, request.method().as_str(), &url)?;
             request.headers_mut().insert(AUTHORIZATION, value);
+            if let Some(proof) = proof {
+                request.headers_mut().insert(DPOP, proof);
+            }
             let response = inner.call(request).await.map_err(Into::into)?;
-            if rejects_token(response.status(), response.headers()) {
+            if let Some(key) = &dpop {
+                key.learn_nonce(DpopRole::ResourceServer, &url, response.headers());
+            }
+            let rejected = if dpop.is_some() {
+                rejects_dpop_token(response.status(), response.headers())
+            } else {
+                rejects_token(response.status(), response.headers())
+            };
+            if rejected {
                 let dropped = handle.invalidate(&sent).await;
                 tracing::info!(
                     key = %handle.cache_key(),
@@ -180,6 +225,7 @@ impl<S: fmt::Debug> fmt::Debug for AddToken<S> {
         f.debug_struct("AddToken")
             .field("inner", &self.inner)
             .field("key", self.handle.cache_key())
+            .field("dpop", &self.dpop)
             .finish()
     }
 }

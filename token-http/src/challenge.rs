@@ -32,7 +32,32 @@ pub fn bearer_error(headers: &HeaderMap) -> Option<String> {
         .get_all(WWW_AUTHENTICATE)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .find_map(bearer_error_param)
+        .find_map(|v| error_param(v, "Bearer"))
+}
+
+/// The `error` auth-param of the first `DPoP` challenge (RFC 9449 §7.1)
+/// that has one (e.g. `invalid_token` or `use_dpop_nonce`).
+pub fn dpop_error(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(WWW_AUTHENTICATE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|v| error_param(v, "DPoP"))
+}
+
+/// True when a resource server asks for a DPoP nonce (RFC 9449 §9): a `401`
+/// whose `DPoP` challenge carries `error="use_dpop_nonce"`.
+pub fn asks_for_dpop_nonce(status: http::StatusCode, headers: &HeaderMap) -> bool {
+    status == http::StatusCode::UNAUTHORIZED
+        && dpop_error(headers).is_some_and(|e| e.eq_ignore_ascii_case("use_dpop_nonce"))
+}
+
+/// True when the answer says a DPoP-bound token itself was rejected: a `401`
+/// whose `DPoP` (or `Bearer`) challenge carries `error="invalid_token"`.
+pub fn rejects_dpop_token(status: http::StatusCode, headers: &HeaderMap) -> bool {
+    status == http::StatusCode::UNAUTHORIZED
+        && (dpop_error(headers).is_some_and(|e| e.eq_ignore_ascii_case("invalid_token"))
+            || rejects_token(status, headers))
 }
 
 /// True when the answer says the token itself was rejected: a `401` whose
@@ -47,7 +72,13 @@ pub fn rejects_token(status: http::StatusCode, headers: &HeaderMap) -> bool {
 /// auth-param of a `Bearer` challenge. A name not followed by `=` starts a
 /// new challenge (its auth-scheme); quoted strings are honoured (a
 /// description may contain `error=`, commas or a scheme's name).
+#[cfg(test)]
 fn bearer_error_param(value: &str) -> Option<String> {
+    error_param(value, "Bearer")
+}
+
+/// As [`bearer_error_param`] for the challenge of auth-scheme `wanted`.
+fn error_param(value: &str, wanted: &str) -> Option<String> {
     let bytes = value.as_bytes();
     let mut scheme_is_bearer = false;
     let mut i = 0;
@@ -86,7 +117,7 @@ fn bearer_error_param(value: &str) -> Option<String> {
         } else if !name.is_empty() {
             // A name without `=`: the auth-scheme of the next challenge (or
             // a token68, which no Bearer challenge has).
-            scheme_is_bearer = name.eq_ignore_ascii_case("Bearer");
+            scheme_is_bearer = name.eq_ignore_ascii_case(wanted);
             i = j;
         } else if i < bytes.len() && bytes[i] == b'"' {
             // A stray quoted string: skip it whole.
@@ -161,6 +192,27 @@ mod tests {
         ] {
             assert_eq!(bearer_error_param(v).as_deref(), want, "{v}");
         }
+    }
+
+    #[test]
+    fn a_dpop_challenge_asking_for_a_nonce_is_recognised() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            WWW_AUTHENTICATE,
+            http::HeaderValue::from_static(
+                r#"Bearer realm="x", DPoP error="use_dpop_nonce", error_description="Resource server requires nonce in DPoP proof""#,
+            ),
+        );
+        assert!(asks_for_dpop_nonce(http::StatusCode::UNAUTHORIZED, &h));
+        assert!(!asks_for_dpop_nonce(http::StatusCode::BAD_REQUEST, &h));
+        assert!(!rejects_dpop_token(http::StatusCode::UNAUTHORIZED, &h));
+        assert_eq!(bearer_error(&h), None);
+        h.insert(
+            WWW_AUTHENTICATE,
+            http::HeaderValue::from_static(r#"DPoP error="invalid_token", algs="ES256""#),
+        );
+        assert!(rejects_dpop_token(http::StatusCode::UNAUTHORIZED, &h));
+        assert!(!asks_for_dpop_nonce(http::StatusCode::UNAUTHORIZED, &h));
     }
 
     #[test]

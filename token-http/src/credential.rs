@@ -12,7 +12,7 @@ use http::header::{HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 use ring::digest::{digest, SHA256};
 use token_core::{
     AccessToken, Clock, Credential, CredentialError, FailureCause, Secret, SystemClock,
-    TokenRequest,
+    TokenRequest, TokenType,
 };
 use zeroize::Zeroizing;
 
@@ -20,6 +20,7 @@ use crate::assertion::{AssertionFile, AssertionSource};
 use crate::certificate::ClientCertificate;
 use crate::client_auth::{form_encode, AuthContext, ClientAuth};
 use crate::discovery::{check_url, ServerMetadata};
+use crate::dpop::{count_nonce_retry, DpopKey, DpopRole, DPOP};
 use crate::error::ConfigError;
 use crate::file_auth::{CurrentAuth, FileAuth, FileAuthSpec, PrivateKeyFile};
 use crate::grant::Grant;
@@ -91,7 +92,15 @@ pub struct OAuthCredential {
     latest_refresh: Mutex<Option<Secret>>,
     skew_millis: AtomicI64,
     skew_warned: AtomicBool,
+    /// DPoP keys (RFC 9449) a request may be bound to, by thumbprint.
+    dpop_keys: Vec<DpopKey>,
 }
+
+/// How many times one token request is sent again because the server asked
+/// for a DPoP nonce (`use_dpop_nonce`) and gave a new one: once, as RFC 9449
+/// §8 describes; a server that asks again right after is not obeyed in a
+/// loop.
+pub(crate) const MAX_DPOP_NONCE_RETRIES: usize = 1;
 
 impl OAuthCredential {
     /// A client credentials grant against `token_url`. Set the client
@@ -218,6 +227,39 @@ impl OAuthCredential {
         match self.skew_millis.load(Ordering::Relaxed) {
             NO_SKEW => None,
             millis => Some(ClockSkew::from_millis(millis)),
+        }
+    }
+
+    /// The DPoP keys requests may be bound to (see
+    /// [`OAuthCredentialBuilder::dpop_key`]).
+    pub fn dpop_keys(&self) -> &[DpopKey] {
+        &self.dpop_keys
+    }
+
+    /// The DPoP key `request` is bound to: none for an unbound request to a
+    /// credential without keys; an error when the two disagree (a request
+    /// bound to a key this credential does not hold, or an unbound request
+    /// to a DPoP credential: its token would be cached under a key without
+    /// `jkt`, shared with Bearer tokens).
+    fn dpop_key_for(&self, request: &TokenRequest) -> Result<Option<&DpopKey>, CredentialError> {
+        match request.dpop_thumbprint() {
+            None if self.dpop_keys.is_empty() => Ok(None),
+            None => Err(CredentialError::permanent(format!(
+                "this credential is DPoP-bound (key {}) but the request has no dpop_thumbprint; build it with TokenRequest::builder().dpop_thumbprint(key.thumbprint())",
+                self.dpop_keys[0].thumbprint()
+            ))
+            .with_cause(FailureCause::Local)),
+            Some(jkt) => self
+                .dpop_keys
+                .iter()
+                .find(|k| k.thumbprint() == jkt)
+                .map(Some)
+                .ok_or_else(|| {
+                    CredentialError::permanent(format!(
+                        "the request is bound to the DPoP key with thumbprint {jkt}, which this credential does not hold (add it with dpop_key)"
+                    ))
+                    .with_cause(FailureCause::Local)
+                }),
         }
     }
 
@@ -382,6 +424,8 @@ impl OAuthCredential {
 struct Failure {
     error: CredentialError,
     client_refused: bool,
+    /// The server asked for a DPoP nonce and gave one we had not used.
+    new_dpop_nonce: bool,
 }
 
 impl Failure {
@@ -389,6 +433,7 @@ impl Failure {
         Self {
             error,
             client_refused: false,
+            new_dpop_nonce: false,
         }
     }
 }
@@ -406,13 +451,54 @@ fn refuses_the_client(status: http::StatusCode, error: &CredentialError) -> bool
 }
 
 impl OAuthCredential {
-    /// One token request with `auth`, sent by `client`.
+    /// One token request with `auth`, sent by `client`; for a DPoP-bound
+    /// request, sent again (at most [`MAX_DPOP_NONCE_RETRIES`] times, with
+    /// a fresh proof and client assertion) when the server asks for a nonce
+    /// it has just given.
     async fn attempt(
         &self,
         request: &TokenRequest,
         previous: Option<&AccessToken>,
         auth: &ClientAuth,
         client: &reqwest::Client,
+    ) -> Result<AccessToken, Failure> {
+        let dpop = self.dpop_key_for(request).map_err(Failure::other)?;
+        let mut retries = 0;
+        loop {
+            match self
+                .attempt_once(request, previous, auth, client, dpop)
+                .await
+            {
+                Err(failure) if failure.new_dpop_nonce && retries < MAX_DPOP_NONCE_RETRIES => {
+                    retries += 1;
+                    count_nonce_retry(DpopRole::AuthorizationServer);
+                    tracing::debug!(
+                        token_url = %self.token_url,
+                        "the token endpoint asked for a DPoP nonce (use_dpop_nonce); retrying once with it"
+                    );
+                }
+                Err(mut failure) if failure.new_dpop_nonce => {
+                    failure.error = CredentialError::transient(format!(
+                        "the token endpoint asked for a new DPoP nonce again after {retries} retry with the nonce it gave (use_dpop_nonce); not retrying further"
+                    ))
+                    .with_code("use_dpop_nonce")
+                    .with_endpoint(&self.token_url)
+                    .with_service(TOKEN_ENDPOINT);
+                    return Err(failure);
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// One token request, sent once.
+    async fn attempt_once(
+        &self,
+        request: &TokenRequest,
+        previous: Option<&AccessToken>,
+        auth: &ClientAuth,
+        client: &reqwest::Client,
+        dpop: Option<&DpopKey>,
     ) -> Result<AccessToken, Failure> {
         let RequestParts {
             body,
@@ -433,6 +519,16 @@ impl OAuthCredential {
         if let Some(value) = authorization {
             http = http.header(AUTHORIZATION, value);
         }
+        if let Some(key) = dpop {
+            let proof = key
+                .proof_header(DpopRole::AuthorizationServer, "POST", &self.token_url, None)
+                .map_err(|e| {
+                    Failure::other(
+                        CredentialError::permanent(e.to_string()).with_cause(FailureCause::Local),
+                    )
+                })?;
+            http = http.header(DPOP, proof);
+        }
         // The body is copied into reqwest's buffer, which is not wiped; ours is.
         let http = http.body(body.as_str().to_owned());
         drop(body);
@@ -444,7 +540,16 @@ impl OAuthCredential {
                 // handshake itself.
                 client_refused: auth.tls_certificate().is_some(),
                 error: error.with_service(TOKEN_ENDPOINT),
+                new_dpop_nonce: false,
             })?;
+        // RFC 9449 §8: a nonce may come with any answer, a success included.
+        let new_nonce = dpop.is_some_and(|key| {
+            key.learn_nonce(
+                DpopRole::AuthorizationServer,
+                &self.token_url,
+                &received.headers,
+            )
+        });
         let redact: Vec<&str> = secrets.iter().map(Secret::expose).collect();
         let result = parse_redacting(
             received.status,
@@ -466,9 +571,11 @@ impl OAuthCredential {
                     "token request failed"
                 );
                 let client_refused = refuses_the_client(received.status, &e);
+                let new_dpop_nonce = new_nonce && e.code() == Some("use_dpop_nonce");
                 return Err(Failure {
                     error: e,
                     client_refused,
+                    new_dpop_nonce,
                 });
             }
         };
@@ -480,6 +587,19 @@ impl OAuthCredential {
             "token obtained"
         );
         let mut token = response.into_token();
+        if let Some(key) = dpop {
+            if *token.token_type() != TokenType::DPoP {
+                return Err(Failure::other(
+                    CredentialError::permanent(format!(
+                        "the token endpoint answered a DPoP-bound request (key {}) with a `{}` token instead of a DPoP one; refusing the downgrade (does the server support DPoP for this client?)",
+                        key.thumbprint(),
+                        token.token_type().as_str()
+                    ))
+                    .with_endpoint(&self.token_url)
+                    .with_service(TOKEN_ENDPOINT),
+                ));
+            }
+        }
         if let Some(used) = used_refresh {
             match token.refresh_token() {
                 // Rotated: remember the new one in case the cached token is
@@ -508,6 +628,7 @@ impl fmt::Debug for OAuthCredential {
             .field("watched_files", &self.watched_files())
             .field("request_timeout", &self.request_timeout)
             .field("clock_skew", &self.clock_skew())
+            .field("dpop_keys", &self.dpop_keys)
             .finish_non_exhaustive()
     }
 }
@@ -530,6 +651,7 @@ pub struct OAuthCredentialBuilder {
     root_pems: Vec<String>,
     /// From discovery: the token endpoint for mTLS clients (RFC 8705 §5).
     mtls_token_url: Option<String>,
+    dpop_keys: Vec<DpopKey>,
 }
 
 impl OAuthCredentialBuilder {
@@ -549,6 +671,7 @@ impl OAuthCredentialBuilder {
             clock: Arc::new(SystemClock),
             root_pems: Vec::new(),
             mtls_token_url: None,
+            dpop_keys: Vec::new(),
         }
     }
 
@@ -713,6 +836,28 @@ impl OAuthCredentialBuilder {
     pub fn auth(mut self, auth: ClientAuth) -> Self {
         self.file_auth = None;
         self.auth = Some(auth);
+        self
+    }
+
+    /// Binds tokens to this DPoP key (RFC 9449): a request whose
+    /// `dpop_thumbprint` is this key's [`thumbprint`](DpopKey::thumbprint)
+    /// is sent with a fresh DPoP proof signed by it (whatever the grant),
+    /// the server's nonces are learned and a `use_dpop_nonce` answer is
+    /// retried once, and the answer must be a `DPoP` token (a `Bearer` one
+    /// is an error, not a silent downgrade).
+    ///
+    /// May be called more than once (for instance an old and a new key
+    /// during a rotation): each request picks the key it names. Once a key
+    /// is set, a request without a thumbprint is refused, so DPoP and
+    /// Bearer tokens never share a cache key.
+    pub fn dpop_key(mut self, key: DpopKey) -> Self {
+        if !self
+            .dpop_keys
+            .iter()
+            .any(|k| k.thumbprint() == key.thumbprint())
+        {
+            self.dpop_keys.push(key);
+        }
         self
     }
 
@@ -886,6 +1031,7 @@ impl OAuthCredentialBuilder {
             latest_refresh: Mutex::new(None),
             skew_millis: AtomicI64::new(NO_SKEW),
             skew_warned: AtomicBool::new(false),
+            dpop_keys: self.dpop_keys,
         })
     }
 }
@@ -900,6 +1046,7 @@ impl fmt::Debug for OAuthCredentialBuilder {
             .field("file_auth", &self.file_auth)
             .field("connect_timeout", &self.connect_timeout)
             .field("request_timeout", &self.request_timeout)
+            .field("dpop_keys", &self.dpop_keys)
             .finish_non_exhaustive()
     }
 }

@@ -110,9 +110,6 @@ impl Grant {
         if request.tenant().is_some() {
             return Err(unsupported("tenant (use one credential per tenant)"));
         }
-        if request.dpop_thumbprint().is_some() {
-            return Err(unsupported("DPoP key binding"));
-        }
         let plain = |s: &str| Zeroizing::new(s.to_owned());
         let mut out = GrantFields {
             form: vec![("grant_type", plain(self.grant_type()))],

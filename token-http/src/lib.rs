@@ -25,6 +25,11 @@
 //!   refresh token lives in the cache's store, redeemed under its lease.
 //! - [`parse_token_response`]: the pure parser of token endpoint answers,
 //!   usable on its own.
+//! - DPoP (RFC 9449): [`DpopKey`] (ES256/Ed25519 from PEM, JWK or
+//!   generated), bound to a credential with
+//!   [`OAuthCredentialBuilder::dpop_key`] and to the middleware with
+//!   [`TokenMiddleware::dpop`] / [`AddTokenLayer::dpop`]: a fresh proof per
+//!   request, server nonces learned and retried once; see the README.
 //! - [`TokenMiddleware`] for `reqwest-middleware`, and [`AddTokenLayer`] /
 //!   [`AddToken`] for tower (hyper, tonic): `Authorization: <type> <token>`
 //!   from a [`TokenCache`](token_core::TokenCache), with a rejected token
@@ -76,6 +81,7 @@ pub mod challenge;
 mod client_auth;
 mod credential;
 mod discovery;
+mod dpop;
 pub mod env;
 mod error;
 mod exchange;
@@ -99,6 +105,10 @@ pub use chain::{ChainCredential, ChainCredentialBuilder, CREDENTIAL_SELECTOR_VAR
 pub use client_auth::{ClientAuth, JWT_BEARER_ASSERTION_TYPE};
 pub use credential::{OAuthCredential, OAuthCredentialBuilder, DEFAULT_SKEW_WARNING};
 pub use discovery::ServerMetadata;
+pub use dpop::{
+    ath, DpopAlgorithm, DpopKey, DpopRequestError, DpopRole, MAX_DPOP_KEY_FILE_BYTES,
+    MAX_NONCE_ORIGINS,
+};
 pub use error::ConfigError;
 pub use exchange::{
     inspect_subject, ExchangeCache, ExchangeCacheBuilder, ExchangeError, ExchangeStats,

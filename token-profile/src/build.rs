@@ -39,6 +39,7 @@ use crate::warm;
 pub struct Stores {
     open: Vec<(StoreSpec, Option<PathBuf>, OpenedStore, FingerprintKey)>,
     redis_startup: RedisStartup,
+    memory_fallback: bool,
 }
 
 impl Stores {
@@ -56,6 +57,19 @@ impl Stores {
         self
     }
 
+    /// Whether the default sled store (`store` unset or `sled`) falls back
+    /// to an in-process memory store, with a warning, when its default
+    /// location cannot be used (no state directory, and no HOME or an
+    /// unwritable one). Defaults to `false` (an error naming
+    /// `--state-dir` / `TOKENCACHE_STATE_DIR`); `tokencache serve` sets it:
+    /// a sidecar that keeps tokens in memory only fetches them again after
+    /// a restart, which beats not starting. An explicit `sled:DIR` never
+    /// falls back.
+    pub fn with_memory_fallback(mut self, fallback: bool) -> Self {
+        self.memory_fallback = fallback;
+        self
+    }
+
     /// The store `spec` names with the key from `key_file`, opened now or
     /// earlier, and the key that binds cache entries to secrets.
     pub async fn open(
@@ -70,7 +84,26 @@ impl Stores {
         if let Some((_, _, store, fingerprints)) = found {
             return Ok((store.clone(), fingerprints.clone()));
         }
-        let (store, fingerprints) = store::open_with(spec, key_file, self.redis_startup).await?;
+        let fallback = match spec {
+            StoreSpec::Sled(None)
+                if self.memory_fallback && crate::paths::state_dir().is_none() =>
+            {
+                store::default_sled_unusable(key_file)
+            }
+            _ => None,
+        };
+        let (store, fingerprints) = match fallback {
+            Some(why) => {
+                crate::error::notices().warning(format_args!(
+                    "the default token store cannot be used ({why}); keeping tokens in memory \
+                     only (fetched again after a restart). Give tokencache a writable state \
+                     directory with --state-dir DIR or {}=DIR",
+                    crate::paths::STATE_DIR_ENV
+                ));
+                store::open_with(&StoreSpec::Memory, key_file, self.redis_startup).await?
+            }
+            None => store::open_with(spec, key_file, self.redis_startup).await?,
+        };
         self.open.push((
             spec.clone(),
             key_file.map(Path::to_owned),
@@ -235,6 +268,12 @@ pub fn token_request(profile: &Resolved) -> TokenRequest {
     if let Some(r) = &profile.spec.resource {
         request = request.resource(r.clone());
     }
+    // DPoP: the key's thumbprint is part of the cache key (`jkt`), so a
+    // rotated key file starts a new partition and a Bearer token is never
+    // served for it.
+    if let Some(key) = &profile.dpop {
+        request = request.dpop_thumbprint(key.thumbprint());
+    }
     request.build()
 }
 
@@ -391,6 +430,7 @@ fn credential(
         // bind to: the refresh token itself is never fingerprinted.
         None if profile.refresh_token.is_some() && given.is_empty() => {
             let builder = with_ca(builder, spec.ca_file.as_deref())?;
+            let builder = with_dpop(builder, profile);
             return Ok((builder.build().map_err(invalid)?, Binding::None));
         }
         None => client_auth::infer(&given, naming)?,
@@ -505,7 +545,19 @@ fn credential(
         }
     };
     let builder = with_ca(builder, spec.ca_file.as_deref())?;
+    let builder = with_dpop(builder, profile);
     Ok((builder.build().map_err(invalid)?, binding))
+}
+
+/// Binds the credential to the profile's DPoP key, when it has one.
+fn with_dpop(
+    builder: token_http::OAuthCredentialBuilder,
+    profile: &Resolved,
+) -> token_http::OAuthCredentialBuilder {
+    match &profile.dpop {
+        Some(key) => builder.dpop_key(key.clone()),
+        None => builder,
+    }
 }
 
 fn with_ca(

@@ -150,4 +150,43 @@ mod tests {
         let bad = "[profiles.a]\nrefresh_token = \"rt\"\n";
         assert!(toml::from_str::<File>(bad).is_err());
     }
+
+    #[test]
+    fn a_dpop_key_puts_its_thumbprint_in_the_request_and_two_sources_are_refused() {
+        let text = r#"
+            [profiles.gen]
+            token_url = "http://127.0.0.1:1/token"
+            client_id = "c"
+            dpop_generate_key = "Ed25519"
+            [profiles.both]
+            token_url = "http://127.0.0.1:1/token"
+            client_id = "c"
+            dpop_generate_key = "ES256"
+            dpop_key_file = "/nonexistent/dpop.jwk"
+            [profiles.file]
+            token_url = "http://127.0.0.1:1/token"
+            client_id = "c"
+            dpop_key_file = "/nonexistent/dpop.jwk"
+            [profiles.alg]
+            token_url = "http://127.0.0.1:1/token"
+            client_id = "c"
+            dpop_generate_key = "RS256"
+        "#;
+        let file: File = toml::from_str(text).expect("valid");
+        let naming = crate::Naming::FileKeys;
+        let resolved = file.profiles["gen"]
+            .clone()
+            .resolve(naming)
+            .expect("resolves");
+        let key = resolved.dpop_key().expect("a generated key");
+        assert_eq!(key.algorithm(), token_http::DpopAlgorithm::EdDsa);
+        let request = crate::token_request(&resolved);
+        assert_eq!(request.dpop_thumbprint(), Some(key.thumbprint()));
+        let e = file.profiles["both"].clone().resolve(naming).unwrap_err();
+        assert!(e.to_string().contains("two sources"), "{e}");
+        let e = file.profiles["file"].clone().resolve(naming).unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/dpop.jwk"), "{e}");
+        let e = file.profiles["alg"].clone().resolve(naming).unwrap_err();
+        assert!(e.to_string().contains("RS256"), "{e}");
+    }
 }

@@ -45,7 +45,7 @@ pub(crate) fn key_file_path(flag: Option<&Path>) -> Result<PathBuf, Error> {
     if let Some(p) = std::env::var_os(KEY_FILE_ENV).filter(|v| !v.is_empty()) {
         return Ok(PathBuf::from(p));
     }
-    Ok(paths::config_dir()?.join("key"))
+    Ok(paths::key_dir()?.join("key"))
 }
 
 /// The store's keyring, where its key came from, and the key cache

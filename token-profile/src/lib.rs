@@ -7,6 +7,7 @@ mod error;
 mod file;
 mod fingerprint;
 mod key;
+mod owner;
 mod paths;
 mod resolve;
 mod spec;
@@ -19,7 +20,8 @@ pub use error::{set_notices, Error, ErrorKind, Missing, Notice, NoticeLevel, Not
 pub use file::{config_path, ProfilesFile, CONFIG_ENV};
 pub use fingerprint::FingerprintKey;
 pub use key::{KeySource, KEY_ENV, KEY_FILE_ENV};
-pub use paths::{cache_dir, config_dir};
+pub use owner::{held_by_serve, FILE as OWNER_FILE};
+pub use paths::{cache_dir, config_dir, set_state_dir, state_dir, STATE_DIR_ENV};
 pub use resolve::{readable_by_others, Naming, Resolved};
 pub use spec::{Alg, AuthMethod, Format, ManagedKind, ProfileSpec};
 pub use store::{

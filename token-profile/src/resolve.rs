@@ -50,6 +50,8 @@ pub struct Resolved {
     /// The first refresh token (refresh-token grant).
     pub(crate) refresh_token: Option<Secret>,
     pub(crate) store: StoreSpec,
+    /// The DPoP key read from `dpop_key_file`.
+    pub(crate) dpop: Option<token_http::DpopKey>,
 }
 
 impl std::fmt::Debug for Resolved {
@@ -60,6 +62,7 @@ impl std::fmt::Debug for Resolved {
             .field("store", &self.store)
             .field("secret", &self.secret.as_ref().map(|_| "***"))
             .field("refresh_token", &self.refresh_token.as_ref().map(|_| "***"))
+            .field("dpop", &self.dpop)
             .finish_non_exhaustive()
     }
 }
@@ -89,6 +92,12 @@ impl Resolved {
     /// How `tokencache get` prints the token.
     pub fn format(&self) -> Format {
         self.spec.format.unwrap_or(Format::Token)
+    }
+
+    /// The DPoP key tokens are bound to (`dpop_key_file`), for signing
+    /// proofs of resource requests.
+    pub fn dpop_key(&self) -> Option<&token_http::DpopKey> {
+        self.dpop.as_ref()
     }
 
     /// The managed identity, when the profile uses one.
@@ -126,6 +135,7 @@ impl ProfileSpec {
                 secret: None,
                 refresh_token: None,
                 store,
+                dpop: None,
             });
         }
         if self.from_env && (self.token_url.is_some() || self.issuer.is_some()) {
@@ -203,6 +213,39 @@ impl ProfileSpec {
                 "from_env builds a client credentials credential: it does not take a refresh token",
             ));
         }
+        if self.from_env && (self.dpop_key_file.is_some() || self.dpop_generate_key.is_some()) {
+            return Err(Error::config(format!(
+                "DPoP ({}) is not supported with from_env; name the endpoint and client instead",
+                key("dpop_key_file")
+            )));
+        }
+        let dpop = match (&self.dpop_key_file, &self.dpop_generate_key) {
+            (Some(_), Some(_)) => {
+                return Err(Error::config(format!(
+                    "{} and {} are two sources of one DPoP key: give one",
+                    key("dpop_key_file"),
+                    key("dpop_generate_key")
+                )))
+            }
+            (Some(path), None) => {
+                let dpop = token_http::DpopKey::from_file(path)
+                    .map_err(|e| Error::config(format!("{e} (from {})", key("dpop_key_file"))))?;
+                if let Some(warning) = readable_by_others(path, "DPoP key") {
+                    crate::error::notices().warning(warning);
+                }
+                Some(dpop)
+            }
+            (None, Some(alg)) => {
+                let alg = token_http::DpopAlgorithm::parse(alg).ok_or_else(|| {
+                    Error::config(format!(
+                        "{} `{alg}` is not one of: ES256, Ed25519",
+                        key("dpop_generate_key")
+                    ))
+                })?;
+                Some(token_http::DpopKey::generate(alg).map_err(|e| Error::config(e.to_string()))?)
+            }
+            (None, None) => None,
+        };
         Ok(Resolved {
             token_url: self.token_url.clone(),
             spec: self,
@@ -211,6 +254,7 @@ impl ProfileSpec {
             secret,
             refresh_token,
             store,
+            dpop,
         })
     }
 }

@@ -84,6 +84,14 @@ pub struct ProfileSpec {
     pub format: Option<Format>,
     /// The store's encryption key file.
     pub key_file: Option<PathBuf>,
+    /// DPoP (RFC 9449): the proof-of-possession key (ES256 or Ed25519, PEM
+    /// or JWK) tokens are bound to. Its thumbprint is part of the cache
+    /// key; the key itself is never stored.
+    pub dpop_key_file: Option<PathBuf>,
+    /// DPoP with a key generated when the profile is loaded (`ES256` or
+    /// `Ed25519`), for this process only: for a sidecar on a memory store.
+    /// Instead of `dpop_key_file`.
+    pub dpop_generate_key: Option<String>,
 }
 
 impl ProfileSpec {
@@ -144,6 +152,8 @@ impl ProfileSpec {
             store: flags.store.or(self.store),
             format: flags.format.or(self.format),
             key_file: flags.key_file.or(self.key_file),
+            dpop_key_file: flags.dpop_key_file.or(self.dpop_key_file),
+            dpop_generate_key: flags.dpop_generate_key.or(self.dpop_generate_key),
         }
     }
 
@@ -170,6 +180,8 @@ impl ProfileSpec {
                 self.client_certificate_file.is_some(),
             ),
             ("from_env", self.from_env),
+            ("dpop_key_file", self.dpop_key_file.is_some()),
+            ("dpop_generate_key", self.dpop_generate_key.is_some()),
         ]
         .into_iter()
         .find_map(|(name, set)| set.then_some(name))
@@ -283,6 +295,9 @@ setting_enum! {
         /// A JSON object: access_token, token_type, expires_at, expires_in,
         /// from_cache.
         Json = "json",
+        /// The `Authorization` and `DPoP` header lines for one request
+        /// (`tokencache get --format dpop-headers --method GET --url URL`).
+        DpopHeaders = "dpop-headers",
     }
 }
 

@@ -123,6 +123,27 @@ impl OpenedStore {
         }
     }
 
+    /// Why the store cannot be used right now, if it cannot: a Redis store
+    /// that has not reached its server yet (down at start-up; connecting
+    /// in the background), or whose circuit breaker is open after repeated
+    /// failures. The engine then serves from memory and the IdP: degraded,
+    /// not down.
+    pub fn unavailable(&self) -> Option<String> {
+        match self {
+            Self::Redis(s) if !s.is_connected() => Some(
+                "the Redis store is unreachable; connecting in the background (tokens come from \
+                 memory and the IdP meanwhile)"
+                    .to_owned(),
+            ),
+            Self::Redis(s) if s.circuit_open() => Some(
+                "the Redis store is failing (its circuit breaker is open after repeated errors or \
+                 timeouts); tokens come from memory and the IdP until it answers again"
+                    .to_owned(),
+            ),
+            _ => None,
+        }
+    }
+
     /// Reads the index. A damaged index file reads as empty (it is only a
     /// list of keys, the tokens are untouched), with a note.
     pub async fn index(&self) -> Result<BTreeMap<String, IndexEntry>, Error> {
@@ -384,6 +405,57 @@ fn redacted_url(url: &str) -> String {
     }
 }
 
+/// Why the default sled store (no state directory) cannot be used, if it
+/// cannot: no home directory, or its directory or the default key file's
+/// cannot be created and written (an unwritable HOME). `None`: usable.
+pub(crate) fn default_sled_unusable(key_file: Option<&Path>) -> Option<String> {
+    let dir = match paths::cache_dir() {
+        Ok(dir) => dir,
+        Err(e) => return Some(e.to_string()),
+    };
+    if let Err(e) = writable_dir(&dir) {
+        return Some(format!("{}: {e}", dir.display()));
+    }
+    let key_given = key_file.is_some()
+        || std::env::var_os(key::KEY_ENV).is_some()
+        || std::env::var_os(key::KEY_FILE_ENV).is_some_and(|v| !v.is_empty());
+    if !key_given {
+        match key::key_file_path(None) {
+            Ok(path) if path.exists() => {}
+            Ok(path) => {
+                let parent = path.parent().unwrap_or(Path::new("/"));
+                if let Err(e) = writable_dir(parent) {
+                    return Some(format!(
+                        "the key file's directory {}: {e}",
+                        parent.display()
+                    ));
+                }
+            }
+            Err(e) => return Some(e.to_string()),
+        }
+    }
+    None
+}
+
+/// Creates `dir` (0700) if need be and checks that a file can be made in it.
+fn writable_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let probe = dir.join(format!(
+        ".tokencache-probe-{:016x}",
+        token_core::backend::random_u128() as u64
+    ));
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&probe)?;
+    std::fs::remove_file(&probe)
+}
+
 /// Opens a Redis store; `prefix` overrides the default key prefix. An
 /// unreachable Redis is an error ([`RedisStartup::FailFast`]).
 pub async fn open_redis(
@@ -401,9 +473,13 @@ pub async fn open_redis_with(
     keyring: Keyring,
     startup: RedisStartup,
 ) -> Result<RedisStore, Error> {
+    // A one-shot command (FailFast) ends before another instance's event
+    // could matter to it: no pub/sub connection, no SUBSCRIBE.
+    let one_shot = startup == RedisStartup::FailFast;
     let mut config = RedisConfig::new(url)
         .with_encryption(keyring)
-        .with_connect_at_start(startup == RedisStartup::FailFast);
+        .with_connect_at_start(one_shot)
+        .with_invalidation_events(!one_shot);
     if let Some(p) = prefix {
         config = config.with_key_prefix(p);
     }
@@ -430,7 +506,30 @@ pub async fn open_sled(
     let store = loop {
         match SledStore::open(dir, Arc::clone(&keyring)).await {
             Ok(store) => break store,
-            Err(SledError::Locked { .. }) if started.elapsed() < LOCK_WAIT => {
+            Err(SledError::Locked { .. }) => {
+                // A running serve holds the store for as long as it runs:
+                // no use waiting for it.
+                if let Some(owner) = crate::owner::read(dir).filter(crate::owner::Owner::is_serve) {
+                    return Err(Error::store(format!(
+                        "the token store {} is in use by `tokencache serve` (pid {}), which \
+                         holds it while it runs (sled allows one process at a time); ask that \
+                         sidecar instead (its admin listener's GET /admin/keys, POST \
+                         /admin/keys/PROFILE/purge, when [serve] admin_listen is set), stop it, \
+                         or give this command another store (--store, --state-dir)",
+                        dir.display(),
+                        owner.pid
+                    )));
+                }
+                if started.elapsed() >= LOCK_WAIT {
+                    let by = crate::owner::read(dir)
+                        .map(|o| format!(" by `tokencache {}` (pid {})", o.command, o.pid))
+                        .unwrap_or_default();
+                    return Err(Error::store(format!(
+                        "the token store {} is in use{by}: still locked after {} s",
+                        dir.display(),
+                        LOCK_WAIT.as_secs()
+                    )));
+                }
                 tokio::time::sleep(Duration::from_millis(25)).await;
             }
             Err(SledError::WrongKey { sealed_with, .. }) => {
@@ -452,6 +551,7 @@ pub async fn open_sled(
             Err(e) => return Err(Error::store(format!("cannot open the token store: {e}"))),
         }
     };
+    crate::owner::write(dir);
     if let Some(q) = store.quarantine() {
         crate::error::notices().warning(q);
     }

@@ -21,8 +21,16 @@
 //! max_header_bytes = 65536           # largest request head (431 beyond), at least 8192
 //! prefetch_concurrency = 8           # first tokens fetched at once (start-up and reload)
 //!
+//! # Admin listener (optional; restart-only, like listen)
+//! admin_listen = "0.0.0.0:8732"      # /healthz, /readyz, /metrics and the admin API (/admin/...)
+//! admin_secret_file = "/run/secrets/tokencache-admin"  # required by the admin API from any client
+//!                                    # once set; without it the admin API answers loopback only
+//! admin_max_connections = 16         # open admin connections (same timeouts as listen)
+//!
 //! [[serve.routes]]
 //! prefix = "/orders/"                # matches /orders/... (a prefix without `/` matches whole segments)
+//! # host = "orders.internal"         # forward proxy: requests for this host (see crate::proxy); with
+//! #                                  # host, prefix is optional and not stripped
 //! upstream = "https://orders.internal"     # no user:password@ (refused)
 //! profile = "orders"
 //! allow_browser_origins = []         # origins whose browser requests may use the route; default [] (403)
@@ -30,8 +38,17 @@
 //! allow_plaintext = false            # silence the warning for http:// off loopback; default false
 //! timeout_seconds = 30               # upstream response head deadline (504 after it)
 //! mode = "inject"                    # or "exchange": per-caller token exchange, with
-//!                                    # audience/resource/scopes and exchange_* (see crate::exchange;
+//!                                    # the token parameters below and exchange_* (see crate::exchange;
 //!                                    # [serve.exchange] holds their defaults and key_file)
+//! # Token parameters (each optional; omitted = the profile's own request):
+//! scopes = ["orders.read"]           # replaces the profile's scopes for this route
+//! audience = "https://orders.internal"     # replaces the profile's audience
+//! resource = "https://orders.internal/"    # replaces the profile's resource indicators
+//!
+//! [serve.proxy]                      # CONNECT to routed hosts, TLS by a local CA (created if both absent)
+//! ca_cert_file = "/var/lib/tokencache/proxy-ca.pem"
+//! ca_key_file = "/var/lib/tokencache/proxy-ca.key"
+//! tls_handshake_timeout_seconds = 10
 //!
 //! [serve.azure]                      # resource -> profile (App Service managed identity)
 //! "https://vault.azure.net" = "vault"
@@ -39,12 +56,25 @@
 //! [serve.google]                     # the metadata server's default service account
 //! profile = "gcp"
 //! email = "sidecar@example.iam.gserviceaccount.com"
+//! project_id = "my-project"          # project/project-id (404 when not set)
+//! numeric_project_id = "123456789"   # project/numeric-project-id (404 when not set)
+//! universe_domain = "googleapis.com" # universe/universe-domain; default googleapis.com
+//! max_scope_sets = 64                # distinct ?scopes= sets served (each its own token)
 //! ```
+//!
+//! A route with `scopes`, `audience` or `resource` gets its own token from
+//! the profile's credential and store: the profile's request with those
+//! parts replaced, under its own cache key. It is fetched at start (and on
+//! a reload that changes it), kept warm, and `/readyz` names the route when
+//! it has none.
 //!
 //! Refused at load, each with one sentence: an upstream with user info
 //! (its password would reach `Host`, 502 bodies and logs), an
 //! `allowed_hosts` entry that is no `host[:port]`, an
-//! `allow_browser_origins` entry that is no origin. Refused when the
+//! `allow_browser_origins` entry that is no origin, a route with neither
+//! `prefix` nor `host`, a route `host` that is no DNS name or IP literal
+//! or that names the sidecar itself (loopback, the listen address, the
+//! metadata names, `allowed_hosts`). Refused when the
 //! sidecar is built: a non-loopback `listen` without a secret, unless
 //! `insecure_token_endpoint = true`. Warned about: a plain `http://`
 //! upstream off loopback (unless `allow_plaintext = true`), a
@@ -80,11 +110,15 @@ impl ConfigError {
     }
 }
 
-/// One egress route: requests whose path starts with `prefix` go to
-/// `upstream` with a token of `profile`.
+/// One egress route: requests whose path starts with `prefix` (and, with
+/// `host`, that are for that host) go to `upstream` with a token of
+/// `profile`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
-    /// The path prefix, starting with `/`, stripped before forwarding.
+    /// The path prefix, starting with `/`. On a route without `host` it is
+    /// stripped before forwarding; on a route with `host` the path is
+    /// forwarded as sent and the prefix only selects the route (`/` when
+    /// the route has a `host` and no `prefix`).
     pub prefix: String,
     /// Scheme and authority (and optional base path) of the upstream.
     pub upstream: Uri,
@@ -114,15 +148,53 @@ pub struct Route {
     /// `inject` (default: the profile's own token) or `exchange` (the
     /// caller's bearer token exchanged per caller; see [`crate::exchange`]).
     pub mode: RouteMode,
-    /// Scopes asked for (exchange routes).
-    pub scopes: Vec<String>,
-    /// The `audience` asked for (exchange routes).
-    pub audience: Option<String>,
-    /// The `resource` asked for (exchange routes).
-    pub resource: Option<String>,
     /// The exchange settings of an `exchange` route: `[serve.exchange]`
     /// overridden by the route's `exchange_*` keys.
     pub exchange: ExchangeSettings,
+    // --- Forward proxy (issue 19) ---
+    /// The host this route serves (`host`): a lower-cased DNS name or IP
+    /// literal, with `:port` when the route names one (then only that port
+    /// matches). Such a route matches requests whose `Host` (`:authority`,
+    /// absolute-form target, CONNECT target) names it, and only those.
+    /// `None`: the route matches requests addressed to the sidecar itself.
+    pub host: Option<String>,
+    // --- Token parameters (issue 19, item 4) ---
+    /// Scopes that replace the profile's for this route's token; empty = the
+    /// profile's own.
+    pub scopes: Vec<String>,
+    /// The `audience` that replaces the profile's; `None` = the profile's.
+    pub audience: Option<String>,
+    /// The `resource` indicator (RFC 8707) that replaces the profile's;
+    /// `None` = the profile's.
+    pub resource: Option<String>,
+}
+
+impl Route {
+    /// Whether the route asks for a token other than its profile's own
+    /// request (`scopes`, `audience` or `resource` set).
+    pub fn has_token_parameters(&self) -> bool {
+        !self.scopes.is_empty() || self.audience.is_some() || self.resource.is_some()
+    }
+
+    /// The request for this route's token: `base` (the profile's request)
+    /// with the route's `scopes`, `audience` and `resource` put in place of
+    /// its own; `base` itself when the route sets none of them.
+    pub fn token_request(&self, base: &token_cache::TokenRequest) -> token_cache::TokenRequest {
+        if !self.has_token_parameters() {
+            return base.clone();
+        }
+        let mut b = base.to_builder();
+        if !self.scopes.is_empty() {
+            b = b.clear_scopes().scopes(&self.scopes);
+        }
+        if let Some(a) = &self.audience {
+            b = b.audience(a);
+        }
+        if let Some(r) = &self.resource {
+            b = b.clear_resources().resource(r);
+        }
+        b.build()
+    }
 }
 
 pub(crate) use crate::exchange::{ExchangeSettings, RouteMode};
@@ -171,16 +243,91 @@ pub struct ServeConfig {
     /// subject digests, shared by a fleet so its sidecars share exchanged
     /// tokens through a shared store. Without it, a random per-process key.
     pub exchange_key_file: Option<PathBuf>,
+
+    // --- Forward proxy (issue 19) ---
+    /// `[serve.proxy]`: HTTPS through `CONNECT` to the hosts routes name,
+    /// with TLS terminated by a local CA. `None`: `CONNECT` is refused.
+    pub proxy: Option<ProxyConfig>,
+
+    // --- Admin listener (issue 24) ---
+    /// `admin_listen`: a second address serving `/healthz`, `/readyz`,
+    /// `/metrics` and the admin API (never the gateway or token
+    /// endpoints). `None` (default): no admin listener.
+    pub admin_listen: Option<SocketAddr>,
+    /// `admin_secret_file`: the secret admin API calls must present
+    /// (`Authorization: Bearer ...`); without it, only loopback clients may
+    /// call the admin API.
+    pub admin_secret_file: Option<PathBuf>,
+    /// `admin_max_connections`: open admin connections
+    /// ([`DEFAULT_ADMIN_CONNECTIONS`]).
+    pub admin_max_connections: usize,
 }
+
+/// `[serve.proxy]`: the local CA that signs the certificates the sidecar
+/// shows inside `CONNECT` tunnels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ProxyConfig {
+    /// The CA certificate (PEM), which programs trust
+    /// (`SSL_CERT_FILE`, `REQUESTS_CA_BUNDLE`, `NODE_EXTRA_CA_CERTS`).
+    pub ca_cert_file: PathBuf,
+    /// The CA's private key (PEM, mode 0600). With `ca_cert_file`, both
+    /// created on first start when both are absent.
+    pub ca_key_file: PathBuf,
+    /// How long a client has, after the `CONNECT` is accepted, to finish
+    /// the TLS handshake (`tls_handshake_timeout_seconds`;
+    /// [`DEFAULT_TLS_HANDSHAKE_TIMEOUT`]).
+    pub tls_handshake_timeout: Duration,
+}
+
+impl ProxyConfig {
+    /// Checks the CA files without creating them: both absent (the sidecar
+    /// creates them when it is built), or both there, PEM, and the key the
+    /// certificate's. `tokencache serve --check-config` runs it.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        crate::proxy::LocalCa::check(self)
+    }
+}
+
+/// How long a client has to complete the TLS handshake inside a `CONNECT`
+/// tunnel: ample on loopback or a pod network, short enough that a client
+/// that stalls holds its connection for seconds.
+pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Open connections the admin listener accepts unless
+/// `admin_max_connections` says otherwise: probes, a scraper and an
+/// operator need a handful, and the cap keeps the admin port from taking
+/// the gateway's file descriptors.
+pub const DEFAULT_ADMIN_CONNECTIONS: usize = 16;
 
 /// The account the Google metadata endpoints describe.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct GoogleAccount {
     /// The profile whose token is served.
     pub profile: String,
     /// The e-mail reported for the account.
     pub email: String,
+    /// `project/project-id`; 404 when `None`.
+    pub project_id: Option<String>,
+    /// `project/numeric-project-id`; 404 when `None`.
+    pub numeric_project_id: Option<String>,
+    /// `universe/universe-domain` ([`DEFAULT_UNIVERSE_DOMAIN`] unless set).
+    pub universe_domain: String,
+    /// How many distinct `?scopes=` sets (other than the profile's own and
+    /// its routes') get a token of their own; more are refused with `400`
+    /// ([`DEFAULT_MAX_SCOPE_SETS`] unless set).
+    pub max_scope_sets: usize,
 }
+
+/// The universe domain the metadata server reports unless configured:
+/// Google's public cloud.
+pub const DEFAULT_UNIVERSE_DOMAIN: &str = "googleapis.com";
+/// How many distinct scope sets the metadata endpoint serves per profile
+/// unless configured: each is a token (and a cache entry, kept in memory
+/// for the sidecar's life), so a caller cycling through scope lists cannot
+/// make it hold (or fetch) an unbounded number; SDKs use a handful.
+pub const DEFAULT_MAX_SCOPE_SETS: usize = 64;
 
 impl Default for ServeConfig {
     fn default() -> Self {
@@ -198,6 +345,10 @@ impl Default for ServeConfig {
             connections: ConnectionSettings::default(),
             exchange: ExchangeSettings::default(),
             exchange_key_file: None,
+            proxy: None,
+            admin_listen: None,
+            admin_secret_file: None,
+            admin_max_connections: DEFAULT_ADMIN_CONNECTIONS,
         }
     }
 }
@@ -236,12 +387,29 @@ struct RawServe {
     health_connections: Option<usize>,
     prefetch_concurrency: Option<usize>,
     max_header_bytes: Option<usize>,
+
+    // --- Admin listener (issue 24) ---
+    admin_listen: Option<String>,
+    admin_secret_file: Option<PathBuf>,
+    admin_max_connections: Option<usize>,
+    // --- Forward proxy (issue 19) ---
+    proxy: Option<RawProxy>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProxy {
+    ca_cert_file: PathBuf,
+    ca_key_file: PathBuf,
+    tls_handshake_timeout_seconds: Option<u64>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRoute {
-    prefix: String,
+    prefix: Option<String>,
+    // --- Forward proxy (issue 19) ---
+    host: Option<String>,
     upstream: String,
     profile: String,
 
@@ -254,12 +422,13 @@ struct RawRoute {
     allow_plaintext: bool,
     timeout_seconds: Option<u64>,
 
-    // --- Per-caller token exchange (issue 20) ---
-    mode: Option<String>,
+    // --- Token parameters (issue 19, item 4) ---
     #[serde(default)]
     scopes: Vec<String>,
     audience: Option<String>,
     resource: Option<String>,
+    // --- Per-caller token exchange (issue 20) ---
+    mode: Option<String>,
     exchange_grant: Option<String>,
     subject_token_type: Option<String>,
     exchange_max_subjects: Option<usize>,
@@ -273,6 +442,10 @@ struct RawRoute {
 struct RawGoogle {
     profile: String,
     email: Option<String>,
+    project_id: Option<String>,
+    numeric_project_id: Option<String>,
+    universe_domain: Option<String>,
+    max_scope_sets: Option<usize>,
 }
 
 impl ServeConfig {
@@ -317,16 +490,44 @@ impl ServeConfig {
                 ));
             }
         }
-        let google = raw.google.map(|g| GoogleAccount {
-            email: g.email.unwrap_or_else(|| "default".to_owned()),
-            profile: g.profile,
-        });
+        let google = raw.google.map(google_account).transpose()?;
         let allowed_hosts = raw
             .allowed_hosts
             .iter()
             .map(|h| allowed_host(h))
             .collect::<Result<Vec<_>, _>>()?;
+        for r in &routes {
+            if let Some(host) = &r.host {
+                check_not_own_name(host, listen, &allowed_hosts)?;
+            }
+        }
+        let proxy = raw.proxy.map(proxy_config).transpose()?;
+        let admin_listen = match raw.admin_listen.as_deref() {
+            None => None,
+            Some(a) => Some(a.parse::<SocketAddr>().map_err(|_| {
+                ConfigError::new(format!(
+                    "[serve] admin_listen = \"{a}\" is not an IP address and port (like 0.0.0.0:8732)"
+                ))
+            })?),
+        };
+        if admin_listen.is_some_and(|a| a == listen && a.port() != 0) {
+            return Err(ConfigError::new(format!(
+                "[serve] admin_listen = \"{listen}\" is the same address as listen: give the admin listener its own port"
+            )));
+        }
+        let admin_max_connections = match raw.admin_max_connections {
+            Some(0) => {
+                return Err(ConfigError::new(
+                    "[serve] admin_max_connections must be at least 1",
+                ))
+            }
+            Some(n) => n,
+            None => DEFAULT_ADMIN_CONNECTIONS,
+        };
         Ok(Self {
+            admin_listen,
+            admin_secret_file: raw.admin_secret_file,
+            admin_max_connections,
             listen,
             routes,
             secret_file: raw.secret_file,
@@ -347,6 +548,7 @@ impl ServeConfig {
             })?,
             exchange,
             exchange_key_file,
+            proxy,
         })
     }
 
@@ -383,6 +585,89 @@ impl ServeConfig {
     }
 }
 
+/// `[serve.google]`, checked: the values it reports are single plain
+/// tokens (they are answered as text bodies).
+fn google_account(g: RawGoogle) -> Result<GoogleAccount, ConfigError> {
+    let plain = |key: &str, v: &Option<String>| match v {
+        Some(v) if v.is_empty() || v.contains(|c: char| c.is_whitespace() || c.is_control()) => {
+            Err(ConfigError::new(format!(
+                "[serve.google] {key} = \"{}\" must be one word, not empty",
+                v.escape_debug()
+            )))
+        }
+        _ => Ok(()),
+    };
+    plain("email", &g.email)?;
+    plain("project_id", &g.project_id)?;
+    plain("universe_domain", &g.universe_domain)?;
+    if let Some(n) = &g.numeric_project_id {
+        if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(ConfigError::new(format!(
+                "[serve.google] numeric_project_id = \"{}\" must be digits only",
+                n.escape_debug()
+            )));
+        }
+    }
+    if g.max_scope_sets == Some(0) {
+        return Err(ConfigError::new(
+            "[serve.google] max_scope_sets must be at least 1",
+        ));
+    }
+    Ok(GoogleAccount {
+        email: g.email.unwrap_or_else(|| "default".to_owned()),
+        profile: g.profile,
+        project_id: g.project_id,
+        numeric_project_id: g.numeric_project_id,
+        universe_domain: g
+            .universe_domain
+            .unwrap_or_else(|| DEFAULT_UNIVERSE_DOMAIN.to_owned()),
+        max_scope_sets: g.max_scope_sets.unwrap_or(DEFAULT_MAX_SCOPE_SETS),
+    })
+}
+
+/// A route's `scopes`, `audience` and `resource`, checked: no empty value,
+/// no whitespace or control characters (a scope with a space would be two
+/// scopes; a header-breaking byte never reaches the IdP's form).
+fn token_parameters(
+    prefix: &str,
+    scopes: &[String],
+    audience: &Option<String>,
+    resource: &Option<String>,
+) -> Result<(), ConfigError> {
+    let bad = |v: &str| v.is_empty() || v.contains(|c: char| c.is_whitespace() || c.is_control());
+    for s in scopes {
+        if bad(s) {
+            return Err(ConfigError::new(format!(
+                "[[serve.routes]] prefix {prefix}: scopes entry \"{}\" is not one scope \
+                 (empty, or has whitespace: write each scope as its own entry)",
+                s.escape_debug()
+            )));
+        }
+    }
+    for (key, v) in [("audience", audience), ("resource", resource)] {
+        if let Some(v) = v {
+            if bad(v) {
+                return Err(ConfigError::new(format!(
+                    "[[serve.routes]] prefix {prefix}: {key} = \"{}\" is empty or has whitespace",
+                    v.escape_debug()
+                )));
+            }
+        }
+    }
+    if let Some(res) = resource {
+        // RFC 8707: an absolute URI without a fragment.
+        let absolute = res.parse::<Uri>().is_ok_and(|u| u.scheme().is_some());
+        if !absolute || res.contains('#') {
+            return Err(ConfigError::new(format!(
+                "[[serve.routes]] prefix {prefix}: resource = \"{}\" is not an absolute URI \
+                 without a fragment (RFC 8707), like \"https://api.example/\"",
+                res.escape_debug()
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn empty_raw() -> RawServe {
     RawServe {
         listen: None,
@@ -402,6 +687,10 @@ fn empty_raw() -> RawServe {
         health_connections: None,
         prefetch_concurrency: None,
         max_header_bytes: None,
+        proxy: None,
+        admin_listen: None,
+        admin_secret_file: None,
+        admin_max_connections: None,
     }
 }
 
@@ -444,7 +733,43 @@ fn route(
     prefixes: &mut BTreeSet<String>,
     exchange_defaults: &ExchangeSettings,
 ) -> Result<Route, ConfigError> {
-    let prefix = r.prefix;
+    let Some(host) = r.host.as_deref() else {
+        let Some(prefix) = r.prefix.clone() else {
+            return Err(ConfigError::new(format!(
+                "[[serve.routes]] with upstream \"{}\" has neither prefix nor host: a route needs at least one",
+                r.upstream
+            )));
+        };
+        return prefix_route(r, prefix, prefixes, exchange_defaults);
+    };
+    // --- Forward proxy (issue 19): a route for a host ---
+    let host = route_host(host)?;
+    let prefix = r.prefix.clone().unwrap_or_else(|| "/".to_owned());
+    if !prefix.starts_with('/') {
+        return Err(ConfigError::new(format!(
+            "[[serve.routes]] host {host}: prefix \"{prefix}\" must start with /"
+        )));
+    }
+    if !prefixes.insert(format!("{host} {prefix}")) {
+        return Err(ConfigError::new(format!(
+            "[[serve.routes]] host {host} with prefix {prefix} is given twice"
+        )));
+    }
+    let what = if r.prefix.is_some() {
+        format!("host {host} prefix {prefix}")
+    } else {
+        format!("host {host}")
+    };
+    finish_route(r, prefix, what, Some(host), exchange_defaults)
+}
+
+/// A route without `host`: its prefix may not take the sidecar's own paths.
+fn prefix_route(
+    r: RawRoute,
+    prefix: String,
+    prefixes: &mut BTreeSet<String>,
+    exchange_defaults: &ExchangeSettings,
+) -> Result<Route, ConfigError> {
     if !prefix.starts_with('/') {
         return Err(ConfigError::new(format!(
             "[[serve.routes]] prefix \"{prefix}\" must start with /"
@@ -469,9 +794,21 @@ fn route(
             "[[serve.routes]] prefix \"{prefix}\" is given twice"
         )));
     }
+    let what = format!("prefix {prefix}");
+    finish_route(r, prefix, what, None, exchange_defaults)
+}
+
+/// The checks every route gets; `what` names the route in messages.
+fn finish_route(
+    r: RawRoute,
+    prefix: String,
+    what: String,
+    host: Option<String>,
+    exchange_defaults: &ExchangeSettings,
+) -> Result<Route, ConfigError> {
     let upstream: Uri = r.upstream.parse().map_err(|e| {
         ConfigError::new(format!(
-            "[[serve.routes]] upstream \"{}\" (prefix {prefix}) is not a URL: {e}",
+            "[[serve.routes]] upstream \"{}\" ({what}) is not a URL: {e}",
             r.upstream
         ))
     })?;
@@ -479,14 +816,14 @@ fn route(
         Some("http" | "https") => {}
         _ => {
             return Err(ConfigError::new(format!(
-            "[[serve.routes]] upstream \"{}\" (prefix {prefix}) must be an http:// or https:// URL",
-            r.upstream
-        )))
+                "[[serve.routes]] upstream \"{}\" ({what}) must be an http:// or https:// URL",
+                r.upstream
+            )))
         }
     }
     if upstream.authority().is_none_or(|a| a.host().is_empty()) {
         return Err(ConfigError::new(format!(
-            "[[serve.routes]] upstream \"{}\" (prefix {prefix}) has no host",
+            "[[serve.routes]] upstream \"{}\" ({what}) has no host",
             r.upstream
         )));
     }
@@ -497,44 +834,44 @@ fn route(
         // The message names the host only: the user info is a password.
         let host = upstream.host().unwrap_or_default();
         return Err(ConfigError::new(format!(
-            "[[serve.routes]] upstream for prefix {prefix} (host {host}) has user info (user:password@): \
+            "[[serve.routes]] upstream for {what} (upstream host {host}) has user info (user:password@): \
              credentials in the URL would go upstream in Host, into 502 bodies and logs; remove them"
         )));
     }
     if upstream.query().is_some() {
         return Err(ConfigError::new(format!(
-            "[[serve.routes]] upstream \"{}\" (prefix {prefix}) may not have a query",
+            "[[serve.routes]] upstream \"{}\" ({what}) may not have a query",
             r.upstream
         )));
     }
     if r.profile.is_empty() {
         return Err(ConfigError::new(format!(
-            "[[serve.routes]] prefix {prefix} has an empty profile"
+            "[[serve.routes]] {what} has an empty profile"
         )));
     }
     for origin in &r.allow_browser_origins {
         if origin != "*" && !is_origin(origin) {
             return Err(ConfigError::new(format!(
-                "[[serve.routes]] prefix {prefix}: allow_browser_origins entry \"{origin}\" is not an origin \
+                "[[serve.routes]] {what}: allow_browser_origins entry \"{origin}\" is not an origin \
                  (scheme://host[:port], no path) or \"*\""
             )));
         }
     }
+    token_parameters(&prefix, &r.scopes, &r.audience, &r.resource)?;
     let timeout = match r.timeout_seconds {
         None => DEFAULT_UPSTREAM_TIMEOUT,
         Some(0) => {
             return Err(ConfigError::new(format!(
-                "[[serve.routes]] prefix {prefix}: timeout_seconds must be at least 1"
+                "[[serve.routes]] {what}: timeout_seconds must be at least 1"
             )))
         }
         Some(s) => Duration::from_secs(s),
     };
     let (mode, exchange) = crate::exchange::route_settings(
-        &prefix,
+        &what,
         exchange_defaults,
         crate::exchange::RawRouteExchange {
             mode: r.mode,
-            params: r.scopes.is_empty() && r.audience.is_none() && r.resource.is_none(),
             exchange_grant: r.exchange_grant,
             subject_token_type: r.subject_token_type,
             exchange_max_subjects: r.exchange_max_subjects,
@@ -546,9 +883,6 @@ fn route(
     Ok(Route {
         mode,
         exchange,
-        scopes: r.scopes,
-        audience: r.audience,
-        resource: r.resource,
         prefix,
         upstream,
         profile: r.profile,
@@ -560,6 +894,10 @@ fn route(
         allow_encoded_slashes: r.allow_encoded_slashes,
         allow_plaintext: r.allow_plaintext,
         timeout,
+        host,
+        scopes: r.scopes,
+        audience: r.audience,
+        resource: r.resource,
     })
 }
 
@@ -740,6 +1078,125 @@ fn is_origin(text: &str) -> bool {
             .is_none_or(|pq| pq.as_str().is_empty() || pq.as_str() == "/")
 }
 
+// ---- Forward proxy (issue 19): route hosts and [serve.proxy] -------------
+
+/// `[serve.proxy]`, checked.
+fn proxy_config(raw: RawProxy) -> Result<ProxyConfig, ConfigError> {
+    if raw.ca_cert_file == raw.ca_key_file {
+        return Err(ConfigError::new(
+            "[serve.proxy] ca_cert_file and ca_key_file must be two different files",
+        ));
+    }
+    let tls_handshake_timeout = match raw.tls_handshake_timeout_seconds {
+        None => DEFAULT_TLS_HANDSHAKE_TIMEOUT,
+        Some(0) => {
+            return Err(ConfigError::new(
+                "[serve.proxy] tls_handshake_timeout_seconds must be at least 1",
+            ))
+        }
+        Some(s) => Duration::from_secs(s),
+    };
+    Ok(ProxyConfig {
+        ca_cert_file: raw.ca_cert_file,
+        ca_key_file: raw.ca_key_file,
+        tls_handshake_timeout,
+    })
+}
+
+/// A route's `host`, checked and normalised: a DNS name (letters, digits
+/// and `-` in labels of 1 to 63 characters, at most 253 in all; a trailing
+/// `.` dropped) or an IP literal (`[::1]` for IPv6), lower-cased, with an
+/// optional `:port`.
+pub(crate) fn route_host(entry: &str) -> Result<String, ConfigError> {
+    let bad = |why: &str| {
+        ConfigError::new(format!(
+            "[[serve.routes]] host \"{entry}\" {why} (like \"orders.internal\" or \"orders.internal:8443\")"
+        ))
+    };
+    let lower = entry.to_ascii_lowercase();
+    let (name, port) =
+        split_host_port(&lower).ok_or_else(|| bad("is not a host with an optional port"))?;
+    if let Some(p) = port {
+        if p.parse::<u16>().map_or(true, |p| p == 0) {
+            return Err(bad("has a port that is not a number from 1 to 65535"));
+        }
+    }
+    let name = if let Some(v6) = name.strip_prefix('[').and_then(|n| n.strip_suffix(']')) {
+        let ip: std::net::Ipv6Addr = v6.parse().map_err(|_| bad("is not a valid IPv6 literal"))?;
+        format!("[{ip}]")
+    } else if let Ok(ip) = name.parse::<std::net::Ipv4Addr>() {
+        ip.to_string()
+    } else {
+        let name = name.strip_suffix('.').unwrap_or(name);
+        if !is_dns_name(name) {
+            return Err(bad("is not a valid DNS name or IP address"));
+        }
+        name.to_owned()
+    };
+    Ok(match port {
+        Some(p) => format!("{name}:{p}"),
+        None => name,
+    })
+}
+
+/// `host[:port]` split; `None` when the shape is wrong.
+pub(crate) fn split_host_port(text: &str) -> Option<(&str, Option<&str>)> {
+    if text.starts_with('[') {
+        let end = text.find(']')?;
+        let (name, rest) = text.split_at(end + 1);
+        return match rest {
+            "" => Some((name, None)),
+            r => r.strip_prefix(':').map(|p| (name, Some(p))),
+        };
+    }
+    match text.rsplit_once(':') {
+        Some((name, port)) if !name.contains(':') => Some((name, Some(port))),
+        Some(_) => None,
+        None => Some((text, None)),
+    }
+}
+
+fn is_dns_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+        // Not all digits (`10.1`): that is no name, nor an IP literal.
+        && !name.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+}
+
+/// Refuses a route `host` that names the sidecar itself: its requests go
+/// to the token endpoints, never to a route (see guard.rs).
+fn check_not_own_name(
+    host: &str,
+    listen: SocketAddr,
+    allowed_hosts: &[String],
+) -> Result<(), ConfigError> {
+    let (name, _) = split_host_port(host).unwrap_or((host, None));
+    let bare = name.trim_start_matches('[').trim_end_matches(']');
+    let ip = bare.parse::<std::net::IpAddr>().ok();
+    let own = name == "localhost"
+        || name.ends_with(".localhost")
+        || crate::guard::METADATA_HOSTS.contains(&name)
+        || ip.is_some_and(|ip| ip.is_loopback() || ip.is_unspecified() || ip == listen.ip())
+        || allowed_hosts
+            .iter()
+            .any(|a| split_host_port(a).is_some_and(|(n, _)| n.trim_end_matches('.') == name));
+    if own {
+        return Err(ConfigError::new(format!(
+            "[[serve.routes]] host \"{host}\" names the sidecar itself (loopback, its listen address, \
+             the metadata server's names or [serve] allowed_hosts): requests for it go to the sidecar's \
+             own endpoints, so no route may take it"
+        )));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -846,6 +1303,34 @@ mod tests {
                 "[[serve.routes]]\nprefix = \"/a/\"\nupstream = \"http://x\"\nprofile = \"p\"\ntimeout_seconds = 0\n",
                 "timeout_seconds must be at least 1",
             ),
+            (
+                "[[serve.routes]]\nprefix = \"/a/\"\nupstream = \"http://x\"\nprofile = \"p\"\nscopes = [\"a b\"]\n",
+                "scopes entry \"a b\" is not one scope",
+            ),
+            (
+                "[[serve.routes]]\nprefix = \"/a/\"\nupstream = \"http://x\"\nprofile = \"p\"\nscopes = \"a\"\n",
+                "invalid type",
+            ),
+            (
+                "[[serve.routes]]\nprefix = \"/a/\"\nupstream = \"http://x\"\nprofile = \"p\"\naudience = \"\"\n",
+                "audience = \"\" is empty",
+            ),
+            (
+                "[[serve.routes]]\nprefix = \"/a/\"\nupstream = \"http://x\"\nprofile = \"p\"\nresource = \"orders\"\n",
+                "is not an absolute URI",
+            ),
+            (
+                "[serve.google]\nprofile = \"p\"\nmax_scope_sets = 0\n",
+                "max_scope_sets must be at least 1",
+            ),
+            (
+                "[serve.google]\nprofile = \"p\"\nnumeric_project_id = \"12a\"\n",
+                "must be digits only",
+            ),
+            (
+                "[serve.google]\nprofile = \"p\"\nproject_id = \"my project\"\n",
+                "project_id = \"my project\" must be one word",
+            ),
         ];
         for (text, expected) in cases {
             let e = ServeConfig::parse(text).expect_err(text);
@@ -881,5 +1366,100 @@ mod tests {
         assert!(r.allow_encoded_slashes && r.allow_plaintext);
         let d = ServeConfig::default();
         assert!(d.allowed_hosts.is_empty() && !d.insecure_token_endpoint);
+    }
+
+    // --- Admin listener (issue 24) ---
+    #[test]
+    fn admin_listen_is_optional_and_checked() {
+        let d = ServeConfig::parse("").expect("default");
+        assert_eq!(d.admin_listen, None);
+        assert_eq!(d.admin_max_connections, DEFAULT_ADMIN_CONNECTIONS);
+        let c = ServeConfig::parse(
+            "[serve]\nadmin_listen = \"0.0.0.0:8732\"\nadmin_secret_file = \"/s\"\nadmin_max_connections = 4\n",
+        )
+        .expect("parses");
+        assert_eq!(c.admin_listen, Some("0.0.0.0:8732".parse().expect("addr")));
+        assert_eq!(
+            c.admin_secret_file.as_deref(),
+            Some(std::path::Path::new("/s"))
+        );
+        assert_eq!(c.admin_max_connections, 4);
+        for (text, says) in [
+            (
+                "[serve]\nadmin_listen = \"8732\"\n",
+                "not an IP address and port",
+            ),
+            (
+                "[serve]\nlisten = \"127.0.0.1:9000\"\nadmin_listen = \"127.0.0.1:9000\"\n",
+                "same address as listen",
+            ),
+            ("[serve]\nadmin_max_connections = 0\n", "at least 1"),
+        ] {
+            let e = ServeConfig::parse(text).expect_err(text).to_string();
+            assert!(e.contains(says), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn route_token_parameters_replace_the_profiles() {
+        let c = ServeConfig::parse(
+            r#"
+            [[serve.routes]]
+            prefix = "/a/"
+            upstream = "http://x"
+            profile = "p"
+            scopes = ["b.read", "a.read"]
+            audience = "https://a.example"
+            resource = "https://a.example/"
+            [[serve.routes]]
+            prefix = "/b/"
+            upstream = "http://x"
+            profile = "p"
+            "#,
+        )
+        .expect("valid");
+        let base = token_cache::TokenRequest::builder()
+            .scope("p.read")
+            .tenant("t")
+            .audience("https://p.example")
+            .resource("https://p.example/")
+            .build();
+        let (a, b) = (&c.routes[0], &c.routes[1]);
+        assert!(a.has_token_parameters() && !b.has_token_parameters());
+        let r = a.token_request(&base);
+        assert_eq!(r.scopes(), ["a.read", "b.read"]);
+        assert_eq!(r.audience(), Some("https://a.example"));
+        assert_eq!(r.resources(), ["https://a.example/"]);
+        assert_eq!(r.tenant(), Some("t"), "what the route does not set stays");
+        assert_ne!(r, base);
+        assert_eq!(b.token_request(&base), base);
+        // Only scopes: audience and resource stay the profile's.
+        let only = Route {
+            audience: None,
+            resource: None,
+            ..a.clone()
+        };
+        let r = only.token_request(&base);
+        assert_eq!(r.audience(), Some("https://p.example"));
+        assert_eq!(r.resources(), ["https://p.example/"]);
+    }
+
+    #[test]
+    fn google_settings_have_defaults() {
+        let c = ServeConfig::parse("[serve.google]\nprofile = \"p\"\n").expect("valid");
+        let g = c.google.expect("google");
+        assert_eq!(g.email, "default");
+        assert_eq!(g.universe_domain, DEFAULT_UNIVERSE_DOMAIN);
+        assert_eq!(g.max_scope_sets, DEFAULT_MAX_SCOPE_SETS);
+        assert_eq!(g.project_id, None);
+        let c = ServeConfig::parse(
+            "[serve.google]\nprofile = \"p\"\nproject_id = \"proj\"\nnumeric_project_id = \"42\"\nuniverse_domain = \"example.goog\"\nmax_scope_sets = 2\n",
+        )
+        .expect("valid");
+        let g = c.google.expect("google");
+        assert_eq!(g.project_id.as_deref(), Some("proj"));
+        assert_eq!(g.numeric_project_id.as_deref(), Some("42"));
+        assert_eq!(g.universe_domain, "example.goog");
+        assert_eq!(g.max_scope_sets, 2);
     }
 }

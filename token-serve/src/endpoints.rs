@@ -213,10 +213,10 @@ pub(crate) async fn azure(inner: &Inner, req: &Request<Incoming>) -> Response<Bo
     let token = match inner.token(profile).await {
         Ok(t) => t,
         Err(u) => {
-            return azure_error(
+            return u.metric_cause().mark(azure_error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 &format!("no valid token for profile `{name}`: {}", u.cause),
-            )
+            ))
         }
     };
     let Some(expires_at) = token.expires_at() else {
@@ -240,8 +240,41 @@ fn google_response(mut r: Response<Body>) -> Response<Body> {
     r
 }
 
-/// The Google metadata server's paths that client libraries use for a
-/// service account's token.
+/// A text answer as the metadata server gives it (`application/text`).
+fn google_text(text: impl Into<String>) -> Response<Body> {
+    google_response(response::text(
+        StatusCode::OK,
+        "application/text",
+        text.into(),
+    ))
+}
+
+/// `404` with a sentence saying what is not served (and why).
+fn google_not_found(why: &str) -> Response<Body> {
+    google_response(response::text(
+        StatusCode::NOT_FOUND,
+        "text/plain",
+        format!("{why}\n"),
+    ))
+}
+
+/// The Google metadata server's paths that Google's client libraries ask
+/// for default credentials (Node `google-auth-library`/`gcp-metadata`,
+/// Python `google-auth`, Rust `google-cloud-auth`):
+///
+/// - detection: `/` (Python's ping, with `Metadata-Flavor`),
+///   `/computeMetadata/v1/` and `/computeMetadata/v1/instance` (Node's);
+/// - `project/project-id`, `project/numeric-project-id` (configured, else
+///   404), `universe/universe-domain` (default `googleapis.com`);
+/// - `instance/service-accounts/` and, for `default` or the configured
+///   e-mail: `?recursive=true` (JSON), `email`, `aliases`, `scopes`, and
+///   `token` with `?scopes=a,b`: a token for exactly those scopes from the
+///   profile's credential, each scope set its own cache key (bounded by
+///   `max_scope_sets`);
+/// - `identity` (ID tokens): 404 saying they are not served.
+///
+/// Every answer carries `Metadata-Flavor: Google`; every request must carry
+/// it too (else `403`, as the real server answers).
 pub(crate) async fn google(inner: &Inner, req: &Request<Incoming>) -> Response<Body> {
     if forwarded(req.headers()) {
         return google_response(refuse_forwarded());
@@ -262,52 +295,68 @@ pub(crate) async fn google(inner: &Inner, req: &Request<Incoming>) -> Response<B
         ));
     }
     let Some(account) = &inner.google else {
-        return google_response(response::text(
-            StatusCode::NOT_FOUND,
-            "text/plain",
-            "the Google metadata endpoints need [serve.google] profile = ...\n",
-        ));
+        return google_not_found("the Google metadata endpoints need [serve.google] profile = ...");
     };
-    let path = req.uri().path().trim_end_matches('/');
-    let prefix = "/computeMetadata/v1/instance/service-accounts/";
-    let Some(rest) = path.strip_prefix(prefix) else {
-        if path == "/computeMetadata/v1" || path == "/computeMetadata" {
-            return google_response(response::text(
-                StatusCode::OK,
-                "application/text",
-                "instance/\n",
-            ));
+    let Some(profile) = inner.profiles.get(&account.profile) else {
+        return google_not_found("the [serve.google] profile is not configured");
+    };
+    let raw = req.uri().path();
+    if raw == "/" {
+        return google_text("computeMetadata/\n");
+    }
+    let path = raw.trim_end_matches('/');
+    let Some(rest) = path
+        .strip_prefix("/computeMetadata/v1")
+        .map(|r| r.trim_start_matches('/'))
+    else {
+        if path == "/computeMetadata" {
+            return google_text("v1/\n");
         }
-        return google_response(response::text(
-            StatusCode::NOT_FOUND,
-            "text/plain",
-            "Not Found\n",
+        return google_not_found("Not Found: this sidecar serves /computeMetadata/v1/ only");
+    };
+    let scopes: Vec<String> = profile.handle.request().scopes().to_vec();
+    match rest {
+        "" => return google_text("instance/\nproject/\nuniverse/\n"),
+        "instance" => return google_text("service-accounts/\n"),
+        "instance/service-accounts" => {
+            return google_text(format!("default/\n{}/\n", account.email))
+        }
+        "project" => return google_text("numeric-project-id\nproject-id\n"),
+        "project/project-id" => {
+            return match &account.project_id {
+                Some(id) => google_text(id.clone()),
+                None => google_not_found(
+                    "project/project-id is not configured: set [serve.google] project_id",
+                ),
+            }
+        }
+        "project/numeric-project-id" => {
+            return match &account.numeric_project_id {
+                Some(id) => google_text(id.clone()),
+                None => google_not_found(
+                    "project/numeric-project-id is not configured: set [serve.google] numeric_project_id",
+                ),
+            }
+        }
+        "universe" => return google_text("universe-domain\n"),
+        "universe/universe-domain" => return google_text(account.universe_domain.clone()),
+        _ => {}
+    }
+    let Some(rest) = rest.strip_prefix("instance/service-accounts/") else {
+        return google_not_found(&format!(
+            "Not Found: this sidecar does not serve {path} (it serves the default service \
+             account's token, e-mail and scopes, project/project-id and universe/universe-domain)"
         ));
     };
     let (who, what) = rest.split_once('/').unwrap_or((rest, ""));
     if who != "default" && who != account.email {
-        return google_response(response::text(
-            StatusCode::NOT_FOUND,
-            "text/plain",
-            "Not Found\n",
+        return google_not_found(&format!(
+            "Not Found: no service account {who} (this sidecar serves default, {})",
+            account.email
         ));
     }
-    let Some(profile) = inner.profiles.get(&account.profile) else {
-        return google_response(response::text(
-            StatusCode::NOT_FOUND,
-            "text/plain",
-            "Not Found\n",
-        ));
-    };
-    let scopes: Vec<String> = profile
-        .handle
-        .request()
-        .scopes()
-        .iter()
-        .map(ToString::to_string)
-        .collect();
     match what {
-        "" => {
+        "" if query_param(req, "recursive").as_deref() == Some("true") => {
             let body = serde_json::json!({
                 "aliases": ["default"],
                 "email": account.email,
@@ -315,36 +364,28 @@ pub(crate) async fn google(inner: &Inner, req: &Request<Incoming>) -> Response<B
             });
             google_response(response::json(StatusCode::OK, body.to_string()))
         }
-        "email" => google_response(response::text(
-            StatusCode::OK,
-            "application/text",
-            account.email.clone(),
-        )),
-        "scopes" => google_response(response::text(
-            StatusCode::OK,
-            "application/text",
-            scopes.join("\n"),
-        )),
+        "" => google_text("aliases\nemail\nidentity\nscopes\ntoken\n"),
+        "aliases" => google_text("default"),
+        "email" => google_text(account.email.clone()),
+        "scopes" => google_text(scopes.join("\n")),
+        "identity" => google_not_found(
+            "identity tokens (ID tokens) are not served by this sidecar: it serves access tokens only",
+        ),
         "token" => {
-            if let Some(asked) = query_param(req, "scopes") {
-                let mut asked: Vec<&str> =
-                    asked.split([',', ' ']).filter(|s| !s.is_empty()).collect();
-                asked.sort_unstable();
-                asked.dedup();
-                let mut have: Vec<&str> = scopes.iter().map(String::as_str).collect();
-                have.sort_unstable();
-                if asked != have {
-                    return google_response(response::text(
-                        StatusCode::BAD_REQUEST,
-                        "text/plain",
-                        format!(
-                            "this account's token has scopes {}, not the ones asked for\n",
-                            have.join(",")
-                        ),
-                    ));
-                }
-            }
-            let token = match inner.token(profile).await {
+            let profile = match query_param(req, "scopes") {
+                None => profile.clone(),
+                Some(asked) => match scoped(inner, &account.profile, profile, &asked) {
+                    Ok(p) => p,
+                    Err(why) => {
+                        return google_response(response::text(
+                            StatusCode::BAD_REQUEST,
+                            "text/plain",
+                            why,
+                        ))
+                    }
+                },
+            };
+            let token = match inner.token(&profile).await {
                 Ok(t) => t,
                 Err(u) => return google_response(u.response(&account.profile)),
             };
@@ -355,10 +396,55 @@ pub(crate) async fn google(inner: &Inner, req: &Request<Incoming>) -> Response<B
             });
             google_response(response::json(StatusCode::OK, body.to_string()))
         }
-        _ => google_response(response::text(
-            StatusCode::NOT_FOUND,
-            "text/plain",
-            "Not Found\n",
+        _ => google_not_found(&format!(
+            "Not Found: this sidecar does not serve service-accounts/{who}/{what}"
         )),
     }
+}
+
+/// The profile serving `asked` (`?scopes=a,b`, commas or spaces): the
+/// account profile itself when they are its scopes, a route's token with
+/// those scopes, or a scope set of its own (made on first use, bounded);
+/// else the `400` sentence saying why not.
+fn scoped(
+    inner: &Inner,
+    name: &str,
+    base: &crate::sidecar::Profile,
+    asked: &str,
+) -> Result<crate::sidecar::Profile, String> {
+    let asked: Vec<&str> = asked.split([',', ' ']).filter(|s| !s.is_empty()).collect();
+    if asked.is_empty() {
+        return Ok(base.clone());
+    }
+    if let Some(bad) = asked.iter().find(|s| s.chars().any(char::is_control)) {
+        return Err(format!("the scope {bad:?} has a control character\n"));
+    }
+    let request = base
+        .handle
+        .request()
+        .to_builder()
+        .clear_scopes()
+        .scopes(&asked)
+        .build();
+    if request == *base.handle.request() {
+        return Ok(base.clone());
+    }
+    if let Some(v) = inner
+        .variants
+        .iter()
+        .find(|v| v.profile_name == name && v.request == request)
+    {
+        return Ok(v.profile.clone());
+    }
+    let Some(sets) = &inner.scope_sets else {
+        return Ok(base.clone());
+    };
+    sets.get(base, &request).map_err(|full| {
+        format!(
+            "this sidecar serves at most {} distinct scope sets for profile `{name}` \
+             ([serve.google] max_scope_sets) and all are taken; ask for one of the scope \
+             sets already in use or raise max_scope_sets\n",
+            full.0
+        )
+    })
 }

@@ -59,7 +59,7 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt as _, Limited};
 use hyper::body::Incoming;
 use serde::Deserialize;
-use token_cache::{ExchangeGrant, Token, TokenRequest};
+use token_cache::{ExchangeGrant, Token, TokenRequest, TokenRequestBuilder};
 use token_http::{ExchangeCache, ExchangeError, SubjectKey, ACCESS_TOKEN_TYPE, JWT_TOKEN_TYPE};
 
 use crate::config::ConfigError;
@@ -131,8 +131,6 @@ pub(crate) struct RawExchange {
 /// A route's exchange keys as written.
 pub(crate) struct RawRouteExchange {
     pub(crate) mode: Option<String>,
-    /// No `scopes`/`audience`/`resource` was given.
-    pub(crate) params: bool,
     pub(crate) exchange_grant: Option<String>,
     pub(crate) subject_token_type: Option<String>,
     pub(crate) exchange_max_subjects: Option<usize>,
@@ -233,11 +231,11 @@ pub(crate) fn serve_settings(
 
 /// A route's mode and exchange settings.
 pub(crate) fn route_settings(
-    prefix: &str,
+    what: &str,
     defaults: &ExchangeSettings,
     r: RawRouteExchange,
 ) -> Result<(RouteMode, ExchangeSettings), ConfigError> {
-    let at = format!("[[serve.routes]] prefix {prefix}");
+    let at = format!("[[serve.routes]] {what}");
     let mode = match r.mode.as_deref() {
         None | Some("inject") => RouteMode::Inject,
         Some("exchange") => RouteMode::Exchange,
@@ -256,12 +254,6 @@ pub(crate) fn route_settings(
     if mode == RouteMode::Inject && exchange_keys {
         return Err(ConfigError::new(format!(
             "{at}: exchange_* and subject_token_type settings need mode = \"exchange\""
-        )));
-    }
-    if mode == RouteMode::Inject && !r.params {
-        return Err(ConfigError::new(format!(
-            "{at}: scopes, audience and resource are read on mode = \"exchange\" routes only \
-             (an inject route sends its profile's token as the profile asks for it)"
         )));
     }
     let settings = overlay(
@@ -315,6 +307,16 @@ fn cache_for(profile: &Profile, settings: &ExchangeSettings, key: &SubjectKey) -
         .build()
 }
 
+/// DPoP (issue 21): a DPoP profile's exchanges are bound to its key, as its
+/// own tokens are (its credential refuses a request without the
+/// thumbprint, and signs a proof for the exchange grant too).
+fn with_dpop(b: TokenRequestBuilder, profile: &Profile) -> TokenRequestBuilder {
+    match profile.handle.request().dpop_thumbprint() {
+        Some(jkt) => b.dpop_thumbprint(jkt),
+        None => b,
+    }
+}
+
 /// An `exchange` route's cache and request, resolved at start-up.
 pub(crate) struct RouteExchange {
     pub(crate) cache: ExchangeCache,
@@ -331,8 +333,8 @@ impl RouteExchange {
             b = b.resource(r);
         }
         Self {
+            request: with_dpop(b, profile).build(),
             cache: cache_for(profile, &route.exchange, key),
-            request: b.build(),
         }
     }
 }
@@ -559,7 +561,7 @@ pub(crate) async fn endpoint(inner: &Inner, req: Request<Incoming>) -> Response<
     if let Some(r) = &body.resource {
         b = b.resource(r);
     }
-    let request = b.build();
+    let request = with_dpop(b, profile).build();
     let asked_at = SystemTime::now();
     let subject = body.subject_token.as_deref().unwrap_or_default();
     match exchange(cache, subject, &request, "/v1/token/exchange", name).await {
@@ -612,6 +614,11 @@ mod tests {
                 subject_token_type: JWT_TOKEN_TYPE.into()
             }
         );
+        // Token parameters on an inject route are that route's own token
+        // (issue 19), not an exchange setting.
+        let inject = ServeConfig::parse(&format!("[serve]\n{ROUTE}audience = \"a\"\n")).unwrap();
+        assert_eq!(inject.routes[0].mode, RouteMode::Inject);
+        assert_eq!(inject.routes[0].audience.as_deref(), Some("a"));
         let plain = ServeConfig::parse(&format!("[serve]\n{ROUTE}")).unwrap();
         assert_eq!(plain.routes[0].mode, RouteMode::Inject);
         assert_eq!(plain.routes[0].exchange, ExchangeSettings::default());
@@ -622,7 +629,6 @@ mod tests {
         for (extra, says) in [
             ("mode = \"swap\"\n", "mode \"swap\""),
             ("exchange_rate_per_second = 3\n", "need mode = \"exchange\""),
-            ("audience = \"a\"\n", "mode = \"exchange\" routes only"),
             ("mode = \"exchange\"\nexchange_grant = \"saml\"\n", "grant \"saml\""),
             (
                 "mode = \"exchange\"\nexchange_grant = \"jwt-bearer\"\nsubject_token_type = \"jwt\"\n",

@@ -44,10 +44,11 @@ use token_cache::AccessToken;
 use zeroize::Zeroize as _;
 
 use crate::config::Route;
+use crate::metrics::{Cause, RouteDurations};
 use crate::pool::{Pool, RequestBody, UpstreamError};
 use crate::response::{self, Body};
 use crate::sidecar::{Inner, Profile};
-use token_http::challenge::rejects_token;
+use token_http::challenge::{rejects_dpop_token, rejects_token};
 
 /// A route as the gateway uses it: resolved once at start-up.
 pub(crate) struct GatewayRoute {
@@ -63,6 +64,14 @@ pub(crate) struct GatewayRoute {
     counters: Box<[OnceLock<metrics::Counter>]>,
     /// A `mode = "exchange"` route's per-caller cache (issue 20).
     pub(crate) exchange: Option<crate::exchange::RouteExchange>,
+    /// `tokencache_gateway_request_duration_seconds` handles.
+    durations: RouteDurations,
+    /// The upstream's host (and port), for the access log.
+    upstream_host: Arc<str>,
+    /// The short id of the profile's cache key (as `tokencache inspect`
+    /// prints it), for the access log: it names the token without holding
+    /// any of it.
+    key_id: Arc<str>,
 }
 
 impl GatewayRoute {
@@ -78,8 +87,16 @@ impl GatewayRoute {
             Some(pool) => pool,
             None => Arc::new(Pool::new(&route.upstream, tls)?),
         };
+        let label: Arc<str> = match (&route.host, route.prefix.as_str()) {
+            (Some(host), "/") => Arc::from(host.as_str()),
+            (Some(host), prefix) => Arc::from(format!("{host}{prefix}")),
+            (None, prefix) => Arc::from(prefix),
+        };
         Ok(Self {
-            label: Arc::from(route.prefix.as_str()),
+            durations: RouteDurations::new(Arc::clone(&label)),
+            upstream_host: Arc::from(route.upstream.authority().map_or("", |a| a.as_str())),
+            key_id: Arc::from(key_id(profile.handle.cache_key().as_str())),
+            label,
             base: route.upstream.path().trim_end_matches('/').to_owned(),
             route,
             profile,
@@ -87,6 +104,42 @@ impl GatewayRoute {
             counters: (100..600).map(|_| OnceLock::new()).collect(),
             exchange: None,
         })
+    }
+
+    /// One request of `method`, started at `started`, answered with
+    /// `resp`: its metrics (when the sidecar has them) and its access-log
+    /// line (target `tokencache::access`, at info: route, method, status,
+    /// duration, upstream host and the token's key id; never a query
+    /// string, a header or a token).
+    pub(crate) fn done(
+        &self,
+        inner: &Inner,
+        method: &http::Method,
+        resp: &Response<Body>,
+        started: std::time::Instant,
+    ) {
+        let elapsed = started.elapsed();
+        let status = resp.status();
+        if inner.metrics.is_some() {
+            self.count(status);
+            self.durations.record(method, status, elapsed);
+            crate::metrics::unavailable(Arc::clone(&self.label), resp);
+        }
+        tracing::info!(
+            target: "tokencache::access",
+            route = &*self.label,
+            method = method.as_str(),
+            status = status.as_u16(),
+            duration_seconds = elapsed.as_secs_f64(),
+            upstream = &*self.upstream_host,
+            key_id = &*self.key_id,
+            "request"
+        );
+    }
+
+    /// The upstream's host and port.
+    pub(crate) fn upstream_host(&self) -> &str {
+        &self.upstream_host
     }
 
     /// Counts one request answered with `status`.
@@ -104,6 +157,16 @@ impl GatewayRoute {
         })
         .increment(1);
     }
+}
+
+/// The short id of a cache key: the first 12 hex digits of its SHA-256,
+/// as `tokencache inspect` prints it and `purge` accepts it.
+pub(crate) fn key_id(key: &str) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, key.as_bytes());
+    digest.as_ref()[..6]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// A token and the `Authorization` value that sends it.
@@ -189,11 +252,12 @@ async fn exchanged(
 }
 
 fn unusable() -> Response<Body> {
-    response::error(
+    // The IdP's token is not one HTTP can carry: its answer is unusable.
+    Cause::IDP_REFUSED.mark(response::error(
         StatusCode::SERVICE_UNAVAILABLE,
         "token_unusable",
         "the token cannot be sent in an HTTP header",
-    )
+    ))
 }
 
 /// Forwards `req` along `route`.
@@ -202,8 +266,14 @@ pub(crate) async fn forward(
     route: &GatewayRoute,
     req: Request<Incoming>,
 ) -> Response<Body> {
+    // A host route forwards the path as the program sent it.
+    let strip = if route.route.host.is_some() {
+        ""
+    } else {
+        &route.route.prefix
+    };
     let pq = match upstream_path(
-        &route.route.prefix,
+        strip,
         &route.base,
         req.uri(),
         route.route.allow_encoded_slashes,
@@ -237,6 +307,8 @@ pub(crate) async fn forward(
         .headers
         .insert(header::HOST, route.pool.host_header().clone());
     parts.headers.append(header::VIA, crate::guard::via_value());
+    // The request's span as the upstream's parent, when traces are exported.
+    crate::trace::inject(&mut parts.headers);
     parts.uri = Uri::from(pq);
     parts.version = Version::HTTP_11;
 
@@ -276,6 +348,14 @@ pub(crate) async fn forward(
     };
 
     let mut retried = false;
+    // --- DPoP (issue 21) ---
+    // A DPoP profile signs a proof per attempt for the URL the upstream
+    // sees, and sends a buffered request once more when the upstream asks
+    // for its nonce (`use_dpop_nonce`).
+    let dpop = route.profile.dpop.as_ref();
+    let dpop_url = dpop.map(|_| upstream_url(&route.route.upstream, &parts.uri));
+    let mut nonce_retried = false;
+    // --- end DPoP ---
     loop {
         let body: RequestBody = match (&buffered, streamed.take()) {
             (Some(b), _) => Either::Left(Full::new(b.clone())),
@@ -283,7 +363,7 @@ pub(crate) async fn forward(
             (None, None) => Either::Left(Full::new(Bytes::new())),
         };
         // The head is kept only while a retry can still happen.
-        let head = if buffered.is_some() && !retried {
+        let head = if buffered.is_some() && (!retried || (dpop.is_some() && !nonce_retried)) {
             parts.clone()
         } else {
             std::mem::replace(&mut parts, Request::new(()).into_parts().0)
@@ -291,6 +371,23 @@ pub(crate) async fn forward(
         let mut out = Request::from_parts(head, body);
         out.headers_mut()
             .insert(header::AUTHORIZATION, bearer.header.clone());
+        // --- DPoP (issue 21) ---
+        if let (Some(key), Some(url)) = (dpop, &dpop_url) {
+            match key.resource_header(&bearer.token, out.method().as_str(), url) {
+                Ok(proof) => {
+                    out.headers_mut().insert("dpop", proof);
+                }
+                Err(e) => {
+                    tracing::warn!(route = %route.route.prefix, error = %e, "no DPoP proof; answering 503, nothing forwarded");
+                    return response::error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "dpop_proof_failed",
+                        &e.to_string(),
+                    );
+                }
+            }
+        }
+        // --- end DPoP ---
         let resp = match route.pool.send_within(out, route.route.timeout).await {
             Ok(r) => r,
             Err(e) if caller_body_failed(&e) => {
@@ -306,28 +403,43 @@ pub(crate) async fn forward(
             }
             Err(e) if e.is_timeout() => {
                 tracing::warn!(route = %route.route.prefix, error = %e, "upstream timed out");
-                return response::error(
+                return Cause::UPSTREAM_TIMEOUT.mark(response::error(
                     StatusCode::GATEWAY_TIMEOUT,
                     "upstream_timeout",
                     &format!("the upstream for {}: {e}", route.route.prefix),
-                );
+                ));
             }
             Err(e) => {
                 tracing::warn!(route = %route.route.prefix, error = %e, "upstream request failed");
-                return response::error(
+                return Cause::UPSTREAM_UNREACHABLE.mark(response::error(
                     StatusCode::BAD_GATEWAY,
                     "upstream_unreachable",
                     &format!(
                         "the upstream for {} could not be reached: {e}",
                         route.route.prefix
                     ),
-                );
+                ));
             }
         };
+        // --- DPoP (issue 21) ---
+        if let (Some(key), Some(url)) = (dpop, &dpop_url) {
+            let can_retry = !nonce_retried && buffered.is_some();
+            if key.resource_wants_retry(url, resp.status(), resp.headers(), can_retry) {
+                nonce_retried = true;
+                tracing::debug!(route = %route.route.prefix, "the upstream asked for a DPoP nonce; retrying once with it");
+                continue;
+            }
+        }
+        // --- end DPoP ---
         // Only the first answer may invalidate: the retry's own 401 is
         // passed on as it is (the new token was obtained moments ago, and
         // forcing it out would cost an IdP call per request).
-        if !retried && rejects_token(resp.status(), resp.headers()) {
+        let rejected = if dpop.is_some() {
+            rejects_dpop_token(resp.status(), resp.headers())
+        } else {
+            rejects_token(resp.status(), resp.headers())
+        };
+        if !retried && rejected {
             let profile = &route.profile;
             let dropped = match (&route.exchange, &subject) {
                 (Some(x), Some(subject)) => {
@@ -407,6 +519,15 @@ fn authorization(token: &AccessToken) -> Option<HeaderValue> {
     let mut v = HeaderValue::from_maybe_shared(Bytes::from_owner(owned)).ok()?;
     v.set_sensitive(true);
     Some(v)
+}
+
+/// DPoP (issue 21): the URL a forwarded request goes to, for the proof's
+/// `htu` (token-http leaves the query out).
+fn upstream_url(upstream: &Uri, path_and_query: &Uri) -> String {
+    let scheme = upstream.scheme_str().unwrap_or("http");
+    let authority = upstream.authority().map_or("", |a| a.as_str());
+    let path = path_and_query.path();
+    format!("{scheme}://{authority}{path}")
 }
 
 /// The request body's size when it is known: `Content-Length`, or zero

@@ -1,13 +1,18 @@
 //! Request guards: the checks every request passes before any routing or
-//! token work, in this order (see [`Guards::check`]):
+//! token work, in this order (see [`Guards::check`]). Requests for a host
+//! that a route names, and `CONNECT` with `[serve.proxy]`, are the forward
+//! proxy's (crate::proxy) and get only steps 3 and 4: such a host is never
+//! one the sidecar answers to itself (refused at load).
 //!
-//! 1. `CONNECT` is refused (`405`): the sidecar is not a tunnel, and a
-//!    `CONNECT` in origin form must never be forwarded with a token.
+//! 1. `CONNECT` is refused (`405`) unless `[serve.proxy]` is configured:
+//!    the sidecar is then no tunnel, and a `CONNECT` in origin form must
+//!    never be forwarded with a token.
 //! 2. `Host` (RFC 9112 §3.2): exactly one, and a valid `host[:port]`, else
 //!    `400`. The host (the request target's authority when the request is in
 //!    absolute form) must be one the sidecar answers to, else `403` (DNS
 //!    rebinding: a web page whose name was rebound to 127.0.0.1 sends its
-//!    own name as `Host`). Answered to: the listen address's IP, loopback
+//!    own name as `Host`); an absolute-form request (`HTTP_PROXY`) for such
+//!    a host gets `403 host_not_routed` instead. Answered to: the listen address's IP, loopback
 //!    (`localhost`, `127.0.0.1`, `[::1]`, any loopback IP); on a wildcard
 //!    listen (`0.0.0.0`, `[::]`) any IP literal; the metadata names vendor
 //!    SDKs send (`metadata.google.internal`, `metadata`, `169.254.169.254`);
@@ -40,7 +45,8 @@ use crate::response::{self, Body};
 /// The names vendor SDKs use for the metadata server: Google's client
 /// libraries (`metadata.google.internal`, the short `metadata`, and the
 /// link-local IP for their probes) and Azure's IMDS (the same IP).
-const METADATA_HOSTS: [&str; 3] = ["metadata.google.internal", "metadata", "169.254.169.254"];
+pub(crate) const METADATA_HOSTS: [&str; 3] =
+    ["metadata.google.internal", "metadata", "169.254.169.254"];
 
 /// This process's name in `Via` (`tokencache-<16 hex digits>`): a request
 /// that arrives carrying it went through this very sidecar before.
@@ -101,7 +107,7 @@ impl Guards {
             let mut r = response::error(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "connect_refused",
-                "the sidecar does not tunnel: CONNECT is refused",
+                "the sidecar does not tunnel: CONNECT is refused (configure [serve.proxy] for HTTPS to routed hosts)",
             );
             r.headers_mut().insert(
                 header::ALLOW,
@@ -114,6 +120,11 @@ impl Guards {
             Err(why) => return Some(response::error(StatusCode::BAD_REQUEST, "bad_host", why)),
         };
         if !self.host_allowed(&authority) {
+            if req.uri().authority().is_some() {
+                // An absolute-form request (HTTP_PROXY) for a host no route
+                // names: the sidecar is not an open proxy.
+                return Some(crate::proxy::not_routed(authority.as_str()));
+            }
             tracing::info!(host = %authority, "request refused: Host not allowed (DNS rebinding guard)");
             return Some(response::error(
                 StatusCode::FORBIDDEN,
@@ -122,14 +133,7 @@ impl Guards {
                  and the names in [serve] allowed_hosts",
             ));
         }
-        if looped(req.headers()) {
-            return Some(response::error(
-                StatusCode::LOOP_DETECTED,
-                "loop_detected",
-                "the request already went through this sidecar (Via): a route's upstream is the sidecar itself",
-            ));
-        }
-        None
+        loop_refusal(req.headers())
     }
 
     fn host_allowed(&self, a: &Authority) -> bool {
@@ -203,7 +207,7 @@ impl Guards {
 
 /// The request's host: the target's authority in absolute form, else the
 /// one `Host` header, which must be a valid `host[:port]`.
-fn host<B>(req: &Request<B>) -> Result<Authority, &'static str> {
+pub(crate) fn host<B>(req: &Request<B>) -> Result<Authority, &'static str> {
     let mut hosts = req.headers().get_all(header::HOST).iter();
     let Some(value) = hosts.next() else {
         return Err("the request has no Host header (RFC 9112 §3.2)");
@@ -239,6 +243,17 @@ fn parse_authority(bytes: &[u8]) -> Option<Authority> {
         return None;
     }
     Some(a)
+}
+
+/// Step 3 of the module docs: `508` when a `Via` names this sidecar.
+pub(crate) fn loop_refusal(headers: &HeaderMap) -> Option<http::Response<Body>> {
+    looped(headers).then(|| {
+        response::error(
+            StatusCode::LOOP_DETECTED,
+            "loop_detected",
+            "the request already went through this sidecar (Via): a route's upstream is the sidecar itself",
+        )
+    })
 }
 
 /// Whether a `Via` header names this process's sidecar.

@@ -7,11 +7,20 @@
 //! - **Token endpoint** `GET /v1/token?profile=NAME`, guarded against SSRF
 //!   (`Metadata: true`, no forwarded requests, optional shared secret).
 //! - **Vendor-compatible endpoints**: Azure App Service managed identity
-//!   (`/azure/token`) and the Google metadata server
-//!   (`/computeMetadata/v1/instance/service-accounts/default/token`), so
+//!   (`/azure/token`) and the Google metadata server (`/computeMetadata/v1/`:
+//!   every path Google's SDKs probe, `?scopes=` served per scope set), so
 //!   unmodified SDKs get their tokens from the sidecar.
-//! - `/metrics` (Prometheus), `/healthz`, `/readyz`.
-//! - **Request guards** before any token work: `CONNECT` refused, exactly
+//! - **Token parameters per route**: `scopes`, `audience`, `resource` on a
+//!   route get it its own token from the profile's credential and store.
+//! - `/metrics` (Prometheus), `/healthz`, `/readyz`; with `[serve]
+//!   admin_listen`, also on an admin listener of their own, with the admin
+//!   API (list keys, purge, refresh): see [`AdminListener`].
+//! - **Forward proxy**: routes by `host` (the `Host` header, absolute-form
+//!   requests from `HTTP_PROXY` clients) and, with `[serve.proxy]`,
+//!   `CONNECT` tunnels to routed hosts with TLS terminated by a local CA
+//!   (`HTTPS_PROXY`); any other host is refused (`403 host_not_routed`).
+//! - **Request guards** before any token work: `CONNECT` refused (without
+//!   `[serve.proxy]`), exactly
 //!   one valid `Host` naming the sidecar (DNS rebinding; `[serve]
 //!   allowed_hosts`), no browser cross-site requests unless a route opts in
 //!   (`allow_browser_origins`), loops through the sidecar itself detected
@@ -68,6 +77,7 @@
 //! # Ok(()) }
 //! ```
 
+mod admin;
 mod config;
 mod endpoints;
 mod exchange;
@@ -75,26 +85,35 @@ mod gateway;
 mod guard;
 mod metrics;
 mod pool;
+mod proxy;
 mod reload;
 mod response;
 mod server;
 mod sidecar;
 mod tls;
+mod trace;
+mod variants;
 
+pub use admin::{AdminListener, AdminSettings};
 pub use config::{
-    ConfigError, GoogleAccount, Route, ServeConfig, DEFAULT_DRAIN, DEFAULT_LISTEN,
-    DEFAULT_RETRY_BODY_LIMIT,
+    ConfigError, GoogleAccount, Route, ServeConfig, DEFAULT_ADMIN_CONNECTIONS, DEFAULT_DRAIN,
+    DEFAULT_LISTEN, DEFAULT_RETRY_BODY_LIMIT,
 };
 pub use config::{
     ConnectionLimits, ConnectionSettings, DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_HEALTH_CONNECTIONS,
     DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_HEADER_BYTES,
     DEFAULT_PREFETCH_CONCURRENCY, DEFAULT_UPSTREAM_TIMEOUT,
 };
+pub use config::{ProxyConfig, DEFAULT_TLS_HANDSHAKE_TIMEOUT};
+pub use config::{DEFAULT_MAX_SCOPE_SETS, DEFAULT_UNIVERSE_DOMAIN};
 pub use endpoints::SECRET_HEADER;
 pub use exchange::{ExchangeSettings, RouteMode, MAX_EXCHANGE_BODY};
+pub use metrics::{prometheus_builder, HTTP_BUCKETS};
 pub use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 pub use pool::{UpstreamBody, CONNECT_TIMEOUT, MAX_IDLE, POOL_IDLE};
 pub use reload::{FileOptions, FileSidecar, LoadError, ReloadReport, DEFAULT_WATCH_INTERVAL};
 pub use response::Body;
-pub use server::{raise_fd_limit, serve, serve_starting, Drained, HEALTH_HEADER_READ_TIMEOUT};
+pub use server::{
+    raise_fd_limit, serve, serve_starting, serve_with_admin, Drained, HEALTH_HEADER_READ_TIMEOUT,
+};
 pub use sidecar::{Readiness, Sidecar, SidecarBuilder};

@@ -8,7 +8,10 @@
 //! the new one. A profile whose settings did not change keeps its cache,
 //! handle and keep-warm timer (a reload makes no IdP call for it); a new or
 //! changed profile is fetched before the swap; a removed profile stops
-//! being kept warm. A file that does not load (bad TOML, an unknown key, a
+//! being kept warm. A route's own token (`scopes`, `audience`, `resource`)
+//! is treated the same way: kept with its timer when its profile and
+//! parameters are unchanged, fetched before the swap when new or changed
+//! ([`ReloadReport::route_tokens`]). A file that does not load (bad TOML, an unknown key, a
 //! profile the IdP refuses) is refused whole with one log line naming the
 //! problem, and the configuration in force keeps serving.
 //!
@@ -120,6 +123,10 @@ pub struct ReloadReport {
     pub pending: Vec<(String, String)>,
     /// Whether the file's text was unchanged (nothing was rebuilt).
     pub unchanged: bool,
+    /// Routes whose own token (`scopes`, `audience` or `resource`) was
+    /// fetched: new, or changed in its parameters or its profile. Routes
+    /// whose token was kept are not listed.
+    pub route_tokens: Vec<String>,
 }
 
 /// One profile in force: its spec (to tell a change), what serves it, and
@@ -156,6 +163,8 @@ pub struct FileSidecar {
     /// What the file loaded at start said (a reload cannot change them).
     listen: SocketAddr,
     limits: ConnectionLimits,
+    /// The admin listener's settings at start (restart-only).
+    admin: crate::admin::AdminSettings,
     options: Arc<FileOptions>,
     metrics: Option<Metrics>,
     state: Arc<tokio::sync::Mutex<State>>,
@@ -194,7 +203,12 @@ impl FileSidecar {
         let metrics = options.metrics.clone().map(Metrics::new);
         // A long-running process: an unreachable Redis is connected to in
         // the background while tokens come from memory and the IdP.
-        let mut stores = Stores::new().with_redis_startup(RedisStartup::Background);
+        // And the default sled store, when HOME cannot hold it and no state
+        // directory is given, becomes memory with a warning (degraded, not
+        // dead).
+        let mut stores = Stores::new()
+            .with_redis_startup(RedisStartup::Background)
+            .with_memory_fallback(true);
         let mut report = ReloadReport::default();
         let profiles = build_profiles(
             &file,
@@ -223,6 +237,7 @@ impl FileSidecar {
             path: path.to_owned(),
             listen: config.listen,
             limits: config.limits(),
+            admin: crate::admin::AdminSettings::of(&config),
             options: Arc::new(options),
             metrics,
             state: Arc::new(tokio::sync::Mutex::new(state)),
@@ -244,6 +259,14 @@ impl FileSidecar {
         };
         let mut refused = None;
         first_tokens(&mut state.profiles, concurrency, &mut report, &mut refused).await;
+        route_tokens(
+            &self.sidecar.current(),
+            &state.profiles,
+            concurrency,
+            &mut report,
+            &mut refused,
+        )
+        .await;
         report.kept = state.profiles.len();
         match refused {
             Some(e) => Err(e),
@@ -263,6 +286,12 @@ impl FileSidecar {
         self.listen
     }
 
+    /// The admin listener's settings of the configuration loaded at start
+    /// (a reload cannot change them), for [`serve_with_admin`](crate::serve_with_admin).
+    pub fn admin_settings(&self) -> crate::admin::AdminSettings {
+        self.admin.clone()
+    }
+
     /// How long a shutdown waits for requests in flight.
     pub async fn drain(&self) -> Duration {
         self.limits.drain
@@ -279,7 +308,10 @@ impl FileSidecar {
     pub async fn reload(&self) -> Result<ReloadReport, LoadError> {
         let mut state = self.state.lock().await;
         let file = ProfilesFile::load(&self.path)?;
-        if file.text() == state.text && stamp(state.secret_file.as_deref()) == state.secret_stamp {
+        if file.text() == state.text
+            && stamp(state.secret_file.as_deref()) == state.secret_stamp
+            && state.profiles.values().all(same_dpop_key)
+        {
             return Ok(ReloadReport {
                 unchanged: true,
                 kept: state.profiles.len(),
@@ -299,6 +331,12 @@ impl FileSidecar {
                 self.limits.drain.as_secs(),
                 config.drain.as_secs()
             ));
+        }
+        if crate::admin::AdminSettings::of(&config) != self.admin {
+            report.needs_restart.push(
+                "the admin listener (admin_listen, admin_secret_file, admin_max_connections)"
+                    .to_owned(),
+            );
         }
         if config.connections != self.limits.settings {
             report
@@ -333,6 +371,17 @@ impl FileSidecar {
                     error,
                 }
             })?;
+        route_tokens(
+            &inner,
+            &profiles,
+            state.prefetch_concurrency,
+            &mut report,
+            &mut refused,
+        )
+        .await;
+        if let Some(e) = refused {
+            return Err(e);
+        }
         report.removed = state
             .profiles
             .keys()
@@ -420,11 +469,12 @@ impl FileSidecar {
                 };
                 tracing::info!(
                     trigger,
-                    added = ?r.added,
-                    changed = ?r.changed,
-                    removed = ?r.removed,
+                    added = %r.added.join(","),
+                    changed = %r.changed.join(","),
+                    removed = %r.removed.join(","),
                     kept = r.kept,
                     routes = r.routes,
+                    route_tokens_fetched = ?r.route_tokens,
                     elapsed_ms = started.elapsed().as_millis() as u64,
                     "configuration reloaded{restart}"
                 );
@@ -452,6 +502,22 @@ impl FileSidecar {
 /// A digest of what the file at `path` holds now (not a secret's hash kept
 /// anywhere but in memory, and only to notice a change); `None` without a
 /// file or when it cannot be read.
+/// DPoP (issue 21): whether a loaded profile's `dpop_key_file` still holds
+/// the key it was built with. A rotated key is a change: the profile is
+/// rebuilt, its requests carry the new thumbprint (a new cache partition)
+/// and the gateway signs with the new key. A file that cannot be read now
+/// counts as a change too, so the reload reports it.
+fn same_dpop_key(loaded: &Loaded) -> bool {
+    let Some(path) = &loaded.spec.dpop_key_file else {
+        return true;
+    };
+    let now = token_http::DpopKey::from_file(path).ok();
+    match (now, &loaded.profile.dpop) {
+        (Some(now), Some(was)) => now.thumbprint() == was.thumbprint(),
+        _ => false,
+    }
+}
+
 fn stamp(path: Option<&Path>) -> Option<u64> {
     use std::hash::{Hash as _, Hasher as _};
     let bytes = zeroize::Zeroizing::new(std::fs::read(path?).ok()?);
@@ -499,7 +565,7 @@ async fn build_profiles(
     let mut out = BTreeMap::new();
     for (name, spec) in file.profiles() {
         let spec = spec.clone().overlay(overlay.clone());
-        if let Some(kept) = old.get(name).filter(|l| l.spec == spec) {
+        if let Some(kept) = old.get(name).filter(|l| l.spec == spec && same_dpop_key(l)) {
             out.insert(
                 name.clone(),
                 Loaded {
@@ -525,11 +591,15 @@ async fn build_profiles(
         let built = token_profile::build(resolved, stores)
             .await
             .map_err(|e| e.in_profile(name))?;
+        // The IdP call histogram's `profile` label.
+        built.cache.set_metrics_name(name);
         out.insert(
             name.clone(),
             Loaded {
                 spec,
-                profile: Profile::new(&built.cache, &built.request),
+                profile: Profile::new(&built.cache, &built.request)
+                    .with_store(built.store.clone())
+                    .with_dpop(built.resolved.dpop_key().cloned()),
                 token_url: built.token_url.clone(),
                 _warm: None,
                 first: Some(built),
@@ -626,6 +696,67 @@ async fn first_token(
     }
 }
 
+/// Fetches the first token of every route token of `inner` that has none
+/// yet (a route's `scopes`/`audience`/`resource`: new, or changed), like
+/// [`first_tokens`] for profiles, and starts its keep-warm timer. A route
+/// token kept by a reload already has its timer and is not fetched.
+async fn route_tokens(
+    inner: &crate::sidecar::Inner,
+    profiles: &BTreeMap<String, Loaded>,
+    concurrency: usize,
+    report: &mut ReloadReport,
+    refused: &mut Option<LoadError>,
+) {
+    let gate = tokio::sync::Semaphore::new(concurrency.max(1));
+    let fresh = inner
+        .variants
+        .iter()
+        .filter(|v| v.warm.lock().map(|w| w.is_none()).unwrap_or(false));
+    let fetches = fresh.map(|v| {
+        let gate = &gate;
+        async move {
+            let outcome = match gate.acquire().await {
+                Ok(_permit) => Some(v.profile.handle.token().await),
+                Err(_) => None,
+            };
+            (v, outcome)
+        }
+    });
+    for (v, outcome) in futures_util::future::join_all(fetches).await {
+        let token_url = profiles
+            .get(&v.profile_name)
+            .map(|l| l.token_url.clone())
+            .unwrap_or_default();
+        match outcome {
+            Some(Err(e)) if !e.is_transient() => {
+                refused.get_or_insert(LoadError::Refused {
+                    profile: v.label(),
+                    token_url,
+                    error: e,
+                });
+                continue;
+            }
+            Some(Err(e)) => report.pending.push((v.label(), e.to_string())),
+            _ => {}
+        }
+        report.route_tokens.extend(v.routes.iter().cloned());
+        match v.profile.cache.keep_warm(&v.request) {
+            Ok(w) => {
+                if let Ok(mut slot) = v.warm.lock() {
+                    *slot = Some(w);
+                }
+            }
+            Err(error) => {
+                refused.get_or_insert(LoadError::Refused {
+                    profile: v.label(),
+                    token_url,
+                    error,
+                });
+            }
+        }
+    }
+}
+
 fn inner(
     config: &ServeConfig,
     profiles: &BTreeMap<String, Loaded>,
@@ -634,7 +765,7 @@ fn inner(
 ) -> Result<crate::sidecar::Inner, ConfigError> {
     let mut builder = Sidecar::builder(config.clone()).metrics_of(metrics);
     if let Some(previous) = previous {
-        builder = builder.reuse_pools(previous);
+        builder = builder.reuse_pools(previous).reuse_tokens(previous);
     }
     for (name, loaded) in profiles {
         builder = builder.profile_shared(name.clone(), loaded.profile.clone());

@@ -45,6 +45,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
+use crate::admin::{self, AdminListener};
 use crate::config::ConnectionLimits;
 use crate::response::{self, Body};
 use crate::Sidecar;
@@ -113,7 +114,7 @@ fn caps(limits: &ConnectionLimits) -> (usize, usize) {
 
 /// What the drain tells connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
+pub(crate) enum Phase {
     Serving,
     Draining,
     Cut,
@@ -150,7 +151,25 @@ pub async fn serve_starting(
     shutdown: impl Future<Output = ()>,
     limits: impl Into<ConnectionLimits>,
 ) -> Drained {
+    serve_with_admin(listener, None, sidecar, shutdown, limits).await
+}
+
+/// [`serve_starting`] with an admin listener (`[serve] admin_listen`,
+/// [`AdminListener`]): health, readiness, metrics and the admin API on
+/// their own address, with their own connection cap
+/// (`admin_max_connections`) and the same timeouts and drain (see
+/// [`AdminListener`]).
+pub async fn serve_with_admin(
+    listener: TcpListener,
+    admin: Option<AdminListener>,
+    sidecar: impl Future<Output = Option<Sidecar>>,
+    shutdown: impl Future<Output = ()>,
+    limits: impl Into<ConnectionLimits>,
+) -> Drained {
     let limits = limits.into();
+    let admin_cap = Arc::new(Semaphore::new(
+        admin.as_ref().map_or(0, |a| a.max_connections),
+    ));
     let slot: Arc<OnceLock<Sidecar>> = Arc::new(OnceLock::new());
     let mut sidecar = std::pin::pin!(sidecar);
     let mut starting = true;
@@ -193,6 +212,31 @@ pub async fn serve_starting(
                     watching.clone(),
                 ));
             }
+            accepted = accept_admin(admin.as_ref()) => {
+                let (stream, access) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "admin accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let Ok(permit) = Arc::clone(&admin_cap).try_acquire_owned() else {
+                    metrics::counter!("tokencache_connections_refused_total").increment(1);
+                    tracing::debug!("admin connection refused: admin_max_connections reached");
+                    drop(stream);
+                    continue;
+                };
+                let _ = stream.set_nodelay(true);
+                tokio::spawn(connection(
+                    stream,
+                    Arc::clone(&slot),
+                    limits,
+                    Kind::Admin(access),
+                    permit,
+                    watching.clone(),
+                ));
+            }
             built = &mut sidecar, if starting => {
                 starting = false;
                 match built {
@@ -206,8 +250,12 @@ pub async fn serve_starting(
         }
     }
     drop(listener);
+    drop(admin);
     drop(watching);
-    tracing::info!(drain = ?limits.drain, "shutting down: draining requests in flight");
+    tracing::info!(
+        drain_seconds = limits.drain.as_secs_f64(),
+        "shutting down: draining requests in flight"
+    );
     let _ = phase.send(Phase::Draining);
     tokio::select! {
         // Every connection task holds a receiver until it ends.
@@ -216,20 +264,42 @@ pub async fn serve_starting(
             Drained::Complete
         }
         () = tokio::time::sleep(limits.drain) => {
-            tracing::warn!(drain = ?limits.drain, "drain time ran out; cutting the remaining connections");
+            tracing::warn!(drain_seconds = limits.drain.as_secs_f64(), "drain time ran out; cutting the remaining connections");
             let _ = phase.send(Phase::Cut);
             Drained::TimedOut
         }
     }
 }
 
+/// Accepts on the admin listener, if there is one (never resolves
+/// otherwise).
+async fn accept_admin(
+    admin: Option<&AdminListener>,
+) -> std::io::Result<(TcpStream, Arc<admin::Access>)> {
+    match admin {
+        Some(a) => {
+            let (stream, _) = a.listener.accept().await?;
+            Ok((stream, Arc::clone(&a.access)))
+        }
+        None => std::future::pending().await,
+    }
+}
+
 /// What a connection may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Clone)]
 enum Kind {
     /// Anything, with keep-alive.
     Gateway,
     /// One request, to `/healthz` or `/readyz`.
     HealthOnly,
+    /// The admin listener's: health, readiness, metrics, the admin API.
+    Admin(Arc<admin::Access>),
+}
+
+impl Kind {
+    fn is(&self, other: &Kind) -> bool {
+        std::mem::discriminant(self) == std::mem::discriminant(other)
+    }
 }
 
 /// Where a connection stands, for its timeouts: waiting for (or reading) a
@@ -420,31 +490,45 @@ async fn connection(
     sidecar: Arc<OnceLock<Sidecar>>,
     limits: ConnectionLimits,
     kind: Kind,
-    _permit: OwnedSemaphorePermit,
+    permit: OwnedSemaphorePermit,
     mut phase: watch::Receiver<Phase>,
 ) {
+    // A CONNECT tunnel (the forward proxy) keeps the permit, the drain and
+    // these limits after the connection is handed over to it.
+    let tunnel = crate::proxy::TunnelScope {
+        _permit: Arc::new(permit),
+        phase: phase.clone(),
+        settings: limits.settings,
+    };
     let mut limits = limits;
-    if kind == Kind::HealthOnly {
+    if kind.is(&Kind::HealthOnly) {
         let s = &mut limits.settings;
         s.header_read_timeout = s.header_read_timeout.min(HEALTH_HEADER_READ_TIMEOUT);
     }
     let peer = stream.peer_addr().ok();
-    let _open = OpenGauge::new(kind);
+    let _open = OpenGauge::new(&kind);
     let activity = Arc::new(Activity::new());
     let io = TokioIo::new(Watched {
         stream,
         activity: Arc::clone(&activity),
     });
     let on_request = Arc::clone(&activity);
-    let service = service_fn(move |req: Request<Incoming>| {
+    let keep_alive = !kind.is(&Kind::HealthOnly);
+    let connect_allowed = kind.is(&Kind::Gateway);
+    let service = service_fn(move |mut req: Request<Incoming>| {
+        if connect_allowed && req.method() == http::Method::CONNECT {
+            req.extensions_mut().insert(tunnel.clone());
+        }
         let sidecar = sidecar.get().cloned();
         let activity = Arc::clone(&on_request);
         activity.request();
+        let kind = kind.clone();
         async move {
             let response = match (sidecar, kind) {
                 (None, _) => starting(&req),
                 (Some(s), Kind::Gateway) => s.handle(req).await,
                 (Some(s), Kind::HealthOnly) => health_only(&s, req).await,
+                (Some(s), Kind::Admin(access)) => admin::handle(&s, req, peer, &access).await,
             };
             Ok::<_, std::convert::Infallible>(response.map(|body| Tracked { body, activity }))
         }
@@ -455,10 +539,11 @@ async fn connection(
         // hyper's timer runs from the end of a response (or the opening)
         // to the end of the next head: the idle time plus the head's.
         .header_read_timeout(settings.idle_timeout + settings.header_read_timeout)
-        .keep_alive(kind == Kind::Gateway)
+        .keep_alive(keep_alive)
         // Bounds a head (431 beyond) and what a connection buffers.
         .max_buf_size(settings.max_header_bytes.max(8192))
-        .serve_connection(io, service);
+        .serve_connection(io, service)
+        .with_upgrades();
     let mut conn = std::pin::pin!(conn);
     // One timer for the connection's life. Nothing wakes it when the
     // connection's state changes (a wake-up from inside the connection's own
@@ -531,10 +616,11 @@ async fn connection(
 struct OpenGauge(metrics::Gauge);
 
 impl OpenGauge {
-    fn new(kind: Kind) -> Self {
+    fn new(kind: &Kind) -> Self {
         let kind = match kind {
             Kind::Gateway => "gateway",
             Kind::HealthOnly => "health",
+            Kind::Admin(_) => "admin",
         };
         let gauge = metrics::gauge!("tokencache_connections_open", "kind" => kind);
         gauge.increment(1.0);
@@ -557,6 +643,7 @@ fn starting(req: &Request<Incoming>) -> Response<Body> {
             r#"{"ready":false,"starting":true,"cause":"starting: the profiles are being built"}"#,
         ),
         _ => {
+            crate::metrics::starting();
             let mut r = response::error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "starting",

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use http::{Method, Request, Response, StatusCode};
@@ -18,6 +18,7 @@ use crate::gateway::{self, BearerCache, GatewayRoute};
 use crate::guard::Guards;
 use crate::metrics::Metrics;
 use crate::response::{self, Body};
+use crate::variants::{self, ScopeSets, Variant};
 use crate::{endpoints, tls};
 
 /// How long `/readyz` and `/metrics` wait for a profile's token before
@@ -32,6 +33,11 @@ pub(crate) struct Profile {
     pub(crate) handle: TokenHandle,
     /// The gateway's `Authorization` value for the current token.
     pub(crate) bearer: Arc<BearerCache>,
+    /// The profile's store, when built from a profiles file: `/readyz`
+    /// reports it degraded while it is unreachable.
+    pub(crate) store: Option<token_profile::OpenedStore>,
+    /// DPoP (issue 21): the key that signs a proof per forwarded request.
+    pub(crate) dpop: Option<token_http::DpopKey>,
 }
 
 pub(crate) struct Inner {
@@ -43,6 +49,11 @@ pub(crate) struct Inner {
     pub(crate) google: Option<GoogleAccount>,
     pub(crate) retry_body_limit: usize,
     pub(crate) metrics: Option<Metrics>,
+    /// The routes' own tokens (`scopes`/`audience`/`resource`), each
+    /// distinct (profile, request) once.
+    pub(crate) variants: Vec<Arc<Variant>>,
+    /// The Google account profile's `?scopes=` sets.
+    pub(crate) scope_sets: Option<Arc<ScopeSets>>,
     /// The extra TLS roots the upstream pools were made with.
     ca_file: Option<std::path::PathBuf>,
     /// The TLS client configuration made from them.
@@ -55,6 +66,11 @@ pub(crate) struct Inner {
     // --- Per-caller token exchange (issue 20) ---
     /// `/v1/token/exchange`'s caches, one per profile.
     pub(crate) exchanges: crate::exchange::EndpointExchanges,
+    // --- Forward proxy (issue 19) ---
+    /// The routes with `host`, by host.
+    pub(crate) hosts: crate::proxy::HostTable,
+    /// `[serve.proxy]`: CONNECT tunnels and their CA.
+    pub(crate) proxy: Option<crate::proxy::ProxyState>,
 }
 
 /// The token sidecar and egress gateway as a hyper service: build it from a
@@ -91,6 +107,11 @@ pub struct SidecarBuilder {
     pools: BTreeMap<String, Arc<crate::pool::Pool>>,
     /// The TLS client configuration to keep (a reload's, same roots).
     tls: Option<Arc<rustls::ClientConfig>>,
+    /// The forward proxy's CA to keep (a reload's, same `[serve.proxy]`).
+    proxy: Option<crate::proxy::ProxyState>,
+    /// Route tokens and scope sets to keep (a reload's).
+    previous_variants: Vec<Arc<Variant>>,
+    previous_scope_sets: Option<Arc<ScopeSets>>,
 }
 
 impl std::fmt::Debug for SidecarBuilder {
@@ -110,8 +131,28 @@ impl SidecarBuilder {
         cache: &TokenCache,
         request: &TokenRequest,
     ) -> Self {
-        self.profiles
-            .insert(name.into(), Profile::new(cache, request));
+        let name = name.into();
+        // The profile names the cache's IdP metrics, unless it has a name.
+        cache.set_metrics_name(&name);
+        self.profiles.insert(name, Profile::new(cache, request));
+        self
+    }
+
+    /// As [`profile`](Self::profile) for tokens bound to a DPoP key (RFC
+    /// 9449; `request` carries its thumbprint): the gateway sends
+    /// `Authorization: DPoP <token>` and a fresh proof signed by `key` with
+    /// every forwarded request.
+    pub fn dpop_profile(
+        mut self,
+        name: impl Into<String>,
+        cache: &TokenCache,
+        request: &TokenRequest,
+        key: token_http::DpopKey,
+    ) -> Self {
+        self.profiles.insert(
+            name.into(),
+            Profile::new(cache, request).with_dpop(Some(key)),
+        );
         self
     }
 
@@ -146,6 +187,11 @@ impl SidecarBuilder {
     /// are the same: a reload neither reloads the system roots nor drops
     /// warm connections.
     pub(crate) fn reuse_pools(mut self, previous: &Inner) -> Self {
+        // The proxy CA and its leaves too, when [serve.proxy] is unchanged.
+        self.proxy = previous
+            .proxy
+            .clone()
+            .filter(|p| self.config.proxy.as_ref() == Some(&p.config));
         if previous.ca_file == self.config.ca_file {
             self.tls = Some(Arc::clone(&previous.tls));
             for r in &previous.routes {
@@ -153,6 +199,15 @@ impl SidecarBuilder {
                     .insert(r.route.upstream.to_string(), Arc::clone(&r.pool));
             }
         }
+        self
+    }
+
+    /// Keeps the route tokens and Google scope sets of `previous` whose
+    /// profile is kept as it was and whose parameters are the same: a
+    /// reload makes no IdP call for them and keeps their keep-warm timers.
+    pub(crate) fn reuse_tokens(mut self, previous: &Inner) -> Self {
+        self.previous_variants = previous.variants.clone();
+        self.previous_scope_sets = previous.scope_sets.clone();
         self
     }
 
@@ -185,7 +240,7 @@ impl SidecarBuilder {
             .check_token_endpoint_exposure(secret.is_some())?;
         let subject_key = crate::exchange::subject_key(self.config.exchange_key_file.as_deref())?;
         let guards = Guards::new(&self.config);
-        let mut routes = Vec::with_capacity(self.config.routes.len());
+        let mut with_profiles = Vec::with_capacity(self.config.routes.len());
         for r in self.config.routes {
             if !r.allow_plaintext && plaintext_off_loopback(&r.upstream) {
                 tracing::warn!(
@@ -201,6 +256,12 @@ impl SidecarBuilder {
                     r.prefix, r.profile
                 ))
             })?;
+            with_profiles.push((r, profile));
+        }
+        let (variants, route_profiles) =
+            variants::for_routes(&with_profiles, &self.previous_variants);
+        let mut routes = Vec::with_capacity(with_profiles.len());
+        for ((r, _), profile) in with_profiles.into_iter().zip(route_profiles) {
             let pool = self.pools.get(&r.upstream.to_string()).cloned();
             // Per-caller token exchange (issue 20).
             let exchange = (r.mode == crate::config::RouteMode::Exchange)
@@ -209,12 +270,29 @@ impl SidecarBuilder {
             route.exchange = exchange;
             routes.push(route);
         }
+        let scope_sets = self.config.google.as_ref().and_then(|g| {
+            let base = self.profiles.get(&g.profile)?;
+            Some(ScopeSets::new(
+                base,
+                g.max_scope_sets,
+                self.previous_scope_sets.as_ref(),
+            ))
+        });
         routes.sort_by_key(|r| std::cmp::Reverse(r.route.prefix.len()));
         let exchanges = crate::exchange::EndpointExchanges::new(
             self.config.exchange.clone(),
             subject_key,
             self.profiles.keys(),
         );
+        let hosts = crate::proxy::HostTable::new(&routes);
+        let proxy = match (self.proxy, self.config.proxy) {
+            (Some(kept), _) => Some(kept),
+            (None, Some(config)) => Some(crate::proxy::ProxyState {
+                ca: Arc::new(crate::proxy::LocalCa::open(&config)?),
+                config,
+            }),
+            (None, None) => None,
+        };
         Ok(Inner {
             exchanges,
             profiles: self.profiles,
@@ -224,27 +302,32 @@ impl SidecarBuilder {
             google: self.config.google,
             retry_body_limit: self.config.retry_body_limit,
             metrics: self.metrics,
+            variants,
+            scope_sets,
             ca_file: self.config.ca_file,
             tls,
             guards,
+            hosts,
+            proxy,
         })
     }
 }
 
 /// The shared secret in `path` (a trailing newline is not part of it).
 fn read_secret(path: &std::path::Path) -> Result<Secret, ConfigError> {
+    read_secret_named(path, "[serve] secret_file")
+}
+
+/// The secret in `path`, the setting `what` names (a trailing newline is
+/// not part of it).
+pub(crate) fn read_secret_named(path: &std::path::Path, what: &str) -> Result<Secret, ConfigError> {
     let text = std::fs::read_to_string(path)
         .map(zeroize::Zeroizing::new)
-        .map_err(|e| {
-            ConfigError::new(format!(
-                "cannot read [serve] secret_file {}: {e}",
-                path.display()
-            ))
-        })?;
+        .map_err(|e| ConfigError::new(format!("cannot read {what} {}: {e}", path.display())))?;
     let trimmed = text.trim_end_matches(['\r', '\n']);
     if trimmed.is_empty() {
         return Err(ConfigError::new(format!(
-            "[serve] secret_file {} is empty",
+            "{what} {} is empty",
             path.display()
         )));
     }
@@ -275,7 +358,29 @@ impl Profile {
             cache: cache.clone(),
             handle: cache.handle(request),
             bearer: Arc::default(),
+            store: None,
+            dpop: None,
         }
+    }
+
+    /// With its store, whose reachability `/readyz` reports.
+    pub(crate) fn with_store(mut self, store: token_profile::OpenedStore) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// A token of `base`'s credential for another request (a route's
+    /// parameters, a metadata scope set): the same DPoP key and store.
+    pub(crate) fn with_variant_of(mut self, base: &Profile) -> Self {
+        self.store = base.store.clone();
+        self.dpop = base.dpop.clone();
+        self
+    }
+
+    /// DPoP (issue 21): forwarded requests carry a proof signed by `key`.
+    pub(crate) fn with_dpop(mut self, key: Option<token_http::DpopKey>) -> Self {
+        self.dpop = key;
+        self
     }
 }
 
@@ -305,6 +410,9 @@ impl Sidecar {
             metrics: None,
             pools: BTreeMap::new(),
             tls: None,
+            proxy: None,
+            previous_variants: Vec::new(),
+            previous_scope_sets: None,
         }
     }
 
@@ -329,24 +437,37 @@ impl Sidecar {
         self.state.load().profiles.keys().cloned().collect()
     }
 
-    /// Fetches every profile's token now (start-up prefetch), so that no
-    /// first request waits for the IdP. Returns each profile's outcome.
+    /// Fetches every profile's token now (start-up prefetch), and every
+    /// route's own token (a route with `scopes`, `audience` or `resource`,
+    /// named `profile (route /prefix/)`), so that no first request waits for
+    /// the IdP. Returns each one's outcome.
     pub async fn prefetch(&self) -> Vec<(String, Result<(), Error>)> {
         let inner = self.current();
-        let mut out = Vec::with_capacity(inner.profiles.len());
+        let mut out = Vec::with_capacity(inner.profiles.len() + inner.variants.len());
         for (name, p) in &inner.profiles {
             out.push((name.clone(), p.handle.token().await.map(|_| ())));
+        }
+        for v in &inner.variants {
+            out.push((v.label(), v.profile.handle.token().await.map(|_| ())));
         }
         out
     }
 
-    /// Keeps every profile's token refreshed on a timer, even with no
-    /// traffic, until the guards are dropped. Needs a Tokio runtime.
+    /// Keeps every profile's token, and every route's own token, refreshed
+    /// on a timer, even with no traffic, until the guards are dropped.
+    /// Needs a Tokio runtime.
     pub fn keep_warm(&self) -> Result<Vec<KeepWarm>, Error> {
-        self.current()
+        let inner = self.current();
+        inner
             .profiles
             .values()
             .map(|p| p.cache.keep_warm(p.handle.request()))
+            .chain(
+                inner
+                    .variants
+                    .iter()
+                    .map(|v| v.profile.cache.keep_warm(&v.request)),
+            )
             .collect()
     }
 
@@ -360,13 +481,43 @@ impl Sidecar {
         out
     }
 
+    /// The readiness of each route that has a token of its own (`scopes`,
+    /// `audience` or `resource`), by route prefix (`/readyz`'s `routes`).
+    pub async fn route_readiness(&self) -> Vec<(String, Readiness)> {
+        let inner = self.current();
+        let mut out = Vec::new();
+        for v in &inner.variants {
+            let r = peek(&v.profile).await;
+            for prefix in &v.routes {
+                out.push((prefix.clone(), r.clone()));
+            }
+        }
+        out
+    }
+
     /// Answers one request. Never fails: every problem is a response with a
     /// status and a JSON body naming the cause.
     pub async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+        let started = Instant::now();
         // The configuration this request runs on to its end, even when a
         // reload puts another in force meanwhile.
         let current = self.current();
         let inner = &*current;
+        // The forward proxy first: CONNECT tunnels, and requests for a host
+        // that a route names (those never reach the sidecar's own endpoints).
+        if req.method() == Method::CONNECT {
+            if let Some(proxy) = &inner.proxy {
+                return crate::proxy::connect(self, inner, proxy, req);
+            }
+        } else if !inner.hosts.is_empty() {
+            match crate::proxy::lookup(inner, &req) {
+                crate::proxy::Lookup::NotRouted => {}
+                crate::proxy::Lookup::Route(route) => {
+                    return crate::proxy::forward(inner, route, req).await
+                }
+                crate::proxy::Lookup::Refused(r) => return r,
+            }
+        }
         let path = req.uri().path();
         if path == "/healthz" {
             return response::text(StatusCode::OK, "text/plain", "ok\n");
@@ -377,37 +528,58 @@ impl Sidecar {
         }
         // The sidecar's own endpoints are answered before any route, so a
         // route's browser origins never open them.
+        // `/` with `Metadata-Flavor` is the metadata server's root (Python
+        // google-auth's probe); no route may take `/`.
+        let metadata_root =
+            path == "/" && inner.google.is_some() && req.headers().contains_key("metadata-flavor");
         let own = matches!(
             path,
             "/readyz" | "/metrics" | "/v1/token" | "/v1/token/exchange" | "/azure/token"
         ) || path == "/computeMetadata"
-            || path.starts_with("/computeMetadata/");
+            || path.starts_with("/computeMetadata/")
+            || metadata_root;
         let route = if own { None } else { inner.route_for(path) };
         let origins = route.map_or(&[][..], |r| &r.route.allow_browser_origins[..]);
         if let Some(refused) = Guards::browser(req.headers(), origins) {
             if let Some(route) = route {
-                if inner.metrics.is_some() {
-                    route.count(refused.status());
-                }
+                route.done(inner, req.method(), &refused, started);
             }
             return refused;
         }
         match path {
-            "/readyz" => return self.readyz().await,
+            "/readyz" => return self.readyz_with(strict(&req)).await,
             "/metrics" => return self.metrics(inner).await,
-            "/v1/token" => return endpoints::token(inner, &req).await,
-            "/v1/token/exchange" => return endpoints::token_exchange(inner, req).await,
-            "/azure/token" => return endpoints::azure(inner, &req).await,
+            "/v1/token" => {
+                return counted(inner, "token", endpoints::token(inner, &req).await);
+            }
+            "/v1/token/exchange" => {
+                return counted(
+                    inner,
+                    "exchange",
+                    endpoints::token_exchange(inner, req).await,
+                );
+            }
+            "/azure/token" => {
+                return counted(inner, "azure", endpoints::azure(inner, &req).await);
+            }
             _ => {}
         }
-        if path.starts_with("/computeMetadata/") || path == "/computeMetadata" {
-            return endpoints::google(inner, &req).await;
+        if path.starts_with("/computeMetadata/") || path == "/computeMetadata" || metadata_root {
+            return counted(inner, "google", endpoints::google(inner, &req).await);
         }
         if let Some(route) = route {
-            let response = gateway::forward(inner, route, req).await;
-            if inner.metrics.is_some() {
-                route.count(response.status());
-            }
+            let method = req.method().clone();
+            let span = crate::trace::forward_span(
+                &route.route.prefix,
+                &method,
+                route.upstream_host(),
+                req.headers(),
+            );
+            let response =
+                tracing::Instrument::instrument(gateway::forward(inner, route, req), span.clone())
+                    .await;
+            crate::trace::record_status(&span, response.status());
+            route.done(inner, &method, &response, started);
             return response;
         }
         if req.method() == Method::GET || req.method() == Method::HEAD {
@@ -421,32 +593,71 @@ impl Sidecar {
         }
     }
 
-    async fn readyz(&self) -> Response<Body> {
+    /// `/readyz`: 503 while a profile has no usable token. A profile
+    /// whose store is unreachable (Redis down: tokens come from memory and
+    /// the IdP meanwhile) is degraded, not unready: `"degraded": true` and
+    /// its `"store"` cause, still 200, unless `strict` (`/readyz?strict`),
+    /// which counts it as unready.
+    pub(crate) async fn readyz_with(&self, strict: bool) -> Response<Body> {
         let mut ready = true;
+        let mut json = |r: Readiness| match r {
+            Readiness::Ready { expires_at } => serde_json::json!({
+                "ready": true,
+                "expires_at": expires_at.map(response::rfc3339),
+            }),
+            Readiness::NotReady { cause } => {
+                ready = false;
+                serde_json::json!({ "ready": false, "cause": cause })
+            }
+        };
         let mut profiles = serde_json::Map::new();
         for (name, r) in self.readiness().await {
-            let v = match r {
-                Readiness::Ready { expires_at } => serde_json::json!({
-                    "ready": true,
-                    "expires_at": expires_at.map(response::rfc3339),
-                }),
-                Readiness::NotReady { cause } => {
-                    ready = false;
-                    serde_json::json!({ "ready": false, "cause": cause })
-                }
+            profiles.insert(name, json(r));
+        }
+        let mut routes = serde_json::Map::new();
+        for (prefix, r) in self.route_readiness().await {
+            routes.insert(prefix, json(r));
+        }
+        // --- Degraded stores (issue 24) ---
+        let mut degraded = false;
+        for (name, p) in &self.current().profiles {
+            let Some(cause) = p
+                .store
+                .as_ref()
+                .and_then(token_profile::OpenedStore::unavailable)
+            else {
+                continue;
             };
-            profiles.insert(name, v);
+            degraded = true;
+            if let Some(v) = profiles.get_mut(name).and_then(|v| v.as_object_mut()) {
+                v.insert("store".into(), cause.into());
+                if strict {
+                    v.insert("ready".into(), false.into());
+                }
+            }
+        }
+        if strict && degraded {
+            ready = false;
+        }
+        if let Some(m) = &self.current().metrics {
+            m.ready(ready);
         }
         let status = if ready {
             StatusCode::OK
         } else {
             StatusCode::SERVICE_UNAVAILABLE
         };
-        let body = serde_json::json!({ "ready": ready, "profiles": profiles });
+        let mut body = serde_json::json!({ "ready": ready, "profiles": profiles });
+        if degraded {
+            body["degraded"] = true.into();
+        }
+        if !routes.is_empty() {
+            body["routes"] = serde_json::Value::Object(routes);
+        }
         response::json(status, body.to_string())
     }
 
-    async fn metrics(&self, inner: &Inner) -> Response<Body> {
+    pub(crate) async fn metrics(&self, inner: &Inner) -> Response<Body> {
         let Some(m) = &inner.metrics else {
             return response::error(
                 StatusCode::NOT_FOUND,
@@ -454,15 +665,23 @@ impl Sidecar {
                 "metrics are not enabled in this sidecar",
             );
         };
+        let mut ready = true;
         for (name, p) in &inner.profiles {
-            let remaining = match peek(p).await {
-                Readiness::Ready { expires_at } => expires_at
-                    .and_then(|at| at.duration_since(SystemTime::now()).ok())
-                    .map_or(0.0, |d| d.as_secs_f64()),
-                Readiness::NotReady { .. } => 0.0,
+            let (remaining, margin) = match peek(p).await {
+                Readiness::Ready { expires_at } => (
+                    expires_at
+                        .and_then(|at| at.duration_since(SystemTime::now()).ok())
+                        .map_or(0.0, |d| d.as_secs_f64()),
+                    refresh_margin(p).await,
+                ),
+                Readiness::NotReady { .. } => {
+                    ready = false;
+                    (0.0, None)
+                }
             };
-            m.profile(name, &p.cache.stats(), remaining);
+            m.profile(name, &p.cache.stats(), remaining, margin);
         }
+        m.ready(ready);
         response::text(StatusCode::OK, "text/plain; version=0.0.4", m.render())
     }
 }
@@ -474,6 +693,7 @@ impl Inner {
     fn route_for(&self, path: &str) -> Option<&GatewayRoute> {
         self.routes
             .iter()
+            .filter(|g| g.route.host.is_none())
             .find(|g| gateway::prefix_matches(&g.route.prefix, path))
     }
 
@@ -541,7 +761,21 @@ impl Unavailable {
             "error_description": format!("no valid token for profile `{profile}`: {}", self.cause),
             "profile": profile,
         });
-        response::json(StatusCode::SERVICE_UNAVAILABLE, body.to_string())
+        self.metric_cause().mark(response::json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            body.to_string(),
+        ))
+    }
+
+    /// The `cause` label of `tokencache_unavailable_total`: the IdP said
+    /// no (or answered with something unusable), or could not be had.
+    pub(crate) fn metric_cause(&self) -> crate::metrics::Cause {
+        use crate::metrics::Cause;
+        match self.code {
+            "idp_rejected" | "idp_invalid_response" | "idp_token_unusable" => Cause::IDP_REFUSED,
+            "store_unavailable" => Cause::STORE_UNAVAILABLE,
+            _ => Cause::IDP_UNREACHABLE,
+        }
     }
 }
 
@@ -587,6 +821,35 @@ pub(crate) fn safe_cause(e: &Error) -> String {
 #[cfg(test)]
 #[path = "sidecar_unavailable_tests.rs"]
 mod unavailable_tests;
+
+/// Counts a token endpoint's answer (and its 503's cause) when metrics
+/// are on.
+fn counted(inner: &Inner, endpoint: &'static str, resp: Response<Body>) -> Response<Body> {
+    if inner.metrics.is_some() {
+        crate::metrics::endpoint(endpoint, resp.status());
+        crate::metrics::unavailable(endpoint, &resp);
+    }
+    resp
+}
+
+/// The remaining lifetime at which `p`'s current token is refreshed: its
+/// expiry less the refresh time the engine gave it, when both are known.
+async fn refresh_margin(p: &Profile) -> Option<f64> {
+    let t = tokio::time::timeout(PEEK_TIMEOUT, p.handle.token())
+        .await
+        .ok()?
+        .ok()?;
+    let (exp, at) = (t.expires_at()?, t.refresh_at()?);
+    Some(exp.duration_since(at).ok()?.as_secs_f64())
+}
+
+/// Whether a `/readyz` request asks for `?strict`.
+pub(crate) fn strict<B>(req: &Request<B>) -> bool {
+    req.uri().query().is_some_and(|q| {
+        q.split('&')
+            .any(|p| p == "strict" || p == "strict=1" || p == "strict=true")
+    })
+}
 
 async fn peek(p: &Profile) -> Readiness {
     match tokio::time::timeout(PEEK_TIMEOUT, p.handle.token()).await {

@@ -96,3 +96,22 @@ fn an_answer_without_an_oauth_error_is_named_but_its_body_is_not_quoted() {
     );
     assert!(e.cause.contains("not quoted"), "{}", e.cause);
 }
+
+#[test]
+fn a_503_carries_its_metric_cause_refused_or_unreachable() {
+    use crate::metrics::Cause;
+    let cause = |c: CredentialError| {
+        let u = Unavailable::from_engine(&Error::Credential(c));
+        u.response("p").extensions().get::<Cause>().copied()
+    };
+    assert_eq!(
+        cause(answered(401, false).with_code("invalid_client")),
+        Some(Cause::IDP_REFUSED)
+    );
+    assert_eq!(cause(answered(503, true)), Some(Cause::IDP_UNREACHABLE));
+    let refused =
+        CredentialError::transient("connection refused").with_cause(FailureCause::Connect);
+    assert_eq!(cause(refused), Some(Cause::IDP_UNREACHABLE));
+    let timeout = Unavailable::from_engine(&Error::FetchTimeout(Duration::from_secs(1)));
+    assert_eq!(timeout.metric_cause(), Cause::IDP_UNREACHABLE);
+}

@@ -108,6 +108,21 @@ const TARGETS: &[Target] = &[
         },
         bound: Some((false, 30_000.0)),
     },
+    // --- DPoP (issue 21): benches/benches/dpop.rs ---
+    Target {
+        what: "DPoP proof signing, ES256 / Ed25519",
+        measure: Measure::Ratio("dpop_sign/es256", "dpop_sign/ed25519"),
+        bound: None,
+    },
+    Target {
+        what: "gateway time per request, DPoP / Bearer (64 in flight)",
+        measure: Measure::Ratio(
+            "dpop_gateway_throughput/dpop",
+            "dpop_gateway_throughput/bearer",
+        ),
+        bound: Some((true, 1.5)),
+    },
+    // --- end DPoP ---
 ];
 
 impl Measure {

@@ -6,11 +6,14 @@
 mod bench;
 mod ci;
 mod conformance;
+mod deploy;
+mod dockerfile;
 mod idp;
 mod redis;
 mod test;
 mod tidy;
 mod util;
+mod vendor_node;
 mod venv;
 
 use std::process::ExitCode;
@@ -22,6 +25,7 @@ use conformance::{Selection, BACKENDS};
 enum Command {
     Help,
     Test,
+    Prepare,
     Conformance {
         selection: Selection,
         test_args: Vec<String>,
@@ -49,6 +53,7 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Test => test::run(),
+        Command::Prepare => test::prepare(),
         Command::Conformance {
             selection,
             test_args,
@@ -81,6 +86,11 @@ COMMANDS:
         Every test: `cargo test --workspace` (unit, integration and doc tests, and each
         backend's conformance suite, with the Redis servers it needs started on free
         loopback ports), then compiles the benchmarks. This is what .ci/run runs.
+        First installs what the tests run, when missing: oidc-provider (npm ci), the
+        Python venvs, and prometheus/promtool unpacked from Debian's package.
+
+    prepare
+        Only that installation (idempotent), e.g. before `cargo test -p token-cli`.
 
     conformance [--backend <NAME>] [-- <TEST ARGS>]
         Runs the conformance suite against one backend, or all, and prints which
@@ -95,8 +105,9 @@ COMMANDS:
     tidy
         Checks no compiler makes, each failing with a sentence naming the problem:
         the README's Rust version is the workspace rust-version, every conformance
-        check is in its theme's list, token-core depends on no backend, and the
-        docs use plain words.
+        check is in its theme's list, token-core depends on no backend, the docs use
+        plain words, and deploy/Dockerfile builds and runs a binary the workspace has
+        (package, bin name, path) with a Rust at least the workspace rust-version, as non-root.
 
     bench [ARGS...]
         `cargo bench -p benches -- ARGS`: ARGS go to criterion (a name filter,
@@ -127,6 +138,7 @@ fn parse(args: &[String]) -> Result<Command, String> {
     match name.as_str() {
         "help" | "-h" | "--help" => Ok(Command::Help),
         "test" => no_arguments(name, rest).map(|()| Command::Test),
+        "prepare" => no_arguments(name, rest).map(|()| Command::Prepare),
         "ci" => no_arguments(name, rest).map(|()| Command::Ci),
         "tidy" => no_arguments(name, rest).map(|()| Command::Tidy),
         "conformance" => parse_conformance(rest),
@@ -219,6 +231,8 @@ mod tests {
         assert_eq!(parse_str("test"), Ok(Command::Test));
         assert_eq!(parse_str("ci"), Ok(Command::Ci));
         assert_eq!(parse_str("tidy"), Ok(Command::Tidy));
+        assert_eq!(parse_str("prepare"), Ok(Command::Prepare));
+        assert!(parse_str("prepare --force").is_err());
         assert!(parse_str("tidy --fix").is_err());
         let err = parse_str("test --all-features").unwrap_err();
         assert!(err.contains("`--all-features`"), "{err}");

@@ -22,14 +22,7 @@ pub(crate) fn run() -> Result {
     let backends = conformance::select(&Selection::All)?;
     println!("{}", conformance::describe_availability());
     let services = Services::start(&backends, conformance::may_skip(&Selection::All))?;
-    util::step(
-        "install the test IdP for token-http (npm ci, if needed)",
-        crate::idp::prepare,
-    )?;
-    util::step(
-        "install the vendor client libraries for token-cli's serve tests (Python venv, if needed)",
-        crate::venv::prepare,
-    )?;
+    prepare()?;
 
     let started = Instant::now();
     let mut stderr = String::new();
@@ -98,6 +91,27 @@ pub(crate) fn run() -> Result {
     }
     tests?;
     benches.unwrap_or(Ok(()))
+}
+
+/// Installs, where missing, the programs the tests run besides the
+/// workspace's own (`cargo xtask prepare` runs only this).
+pub(crate) fn prepare() -> Result {
+    util::step(
+        "install the test IdP for token-http (npm ci, if needed)",
+        crate::idp::prepare,
+    )?;
+    util::step(
+        "install the vendor client libraries for token-cli's serve tests (Python venv, if needed)",
+        crate::venv::prepare,
+    )?;
+    util::step(
+        "install the Node.js vendor client library for token-cli's serve tests (npm ci, if needed)",
+        crate::vendor_node::prepare,
+    )?;
+    util::step(
+        "install the deploy/ checkers: kubernetes-validate (Python venv), prometheus and promtool (Debian package, unpacked), if needed",
+        crate::deploy::prepare,
+    )
 }
 
 /// A backend's outcome when the workspace run failed: cargo ran every test

@@ -5,6 +5,8 @@
 //!   token-conformance) is in its theme's `theme_checks!` list, and every
 //!   theme is in the harness's list of themes.
 //! - token-core depends on no backend (the architecture invariant).
+//! - `deploy/Dockerfile` builds a workspace package's binary with a Rust at
+//!   least the workspace's, and runs what it built (`dockerfile.rs`).
 //! - The docs use plain words ("quick start"), not internal jargon.
 //!
 //! Each check is a function of file contents, so a unit test can hand it a
@@ -13,7 +15,11 @@
 use std::fs;
 use std::path::Path;
 
+use crate::dockerfile::Member;
 use crate::util::{project_root, Result};
+
+/// The container image's build, checked against the workspace.
+const DOCKERFILE: &str = "deploy/Dockerfile";
 
 /// Crates token-core must never depend on: the workspace's backends, the
 /// crates built on top of it, and the drivers behind them.
@@ -44,7 +50,12 @@ const JARGON: &[(&str, &str)] = &[
 
 /// The docs [`JARGON`] is checked in, relative to the root, besides every
 /// crate's README.md.
-const DOCS: &[&str] = &["README.md", "ARCHITECTURE.md", "docs/BENCHMARKS.md"];
+const DOCS: &[&str] = &[
+    "README.md",
+    "ARCHITECTURE.md",
+    "docs/BENCHMARKS.md",
+    "docs/DEPLOY.md",
+];
 
 pub(crate) fn run() -> Result {
     let root = project_root();
@@ -78,6 +89,8 @@ pub(crate) fn run() -> Result {
     let core = read(&root, "token-core/Cargo.toml")?;
     problems.extend(core_depends_on_no_backend(&core).err());
 
+    problems.extend(dockerfile_matches_workspace(&root, &cargo_toml)?);
+
     let mut docs: Vec<String> = DOCS.iter().map(|d| d.to_string()).collect();
     let mut crates: Vec<String> = fs::read_dir(&root)
         .map_err(|e| format!("cannot list {}: {e}", root.display()))?
@@ -96,7 +109,7 @@ pub(crate) fn run() -> Result {
 
     if problems.is_empty() {
         println!(
-            "tidy: rust-version, {} conformance themes, token-core's dependencies, {} docs: all good",
+            "tidy: rust-version, {} conformance themes, token-core's dependencies, {DOCKERFILE}, {} docs: all good",
             themes.iter().filter(|(_, t)| theme_list(t).is_some()).count(),
             docs.len()
         );
@@ -107,6 +120,35 @@ pub(crate) fn run() -> Result {
         }
         Err(format!("tidy found {} problem(s), listed above", problems.len()).into())
     }
+}
+
+/// `deploy/Dockerfile` builds a package and binary of the workspace, with
+/// a Rust at least the workspace's, and runs the binary it built
+/// (`crate::dockerfile`).
+fn dockerfile_matches_workspace(root: &Path, cargo_toml: &str) -> Result<Vec<String>> {
+    let dockerfile = read(root, DOCKERFILE)?;
+    let Some(rust_version) = table_value(cargo_toml, "workspace.package", "rust-version") else {
+        // rust_version_matches already names this.
+        return Ok(Vec::new());
+    };
+    let mut members = Vec::new();
+    for entry in fs::read_dir(root).map_err(|e| format!("cannot list {}: {e}", root.display()))? {
+        let dir = entry
+            .map_err(|e| format!("cannot list {}: {e}", root.display()))?
+            .path();
+        if let Ok(manifest) = fs::read_to_string(dir.join("Cargo.toml")) {
+            if dir != root {
+                members.extend(Member::parse(&manifest, dir.join("src/main.rs").is_file()));
+            }
+        }
+    }
+    members.sort_by(|a, b| a.package.cmp(&b.package));
+    Ok(crate::dockerfile::check(
+        DOCKERFILE,
+        &dockerfile,
+        &rust_version,
+        &members,
+    ))
 }
 
 fn read(root: &Path, relative: &str) -> Result<String> {
@@ -431,6 +473,18 @@ mod tests {
         assert!(core_depends_on_no_backend(&table)
             .unwrap_err()
             .contains("depends on moka"));
+    }
+
+    /// The real tree, so that `cargo xtask test` (what .ci/run runs)
+    /// enforces the Dockerfile check too, not only `cargo xtask tidy`.
+    #[test]
+    fn the_projects_dockerfile_matches_the_workspace() {
+        let root = project_root();
+        let cargo_toml = read(&root, "Cargo.toml").unwrap();
+        assert_eq!(
+            dockerfile_matches_workspace(&root, &cargo_toml).unwrap(),
+            Vec::<String>::new()
+        );
     }
 
     #[test]

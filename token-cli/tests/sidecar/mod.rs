@@ -6,7 +6,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -15,18 +15,25 @@ use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
-use token_testkit::{free_port, HttpServer, Seen, Upstream};
+use token_testkit::{free_port, skip_or_fail, HttpServer, Seen, Upstream};
 
 use crate::support::{self, Sandbox};
 
+/// One token request's form parameters.
+pub(crate) type Form = Vec<(String, String)>;
+
 /// A token endpoint issuing `tok-N` tokens that live `lifetime` seconds,
-/// answering 503 while `down`; it records the `scope` of each call.
+/// answering 503 while `down` and `400 invalid_scope` to a scope named
+/// `refused.*`; it records the `scope` of each call, and its
+/// form parameters other than client credentials (`calls_with`).
 #[derive(Clone)]
 pub(crate) struct FakeIdp {
     pub(crate) server: HttpServer,
     pub(crate) calls: Arc<AtomicUsize>,
     pub(crate) down: Arc<AtomicBool>,
     pub(crate) scopes: Arc<Mutex<Vec<String>>>,
+    /// Each call's form, without `client_secret` and `client_assertion`.
+    pub(crate) forms: Arc<Mutex<Vec<Form>>>,
 }
 
 impl FakeIdp {
@@ -34,11 +41,19 @@ impl FakeIdp {
         let calls = Arc::new(AtomicUsize::new(0));
         let down = Arc::new(AtomicBool::new(false));
         let scopes = Arc::new(Mutex::new(Vec::new()));
-        let (c, d, sc) = (calls.clone(), down.clone(), scopes.clone());
+        let forms = Arc::new(Mutex::new(Vec::new()));
+        let (c, d, sc, f) = (calls.clone(), down.clone(), scopes.clone(), forms.clone());
         let server = HttpServer::start(move |req: Request<Incoming>| {
-            let (c, d, sc) = (c.clone(), d.clone(), sc.clone());
+            let (c, d, sc, f) = (c.clone(), d.clone(), sc.clone(), f.clone());
             async move {
                 let body = req.into_body().collect().await.map(|b| b.to_bytes());
+                if let Ok(b) = &body {
+                    let form = form_urlencoded::parse(b)
+                        .filter(|(k, _)| k != "client_secret" && k != "client_assertion")
+                        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                        .collect();
+                    f.lock().expect("lock").push(form);
+                }
                 let scope = body
                     .ok()
                     .and_then(|b| {
@@ -47,8 +62,19 @@ impl FakeIdp {
                             .map(|(_, v)| v.into_owned())
                     })
                     .unwrap_or_default();
-                sc.lock().expect("lock").push(scope);
+                sc.lock().expect("lock").push(scope.clone());
                 let n = c.fetch_add(1, Ordering::SeqCst) + 1;
+                // A scope named `refused.*` is refused as an IdP refuses
+                // a scope the client may not have.
+                if scope.split(' ').any(|s| s.starts_with("refused.")) {
+                    let mut r = Response::new(Full::new(Bytes::from_static(
+                        br#"{"error":"invalid_scope","error_description":"the client may not have this scope"}"#,
+                    )));
+                    *r.status_mut() = StatusCode::BAD_REQUEST;
+                    r.headers_mut()
+                        .insert("content-type", "application/json".parse().expect("hv"));
+                    return r;
+                }
                 if d.load(Ordering::SeqCst) {
                     let mut r = Response::new(Full::new(Bytes::from_static(
                         br#"{"error":"temporarily_unavailable"}"#,
@@ -71,7 +97,18 @@ impl FakeIdp {
             calls,
             down,
             scopes,
+            forms,
         }
+    }
+
+    /// How many calls sent the form parameter `name` = `value`.
+    pub(crate) fn calls_with(&self, name: &str, value: &str) -> usize {
+        self.forms
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|form| form.iter().any(|(k, v)| k == name && v == value))
+            .count()
     }
 
     /// How many calls asked for `scope`.
@@ -186,15 +223,25 @@ pub(crate) fn spawn_serve_cmd(
     let stdout = child.stdout.take().expect("stdout");
     let mut line = String::new();
     BufReader::new(stdout).read_line(&mut line).expect("read");
-    let base = line
-        .trim()
-        .strip_prefix("listening on ")
+    let base = listening_address(&line)
         .unwrap_or_else(|| {
             let _ = child.kill();
             panic!("serve did not start; it said {line:?}")
         })
         .to_owned();
     Serve { child, base }
+}
+
+/// The `http://ADDR` of serve's first stdout line: `listening on
+/// http://ADDR`, or under `--log-format json` a JSON line with it in
+/// `fields.address`.
+pub(crate) fn listening_address(line: &str) -> Option<String> {
+    let line = line.trim();
+    if line.starts_with('{') {
+        let v: serde_json::Value = serde_json::from_str(line).ok()?;
+        return v["fields"]["address"].as_str().map(str::to_owned);
+    }
+    line.strip_prefix("listening on ").map(str::to_owned)
 }
 
 /// The status of `GET path` on `base` (`http://ADDR`), over a new
@@ -245,4 +292,64 @@ pub(crate) fn route(prefix: &str, upstream: &Upstream, profile: &str) -> String 
         "[[serve.routes]]\nprefix = \"{prefix}\"\nupstream = \"http://{}/base\"\nprofile = \"{profile}\"\n",
         upstream.addr()
     )
+}
+
+/// The venv `cargo xtask test` creates (xtask/src/venv.rs), or `None` after
+/// saying why (a failure under CI).
+pub(crate) fn vendor_python() -> Option<PathBuf> {
+    let python = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/vendor-venv/bin/python");
+    let ok = python.exists()
+        && Command::new(&python)
+            .args(["-c", "import azure.identity, google.auth, requests"])
+            .status()
+            .is_ok_and(|s| s.success());
+    if ok {
+        return Some(python);
+    }
+    let why = format!(
+        "the vendor client libraries are not installed in {}: run `cargo xtask test` (or \
+         `python3 -m venv target/vendor-venv && target/vendor-venv/bin/pip install -r \
+         token-cli/tests/vendor/requirements.txt`)",
+        python.display()
+    );
+    skip_or_fail(why)
+}
+
+pub(crate) fn vendor_client(python: &Path, envs: &[(&str, String)], args: &[&str]) -> Vec<String> {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/vendor/clients.py");
+    let mut cmd = Command::new(python);
+    cmd.arg(script).args(args);
+    for var in [
+        "IDENTITY_ENDPOINT",
+        "IDENTITY_HEADER",
+        "IDENTITY_SERVER_THUMBPRINT",
+        "MSI_ENDPOINT",
+        "MSI_SECRET",
+        "IMDS_ENDPOINT",
+        "GCE_METADATA_HOST",
+        "GCE_METADATA_ROOT",
+        "GCE_METADATA_IP",
+        "GOOGLE_APPLICATION_CREDENTIALS",
+        "GOOGLE_CLOUD_PROJECT",
+        "GCLOUD_PROJECT",
+        "CLOUDSDK_CONFIG",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "http_proxy",
+        "https_proxy",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.env("NO_PROXY", "127.0.0.1")
+        .envs(envs.iter().map(|(k, v)| (*k, v)));
+    let out = cmd.output().expect("run python");
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
 }

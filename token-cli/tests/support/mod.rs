@@ -31,7 +31,13 @@ pub(crate) struct Idp {
 impl Idp {
     /// Starts an IdP issuing tokens that live `lifetime` seconds.
     pub(crate) fn start(lifetime: u64) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+        Self::start_on(lifetime, 0)
+    }
+
+    /// [`start`](Self::start) on loopback port `port` (0: any free one),
+    /// for an IdP that comes up after its clients.
+    pub(crate) fn start_on(lifetime: u64, port: u16) -> Self {
+        let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind loopback");
         let base = format!("http://{}", listener.local_addr().expect("addr"));
         let requests = Arc::new(AtomicUsize::new(0));
         let calls = Arc::new(AtomicUsize::new(0));
@@ -262,6 +268,7 @@ impl Sandbox {
             "TOKENCACHE_KEY_FILE",
             "TOKENCACHE_CONFIG",
             "TOKENCACHE_REDIS_PASSWORD",
+            "TOKENCACHE_STATE_DIR",
             "XDG_CACHE_HOME",
             "XDG_CONFIG_HOME",
         ] {

@@ -29,7 +29,7 @@ import Provider from 'oidc-provider';
 import { createServer as createTlsServer } from 'node:https';
 import { createHash, X509Certificate } from 'node:crypto';
 // --- per-caller token exchange (issue 20) ---
-import { createHmac, randomBytes } from 'node:crypto';
+import { createHmac } from 'node:crypto'; // randomBytes: imported for DPoP below
 // --- end per-caller token exchange ---
 import { errors } from 'oidc-provider';
 // --- end certificates and mutual TLS ---
@@ -37,6 +37,9 @@ import { errors } from 'oidc-provider';
 // The provider's own in-memory adapter (the default one), extended below.
 import { createMemoryAdapter } from 'oidc-provider/lib/adapters/memory_adapter.js';
 // --- end rotating client secrets ---
+// --- DPoP (issue 21) ---
+import { randomBytes } from 'node:crypto';
+// --- end DPoP ---
 
 const keyDir = process.argv[2];
 if (!keyDir) {
@@ -172,6 +175,17 @@ const clients = [
     jwks: { keys: [certJwk('self-signed-client-test-only.pem')] },
   },
   // --- end rotating client secrets ---
+  // --- DPoP (issue 21) ---
+  // Tokens bound to the client's DPoP key (RFC 9449): a token request
+  // without a proof is refused.
+  {
+    ...common,
+    client_id: 'dpop-client',
+    client_secret: 'dpop-secret-value',
+    token_endpoint_auth_method: 'client_secret_basic',
+    dpop_bound_access_tokens: true,
+  },
+  // --- end DPoP ---
 ];
 
 // --- per-caller token exchange (issue 20) ---
@@ -473,6 +487,57 @@ const holdIfAsked = async (req) => {
 };
 // --- end rotating client secrets ---
 
+// --- DPoP (issue 21) ---
+// features.dPoP with nonces required on every proof and replays refused.
+// The server's clock (what oidc-provider's nonces, rotated every 60 s, are
+// computed from) can be moved forward by POST /__test/dpop-clock
+// {"advance": seconds}, so a test spans nonce rotations without waiting
+// minutes; use it only with a private server. POST /__test/dpop-introspect
+// (form `token=`): the server's record of an access token (client
+// credentials or refresh-token grant) and its DPoP binding (`cnf.jkt`). GET /__test/dpop-replays: how many token requests
+// were refused as a replayed proof.
+const dpopFeatures = {
+  dPoP: {
+    enabled: true,
+    nonceSecret: randomBytes(32),
+    requireNonce: () => true,
+    allowReplay: false,
+  },
+};
+let dpopClockOffsetMs = 0;
+const realDateNow = Date.now;
+Date.now = () => realDateNow() + dpopClockOffsetMs;
+let dpopReplays = 0;
+const dpopRoutes = async (provider, req, res) => {
+  const reply = (status, value) => {
+    res.statusCode = status;
+    res.setHeader('content-type', 'application/json');
+    res.end(JSON.stringify(value));
+    return true;
+  };
+  if (req.method === 'POST' && req.url === '/__test/dpop-clock') {
+    const { advance } = await readJson(req);
+    if (typeof advance !== 'number' || advance < 0) return reply(400, { error: 'advance: seconds >= 0' });
+    dpopClockOffsetMs += advance * 1000;
+    return reply(200, { offset_seconds: dpopClockOffsetMs / 1000 });
+  }
+  if (req.method === 'GET' && req.url === '/__test/dpop-replays') {
+    return reply(200, { count: dpopReplays });
+  }
+  if (req.method === 'POST' && req.url === '/__test/dpop-introspect') {
+    let body = '';
+    for await (const chunk of req) body += chunk;
+    const token = new URLSearchParams(body).get('token');
+    const found = (await provider.ClientCredentials.find(token))
+      ?? (await provider.AccessToken.find(token));
+    return reply(200, found
+      ? { active: true, client_id: found.clientId, token_type: found.tokenType, cnf: found.jkt ? { jkt: found.jkt } : undefined }
+      : { active: false });
+  }
+  return false;
+};
+// --- end DPoP ---
+
 let tokenRequests = 0;
 const server = createServer();
 server.listen(0, '127.0.0.1', () => {
@@ -489,6 +554,8 @@ server.listen(0, '127.0.0.1', () => {
       clientCredentials: { enabled: true },
       devInteractions: { enabled: false },
       ...mtlsFeatures,
+      // DPoP (issue 21): see dpopFeatures above.
+      ...dpopFeatures,
     },
     // AccessToken, Grant, RefreshToken: for the refresh-token grant (issue 12, item 6).
     // Rotating clients whose id starts `rotating-short-` get 6-second
@@ -611,11 +678,17 @@ server.listen(0, '127.0.0.1', () => {
     }
   });
   // --- end rotating client secrets ---
+  // --- DPoP (issue 21) ---
+  provider.on('grant.error', (ctx, err) => {
+    if (/Replay detected/.test(`${err.error_detail} ${err.error_description}`)) dpopReplays += 1;
+  });
+  // --- end DPoP ---
   const handle = provider.callback();
   server.on('request', async (req, res) => {
     if (await testRoutes(req, res)) return;
     if (await rotationRoutes(req, res)) return;
     if (await obo.routes(req, res)) return; // per-caller token exchange (issue 20)
+    if (await dpopRoutes(provider, req, res)) return;
     await holdIfAsked(req);
     if (req.method === 'GET' && req.url === '/__test/token-requests') {
       res.setHeader('content-type', 'application/json');
