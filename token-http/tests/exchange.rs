@@ -445,3 +445,64 @@ async fn the_tower_layer_sends_the_exchanged_token_never_the_subject() {
         Some(ExchangeError::InvalidSubject(SubjectProblem::Missing))
     ));
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn each_exchange_is_audited_with_digest_claims_request_and_expiry_never_a_token() {
+    let Some(idp) = Idp::shared() else { return };
+    let (logs, _guard) = Captured::start();
+    let tokens = subjects(idp, "audited", 1, 3600).await;
+    let key_material = [5u8; 32];
+    let cache = ExchangeCache::builder(TokenCache::builder(credential(idp)))
+        .subject_key(SubjectKey::from_bytes(&key_material).unwrap())
+        .grant(ExchangeGrant::TokenExchange {
+            subject_token_type: JWT_TOKEN_TYPE.into(),
+        })
+        .build();
+    let token = cache.exchange(&tokens[0], &downstream()).await.unwrap();
+    // A hit is counted (stats), not audited: the audit is of exchanges.
+    cache.exchange(&tokens[0], &downstream()).await.unwrap();
+    assert_eq!((cache.stats().exchanged, cache.stats().hits), (1, 1));
+
+    let text = logs.text();
+    let events: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("token_http::exchange") && l.contains("token exchange"))
+        .collect();
+    assert_eq!(events.len(), 1, "{text}");
+    let event = events[0];
+    let digest = SubjectKey::from_bytes(&key_material)
+        .unwrap()
+        .digest(&tokens[0]);
+    for field in [
+        format!("subject=\"{}\"", &digest[..12]),
+        "sub=\"audited-0\"".to_owned(),
+        "azp=\"user-app\"".to_owned(),
+        format!("audience=\"{AUDIENCE}\""),
+        "scopes=orders.read".to_owned(),
+        "outcome=\"exchanged\"".to_owned(),
+    ] {
+        assert!(event.contains(&field), "{field} missing: {event}");
+    }
+    // The expiry, in seconds: the IdP's tokens live at most 600 s.
+    let expires_in: u64 = event
+        .split("expires_in=")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no expires_in: {event}"));
+    assert!((500..=600).contains(&expires_in), "{event}");
+    // Never token material: neither the subject nor the exchanged token.
+    logs.assert_free_of(&tokens);
+    logs.assert_free_of(&[token.secret().expose().to_owned()]);
+
+    // A refused subject's event names the outcome and still no token.
+    let expired = subjects(idp, "audited-expired", 1, -60).await;
+    assert!(cache.exchange(&expired[0], &downstream()).await.is_err());
+    let text = logs.text();
+    assert!(
+        text.lines()
+            .any(|l| l.contains("token exchange") && l.contains("outcome=\"expired\"")),
+        "{text}"
+    );
+    logs.assert_free_of(&expired);
+}
