@@ -118,7 +118,8 @@ fn metrics() -> token_serve::PrometheusHandle {
     static HANDLE: std::sync::OnceLock<token_serve::PrometheusHandle> = std::sync::OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            token_serve::PrometheusBuilder::new()
+            token_serve::prometheus_builder()
+                .expect("the buckets")
                 .install_recorder()
                 .expect("the test process's recorder")
         })
@@ -221,11 +222,52 @@ async fn two_sidecars_on_one_redis_send_each_caller_their_own_token_exchanged_on
     for s in upstream.seen() {
         assert!(!tokens.contains(&s.bearer().unwrap_or_default().to_owned()));
     }
-    // No subject token in any log event (the audit events included).
+    // Exchanges and hits counted by outcome; the route's requests in the
+    // gateway's counters and histogram like any route's.
+    let metrics = client
+        .get(format!("{}/metrics", bases[0]))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("# HELP tokencache_exchanges_total"),
+        "{metrics}"
+    );
+    for wanted in [
+        "tokencache_exchanges_total{",
+        "tokencache_gateway_requests_total{",
+        "tokencache_gateway_request_duration_seconds_bucket{",
+    ] {
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l.starts_with(wanted) && l.contains("route=\"/orders/\"")),
+            "{wanted}: {metrics}"
+        );
+    }
+    for outcome in ["hit", "exchanged"] {
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l.starts_with("tokencache_exchanges_total{")
+                    && l.contains(&format!("outcome=\"{outcome}\""))),
+            "{outcome}: {metrics}"
+        );
+    }
+    // No subject token in any log event (the audit events and the access
+    // log included).
     let text = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
     assert!(
         text.contains("token exchange"),
         "the audit events were captured"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.contains("tokencache::access") && l.contains("/orders/")),
+        "the exchange route's requests are in the access log"
     );
     for t in &tokens {
         assert!(
@@ -447,4 +489,72 @@ async fn the_exchange_endpoint_is_guarded_like_v1_token() {
         .unwrap();
     assert_eq!(r.status(), 401);
     assert_eq!(exchanges(idp, "gw-endpoint-").await.0, 1);
+
+    // Counted as the token endpoints are, and by exchange outcome.
+    let text = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for (family, labels) in [
+        (
+            "tokencache_endpoint_requests_total{",
+            "endpoint=\"exchange\"",
+        ),
+        (
+            "tokencache_exchanges_total{",
+            "route=\"/v1/token/exchange\"",
+        ),
+    ] {
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with(family) && l.contains(labels)),
+            "{family}{labels}: {text}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_route_in_exchange_mode_sends_each_caller_their_own_exchanged_token() {
+    let Some(idp) = Idp::shared() else { return };
+    let upstream = echo().await;
+    let cache = TokenCache::builder(credential(idp)).build();
+    let base = serve(
+        &format!(
+            "[serve]\n[[serve.routes]]\nhost = \"orders.internal\"\nupstream = \"{}\"\nprofile = \"gw\"\n\
+             mode = \"exchange\"\naudience = \"{AUDIENCE}\"\nscopes = [\"orders.read\"]\n",
+            upstream.url()
+        ),
+        &cache,
+    )
+    .await;
+    let tokens = subjects(idp, "gw-host", 2, 3600).await;
+    let client = reqwest::Client::new();
+    for (i, subject) in tokens.iter().enumerate() {
+        let r = client
+            .get(format!("{base}/list"))
+            .header("host", "orders.internal")
+            .bearer_auth(subject)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let sent = r.text().await.unwrap();
+        assert_ne!(&sent, subject, "the subject token went upstream");
+        assert_eq!(claims(&sent)["sub"], format!("gw-host-{i}"));
+        assert_eq!(claims(&sent)["aud"], AUDIENCE);
+    }
+    // No caller token: refused before anything is forwarded.
+    let r = client
+        .get(format!("{base}/list"))
+        .header("host", "orders.internal")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(upstream.seen().len(), 2);
+    assert_eq!(exchanges(idp, "gw-host-").await.0, 2);
 }
