@@ -557,4 +557,15 @@ async fn a_host_route_in_exchange_mode_sends_each_caller_their_own_exchanged_tok
     assert_eq!(r.status(), 401);
     assert_eq!(upstream.seen().len(), 2);
     assert_eq!(exchanges(idp, "gw-host-").await.0, 2);
+    // The route's audience and scopes are its callers' exchanges, not a
+    // token of the profile's own: nothing prefetched or reported for it.
+    let ready = client
+        .get(format!("{base}/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!ready.contains("routes"), "{ready}");
 }
