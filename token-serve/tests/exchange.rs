@@ -569,3 +569,82 @@ async fn a_host_route_in_exchange_mode_sends_each_caller_their_own_exchanged_tok
         .unwrap();
     assert!(!ready.contains("routes"), "{ready}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dpop_profile_s_exchanges_are_bound_to_its_key_and_sent_with_a_proof() {
+    use token_http::{DpopAlgorithm, DpopKey};
+    let Some(idp) = Idp::shared() else { return };
+    // Answers with the Authorization and DPoP headers it got.
+    let upstream = Upstream::start_with(|seen: Seen| async move {
+        let auth = seen.header("authorization").unwrap_or_default().to_owned();
+        let proof = seen.header("dpop").unwrap_or_default().to_owned();
+        Response::new(Full::new(Bytes::from(format!("{auth}\n{proof}"))))
+    })
+    .await;
+    let key = DpopKey::generate(DpopAlgorithm::Es256).unwrap();
+    let client = reqwest::Client::builder()
+        .pool_idle_timeout(Duration::from_secs(3))
+        .build()
+        .unwrap();
+    let credential = OAuthCredential::client_credentials(idp.token_url(), "obo-client")
+        .client_secret("obo-secret-value")
+        .http_client(client)
+        .dpop_key(key.clone())
+        .build()
+        .unwrap();
+    let cache = TokenCache::builder(credential).build();
+    let request = TokenRequest::builder()
+        .scope("orders.read")
+        .dpop_thumbprint(key.thumbprint())
+        .build();
+    let config = ServeConfig::parse(&format!("[serve]\n{}", route(&upstream, ""))).unwrap();
+    let sidecar = Sidecar::builder(config)
+        .metrics(metrics())
+        .dpop_profile("gw", &cache, &request, key.clone())
+        .build()
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(token_serve::serve(
+        sidecar,
+        listener,
+        std::future::pending(),
+        Duration::from_secs(1),
+    ));
+
+    let tokens = subjects(idp, "gw-dpop", 1, 3600).await;
+    let r = reqwest::Client::new()
+        .get(format!("{base}/orders/list"))
+        .bearer_auth(&tokens[0])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.unwrap();
+    let (auth, proof) = text.split_once('\n').unwrap();
+    let token = auth
+        .strip_prefix("DPoP ")
+        .unwrap_or_else(|| panic!("not a DPoP token: {auth}"));
+    let c = claims(token);
+    assert_eq!(c["sub"], "gw-dpop-0", "the caller's own token");
+    assert_eq!(c["aud"], AUDIENCE);
+    assert_eq!(
+        c["cnf"]["jkt"],
+        key.thumbprint(),
+        "bound to the profile's key"
+    );
+    // A fresh proof for this token (ath) and the upstream's URL (htu).
+    let p = claims(proof);
+    let ath = URL_SAFE_NO_PAD.encode(ring::digest::digest(
+        &ring::digest::SHA256,
+        token.as_bytes(),
+    ));
+    assert_eq!(p["ath"], ath);
+    assert_eq!(p["htm"], "GET");
+    assert!(
+        p["htu"].as_str().unwrap().ends_with("/list"),
+        "{}",
+        p["htu"]
+    );
+    assert_eq!(exchanges(idp, "gw-dpop-").await.0, 1);
+}

@@ -30,6 +30,8 @@ import { createServer as createTlsServer } from 'node:https';
 import { createHash, X509Certificate } from 'node:crypto';
 // --- per-caller token exchange (issue 20) ---
 import { createHmac } from 'node:crypto'; // randomBytes: imported for DPoP below
+// DPoP-bound exchanges: the provider's own proof validation and replay check.
+import { validateDpop, checkDpopReplay } from 'oidc-provider/lib/helpers/grants.js';
 // --- end per-caller token exchange ---
 import { errors } from 'oidc-provider';
 // --- end certificates and mutual TLS ---
@@ -195,7 +197,7 @@ const clients = [
 // grant (Entra's: assertion=, requested_token_use=on_behalf_of). It checks
 // the subject's signature, expiry and revocation, and mints an
 // audience-bound JWT for the same `sub` (act.sub = the client), expiring no
-// later than the subject. Test routes:
+// later than the subject; with a DPoP proof, bound to its key (cnf.jkt). Test routes:
 // POST /__test/subjects {"prefix","count","ttl"}: `count` subject tokens
 // for subs `<prefix>-<i>` (ttl seconds, negative for already expired);
 // POST /__test/revoke-subject {"token"}: the IdP rejects it from now on;
@@ -238,6 +240,10 @@ const obo = (() => {
       rejected += 1;
       throw new errors.InvalidGrant('the subject token is invalid, expired or revoked');
     }
+    // A DPoP proof (issue 21) binds the minted token to the proof's key
+    // (cnf.jkt, token_type DPoP); nonces and replays as for the other grants.
+    const dPoP = await validateDpop(ctx.oidc.provider, ctx);
+    if (dPoP) await checkDpopReplay(ctx.oidc.provider, ctx, dPoP, ctx.oidc.client.clientId);
     exchanges.set(subject.sub, (exchanges.get(subject.sub) ?? 0) + 1);
     const { audience, resource, scope } = ctx.oidc.params;
     const exp = Math.min(subject.exp, now() + 600);
@@ -251,11 +257,12 @@ const obo = (() => {
         azp: ctx.oidc.client.clientId,
         act: { sub: ctx.oidc.client.clientId },
         typ: 'exchanged',
+        cnf: dPoP ? { jkt: dPoP.thumbprint } : undefined,
         exp,
         jti: `x${seq}`,
       }),
       issued_token_type: ACCESS_TOKEN_TYPE,
-      token_type: 'Bearer',
+      token_type: dPoP ? 'DPoP' : 'Bearer',
       expires_in: exp - now(),
       scope: scope || undefined,
     };
