@@ -1,6 +1,7 @@
 //! The sidecar on loopback, in one run: a request straight to the upstream,
 //! through a plain hyper reverse proxy without token work (the floor), and
-//! through the token-serve gateway; and the token endpoint. Latency rows
+//! through the token-serve gateway (an inject route, and an `exchange` route
+//! whose caller's exchanged token is cached); and the token endpoint. Latency rows
 //! send one request at a time; throughput rows keep 64 in flight. The
 //! upstream, the proxy and gateway, and the client run on three runtimes,
 //! as the three processes of a real deployment would.
@@ -55,10 +56,17 @@ fn client() -> BenchClient {
         .build(http)
 }
 
+/// The caller's bearer token on the `exchange` row (an opaque one: the
+/// bench IdP answers any subject).
+const SUBJECT: &str = "bench-caller-subject-token-0123456789";
+
 async fn call(client: &BenchClient, uri: &hyper::Uri, metadata: bool) {
     let mut req = Request::get(uri.clone());
     if metadata {
         req = req.header("metadata", "true");
+    }
+    if uri.path().starts_with("/ex/") {
+        req = req.header("authorization", format!("Bearer {SUBJECT}"));
     }
     let resp = client
         .request(req.body(Empty::new()).expect("request"))
@@ -90,7 +98,7 @@ fn bench(c: &mut Criterion) {
         Response::new(Full::new(Bytes::from_static(b"ok")))
     }));
     let rt = server_runtime();
-    let (direct, proxy, gateway, token) = rt.block_on(async {
+    let (direct, proxy, gateway, exchange, token) = rt.block_on(async {
         // The floor: a reverse proxy that forwards with a pooled client and
         // does nothing else.
         // Same connector settings as the gateway's upstream client.
@@ -113,7 +121,9 @@ fn bench(c: &mut Criterion) {
         })
         .await;
         let config = ServeConfig::parse(&format!(
-            "[[serve.routes]]\nprefix = \"/up/\"\nupstream = \"http://{upstream}\"\nprofile = \"bench\"\n"
+            "[[serve.routes]]\nprefix = \"/up/\"\nupstream = \"http://{upstream}\"\nprofile = \"bench\"\n\
+             [[serve.routes]]\nprefix = \"/ex/\"\nupstream = \"http://{upstream}\"\nprofile = \"bench\"\n\
+             mode = \"exchange\"\naudience = \"https://bench\"\nexchange_rate_per_second = 0\n"
         ))
         .expect("config");
         let cache = TokenCache::builder(StaticIdp).build();
@@ -136,6 +146,7 @@ fn bench(c: &mut Criterion) {
             uri(format!("http://{upstream}/x")),
             uri(format!("http://{proxy}/x")),
             uri(format!("http://{gw}/up/x")),
+            uri(format!("http://{gw}/ex/x")),
             uri(format!("http://{gw}/v1/token?profile=bench")),
         )
     });
@@ -150,6 +161,8 @@ fn bench(c: &mut Criterion) {
         ("direct", &direct, false),
         ("plain_proxy", &proxy, false),
         ("gateway", &gateway, false),
+        // A per-caller exchange route, its token cached (issue 20).
+        ("exchange", &exchange, false),
         ("token_endpoint", &token, true),
     ] {
         g.bench_function(name, |b| {

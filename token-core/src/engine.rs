@@ -147,6 +147,7 @@ impl Inner {
             Err(e) => Some(Err(e)),
             Ok(Joined::Hit(token)) => Some(Ok(token)),
             Ok(Joined::Wait(rx)) => Some(self.wait(rx).await),
+            Ok(Joined::Drive(rx, flight)) => Some(self.drive(rx, flight).await),
             Ok(Joined::Evicted | Joined::Nothing) => None,
         }
     }
@@ -178,14 +179,32 @@ impl Inner {
             match slot.join_or_start(self, Want::Refresh, attempt >= EVICTED_RETRIES)? {
                 Joined::Hit(token) => return Ok(token),
                 Joined::Wait(rx) => return self.wait(rx).await,
+                Joined::Drive(rx, flight) => return self.drive(rx, flight).await,
                 Joined::Evicted | Joined::Nothing => attempt += 1,
             }
         }
     }
 
-    /// Waits for a flight's result.
-    async fn wait(&self, mut rx: watch::Receiver<FlightResult>) -> Result<Token, Error> {
+    /// Runs a flight this caller started, then takes its result. Counted
+    /// as a wait, before the flight runs, as for the callers that join it.
+    async fn drive(
+        &self,
+        rx: watch::Receiver<FlightResult>,
+        flight: crate::flight::Driven,
+    ) -> Result<Token, Error> {
         bump(&self.stats.waits);
+        flight.await;
+        Self::result(rx).await
+    }
+
+    /// Waits for a flight's result.
+    async fn wait(&self, rx: watch::Receiver<FlightResult>) -> Result<Token, Error> {
+        bump(&self.stats.waits);
+        Self::result(rx).await
+    }
+
+    /// A flight's result, once it is published.
+    async fn result(mut rx: watch::Receiver<FlightResult>) -> Result<Token, Error> {
         // Bound to a local so the watch borrow ends before `rx` is dropped.
         let result = match rx.wait_for(Option::is_some).await {
             Ok(v) => match &*v {
@@ -451,6 +470,39 @@ impl TokenCache {
             None => inner.slot_for(request),
         };
         inner.token(request, slot).await
+    }
+
+    /// The token for `request` if one is cached in this process and fresh
+    /// (before its refresh time), without fetching or waiting; a token found
+    /// counts as a hit, none counts nothing. For callers that must decide before a possible IdP call (a
+    /// rate limit on cold keys, as `token_http::ExchangeCache` has).
+    pub fn peek(&self, request: &TokenRequest) -> Option<Token> {
+        let inner = &self.inner;
+        inner
+            .keys
+            .with(request, |slot| slot.and_then(|slot| inner.hit(slot)))
+    }
+
+    /// A builder for another cache that shares this one's credential,
+    /// store, policy and clock, with its own keys and limits: a per-caller
+    /// cache next to a profile's own (the gateway's `exchange` routes).
+    /// The new cache has no [metrics name](TokenCacheBuilder::metrics_name)
+    /// unless given one.
+    pub fn derive(&self) -> TokenCacheBuilder {
+        let inner = &self.inner;
+        TokenCacheBuilder {
+            credential: Arc::clone(&inner.credential),
+            store: inner.gate.store().cloned(),
+            policy: inner.policy.clone(),
+            clock: Arc::clone(&inner.clock),
+            system_clock: inner.system_clock,
+            max_keys: DEFAULT_MAX_KEYS,
+            idle_window: DEFAULT_IDLE_WINDOW,
+            // Not this cache's name: the engine's counters are published as
+            // absolute values per name, and two caches under one name would
+            // overwrite each other's.
+            metrics_name: None,
+        }
     }
 
     /// A handle pre-bound to `request`: the fastest way to get tokens for a

@@ -1,9 +1,12 @@
 //! Obtaining a token for a key: the single flight that store reads, the
 //! lease and the IdP fetch happen in, and that publishes its result.
 //!
-//! One flight runs per key in a process at a time, as a spawned task, so a
-//! caller that gives up (is dropped) never cancels it for the others. Every
-//! caller that needs the result subscribes to the flight's watch channel.
+//! One flight runs per key in a process at a time. A caller that needs the
+//! token runs the flight it started on its own task ([`Driven`]: no spawn,
+//! no cross-thread wake-up); if it gives up (is dropped) first, the rest of
+//! the flight is spawned, so it is never cancelled for the others.
+//! Background refreshes are spawned. Every other caller that needs the
+//! result subscribes to the flight's watch channel.
 
 use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -128,9 +131,44 @@ enum Waited {
     GaveUp,
 }
 
+/// A flight run by the caller that started it, on the caller's own task,
+/// instead of a spawned task: a cold key then costs no cross-thread
+/// wake-ups (spawning onto another worker, and that worker waking the
+/// caller when the token is there), which on a multi-thread runtime were
+/// most of a new key's cost. If the caller is dropped before the flight
+/// ends (it gave up, timed out), the rest of the flight is spawned, so it
+/// is never cancelled for the other callers waiting on it.
+pub(crate) struct Driven {
+    flight: Option<Pin<Box<dyn Future<Output = ()> + Send + 'static>>>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl Future for Driven {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if let Some(flight) = self.flight.as_mut() {
+            if flight.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            self.flight = None;
+        }
+        Poll::Ready(())
+    }
+}
+
+impl Drop for Driven {
+    fn drop(&mut self) {
+        if let Some(rest) = self.flight.take() {
+            self.runtime.spawn(rest);
+        }
+    }
+}
+
 /// One fetch for one key: re-read the store, take the lease (or wait for
 /// the instance holding it), call the IdP, store the result. Runs as a
-/// spawned task started by [`Slot::join_or_start`].
+/// spawned task started by [`Slot::join_or_start`], or on the task of the
+/// caller that started it ([`Driven`]).
 pub(crate) struct Flight {
     inner: Arc<Inner>,
     slot: Arc<Slot>,
@@ -141,14 +179,16 @@ pub(crate) struct Flight {
 
 impl Flight {
     /// Starts a flight for `slot`; the caller holds the slot's lock (`st`)
-    /// and has checked that none is running.
+    /// and has checked that none is running. With `driven`, the flight is
+    /// returned for the caller to run ([`Driven`]) instead of spawned.
     pub(crate) fn start(
         inner: &Arc<Inner>,
         slot: &Arc<Slot>,
         st: &mut SlotState,
         runtime: &tokio::runtime::Handle,
         refresh: bool,
-    ) -> watch::Receiver<FlightResult> {
+        driven: bool,
+    ) -> (watch::Receiver<FlightResult>, Option<Driven>) {
         let (tx, rx) = watch::channel(None);
         st.flight = Some(rx.clone());
         slot.flying.store(true, Ordering::Release);
@@ -184,8 +224,15 @@ impl Flight {
             }
             guard.finish(result);
         };
+        if driven {
+            let driven = Driven {
+                flight: Some(Box::pin(tracing::Instrument::instrument(task, span))),
+                runtime: runtime.clone(),
+            };
+            return (rx, Some(driven));
+        }
         runtime.spawn(tracing::Instrument::instrument(task, span));
-        rx
+        (rx, None)
     }
 
     /// Gets a token: from the store if another instance already put a good

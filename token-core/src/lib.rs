@@ -68,7 +68,9 @@ pub use engine::{TokenCache, TokenCacheBuilder, TokenHandle};
 pub use envelope::{EncryptionKey, KeyError, KeyId, Keyring, KEY_LEN};
 pub use error::{BoxError, Error};
 pub use policy::RefreshPolicy;
-pub use request::{Actor, CacheKey, ParamValue, TokenRequest, TokenRequestBuilder};
+pub use request::{
+    Actor, CacheKey, ExchangeGrant, ExchangeSubject, ParamValue, TokenRequest, TokenRequestBuilder,
+};
 pub use secret::Secret;
 pub use slot::Token;
 pub use stats::CacheStats;

@@ -19,6 +19,128 @@ pub enum Actor {
     /// A subject token or assertion (a JWT): a secret. Only its SHA-256
     /// digest appears in the cache key.
     Assertion(Secret),
+    /// A caller's token to exchange per caller (the gateway's `exchange`
+    /// mode, `token_http::ExchangeCache`): the subject token, the grant it
+    /// goes through, and a *keyed* digest of it made by the caller. Only
+    /// the digest and the grant appear in the cache key. Any credential
+    /// with client authentication may honour it (token-http's
+    /// `OAuthCredential` sends [`ExchangeSubject::grant`] instead of its own
+    /// grant), and caps the token's expiry at [`ExchangeSubject::not_after`].
+    Exchange(ExchangeSubject),
+}
+
+impl Actor {
+    /// The secret subject token or assertion, if this actor carries one.
+    pub fn secret(&self) -> Option<&Secret> {
+        match self {
+            Self::Subject(_) => None,
+            Self::Assertion(s) => Some(s),
+            Self::Exchange(x) => Some(&x.token),
+        }
+    }
+}
+
+/// How a subject token is exchanged ([`Actor::Exchange`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ExchangeGrant {
+    /// RFC 8693 token exchange: `subject_token` with this
+    /// `subject_token_type` (`urn:ietf:params:oauth:token-type:access_token`
+    /// or `...:jwt`).
+    TokenExchange {
+        /// The `subject_token_type` sent.
+        subject_token_type: String,
+    },
+    /// The JWT bearer on-behalf-of flow (Microsoft Entra):
+    /// `grant_type=urn:ietf:params:oauth:grant-type:jwt-bearer`,
+    /// `assertion=<subject>`, `requested_token_use=on_behalf_of`.
+    JwtBearerOnBehalfOf,
+}
+
+impl ExchangeGrant {
+    /// The short, stable name used in cache keys and logs.
+    pub fn name(&self) -> &str {
+        match self {
+            Self::TokenExchange { subject_token_type } => subject_token_type
+                .rsplit(':')
+                .next()
+                .unwrap_or(subject_token_type),
+            Self::JwtBearerOnBehalfOf => "obo",
+        }
+    }
+}
+
+/// A subject token to exchange, with the keyed digest that stands for it in
+/// cache keys. Built by the caller, who owns the digest key (see
+/// `token_http::ExchangeCache`); the subject token itself never reaches a
+/// key, a store, `Debug` or a log.
+#[derive(Clone)]
+pub struct ExchangeSubject {
+    token: Secret,
+    digest: String,
+    grant: ExchangeGrant,
+    not_after: Option<std::time::SystemTime>,
+}
+
+impl ExchangeSubject {
+    /// `token` exchanged through `grant`; `digest` is a keyed digest of it
+    /// (for example HMAC-SHA256 under a fleet-wide key, hex): the same
+    /// subject must give the same digest in every process sharing a store,
+    /// and nobody without the key may compute it.
+    pub fn new(token: Secret, digest: impl Into<String>, grant: ExchangeGrant) -> Self {
+        Self {
+            token,
+            digest: digest.into(),
+            grant,
+            not_after: None,
+        }
+    }
+
+    /// The exchanged token is never used past this time (the subject
+    /// token's own `exp`, when it is a JWT).
+    pub fn with_not_after(mut self, at: std::time::SystemTime) -> Self {
+        self.not_after = Some(at);
+        self
+    }
+
+    /// The subject token.
+    pub fn token(&self) -> &Secret {
+        &self.token
+    }
+
+    /// The keyed digest that stands for the subject token.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    /// The grant the subject token is exchanged through.
+    pub fn grant(&self) -> &ExchangeGrant {
+        &self.grant
+    }
+
+    /// The latest expiry of an exchanged token, if bounded.
+    pub fn not_after(&self) -> Option<std::time::SystemTime> {
+        self.not_after
+    }
+}
+
+impl PartialEq for ExchangeSubject {
+    fn eq(&self, other: &Self) -> bool {
+        self.digest == other.digest && self.grant == other.grant
+    }
+}
+
+impl Eq for ExchangeSubject {}
+
+impl fmt::Debug for ExchangeSubject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ExchangeSubject")
+            .field("token", &"***")
+            .field("digest", &self.digest)
+            .field("grant", &self.grant)
+            .field("not_after", &self.not_after)
+            .finish()
+    }
 }
 
 impl fmt::Debug for Actor {
@@ -26,6 +148,7 @@ impl fmt::Debug for Actor {
         match self {
             Self::Subject(s) => f.debug_tuple("Subject").field(s).finish(),
             Self::Assertion(_) => f.write_str("Assertion(***)"),
+            Self::Exchange(x) => f.debug_tuple("Exchange").field(x).finish(),
         }
     }
 }
@@ -322,6 +445,9 @@ impl TokenRequestBuilder {
         match &self.actor {
             Some(Actor::Subject(s)) => field(&mut c, "act", Some(s.as_str())),
             Some(Actor::Assertion(s)) => field(&mut c, "act#", Some(digest(s.expose()).as_str())),
+            Some(Actor::Exchange(x)) => {
+                field(&mut c, "actx", [x.grant.name(), x.digest.as_str()]);
+            }
             None => {}
         }
         field(&mut c, "jkt", self.dpop_thumbprint.as_deref());
@@ -493,6 +619,22 @@ mod tests {
             base().resource("t").build(),
             base().actor(Actor::Subject("t".into())).build(),
             base().actor(Actor::Assertion("t".into())).build(),
+            base()
+                .actor(Actor::Exchange(ExchangeSubject::new(
+                    "t".into(),
+                    "d",
+                    ExchangeGrant::JwtBearerOnBehalfOf,
+                )))
+                .build(),
+            base()
+                .actor(Actor::Exchange(ExchangeSubject::new(
+                    "t".into(),
+                    "d",
+                    ExchangeGrant::TokenExchange {
+                        subject_token_type: "urn:ietf:params:oauth:token-type:jwt".into(),
+                    },
+                )))
+                .build(),
             base().dpop_thumbprint("t").build(),
             base().param("t", "t").build(),
             base().secret_param("t", "t").build(),
@@ -510,6 +652,25 @@ mod tests {
             CacheKey::new("a|b", &variants[0]),
             CacheKey::new("a", &variants[0])
         );
+    }
+
+    #[test]
+    fn an_exchange_subject_is_keyed_by_its_digest_only() {
+        let x = |token: &str, digest: &str| {
+            TokenRequest::builder()
+                .actor(Actor::Exchange(ExchangeSubject::new(
+                    token.into(),
+                    digest,
+                    ExchangeGrant::JwtBearerOnBehalfOf,
+                )))
+                .build()
+        };
+        let key = CacheKey::new("cred", &x("subject-secret-1", "abc"));
+        assert!(!key.as_str().contains("subject-secret"), "{key}");
+        assert!(key.as_str().contains("abc"), "{key}");
+        assert_ne!(key, CacheKey::new("cred", &x("subject-secret-1", "abd")));
+        let dbg = format!("{:?}", x("subject-secret-1", "abc").actor());
+        assert!(!dbg.contains("subject-secret"), "{dbg}");
     }
 
     #[test]

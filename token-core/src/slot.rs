@@ -178,6 +178,9 @@ pub(crate) enum Joined {
     Hit(Token),
     /// Wait on this fetch (running already, or just started).
     Wait(watch::Receiver<FlightResult>),
+    /// Run this fetch (just started, for this caller to drive), then read
+    /// its result from the receiver.
+    Drive(watch::Receiver<FlightResult>, crate::flight::Driven),
     /// Nothing to wait for (a background refresh started, or was not needed).
     Nothing,
     /// The slot left the key map: look the key up again.
@@ -319,7 +322,7 @@ impl Slot {
                     return Ok(Joined::Nothing);
                 };
                 tracing::debug!(key = %self.key, "token in its refresh window; refreshing in the background");
-                Flight::start(inner, self, &mut st, &runtime, true);
+                Flight::start(inner, self, &mut st, &runtime, true, false);
                 return Ok(Joined::Nothing);
             }
             Want::Token => {
@@ -345,9 +348,15 @@ impl Slot {
         }
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
         let refresh = want != Want::Token && usable;
-        Ok(Joined::Wait(Flight::start(
-            inner, self, &mut st, &runtime, refresh,
-        )))
+        // A caller that waits for the token anyway runs the fetch itself
+        // (no spawn, no cross-thread wake-up); keep-warm's timer spawns it.
+        let driven = matches!(want, Want::Token | Want::Refresh);
+        Ok(
+            match Flight::start(inner, self, &mut st, &runtime, refresh, driven) {
+                (rx, Some(flight)) => Joined::Drive(rx, flight),
+                (rx, None) => Joined::Wait(rx),
+            },
+        )
     }
 }
 

@@ -32,6 +32,13 @@ pub(crate) async fn keep_warm(weak: Weak<Inner>, slot: Arc<Slot>) {
         let joined = slot.join_or_start(&inner, Want::Warm, true);
         drop(inner);
         let failed = match joined {
+            Ok(Joined::Drive(mut rx, flight)) => {
+                flight.await;
+                match rx.wait_for(Option::is_some).await {
+                    Ok(v) => !matches!(&*v, Some(Ok(_))),
+                    Err(_) => true,
+                }
+            }
             Ok(Joined::Wait(mut rx)) => match rx.wait_for(Option::is_some).await {
                 Ok(v) => !matches!(&*v, Some(Ok(_))),
                 Err(_) => true,

@@ -376,6 +376,17 @@ impl Credential for OAuthCredential {
         request: &TokenRequest,
         previous: Option<&AccessToken>,
     ) -> Result<AccessToken, CredentialError> {
+        let token = self.fetch_once(request, previous).await?;
+        Ok(crate::exchange::cap_expiry(request, token))
+    }
+}
+
+impl OAuthCredential {
+    async fn fetch_once(
+        &self,
+        request: &TokenRequest,
+        previous: Option<&AccessToken>,
+    ) -> Result<AccessToken, CredentialError> {
         let Some(files) = &self.file_auth else {
             return self
                 .attempt(request, previous, &self.auth, &self.client)

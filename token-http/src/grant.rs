@@ -5,12 +5,18 @@
 
 use std::fmt;
 
-use token_core::{AccessToken, Actor, CredentialError, Secret, TokenRequest};
+use token_core::{AccessToken, Actor, CredentialError, ExchangeGrant, Secret, TokenRequest};
 use zeroize::Zeroizing;
 
 /// The default `subject_token_type` of a token exchange: the caller's
 /// incoming access token is exchanged for one to call the next service.
 pub const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
+/// The `subject_token_type` of a JWT subject token (RFC 8693 §3).
+pub const JWT_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:jwt";
+/// The RFC 8693 `grant_type`.
+pub const TOKEN_EXCHANGE_GRANT: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+/// The RFC 7523 `grant_type` of the on-behalf-of flow (Microsoft Entra).
+pub const JWT_BEARER_GRANT: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
 
 /// Which OAuth 2.0 grant a credential uses.
 #[derive(Clone)]
@@ -46,7 +52,7 @@ impl Grant {
         match self {
             Self::ClientCredentials => "client_credentials",
             Self::RefreshToken(_) => "refresh_token",
-            Self::TokenExchange { .. } => "urn:ietf:params:oauth:grant-type:token-exchange",
+            Self::TokenExchange { .. } => TOKEN_EXCHANGE_GRANT,
         }
     }
 
@@ -110,35 +116,66 @@ impl Grant {
             used_refresh: None,
             redact: Vec::new(),
         };
-        match self {
-            Self::ClientCredentials | Self::RefreshToken(_) if request.actor().is_some() => {
+        // A per-caller exchange (`Actor::Exchange`) goes through the grant
+        // it names, with this credential's client authentication.
+        if let Some(Actor::Exchange(x)) = request.actor() {
+            if let Self::RefreshToken(_) = self {
                 return Err(unsupported(
-                    "actor (on-behalf-of needs a token exchange credential)",
+                    "per-caller exchange (use a credential with client authentication)",
                 ));
             }
-            Self::ClientCredentials => {}
-            Self::RefreshToken(configured) => {
-                let rt = refresh_token(configured);
-                out.form.push(("refresh_token", plain(rt.expose())));
-                out.redact.push(rt.clone());
-                out.used_refresh = Some(rt);
-            }
-            Self::TokenExchange {
-                subject_token_type,
-                requested_token_type,
-            } => {
-                let Some(Actor::Assertion(subject)) = request.actor() else {
+            let subject = x.token();
+            match x.grant() {
+                ExchangeGrant::JwtBearerOnBehalfOf => {
+                    out.form[0].1 = plain(JWT_BEARER_GRANT);
+                    out.form.push(("assertion", plain(subject.expose())));
+                    out.form
+                        .push(("requested_token_use", plain("on_behalf_of")));
+                }
+                ExchangeGrant::TokenExchange { subject_token_type } => {
+                    out.form[0].1 = plain(TOKEN_EXCHANGE_GRANT);
+                    out.form.push(("subject_token", plain(subject.expose())));
+                    out.form
+                        .push(("subject_token_type", plain(subject_token_type)));
+                }
+                _ => {
                     return Err(CredentialError::permanent(
+                        "this token-http does not know the exchange grant the request names",
+                    ))
+                }
+            }
+            out.redact.push(subject.clone());
+        } else {
+            match self {
+                Self::ClientCredentials | Self::RefreshToken(_) if request.actor().is_some() => {
+                    return Err(unsupported(
+                        "actor (on-behalf-of needs a token exchange credential)",
+                    ));
+                }
+                Self::ClientCredentials => {}
+                Self::RefreshToken(configured) => {
+                    let rt = refresh_token(configured);
+                    out.form.push(("refresh_token", plain(rt.expose())));
+                    out.redact.push(rt.clone());
+                    out.used_refresh = Some(rt);
+                }
+                Self::TokenExchange {
+                    subject_token_type,
+                    requested_token_type,
+                } => {
+                    let Some(Actor::Assertion(subject)) = request.actor() else {
+                        return Err(CredentialError::permanent(
                         "a token exchange needs the request's actor to be an Actor::Assertion holding the subject token",
                     ));
-                };
-                out.form.push(("subject_token", plain(subject.expose())));
-                out.form
-                    .push(("subject_token_type", plain(subject_token_type)));
-                if let Some(t) = requested_token_type {
-                    out.form.push(("requested_token_type", plain(t)));
+                    };
+                    out.form.push(("subject_token", plain(subject.expose())));
+                    out.form
+                        .push(("subject_token_type", plain(subject_token_type)));
+                    if let Some(t) = requested_token_type {
+                        out.form.push(("requested_token_type", plain(t)));
+                    }
+                    out.redact.push(subject.clone());
                 }
-                out.redact.push(subject.clone());
             }
         }
         if !request.scopes().is_empty() {

@@ -85,6 +85,8 @@ mod discovery;
 mod dpop;
 pub mod env;
 mod error;
+mod exchange;
+mod exchange_layer;
 mod file_auth;
 mod grant;
 mod header;
@@ -111,8 +113,14 @@ pub use dpop::{
     MAX_NONCE_ORIGINS,
 };
 pub use error::ConfigError;
+pub use exchange::{
+    inspect_subject, ExchangeCache, ExchangeCacheBuilder, ExchangeError, ExchangeStats,
+    SubjectClaims, SubjectKey, SubjectProblem, DEFAULT_EXCHANGE_RATE, DEFAULT_MAX_NEGATIVE,
+    DEFAULT_MAX_SUBJECTS, DEFAULT_NEGATIVE_TTL, DEFAULT_SUBJECT_IDLE, MAX_SUBJECT_BYTES,
+};
+pub use exchange_layer::{bearer_of, Exchange, ExchangeLayer};
 pub use file_auth::PrivateKeyFile;
-pub use grant::{Grant, ACCESS_TOKEN_TYPE};
+pub use grant::{Grant, ACCESS_TOKEN_TYPE, JWT_BEARER_GRANT, JWT_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT};
 pub use jwt::{PrivateKey, SigningAlgorithm, DEFAULT_ASSERTION_LIFETIME};
 pub use managed::{
     AppServiceCredential, AppServiceCredentialBuilder, AzureImdsCredential,

@@ -40,6 +40,9 @@
 //! protocol = "http1"                 # to an http:// upstream: "http1" (default) or "h2c" (HTTP/2
 //!                                    # prior knowledge, for gRPC); https:// negotiates h2 or
 //!                                    # HTTP/1.1 by ALPN
+//! mode = "inject"                    # or "exchange": per-caller token exchange, with
+//!                                    # the token parameters below and exchange_* (see crate::exchange;
+//!                                    # [serve.exchange] holds their defaults and key_file)
 //! # Token parameters (each optional; omitted = the profile's own request):
 //! scopes = ["orders.read"]           # replaces the profile's scopes for this route
 //! audience = "https://orders.internal"     # replaces the profile's audience
@@ -144,6 +147,13 @@ pub struct Route {
     /// the caller gets `504` (`timeout_seconds`; [`DEFAULT_UPSTREAM_TIMEOUT`]).
     pub timeout: Duration,
 
+    // --- Per-caller token exchange (issue 20) ---
+    /// `inject` (default: the profile's own token) or `exchange` (the
+    /// caller's bearer token exchanged per caller; see [`crate::exchange`]).
+    pub mode: RouteMode,
+    /// The exchange settings of an `exchange` route: `[serve.exchange]`
+    /// overridden by the route's `exchange_*` keys.
+    pub exchange: ExchangeSettings,
     // --- Forward proxy (issue 19) ---
     /// The host this route serves (`host`): a lower-cased DNS name or IP
     /// literal, with `:port` when the route names one (then only that port
@@ -206,6 +216,8 @@ pub enum Protocol {
     H2c,
 }
 
+pub(crate) use crate::exchange::{ExchangeSettings, RouteMode};
+
 /// The parsed `[serve]` table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -241,6 +253,15 @@ pub struct ServeConfig {
     /// Client connection limits and start-up concurrency (see
     /// [`ConnectionSettings`]); take effect at start only.
     pub connections: ConnectionSettings,
+
+    // --- Per-caller token exchange (issue 20) ---
+    /// `[serve.exchange]`: the settings of `POST /v1/token/exchange` and the
+    /// defaults of `exchange` routes.
+    pub exchange: ExchangeSettings,
+    /// `[serve.exchange] key_file`: key material (at least 32 bytes) of the
+    /// subject digests, shared by a fleet so its sidecars share exchanged
+    /// tokens through a shared store. Without it, a random per-process key.
+    pub exchange_key_file: Option<PathBuf>,
 
     // --- Forward proxy (issue 19) ---
     /// `[serve.proxy]`: HTTPS through `CONNECT` to the hosts routes name,
@@ -341,6 +362,8 @@ impl Default for ServeConfig {
             allowed_hosts: Vec::new(),
             insecure_token_endpoint: false,
             connections: ConnectionSettings::default(),
+            exchange: ExchangeSettings::default(),
+            exchange_key_file: None,
             proxy: None,
             admin_listen: None,
             admin_secret_file: None,
@@ -374,6 +397,8 @@ struct RawServe {
     allowed_hosts: Vec<String>,
     #[serde(default)]
     insecure_token_endpoint: bool,
+    // Per-caller token exchange (issue 20).
+    exchange: Option<crate::exchange::RawExchange>,
     // Connection limits (see `connections`).
     header_read_timeout_seconds: Option<u64>,
     idle_timeout_seconds: Option<u64>,
@@ -423,6 +448,14 @@ struct RawRoute {
     resource: Option<String>,
     // --- HTTP/2 (issue 19) ---
     protocol: Option<String>,
+    // --- Per-caller token exchange (issue 20) ---
+    mode: Option<String>,
+    exchange_grant: Option<String>,
+    subject_token_type: Option<String>,
+    exchange_max_subjects: Option<usize>,
+    exchange_idle_seconds: Option<u64>,
+    exchange_negative_seconds: Option<u64>,
+    exchange_rate_per_second: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -464,10 +497,11 @@ impl ServeConfig {
                 "[serve] listen = \"{listen}\" is not an IP address and port (like {DEFAULT_LISTEN})"
             ))
         })?;
+        let (exchange, exchange_key_file) = crate::exchange::serve_settings(raw.exchange)?;
         let mut routes = Vec::with_capacity(raw.routes.len());
         let mut prefixes = BTreeSet::new();
         for r in raw.routes {
-            routes.push(route(r, &mut prefixes)?);
+            routes.push(route(r, &mut prefixes, &exchange)?);
         }
         let drain = Duration::from_secs(raw.drain_seconds.unwrap_or(DEFAULT_DRAIN.as_secs()));
         for (resource, profile) in &raw.azure {
@@ -533,6 +567,8 @@ impl ServeConfig {
                 prefetch_concurrency: raw.prefetch_concurrency,
                 max_header_bytes: raw.max_header_bytes,
             })?,
+            exchange,
+            exchange_key_file,
             proxy,
         })
     }
@@ -665,6 +701,7 @@ fn empty_raw() -> RawServe {
         google: None,
         allowed_hosts: Vec::new(),
         insecure_token_endpoint: false,
+        exchange: None,
         header_read_timeout_seconds: None,
         idle_timeout_seconds: None,
         max_connections: None,
@@ -712,7 +749,11 @@ const RESERVED: &[&str] = &[
     "/computeMetadata/",
 ];
 
-fn route(r: RawRoute, prefixes: &mut BTreeSet<String>) -> Result<Route, ConfigError> {
+fn route(
+    r: RawRoute,
+    prefixes: &mut BTreeSet<String>,
+    exchange_defaults: &ExchangeSettings,
+) -> Result<Route, ConfigError> {
     let Some(host) = r.host.as_deref() else {
         let Some(prefix) = r.prefix.clone() else {
             return Err(ConfigError::new(format!(
@@ -720,7 +761,7 @@ fn route(r: RawRoute, prefixes: &mut BTreeSet<String>) -> Result<Route, ConfigEr
                 r.upstream
             )));
         };
-        return prefix_route(r, prefix, prefixes);
+        return prefix_route(r, prefix, prefixes, exchange_defaults);
     };
     // --- Forward proxy (issue 19): a route for a host ---
     let host = route_host(host)?;
@@ -740,7 +781,7 @@ fn route(r: RawRoute, prefixes: &mut BTreeSet<String>) -> Result<Route, ConfigEr
     } else {
         format!("host {host}")
     };
-    finish_route(r, prefix, what, Some(host))
+    finish_route(r, prefix, what, Some(host), exchange_defaults)
 }
 
 /// A route without `host`: its prefix may not take the sidecar's own paths.
@@ -748,6 +789,7 @@ fn prefix_route(
     r: RawRoute,
     prefix: String,
     prefixes: &mut BTreeSet<String>,
+    exchange_defaults: &ExchangeSettings,
 ) -> Result<Route, ConfigError> {
     if !prefix.starts_with('/') {
         return Err(ConfigError::new(format!(
@@ -774,7 +816,7 @@ fn prefix_route(
         )));
     }
     let what = format!("prefix {prefix}");
-    finish_route(r, prefix, what, None)
+    finish_route(r, prefix, what, None, exchange_defaults)
 }
 
 /// The checks every route gets; `what` names the route in messages.
@@ -783,6 +825,7 @@ fn finish_route(
     prefix: String,
     what: String,
     host: Option<String>,
+    exchange_defaults: &ExchangeSettings,
 ) -> Result<Route, ConfigError> {
     let upstream: Uri = r.upstream.parse().map_err(|e| {
         ConfigError::new(format!(
@@ -849,18 +892,33 @@ fn finish_route(
         None | Some("http1") => Protocol::Http1,
         Some("h2c") if upstream.scheme_str() == Some("https") => {
             return Err(ConfigError::new(format!(
-                "[[serve.routes]] prefix {prefix}: protocol = \"h2c\" is for http:// upstreams; \
+                "[[serve.routes]] {what}: protocol = \"h2c\" is for http:// upstreams; \
                  an https:// upstream negotiates h2 or HTTP/1.1 by ALPN (remove protocol)"
             )))
         }
         Some("h2c") => Protocol::H2c,
         Some(other) => {
             return Err(ConfigError::new(format!(
-                "[[serve.routes]] prefix {prefix}: protocol \"{other}\" is not \"http1\" or \"h2c\""
+                "[[serve.routes]] {what}: protocol \"{other}\" is not \"http1\" or \"h2c\""
             )))
         }
     };
+    let (mode, exchange) = crate::exchange::route_settings(
+        &what,
+        exchange_defaults,
+        crate::exchange::RawRouteExchange {
+            mode: r.mode,
+            exchange_grant: r.exchange_grant,
+            subject_token_type: r.subject_token_type,
+            exchange_max_subjects: r.exchange_max_subjects,
+            exchange_idle_seconds: r.exchange_idle_seconds,
+            exchange_negative_seconds: r.exchange_negative_seconds,
+            exchange_rate_per_second: r.exchange_rate_per_second,
+        },
+    )?;
     Ok(Route {
+        mode,
+        exchange,
         prefix,
         upstream,
         profile: r.profile,

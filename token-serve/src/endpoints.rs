@@ -10,8 +10,9 @@
 //! requests that went through a proxy are refused:
 //!
 //! - any request with `X-Forwarded-For` or `Forwarded`: `403`;
-//! - `/v1/token`: `Metadata: true` (else `400`), and `X-Identity-Header:
-//!   <secret>` when a secret is configured (else `401`);
+//! - `/v1/token` and `/v1/token/exchange`: `Metadata: true` (else `400`),
+//!   and `X-Identity-Header: <secret>` when a secret is configured (else
+//!   `401`);
 //! - `/azure/token`: `X-IDENTITY-HEADER: <secret>` (the protocol's own
 //!   header; the endpoint is off without a configured secret);
 //! - `/computeMetadata/...`: `Metadata-Flavor: Google` (else `403`, as the
@@ -116,6 +117,31 @@ pub(crate) async fn token(inner: &Inner, req: &Request<Incoming>) -> Response<Bo
         "from_cache": token.obtained_at() < asked_at,
     });
     response::json(StatusCode::OK, body.to_string())
+}
+
+/// `POST /v1/token/exchange` (per-caller token exchange, issue 20): the
+/// guards of `/v1/token`, then [`crate::exchange::endpoint`].
+pub(crate) async fn token_exchange(inner: &Inner, req: Request<Incoming>) -> Response<Body> {
+    if forwarded(req.headers()) {
+        return refuse_forwarded();
+    }
+    if req.headers().get("metadata").map(HeaderValue::as_bytes) != Some(b"true") {
+        return response::error(
+            StatusCode::BAD_REQUEST,
+            "metadata_header_required",
+            "token requests must carry the header `Metadata: true`",
+        );
+    }
+    if inner.secret.is_some()
+        && !inner.secret_matches(req.headers().get(SECRET_HEADER).map(HeaderValue::as_bytes))
+    {
+        return response::error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_secret",
+            "token requests must carry the sidecar's secret in X-Identity-Header",
+        );
+    }
+    crate::exchange::endpoint(inner, req).await
 }
 
 /// Azure's error shape for the App Service identity endpoint.

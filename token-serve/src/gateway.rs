@@ -74,6 +74,8 @@ pub(crate) struct GatewayRoute {
     /// `tokencache_gateway_requests_total{route, status}` handles, by
     /// status code (100..=599), registered on first use.
     counters: Box<[OnceLock<metrics::Counter>]>,
+    /// A `mode = "exchange"` route's per-caller cache (issue 20).
+    pub(crate) exchange: Option<crate::exchange::RouteExchange>,
     /// `tokencache_gateway_request_duration_seconds` handles.
     durations: RouteDurations,
     /// The upstream's host (and port), for the access log.
@@ -112,6 +114,7 @@ impl GatewayRoute {
             profile,
             pool,
             counters: (100..600).map(|_| OnceLock::new()).collect(),
+            exchange: None,
         })
     }
 
@@ -241,6 +244,25 @@ async fn bearer(inner: &Inner, route: &GatewayRoute) -> Result<Arc<Bearer>, Resp
     }
 }
 
+/// The caller's exchanged token as a [`Bearer`] (one per request: each
+/// caller has their own), or the `401`/`429`/`503` saying why not.
+async fn exchanged(
+    route: &GatewayRoute,
+    x: &crate::exchange::RouteExchange,
+    subject: &str,
+) -> Result<Arc<Bearer>, Response<Body>> {
+    let name = &route.route.profile;
+    match crate::exchange::exchange(&x.cache, subject, &x.request, &route.route.prefix, name).await
+    {
+        Ok(t) => {
+            let token = t.to_access_token();
+            let header = authorization(&token).ok_or_else(unusable)?;
+            Ok(Arc::new(Bearer { token, header }))
+        }
+        Err(e) => Err(crate::exchange::refusal(&e, name)),
+    }
+}
+
 fn unusable() -> Response<Body> {
     // The IdP's token is not one HTTP can carry: its answer is unusable.
     Cause::IDP_REFUSED.mark(response::error(
@@ -271,7 +293,18 @@ pub(crate) async fn forward(
         Ok(p) => p,
         Err(why) => return response::error(StatusCode::BAD_REQUEST, "bad_path", why),
     };
-    let mut bearer = match bearer(inner, route).await {
+    // An exchange route sends the caller's own token exchanged, never the
+    // caller's token itself (the `Authorization` header is replaced below).
+    let subject = route
+        .exchange
+        .as_ref()
+        .map(|_| crate::exchange::subject_of(req.headers()));
+    let first = match (&route.exchange, &subject) {
+        // Boxed: an inject route's request future stays small.
+        (Some(x), Some(subject)) => Box::pin(exchanged(route, x, subject)).await,
+        _ => bearer(inner, route).await,
+    };
+    let mut bearer = match first {
         Ok(b) => b,
         Err(resp) => return resp,
     };
@@ -428,7 +461,13 @@ pub(crate) async fn forward(
         };
         if !retried && (rejected || (grpc && grpc_unauthenticated(resp.headers()))) {
             let profile = &route.profile;
-            let dropped = Box::pin(profile.handle.invalidate(&bearer.token)).await;
+            // Boxed: the 401 path is cold (see the pool's send).
+            let dropped = match (&route.exchange, &subject) {
+                (Some(x), Some(subject)) => {
+                    Box::pin(x.cache.invalidate(subject, &x.request, &bearer.token)).await
+                }
+                _ => Box::pin(profile.handle.invalidate(&bearer.token)).await,
+            };
             if dropped {
                 tracing::info!(route = %route.route.prefix, "upstream rejected the token (invalid_token); invalidated");
             } else {
@@ -438,7 +477,14 @@ pub(crate) async fn forward(
             }
             retried = true;
             if buffered.is_some() {
-                match Box::pin(bearer_after_rejection(inner, route, &bearer)).await {
+                match Box::pin(bearer_after_rejection(
+                    inner,
+                    route,
+                    subject.as_ref().map(|s| s.as_str()),
+                    &bearer,
+                ))
+                .await
+                {
                     Ok(Some(next)) => {
                         bearer = next;
                         continue;
@@ -491,9 +537,13 @@ pub(crate) async fn forward(
 async fn bearer_after_rejection(
     inner: &Inner,
     route: &GatewayRoute,
+    subject: Option<&str>,
     rejected: &Bearer,
 ) -> Result<Option<Arc<Bearer>>, Response<Body>> {
-    let next = bearer(inner, route).await?;
+    let next = match (&route.exchange, subject) {
+        (Some(x), Some(subject)) => exchanged(route, x, subject).await?,
+        _ => bearer(inner, route).await?,
+    };
     Ok((!next.token.same_secret(&rejected.token)).then_some(next))
 }
 

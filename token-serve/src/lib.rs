@@ -85,6 +85,7 @@
 mod admin;
 mod config;
 mod endpoints;
+mod exchange;
 mod gateway;
 mod guard;
 mod metrics;
@@ -111,6 +112,7 @@ pub use config::{
 pub use config::{ProxyConfig, DEFAULT_TLS_HANDSHAKE_TIMEOUT};
 pub use config::{DEFAULT_MAX_SCOPE_SETS, DEFAULT_UNIVERSE_DOMAIN};
 pub use endpoints::SECRET_HEADER;
+pub use exchange::{ExchangeSettings, RouteMode, MAX_EXCHANGE_BODY};
 pub use metrics::{prometheus_builder, HTTP_BUCKETS};
 pub use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 pub use pool::{

@@ -19,6 +19,7 @@
 //! | `tokencache_gateway_request_duration_seconds` | histogram | `route`, `method`, `status_class` = `1xx` \| `2xx` \| `3xx` \| `4xx` \| `5xx` |
 //! | `tokencache_gateway_requests_total` | counter | `route`, `status` |
 //! | `tokencache_endpoint_requests_total` | counter | `endpoint` = `token` \| `azure` \| `google` \| `exchange`, `result` = `ok` \| `refused` \| `unavailable` \| `bad_request` |
+//! | `tokencache_exchanges_total` | counter | `route` (prefix, or `/v1/token/exchange`), `profile`, `outcome` = `hit` \| `exchanged` \| `invalid_subject` \| `rejected` \| `negative_cached` \| `rate_limited` \| `failed` (per-caller exchange) |
 //! | `tokencache_unavailable_total` | counter | `source` (the route's prefix or the endpoint), `cause` = `idp_unreachable` \| `idp_refused` \| `store_unavailable` \| `starting` \| `upstream_unreachable` \| `upstream_timeout` |
 //! | `tokencache_config_reloads_total` | counter | `result` = `success` \| `error` \| `unchanged` |
 //! | `tokencache_connections_open` | gauge | `kind` = `gateway` \| `health` (the reserve for probes) |
@@ -263,6 +264,10 @@ fn describe() {
     describe_counter!(
         ENDPOINT_REQUESTS,
         "Requests to the token endpoints (token, azure, google, exchange), by result."
+    );
+    describe_counter!(
+        "tokencache_exchanges_total",
+        "Per-caller token exchanges, by route (or /v1/token/exchange), profile and outcome: hit (the caller's cached token), exchanged, invalid_subject, rejected, negative_cached (refused locally after a rejection), rate_limited, failed."
     );
     describe_counter!(
         UNAVAILABLE,

@@ -63,6 +63,9 @@ pub(crate) struct Inner {
     /// Host, CONNECT, loop and browser checks.
     pub(crate) guards: Guards,
 
+    // --- Per-caller token exchange (issue 20) ---
+    /// `/v1/token/exchange`'s caches, one per profile.
+    pub(crate) exchanges: crate::exchange::EndpointExchanges,
     // --- Forward proxy (issue 19) ---
     /// The routes with `host`, by host.
     pub(crate) hosts: crate::proxy::HostTable,
@@ -234,6 +237,7 @@ impl SidecarBuilder {
         };
         self.config
             .check_token_endpoint_exposure(secret.is_some())?;
+        let subject_key = crate::exchange::subject_key(self.config.exchange_key_file.as_deref())?;
         let guards = Guards::new(&self.config);
         let mut with_profiles = Vec::with_capacity(self.config.routes.len());
         for r in self.config.routes {
@@ -258,7 +262,12 @@ impl SidecarBuilder {
         let mut routes = Vec::with_capacity(with_profiles.len());
         for ((r, _), profile) in with_profiles.into_iter().zip(route_profiles) {
             let pool = self.pools.get(&pool_key(&r)).cloned();
-            routes.push(GatewayRoute::new(r, profile, &tls, pool)?);
+            // Per-caller token exchange (issue 20).
+            let exchange = (r.mode == crate::config::RouteMode::Exchange)
+                .then(|| crate::exchange::RouteExchange::new(&r, &profile, &subject_key));
+            let mut route = GatewayRoute::new(r, profile, &tls, pool)?;
+            route.exchange = exchange;
+            routes.push(route);
         }
         let scope_sets = self.config.google.as_ref().and_then(|g| {
             let base = self.profiles.get(&g.profile)?;
@@ -269,6 +278,11 @@ impl SidecarBuilder {
             ))
         });
         routes.sort_by_key(|r| std::cmp::Reverse(r.route.prefix.len()));
+        let exchanges = crate::exchange::EndpointExchanges::new(
+            self.config.exchange.clone(),
+            subject_key,
+            self.profiles.keys(),
+        );
         let hosts = crate::proxy::HostTable::new(&routes);
         let proxy = match (self.proxy, self.config.proxy) {
             (Some(kept), _) => Some(kept),
@@ -279,6 +293,7 @@ impl SidecarBuilder {
             (None, None) => None,
         };
         Ok(Inner {
+            exchanges,
             profiles: self.profiles,
             routes,
             secret,
@@ -526,8 +541,10 @@ impl Sidecar {
         // google-auth's probe); no route may take `/`.
         let metadata_root =
             path == "/" && inner.google.is_some() && req.headers().contains_key("metadata-flavor");
-        let own = matches!(path, "/readyz" | "/metrics" | "/v1/token" | "/azure/token")
-            || path == "/computeMetadata"
+        let own = matches!(
+            path,
+            "/readyz" | "/metrics" | "/v1/token" | "/v1/token/exchange" | "/azure/token"
+        ) || path == "/computeMetadata"
             || path.starts_with("/computeMetadata/")
             || metadata_root;
         let route = if own { None } else { inner.route_for(path) };
@@ -547,6 +564,13 @@ impl Sidecar {
             "/v1/token" => {
                 let answer = Box::pin(endpoints::token(inner, &req)).await;
                 return counted(inner, "token", answer);
+            }
+            "/v1/token/exchange" => {
+                return counted(
+                    inner,
+                    "exchange",
+                    endpoints::token_exchange(inner, req).await,
+                );
             }
             "/azure/token" => {
                 let answer = Box::pin(endpoints::azure(inner, &req)).await;

@@ -55,7 +55,9 @@ pub(crate) fn for_routes(
     let mut out: Vec<Variant> = Vec::new();
     let mut per_route = Vec::with_capacity(routes.len());
     for (route, base) in routes {
-        if !route.has_token_parameters() {
+        // An exchange route's parameters are those of its callers'
+        // exchanges (crate::exchange), not a token of the profile's own.
+        if !route.has_token_parameters() || route.mode == crate::config::RouteMode::Exchange {
             per_route.push(base.clone());
             continue;
         }

@@ -28,6 +28,11 @@ import Provider from 'oidc-provider';
 // --- certificates and mutual TLS (issue 12, items 2 and 3) ---
 import { createServer as createTlsServer } from 'node:https';
 import { createHash, X509Certificate } from 'node:crypto';
+// --- per-caller token exchange (issue 20) ---
+import { createHmac } from 'node:crypto'; // randomBytes: imported for DPoP below
+// DPoP-bound exchanges: the provider's own proof validation and replay check.
+import { validateDpop, checkDpopReplay } from 'oidc-provider/lib/helpers/grants.js';
+// --- end per-caller token exchange ---
 import { errors } from 'oidc-provider';
 // --- end certificates and mutual TLS ---
 // --- rotating client secrets (issue 17, item 2) ---
@@ -184,6 +189,135 @@ const clients = [
   },
   // --- end DPoP ---
 ];
+
+// --- per-caller token exchange (issue 20) ---
+// Client `obo-client` exchanges subject tokens this server minted for
+// callers (test-only HS256 JWTs: POST /__test/subjects) through RFC 8693
+// (subject_token_type access_token or jwt) or the JWT bearer on-behalf-of
+// grant (Entra's: assertion=, requested_token_use=on_behalf_of). It checks
+// the subject's signature, expiry and revocation, and mints an
+// audience-bound JWT for the same `sub` (act.sub = the client), expiring no
+// later than the subject; with a DPoP proof, bound to its key (cnf.jkt). Test routes:
+// POST /__test/subjects {"prefix","count","ttl"}: `count` subject tokens
+// for subs `<prefix>-<i>` (ttl seconds, negative for already expired);
+// POST /__test/revoke-subject {"token"}: the IdP rejects it from now on;
+// GET /__test/exchanges?prefix=P: exchanges of subs starting with P
+// ({total, distinct, max_per_subject, rejected}).
+const JWT_BEARER = 'urn:ietf:params:oauth:grant-type:jwt-bearer';
+const JWT_TOKEN_TYPE = 'urn:ietf:params:oauth:token-type:jwt';
+const OBO_CLIENT = 'obo-client';
+clients.push({
+  ...common,
+  client_id: OBO_CLIENT,
+  client_secret: 'obo-secret-value',
+  grant_types: ['client_credentials', TOKEN_EXCHANGE, JWT_BEARER],
+  token_endpoint_auth_method: 'client_secret_basic',
+});
+const obo = (() => {
+  const key = randomBytes(32);
+  const b64 = (v) => Buffer.from(JSON.stringify(v)).toString('base64url');
+  const sign = (claims) => {
+    const head = `${b64({ alg: 'HS256', typ: 'JWT' })}.${b64(claims)}`;
+    return `${head}.${createHmac('sha256', key).update(head).digest('base64url')}`;
+  };
+  const revoked = new Set();
+  const exchanges = new Map(); // sub -> count
+  let rejected = 0;
+  let seq = 0;
+  const now = () => Math.floor(Date.now() / 1000);
+  const verify = (token) => {
+    const parts = typeof token === 'string' ? token.split('.') : [];
+    if (parts.length !== 3) return undefined;
+    const expected = createHmac('sha256', key).update(`${parts[0]}.${parts[1]}`).digest('base64url');
+    if (expected !== parts[2]) return undefined;
+    const claims = JSON.parse(Buffer.from(parts[1], 'base64url').toString());
+    if (claims.typ !== 'subject' || claims.exp <= now() || revoked.has(claims.jti)) return undefined;
+    return claims;
+  };
+  const exchange = async (ctx, issuer, subjectToken) => {
+    const subject = verify(subjectToken);
+    if (!subject) {
+      rejected += 1;
+      throw new errors.InvalidGrant('the subject token is invalid, expired or revoked');
+    }
+    // A DPoP proof (issue 21) binds the minted token to the proof's key
+    // (cnf.jkt, token_type DPoP); nonces and replays as for the other grants.
+    const dPoP = await validateDpop(ctx.oidc.provider, ctx);
+    if (dPoP) await checkDpopReplay(ctx.oidc.provider, ctx, dPoP, ctx.oidc.client.clientId);
+    exchanges.set(subject.sub, (exchanges.get(subject.sub) ?? 0) + 1);
+    const { audience, resource, scope } = ctx.oidc.params;
+    const exp = Math.min(subject.exp, now() + 600);
+    seq += 1;
+    ctx.body = {
+      access_token: sign({
+        iss: issuer,
+        sub: subject.sub,
+        aud: audience || resource || 'default',
+        scope: scope || undefined,
+        azp: ctx.oidc.client.clientId,
+        act: { sub: ctx.oidc.client.clientId },
+        typ: 'exchanged',
+        cnf: dPoP ? { jkt: dPoP.thumbprint } : undefined,
+        exp,
+        jti: `x${seq}`,
+      }),
+      issued_token_type: ACCESS_TOKEN_TYPE,
+      token_type: dPoP ? 'DPoP' : 'Bearer',
+      expires_in: exp - now(),
+      scope: scope || undefined,
+    };
+  };
+  const tokenExchange = async (ctx, issuer) => {
+    const { subject_token: token, subject_token_type: type } = ctx.oidc.params;
+    if (type !== ACCESS_TOKEN_TYPE && type !== JWT_TOKEN_TYPE) {
+      throw new errors.InvalidRequest('subject_token_type must be an access token or a JWT');
+    }
+    await exchange(ctx, issuer, token);
+  };
+  const jwtBearer = async (ctx, issuer) => {
+    const { assertion, requested_token_use: use } = ctx.oidc.params;
+    if (use !== 'on_behalf_of') {
+      throw new errors.InvalidRequest('requested_token_use must be on_behalf_of');
+    }
+    await exchange(ctx, issuer, assertion);
+  };
+  const routes = async (req, res) => {
+    const url = new URL(req.url, 'http://localhost');
+    const reply = (value) => {
+      res.setHeader('content-type', 'application/json');
+      res.end(JSON.stringify(value));
+      return true;
+    };
+    if (req.method === 'POST' && url.pathname === '/__test/subjects') {
+      const { prefix, count, ttl } = await readJson(req);
+      const tokens = [];
+      for (let i = 0; i < count; i += 1) {
+        seq += 1;
+        tokens.push(sign({
+          sub: `${prefix}-${i}`, azp: 'user-app', aud: 'gateway', typ: 'subject', exp: now() + (ttl ?? 3600), jti: `s${seq}`,
+        }));
+      }
+      return reply({ tokens });
+    }
+    if (req.method === 'POST' && url.pathname === '/__test/revoke-subject') {
+      const { token } = await readJson(req);
+      revoked.add(JSON.parse(Buffer.from(token.split('.')[1], 'base64url').toString()).jti);
+      return reply({});
+    }
+    if (req.method === 'GET' && url.pathname === '/__test/exchanges') {
+      const prefix = url.searchParams.get('prefix') ?? '';
+      let total = 0; let distinct = 0; let max = 0;
+      for (const [sub, n] of exchanges) {
+        if (!sub.startsWith(prefix)) continue;
+        total += n; distinct += 1; max = Math.max(max, n);
+      }
+      return reply({ total, distinct, max_per_subject: max, rejected });
+    }
+    return false;
+  };
+  return { tokenExchange, jwtBearer, routes };
+})();
+// --- end per-caller token exchange ---
 
 // --- certificates and mutual TLS (issue 12, items 2 and 3) ---
 const tlsServer = createTlsServer({
@@ -448,6 +582,8 @@ server.listen(0, '127.0.0.1', () => {
   });
   // --- token exchange (issue 23) ---
   provider.registerGrantType(TOKEN_EXCHANGE, async (ctx) => {
+    // Per-caller token exchange (issue 20): its own client.
+    if (ctx.oidc.client.clientId === OBO_CLIENT) return obo.tokenExchange(ctx, issuer);
     const { subject_token: subjectToken, subject_token_type: subjectType, scope } = ctx.oidc.params;
     if (subjectType !== ACCESS_TOKEN_TYPE) {
       throw new errors.InvalidRequest('subject_token_type must be an access token');
@@ -465,8 +601,11 @@ server.listen(0, '127.0.0.1', () => {
       expires_in: token.expiration,
       scope: token.scope,
     };
-  }, ['subject_token', 'subject_token_type', 'scope', 'requested_token_type', 'audience', 'actor_token', 'actor_token_type']);
+  }, ['subject_token', 'subject_token_type', 'scope', 'requested_token_type', 'audience', 'actor_token', 'actor_token_type', 'resource']);
   // --- end token exchange ---
+  // --- per-caller token exchange (issue 20) ---
+  provider.registerGrantType(JWT_BEARER, (ctx) => obo.jwtBearer(ctx, issuer), ['assertion', 'requested_token_use', 'scope', 'audience', 'resource']);
+  // --- end per-caller token exchange ---
   // --- refresh-token rotation (issue 12, item 6) ---
   // Counts, per account (one per minted grant), rotated-away refresh
   // tokens presented again (each one revokes its grant).
@@ -555,6 +694,7 @@ server.listen(0, '127.0.0.1', () => {
   server.on('request', async (req, res) => {
     if (await testRoutes(req, res)) return;
     if (await rotationRoutes(req, res)) return;
+    if (await obo.routes(req, res)) return; // per-caller token exchange (issue 20)
     if (await dpopRoutes(provider, req, res)) return;
     await holdIfAsked(req);
     if (req.method === 'GET' && req.url === '/__test/token-requests') {
