@@ -36,6 +36,11 @@
 #
 # BASELINE=path/to/another/tokencache adds a gateway from that binary (e.g. a
 # build of an earlier commit), its rows alternated with the others.
+# ACCESS_LOG=1 gives nginx an access log buffered as the gateway's is
+# (`buffer=64k flush=100ms`) and leaves the gateway's on (its default);
+# without it, nginx logs nothing (`access_log off`) and the gateway runs
+# with RUST_LOG=warn (no access lines), so both do the same work. haproxy
+# logs nothing either way (its log goes to syslog, not set up here).
 # DURATION (default 5s) and CONNECTIONS (64) tune wrk, STREAMS (10) h2load,
 # ROUNDS (2) the rounds. About 60 s with the defaults.
 set -euo pipefail
@@ -55,6 +60,13 @@ have_h2load=1
 command -v h2load >/dev/null || have_h2load=0
 DURATION=${DURATION:-5s} CONNECTIONS=${CONNECTIONS:-64} STREAMS=${STREAMS:-10} ROUNDS=${ROUNDS:-2}
 work=$(mktemp -d)
+if [ -n "${ACCESS_LOG:-}" ]; then
+  gateway_log=${RUST_LOG:-}
+  nginx_access="access_log $work/nginx/logs/access.log combined buffer=64k flush=100ms;"
+else
+  gateway_log=warn
+  nginx_access="access_log off;"
+fi
 pids=()
 trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null; rm -rf "$work"' EXIT INT TERM
 python3 "$(dirname "$0")/idp.py" > "$work/idp.port" & pids+=($!)
@@ -75,10 +87,10 @@ TOML
 { profile; printf '\n[serve]\nlisten = "127.0.0.1:%s"\n\n[[serve.routes]]\nprefix = "/up/"\nupstream = "http://127.0.0.1:%s"\nprofile = "bench"\n' "$gw" "$up"; } > "$work/gateway.toml"
 export BENCH_SECRET=bench-secret HOME="$work/home" XDG_CACHE_HOME="$work/cache" XDG_CONFIG_HOME="$work/config"
 "$bin" serve --config "$work/upstream.toml" 2> "$work/upstream.log" & up_pid=$!; pids+=($up_pid)
-"$bin" serve --config "$work/gateway.toml" 2> "$work/gateway.log" & gw_pid=$!; pids+=($gw_pid)
+RUST_LOG=$gateway_log "$bin" serve --config "$work/gateway.toml" 2> "$work/gateway.log" & gw_pid=$!; pids+=($gw_pid)
 if [ -n "${BASELINE:-}" ]; then
   sed "s/127.0.0.1:$gw/127.0.0.1:$bl/" "$work/gateway.toml" > "$work/baseline.toml"
-  "$BASELINE" serve --config "$work/baseline.toml" 2> "$work/baseline.log" & bl_pid=$!; pids+=($bl_pid)
+  RUST_LOG=$gateway_log "$BASELINE" serve --config "$work/baseline.toml" 2> "$work/baseline.log" & bl_pid=$!; pids+=($bl_pid)
   for _ in $(seq 200); do curl -fs "http://127.0.0.1:$bl/readyz" >/dev/null && break; sleep 0.05; done
 fi
 
@@ -90,13 +102,17 @@ pid $work/nginx/nginx.pid;
 error_log $work/nginx/logs/error.log warn;
 events { worker_connections 4096; }
 http {
-  access_log off;
+  $nginx_access
+  # nginx closes a client connection (HTTP/1.1 or h2) after 1000 requests
+  # by default, and h2load does not reconnect: its h2c row stopped at
+  # 64 x 1000 requests. The gateway and haproxy set no such limit.
+  keepalive_requests 1000000;
   client_body_temp_path $work/nginx/body;
   proxy_temp_path $work/nginx/proxy;
   fastcgi_temp_path $work/nginx/fastcgi;
   uwsgi_temp_path $work/nginx/uwsgi;
   scgi_temp_path $work/nginx/scgi;
-  upstream up { server 127.0.0.1:$up; keepalive 128; }
+  upstream up { server 127.0.0.1:$up; keepalive 128; keepalive_requests 1000000; }
   server {
     listen 127.0.0.1:$ng;
     listen 127.0.0.1:$ng2 http2;

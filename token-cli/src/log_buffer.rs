@@ -1,17 +1,17 @@
-//! `serve`'s log output: stderr through a buffer, as nginx's
-//! `access_log ... buffer= flush=`. A log line (the gateway writes one per
-//! request) is appended to a buffer in memory; a flusher thread writes the
-//! buffer out [`FLUSH_AFTER`] after its first line, or at once when it
-//! passes [`FLUSH_AT`]. A request then pays no `write(2)` of its own and
-//! wakes nobody but the first line of each interval, instead of one system
-//! call per line (about a fifth of the gateway's CPU per forwarded request
-//! was its access line, docs/BENCHMARKS.md).
+//! `serve`'s access log through a buffer, as nginx's `access_log ...
+//! buffer= flush=`. An access line (target `tokencache::access`, one per
+//! gateway request) is appended to a buffer in memory; a flusher thread
+//! writes the buffer out [`FLUSH_AFTER`] after its first line, or at once
+//! when it passes [`FLUSH_AT`]. A request then pays no `write(2)` of its own
+//! and wakes nobody but for the first line of each interval, where an
+//! unbuffered line cost a system call per request (docs/BENCHMARKS.md).
 //!
-//! What is lost: nothing on an orderly exit or a panic ([`flush`] is called
-//! on both), up to [`FLUSH_AFTER`] of lines when the process is killed
-//! outright. Lines are written whole and in order: the flusher and
-//! [`line`] (errors, warnings, notes, panics printed directly) write under
-//! one lock, each taking what was buffered before it.
+//! Every other line (start-up, warnings, errors, panics) is written at
+//! once, after the access lines buffered before it: lines stay whole and
+//! in order (the flusher and those writes hold one lock, each taking what
+//! was buffered before it). What can be lost: up to [`FLUSH_AFTER`] of
+//! access lines when the process is killed outright; nothing on an orderly
+//! exit or a panic ([`flush`] is called on both).
 
 use std::io::Write;
 use std::sync::{Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
@@ -116,17 +116,33 @@ pub(crate) fn line(text: &str) {
     }
 }
 
-/// The log layer's writer: appends each formatted event (tracing-subscriber
-/// writes one event in one `write`) to the buffer; stderr itself when the
-/// buffer was not started.
+/// The target whose lines are buffered.
+const BUFFERED_TARGET: &str = "tokencache::access";
+
+/// The log layer's writers (tracing-subscriber writes one event in one
+/// `write`): [`Line::Buffered`] for access lines, [`Line::Direct`] for the
+/// rest; stderr itself when the buffer was not started.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Writer;
 
-impl Write for Writer {
+/// One event's writer, chosen by its target.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Line {
+    /// Appended to the buffer.
+    Buffered,
+    /// Written at once, after what was buffered.
+    Direct,
+}
+
+impl Write for Line {
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
         let Some(shared) = SHARED.get() else {
             return std::io::stderr().write(bytes);
         };
+        if let Line::Direct = self {
+            shared.write_out(bytes);
+            return Ok(bytes.len());
+        }
         let mut pending = lock(&shared.pending);
         let was_empty = pending.is_empty();
         pending.extend_from_slice(bytes);
@@ -144,10 +160,23 @@ impl Write for Writer {
 }
 
 impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Writer {
-    type Writer = Writer;
+    type Writer = Line;
 
-    fn make_writer(&'a self) -> Writer {
-        Writer
+    fn make_writer(&'a self) -> Line {
+        Line::Direct
+    }
+
+    fn make_writer_for(&'a self, meta: &tracing::Metadata<'_>) -> Line {
+        line_for(meta.target())
+    }
+}
+
+/// The writer for an event of `target`.
+fn line_for(target: &str) -> Line {
+    if target == BUFFERED_TARGET {
+        Line::Buffered
+    } else {
+        Line::Direct
     }
 }
 
@@ -156,16 +185,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn lines_come_out_whole_in_order_after_at_most_the_interval() {
-        // Not started: the writer goes straight to stderr (no panic, no
-        // loss); started: appended, and `flush` empties the buffer.
-        let mut w = Writer;
-        assert_eq!(w.write(b"").unwrap(), 0);
+    fn access_lines_wait_at_most_the_interval_and_others_go_out_at_once_after_them() {
+        // Not started: straight to stderr (no panic, no loss).
+        assert_eq!(Line::Buffered.write(b"").unwrap(), 0);
         start().unwrap();
         start().unwrap();
-        w.write_all(b"one\n").unwrap();
-        w.write_all(b"two\n").unwrap();
         let shared = SHARED.get().unwrap();
+        Line::Buffered.write_all(b"one\n").unwrap();
+        Line::Buffered.write_all(b"two\n").unwrap();
         // Either the flusher took them already or they wait, in order.
         let pending = lock(&shared.pending).clone();
         assert!(
@@ -179,11 +206,30 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "never flushed");
             std::thread::sleep(FLUSH_AFTER);
         }
-        w.write_all(b"three\n").unwrap();
-        line("four\n");
-        assert!(
-            lock(&shared.pending).is_empty(),
-            "a direct line writes what waits first"
-        );
+        // A direct line takes what waits with it.
+        Line::Buffered.write_all(b"three\n").unwrap();
+        Line::Direct.write_all(b"four\n").unwrap();
+        assert!(lock(&shared.pending).is_empty());
+        Line::Buffered.write_all(b"five\n").unwrap();
+        line("six\n");
+        assert!(lock(&shared.pending).is_empty());
+        Line::Buffered.write_all(b"seven\n").unwrap();
+        flush();
+        assert!(lock(&shared.pending).is_empty());
+    }
+
+    #[test]
+    fn only_access_lines_are_buffered() {
+        use tracing_subscriber::fmt::MakeWriter;
+        assert!(matches!(line_for("tokencache::access"), Line::Buffered));
+        for other in [
+            "tokencache",
+            "tokencache::accessor",
+            "token_serve::gateway",
+            "token_core",
+        ] {
+            assert!(matches!(line_for(other), Line::Direct), "{other}");
+        }
+        assert!(matches!(Writer.make_writer(), Line::Direct));
     }
 }

@@ -572,6 +572,17 @@ async fn a_host_route_in_exchange_mode_sends_each_caller_their_own_exchanged_tok
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dpop_profile_s_exchanges_are_bound_to_its_key_and_sent_with_a_proof() {
+    dpop_exchange("", "gw-dpop-tx").await;
+}
+
+/// The same with Entra's on-behalf-of grant (jwt-bearer): its token request
+/// carries the proof too (issue 21: every grant).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dpop_profile_s_jwt_bearer_exchanges_are_bound_to_its_key_too() {
+    dpop_exchange("exchange_grant = \"jwt-bearer\"\n", "gw-dpop-obo").await;
+}
+
+async fn dpop_exchange(extra: &str, prefix: &str) {
     use token_http::{DpopAlgorithm, DpopKey};
     let Some(idp) = Idp::shared() else { return };
     // Answers with the Authorization and DPoP headers it got.
@@ -597,7 +608,7 @@ async fn a_dpop_profile_s_exchanges_are_bound_to_its_key_and_sent_with_a_proof()
         .scope("orders.read")
         .dpop_thumbprint(key.thumbprint())
         .build();
-    let config = ServeConfig::parse(&format!("[serve]\n{}", route(&upstream, ""))).unwrap();
+    let config = ServeConfig::parse(&format!("[serve]\n{}", route(&upstream, extra))).unwrap();
     let sidecar = Sidecar::builder(config)
         .metrics(metrics())
         .dpop_profile("gw", &cache, &request, key.clone())
@@ -612,7 +623,7 @@ async fn a_dpop_profile_s_exchanges_are_bound_to_its_key_and_sent_with_a_proof()
         Duration::from_secs(1),
     ));
 
-    let tokens = subjects(idp, "gw-dpop", 1, 3600).await;
+    let tokens = subjects(idp, prefix, 1, 3600).await;
     let r = reqwest::Client::new()
         .get(format!("{base}/orders/list"))
         .bearer_auth(&tokens[0])
@@ -626,7 +637,7 @@ async fn a_dpop_profile_s_exchanges_are_bound_to_its_key_and_sent_with_a_proof()
         .strip_prefix("DPoP ")
         .unwrap_or_else(|| panic!("not a DPoP token: {auth}"));
     let c = claims(token);
-    assert_eq!(c["sub"], "gw-dpop-0", "the caller's own token");
+    assert_eq!(c["sub"], format!("{prefix}-0"), "the caller's own token");
     assert_eq!(c["aud"], AUDIENCE);
     assert_eq!(
         c["cnf"]["jkt"],
@@ -646,5 +657,5 @@ async fn a_dpop_profile_s_exchanges_are_bound_to_its_key_and_sent_with_a_proof()
         "{}",
         p["htu"]
     );
-    assert_eq!(exchanges(idp, "gw-dpop-").await.0, 1);
+    assert_eq!(exchanges(idp, &format!("{prefix}-")).await.0, 1);
 }
