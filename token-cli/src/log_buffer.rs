@@ -26,6 +26,10 @@ pub(crate) const FLUSH_AFTER: Duration = Duration::from_millis(100);
 /// interval: a pipe takes 64 KiB without blocking a reader that keeps up.
 pub(crate) const FLUSH_AT: usize = 64 * 1024;
 
+/// The most that waits in memory: past it, a writer writes the buffer out
+/// itself and waits for stderr (backpressure instead of unbounded growth).
+pub(crate) const MAX_PENDING: usize = 16 * FLUSH_AT;
+
 struct Shared {
     /// Lines not yet written.
     pending: Mutex<Vec<u8>>,
@@ -146,9 +150,14 @@ impl Write for Line {
         let mut pending = lock(&shared.pending);
         let was_empty = pending.is_empty();
         pending.extend_from_slice(bytes);
-        let full = pending.len() >= FLUSH_AT;
+        let len = pending.len();
         drop(pending);
-        if was_empty || full {
+        if len >= MAX_PENDING {
+            // stderr is not keeping up (a reader that stopped reading): the
+            // writer waits for it as an unbuffered line would, so memory
+            // stays bounded.
+            shared.write_out(&[]);
+        } else if was_empty || len >= FLUSH_AT {
             shared.filled.notify_one();
         }
         Ok(bytes.len())
