@@ -392,7 +392,7 @@ struct Inner {
 }
 
 /// A token per caller, exchanged from the caller's token and cached per
-/// caller: see the [module docs](self). Cheap to clone (one `Arc`).
+/// caller: see the crate README, "Per-caller token exchange". Cheap to clone (one `Arc`).
 ///
 /// # Concurrent calls
 ///
@@ -607,7 +607,7 @@ impl ExchangeCache {
 
     /// A token for `request` on behalf of the caller whose token is
     /// `subject`: from the cache, or exchanged once (per process, and per
-    /// fleet with a shared store and key). See the [module docs](self).
+    /// fleet with a shared store and key). See the crate README, "Per-caller token exchange".
     pub async fn exchange(
         &self,
         subject: &str,

@@ -52,7 +52,7 @@ impl<S> Layer<S> for ExchangeLayer {
 /// sends the exchanged token instead (never the subject). A downstream
 /// `401 invalid_token` drops the exchanged token (within the engine's
 /// floor). A request without a usable subject fails with the
-/// [`ExchangeError`] (downcast the [`BoxError`](token_core::BoxError)).
+/// [`ExchangeError`](crate::ExchangeError) (downcast the [`BoxError`](token_core::BoxError)).
 #[derive(Clone, Debug)]
 pub struct Exchange<S> {
     inner: S,

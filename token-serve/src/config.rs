@@ -149,7 +149,7 @@ pub struct Route {
 
     // --- Per-caller token exchange (issue 20) ---
     /// `inject` (default: the profile's own token) or `exchange` (the
-    /// caller's bearer token exchanged per caller; see [`crate::exchange`]).
+    /// caller's bearer token exchanged per caller; see the README, "Per-caller token exchange").
     pub mode: RouteMode,
     /// The exchange settings of an `exchange` route: `[serve.exchange]`
     /// overridden by the route's `exchange_*` keys.

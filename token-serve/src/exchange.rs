@@ -83,7 +83,7 @@ pub enum RouteMode {
     Exchange,
 }
 
-/// The settings of per-caller exchanges (see the [module docs](self)).
+/// The settings of per-caller exchanges (`[serve.exchange]` and the routes' `exchange_*` keys; see the README).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ExchangeSettings {
