@@ -117,6 +117,7 @@ async fn run(redis: &RedisServer, n: usize, m: usize, run_for: Duration) -> Row 
                 .max_subjects(m)
                 .rate_per_second(0)
                 .build()
+                .expect("a subject key was given")
         })
         .collect();
     let subjects: Arc<Vec<String>> = Arc::new((0..m).map(|i| format!("subject-{i}")).collect());

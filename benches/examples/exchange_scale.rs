@@ -67,6 +67,7 @@ fn exchange_cache(n: usize) -> ExchangeCache {
         .max_subjects(n)
         .rate_per_second(0)
         .build()
+        .expect("an operating-system random source")
 }
 
 fn table1() {

@@ -43,11 +43,10 @@
 //! #     }
 //! # }
 //! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> Result<(), token_http::ExchangeError> {
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let exchange = ExchangeCache::builder(TokenCache::builder(Idp))
-//!     .subject_key(SubjectKey::random())
 //!     .max_subjects(100_000)
-//!     .build();
+//!     .build_with_key(SubjectKey::random()?);
 //! let downstream = TokenRequest::builder().audience("https://orders.internal").build();
 //!
 //! // The caller's incoming bearer token (opaque here; a JWT's `exp` would bound the result).
@@ -103,14 +102,19 @@ pub struct SubjectKey(hmac::Key);
 
 impl SubjectKey {
     /// A random key for this process only (exchanged tokens are then not
-    /// shared with other processes).
-    pub fn random() -> Self {
+    /// shared with other processes). Fails only without an operating-system
+    /// random source (a sandbox without `getrandom` or `/dev/urandom`).
+    pub fn random() -> Result<Self, crate::ConfigError> {
         let rng = ring::rand::SystemRandom::new();
-        // SystemRandom fails only without an OS random source.
-        match hmac::Key::generate(hmac::HMAC_SHA256, &rng) {
-            Ok(k) => Self(k),
-            Err(_) => panic!("no operating-system random source for the subject key"),
-        }
+        hmac::Key::generate(hmac::HMAC_SHA256, &rng)
+            .map(Self)
+            .map_err(|_| {
+                crate::ConfigError::Invalid(
+                    "no operating-system random source to make a subject key; \
+                     give one with ExchangeCacheBuilder::subject_key"
+                        .to_owned(),
+                )
+            })
     }
 
     /// A key from shared key material (at least 32 bytes, for example a
@@ -475,8 +479,20 @@ impl ExchangeCacheBuilder {
         self
     }
 
-    /// Builds the cache.
-    pub fn build(self) -> ExchangeCache {
+    /// Builds the cache, with the key given to
+    /// [`subject_key`](Self::subject_key) or else a [`SubjectKey::random`]
+    /// one: fails only when none was given and none can be made.
+    pub fn build(mut self) -> Result<ExchangeCache, crate::ConfigError> {
+        let key = match self.key.take() {
+            Some(key) => key,
+            None => SubjectKey::random()?,
+        };
+        Ok(self.build_with_key(key))
+    }
+
+    /// Builds the cache with `key` (which replaces any given to
+    /// [`subject_key`](Self::subject_key)); cannot fail.
+    pub fn build_with_key(self, key: SubjectKey) -> ExchangeCache {
         ExchangeCache {
             inner: Arc::new(Inner {
                 cache: self
@@ -484,7 +500,7 @@ impl ExchangeCacheBuilder {
                     .max_keys(self.max_subjects.max(1))
                     .idle_window(self.idle)
                     .build(),
-                key: self.key.unwrap_or_else(SubjectKey::random),
+                key,
                 grant: self.grant,
                 negative: Negative {
                     ttl: self.negative_ttl,

@@ -171,6 +171,7 @@ async fn ten_thousand_subjects_through_two_caches_on_one_redis_exchange_once_eac
         .max_subjects(SUBJECTS)
         .rate_per_second(0)
         .build()
+        .unwrap()
     };
     let (a, b) = (cache("a"), cache("b"));
 
@@ -302,7 +303,9 @@ async fn a_revoked_subject_is_refused_then_remembered() {
         serde_json::json!({ "token": tokens[0] }),
     )
     .await;
-    let cache = ExchangeCache::builder(TokenCache::builder(credential(&idp))).build();
+    let cache = ExchangeCache::builder(TokenCache::builder(credential(&idp)))
+        .build()
+        .unwrap();
     for cached in [false, true, true] {
         match cache.exchange(&tokens[0], &downstream()).await {
             Err(ExchangeError::Rejected { cached: c, .. }) => assert_eq!(c, cached),
@@ -325,7 +328,8 @@ async fn a_burst_of_garbage_tokens_costs_bounded_idp_calls() {
     let (logs, _guard) = Captured::start();
     let cache = ExchangeCache::builder(TokenCache::builder(credential(&idp)))
         .rate_per_second(5)
-        .build();
+        .build()
+        .unwrap();
     let garbage: Vec<String> = (0..300)
         .map(|i| format!("garbage-{i}-not-a-token"))
         .collect();
@@ -365,7 +369,8 @@ async fn expired_and_malformed_subjects_are_refused_without_an_idp_call() {
     let before = idp.token_requests();
     let cache = ExchangeCache::builder(TokenCache::builder(credential(&idp)))
         .grant(ExchangeGrant::JwtBearerOnBehalfOf)
-        .build();
+        .build()
+        .unwrap();
     let refused = |r: Result<_, ExchangeError>| match r {
         Err(ExchangeError::InvalidSubject(p)) => p,
         other => panic!("{other:?}"),
@@ -405,7 +410,8 @@ async fn the_on_behalf_of_and_jwt_variants_exchange_for_the_same_user() {
     ] {
         let cache = ExchangeCache::builder(TokenCache::builder(credential(idp)))
             .grant(grant.clone())
-            .build();
+            .build()
+            .unwrap();
         let token = cache.exchange(&tokens[0], &downstream()).await.unwrap();
         assert_eq!(
             claims(token.secret().expose())["sub"],
@@ -424,7 +430,9 @@ async fn the_tower_layer_sends_the_exchanged_token_never_the_subject() {
     use tower::{service_fn, Layer as _, ServiceExt as _};
     let Some(idp) = Idp::shared() else { return };
     let tokens = subjects(idp, "layer", 1, 3600).await;
-    let cache = ExchangeCache::builder(TokenCache::builder(credential(idp))).build();
+    let cache = ExchangeCache::builder(TokenCache::builder(credential(idp)))
+        .build()
+        .unwrap();
     let upstream = service_fn(|req: http::Request<()>| async move {
         let auth = req.headers()["authorization"].to_str().unwrap().to_owned();
         Ok::<_, std::convert::Infallible>(http::Response::new(auth))
@@ -457,7 +465,8 @@ async fn each_exchange_is_audited_with_digest_claims_request_and_expiry_never_a_
         .grant(ExchangeGrant::TokenExchange {
             subject_token_type: JWT_TOKEN_TYPE.into(),
         })
-        .build();
+        .build()
+        .unwrap();
     let token = cache.exchange(&tokens[0], &downstream()).await.unwrap();
     // A hit is counted (stats), not audited: the audit is of exchanges.
     cache.exchange(&tokens[0], &downstream()).await.unwrap();

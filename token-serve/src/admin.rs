@@ -297,12 +297,10 @@ async fn keys(inner: &Inner) -> Response<Body> {
             .filter(|r| &r.route.profile == name)
             .map(|r| r.route.prefix.as_str())
             .collect();
-        let mut entry = serde_json::json!({
-            "profile": name,
-            "key": p.handle.cache_key().as_str(),
-            "routes": routes,
-        });
-        let fields = entry.as_object_mut().expect("an object");
+        let mut fields = serde_json::Map::new();
+        fields.insert("profile".into(), name.as_str().into());
+        fields.insert("key".into(), p.handle.cache_key().as_str().into());
+        fields.insert("routes".into(), routes.into());
         match tokio::time::timeout(PEEK_TIMEOUT, p.handle.token()).await {
             Ok(Ok(t)) => {
                 let now = SystemTime::now();
@@ -314,7 +312,7 @@ async fn keys(inner: &Inner) -> Response<Body> {
                     "fresh"
                 };
                 fields.insert("state".into(), state.into());
-                insert_times(fields, t.expires_at(), t.refresh_at());
+                insert_times(&mut fields, t.expires_at(), t.refresh_at());
             }
             Ok(Err(e)) => {
                 fields.insert("state".into(), "unavailable".into());
@@ -324,7 +322,7 @@ async fn keys(inner: &Inner) -> Response<Body> {
                 fields.insert("state".into(), "fetching".into());
             }
         }
-        out.push(entry);
+        out.push(serde_json::Value::Object(fields));
     }
     response::json(
         StatusCode::OK,
@@ -412,10 +410,15 @@ async fn refresh(name: &str, p: &Profile) -> Response<Body> {
     match p.handle.token().await {
         Ok(t) => {
             tracing::info!(profile = name, key = %key, "admin: refreshed");
-            let mut body = serde_json::json!({ "profile": name, "key": key, "refreshed": true });
-            let fields = body.as_object_mut().expect("an object");
-            insert_times(fields, t.expires_at(), t.refresh_at());
-            response::json(StatusCode::OK, body.to_string())
+            let mut fields = serde_json::Map::new();
+            fields.insert("profile".into(), name.into());
+            fields.insert("key".into(), key.into());
+            fields.insert("refreshed".into(), true.into());
+            insert_times(&mut fields, t.expires_at(), t.refresh_at());
+            response::json(
+                StatusCode::OK,
+                serde_json::Value::Object(fields).to_string(),
+            )
         }
         Err(e) => {
             let cause = safe_cause(&e);

@@ -271,15 +271,20 @@ pub(crate) fn route_settings(
 
 /// The subject key of this process when no key file is configured: one per
 /// process, so a reload keeps finding the exchanged tokens it cached.
-fn process_key() -> SubjectKey {
+fn process_key() -> Result<SubjectKey, ConfigError> {
     static KEY: OnceLock<SubjectKey> = OnceLock::new();
-    KEY.get_or_init(SubjectKey::random).clone()
+    if let Some(key) = KEY.get() {
+        return Ok(key.clone());
+    }
+    let key =
+        SubjectKey::random().map_err(|e| ConfigError::new(format!("[serve.exchange]: {e}")))?;
+    Ok(KEY.get_or_init(|| key).clone())
 }
 
 /// The subject key: from `path` (at least 32 bytes), or this process's.
 pub(crate) fn subject_key(path: Option<&Path>) -> Result<SubjectKey, ConfigError> {
     let Some(path) = path else {
-        return Ok(process_key());
+        return process_key();
     };
     let bytes = zeroize::Zeroizing::new(std::fs::read(path).map_err(|e| {
         ConfigError::new(format!(
@@ -298,13 +303,12 @@ pub(crate) fn subject_key(path: Option<&Path>) -> Result<SubjectKey, ConfigError
 /// One exchange cache on `profile`'s credential and store.
 fn cache_for(profile: &Profile, settings: &ExchangeSettings, key: &SubjectKey) -> ExchangeCache {
     ExchangeCache::builder(profile.cache.derive())
-        .subject_key(key.clone())
         .grant(settings.grant.clone())
         .max_subjects(settings.max_subjects)
         .idle(settings.idle)
         .negative_ttl(settings.negative_ttl)
         .rate_per_second(settings.rate_per_second)
-        .build()
+        .build_with_key(key.clone())
 }
 
 /// DPoP (issue 21): a DPoP profile's exchanges are bound to its key, as its
