@@ -68,53 +68,6 @@ impl Captured {
     }
 }
 
-async fn post(url: String, body: serde_json::Value) -> serde_json::Value {
-    let text = reqwest::Client::new()
-        .post(url)
-        .body(body.to_string())
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    serde_json::from_str(&text).unwrap()
-}
-
-/// `count` subject tokens for subs `<prefix>-<i>`, valid `ttl` seconds.
-async fn subjects(idp: &Idp, prefix: &str, count: usize, ttl: i64) -> Vec<String> {
-    let v = post(
-        format!("{}/__test/subjects", idp.issuer()),
-        serde_json::json!({ "prefix": prefix, "count": count, "ttl": ttl }),
-    )
-    .await;
-    v["tokens"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t.as_str().unwrap().to_owned())
-        .collect()
-}
-
-/// The IdP's exchange counts for subs starting with `prefix`:
-/// (total, distinct, max per subject, rejected (all prefixes)).
-async fn exchanges(idp: &Idp, prefix: &str) -> (u64, u64, u64, u64) {
-    let text = reqwest::get(format!("{}/__test/exchanges?prefix={prefix}", idp.issuer()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let n = |k: &str| v[k].as_u64().unwrap();
-    (
-        n("total"),
-        n("distinct"),
-        n("max_per_subject"),
-        n("rejected"),
-    )
-}
-
 /// The claims of a JWT (test tokens; the IdP signed them).
 fn claims(jwt: &str) -> serde_json::Value {
     let payload = jwt.split('.').nth(1).unwrap();
@@ -149,7 +102,7 @@ async fn ten_thousand_subjects_through_two_caches_on_one_redis_exchange_once_eac
         return;
     };
     let (logs, _guard) = Captured::start();
-    let tokens = Arc::new(subjects(idp, "fleet", SUBJECTS, 3600).await);
+    let tokens = Arc::new(idp.subject_tokens("fleet", SUBJECTS, 3600));
     // One fleet: the same subject key and encryption key in both.
     let key_material = [7u8; 32];
     let keyring = || Keyring::new(EncryptionKey::from_bytes([9u8; 32]));
@@ -225,7 +178,7 @@ async fn ten_thousand_subjects_through_two_caches_on_one_redis_exchange_once_eac
         SUBJECTS,
         "a token was handed to two subjects"
     );
-    let (total, distinct, max, _) = exchanges(idp, "fleet-").await;
+    let (total, distinct, max, _) = idp.exchange_counts("fleet-");
     assert_eq!(
         (total, distinct, max),
         (SUBJECTS as u64, SUBJECTS as u64, 1)
@@ -240,7 +193,7 @@ async fn ten_thousand_subjects_through_two_caches_on_one_redis_exchange_once_eac
     }
     assert_eq!(a.stats().hits - hits_a, SUBJECTS as u64);
     assert_eq!(b.stats().hits - hits_b, SUBJECTS as u64);
-    assert_eq!(exchanges(idp, "fleet-").await.0, SUBJECTS as u64);
+    assert_eq!(idp.exchange_counts("fleet-").0, SUBJECTS as u64);
 
     // No subject token in Redis keys or values, nor in the logs; one audit
     // event per exchange that was not a hit.
@@ -297,12 +250,8 @@ async fn ten_thousand_subjects_through_two_caches_on_one_redis_exchange_once_eac
 async fn a_revoked_subject_is_refused_then_remembered() {
     let Some(idp) = Idp::private() else { return };
     let (logs, _guard) = Captured::start();
-    let tokens = subjects(&idp, "revoked", 1, 3600).await;
-    post(
-        format!("{}/__test/revoke-subject", idp.issuer()),
-        serde_json::json!({ "token": tokens[0] }),
-    )
-    .await;
+    let tokens = idp.subject_tokens("revoked", 1, 3600);
+    idp.revoke_subject(&tokens[0]);
     let cache = ExchangeCache::builder(TokenCache::builder(credential(&idp)))
         .build()
         .unwrap();
@@ -312,7 +261,7 @@ async fn a_revoked_subject_is_refused_then_remembered() {
             other => panic!("{other:?}"),
         }
     }
-    assert_eq!(exchanges(&idp, "revoked").await.3, 1, "one IdP call");
+    assert_eq!(idp.exchange_counts("revoked").3, 1, "one IdP call");
     assert_eq!(cache.stats().negative_hits, 2);
     logs.assert_free_of(&tokens);
     assert!(
@@ -352,7 +301,7 @@ async fn a_burst_of_garbage_tokens_costs_bounded_idp_calls() {
     assert_eq!(limited + rejected, garbage.len(), "{results:?}");
     // The IdP saw exactly the rejected ones, and no more than the bucket
     // allows: its burst plus its rate over the time the burst took.
-    let idp_rejected = exchanges(&idp, "none").await.3;
+    let idp_rejected = idp.exchange_counts("none").3;
     assert_eq!(idp_rejected, rejected as u64);
     assert!(
         (rejected as f64) <= 5.0 + (5.0 * elapsed).ceil(),
@@ -365,7 +314,7 @@ async fn a_burst_of_garbage_tokens_costs_bounded_idp_calls() {
 #[tokio::test(flavor = "current_thread")]
 async fn expired_and_malformed_subjects_are_refused_without_an_idp_call() {
     let Some(idp) = Idp::private() else { return };
-    let expired = subjects(&idp, "expired", 1, -30).await;
+    let expired = idp.subject_tokens("expired", 1, -30);
     let before = idp.token_requests();
     let cache = ExchangeCache::builder(TokenCache::builder(credential(&idp)))
         .grant(ExchangeGrant::JwtBearerOnBehalfOf)
@@ -399,7 +348,7 @@ async fn expired_and_malformed_subjects_are_refused_without_an_idp_call() {
 #[tokio::test(flavor = "current_thread")]
 async fn the_on_behalf_of_and_jwt_variants_exchange_for_the_same_user() {
     let Some(idp) = Idp::shared() else { return };
-    let tokens = subjects(idp, "variants", 1, 120).await;
+    let tokens = idp.subject_tokens("variants", 1, 120);
     let subject_exp =
         SystemTime::UNIX_EPOCH + Duration::from_secs(claims(&tokens[0])["exp"].as_u64().unwrap());
     for grant in [
@@ -429,7 +378,7 @@ async fn the_on_behalf_of_and_jwt_variants_exchange_for_the_same_user() {
 async fn the_tower_layer_sends_the_exchanged_token_never_the_subject() {
     use tower::{service_fn, Layer as _, ServiceExt as _};
     let Some(idp) = Idp::shared() else { return };
-    let tokens = subjects(idp, "layer", 1, 3600).await;
+    let tokens = idp.subject_tokens("layer", 1, 3600);
     let cache = ExchangeCache::builder(TokenCache::builder(credential(idp)))
         .build()
         .unwrap();
@@ -458,7 +407,7 @@ async fn the_tower_layer_sends_the_exchanged_token_never_the_subject() {
 async fn each_exchange_is_audited_with_digest_claims_request_and_expiry_never_a_token() {
     let Some(idp) = Idp::shared() else { return };
     let (logs, _guard) = Captured::start();
-    let tokens = subjects(idp, "audited", 1, 3600).await;
+    let tokens = idp.subject_tokens("audited", 1, 3600);
     let key_material = [5u8; 32];
     let cache = ExchangeCache::builder(TokenCache::builder(credential(idp)))
         .subject_key(SubjectKey::from_bytes(&key_material).unwrap())
@@ -505,7 +454,7 @@ async fn each_exchange_is_audited_with_digest_claims_request_and_expiry_never_a_
     logs.assert_free_of(&[token.secret().expose().to_owned()]);
 
     // A refused subject's event names the outcome and still no token.
-    let expired = subjects(idp, "audited-expired", 1, -60).await;
+    let expired = idp.subject_tokens("audited-expired", 1, -60);
     assert!(cache.exchange(&expired[0], &downstream()).await.is_err());
     let text = logs.text();
     assert!(

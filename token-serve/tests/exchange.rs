@@ -21,51 +21,6 @@ use token_testkit::{Idp, RedisServer, Seen, Upstream};
 
 const AUDIENCE: &str = "https://orders.internal";
 
-async fn post_json(url: String, body: serde_json::Value) -> serde_json::Value {
-    let text = reqwest::Client::new()
-        .post(url)
-        .body(body.to_string())
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    serde_json::from_str(&text).unwrap()
-}
-
-async fn subjects(idp: &Idp, prefix: &str, count: usize, ttl: i64) -> Vec<String> {
-    let v = post_json(
-        format!("{}/__test/subjects", idp.issuer()),
-        serde_json::json!({ "prefix": prefix, "count": count, "ttl": ttl }),
-    )
-    .await;
-    v["tokens"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t.as_str().unwrap().to_owned())
-        .collect()
-}
-
-/// (total, distinct, max per subject, rejected) exchanges at the IdP.
-async fn exchanges(idp: &Idp, prefix: &str) -> (u64, u64, u64, u64) {
-    let text = reqwest::get(format!("{}/__test/exchanges?prefix={prefix}", idp.issuer()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let n = |k: &str| v[k].as_u64().unwrap();
-    (
-        n("total"),
-        n("distinct"),
-        n("max_per_subject"),
-        n("rejected"),
-    )
-}
-
 fn claims(jwt: &str) -> serde_json::Value {
     let payload = jwt.split('.').nth(1).unwrap();
     serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap()
@@ -175,7 +130,7 @@ async fn two_sidecars_on_one_redis_send_each_caller_their_own_token_exchanged_on
     };
     const N: usize = 300;
     let logs = logs();
-    let tokens = subjects(idp, "gw-fleet", N, 3600).await;
+    let tokens = idp.subject_tokens("gw-fleet", N, 3600);
     let dir = tempfile::tempdir().unwrap();
     let key_file = dir.path().join("exchange-key");
     std::fs::write(&key_file, [5u8; 32]).unwrap();
@@ -216,9 +171,9 @@ async fn two_sidecars_on_one_redis_send_each_caller_their_own_token_exchanged_on
         }
         // Each subject exchanged once, by whichever sidecar asked first;
         // the other found it in Redis, and the second pass hit.
-        assert_eq!(exchanges(idp, "gw-fleet-").await.0, N as u64, "pass {pass}");
+        assert_eq!(idp.exchange_counts("gw-fleet-").0, N as u64, "pass {pass}");
     }
-    assert_eq!(exchanges(idp, "gw-fleet-").await.2, 1);
+    assert_eq!(idp.exchange_counts("gw-fleet-").2, 1);
     for s in upstream.seen() {
         assert!(!tokens.contains(&s.bearer().unwrap_or_default().to_owned()));
     }
@@ -292,7 +247,7 @@ async fn bad_subjects_get_401_and_a_garbage_storm_gets_429_with_bounded_idp_call
     .await;
     let before = idp.token_requests();
     let client = reqwest::Client::new();
-    let expired = subjects(&idp, "gw-expired", 1, -60).await;
+    let expired = idp.subject_tokens("gw-expired", 1, -60);
     for auth in [
         None,
         Some("Basic abc"),
@@ -341,7 +296,7 @@ async fn bad_subjects_get_401_and_a_garbage_storm_gets_429_with_bounded_idp_call
         .count();
     assert_eq!(rejected + limited, 30, "{statuses:?}");
     assert!(limited > 0, "{statuses:?}");
-    assert_eq!(exchanges(&idp, "none").await.3, rejected as u64);
+    assert_eq!(idp.exchange_counts("none").3, rejected as u64);
     assert!(upstream.seen().is_empty(), "nothing was forwarded");
 
     // The same rejected subject again: refused locally (negative cache).
@@ -410,7 +365,7 @@ async fn an_upstream_401_re_exchanges_once() {
     .await;
     let cache = TokenCache::builder(credential(idp)).build();
     let base = serve(&format!("[serve]\n{}", route(&upstream, "")), &cache).await;
-    let tokens = subjects(idp, "gw-retry", 1, 3600).await;
+    let tokens = idp.subject_tokens("gw-retry", 1, 3600);
     let r = reqwest::Client::new()
         .get(format!("{base}/orders/x"))
         .bearer_auth(&tokens[0])
@@ -421,7 +376,7 @@ async fn an_upstream_401_re_exchanges_once() {
     let seen = upstream.seen();
     assert_eq!(seen.len(), 2, "one retry");
     assert_ne!(seen[0].bearer(), seen[1].bearer(), "a new exchange");
-    assert_eq!(exchanges(idp, "gw-retry-").await.0, 2);
+    assert_eq!(idp.exchange_counts("gw-retry-").0, 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -433,7 +388,7 @@ async fn the_exchange_endpoint_is_guarded_like_v1_token() {
         &cache,
     )
     .await;
-    let tokens = subjects(idp, "gw-endpoint", 1, 3600).await;
+    let tokens = idp.subject_tokens("gw-endpoint", 1, 3600);
     let client = reqwest::Client::new();
     let url = format!("{base}/v1/token/exchange");
     let form = format!(
@@ -488,7 +443,7 @@ async fn the_exchange_endpoint_is_guarded_like_v1_token() {
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
-    assert_eq!(exchanges(idp, "gw-endpoint-").await.0, 1);
+    assert_eq!(idp.exchange_counts("gw-endpoint-").0, 1);
 
     // Counted as the token endpoints are, and by exchange outcome.
     let text = client
@@ -531,7 +486,7 @@ async fn a_host_route_in_exchange_mode_sends_each_caller_their_own_exchanged_tok
         &cache,
     )
     .await;
-    let tokens = subjects(idp, "gw-host", 2, 3600).await;
+    let tokens = idp.subject_tokens("gw-host", 2, 3600);
     let client = reqwest::Client::new();
     for (i, subject) in tokens.iter().enumerate() {
         let r = client
@@ -556,7 +511,7 @@ async fn a_host_route_in_exchange_mode_sends_each_caller_their_own_exchanged_tok
         .unwrap();
     assert_eq!(r.status(), 401);
     assert_eq!(upstream.seen().len(), 2);
-    assert_eq!(exchanges(idp, "gw-host-").await.0, 2);
+    assert_eq!(idp.exchange_counts("gw-host-").0, 2);
     // The route's audience and scopes are its callers' exchanges, not a
     // token of the profile's own: nothing prefetched or reported for it.
     let ready = client
@@ -623,7 +578,7 @@ async fn dpop_exchange(extra: &str, prefix: &str) {
         Duration::from_secs(1),
     ));
 
-    let tokens = subjects(idp, prefix, 1, 3600).await;
+    let tokens = idp.subject_tokens(prefix, 1, 3600);
     let r = reqwest::Client::new()
         .get(format!("{base}/orders/list"))
         .bearer_auth(&tokens[0])
@@ -657,5 +612,5 @@ async fn dpop_exchange(extra: &str, prefix: &str) {
         "{}",
         p["htu"]
     );
-    assert_eq!(exchanges(idp, &format!("{prefix}-")).await.0, 1);
+    assert_eq!(idp.exchange_counts(&format!("{prefix}-")).0, 1);
 }

@@ -203,6 +203,53 @@ impl Idp {
             .collect()
     }
 
+    /// `count` subject tokens (JWTs signed by the server, `sub` =
+    /// `<prefix>-<i>`, valid `ttl_seconds`) for its exchange grants
+    /// (`POST /__test/subjects`).
+    ///
+    /// # Panics
+    ///
+    /// When the server does not answer as `server.js` does.
+    pub fn subject_tokens(&self, prefix: &str, count: usize, ttl_seconds: i64) -> Vec<String> {
+        let body = serde_json::json!({ "prefix": prefix, "count": count, "ttl": ttl_seconds });
+        let v = self.test_call_with("POST", "/__test/subjects", &body.to_string());
+        v["tokens"]
+            .as_array()
+            .expect("tokens")
+            .iter()
+            .map(|t| t.as_str().expect("a subject token").to_owned())
+            .collect()
+    }
+
+    /// Makes the server refuse `subject_token` from now on
+    /// (`POST /__test/revoke-subject`).
+    ///
+    /// # Panics
+    ///
+    /// When the server does not answer as `server.js` does.
+    pub fn revoke_subject(&self, subject_token: &str) {
+        let body = serde_json::json!({ "token": subject_token });
+        self.test_call_with("POST", "/__test/revoke-subject", &body.to_string());
+    }
+
+    /// The server's exchange counts for subjects whose `sub` starts with
+    /// `prefix`: (total, distinct subjects, most for one subject, subject
+    /// tokens rejected under any prefix) (`GET /__test/exchanges`).
+    ///
+    /// # Panics
+    ///
+    /// When the server does not answer as `server.js` does.
+    pub fn exchange_counts(&self, prefix: &str) -> (u64, u64, u64, u64) {
+        let v = self.test_call("GET", &format!("/__test/exchanges?prefix={prefix}"));
+        let n = |k: &str| v[k].as_u64().expect(k);
+        (
+            n("total"),
+            n("distinct"),
+            n("max_per_subject"),
+            n("rejected"),
+        )
+    }
+
     /// The server's record of an access token, its client and certificate
     /// binding (`cnf.x5t#S256`) among it (`POST /__test/introspect` on
     /// [`tls_base`](Self::tls_base)).
@@ -230,20 +277,27 @@ impl Idp {
 
     /// One `/__test` call on the issuer, its JSON answer.
     fn test_call(&self, method: &str, path: &str) -> serde_json::Value {
+        self.test_call_with(method, path, "")
+    }
+
+    /// One `/__test` call on the issuer with `body`, its JSON answer.
+    fn test_call_with(&self, method: &str, path: &str, body: &str) -> serde_json::Value {
         let host = self.issuer.trim_start_matches("http://");
-        http_json(method, host, path)
+        http_json(method, host, path, body)
             .unwrap_or_else(|e| panic!("{method} {path} on the test IdP: {e}"))
     }
 }
 
-/// A plain HTTP/1.1 request without a body; the JSON line of the answer
-/// (the one line that starts with `{`, whatever the transfer encoding).
-fn http_json(method: &str, host: &str, path: &str) -> io::Result<serde_json::Value> {
+/// A plain HTTP/1.1 request with `body` (may be empty); the JSON line of
+/// the answer (the one line that starts with `{`, whatever the transfer
+/// encoding).
+fn http_json(method: &str, host: &str, path: &str, body: &str) -> io::Result<serde_json::Value> {
     let mut stream = TcpStream::connect(host)?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     write!(
         stream,
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
     )?;
     let mut text = String::new();
     stream.read_to_string(&mut text)?;
