@@ -225,6 +225,7 @@ fn processes_sharing_redis_never_present_a_refresh_token_twice() {
             sb.cmd()
                 .env("TOKENCACHE_KEY", key)
                 .env(RT_ENV, &rt0)
+                .env("RUST_LOG", "token_core=debug,token_http=debug,token_redis=debug")
                 .args(["get", "--token-url", &url, "--client-id", CLIENT])
                 .args(["--refresh-token-env", RT_ENV, "--store", &redis_url])
                 .args(scopes[i % 4])
@@ -249,6 +250,11 @@ fn processes_sharing_redis_never_present_a_refresh_token_twice() {
     let issued = idp.refresh_tokens(&account);
     // One redemption per key: the second process of each key adopts the
     // first one's token (or, arriving later, finds it cached).
+    if issued.len() != 5 {
+        for (i, o) in outputs.iter().enumerate() {
+            eprintln!("=== child {i} (scopes {:?})\n{}", scopes[i % 4], stderr(o));
+        }
+    }
     assert_eq!(issued.len(), 1 + 4, "{issued:?}");
     let refs: Vec<&Output> = outputs.iter().collect();
     assert_nowhere(&issued, &refs, sb.path());

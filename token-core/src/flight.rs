@@ -127,7 +127,8 @@ enum Adopt {
 /// What waiting for another instance's refresh ended with.
 enum Waited {
     Adopted(Arc<Hot>),
-    Acquired(Lease),
+    /// The lease is ours, with the newest (unusable) token the store held.
+    Acquired(Lease, Option<Box<AccessToken>>),
     GaveUp,
 }
 
@@ -250,12 +251,11 @@ impl Flight {
         // back from the store, which may not have dropped it yet.
         let rejected =
             (!inner.is_empty(&current) && !inner.is_live(&current)).then(|| current.token.clone());
-        let adopt = |t| self.adoptable(t, rejected.as_ref());
         let mut lease = None;
 
         if let Some(store) = gate.up(stats) {
             if let Ok(Some(t)) = gate.call(stats, store.get(&slot.key)).await {
-                match adopt(t) {
+                match self.adoptable(t, rejected.as_ref()) {
                     Adopt::Yes(hot) => return Ok(hot),
                     Adopt::No(t) => previous = Some(*t),
                 }
@@ -270,20 +270,14 @@ impl Flight {
                 .call(stats, store.try_acquire_lease(&slot.key, ttl))
                 .await
             {
-                Ok(Some(l)) => {
-                    // Re-check: another instance may have put a token
-                    // between our read and our lease.
-                    if let Ok(Some(t)) = gate.call(stats, store.get(&slot.key)).await {
-                        match adopt(t) {
-                            Adopt::Yes(hot) => {
-                                self.release(store, &l).await;
-                                return Ok(hot);
-                            }
-                            Adopt::No(t) => previous = Some(*t),
-                        }
+                Ok(Some(l)) => match self.recheck(store, l, rejected.as_ref()).await {
+                    Waited::Adopted(hot) => return Ok(hot),
+                    Waited::Acquired(l, newer) => {
+                        previous = newer.map(|t| *t).or(previous);
+                        lease = Some(l);
                     }
-                    lease = Some(l);
-                }
+                    Waited::GaveUp => {}
+                },
                 Ok(None) => match tracing::Instrument::instrument(
                     self.wait_for_other(store, rejected.as_ref(), &waiter),
                     tracing::info_span!("tokencache.lease_wait", profile = inner.metrics_name()),
@@ -291,7 +285,10 @@ impl Flight {
                 .await
                 {
                     Waited::Adopted(hot) => return Ok(hot),
-                    Waited::Acquired(l) => lease = Some(l),
+                    Waited::Acquired(l, newer) => {
+                        previous = newer.map(|t| *t).or(previous);
+                        lease = Some(l);
+                    }
                     Waited::GaveUp => {}
                 },
                 Err(()) => {}
@@ -395,10 +392,34 @@ impl Flight {
                 .call(stats, store.try_acquire_lease(&slot.key, ttl))
                 .await
             {
-                Ok(Some(l)) => return Waited::Acquired(l),
+                Ok(Some(l)) => return self.recheck(store, l, rejected).await,
                 Ok(None) => {}
                 Err(()) => return Waited::GaveUp,
             }
+        }
+    }
+
+    /// Reads the store again once the lease is ours: the instance that
+    /// held it may have stored its token and released it between our last
+    /// read and our lease try, and that token is adopted (the lease given
+    /// back) instead of fetching a second one. For a rotating refresh token,
+    /// that second fetch would be a second redemption.
+    async fn recheck(
+        &self,
+        store: &Arc<dyn CacheStore>,
+        lease: Lease,
+        rejected: Option<&AccessToken>,
+    ) -> Waited {
+        let (gate, stats) = (self.inner.gate(), self.inner.stats());
+        match gate.call(stats, store.get(&self.slot.key)).await {
+            Ok(Some(t)) => match self.adoptable(t, rejected) {
+                Adopt::Yes(hot) => {
+                    self.release(store, &lease).await;
+                    Waited::Adopted(hot)
+                }
+                Adopt::No(t) => Waited::Acquired(lease, Some(t)),
+            },
+            Ok(None) | Err(()) => Waited::Acquired(lease, None),
         }
     }
 

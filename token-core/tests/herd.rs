@@ -199,6 +199,50 @@ async fn a_follower_takes_over_within_the_lease_ttl_when_the_holder_dies() {
 }
 
 #[tokio::test(flavor = "current_thread")]
+async fn a_holder_finishing_between_the_waiters_read_and_lease_try_is_adopted_not_refetched() {
+    let clock = ManualClock::new();
+    let idp = fake_idp(&clock, LIFETIME);
+    let store = Arc::new(SharedStore::on_clock(&clock));
+    let b = instance(&idp, &clock, &store);
+    let req = request("race");
+    let key = b.cache_key(&req);
+    // Another process holds the lease and is fetching.
+    let held = store
+        .try_acquire_lease(&key, b.policy().lease_ttl())
+        .await
+        .unwrap();
+    assert!(held.is_some());
+    let tb = ask(&b, &req).await;
+    assert_eq!(b.stats().lease_waits, 1);
+    // It stores its token and frees the lease right after b's next read
+    // missed, before b's lease try (as happened between two processes
+    // sharing Redis): b takes the free lease.
+    let theirs =
+        AccessToken::new(Secret::from("their-token"), clock.now()).with_expires_in(LIFETIME);
+    *store.finish_after_miss.lock().unwrap() = Some((key, theirs.clone()));
+    advance_until(&clock, Duration::from_millis(100), 1000, || {
+        tb.is_finished()
+    })
+    .await;
+    let got = tb.await.unwrap();
+    assert!(
+        store.finish_after_miss.lock().unwrap().is_none(),
+        "the race was not staged"
+    );
+    assert!(got.same_secret(&theirs), "b fetched its own token");
+    assert_eq!(
+        idp.calls(),
+        0,
+        "the lease was free, but the token was there"
+    );
+    assert_eq!(
+        store.releases.load(Ordering::SeqCst),
+        1,
+        "b gave back the lease it took"
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
 async fn without_a_shared_store_the_refresh_starts_at_refresh_at() {
     let clock = ManualClock::new();
     let idp = fake_idp(&clock, LIFETIME);

@@ -45,6 +45,11 @@ pub struct SharedStore {
     clock: Option<ManualClock>,
     /// `subscribe` answers `None`, as a store that cannot notify.
     silent: bool,
+    /// After the next `get` that misses this key, the lease holder
+    /// finishes: its token is stored (with its event) and its lease freed,
+    /// as another process would between that read and the reader's next
+    /// call.
+    pub finish_after_miss: Mutex<Option<(CacheKey, AccessToken)>>,
     events: tokio::sync::broadcast::Sender<StoreEvent>,
 }
 
@@ -60,6 +65,7 @@ impl Default for SharedStore {
             mute_updates: AtomicBool::new(false),
             clock: None,
             silent: false,
+            finish_after_miss: Mutex::default(),
             events: tokio::sync::broadcast::channel(1024).0,
         }
     }
@@ -105,7 +111,17 @@ impl CacheStore for SharedStore {
     }
     async fn get(&self, key: &CacheKey) -> Result<Option<AccessToken>, StoreError> {
         self.gets.fetch_add(1, Ordering::SeqCst);
-        Ok(self.tokens.lock().unwrap().get(key).cloned())
+        let found = self.tokens.lock().unwrap().get(key).cloned();
+        if found.is_none() {
+            let mut pending = self.finish_after_miss.lock().unwrap();
+            if pending.as_ref().is_some_and(|(k, _)| k == key) {
+                let (key, token) = pending.take().unwrap();
+                self.tokens.lock().unwrap().insert(key.clone(), token);
+                self.leases.lock().unwrap().remove(&key);
+                let _ = self.events.send(StoreEvent::Updated { key });
+            }
+        }
+        Ok(found)
     }
     async fn put(&self, key: &CacheKey, token: &AccessToken) -> Result<PutOutcome, StoreError> {
         self.puts.fetch_add(1, Ordering::SeqCst);
