@@ -23,7 +23,12 @@
 #     one (wrk -> upstream);
 #   h2c with prior knowledge (h2load, CONNECTIONS connections x STREAMS
 #     streams; nginx `listen ... http2`, haproxy `proto h2`): req/s and CPU
-#     per request, when h2load is installed.
+#     per request, when h2load is installed;
+#   HTTP/1.1 at a fixed rate (h2load --h1 --rps, RATE requests/s in all,
+#     default 20000): CPU per request when every proxy does the same work
+#     per second. At saturation, a proxy that forwards more also batches
+#     more (more events per epoll_wait, fewer sleeping peers to wake), so
+#     the saturated rows flatter the faster one; these rows do not.
 #
 #   cargo build --release -p token-cli
 #   token-cli/bench/proxies.sh target/release/tokencache
@@ -42,7 +47,8 @@
 # with RUST_LOG=warn (no access lines), so both do the same work. haproxy
 # logs nothing either way (its log goes to syslog, not set up here).
 # DURATION (default 5s) and CONNECTIONS (64) tune wrk, STREAMS (10) h2load,
-# ROUNDS (2) the rounds. About 60 s with the defaults.
+# RATE (20000) the fixed-rate rows, ROUNDS (2) the rounds. About 80 s with
+# the defaults.
 set -euo pipefail
 [ $# -eq 1 ] || { echo "usage: $0 TOKENCACHE_BINARY" >&2; exit 2; }
 bin=$1
@@ -58,7 +64,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 have_h2load=1
 command -v h2load >/dev/null || have_h2load=0
-DURATION=${DURATION:-5s} CONNECTIONS=${CONNECTIONS:-64} STREAMS=${STREAMS:-10} ROUNDS=${ROUNDS:-2}
+DURATION=${DURATION:-5s} CONNECTIONS=${CONNECTIONS:-64} STREAMS=${STREAMS:-10} ROUNDS=${ROUNDS:-2} RATE=${RATE:-20000}
 work=$(mktemp -d)
 if [ -n "${ACCESS_LOG:-}" ]; then
   gateway_log=${RUST_LOG:-}
@@ -190,6 +196,17 @@ h2() {
   printf '%-22s %s req/s (2xx: %s)\n' "$name" "$rps" "$ok"
 }
 
+# fixed NAME PID URL: HTTP/1.1 at RATE requests/s (h2load --h1); appends
+# "NAME rps ticks -" to rows.
+fixed() {
+  local name=$1 pid=$2 url=$3 before out rps
+  before=$(ticks "$pid")
+  out=$(h2load --h1 -c"$CONNECTIONS" --rps=$(( RATE / CONNECTIONS )) -D "${DURATION%s}" "$url" 2>&1)
+  rps=$(awk '/^finished in/ {print $4}' <<<"$out")
+  echo "$name $rps $(( $(ticks "$pid") - before )) -" >> "$work/rows"
+  printf '%-22s %s req/s\n' "$name" "$rps"
+}
+
 echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 run direct "$up_pid" "http://127.0.0.1:$up/healthz"
 for _ in $(seq "$ROUNDS"); do
@@ -206,8 +223,13 @@ if [ "$have_h2load" = 1 ]; then
   h2 "h2c nginx" "$ng_pid" "http://127.0.0.1:$ng2/up/healthz"
   h2 "h2c haproxy" "$hp_pid" "http://127.0.0.1:$hp2/up/healthz"
   h2 "h2c gateway" "$gw_pid" "http://127.0.0.1:$gw/up/healthz"
+  for _ in $(seq "$ROUNDS"); do
+    fixed "fixed nginx" "$ng_pid" "http://127.0.0.1:$ng/up/healthz"
+    fixed "fixed haproxy" "$hp_pid" "http://127.0.0.1:$hp/up/healthz"
+    fixed "fixed gateway" "$gw_pid" "http://127.0.0.1:$gw/up/healthz"
+  done
 else
-  echo "no h2c rows: h2load is not installed (apt-get install -y nghttp2-client)"
+  echo "no h2c or fixed-rate rows: h2load is not installed (apt-get install -y nghttp2-client)"
 fi
 echo "load after:  $(cut -d' ' -f1-3 /proc/loadavg)"
 python3 - "$work/rows" "$work/latency" "${DURATION%s}" "$(getconf CLK_TCK)" <<'PY'
@@ -236,4 +258,6 @@ for name, p50 in lat.items():
 if "gateway" in med and "nginx" in med:
     (g_rps, g_cpu), (n_rps, n_cpu) = med["gateway"], med["nginx"]
     print(f"gateway/nginx: CPU per request {g_cpu / n_cpu:.2f}x (goal <= 1.2), req/s {g_rps / n_rps:.2f}x (goal >= 0.9)")
+if "fixed gateway" in med and "fixed nginx" in med:
+    print(f"gateway/nginx at the same rate: CPU per request {med['fixed gateway'][1] / med['fixed nginx'][1]:.2f}x")
 PY
