@@ -225,7 +225,10 @@ fn processes_sharing_redis_never_present_a_refresh_token_twice() {
             sb.cmd()
                 .env("TOKENCACHE_KEY", key)
                 .env(RT_ENV, &rt0)
-                .env("RUST_LOG", "token_core=debug,token_http=debug,token_redis=debug")
+                .env(
+                    "RUST_LOG",
+                    "token_core=debug,token_http=debug,token_redis=debug",
+                )
                 .args(["get", "--token-url", &url, "--client-id", CLIENT])
                 .args(["--refresh-token-env", RT_ENV, "--store", &redis_url])
                 .args(scopes[i % 4])
