@@ -300,9 +300,17 @@ pub(crate) fn subject_key(path: Option<&Path>) -> Result<SubjectKey, ConfigError
     })
 }
 
-/// One exchange cache on `profile`'s credential and store.
-fn cache_for(profile: &Profile, settings: &ExchangeSettings, key: &SubjectKey) -> ExchangeCache {
-    ExchangeCache::builder(profile.cache.derive())
+/// One exchange cache on `profile`'s credential and store, named `name`
+/// in the engine's metrics and spans (the `profile` label of the IdP call
+/// histogram and counters): unnamed, every exchange cache's IdP calls
+/// were reported as one `unnamed` profile.
+fn cache_for(
+    profile: &Profile,
+    settings: &ExchangeSettings,
+    key: &SubjectKey,
+    name: String,
+) -> ExchangeCache {
+    ExchangeCache::builder(profile.cache.derive().metrics_name(name))
         .grant(settings.grant.clone())
         .max_subjects(settings.max_subjects)
         .idle(settings.idle)
@@ -338,7 +346,16 @@ impl RouteExchange {
         }
         Self {
             request: with_dpop(b, profile).build(),
-            cache: cache_for(profile, &route.exchange, key),
+            cache: cache_for(
+                profile,
+                &route.exchange,
+                key,
+                format!(
+                    "{} exchange {}",
+                    profile.cache.metrics_name(),
+                    crate::gateway::route_label(route)
+                ),
+            ),
         }
     }
 }
@@ -365,7 +382,10 @@ impl EndpointExchanges {
 
     fn get(&self, name: &str, profile: &Profile) -> Option<&ExchangeCache> {
         let cell = self.caches.get(name)?;
-        Some(cell.get_or_init(|| cache_for(profile, &self.settings, &self.key)))
+        Some(cell.get_or_init(|| {
+            let name = format!("{} exchange", profile.cache.metrics_name());
+            cache_for(profile, &self.settings, &self.key, name)
+        }))
     }
 }
 

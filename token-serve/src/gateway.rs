@@ -99,11 +99,7 @@ impl GatewayRoute {
             Some(pool) => pool,
             None => Arc::new(Pool::new(&route.upstream, route.protocol, tls)?),
         };
-        let label: Arc<str> = match (&route.host, route.prefix.as_str()) {
-            (Some(host), "/") => Arc::from(host.as_str()),
-            (Some(host), prefix) => Arc::from(format!("{host}{prefix}")),
-            (None, prefix) => Arc::from(prefix),
-        };
+        let label = route_label(&route);
         Ok(Self {
             durations: RouteDurations::new(Arc::clone(&label)),
             upstream_host: Arc::from(route.upstream.authority().map_or("", |a| a.as_str())),
@@ -173,6 +169,15 @@ impl GatewayRoute {
 
 /// The short id of a cache key: the first 12 hex digits of its SHA-256,
 /// as `tokencache inspect` prints it and `purge` accepts it.
+/// A route's name in metrics and logs: its prefix, its host, or both.
+pub(crate) fn route_label(route: &Route) -> Arc<str> {
+    match (&route.host, route.prefix.as_str()) {
+        (Some(host), "/") => Arc::from(host.as_str()),
+        (Some(host), prefix) => Arc::from(format!("{host}{prefix}")),
+        (None, prefix) => Arc::from(prefix),
+    }
+}
+
 pub(crate) fn key_id(key: &str) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, key.as_bytes());
     digest.as_ref()[..6]

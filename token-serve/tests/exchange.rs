@@ -203,6 +203,16 @@ async fn two_sidecars_on_one_redis_send_each_caller_their_own_token_exchanged_on
             "{wanted}: {metrics}"
         );
     }
+    // The exchanges' IdP calls are timed under the route's exchange cache
+    // (its own name), never as an `unnamed` profile.
+    assert!(
+        metrics.lines().any(
+            |l| l.starts_with("tokencache_idp_request_duration_seconds_count{")
+                && l.contains("profile=\"gw exchange /orders/\"")
+        ),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("profile=\"unnamed\""), "{metrics}");
     for outcome in ["hit", "exchanged"] {
         assert!(
             metrics
