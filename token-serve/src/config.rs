@@ -20,6 +20,8 @@
 //! health_connections = 8             # extra connections for /healthz and /readyz only
 //! max_header_bytes = 65536           # largest request head (431 beyond), at least 8192
 //! prefetch_concurrency = 8           # first tokens fetched at once (start-up and reload)
+//! workers = 2                        # threads serving client connections, each its own runtime;
+//!                                    # default: the CPUs available; 0: the runtime serve runs on
 //!
 //! # Admin listener (optional; restart-only, like listen)
 //! admin_listen = "0.0.0.0:8732"      # /healthz, /readyz, /metrics and the admin API (/admin/...)
@@ -406,6 +408,7 @@ struct RawServe {
     health_connections: Option<usize>,
     prefetch_concurrency: Option<usize>,
     max_header_bytes: Option<usize>,
+    workers: Option<usize>,
 
     // --- Admin listener (issue 24) ---
     admin_listen: Option<String>,
@@ -566,6 +569,7 @@ impl ServeConfig {
                 health_connections: raw.health_connections,
                 prefetch_concurrency: raw.prefetch_concurrency,
                 max_header_bytes: raw.max_header_bytes,
+                workers: raw.workers,
             })?,
             exchange,
             exchange_key_file,
@@ -708,6 +712,7 @@ fn empty_raw() -> RawServe {
         health_connections: None,
         prefetch_concurrency: None,
         max_header_bytes: None,
+        workers: None,
         proxy: None,
         admin_listen: None,
         admin_secret_file: None,
@@ -991,6 +996,13 @@ pub struct ConnectionSettings {
     pub prefetch_concurrency: usize,
     /// `max_header_bytes`: [`DEFAULT_MAX_HEADER_BYTES`] (at least 8192).
     pub max_header_bytes: usize,
+    /// `workers`: threads that serve client connections, each with its own
+    /// single-threaded runtime and its own pooled upstream connections
+    /// (see [`serve`](crate::serve)); at most [`MAX_WORKERS`](crate::MAX_WORKERS).
+    /// 0 serves them on the runtime `serve` runs on. From a `[serve]`
+    /// section the default is the number of CPUs the process may use; in
+    /// `ConnectionSettings::default()` it is 0.
+    pub workers: usize,
 }
 
 impl Default for ConnectionSettings {
@@ -1002,6 +1014,7 @@ impl Default for ConnectionSettings {
             health_connections: DEFAULT_HEALTH_CONNECTIONS,
             prefetch_concurrency: DEFAULT_PREFETCH_CONCURRENCY,
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+            workers: 0,
         }
     }
 }
@@ -1055,6 +1068,7 @@ struct RawConnections {
     health_connections: Option<usize>,
     prefetch_concurrency: Option<usize>,
     max_header_bytes: Option<usize>,
+    workers: Option<usize>,
 }
 
 fn connections(raw: &RawConnections) -> Result<ConnectionSettings, ConfigError> {
@@ -1095,6 +1109,16 @@ fn connections(raw: &RawConnections) -> Result<ConnectionSettings, ConfigError> 
             Some(n) if n < MIN_HEADER_BYTES => {
                 return Err(ConfigError::new(format!(
                     "[serve] max_header_bytes must be at least {MIN_HEADER_BYTES}"
+                )))
+            }
+            Some(n) => n,
+        },
+        workers: match raw.workers {
+            None => crate::workers::default_count(),
+            Some(n) if n > crate::workers::MAX_WORKERS => {
+                return Err(ConfigError::new(format!(
+                    "[serve] workers = {n} is more than {}",
+                    crate::workers::MAX_WORKERS
                 )))
             }
             Some(n) => n,
@@ -1257,16 +1281,27 @@ mod tests {
         assert_eq!(c.profiles().into_iter().collect::<Vec<_>>(), ["orders"]);
         assert_eq!(c.retry_body_limit, DEFAULT_RETRY_BODY_LIMIT);
         assert_eq!(c.routes[0].timeout, DEFAULT_UPSTREAM_TIMEOUT);
-        assert_eq!(c.connections, ConnectionSettings::default());
+        // From a file, connections get a worker per CPU; the library's
+        // default serves them on the caller's runtime.
+        assert_eq!(
+            c.connections,
+            ConnectionSettings {
+                workers: crate::workers::default_count(),
+                ..ConnectionSettings::default()
+            }
+        );
+        assert!(c.connections.workers >= 1);
+        assert_eq!(ConnectionSettings::default().workers, 0);
     }
 
     #[test]
     fn connection_limits_are_read_from_serve() {
         let c = ServeConfig::parse(
-            "[serve]\nheader_read_timeout_seconds = 2\nidle_timeout_seconds = 3\nmax_connections = 5\nhealth_connections = 0\nprefetch_concurrency = 2\n[[serve.routes]]\nprefix = \"/a/\"\nupstream = \"http://x\"\nprofile = \"p\"\ntimeout_seconds = 7\n",
+            "[serve]\nheader_read_timeout_seconds = 2\nidle_timeout_seconds = 3\nmax_connections = 5\nhealth_connections = 0\nprefetch_concurrency = 2\nworkers = 3\n[[serve.routes]]\nprefix = \"/a/\"\nupstream = \"http://x\"\nprofile = \"p\"\ntimeout_seconds = 7\n",
         )
         .expect("valid");
         let s = c.connections;
+        assert_eq!(s.workers, 3);
         assert_eq!(s.header_read_timeout, Duration::from_secs(2));
         assert_eq!(s.idle_timeout, Duration::from_secs(3));
         assert_eq!(s.max_connections, 5);
@@ -1289,6 +1324,7 @@ mod tests {
         let cases = [
             ("[serve]\nlisten = \"nowhere\"\n", "not an IP address"),
             ("[serve]\nlisten_on = \"1\"\n", "unknown field `listen_on`"),
+            ("[serve]\nworkers = 100000\n", "workers = 100000 is more than 256"),
             (
                 "[[serve.routes]]\nprefix = \"/a/\"\nupstream = \"ftp://x\"\nprofile = \"p\"\n",
                 "http:// or https://",

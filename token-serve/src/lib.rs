@@ -98,6 +98,7 @@ mod sidecar;
 mod tls;
 mod trace;
 mod variants;
+mod workers;
 
 pub use admin::{AdminListener, AdminSettings};
 pub use config::{
@@ -125,3 +126,4 @@ pub use server::{
     H2_PING_TIMEOUT, HEALTH_HEADER_READ_TIMEOUT,
 };
 pub use sidecar::{Readiness, Sidecar, SidecarBuilder};
+pub use workers::MAX_WORKERS;

@@ -27,7 +27,9 @@
 //! twice here.
 //!
 //! Idle connections older than [`POOL_IDLE`] are dropped when the pool is
-//! next used; at most [`MAX_IDLE`] are kept per route. A response head that
+//! next used; at most [`MAX_IDLE`] are kept per route and connection
+//! worker: each worker (`[serve] workers`) reuses the connections it
+//! opened, so a request and its upstream connection are on one thread. A response head that
 //! does not come within the route's timeout abandons the request (its
 //! connection is dropped with it, so it is never reused).
 //!
@@ -125,7 +127,10 @@ pub(crate) struct Pool {
     tls: Option<(TlsConnector, ServerName<'static>)>,
     /// Plaintext HTTP/2 with prior knowledge (`protocol = "h2c"`).
     h2c: bool,
-    idle: Mutex<VecDeque<Idle>>,
+    /// Idle HTTP/1.1 connections, one queue per connection worker
+    /// (`crate::workers`): a worker reuses the connections it opened,
+    /// whose tasks run on its own thread.
+    idle: Box<[Mutex<VecDeque<Idle>>]>,
     /// The HTTP/2 connection all requests share, once there is one.
     h2: Mutex<Option<Shared>>,
     /// The upstream spoke HTTP/2 last time (or is h2c): connections are
@@ -202,7 +207,9 @@ impl Pool {
             authority: authority.clone(),
             tls,
             h2c,
-            idle: Mutex::new(VecDeque::new()),
+            idle: (0..crate::workers::SLOTS)
+                .map(|_| Mutex::new(VecDeque::new()))
+                .collect(),
             h2: Mutex::new(None),
             speaks_h2: AtomicBool::new(h2c),
             opening: tokio::sync::Mutex::new(()),
@@ -445,7 +452,9 @@ impl Pool {
     fn idle(&self) -> std::sync::MutexGuard<'_, VecDeque<Idle>> {
         // The queue is consistent after every operation; a panic elsewhere
         // while it was held leaves nothing half-done.
-        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+        self.idle[crate::workers::current() % crate::workers::SLOTS]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The most recently used idle connection that is still open.

@@ -204,6 +204,16 @@ pub async fn serve_with_admin(
     let health = Arc::new(Semaphore::new(health));
     let (phase, watching) = watch::channel(Phase::Serving);
     let mut shutdown = std::pin::pin!(shutdown);
+    let workers = match limits.settings.workers {
+        0 => None,
+        n => match crate::workers::Workers::start(n) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!(error = %e, workers = n, "could not start the connection workers; serving connections on the main runtime");
+                None
+            }
+        },
+    };
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -229,14 +239,15 @@ pub async fn serve_with_admin(
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
-                tokio::spawn(connection(
-                    stream,
-                    Arc::clone(&slot),
-                    limits,
-                    kind,
-                    permit,
-                    watching.clone(),
-                ));
+                let (slot, watching) = (Arc::clone(&slot), watching.clone());
+                match &workers {
+                    Some(w) => w.spawn(stream, move |stream| {
+                        connection(stream, slot, limits, kind, permit, watching)
+                    }),
+                    None => {
+                        tokio::spawn(connection(stream, slot, limits, kind, permit, watching));
+                    }
+                }
             }
             accepted = accept_admin(admin.as_ref()) => {
                 let (stream, access) = match accepted {
