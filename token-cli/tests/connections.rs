@@ -829,3 +829,56 @@ async fn with_an_issuer_that_hangs_healthz_answers_while_the_profiles_are_built(
     }
     assert!(ready, "/readyz never said ready after the issuer answered");
 }
+
+/// The connection worker threads (`tc-conn-N`) in `serve`'s process.
+fn connection_workers(serve: &Serve) -> usize {
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", serve.child.id())).expect("/proc");
+    tasks
+        .filter_map(Result::ok)
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.starts_with("tc-conn-"))
+        })
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_are_served_by_the_configured_connection_workers() {
+    let idp = FakeIdp::start(3600).await;
+    let upstream = upstream().await;
+    for (setting, threads) in [("workers = 3\n", 3), ("workers = 0\n", 0), ("", 0)] {
+        let sandbox = Sandbox::new();
+        let serve_section = format!("{setting}{}", route("/orders/", &upstream, "orders"));
+        let config = config_with(&sandbox, &idp, &serve_section);
+        let serve = start_serve(&sandbox, &config);
+        let expected = if setting.is_empty() {
+            // The default: one per CPU this process may use.
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            threads
+        };
+        assert_eq!(connection_workers(&serve), expected, "{setting:?}");
+        // Seven connections at once (more than there are workers), three
+        // keep-alive requests each, every one forwarded with the token.
+        let before = upstream.seen().len();
+        let mut clients = Vec::new();
+        for c in 0..7 {
+            let addr = addr(&serve);
+            clients.push(tokio::spawn(async move {
+                let mut stream = TcpStream::connect(&addr).await.expect("connect");
+                for r in 0..3 {
+                    let status = get_on(&mut stream, &format!("/orders/c{c}/r{r}")).await;
+                    assert_eq!(status, 200);
+                }
+            }));
+        }
+        for c in clients {
+            c.await.expect("client");
+        }
+        let seen = upstream.seen();
+        assert_eq!(seen.len() - before, 21, "{setting:?}");
+        assert!(seen[before..]
+            .iter()
+            .all(|s| s.authorization().is_some_and(|a| a.starts_with("Bearer "))));
+    }
+    assert_eq!(idp.calls(), 3, "one token per sidecar");
+}

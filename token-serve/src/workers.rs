@@ -61,7 +61,7 @@ impl Workers {
             let (started, handle) = std::sync::mpsc::sync_channel(1);
             let (stop, stopped) = oneshot::channel::<()>();
             std::thread::Builder::new()
-                .name(format!("tokencache-conn-{i}"))
+                .name(format!("tc-conn-{i}"))
                 .spawn(move || {
                     let runtime = match tokio::runtime::Builder::new_current_thread()
                         .enable_all()
