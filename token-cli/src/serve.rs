@@ -157,7 +157,11 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), CliError> {
             Ok(e) = refused_rx => set_fatal(e),
         }
     };
-    tracing::info!(%addr, "serving; building profiles");
+    tracing::info!(
+        %addr,
+        workers = config.connections.workers,
+        "serving; building profiles"
+    );
     crate::log::listening(addr);
     if let Some(a) = admin_addr {
         // Not on stdout: scripts read its first line only.
