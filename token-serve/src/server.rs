@@ -215,6 +215,25 @@ pub async fn serve_with_admin(
         },
     };
     loop {
+        // A sidecar that is ready is installed before anything more is
+        // accepted: a connection accepted in the same turn (and served at
+        // once on a worker thread) must not find the slot empty.
+        if starting {
+            let ready = tokio::select! {
+                biased;
+                built = &mut sidecar => Some(built),
+                () = std::future::ready(()) => None,
+            };
+            if let Some(built) = ready {
+                starting = false;
+                match built {
+                    Some(s) => {
+                        let _ = slot.set(s);
+                    }
+                    None => break,
+                }
+            }
+        }
         tokio::select! {
             accepted = listener.accept() => {
                 let (stream, peer) = match accepted {
