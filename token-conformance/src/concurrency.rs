@@ -75,10 +75,13 @@ fn check_consistent(base: SystemTime, token: &AccessToken) -> Result<SystemTime,
     Ok(expected.expires_at().unwrap_or(base))
 }
 
-/// 32 tasks each put 20 tokens with growing expiry on one key and read it
-/// back after every put. Every get returns a whole token that was put, at
-/// least as new as the task's own last put and as anything the task read
-/// before; at the end the key holds the token with the latest expiry.
+/// 32 tasks each put 20 tokens on one key and read it back after every
+/// put: even tasks in order of growing expiry, odd tasks newest first (so
+/// a store that lets any put overwrite is caught by an odd task reading
+/// back an older token, however the tasks happen to be scheduled). Every
+/// get returns a whole token that was put, at least as new as the task's
+/// own last put and as anything the task read before; at the end the key
+/// holds the token with the latest expiry.
 pub async fn concurrent_puts_keep_the_latest_expiry(fx: &Fixture) -> Result<(), CheckFailure> {
     let store = Arc::clone(fx.store());
     let key = Keys::new("concurrent_puts_keep_the_latest_expiry").key("k");
@@ -96,7 +99,12 @@ pub async fn concurrent_puts_keep_the_latest_expiry(fx: &Fixture) -> Result<(), 
             spawn(async move {
                 barrier.wait().await;
                 let mut last_seen = UNIX_EPOCH;
-                for round in 0..PUTS_PER_WRITER {
+                let rounds: Vec<usize> = if task % 2 == 0 {
+                    (0..PUTS_PER_WRITER).collect()
+                } else {
+                    (0..PUTS_PER_WRITER).rev().collect()
+                };
+                for round in rounds {
                     let token = numbered_token(base, task, round);
                     let own = token.expires_at().unwrap_or(base);
                     let outcome = store.put(&key, &token).await.or_fail(format_args!("put in round {round}"))?;
