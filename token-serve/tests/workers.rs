@@ -9,6 +9,7 @@ use token_serve::{ServeConfig, Sidecar};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
+#[allow(dead_code)]
 mod support;
 use support::StaticIdp;
 
