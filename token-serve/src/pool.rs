@@ -29,9 +29,9 @@
 //! Idle connections older than [`POOL_IDLE`] are dropped when the pool is
 //! next used; at most [`MAX_IDLE`] are kept per route and connection
 //! worker: each worker (`[serve] workers`) reuses the connections it
-//! opened, so a request and its upstream connection are on one thread. A response head that
-//! does not come within the route's timeout abandons the request (its
-//! connection is dropped with it, so it is never reused).
+//! opened, so a request and its upstream connection are on one thread. A
+//! response head that does not come within the route's timeout abandons
+//! the request (its connection is dropped with it, so it is never reused).
 //!
 //! Why not hyper-util's pooled client: it hashes the origin and clones its
 //! connector on every request and hands each response's connection back
