@@ -167,8 +167,6 @@ impl GatewayRoute {
     }
 }
 
-/// The short id of a cache key: the first 12 hex digits of its SHA-256,
-/// as `tokencache inspect` prints it and `purge` accepts it.
 /// A route's name in metrics and logs: its prefix, its host, or both.
 pub(crate) fn route_label(route: &Route) -> Arc<str> {
     match (&route.host, route.prefix.as_str()) {
@@ -178,6 +176,8 @@ pub(crate) fn route_label(route: &Route) -> Arc<str> {
     }
 }
 
+/// The short id of a cache key: the first 12 hex digits of its SHA-256,
+/// as `tokencache inspect` prints it and `purge` accepts it.
 pub(crate) fn key_id(key: &str) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, key.as_bytes());
     digest.as_ref()[..6]
