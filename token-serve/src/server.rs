@@ -214,6 +214,14 @@ pub async fn serve_with_admin(
             }
         },
     };
+    // Puts the built sidecar in place; `false` when start-up failed.
+    let install = |built: Option<Sidecar>| match built {
+        Some(s) => {
+            let _ = slot.set(s);
+            true
+        }
+        None => false,
+    };
     loop {
         // A sidecar that is ready is installed before anything more is
         // accepted: a connection accepted in the same turn (and served at
@@ -226,11 +234,8 @@ pub async fn serve_with_admin(
             };
             if let Some(built) = ready {
                 starting = false;
-                match built {
-                    Some(s) => {
-                        let _ = slot.set(s);
-                    }
-                    None => break,
+                if !install(built) {
+                    break;
                 }
             }
         }
@@ -295,11 +300,8 @@ pub async fn serve_with_admin(
             }
             built = &mut sidecar, if starting => {
                 starting = false;
-                match built {
-                    Some(s) => {
-                        let _ = slot.set(s);
-                    }
-                    None => break,
+                if !install(built) {
+                    break;
                 }
             }
             () = &mut shutdown => break,
