@@ -382,25 +382,22 @@ pub(crate) async fn forward(
     let mut nonce_retried = false;
     // --- end DPoP ---
     loop {
-        let body: RequestBody = match (&buffered, streamed.take()) {
-            (Some(b), _) => Either::Left(Full::new(b.clone())),
-            (None, Some(s)) => Either::Right(s),
-            (None, None) => Either::Left(Full::new(Bytes::new())),
-        };
-        // The head is kept only while a retry can still happen.
-        let head = if buffered.is_some() && (!retried || (dpop.is_some() && !nonce_retried)) {
-            parts.clone()
-        } else {
-            std::mem::replace(&mut parts, Request::new(()).into_parts().0)
-        };
-        let mut out = Request::from_parts(head, body);
-        out.headers_mut()
-            .insert(header::AUTHORIZATION, bearer.header.clone());
+        // The route's token (and its DPoP proof) in place of whatever the
+        // caller sent under those names.
+        let mut extra = [
+            (header::AUTHORIZATION, bearer.header.clone()),
+            (
+                HeaderName::from_static("dpop"),
+                HeaderValue::from_static(""),
+            ),
+        ];
+        let mut extras = 1;
         // --- DPoP (issue 21) ---
         if let (Some(key), Some(url)) = (dpop, &dpop_url) {
-            match key.resource_header(&bearer.token, out.method().as_str(), url) {
+            match key.resource_header(&bearer.token, parts.method.as_str(), url) {
                 Ok(proof) => {
-                    out.headers_mut().insert("dpop", proof);
+                    extra[1].1 = proof;
+                    extras = 2;
                 }
                 Err(e) => {
                     tracing::warn!(route = %route.route.prefix, error = %e, "no DPoP proof; answering 503, nothing forwarded");
@@ -413,7 +410,27 @@ pub(crate) async fn forward(
             }
         }
         // --- end DPoP ---
-        let resp = match route.pool.send_within(out, route.route.timeout).await {
+        let extra = &extra[..extras];
+        let sent = match (&buffered, streamed.take()) {
+            // The head is lent, not given: a retry sends it again.
+            (Some(b), _) => {
+                route
+                    .pool
+                    .send_buffered(&parts, extra, b, route.route.timeout)
+                    .await
+            }
+            (None, streamed) => {
+                let head = std::mem::replace(&mut parts, Request::new(()).into_parts().0);
+                let body =
+                    streamed.map_or(RequestBody::Buffered(Bytes::new()), RequestBody::Streamed);
+                let mut out = Request::from_parts(head, body);
+                for (name, value) in extra {
+                    out.headers_mut().insert(name.clone(), value.clone());
+                }
+                route.pool.send_within(out, route.route.timeout).await
+            }
+        };
+        let resp = match sent {
             Ok(r) => r,
             Err(e) if caller_body_failed(&e) => {
                 // The caller's own framing (a bad chunk, a body shorter than

@@ -76,6 +76,11 @@ pub(crate) struct Guards {
     /// `[serve] allowed_hosts`: lower-cased names, each with its port or
     /// `None` for any port.
     allowed_hosts: Vec<(String, Option<u16>)>,
+    /// `Host` values that the checks below allow, byte for byte: the
+    /// listen address, and `localhost` and `127.0.0.1` with and without
+    /// its port. Nearly every request carries one of them, and is let
+    /// through without parsing it.
+    usual_hosts: Vec<HeaderValue>,
 }
 
 impl Guards {
@@ -94,9 +99,21 @@ impl Guards {
                 )
             })
             .collect();
+        let port = listen.port();
+        let usual_hosts = [
+            listen.to_string(),
+            format!("localhost:{port}"),
+            "localhost".to_owned(),
+            format!("127.0.0.1:{port}"),
+            "127.0.0.1".to_owned(),
+        ]
+        .iter()
+        .filter_map(|h| HeaderValue::from_str(h).ok())
+        .collect();
         Self {
             listen,
             allowed_hosts,
+            usual_hosts,
         }
     }
 
@@ -114,6 +131,14 @@ impl Guards {
                 HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
             );
             return Some(r);
+        }
+        if req.uri().authority().is_none() {
+            let mut hosts = req.headers().get_all(header::HOST).iter();
+            if let (Some(h), None) = (hosts.next(), hosts.next()) {
+                if self.usual_hosts.iter().any(|u| u == h) {
+                    return loop_refusal(req.headers());
+                }
+            }
         }
         let authority = match host(req) {
             Ok(a) => a,
@@ -137,15 +162,16 @@ impl Guards {
     }
 
     fn host_allowed(&self, a: &Authority) -> bool {
-        let name = a.host().trim_end_matches('.').to_ascii_lowercase();
+        // Compared without case, without a copy: this runs per request.
+        let name = a.host().trim_end_matches('.');
         let port = a.port_u16();
-        if METADATA_HOSTS.contains(&name.as_str()) {
+        if METADATA_HOSTS.iter().any(|h| h.eq_ignore_ascii_case(name)) {
             return true;
         }
         if self
             .allowed_hosts
             .iter()
-            .any(|(h, p)| *h == name && p.is_none_or(|p| Some(p) == port))
+            .any(|(h, p)| h.eq_ignore_ascii_case(name) && p.is_none_or(|p| Some(p) == port))
         {
             return true;
         }
@@ -154,13 +180,13 @@ impl Guards {
         // and that port) served itself, so the name alone tells a rebound
         // page apart; and an embedder may serve on a listener other than
         // `listen`.
-        if name == "localhost" {
+        if name.eq_ignore_ascii_case("localhost") {
             return true;
         }
         let ip: Option<IpAddr> = name
             .strip_prefix('[')
             .and_then(|n| n.strip_suffix(']'))
-            .unwrap_or(&name)
+            .unwrap_or(name)
             .parse()
             .ok();
         match ip {
@@ -329,6 +355,20 @@ mod tests {
         ] {
             assert_eq!(status(&g, &req(&[refused])), 403, "{refused}");
         }
+    }
+
+    #[test]
+    fn the_usual_hosts_skip_parsing_but_not_the_loop_check() {
+        let g = guards("127.0.0.1:8731", &[]);
+        assert_eq!(g.usual_hosts.len(), 5);
+        for usual in ["127.0.0.1:8731", "localhost:8731", "localhost", "127.0.0.1"] {
+            assert_eq!(status(&g, &req(&[usual])), 200, "{usual}");
+            let mut looped = req(&[usual]);
+            looped.headers_mut().insert(header::VIA, via_value());
+            assert_eq!(status(&g, &looped), 508, "{usual}");
+        }
+        // Twice, even the usual value: the full check's 400.
+        assert_eq!(status(&g, &req(&["localhost", "localhost"])), 400);
     }
 
     #[test]

@@ -117,7 +117,8 @@ pub use exchange::{ExchangeSettings, RouteMode, MAX_EXCHANGE_BODY};
 pub use metrics::{prometheus_builder, HTTP_BUCKETS};
 pub use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 pub use pool::{
-    UpstreamBody, CONNECT_TIMEOUT, H2_KEEPALIVE, H2_KEEPALIVE_TIMEOUT, MAX_IDLE, POOL_IDLE,
+    UpstreamBody, UpstreamBodyError, CONNECT_TIMEOUT, H2_KEEPALIVE, H2_KEEPALIVE_TIMEOUT, MAX_IDLE,
+    POOL_IDLE,
 };
 pub use reload::{FileOptions, FileSidecar, LoadError, ReloadReport, DEFAULT_WATCH_INTERVAL};
 pub use response::Body;

@@ -1,33 +1,40 @@
-//! Connections to one route's upstream, on hyper's connection API:
-//! keep-alive HTTP/1.1 connections, or one multiplexed HTTP/2 connection.
+//! Connections to one route's upstream: keep-alive HTTP/1.1 connections,
+//! or one multiplexed HTTP/2 connection.
 //!
 //! Each route has its own [`Pool`]. Which protocol: an `https` upstream is
 //! offered ALPN `h2` and `http/1.1` and the TLS handshake decides; an
 //! `http` upstream speaks HTTP/1.1, or HTTP/2 with prior knowledge when the
 //! route says `protocol = "h2c"`.
 //!
-//! **HTTP/2.** One connection per upstream carries every request at once
-//! (as many streams as the upstream allows; beyond that requests wait for
-//! a stream). While the upstream is known to speak h2, opening a connection
-//! is serialised, so a burst of first requests opens one connection, not
-//! one each. A connection that went away (GOAWAY, closed) is replaced on
-//! the next request; a request it refused before sending is sent on the
-//! new one. Unused for [`POOL_IDLE`], it is let go. HTTP/2 PINGs every
-//! [`H2_KEEPALIVE`] find a dead upstream.
+//! **HTTP/2** (hyper's client). One connection per upstream carries every
+//! request at once (as many streams as the upstream allows; beyond that
+//! requests wait for a stream). While the upstream is known to speak h2,
+//! opening a connection is serialised, so a burst of first requests opens
+//! one connection, not one each. A connection that went away (GOAWAY,
+//! closed) is replaced on the next request; a request it refused before
+//! sending is sent on the new one. Unused for [`POOL_IDLE`], it is let go.
+//! HTTP/2 PINGs every [`H2_KEEPALIVE`] find a dead upstream.
 //!
-//! **HTTP/1.1.** A request takes the most recently used
-//! idle connection (or opens one: DNS, TCP with `TCP_NODELAY`, TLS with SNI
-//! and ALPN for `https` upstreams, all within
-//! [`CONNECT_TIMEOUT`]); the connection goes back to the pool when the
-//! response body has been read to its end ([`UpstreamBody`]). A response
-//! body dropped before its end, or a connection the upstream closed, is
-//! never reused. A request that a pooled connection refused before sending
-//! it (the upstream had just closed it) is sent on another one, as
-//! hyper-util's pooled client does; a request that was sent is never sent
-//! twice here.
+//! **HTTP/1.1.** A request takes the most recently used idle connection
+//! (or opens one: DNS, TCP with `TCP_NODELAY`, TLS with SNI and ALPN for
+//! `https` upstreams, all within [`CONNECT_TIMEOUT`]); the connection goes
+//! back to the pool when the response body has been read to its end
+//! ([`UpstreamBody`]). A response body dropped before its end, or a
+//! connection the upstream closed, is never reused. Two kinds:
+//! - a request whose body is in memory (none, or at most
+//!   `retry_body_limit` bytes: nearly every request) goes on the
+//!   **direct path** ([`h1`]): the request's own task writes it and reads
+//!   the response from the socket, with no connection task and no channel
+//!   in between. A pooled connection that fails before any byte of a
+//!   response (the upstream closed it as the request went out) is followed
+//!   by another for an idempotent request; a `POST` is never sent twice;
+//! - a request whose body streams goes through hyper's HTTP/1.1 client,
+//!   which sends the body while watching for an early response; a request
+//!   that a pooled connection of hyper's refused before sending it is sent
+//!   on another one, as hyper-util's pooled client does.
 //!
 //! Idle connections older than [`POOL_IDLE`] are dropped when the pool is
-//! next used; at most [`MAX_IDLE`] are kept per route and connection
+//! next used; at most [`MAX_IDLE`] are kept per route, kind and connection
 //! worker: each worker (`[serve] workers`) reuses the connections it
 //! opened, so a request and its upstream connection are on one thread. A
 //! response head that does not come within the route's timeout abandons
@@ -36,7 +43,10 @@
 //! Why not hyper-util's pooled client: it hashes the origin and clones its
 //! connector on every request and hands each response's connection back
 //! through a spawned task; for a gateway with one origin per route those
-//! costs were a fifth of the CPU per forwarded request (docs/BENCHMARKS.md).
+//! costs were a fifth of the CPU per forwarded request. Why not hyper's
+//! HTTP/1.1 client for every request: without its connection task and
+//! channels (and with the other changes made beside it) the gateway spends
+//! a quarter less user CPU per request (docs/BENCHMARKS.md).
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -47,8 +57,9 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use http::request::Parts;
 use http::uri::{Authority, Scheme, Uri};
-use http::{header, HeaderMap, HeaderValue, Request, Response, Version};
+use http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, Version};
 use http_body_util::{Either, Full};
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::{self, SendRequest};
@@ -59,6 +70,10 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use crate::config::{ConfigError, Protocol};
+
+mod h1;
+
+use h1::{Conn, H1Body, H1Error, Stream};
 
 /// How long opening a connection to an upstream may take: DNS, TCP and TLS.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -74,7 +89,22 @@ pub const H2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// A request body sent upstream: buffered (so it can be sent again) or the
 /// caller's, streamed.
-pub(crate) type RequestBody = Either<Full<Bytes>, Incoming>;
+pub(crate) enum RequestBody {
+    Buffered(Bytes),
+    Streamed(Incoming),
+}
+
+/// A request body as hyper's client sends it.
+type HyperBody = Either<Full<Bytes>, Incoming>;
+
+impl From<RequestBody> for HyperBody {
+    fn from(body: RequestBody) -> Self {
+        match body {
+            RequestBody::Buffered(b) => Either::Left(Full::new(b)),
+            RequestBody::Streamed(s) => Either::Right(s),
+        }
+    }
+}
 
 /// Why a request could not be forwarded.
 #[derive(Debug, thiserror::Error)]
@@ -100,6 +130,8 @@ pub(crate) enum UpstreamError {
     },
     #[error("the request to {origin} failed: {error}")]
     Http { origin: String, error: hyper::Error },
+    #[error("the request to {origin} failed: {error}")]
+    H1 { origin: String, error: H1Error },
     #[error("the request to {origin} failed: {what}")]
     Protocol { origin: String, what: &'static str },
     #[error("{origin} sent no response within {}s (the route's timeout_seconds)", after.as_secs())]
@@ -127,10 +159,12 @@ pub(crate) struct Pool {
     tls: Option<(TlsConnector, ServerName<'static>)>,
     /// Plaintext HTTP/2 with prior knowledge (`protocol = "h2c"`).
     h2c: bool,
-    /// Idle HTTP/1.1 connections, one queue per connection worker
-    /// (`crate::workers`): a worker reuses the connections it opened,
-    /// whose tasks run on its own thread.
-    idle: Box<[Mutex<VecDeque<Idle>>]>,
+    /// Idle HTTP/1.1 connections for requests whose body is in memory,
+    /// driven by the request's own task ([`h1`]).
+    idle: IdleQueues<Conn>,
+    /// Idle HTTP/1.1 connections of hyper's client, for requests whose
+    /// body streams.
+    idle_hyper: IdleQueues<SendRequest<HyperBody>>,
     /// The HTTP/2 connection all requests share, once there is one.
     h2: Mutex<Option<Shared>>,
     /// The upstream spoke HTTP/2 last time (or is h2c): connections are
@@ -141,19 +175,98 @@ pub(crate) struct Pool {
 
 /// The shared HTTP/2 connection and when it was last used.
 struct Shared {
-    sender: http2::SendRequest<RequestBody>,
+    sender: http2::SendRequest<HyperBody>,
     used: Instant,
 }
 
 /// A new connection.
 enum Opened {
-    H1(SendRequest<RequestBody>),
-    H2(http2::SendRequest<RequestBody>),
+    H1(Conn),
+    H2(http2::SendRequest<HyperBody>),
 }
 
-struct Idle {
-    sender: SendRequest<RequestBody>,
+/// Idle connections of one kind, one queue per connection worker
+/// (`crate::workers`): a worker reuses the connections it opened, whose
+/// sockets are registered with its own reactor.
+struct IdleQueues<C> {
+    slots: Box<[Mutex<VecDeque<Idle<C>>>]>,
+}
+
+struct Idle<C> {
+    conn: C,
     since: Instant,
+}
+
+/// An idle connection that can tell whether it is still open.
+trait Reusable {
+    fn is_open(&mut self) -> bool;
+}
+
+impl Reusable for Conn {
+    fn is_open(&mut self) -> bool {
+        self.is_idle_open()
+    }
+}
+
+impl Reusable for SendRequest<HyperBody> {
+    fn is_open(&mut self) -> bool {
+        !self.is_closed()
+    }
+}
+
+impl<C: Reusable> IdleQueues<C> {
+    fn new() -> Self {
+        Self {
+            slots: (0..crate::workers::SLOTS)
+                .map(|_| Mutex::new(VecDeque::new()))
+                .collect(),
+        }
+    }
+
+    fn slot(&self) -> std::sync::MutexGuard<'_, VecDeque<Idle<C>>> {
+        // The queue is consistent after every operation; a panic elsewhere
+        // while it was held leaves nothing half-done.
+        self.slots[crate::workers::current() % crate::workers::SLOTS]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The most recently used idle connection that is still open.
+    fn checkout(&self) -> Option<C> {
+        let mut idle = self.slot();
+        while let Some(mut c) = idle.pop_back() {
+            if c.since.elapsed() > POOL_IDLE {
+                // The newest is too old, so all are.
+                idle.clear();
+                return None;
+            }
+            if c.conn.is_open() {
+                return Some(c.conn);
+            }
+        }
+        None
+    }
+
+    /// Puts a connection whose response was read to its end back; drops
+    /// the oldest ones that expired or closed, and one beyond
+    /// [`MAX_IDLE`].
+    fn checkin(&self, mut conn: C) {
+        if !conn.is_open() {
+            return;
+        }
+        let now = Instant::now();
+        let mut idle = self.slot();
+        while idle
+            .front_mut()
+            .is_some_and(|c| now.duration_since(c.since) > POOL_IDLE || !c.conn.is_open())
+        {
+            idle.pop_front();
+        }
+        if idle.len() >= MAX_IDLE {
+            idle.pop_front();
+        }
+        idle.push_back(Idle { conn, since: now });
+    }
 }
 
 impl std::fmt::Debug for Pool {
@@ -207,9 +320,8 @@ impl Pool {
             authority: authority.clone(),
             tls,
             h2c,
-            idle: (0..crate::workers::SLOTS)
-                .map(|_| Mutex::new(VecDeque::new()))
-                .collect(),
+            idle: IdleQueues::new(),
+            idle_hyper: IdleQueues::new(),
             h2: Mutex::new(None),
             speaks_h2: AtomicBool::new(h2c),
             opening: tokio::sync::Mutex::new(()),
@@ -221,65 +333,80 @@ impl Pool {
         &self.host_header
     }
 
-    /// [`send`](Self::send), waiting at most `timeout` for the response
-    /// head (connecting included). On expiry the request is abandoned and
-    /// its connection closed, never reused.
+    /// Sends `req` (origin-form URI, `Host` set) on the shared HTTP/2
+    /// connection, a pooled HTTP/1.1 one, or a new one when none is there,
+    /// waiting at most `timeout` for the response head (connecting
+    /// included). On expiry the request is abandoned and its connection
+    /// closed, never reused.
     pub(crate) async fn send_within(
         self: &Arc<Self>,
         req: Request<RequestBody>,
         timeout: Duration,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
-        match tokio::time::timeout(timeout, self.send(req)).await {
+        if matches!(req.body(), RequestBody::Buffered(_))
+            && direct(req.headers())
+            && !self.speaks_h2.load(Ordering::Relaxed)
+        {
+            let (parts, body) = req.into_parts();
+            let RequestBody::Buffered(body) = body else {
+                return Err(self.http_error_msg("a streamed body on the direct path"));
+            };
+            return self.send_direct(&parts, &[], &body, timeout).await;
+        }
+        // The other paths are boxed: this future stays as small as the
+        // direct path's (futures are moved by copying their whole size).
+        Box::pin(self.send_hyper_within(req, timeout)).await
+    }
+
+    /// [`send_within`](Self::send_within) for a request whose body is in
+    /// memory, its head borrowed so that the caller can send it again (after
+    /// a `401`), with `extra` headers in place of the head's of the same
+    /// names (`Authorization`, `DPoP`). Over HTTP/1.1 nothing of the head
+    /// is copied but its bytes.
+    pub(crate) async fn send_buffered(
+        self: &Arc<Self>,
+        head: &Parts,
+        extra: &[(HeaderName, HeaderValue)],
+        body: &Bytes,
+        timeout: Duration,
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        if direct(&head.headers) && !self.speaks_h2.load(Ordering::Relaxed) {
+            return self.send_direct(head, extra, body, timeout).await;
+        }
+        Box::pin(self.send_hyper_within(owned(head, extra, body), timeout)).await
+    }
+
+    /// Sends `req` with hyper's client within `timeout`.
+    async fn send_hyper_within(
+        self: &Arc<Self>,
+        req: Request<RequestBody>,
+        timeout: Duration,
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        match tokio::time::timeout(timeout, self.send_hyper(req)).await {
             Ok(r) => r,
-            Err(_) => Err(UpstreamError::Timeout {
-                origin: self.origin.clone(),
-                after: timeout,
-            }),
+            Err(_) => Err(self.timeout_error(timeout)),
         }
     }
 
-    /// Sends `req` (origin-form URI, `Host` set) on the shared HTTP/2
-    /// connection, a pooled HTTP/1.1 one, or a new one when none is there.
-    pub(crate) async fn send(
+    fn timeout_error(&self, after: Duration) -> UpstreamError {
+        UpstreamError::Timeout {
+            origin: self.origin.clone(),
+            after,
+        }
+    }
+
+    /// Sends `req` with hyper's client: on the shared HTTP/2 connection,
+    /// or (a streamed body) on a pooled or new HTTP/1.1 connection of
+    /// hyper's.
+    async fn send_hyper(
         self: &Arc<Self>,
-        mut req: Request<RequestBody>,
+        req: Request<RequestBody>,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
         if self.speaks_h2.load(Ordering::Relaxed) {
-            // Twice at most: a connection that went away before taking the
-            // request is replaced once.
-            for _ in 0..2 {
-                let sender = match self.shared() {
-                    Some(s) => s,
-                    None => {
-                        // One connection at a time: the first to open it
-                        // shares it (the lock is let go before the request
-                        // is sent).
-                        let opening = self.opening.lock().await;
-                        match self.shared() {
-                            Some(s) => s,
-                            None => match Box::pin(self.connect()).await? {
-                                Opened::H2(s) => {
-                                    self.share(&s);
-                                    s
-                                }
-                                Opened::H1(sender) => {
-                                    drop(opening);
-                                    return self.send_h1(sender, req).await;
-                                }
-                            },
-                        }
-                    }
-                };
-                match self.send_h2(sender, req).await? {
-                    Ok(resp) => return Ok(resp),
-                    Err(unsent) => req = unsent,
-                }
-            }
-            return Err(self.http_error_msg(
-                "the HTTP/2 connection went away twice before the request was sent",
-            ));
+            return self.send_h2_shared(req).await;
         }
-        while let Some(mut sender) = self.checkout() {
+        let mut req = req.map(HyperBody::from);
+        while let Some(mut sender) = self.idle_hyper.checkout() {
             // Resolves at once for an idle connection; fails for one that
             // closed since.
             if sender.ready().await.is_err() {
@@ -295,19 +422,125 @@ impl Pool {
                 },
             }
         }
-        // Opening a connection (TCP, TLS, a handshake) is a large future:
-        // boxed, so that a pooled request's future stays small (futures are
-        // moved by copying their whole size).
         Box::pin(self.send_new(req)).await
+    }
+
+    /// Sends `req` on the shared HTTP/2 connection (opened if there is
+    /// none).
+    async fn send_h2_shared(
+        self: &Arc<Self>,
+        req: Request<RequestBody>,
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        let mut req = req.map(HyperBody::from);
+        // Twice at most: a connection that went away before taking the
+        // request is replaced once.
+        for _ in 0..2 {
+            let sender = match self.shared() {
+                Some(s) => s,
+                None => {
+                    // One connection at a time: the first to open it
+                    // shares it (the lock is let go before the request is
+                    // sent).
+                    let opening = self.opening.lock().await;
+                    match self.shared() {
+                        Some(s) => s,
+                        None => match Box::pin(self.connect()).await? {
+                            Opened::H2(s) => {
+                                self.share(&s);
+                                s
+                            }
+                            Opened::H1(conn) => {
+                                drop(opening);
+                                return self.send_hyper_h1(conn, req).await;
+                            }
+                        },
+                    }
+                }
+            };
+            match self.send_h2(sender, req).await? {
+                Ok(resp) => return Ok(resp),
+                Err(unsent) => req = unsent,
+            }
+        }
+        Err(self
+            .http_error_msg("the HTTP/2 connection went away twice before the request was sent"))
+    }
+
+    /// Sends a request whose body is in memory on a pooled HTTP/1.1
+    /// connection driven by this task ([`h1`]), or on a new connection,
+    /// within `timeout`. A pooled connection that fails before any response
+    /// comes (the upstream had just closed it) is followed by another one
+    /// for an idempotent request; a request the upstream may have acted on
+    /// is never sent twice.
+    async fn send_direct(
+        self: &Arc<Self>,
+        head: &Parts,
+        extra: &[(HeaderName, HeaderValue)],
+        body: &Bytes,
+        timeout: Duration,
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        let deadline = Instant::now() + timeout;
+        let encoded = h1::encode(head, extra, &self.host_header, body);
+        let idempotent = head.method.is_idempotent();
+        let failed = |error| match error {
+            H1Error::Timeout => self.timeout_error(timeout),
+            error => self.h1_error(error),
+        };
+        while let Some(conn) = self.idle.checkout() {
+            match conn.exchange(&encoded, deadline).await {
+                Ok(resp) => return Ok(self.wrap_direct(resp)),
+                Err(e) if e.before_response() && idempotent => {
+                    tracing::debug!(origin = %self.origin, error = %e, "a pooled connection failed before the response; sending on another");
+                }
+                Err(error) => return Err(failed(error)),
+            }
+        }
+        // Opening a connection (TCP, TLS, a handshake) is a large future:
+        // boxed, so that a pooled request's future stays small.
+        Box::pin(self.send_direct_new(head, extra, body, &encoded, deadline, timeout)).await
+    }
+
+    /// [`send_direct`](Self::send_direct)'s request on a new connection.
+    async fn send_direct_new(
+        self: &Arc<Self>,
+        head: &Parts,
+        extra: &[(HeaderName, HeaderValue)],
+        body: &Bytes,
+        encoded: &h1::Encoded,
+        deadline: Instant,
+        timeout: Duration,
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        let opened = tokio::time::timeout_at(deadline.into(), self.connect())
+            .await
+            .map_err(|_| self.timeout_error(timeout))??;
+        match opened {
+            Opened::H1(conn) => match conn.exchange(encoded, deadline).await {
+                Ok(resp) => Ok(self.wrap_direct(resp)),
+                Err(H1Error::Timeout) => Err(self.timeout_error(timeout)),
+                Err(error) => Err(self.h1_error(error)),
+            },
+            Opened::H2(sender) => {
+                // A TLS upstream that now chose HTTP/2.
+                self.share(&sender);
+                let req = owned(head, extra, body).map(HyperBody::from);
+                let sent = tokio::time::timeout_at(deadline.into(), self.send_h2(sender, req))
+                    .await
+                    .map_err(|_| self.timeout_error(timeout))??;
+                match sent {
+                    Ok(resp) => Ok(resp),
+                    Err(_) => Err(self.http_error_msg("the new HTTP/2 connection closed at once")),
+                }
+            }
+        }
     }
 
     /// Sends `req` on a new connection.
     async fn send_new(
         self: &Arc<Self>,
-        req: Request<RequestBody>,
+        req: Request<HyperBody>,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
         match Box::pin(self.connect()).await? {
-            Opened::H1(sender) => self.send_h1(sender, req).await,
+            Opened::H1(conn) => self.send_hyper_h1(conn, req).await,
             Opened::H2(sender) => {
                 self.share(&sender);
                 match self.send_h2(sender, req).await? {
@@ -318,13 +551,22 @@ impl Pool {
         }
     }
 
-    /// Sends `req` on a new HTTP/1.1 connection.
-    async fn send_h1(
+    /// Sends `req` with hyper's HTTP/1.1 client on a new connection, which
+    /// then stays with hyper's client.
+    async fn send_hyper_h1(
         self: &Arc<Self>,
-        mut sender: SendRequest<RequestBody>,
-        req: Request<RequestBody>,
+        conn: Conn,
+        mut req: Request<HyperBody>,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
-        let req = self.as_h1(req);
+        let (mut sender, connection) = http1::handshake(TokioIo::new(conn.into_stream()))
+            .await
+            .map_err(|e| self.http_error(e))?;
+        self.spawn(connection);
+        if req.version() == Version::HTTP_2 {
+            let (mut parts, body) = req.into_parts();
+            self.as_h1(&mut parts);
+            req = Request::from_parts(parts, body);
+        }
         match sender.try_send_request(req).await {
             Ok(resp) => Ok(self.wrap(resp, Some(sender))),
             Err(e) => Err(self.http_error(e.into_error())),
@@ -332,7 +574,7 @@ impl Pool {
     }
 
     /// Makes `sender`'s connection the one every request shares.
-    fn share(&self, sender: &http2::SendRequest<RequestBody>) {
+    fn share(&self, sender: &http2::SendRequest<HyperBody>) {
         *self.h2_slot() = Some(Shared {
             sender: sender.clone(),
             used: Instant::now(),
@@ -343,9 +585,9 @@ impl Pool {
     /// had closed and the request was not sent.
     async fn send_h2(
         self: &Arc<Self>,
-        mut sender: http2::SendRequest<RequestBody>,
-        req: Request<RequestBody>,
-    ) -> Result<Result<Response<UpstreamBody>, Request<RequestBody>>, UpstreamError> {
+        mut sender: http2::SendRequest<HyperBody>,
+        req: Request<HyperBody>,
+    ) -> Result<Result<Response<UpstreamBody>, Request<HyperBody>>, UpstreamError> {
         let req = self.as_h2(req);
         if sender.ready().await.is_err() {
             self.forget_closed();
@@ -365,7 +607,7 @@ impl Pool {
 
     /// `req` as HTTP/2 sends it: the URI absolute (`:scheme`,
     /// `:authority`), no `Host`.
-    fn as_h2(&self, mut req: Request<RequestBody>) -> Request<RequestBody> {
+    fn as_h2(&self, mut req: Request<HyperBody>) -> Request<HyperBody> {
         if req.version() != Version::HTTP_2 {
             let mut parts = http::uri::Parts::default();
             parts.scheme = Some(self.scheme.clone());
@@ -380,17 +622,15 @@ impl Pool {
         req
     }
 
-    /// `req` as HTTP/1.1 sends it: origin-form, with `Host`.
-    fn as_h1(&self, mut req: Request<RequestBody>) -> Request<RequestBody> {
-        if req.version() == Version::HTTP_2 {
-            if let Some(pq) = req.uri().path_and_query().cloned() {
-                *req.uri_mut() = Uri::from(pq);
+    /// A request head as HTTP/1.1 sends it: origin-form, with `Host`.
+    fn as_h1(&self, parts: &mut http::request::Parts) {
+        if parts.version == Version::HTTP_2 {
+            if let Some(pq) = parts.uri.path_and_query().cloned() {
+                parts.uri = Uri::from(pq);
             }
-            req.headers_mut()
-                .insert(header::HOST, self.host_header.clone());
-            *req.version_mut() = Version::HTTP_11;
+            parts.headers.insert(header::HOST, self.host_header.clone());
+            parts.version = Version::HTTP_11;
         }
-        req
     }
 
     fn h2_slot(&self) -> std::sync::MutexGuard<'_, Option<Shared>> {
@@ -399,7 +639,7 @@ impl Pool {
 
     /// The shared HTTP/2 connection, if it is open and was used within
     /// [`POOL_IDLE`].
-    fn shared(&self) -> Option<http2::SendRequest<RequestBody>> {
+    fn shared(&self) -> Option<http2::SendRequest<HyperBody>> {
         let mut slot = self.h2_slot();
         let now = Instant::now();
         match &mut *slot {
@@ -437,59 +677,35 @@ impl Pool {
         }
     }
 
+    fn h1_error(&self, error: H1Error) -> UpstreamError {
+        UpstreamError::H1 {
+            origin: self.origin.clone(),
+            error,
+        }
+    }
+
     fn wrap(
         self: &Arc<Self>,
         resp: Response<Incoming>,
-        sender: Option<SendRequest<RequestBody>>,
+        sender: Option<SendRequest<HyperBody>>,
     ) -> Response<UpstreamBody> {
         resp.map(|body| UpstreamBody {
-            body,
-            home: sender.map(|s| (Arc::clone(self), s)),
+            body: Inner::Hyper {
+                body,
+                home: sender.map(|s| (Arc::clone(self), s)),
+            },
             on_trailers: None,
         })
     }
 
-    fn idle(&self) -> std::sync::MutexGuard<'_, VecDeque<Idle>> {
-        // The queue is consistent after every operation; a panic elsewhere
-        // while it was held leaves nothing half-done.
-        self.idle[crate::workers::current() % crate::workers::SLOTS]
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// The most recently used idle connection that is still open.
-    fn checkout(&self) -> Option<SendRequest<RequestBody>> {
-        let mut idle = self.idle();
-        while let Some(c) = idle.pop_back() {
-            if c.since.elapsed() > POOL_IDLE {
-                // The newest is too old, so all are.
-                idle.clear();
-                return None;
-            }
-            if !c.sender.is_closed() {
-                return Some(c.sender);
-            }
-        }
-        None
-    }
-
-    /// Puts a connection whose response was read to its end back.
-    fn checkin(&self, sender: SendRequest<RequestBody>) {
-        if sender.is_closed() {
-            return;
-        }
-        let now = Instant::now();
-        let mut idle = self.idle();
-        while idle
-            .front()
-            .is_some_and(|c| now.duration_since(c.since) > POOL_IDLE || c.sender.is_closed())
-        {
-            idle.pop_front();
-        }
-        if idle.len() >= MAX_IDLE {
-            idle.pop_front();
-        }
-        idle.push_back(Idle { sender, since: now });
+    fn wrap_direct(self: &Arc<Self>, resp: Response<H1Body>) -> Response<UpstreamBody> {
+        resp.map(|body| UpstreamBody {
+            body: Inner::Direct {
+                body,
+                pool: Arc::clone(self),
+            },
+            on_trailers: None,
+        })
     }
 
     async fn connect(&self) -> Result<Opened, UpstreamError> {
@@ -544,11 +760,7 @@ impl Pool {
                 self.spawn(conn);
                 Ok(Opened::H2(sender))
             }
-            None => {
-                let (sender, conn) = http1::handshake(TokioIo::new(tcp)).await.map_err(http)?;
-                self.spawn(conn);
-                Ok(Opened::H1(sender))
-            }
+            None => Ok(Opened::H1(Conn::new(Stream::Tcp(tcp)))),
             Some((connector, name)) => {
                 let tls = connector
                     .connect(name.clone(), tcp)
@@ -567,9 +779,7 @@ impl Pool {
                     self.spawn(conn);
                     return Ok(Opened::H2(sender));
                 }
-                let (sender, conn) = http1::handshake(TokioIo::new(tls)).await.map_err(http)?;
-                self.spawn(conn);
-                Ok(Opened::H1(sender))
+                Ok(Opened::H1(Conn::new(Stream::Tls(Box::new(tls)))))
             }
         }
     }
@@ -604,9 +814,33 @@ pub(crate) type TrailersHook = Box<dyn FnOnce(&HeaderMap) + Send + Sync>;
 /// An upstream response's body, streamed to the caller. When it has been
 /// read to its end, its HTTP/1.1 connection goes back to the route's pool.
 pub struct UpstreamBody {
-    body: Incoming,
-    home: Option<(Arc<Pool>, SendRequest<RequestBody>)>,
+    body: Inner,
     on_trailers: Option<TrailersHook>,
+}
+
+/// Where a body comes from.
+enum Inner {
+    /// hyper's client: HTTP/2, or HTTP/1.1 after a streamed request body.
+    Hyper {
+        body: Incoming,
+        home: Option<(Arc<Pool>, SendRequest<HyperBody>)>,
+    },
+    /// The request's own HTTP/1.1 connection ([`h1`]).
+    Direct { body: H1Body, pool: Arc<Pool> },
+}
+
+/// Why an upstream response's body could not be read to its end (the
+/// upstream closed early, sent a malformed chunk, ...).
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct UpstreamBodyError(BodyErrorKind);
+
+#[derive(Debug, thiserror::Error)]
+enum BodyErrorKind {
+    #[error(transparent)]
+    Hyper(hyper::Error),
+    #[error(transparent)]
+    H1(H1Error),
 }
 
 impl std::fmt::Debug for UpstreamBody {
@@ -621,22 +855,45 @@ impl UpstreamBody {
         self.on_trailers = Some(hook);
     }
 
+    /// Gives the connection back to its pool if the body has ended and the
+    /// connection can be reused.
     fn release(&mut self) {
-        if let Some((pool, sender)) = self.home.take() {
-            pool.checkin(sender);
+        match &mut self.body {
+            Inner::Hyper { home, .. } => {
+                if let Some((pool, sender)) = home.take() {
+                    pool.idle_hyper.checkin(sender);
+                }
+            }
+            Inner::Direct { body, pool } => {
+                if let Some(conn) = body.take_reusable() {
+                    pool.idle.checkin(conn);
+                }
+            }
         }
     }
 }
 
 impl HttpBody for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = UpstreamBodyError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.body).poll_frame(cx);
+    ) -> Poll<Option<Result<Frame<Bytes>, UpstreamBodyError>>> {
+        let polled = match &mut self.body {
+            Inner::Hyper { body, home } => {
+                let polled = Pin::new(&mut *body).poll_frame(cx);
+                if let Poll::Ready(Some(Err(_))) = &polled {
+                    // An error: the connection is not reused.
+                    *home = None;
+                }
+                polled.map_err(|e| UpstreamBodyError(BodyErrorKind::Hyper(e)))
+            }
+            Inner::Direct { body, .. } => body
+                .poll_frame(cx)
+                .map_err(|e| UpstreamBodyError(BodyErrorKind::H1(e))),
+        };
         if let Poll::Ready(Some(Ok(frame))) = &polled {
             if let Some(trailers) = frame.trailers_ref() {
                 if let Some(hook) = self.on_trailers.take() {
@@ -646,29 +903,51 @@ impl HttpBody for UpstreamBody {
         }
         match &polled {
             Poll::Ready(None) => self.release(),
-            Poll::Ready(Some(Ok(_))) if self.body.is_end_stream() => self.release(),
-            // An error: the connection is not reused.
-            Poll::Ready(Some(Err(_))) => self.home = None,
+            Poll::Ready(Some(Ok(_))) if self.is_end_stream() => self.release(),
             _ => {}
         }
         polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        match &self.body {
+            Inner::Hyper { body, .. } => body.is_end_stream(),
+            Inner::Direct { body, .. } => body.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+        match &self.body {
+            Inner::Hyper { body, .. } => body.size_hint(),
+            Inner::Direct { body, .. } => body.size_hint(),
+        }
     }
 }
 
 impl Drop for UpstreamBody {
     fn drop(&mut self) {
         // A body that was not read to its end leaves its connection
-        // unusable: hyper closes it.
-        if self.body.is_end_stream() {
+        // unusable: it is closed.
+        if self.is_end_stream() {
             self.release();
         }
     }
+}
+
+/// A request of its own made of a borrowed head, `extra` headers in place
+/// of the head's of the same names, and a body in memory.
+fn owned(head: &Parts, extra: &[(HeaderName, HeaderValue)], body: &Bytes) -> Request<RequestBody> {
+    let mut req = Request::from_parts(head.clone(), RequestBody::Buffered(body.clone()));
+    for (name, value) in extra {
+        req.headers_mut().insert(name.clone(), value.clone());
+    }
+    req
+}
+
+/// Whether a request whose body is in memory can go on the direct
+/// HTTP/1.1 path: it is framed by its length (a transfer coding the
+/// caller chose, such as `gzip`, goes through hyper's client, which keeps
+/// it).
+fn direct(headers: &HeaderMap) -> bool {
+    !headers.contains_key(header::TRANSFER_ENCODING)
 }

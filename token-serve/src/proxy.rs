@@ -110,8 +110,9 @@ pub(crate) enum Lookup<'a> {
     NotRouted,
     /// This route.
     Route(&'a GatewayRoute),
-    /// Refused with this answer.
-    Refused(Response<Body>),
+    /// Refused with this answer (boxed: a response is large beside a
+    /// reference).
+    Refused(Box<Response<Body>>),
 }
 
 impl HostTable {
@@ -160,13 +161,13 @@ impl HostTable {
             }
         }
         if !port_served {
-            return Lookup::Refused(not_routed(&format!("{name}:{port}")));
+            return Lookup::Refused(Box::new(not_routed(&format!("{name}:{port}"))));
         }
-        Lookup::Refused(response::error(
+        Lookup::Refused(Box::new(response::error(
             StatusCode::NOT_FOUND,
             "not_found",
             "no route of this host covers this path",
-        ))
+        )))
     }
 }
 
@@ -342,7 +343,7 @@ pub(crate) async fn tunnelled(
         .find(&inner.routes, &tunnel.name, tunnel.port, req.uri().path())
     {
         Lookup::Route(route) => forward(inner, route, req).await,
-        Lookup::Refused(r) => r,
+        Lookup::Refused(r) => *r,
         // A reload took the host's routes away while the tunnel was open.
         Lookup::NotRouted => not_routed(&format!("{}:{}", tunnel.name, tunnel.port)),
     }

@@ -497,12 +497,14 @@ impl Sidecar {
     /// Answers one request. Never fails: every problem is a response with a
     /// status and a JSON body naming the cause.
     pub async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
-        if gateway::is_grpc(req.headers()) {
-            // A gRPC client reads only grpc-status: the sidecar's own
-            // refusals are said that way (gateway.rs).
-            return gateway::grpc_error(self.answer(req).await).await;
+        // A gRPC client reads only grpc-status: the sidecar's own refusals
+        // are said that way (gateway.rs). One `answer` future either way.
+        let grpc = gateway::is_grpc(req.headers());
+        let response = self.answer(req).await;
+        if grpc {
+            return Box::pin(gateway::grpc_error(response)).await;
         }
-        self.answer(req).await
+        response
     }
 
     async fn answer(&self, req: Request<Incoming>) -> Response<Body> {
@@ -524,7 +526,7 @@ impl Sidecar {
                     // Boxed: see the endpoints below.
                     return Box::pin(crate::proxy::forward(inner, route, req)).await;
                 }
-                crate::proxy::Lookup::Refused(r) => return r,
+                crate::proxy::Lookup::Refused(r) => return *r,
             }
         }
         let path = req.uri().path();
@@ -566,11 +568,8 @@ impl Sidecar {
                 return counted(inner, "token", answer);
             }
             "/v1/token/exchange" => {
-                return counted(
-                    inner,
-                    "exchange",
-                    endpoints::token_exchange(inner, req).await,
-                );
+                let answer = Box::pin(endpoints::token_exchange(inner, req)).await;
+                return counted(inner, "exchange", answer);
             }
             "/azure/token" => {
                 let answer = Box::pin(endpoints::azure(inner, &req)).await;
@@ -590,9 +589,13 @@ impl Sidecar {
                 route.upstream_host(),
                 req.headers(),
             );
-            let response =
-                tracing::Instrument::instrument(gateway::forward(inner, route, req), span.clone())
-                    .await;
+            // Boxed as well: hyper and the functions above move this
+            // function's future, and the gateway's is the largest.
+            let response = Box::pin(tracing::Instrument::instrument(
+                gateway::forward(inner, route, req),
+                span.clone(),
+            ))
+            .await;
             crate::trace::record_status(&span, response.status());
             route.done(inner, &method, &response, started);
             return response;

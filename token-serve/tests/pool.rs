@@ -5,6 +5,12 @@
 //! a response abandoned by the caller midway leaves its connection out of
 //! the pool; a large response streams through whole and its connection is
 //! reused afterwards.
+//!
+//! Against a scripted upstream (a loopback listener writing exact bytes):
+//! a pooled connection that the upstream closes on the next request, as an
+//! upstream's idle timeout racing that request does, gets an idempotent
+//! request sent again on a new connection and a `POST` a 502, never sent
+//! twice; a malformed response is a 502 that names what was wrong.
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -203,5 +209,128 @@ async fn an_upstream_that_is_not_listening_gets_a_502_naming_it() {
         body.contains(&format!("connecting to http://127.0.0.1:{port} failed")),
         "{body}"
     );
+    assert!(!body.contains("pool-test-token"), "{body}");
+}
+
+/// What a scripted upstream does with the `n`th request (from 0) of a
+/// connection: answer these bytes, or close the connection unanswered.
+type Script = fn(usize, &str) -> Option<&'static [u8]>;
+
+/// A loopback upstream that answers by `script`: the request lines it
+/// read, in order, and how many connections it accepted.
+async fn scripted(script: Script) -> (u16, Arc<Mutex<Vec<String>>>, Arc<AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let connections = Arc::new(AtomicUsize::new(0));
+    let (seen, count) = (lines.clone(), connections.clone());
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else {
+                return;
+            };
+            count.fetch_add(1, Ordering::SeqCst);
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                for n in 0.. {
+                    // One request: its head, then its Content-Length body.
+                    let head_end = loop {
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                        let mut chunk = [0u8; 4096];
+                        match socket.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(k) => buf.extend_from_slice(&chunk[..k]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length: "))
+                        .map_or(0, |v| v.trim().parse().unwrap());
+                    while buf.len() < head_end + length {
+                        let mut chunk = [0u8; 4096];
+                        match socket.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(k) => buf.extend_from_slice(&chunk[..k]),
+                        }
+                    }
+                    buf.drain(..head_end + length);
+                    let line = head.lines().next().unwrap_or_default().to_owned();
+                    seen.lock().unwrap().push(line.clone());
+                    match script(n, &line) {
+                        Some(answer) => socket.write_all(answer).await.unwrap(),
+                        None => return,
+                    }
+                }
+            });
+        }
+    });
+    (port, lines, connections)
+}
+
+/// Answers a connection's first request, closes it on the second.
+fn answer_once(n: usize, _line: &str) -> Option<&'static [u8]> {
+    (n == 0).then_some(&b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"[..])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_get_on_a_pooled_connection_closed_unanswered_is_sent_again_on_a_new_one() {
+    let (port, lines, connections) = scripted(answer_once).await;
+    let base = gateway(port).await;
+    let client = reqwest::Client::new();
+    let (status, body) = get(&client, &format!("{base}/up/a")).await;
+    assert_eq!((status, &body[..]), (200, &b"ok"[..]));
+    // The pooled connection takes this one and is closed unanswered.
+    let (status, body) = get(&client, &format!("{base}/up/b")).await;
+    assert_eq!((status, &body[..]), (200, &b"ok"[..]));
+    assert_eq!(
+        *lines.lock().unwrap(),
+        ["GET /a HTTP/1.1", "GET /b HTTP/1.1", "GET /b HTTP/1.1"]
+    );
+    assert_eq!(connections.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_on_a_pooled_connection_closed_unanswered_is_a_502_and_never_sent_twice() {
+    let (port, lines, connections) = scripted(answer_once).await;
+    let base = gateway(port).await;
+    let client = reqwest::Client::new();
+    let (status, _) = get(&client, &format!("{base}/up/a")).await;
+    assert_eq!(status, 200);
+    let r = client
+        .post(format!("{base}/up/pay"))
+        .body("amount=1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+    let body = r.text().await.unwrap();
+    assert!(
+        body.contains("upstream_unreachable") && body.contains("closed before any response"),
+        "{body}"
+    );
+    assert_eq!(
+        *lines.lock().unwrap(),
+        ["GET /a HTTP/1.1", "POST /pay HTTP/1.1"],
+        "the POST went out once"
+    );
+    assert_eq!(connections.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_with_conflicting_lengths_is_a_502_that_names_the_problem() {
+    fn conflicting(_: usize, _: &str) -> Option<&'static [u8]> {
+        Some(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nok!")
+    }
+    let (port, _, _) = scripted(conflicting).await;
+    let base = gateway(port).await;
+    let r = reqwest::get(format!("{base}/up/x")).await.unwrap();
+    assert_eq!(r.status(), 502);
+    let body = r.text().await.unwrap();
+    assert!(body.contains("conflicting Content-Length values"), "{body}");
     assert!(!body.contains("pool-test-token"), "{body}");
 }
