@@ -17,8 +17,8 @@
 # Rows:
 #   HTTP/1.1, CONNECTIONS connections: req/s, wrk's p50, and the CPU time
 #     the proxy's processes spent per request (utime+stime deltas from
-#     /proc/PID/stat; nginx: master and workers), medians over ROUNDS rounds
-#     that alternate the three;
+#     /proc/PID/stat; nginx: master and workers), and its user and kernel
+#     parts, medians over ROUNDS rounds that alternate the three;
 #   HTTP/1.1, one connection: p50 latency, and the p50 added to the direct
 #     one (wrk -> upstream);
 #   h2c with prior knowledge (h2load, CONNECTIONS connections x STREAMS
@@ -162,13 +162,22 @@ for url in "http://127.0.0.1:$gw/up/healthz" "http://127.0.0.1:$ng/up/healthz" "
   curl -fs "$url" >/dev/null || { echo "$0: $url does not forward; logs in $work" >&2; cat "$work"/*.log "$work/nginx/logs/error.log" >&2 || true; trap - EXIT; for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; exit 1; }
 done
 
-# The CPU ticks of a process and its children (nginx's workers).
+# The CPU ticks of a process and its children (nginx's workers), user
+# and kernel: "USER SYS".
 ticks() {
-  local t=0 p
+  local u=0 s=0 p pu ps
   for p in $1 $(pgrep -P "$1" || true); do
-    t=$(( t + $(awk '{print $14 + $15}' "/proc/$p/stat") ))
+    read -r pu ps < <(awk '{print $14, $15}' "/proc/$p/stat")
+    u=$(( u + pu )); s=$(( s + ps ))
   done
-  echo "$t"
+  echo "$u $s"
+}
+# spent BEFORE AFTER: the user and kernel ticks between two `ticks`, as
+# "USER,SYS" (one field of a row).
+spent() {
+  local u0 s0 u1 s1
+  read -r u0 s0 <<<"$1"; read -r u1 s1 <<<"$2"
+  echo "$(( u1 - u0 )),$(( s1 - s0 ))"
 }
 # run NAME PID URL [wrk args]: one wrk run; appends "NAME rps ticks p50" to rows.
 run() {
@@ -177,7 +186,7 @@ run() {
   out=$(wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency "$@" "$url")
   rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
   p50=$(awk '/ 50%/ {print $2}' <<<"$out")
-  echo "$name $rps $(( $(ticks "$pid") - before )) $p50" >> "$work/rows"
+  echo "$name $rps $(spent "$before" "$(ticks "$pid")") $p50" >> "$work/rows"
   printf '%-22s %s req/s, p50 %s %s\n' "$name" "$rps" "$p50" "$(grep Non-2xx <<<"$out" || true)"
 }
 # one NAME URL: p50 at one connection, appended to latency.
@@ -192,7 +201,7 @@ h2() {
   out=$(h2load -c"$CONNECTIONS" -m"$STREAMS" -D "${DURATION%s}" "$url" 2>&1)
   rps=$(awk '/^finished in/ {print $4}' <<<"$out")
   local ok; ok=$(awk '/^status codes:/ {print $3}' <<<"$out")
-  echo "$name $rps $(( $(ticks "$pid") - before )) -" >> "$work/rows"
+  echo "$name $rps $(spent "$before" "$(ticks "$pid")") -" >> "$work/rows"
   printf '%-22s %s req/s (2xx: %s)\n' "$name" "$rps" "$ok"
 }
 
@@ -203,7 +212,7 @@ fixed() {
   before=$(ticks "$pid")
   out=$(h2load --h1 -c"$CONNECTIONS" --rps=$(( RATE / CONNECTIONS )) -D "${DURATION%s}" "$url" 2>&1)
   rps=$(awk '/^finished in/ {print $4}' <<<"$out")
-  echo "$name $rps $(( $(ticks "$pid") - before )) -" >> "$work/rows"
+  echo "$name $rps $(spent "$before" "$(ticks "$pid")") -" >> "$work/rows"
   printf '%-22s %s req/s\n' "$name" "$rps"
 }
 
@@ -242,14 +251,18 @@ def us(text):
 rows = collections.defaultdict(list)
 for line in open(sys.argv[1]):
     name, rps, ticks, p50 = line.rsplit(" ", 3)
-    rows[name].append((float(rps or 0), int(ticks), p50.strip()))
+    user, sys_ = (int(t) for t in ticks.split(","))
+    rows[name].append((float(rps or 0), user, sys_, p50.strip()))
 seconds, hz = float(sys.argv[3]), float(sys.argv[4])
 med = {}
 for name, runs in rows.items():
-    rps = statistics.median(r for r, _, _ in runs)
-    cpu = statistics.median(t / hz / (r * seconds) * 1e6 for r, t, _ in runs if r)
+    rps = statistics.median(r for r, _, _, _ in runs)
+    per = lambda t, r: t / hz / (r * seconds) * 1e6
+    cpu = statistics.median(per(u + k, r) for r, u, k, _ in runs if r)
+    user = statistics.median(per(u, r) for r, u, _, _ in runs if r)
+    kernel = statistics.median(per(k, r) for r, _, k, _ in runs if r)
     med[name] = (rps, cpu)
-    print(f"median {name:18} {rps:8.0f} req/s   {cpu:5.1f} us CPU per request")
+    print(f"median {name:18} {rps:8.0f} req/s   {cpu:5.1f} us CPU per request (user {user:4.1f}, kernel {kernel:4.1f})")
 lat = dict(l.split() for l in open(sys.argv[2]))
 direct = us(lat.get("direct", "nan"))
 for name, p50 in lat.items():
