@@ -52,6 +52,7 @@ use tokio::net::TcpStream;
 use tokio::time::Sleep;
 use tokio_rustls::client::TlsStream;
 use tokio_util::io::poll_read_buf;
+use zeroize::Zeroizing;
 
 /// The largest response head read, status line and fields.
 pub(crate) const MAX_HEAD: usize = 64 * 1024;
@@ -183,7 +184,8 @@ impl H1Error {
 /// A request ready to be written: its head (and a small body) in one
 /// buffer, a larger body beside it.
 pub(crate) struct Encoded {
-    head: Bytes,
+    /// Zeroed when dropped: it holds the route's token.
+    head: Zeroizing<Vec<u8>>,
     body: Bytes,
     /// A `HEAD` request: its response has no body, whatever it says.
     head_method: bool,
@@ -204,7 +206,27 @@ pub(crate) fn encode(
 ) -> Encoded {
     let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
     let target = if target.is_empty() { "/" } else { target };
-    let mut head = Vec::with_capacity(128 + parts.headers.len() * 48 + body.len().min(INLINE_BODY));
+    // Sized up front so that it never grows: a grown buffer would leave a
+    // copy of the token behind in the freed one.
+    let fields: usize = parts
+        .headers
+        .iter()
+        .chain(extra.iter().map(|(n, v)| (n, v)))
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum();
+    let inline = if body.len() <= INLINE_BODY {
+        body.len()
+    } else {
+        0
+    };
+    let mut head = Vec::with_capacity(
+        parts.method.as_str().len() + target.len() + 12 // request line
+            + host.len() + 8 // a Host of our own
+            + fields
+            + 40 // content-length
+            + 2
+            + inline,
+    );
     head.extend_from_slice(parts.method.as_str().as_bytes());
     head.push(b' ');
     head.extend_from_slice(target.as_bytes());
@@ -242,7 +264,7 @@ pub(crate) fn encode(
         body.clone()
     };
     Encoded {
-        head: Bytes::from(head),
+        head: Zeroizing::new(head),
         body,
         head_method: parts.method == Method::HEAD,
     }
@@ -352,11 +374,9 @@ impl Conn {
     }
 
     async fn write(&mut self, request: &Encoded) -> io::Result<()> {
-        if request.body.is_empty() {
-            self.io.write_all(&request.head).await?;
-        } else {
-            let mut both = request.head.clone().chain(request.body.clone());
-            self.io.write_all_buf(&mut both).await?;
+        self.io.write_all(&request.head).await?;
+        if !request.body.is_empty() {
+            self.io.write_all(&request.body).await?;
         }
         self.io.flush().await
     }

@@ -1411,3 +1411,32 @@ async fn a_connection_s_timer_is_moved_to_each_exchange_s_deadline() {
         .expect("within the second deadline");
     assert_eq!(second.status(), 200);
 }
+
+#[test]
+fn an_encoded_head_is_sized_up_front_and_never_grows() {
+    // A grown buffer would leave a copy of the token in the freed one.
+    let token = format!("Bearer {}", "t".repeat(8 * 1024));
+    let mut builder = http::Request::builder()
+        .method(Method::POST)
+        .uri("/orders?x=1");
+    for i in 0..40 {
+        builder = builder.header(format!("x-h{i}"), "v".repeat(i * 7));
+    }
+    let parts = builder.body(()).unwrap().into_parts().0;
+    let extra = [(
+        header::AUTHORIZATION,
+        HeaderValue::from_str(&token).unwrap(),
+    )];
+    let req = encode(
+        &parts,
+        &extra,
+        &HeaderValue::from_static("up:8080"),
+        &Bytes::from_static(b"amount=1"),
+    );
+    assert!(
+        req.head.capacity() - req.head.len() <= 64,
+        "capacity {} for {} bytes: the buffer grew",
+        req.head.capacity(),
+        req.head.len()
+    );
+}
