@@ -343,19 +343,25 @@ impl Pool {
         req: Request<RequestBody>,
         timeout: Duration,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
-        if matches!(req.body(), RequestBody::Buffered(_))
-            && direct(req.headers())
-            && !self.speaks_h2.load(Ordering::Relaxed)
-        {
-            let (parts, body) = req.into_parts();
-            let RequestBody::Buffered(body) = body else {
-                return Err(self.http_error_msg("a streamed body on the direct path"));
-            };
-            return self.send_direct(&parts, &[], &body, timeout).await;
+        let (parts, body) = req.into_parts();
+        match body {
+            RequestBody::Buffered(body) if self.goes_direct(&parts.headers) => {
+                self.send_direct(&parts, &[], &body, timeout).await
+            }
+            // The other paths are boxed: this future stays as small as the
+            // direct path's (futures are moved by copying their whole size).
+            body => {
+                Box::pin(self.send_hyper_within(Request::from_parts(parts, body), timeout)).await
+            }
         }
-        // The other paths are boxed: this future stays as small as the
-        // direct path's (futures are moved by copying their whole size).
-        Box::pin(self.send_hyper_within(req, timeout)).await
+    }
+
+    /// Whether a request whose body is in memory goes on the direct
+    /// HTTP/1.1 path: the upstream speaks HTTP/1.1 and the request is
+    /// framed by its length (a transfer coding the caller chose, such as
+    /// `gzip`, goes through hyper's client, which keeps it).
+    fn goes_direct(&self, headers: &HeaderMap) -> bool {
+        !self.speaks_h2.load(Ordering::Relaxed) && !headers.contains_key(header::TRANSFER_ENCODING)
     }
 
     /// [`send_within`](Self::send_within) for a request whose body is in
@@ -370,7 +376,7 @@ impl Pool {
         body: &Bytes,
         timeout: Duration,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
-        if direct(&head.headers) && !self.speaks_h2.load(Ordering::Relaxed) {
+        if self.goes_direct(&head.headers) {
             return self.send_direct(head, extra, body, timeout).await;
         }
         Box::pin(self.send_hyper_within(owned(head, extra, body), timeout)).await
@@ -942,12 +948,4 @@ fn owned(head: &Parts, extra: &[(HeaderName, HeaderValue)], body: &Bytes) -> Req
         req.headers_mut().insert(name.clone(), value.clone());
     }
     req
-}
-
-/// Whether a request whose body is in memory can go on the direct
-/// HTTP/1.1 path: it is framed by its length (a transfer coding the
-/// caller chose, such as `gzip`, goes through hyper's client, which keeps
-/// it).
-fn direct(headers: &HeaderMap) -> bool {
-    !headers.contains_key(header::TRANSFER_ENCODING)
 }
